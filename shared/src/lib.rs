@@ -1,0 +1,21 @@
+//! `moat-shared`: the domain model every Moat component agrees on.
+//!
+//! This crate has no I/O and no async runtime: it holds the types the edge enforces and the
+//! control plane will replicate, and the validated conversions into them.
+//!
+//! Layout:
+//! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
+//! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
+//!   to bootstrap a control-plane cluster).
+//! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
+//!   snapshot and writers publish a new one.
+
+#![forbid(unsafe_code)]
+
+pub mod handle;
+pub mod policy;
+pub mod seed;
+
+pub use handle::PolicyHandle;
+pub use policy::{Domain, DomainError, PolicySnapshot, Tenant, TenantId};
+pub use seed::{Seed, SeedError};

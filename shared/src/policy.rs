@@ -1,0 +1,222 @@
+//! Tenants, accepted domains and the policy snapshot.
+//!
+//! A [`PolicySnapshot`] is immutable once built: a change produces a new snapshot with a higher
+//! version. Edges decide every verdict against one snapshot and record its version, so two edges
+//! holding the same version take the same decision.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// A tenant's identifier: its primary name, lowercase (for example `example.test`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validates and normalises a tenant identifier: 1 to 64 characters of `[a-z0-9.-]`.
+    pub fn new(raw: &str) -> Result<Self, DomainError> {
+        let id = raw.trim().to_ascii_lowercase();
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(DomainError::BadTenantId(raw.to_owned()))
+        }
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A DNS domain name, validated and normalised to lowercase without a trailing dot.
+///
+/// Internationalised names are accepted in U-label form (UTF-8) as they arrive in SMTPUTF8
+/// sessions; comparison is by the normalised text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Domain(String);
+
+/// Why a name is not acceptable as a domain or tenant identifier.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainError {
+    /// The text is not a syntactically valid domain name.
+    #[error("`{0}` is not a valid domain name (labels of letters, digits and hyphens, at most 63 characters each, 253 in all)")]
+    BadDomain(String),
+    /// The text is not a valid tenant identifier.
+    #[error("`{0}` is not a valid tenant id (1 to 64 characters of a-z, 0-9, `.` and `-`)")]
+    BadTenantId(String),
+}
+
+impl Domain {
+    /// Validates a domain name per RFC 5321 section 4.1.2 (`sub-domain *("." sub-domain)`),
+    /// allowing UTF-8 labels (RFC 6531).
+    pub fn new(raw: &str) -> Result<Self, DomainError> {
+        let name = raw.strip_suffix('.').unwrap_or(raw).to_lowercase();
+        let bad = || DomainError::BadDomain(raw.to_owned());
+        if name.is_empty() || name.len() > 253 {
+            return Err(bad());
+        }
+        for label in name.split('.') {
+            let valid = !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            if !valid {
+                return Err(bad());
+            }
+        }
+        Ok(Self(name))
+    }
+
+    /// The normalised name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One tenant: an organisation whose mail Moat receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// The tenant's identifier.
+    pub id: TenantId,
+    /// Human-readable name shown in tools.
+    pub display_name: String,
+    /// The domains this tenant receives mail for. A domain belongs to at most one tenant.
+    pub accepted_domains: Vec<Domain>,
+}
+
+/// The complete, immutable policy an edge enforces, with the version it was published under.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySnapshot {
+    version: u64,
+    tenants: Vec<Tenant>,
+    /// Accepted domain to index into `tenants`.
+    by_domain: HashMap<Domain, usize>,
+}
+
+impl PolicySnapshot {
+    /// Builds a snapshot; fails if one domain is claimed by two tenants or a tenant id repeats.
+    pub fn new(version: u64, tenants: Vec<Tenant>) -> Result<Self, SnapshotError> {
+        let mut by_domain = HashMap::new();
+        let mut ids = HashMap::new();
+        for (i, tenant) in tenants.iter().enumerate() {
+            if ids.insert(tenant.id.clone(), i).is_some() {
+                return Err(SnapshotError::DuplicateTenant(tenant.id.clone()));
+            }
+            for domain in &tenant.accepted_domains {
+                if let Some(prev) = by_domain.insert(domain.clone(), i) {
+                    return Err(SnapshotError::DomainClaimedTwice {
+                        domain: domain.clone(),
+                        first: tenants[prev].id.clone(),
+                        second: tenant.id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            version,
+            tenants,
+            by_domain,
+        })
+    }
+
+    /// The version this snapshot was published under; 0 means "no policy yet".
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every tenant, in the order they were given.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    /// The tenant that accepts mail for `domain`, if any. Exact match on the normalised name:
+    /// a subdomain of an accepted domain is not accepted unless listed itself.
+    pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
+        let domain = Domain::new(domain).ok()?;
+        self.by_domain.get(&domain).map(|&i| &self.tenants[i])
+    }
+}
+
+/// Why a set of tenants cannot form a snapshot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Two tenants share one id.
+    #[error("tenant `{0}` is defined twice")]
+    DuplicateTenant(TenantId),
+    /// Two tenants claim one accepted domain.
+    #[error("domain `{domain}` is accepted by both `{first}` and `{second}`")]
+    DomainClaimedTwice {
+        /// The contested domain.
+        domain: Domain,
+        /// The tenant that claimed it first.
+        first: TenantId,
+        /// The tenant that claimed it again.
+        second: TenantId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str, domains: &[&str]) -> Tenant {
+        Tenant {
+            id: TenantId::new(id).unwrap(),
+            display_name: id.into(),
+            accepted_domains: domains.iter().map(|d| Domain::new(d).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn domains_are_normalised_and_validated() {
+        assert_eq!(Domain::new("Example.TEST.").unwrap().as_str(), "example.test");
+        assert_eq!(Domain::new("bücher.example").unwrap().as_str(), "bücher.example");
+        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a b", "a_b.c", &"x".repeat(64)] {
+            assert!(Domain::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn lookup_is_exact_and_case_insensitive() {
+        let snap = PolicySnapshot::new(3, vec![tenant("t1", &["example.test"])]).unwrap();
+        assert_eq!(snap.version(), 3);
+        assert_eq!(
+            snap.tenant_for_domain("EXAMPLE.test").unwrap().id.as_str(),
+            "t1"
+        );
+        assert!(snap.tenant_for_domain("sub.example.test").is_none());
+        assert!(snap.tenant_for_domain("not a domain").is_none());
+    }
+
+    #[test]
+    fn a_domain_belongs_to_one_tenant() {
+        let err = PolicySnapshot::new(
+            1,
+            vec![tenant("a", &["x.test"]), tenant("b", &["X.test"])],
+        )
+        .unwrap_err();
+        assert!(matches!(err, SnapshotError::DomainClaimedTwice { .. }));
+        let err = PolicySnapshot::new(1, vec![tenant("a", &[]), tenant("a", &[])]).unwrap_err();
+        assert!(matches!(err, SnapshotError::DuplicateTenant(_)));
+    }
+}
