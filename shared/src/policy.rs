@@ -189,9 +189,24 @@ mod tests {
 
     #[test]
     fn domains_are_normalised_and_validated() {
-        assert_eq!(Domain::new("Example.TEST.").unwrap().as_str(), "example.test");
-        assert_eq!(Domain::new("bücher.example").unwrap().as_str(), "bücher.example");
-        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a b", "a_b.c", &"x".repeat(64)] {
+        assert_eq!(
+            Domain::new("Example.TEST.").unwrap().as_str(),
+            "example.test"
+        );
+        assert_eq!(
+            Domain::new("bücher.example").unwrap().as_str(),
+            "bücher.example"
+        );
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a b",
+            "a_b.c",
+            &"x".repeat(64),
+        ] {
             assert!(Domain::new(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -210,11 +225,8 @@ mod tests {
 
     #[test]
     fn a_domain_belongs_to_one_tenant() {
-        let err = PolicySnapshot::new(
-            1,
-            vec![tenant("a", &["x.test"]), tenant("b", &["X.test"])],
-        )
-        .unwrap_err();
+        let err = PolicySnapshot::new(1, vec![tenant("a", &["x.test"]), tenant("b", &["X.test"])])
+            .unwrap_err();
         assert!(matches!(err, SnapshotError::DomainClaimedTwice { .. }));
         let err = PolicySnapshot::new(1, vec![tenant("a", &[]), tenant("a", &[])]).unwrap_err();
         assert!(matches!(err, SnapshotError::DuplicateTenant(_)));

@@ -1,0 +1,308 @@
+//! The edge's configuration: a TOML file whose every key is optional.
+//!
+//! ```toml
+//! node-id = "edge-1"              # appended to replies as [edge-1]; default: host name
+//! hostname = "mx.example.net"     # greeting and Received: name; default: node-id
+//! drain-timeout = "30s"           # how long transactions may finish on shutdown
+//!
+//! [tls]                           # one certificate for every TLS-capable listener
+//! cert = "/etc/moat/tls/tls.crt"  # PEM chain, reloaded when the file changes
+//! key = "/etc/moat/tls/tls.key"
+//! client-ca = "/etc/moat/ca.pem"  # optional: request and verify client certificates
+//! reload-interval = "5s"
+//!
+//! [limits]
+//! max-message-size = 52428800     # octets (SIZE)
+//! max-recipients = 1000
+//! max-errors = 20
+//! max-line = 2048                 # command line, octets with CRLF
+//! max-sessions = 10000            # whole edge
+//! max-sessions-per-ip = 100
+//! idle-timeout = "5m"             # waiting for a command (RFC 5321 4.5.3.2.7)
+//! data-timeout = "3m"             # waiting for the next DATA/BDAT block (4.5.3.2.6)
+//!
+//! [[listener]]
+//! kind = "mx"                     # mx | submission | smtps
+//! address = "0.0.0.0:25"
+//! proxy-protocol = false          # expect a PROXY v1/v2 header first
+//!
+//! [next-hop]
+//! kind = "smtp"                   # smtp | lmtp | maildir
+//! address = "mailbox.internal:25" # smtp, lmtp
+//! starttls = "opportunistic"      # smtp, lmtp: none | opportunistic | required
+//! ca = "/etc/moat/next-hop-ca.pem" # verify the next hop; without it TLS is unauthenticated
+//! timeout = "2m"
+//! # path = "/var/mail/moat"       # maildir
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole edge configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EdgeConfig {
+    /// Node name appended to every reply; defaults to the host name.
+    pub node_id: String,
+    /// Name used in the greeting, EHLO and `Received:`; defaults to `node_id`.
+    pub hostname: Option<String>,
+    /// How long open transactions may run to completion after shutdown starts.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// TLS certificate settings.
+    pub tls: Option<TlsConfig>,
+    /// Session limits and timeouts.
+    pub limits: Limits,
+    /// Listeners.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Where accepted mail goes.
+    pub next_hop: Option<NextHopConfig>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "edge".into()),
+            hostname: None,
+            drain_timeout: Duration::from_secs(30),
+            tls: None,
+            limits: Limits::default(),
+            listeners: Vec::new(),
+            next_hop: None,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Parses TOML configuration text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The host name to announce.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.node_id)
+    }
+}
+
+/// Certificate settings shared by the TLS-capable listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients are asked for a certificate, which must chain to it.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_reload", deserialize_with = "duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Session limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Largest message, octets.
+    pub max_message_size: u64,
+    /// Most recipients per transaction.
+    pub max_recipients: usize,
+    /// Protocol errors before `421 4.7.0` and close.
+    pub max_errors: u32,
+    /// Longest command line, octets including CRLF.
+    pub max_line: usize,
+    /// Concurrent sessions on the whole edge.
+    pub max_sessions: usize,
+    /// Concurrent sessions per client IP address.
+    pub max_sessions_per_ip: usize,
+    /// How long to wait for a command.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long to wait for the next block of message content.
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_errors: 20,
+            max_line: 2048,
+            max_sessions: 10_000,
+            max_sessions_per_ip: 100,
+            idle_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// Port-25 semantics: opportunistic STARTTLS.
+    Mx,
+    /// Port-587 semantics: STARTTLS required before MAIL.
+    Submission,
+    /// Port-465 semantics: implicit TLS (RFC 8314).
+    Smtps,
+}
+
+impl ListenerKind {
+    /// The kind's name as used in configuration and `endpoints.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mx => "mx",
+            Self::Submission => "submission",
+            Self::Smtps => "smtps",
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerConfig {
+    /// What the listener speaks.
+    pub kind: ListenerKind,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Expect a PROXY protocol v1/v2 header before SMTP.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// Whether and how to use STARTTLS towards the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NextHopTls {
+    /// Never.
+    None,
+    /// When offered.
+    #[default]
+    Opportunistic,
+    /// Always; a next hop that does not offer it is a failure.
+    Required,
+}
+
+/// Where accepted mail goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields, rename_all = "kebab-case")]
+pub enum NextHopConfig {
+    /// An SMTP server.
+    Smtp(RemoteHop),
+    /// An LMTP server (per-recipient replies after DATA).
+    Lmtp(RemoteHop),
+    /// The embedded maildir sink.
+    Maildir {
+        /// Root directory; one maildir per recipient below it.
+        path: PathBuf,
+    },
+}
+
+/// An SMTP or LMTP next hop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RemoteHop {
+    /// `host:port`.
+    pub address: String,
+    /// STARTTLS use.
+    #[serde(default)]
+    pub starttls: NextHopTls,
+    /// CA bundle to verify the next hop's certificate; without it TLS is encrypted but not
+    /// authenticated (like Postfix's `may` level).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Timeout for each next-hop command; the final reply after the body gets five times this.
+    #[serde(default = "default_hop_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_hop_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m or h"))?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+        )),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = EdgeConfig::parse("").unwrap();
+        assert_eq!(c.limits.max_errors, 20);
+        assert!(c.listeners.is_empty());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = EdgeConfig::parse(
+            r#"
+node-id = "edge-7"
+[limits]
+idle-timeout = "2s"
+max-sessions-per-ip = 3
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:2587"
+proxy-protocol = true
+[next-hop]
+kind = "lmtp"
+address = "127.0.0.1:24"
+starttls = "none"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.listeners[0].kind, ListenerKind::Submission);
+        assert!(matches!(c.next_hop, Some(NextHopConfig::Lmtp(_))));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = EdgeConfig::parse("[limits]\nidle-timeout = \"5 minutes\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+        let e = EdgeConfig::parse("[limits]\nmax-sesions = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max-sesions"), "{e}");
+    }
+}

@@ -1,0 +1,241 @@
+//! The embedded maildir sink.
+//!
+//! Each recipient has a maildir at `ROOT/<domain>/<local-part>/{tmp,new,cur}`. The local part is
+//! percent-encoded except for `[A-Za-z0-9_+=-]` and non-leading dots, so no address can name a
+//! path outside the root. A message is written once into the first recipient's `tmp/`,
+//! `fsync`ed, hard-linked into every recipient's `new/` (each directory `fsync`ed), and the
+//! `tmp/` name removed: a reader never sees a partial message, and once `250` is sent the
+//! message is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::session::command::Address;
+use crate::session::reply::{self, Reply};
+
+/// The sink: a root directory.
+#[derive(Debug)]
+pub struct Maildir {
+    root: PathBuf,
+    host: String,
+    seq: AtomicU64,
+}
+
+impl Maildir {
+    /// A sink writing below `root`.
+    pub fn new(root: PathBuf) -> Self {
+        let host = std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| "moat".into())
+            .replace('/', "\\057")
+            .replace(':', "\\072");
+        Self {
+            root,
+            host,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts a transaction.
+    pub fn open(&self) -> MaildirTxn {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "{}.M{}P{}Q{}.{}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            self.host
+        );
+        MaildirTxn {
+            root: self.root.clone(),
+            name,
+            boxes: Vec::new(),
+            file: None,
+            failed: None,
+        }
+    }
+}
+
+/// The directory of `to`'s maildir below `root`.
+pub fn mailbox_dir(root: &Path, to: &Address) -> PathBuf {
+    let mut local = String::new();
+    for (i, b) in to.local.to_lowercase().bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b"_+=-".contains(&b) || (b == b'.' && i > 0);
+        if keep {
+            local.push(b as char);
+        } else {
+            local.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Domains are validated (letters, digits, hyphens, dots, UTF-8) or address literals.
+    let domain: String = to
+        .domain
+        .chars()
+        .map(|c| if c == '/' || c == ':' { '_' } else { c })
+        .collect();
+    root.join(domain).join(local)
+}
+
+/// A message being written.
+#[derive(Debug)]
+pub struct MaildirTxn {
+    root: PathBuf,
+    name: String,
+    boxes: Vec<PathBuf>,
+    file: Option<(PathBuf, tokio::io::BufWriter<tokio::fs::File>)>,
+    failed: Option<std::io::Error>,
+}
+
+impl MaildirTxn {
+    /// Adds a recipient (the policy has already accepted it).
+    pub fn rcpt(&mut self, to: &Address) -> Reply {
+        let dir = mailbox_dir(&self.root, to);
+        if !self.boxes.contains(&dir) {
+            self.boxes.push(dir);
+        }
+        reply::RECIPIENT_OK.into()
+    }
+
+    /// Creates the maildirs and the temporary file.
+    pub async fn start_body(&mut self) -> Reply {
+        let result = async {
+            for b in &self.boxes {
+                for sub in ["tmp", "new", "cur"] {
+                    tokio::fs::create_dir_all(b.join(sub)).await?;
+                }
+            }
+            let first = self.boxes.first().ok_or(std::io::ErrorKind::InvalidInput)?;
+            let path = first.join("tmp").join(&self.name);
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await?;
+            Ok::<_, std::io::Error>((path, tokio::io::BufWriter::with_capacity(256 * 1024, f)))
+        }
+        .await;
+        match result {
+            Ok(f) => {
+                self.file = Some(f);
+                reply::START_DATA.into()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "maildir: cannot start message");
+                reply::LOCAL_ERROR.into()
+            }
+        }
+    }
+
+    /// Appends content.
+    pub async fn body(&mut self, content: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some((_, f)) = self.file.as_mut() {
+            if let Err(e) = f.write_all(content).await {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// Makes the message durable and visible in every recipient's `new/`.
+    pub async fn finish(mut self) -> Reply {
+        let Some((tmp, mut f)) = self.file.take() else {
+            return reply::LOCAL_ERROR.into();
+        };
+        let written = async {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            f.flush().await?;
+            f.get_ref().sync_all().await
+        }
+        .await;
+        drop(f);
+        let boxes = std::mem::take(&mut self.boxes);
+        let name = self.name.clone();
+        let tmp2 = tmp.clone();
+        let published = match written {
+            Ok(()) => tokio::task::spawn_blocking(move || publish(&tmp2, &boxes, &name))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match published {
+            Ok(()) => Reply::with_text(
+                reply::MESSAGE_ACCEPTED,
+                format!("Message accepted for delivery ({})", self.name),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "maildir: delivery failed");
+                reply::LOCAL_ERROR.into()
+            }
+        }
+    }
+
+    /// Removes the partial file.
+    pub async fn abort(mut self) {
+        if let Some((tmp, f)) = self.file.take() {
+            drop(f);
+            let _ = tokio::fs::remove_file(tmp).await;
+        }
+    }
+}
+
+/// Links `tmp` into each maildir's `new/` and syncs the directories; undoes the links made if
+/// one fails, so a message is delivered to all recipients or to none.
+fn publish(tmp: &Path, boxes: &[PathBuf], name: &str) -> std::io::Result<()> {
+    let mut made = Vec::new();
+    let result = (|| {
+        for b in boxes {
+            let new_dir = b.join("new");
+            let target = new_dir.join(name);
+            std::fs::hard_link(tmp, &target)?;
+            made.push(target);
+            std::fs::File::open(&new_dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for m in made {
+            let _ = std::fs::remove_file(m);
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_parts_cannot_escape_the_root() {
+        let root = Path::new("/r");
+        let a = |l: &str| Address {
+            local: l.into(),
+            domain: "x.test".into(),
+        };
+        assert_eq!(
+            mailbox_dir(root, &a("Alice.B")),
+            Path::new("/r/x.test/alice.b")
+        );
+        assert_eq!(
+            mailbox_dir(root, &a("../../etc")),
+            Path::new("/r/x.test/%2E.%2F..%2Fetc")
+        );
+        assert_eq!(
+            mailbox_dir(root, &a("\"a/b\"")),
+            Path::new("/r/x.test/%22a%2Fb%22")
+        );
+        assert_eq!(
+            mailbox_dir(root, &a("josé")),
+            Path::new("/r/x.test/jos%C3%A9")
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! Binding the listeners, admitting sessions (global and per-IP limits), and draining.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use moat_shared::PolicyHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{EdgeConfig, ListenerConfig, ListenerKind, NextHopConfig};
+use crate::proxy;
+use crate::relay::NextHop;
+use crate::session::driver::{self, Io, Shared};
+use crate::session::reply::{self, Reply};
+use crate::session::{Session, SessionConfig, SessionFacts};
+use crate::tls::Certificates;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A listener's address is taken or not allowed.
+    #[error("cannot listen on {address} for the {kind} listener: {source}")]
+    Bind {
+        /// The listener kind.
+        kind: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Entry point: an edge is bound, then run.
+#[derive(Debug)]
+pub struct Edge;
+
+impl Edge {
+    /// Validates `cfg`, loads TLS and binds every listener, so errors surface before any
+    /// session is accepted.
+    pub async fn bind(cfg: EdgeConfig, policy: PolicyHandle) -> Result<BoundEdge, EdgeError> {
+        if cfg.listeners.is_empty() {
+            return Err(EdgeError::Config("no [[listener]] configured".into()));
+        }
+        let next_hop_cfg = cfg
+            .next_hop
+            .clone()
+            .ok_or_else(|| EdgeError::Config("no [next-hop] configured".into()))?;
+        let certs = match cfg.tls.clone() {
+            Some(t) => Some(Certificates::load_and_watch(t)?),
+            None => None,
+        };
+        for l in &cfg.listeners {
+            if l.kind == ListenerKind::Smtps && certs.is_none() {
+                return Err(EdgeError::Config(format!(
+                    "the smtps listener on {} needs [tls]",
+                    l.address
+                )));
+            }
+            if l.kind == ListenerKind::Submission && certs.is_none() {
+                return Err(EdgeError::Config(format!(
+                    "the submission listener on {} requires STARTTLS and so needs [tls]",
+                    l.address
+                )));
+            }
+        }
+        if let NextHopConfig::Maildir { path } = &next_hop_cfg {
+            std::fs::create_dir_all(path)
+                .map_err(|e| EdgeError::Config(format!("maildir {}: {e}", path.display())))?;
+        }
+        let next_hop = NextHop::new(&next_hop_cfg, cfg.hostname()).map_err(EdgeError::Config)?;
+        let mut listeners = Vec::new();
+        for l in &cfg.listeners {
+            let socket = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| EdgeError::Bind {
+                    kind: l.kind.as_str(),
+                    address: l.address,
+                    source,
+                })?;
+            listeners.push((l.clone(), socket));
+        }
+        raise_fd_limit();
+        Ok(BoundEdge {
+            cfg,
+            policy,
+            certs,
+            next_hop,
+            listeners,
+        })
+    }
+}
+
+/// An edge whose listeners are bound.
+#[derive(Debug)]
+pub struct BoundEdge {
+    cfg: EdgeConfig,
+    policy: PolicyHandle,
+    certs: Option<Certificates>,
+    next_hop: Arc<NextHop>,
+    listeners: Vec<(ListenerConfig, TcpListener)>,
+}
+
+impl BoundEdge {
+    /// The bound address of every listener (useful when a port was 0).
+    pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, s)| s.local_addr().ok().map(|a| (l.kind, a)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then drains: idle sessions are told `421 4.3.2`,
+    /// open transactions get up to `drain-timeout` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = &self.cfg.limits;
+        let max_sessions = limits.max_sessions.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let admission = Arc::new(Admission {
+            sessions: Arc::new(Semaphore::new(max_sessions as usize)),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: limits.max_sessions_per_ip,
+            counter: AtomicU64::new(0),
+            started: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        let shared = Shared {
+            node: self.cfg.node_id.clone(),
+            policy: self.policy.clone(),
+            next_hop: self.next_hop,
+            certs: self.certs,
+            idle_timeout: limits.idle_timeout,
+            data_timeout: limits.data_timeout,
+            shutdown: stop_rx.clone(),
+        };
+        let template = SessionConfig {
+            node: self.cfg.node_id.clone(),
+            hostname: self.cfg.hostname().to_owned(),
+            starttls: shared.certs.is_some(),
+            require_tls: false,
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients,
+            max_errors: limits.max_errors.max(1),
+            max_line: limits.max_line.max(512),
+        };
+        let mut accept_loops = Vec::new();
+        for (l, socket) in self.listeners {
+            let mut cfg = template.clone();
+            cfg.starttls &= l.kind != ListenerKind::Smtps;
+            cfg.require_tls = l.kind == ListenerKind::Submission;
+            let listener = Listener {
+                cfg: l,
+                session: cfg,
+                shared: shared.clone(),
+                admission: Arc::clone(&admission),
+            };
+            let mut stop = stop_rx.clone();
+            accept_loops.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = listener.accept_loop(socket) => {}
+                    _ = stop.wait_for(|&s| s) => {}
+                }
+            }));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: draining sessions");
+        let _ = stop_tx.send(true);
+        for a in accept_loops {
+            let _ = a.await;
+        }
+        // Every session holds a permit; getting them all back means every session ended.
+        let drained = tokio::time::timeout(
+            self.cfg.drain_timeout,
+            admission.sessions.acquire_many(max_sessions),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout: closing the remaining sessions");
+        }
+    }
+}
+
+struct Admission {
+    sessions: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+    counter: AtomicU64,
+    started: u64,
+}
+
+/// Holds one per-IP slot; frees it on drop.
+struct IpSlot<'a> {
+    admission: &'a Admission,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn enter(&self, ip: IpAddr) -> Option<IpSlot<'_>> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            admission: self,
+            ip,
+        })
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}{:06x}", self.started, n)
+    }
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+struct Listener {
+    cfg: ListenerConfig,
+    session: SessionConfig,
+    shared: Shared,
+    admission: Arc<Admission>,
+}
+
+/// How long a client may take to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Listener {
+    async fn accept_loop(self, socket: TcpListener) {
+        let this = Arc::new(self);
+        loop {
+            let (tcp, peer) = match socket.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = Arc::clone(&this);
+            tokio::spawn(async move { this.serve(tcp, peer).await });
+        }
+    }
+
+    async fn refuse(&self, mut tcp: TcpStream, why: reply::Code) {
+        if self.cfg.kind == ListenerKind::Smtps {
+            return; // the client expects a TLS handshake, not text: just close
+        }
+        let mut out = Vec::new();
+        Reply::from(why).render(&self.shared.node, &mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&out)).await;
+    }
+
+    async fn serve(&self, mut tcp: TcpStream, peer: SocketAddr) {
+        let Ok(_permit) = Arc::clone(&self.admission.sessions).try_acquire_owned() else {
+            return self.refuse(tcp, reply::TOO_MANY_SESSIONS).await;
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(self.cfg.address);
+        let (peer, local, early) = if self.cfg.proxy_protocol {
+            match read_proxy_header(&mut tcp).await {
+                Ok((
+                    proxy::ProxiedAddrs::Tcp {
+                        source,
+                        destination,
+                    },
+                    rest,
+                )) => (source, destination, rest),
+                Ok((proxy::ProxiedAddrs::Unknown, rest)) => (peer, local, rest),
+                Err(e) => {
+                    tracing::info!(%peer, "PROXY header refused: {e}");
+                    return;
+                }
+            }
+        } else {
+            (peer, local, Vec::new())
+        };
+        let Some(_slot) = self.admission.enter(peer.ip()) else {
+            return self.refuse(tcp, reply::TOO_MANY_FROM_IP).await;
+        };
+        let mut facts = SessionFacts {
+            id: self.admission.next_id(),
+            peer,
+            local,
+            listener: self.cfg.kind.as_str().to_owned(),
+            tls: None,
+            helo: None,
+        };
+        let io = match (self.cfg.kind, &self.shared.certs) {
+            (ListenerKind::Smtps, Some(certs)) => {
+                if !early.is_empty() {
+                    return; // bytes before the handshake on an implicit-TLS port
+                }
+                match driver::handshake(tcp, certs, self.shared.idle_timeout).await {
+                    Ok(io) => {
+                        if let Io::Tls(tls) = &io {
+                            facts.tls = Some(crate::tls::facts(tls.get_ref().1));
+                        }
+                        io
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, "{e}");
+                        return;
+                    }
+                }
+            }
+            _ => Io::Plain(tcp),
+        };
+        let mut session = Session::new(self.session.clone(), facts);
+        session.receive(&early);
+        driver::run(io, session, &self.shared).await;
+    }
+}
+
+/// Reads a PROXY v1/v2 header; returns the addresses and any bytes read past it.
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<(proxy::ProxiedAddrs, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match proxy::parse(&buf).map_err(|e| e.to_string())? {
+            proxy::Parsed::Done { addrs, consumed } => {
+                return Ok((addrs, buf.split_off(consumed)));
+            }
+            proxy::Parsed::Incomplete if buf.len() > proxy::MAX_HEADER_LEN => {
+                return Err("header too long".into());
+            }
+            proxy::Parsed::Incomplete => {}
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every session needs a socket and possibly a
+/// next-hop socket or a file.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}

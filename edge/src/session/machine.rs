@@ -1,0 +1,650 @@
+//! The sans-IO SMTP session: bytes and the current time in, [`Action`]s out.
+//!
+//! The driver feeds whatever it read with [`Session::receive`] and drains [`Session::poll`]
+//! until it returns `None`. Some actions are requests that need I/O or policy (opening the
+//! next-hop transaction, adding a recipient, starting and ending the body): the machine then
+//! waits, and the driver answers with [`Session::resolve`]. Nothing here blocks, sleeps, reads a
+//! clock or touches a socket, which is what lets the tests drive it byte by byte.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use super::body::{ChunkChecker, DataScanner, Scan};
+use super::command::{self, Address, BodyType, Command, MailParams};
+use super::reply::{self, Reply};
+use super::{SessionFacts, TlsFacts};
+
+/// Settings of one session, fixed by its listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Node name appended to replies (`[edge-1]`).
+    pub node: String,
+    /// Host name in the greeting, EHLO reply and `Received:` header.
+    pub hostname: String,
+    /// Whether STARTTLS is offered (a certificate is configured and the session is not TLS yet).
+    pub starttls: bool,
+    /// Whether MAIL needs TLS first (submission).
+    pub require_tls: bool,
+    /// Largest message accepted, in octets.
+    pub max_message_size: u64,
+    /// Most recipients per transaction.
+    pub max_recipients: usize,
+    /// Protocol errors before the session is closed.
+    pub max_errors: u32,
+    /// Longest command line, including CRLF.
+    pub max_line: usize,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write a reply to the client.
+    Send(Reply),
+    /// Flush the replies, then run the TLS handshake and call [`Session::tls_established`].
+    UpgradeTls,
+    /// Flush the replies and close the connection.
+    Close,
+    /// Open the next-hop transaction (MAIL); answer with [`Session::resolve`].
+    Open(Envelope),
+    /// Check and forward a recipient; answer with [`Session::resolve`].
+    AddRecipient(Address),
+    /// Start the message body at the next hop; answer with [`Session::resolve`].
+    StartBody,
+    /// Message content to stream to the next hop (already un-stuffed, CRLF lines).
+    Body(Vec<u8>),
+    /// The content is complete: finish at the next hop and answer with [`Session::resolve`].
+    EndBody,
+    /// Discard the next-hop transaction, if any; nothing was accepted.
+    Abort,
+}
+
+/// The envelope sender of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse path; `None` is `<>`.
+    pub from: Option<Address>,
+    /// MAIL parameters.
+    pub params: MailParams,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Command,
+    Data,
+    Bdat { remaining: u64, last: bool },
+    Closed,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Mail(Envelope),
+    Rcpt(Address),
+    DataStart,
+    BdatStart,
+    End,
+}
+
+#[derive(Debug)]
+struct Txn {
+    envelope: Envelope,
+    recipients: Vec<Address>,
+    body_started: bool,
+    via_bdat: bool,
+    size: u64,
+    /// Set when the transaction can no longer succeed (BDAT refused, size exceeded).
+    failed: Option<Reply>,
+}
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    facts: SessionFacts,
+    buf: Vec<u8>,
+    out: VecDeque<Action>,
+    state: State,
+    pending: Option<Pending>,
+    txn: Option<Txn>,
+    esmtp: bool,
+    errors: u32,
+    discarding_line: bool,
+    scanner: DataScanner,
+    checker: ChunkChecker,
+    /// Why the current BDAT chunk is refused, if it is.
+    chunk_refusal: Option<Reply>,
+    transactions: u32,
+}
+
+impl Session {
+    /// A new session; the greeting is the first action.
+    pub fn new(cfg: SessionConfig, facts: SessionFacts) -> Self {
+        let greeting = Reply::with_text(
+            reply::Code {
+                code: 220,
+                status: "",
+                text: "",
+            },
+            format!("{} ESMTP Moat ready", cfg.hostname),
+        );
+        Self {
+            out: VecDeque::from([Action::Send(greeting)]),
+            cfg,
+            facts,
+            buf: Vec::new(),
+            state: State::Command,
+            pending: None,
+            txn: None,
+            esmtp: false,
+            errors: 0,
+            discarding_line: false,
+            scanner: DataScanner::default(),
+            checker: ChunkChecker::default(),
+            chunk_refusal: None,
+            transactions: 0,
+        }
+    }
+
+    /// The facts known about this session so far.
+    pub fn facts(&self) -> &SessionFacts {
+        &self.facts
+    }
+
+    /// The recipients accepted so far in the current transaction.
+    pub fn recipients(&self) -> &[Address] {
+        self.txn.as_ref().map_or(&[], |t| &t.recipients)
+    }
+
+    /// Bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.state != State::Closed {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Whether the session is reading message content (the DATA-block timeout applies).
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Data | State::Bdat { .. })
+    }
+
+    /// Whether no transaction is under way, so the session may be closed for shutdown.
+    pub fn is_idle(&self) -> bool {
+        self.txn.is_none() && self.pending.is_none() && self.state == State::Command
+    }
+
+    /// The client was silent for too long.
+    pub fn timeout(&mut self) {
+        self.close_with(reply::TIMEOUT.into());
+    }
+
+    /// The edge is shutting down.
+    pub fn shutdown(&mut self) {
+        self.close_with(reply::SHUTTING_DOWN.into());
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
+    pub fn tls_established(&mut self, tls: TlsFacts) {
+        self.facts.tls = Some(tls);
+        self.facts.helo = None;
+        self.esmtp = false;
+        self.cfg.starttls = false;
+    }
+
+    /// The next action, or `None` when the machine needs more input or a [`Session::resolve`].
+    pub fn poll(&mut self, now: SystemTime) -> Option<Action> {
+        loop {
+            if let Some(a) = self.out.pop_front() {
+                return Some(a);
+            }
+            if self.pending.is_some() {
+                return None;
+            }
+            let progressed = match self.state {
+                State::Closed => return None,
+                State::Command => self.next_command(now),
+                State::Data => self.scan_data(),
+                State::Bdat { .. } => self.scan_bdat(),
+            };
+            if !progressed && self.out.is_empty() {
+                return None;
+            }
+        }
+    }
+
+    /// The answer to the request the machine is waiting on.
+    pub fn resolve(&mut self, result: Reply, now: SystemTime) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let ok = result.is_positive();
+        match pending {
+            Pending::Mail(envelope) if ok => {
+                self.txn = Some(Txn {
+                    envelope,
+                    recipients: Vec::new(),
+                    body_started: false,
+                    via_bdat: false,
+                    size: 0,
+                    failed: None,
+                });
+            }
+            Pending::Rcpt(to) if ok => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.recipients.push(to);
+                }
+            }
+            Pending::DataStart if ok => {
+                self.state = State::Data;
+                self.scanner = DataScanner::default();
+                self.start_body(now);
+            }
+            Pending::DataStart => self.abort_txn(),
+            Pending::BdatStart => {
+                if ok {
+                    self.start_body(now);
+                } else {
+                    self.abort_txn_keep(result.clone());
+                    self.chunk_refusal = Some(result);
+                }
+                return;
+            }
+            Pending::End => {
+                self.txn = None;
+                self.state = State::Command;
+            }
+            Pending::Mail(_) | Pending::Rcpt(_) => {}
+        }
+        self.out.push_back(Action::Send(result));
+    }
+
+    fn close_with(&mut self, r: Reply) {
+        if self.txn.take().is_some() || self.pending.take().is_some() {
+            self.out.push_back(Action::Abort);
+        }
+        self.out.push_back(Action::Send(r));
+        self.out.push_back(Action::Close);
+        self.state = State::Closed;
+        self.buf.clear();
+    }
+
+    fn abort_txn(&mut self) {
+        if self.txn.take().is_some() {
+            self.out.push_back(Action::Abort);
+        }
+        self.state = State::Command;
+    }
+
+    /// Marks the transaction failed but keeps it, so later BDAT chunks get the same answer.
+    fn abort_txn_keep(&mut self, why: Reply) {
+        if let Some(t) = self.txn.as_mut() {
+            if t.failed.is_none() {
+                self.out.push_back(Action::Abort);
+            }
+            t.failed = Some(why);
+        }
+    }
+
+    fn error(&mut self, r: Reply) {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            self.close_with(reply::TOO_MANY_ERRORS.into());
+        } else {
+            self.out.push_back(Action::Send(r));
+        }
+    }
+
+    fn send(&mut self, r: impl Into<Reply>) {
+        self.out.push_back(Action::Send(r.into()));
+    }
+
+    /// Reads one command line if a whole one is buffered; returns whether it consumed input.
+    fn next_command(&mut self, now: SystemTime) -> bool {
+        let Some(lf) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() >= self.cfg.max_line && !self.discarding_line {
+                self.discarding_line = true;
+                self.buf.clear();
+                self.error(reply::LINE_TOO_LONG.into());
+                return true;
+            }
+            if self.discarding_line {
+                self.buf.clear();
+            }
+            return false;
+        };
+        let line: Vec<u8> = self.buf.drain(..=lf).collect();
+        if std::mem::take(&mut self.discarding_line) {
+            return true;
+        }
+        if line.len() > self.cfg.max_line {
+            self.error(reply::LINE_TOO_LONG.into());
+            return true;
+        }
+        let body = &line[..line.len() - 1];
+        let Some(body) = body.strip_suffix(b"\r") else {
+            self.error(reply::BAD_LINE_ENDING.into());
+            return true;
+        };
+        if body.iter().any(|&b| b == b'\r' || b == 0) {
+            self.error(reply::BAD_LINE_ENDING.into());
+            return true;
+        }
+        match command::parse(body) {
+            Ok(cmd) => self.handle(cmd, now),
+            Err(code) => self.error(code.into()),
+        }
+        true
+    }
+
+    fn handle(&mut self, cmd: Command, now: SystemTime) {
+        let _ = now;
+        match cmd {
+            Command::Ehlo(name) => {
+                self.abort_txn();
+                self.esmtp = true;
+                let mut lines = vec![
+                    format!(
+                        "{} Hello {} [{}]",
+                        self.cfg.hostname,
+                        name,
+                        self.facts.peer.ip()
+                    ),
+                    format!("SIZE {}", self.cfg.max_message_size),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    "PIPELINING".into(),
+                    "CHUNKING".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                ];
+                if self.cfg.starttls {
+                    lines.push("STARTTLS".into());
+                }
+                lines.push("HELP".into());
+                self.facts.helo = Some(name);
+                self.send(Reply::ehlo(lines));
+            }
+            Command::Helo(name) => {
+                self.abort_txn();
+                self.esmtp = false;
+                let text = format!(
+                    "{} Hello {} [{}]",
+                    self.cfg.hostname,
+                    name,
+                    self.facts.peer.ip()
+                );
+                self.facts.helo = Some(name);
+                self.send(Reply::with_text(reply::OK, text));
+            }
+            Command::Mail(from, params) => {
+                if self.facts.helo.is_none() {
+                    self.error(reply::HELO_FIRST.into());
+                } else if self.txn.is_some() {
+                    self.error(reply::NESTED_MAIL.into());
+                } else if self.cfg.require_tls && self.facts.tls.is_none() {
+                    self.error(reply::TLS_REQUIRED.into());
+                } else if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+                    self.send(reply::MESSAGE_TOO_BIG);
+                } else {
+                    let envelope = Envelope { from, params };
+                    self.pending = Some(Pending::Mail(envelope.clone()));
+                    self.out.push_back(Action::Open(envelope));
+                }
+            }
+            Command::Rcpt(to) => match self.txn.as_ref() {
+                None => self.error(reply::MAIL_FIRST.into()),
+                Some(t) if t.body_started => self.error(reply::BAD_SEQUENCE.into()),
+                Some(t) if t.recipients.len() >= self.cfg.max_recipients => {
+                    self.send(reply::TOO_MANY_RECIPIENTS)
+                }
+                Some(t) if to.is_utf8() && !t.envelope.params.smtputf8 => {
+                    self.send(reply::NEEDS_SMTPUTF8)
+                }
+                Some(_) => {
+                    self.pending = Some(Pending::Rcpt(to.clone()));
+                    self.out.push_back(Action::AddRecipient(to));
+                }
+            },
+            Command::Data => match self.txn.as_ref() {
+                None => self.error(reply::MAIL_FIRST.into()),
+                Some(t) if t.via_bdat => self.error(reply::DATA_AFTER_BDAT.into()),
+                Some(t) if t.recipients.is_empty() => self.send(reply::NO_VALID_RECIPIENTS),
+                Some(_) => {
+                    self.pending = Some(Pending::DataStart);
+                    self.out.push_back(Action::StartBody);
+                }
+            },
+            Command::Bdat { size, last } => {
+                self.state = State::Bdat {
+                    remaining: size,
+                    last,
+                };
+                self.chunk_refusal = match self.txn.as_mut() {
+                    None => Some(reply::MAIL_FIRST.into()),
+                    Some(t) if t.recipients.is_empty() => Some(reply::NO_VALID_RECIPIENTS.into()),
+                    Some(t) if t.failed.is_some() => t.failed.clone(),
+                    Some(t) => {
+                        t.via_bdat = true;
+                        if !t.body_started {
+                            t.body_started = true;
+                            self.checker = ChunkChecker::default();
+                            self.pending = Some(Pending::BdatStart);
+                            self.out.push_back(Action::StartBody);
+                        }
+                        None
+                    }
+                };
+            }
+            Command::Rset => {
+                self.abort_txn();
+                self.send(reply::OK);
+            }
+            Command::Noop => self.send(reply::OK),
+            Command::Quit => self.close_with(reply::BYE.into()),
+            Command::Help => self.send(reply::HELP),
+            Command::Vrfy => self.send(reply::CANNOT_VRFY),
+            Command::Expn => self.send(reply::EXPN_DISABLED),
+            Command::StartTls => {
+                if self.facts.tls.is_some() {
+                    self.error(reply::TLS_ACTIVE.into());
+                } else if !self.cfg.starttls {
+                    self.error(reply::NOT_IMPLEMENTED.into());
+                } else {
+                    self.abort_txn();
+                    // Anything pipelined after STARTTLS was sent in clear text and must not be
+                    // executed inside TLS (RFC 3207 section 4.2, CVE-2011-0411).
+                    self.buf.clear();
+                    self.send(reply::READY_TLS);
+                    self.out.push_back(Action::UpgradeTls);
+                }
+            }
+        }
+    }
+
+    fn start_body(&mut self, now: SystemTime) {
+        let header = self.received_header(now);
+        if let Some(t) = self.txn.as_mut() {
+            t.body_started = true;
+        }
+        self.transactions += 1;
+        self.out.push_back(Action::Body(header));
+    }
+
+    /// Counts content and streams it on, or drops it once the transaction has failed.
+    fn account(&mut self, content: Vec<u8>) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.failed.is_some() || content.is_empty() {
+            return;
+        }
+        t.size += content.len() as u64;
+        if t.size > self.cfg.max_message_size {
+            self.abort_txn_keep(reply::MESSAGE_TOO_BIG.into());
+        } else {
+            self.out.push_back(Action::Body(content));
+        }
+    }
+
+    fn refuse_content(&mut self) {
+        self.close_with(reply::BAD_DATA_ENDING.into());
+    }
+
+    fn scan_data(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return false;
+        }
+        let mut content = Vec::with_capacity(self.buf.len());
+        match self.scanner.scan(&self.buf, &mut content) {
+            Scan::More => {
+                self.buf.clear();
+                self.account(content);
+            }
+            Scan::End(used) => {
+                self.buf.drain(..used);
+                self.account(content);
+                self.state = State::Command;
+                match self.txn.as_ref().and_then(|t| t.failed.clone()) {
+                    Some(why) => {
+                        self.txn = None;
+                        self.send(why);
+                    }
+                    None => {
+                        self.pending = Some(Pending::End);
+                        self.out.push_back(Action::EndBody);
+                    }
+                }
+            }
+            Scan::Invalid => self.refuse_content(),
+        }
+        true
+    }
+
+    fn scan_bdat(&mut self) -> bool {
+        let State::Bdat { remaining, last } = self.state else {
+            return false;
+        };
+        let take = remaining.min(self.buf.len() as u64) as usize;
+        if take == 0 && remaining > 0 {
+            return false;
+        }
+        let chunk: Vec<u8> = self.buf.drain(..take).collect();
+        let remaining = remaining - take as u64;
+        self.state = State::Bdat { remaining, last };
+        if self.chunk_refusal.is_none() {
+            let complete = remaining == 0 && last;
+            if !self.checker.check(&chunk) || (complete && self.checker.pending_cr()) {
+                self.refuse_content();
+                return true;
+            }
+            self.account(chunk);
+        }
+        if remaining > 0 {
+            return true;
+        }
+        self.state = State::Command;
+        let failed = self
+            .chunk_refusal
+            .take()
+            .or_else(|| self.txn.as_ref().and_then(|t| t.failed.clone()));
+        match failed {
+            Some(why) => {
+                if last && self.txn.take().is_some() {
+                    self.out.push_back(Action::Abort);
+                }
+                self.send(why);
+            }
+            None if last => {
+                self.pending = Some(Pending::End);
+                self.out.push_back(Action::EndBody);
+            }
+            None => {
+                let text = format!(
+                    "{} octets received",
+                    self.txn.as_ref().map_or(0, |t| t.size)
+                );
+                self.send(Reply::with_text(reply::CHUNK_OK, text));
+            }
+        }
+        true
+    }
+
+    /// The `Received:` trace header (RFC 5321 section 4.4) prepended to every message.
+    fn received_header(&self, now: SystemTime) -> Vec<u8> {
+        let f = &self.facts;
+        let t = self.txn.as_ref();
+        let utf8 = t.is_some_and(|t| t.envelope.params.smtputf8);
+        let protocol = match (utf8, self.esmtp, f.tls.is_some()) {
+            (true, _, true) => "UTF8SMTPS",
+            (true, _, false) => "UTF8SMTP",
+            (false, true, true) => "ESMTPS",
+            (false, true, false) => "ESMTP",
+            (false, false, _) => "SMTP",
+        };
+        let helo: String = f
+            .helo
+            .as_deref()
+            .unwrap_or("unknown")
+            .chars()
+            .map(|c| {
+                if c.is_control() || c == '(' || c == ')' {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let mut h = format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (Moat {}) with {protocol} id {}.{}",
+            f.peer.ip(),
+            self.cfg.hostname,
+            self.cfg.node,
+            f.id,
+            self.transactions + 1,
+        );
+        if let Some(tls) = &f.tls {
+            h.push_str(&format!(
+                "\r\n\t(version={} cipher={})",
+                tls.version, tls.cipher
+            ));
+        }
+        if let Some(t) = t {
+            if let [only] = t.recipients.as_slice() {
+                h.push_str(&format!("\r\n\tfor <{only}>"));
+            }
+            if t.envelope.params.body == BodyType::EightBitMime {
+                // Nothing to add: the body type travels in the next-hop envelope.
+            }
+        }
+        h.push_str(&format!("; {}\r\n", rfc5322_date(now)));
+        h.into_bytes()
+    }
+}
+
+/// Formats a time as an RFC 5322 date in UTC, e.g. `Mon, 23 Nov 2026 20:01:49 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (H. Hinnant), valid for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,41 @@
+//! One SMTP session: the sans-IO machine ([`machine`]), its parts ([`command`], [`body`],
+//! [`reply`]) and the tokio driver that connects it to a socket and the next hop ([`driver`]).
+
+pub mod body;
+pub mod command;
+pub mod driver;
+pub mod machine;
+pub mod reply;
+
+use std::net::SocketAddr;
+
+pub use machine::{Action, Envelope, Session, SessionConfig};
+pub use reply::Reply;
+
+/// What the edge knows about a session; the verdicts of later issues decide on these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// Session identifier, unique per edge process (used in `Received:` and logs).
+    pub id: String,
+    /// The client's address (from the PROXY header when the listener uses one).
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// Name of the listener that accepted the session.
+    pub listener: String,
+    /// TLS details once TLS is up.
+    pub tls: Option<TlsFacts>,
+    /// The EHLO/HELO name.
+    pub helo: Option<String>,
+}
+
+/// The negotiated TLS parameters of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The validated client certificate's DNS names (SAN dNSName entries, else the CN).
+    pub client_domains: Vec<String>,
+}

@@ -1,0 +1,247 @@
+//! The one registry of SMTP replies the edge sends.
+//!
+//! Every reply the session machine or the driver produces starts from a [`Code`] constant here,
+//! so the wire contract (3-digit code, RFC 3463 enhanced code, text) can be read in one place.
+//! Replies relayed from the next hop keep the next hop's code and text.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// A registry entry: reply code, enhanced status code and default text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    /// The 3-digit reply code (RFC 5321 section 4.2).
+    pub code: u16,
+    /// The enhanced status code (RFC 3463), without the reply code.
+    pub status: &'static str,
+    /// The default human-readable text.
+    pub text: &'static str,
+}
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $code:literal $status:literal $text:literal;)*) => {
+        $($(#[$doc])* pub const $name: Code = Code { code: $code, status: $status, text: $text };)*
+        /// Every registry entry, for tests and documentation.
+        pub const ALL: &[Code] = &[$($name),*];
+    };
+}
+
+codes! {
+    /// Generic success (NOOP, RSET).
+    OK = 250 "2.0.0" "OK";
+    /// MAIL accepted.
+    SENDER_OK = 250 "2.1.0" "Sender OK";
+    /// RCPT accepted.
+    RECIPIENT_OK = 250 "2.1.5" "Recipient OK";
+    /// A non-final BDAT chunk was received.
+    CHUNK_OK = 250 "2.0.0" "Chunk received";
+    /// The message was handed to the next hop, which accepted it.
+    MESSAGE_ACCEPTED = 250 "2.6.0" "Message accepted for delivery";
+    /// DATA may start.
+    START_DATA = 354 "" "Start mail input; end with <CRLF>.<CRLF>";
+    /// QUIT.
+    BYE = 221 "2.0.0" "Service closing transmission channel";
+    /// HELP.
+    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS";
+    /// VRFY is answered without disclosing anything (RFC 5321 section 3.5.3).
+    CANNOT_VRFY = 252 "2.5.0" "Cannot VRFY user, but will accept message and attempt delivery";
+    /// STARTTLS accepted; the TLS handshake follows.
+    READY_TLS = 220 "2.0.0" "Ready to start TLS";
+    /// Unknown command.
+    UNRECOGNIZED = 500 "5.5.2" "Syntax error, command unrecognized";
+    /// A command line longer than the limit.
+    LINE_TOO_LONG = 500 "5.5.2" "Line too long";
+    /// A command line ending in a bare LF or containing a bare CR or NUL.
+    BAD_LINE_ENDING = 500 "5.5.2" "Command lines must end with <CRLF> and contain no bare <CR> or NUL";
+    /// Arguments or parameters that do not parse.
+    SYNTAX_PARAMS = 501 "5.5.4" "Syntax error in parameters or arguments";
+    /// EHLO/HELO without a usable name.
+    SYNTAX_HELO = 501 "5.5.4" "Syntax: EHLO hostname";
+    /// BDAT without a valid size.
+    SYNTAX_BDAT = 501 "5.5.4" "Syntax: BDAT chunk-size [LAST]";
+    /// A MAIL FROM path that does not parse.
+    BAD_SENDER_SYNTAX = 501 "5.1.7" "Bad sender address syntax";
+    /// A RCPT TO path that does not parse.
+    BAD_RECIPIENT_SYNTAX = 501 "5.1.3" "Bad recipient address syntax";
+    /// EXPN is never offered.
+    EXPN_DISABLED = 502 "5.5.1" "EXPN is not supported";
+    /// A known command this listener does not offer (STARTTLS without TLS configured).
+    NOT_IMPLEMENTED = 502 "5.5.1" "Command not implemented";
+    /// Commands out of order.
+    BAD_SEQUENCE = 503 "5.5.1" "Bad sequence of commands";
+    /// MAIL before EHLO/HELO.
+    HELO_FIRST = 503 "5.5.1" "Send EHLO or HELO first";
+    /// A second MAIL inside a transaction.
+    NESTED_MAIL = 503 "5.5.1" "Sender already specified";
+    /// RCPT, DATA or BDAT before MAIL.
+    MAIL_FIRST = 503 "5.5.1" "Need MAIL command first";
+    /// STARTTLS on a session that already has TLS.
+    TLS_ACTIVE = 503 "5.5.1" "TLS already active";
+    /// DATA after BDAT in the same transaction (RFC 3030).
+    DATA_AFTER_BDAT = 503 "5.5.1" "DATA is not allowed after BDAT";
+    /// DATA or BDAT LAST with no accepted recipient (RFC 2920 section 3.1).
+    NO_VALID_RECIPIENTS = 554 "5.5.1" "No valid recipients";
+    /// An unknown or unsupported MAIL/RCPT parameter.
+    PARAM_UNSUPPORTED = 555 "5.5.4" "MAIL FROM/RCPT TO parameter not recognized or not implemented";
+    /// A non-ASCII address without SMTPUTF8 (RFC 6531 section 3.5).
+    NEEDS_SMTPUTF8 = 553 "5.6.7" "Non-ASCII addresses require the SMTPUTF8 parameter";
+    /// Too many recipients in one transaction.
+    TOO_MANY_RECIPIENTS = 452 "4.5.3" "Too many recipients";
+    /// Declared or actual message size above the limit.
+    MESSAGE_TOO_BIG = 552 "5.3.4" "Message size exceeds fixed maximum message size";
+    /// MAIL on a listener that requires TLS, before STARTTLS.
+    TLS_REQUIRED = 530 "5.7.0" "Must issue a STARTTLS command first";
+    /// DATA containing a bare CR, bare LF or NUL: the session is closed (see the crate docs).
+    BAD_DATA_ENDING = 521 "5.5.2" "Message refused: bare <CR>, bare <LF> or NUL in message content; lines must end with <CRLF>";
+    /// Recipient domain accepted by no tenant (the relay rules of later issues may allow it).
+    RELAY_DENIED = 550 "5.7.64" "TenantAttribution; Relay Access Denied";
+    /// Too many protocol errors in one session.
+    TOO_MANY_ERRORS = 421 "4.7.0" "Too many errors, closing connection";
+    /// The edge-wide session limit is reached.
+    TOO_MANY_SESSIONS = 421 "4.7.0" "Too many concurrent sessions, try again later";
+    /// The per-client-IP session limit is reached.
+    TOO_MANY_FROM_IP = 421 "4.7.0" "Too many concurrent sessions from your address, try again later";
+    /// A timeout while waiting for the client.
+    TIMEOUT = 421 "4.4.2" "Timeout exceeded, closing connection";
+    /// The edge is draining for shutdown.
+    SHUTTING_DOWN = 421 "4.3.2" "Service shutting down, try again later";
+    /// The next hop could not be reached or refused the connection.
+    NEXT_HOP_UNAVAILABLE = 451 "4.4.1" "Next hop unavailable, try again later";
+    /// The next hop failed during the transaction.
+    NEXT_HOP_FAILED = 451 "4.4.2" "Connection to next hop lost, try again later";
+    /// The next hop cannot take an SMTPUTF8 message.
+    NEXT_HOP_NO_SMTPUTF8 = 553 "5.6.7" "Next hop does not support SMTPUTF8";
+    /// A local failure (for example, the maildir sink could not write).
+    LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
+}
+
+/// A reply ready to be sent: one or more lines sharing a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The 3-digit code.
+    pub code: u16,
+    /// The enhanced status code, empty when there is none.
+    pub status: Cow<'static, str>,
+    /// The text lines; at least one.
+    pub lines: Vec<Cow<'static, str>>,
+    /// Whether the node name is appended to the last line (not for EHLO's keyword list).
+    pub tagged: bool,
+}
+
+impl From<Code> for Reply {
+    fn from(c: Code) -> Self {
+        Self {
+            code: c.code,
+            status: Cow::Borrowed(c.status),
+            lines: vec![Cow::Borrowed(c.text)],
+            tagged: true,
+        }
+    }
+}
+
+impl Reply {
+    /// A registry reply with its text replaced.
+    pub fn with_text(code: Code, text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            lines: vec![text.into()],
+            ..Self::from(code)
+        }
+    }
+
+    /// A reply from parts, for replies relayed from a next hop.
+    pub fn relayed(code: u16, status: String, lines: Vec<String>) -> Self {
+        let mut lines: Vec<Cow<'static, str>> = lines.into_iter().map(Cow::Owned).collect();
+        if lines.is_empty() {
+            lines.push(Cow::Borrowed(""));
+        }
+        Self {
+            code,
+            status: Cow::Owned(status),
+            lines,
+            tagged: true,
+        }
+    }
+
+    /// The EHLO reply: a greeting line then keyword lines, without enhanced codes or tag.
+    pub fn ehlo(lines: Vec<String>) -> Self {
+        Self {
+            code: 250,
+            status: Cow::Borrowed(""),
+            lines: lines.into_iter().map(Cow::Owned).collect(),
+            tagged: false,
+        }
+    }
+
+    /// 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// 4xx.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// The reply on the wire, with ` [node]` appended to the last line when tagged.
+    pub fn render(&self, node: &str, out: &mut Vec<u8>) {
+        let mut text = String::new();
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let _ = write!(text, "{}{}", self.code, sep);
+            if !self.status.is_empty() {
+                let _ = write!(text, "{} ", self.status);
+            }
+            text.push_str(line);
+            if i == last && self.tagged && !node.is_empty() {
+                let _ = write!(text, " [{node}]");
+            }
+            text.push_str("\r\n");
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// The first line's text, for logs and errors.
+    pub fn summary(&self) -> String {
+        let mut out = Vec::new();
+        Self {
+            lines: self.lines.iter().take(1).cloned().collect(),
+            ..self.clone()
+        }
+        .render("", &mut out);
+        String::from_utf8_lossy(&out).trim_end().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_node_tag() {
+        let mut out = Vec::new();
+        Reply::from(RELAY_DENIED).render("edge-1", &mut out);
+        assert_eq!(
+            out,
+            b"550 5.7.64 TenantAttribution; Relay Access Denied [edge-1]\r\n"
+        );
+    }
+
+    #[test]
+    fn multiline_ehlo_is_untagged() {
+        let mut out = Vec::new();
+        Reply::ehlo(vec!["host Hello".into(), "PIPELINING".into()]).render("e", &mut out);
+        assert_eq!(out, b"250-host Hello\r\n250 PIPELINING\r\n");
+    }
+
+    #[test]
+    fn registry_codes_are_consistent() {
+        for c in ALL {
+            assert!((200..600).contains(&c.code), "{c:?}");
+            if !c.status.is_empty() {
+                let class = c.status.as_bytes()[0];
+                assert_eq!(class, b'0' + (c.code / 100) as u8, "{c:?}");
+            }
+        }
+    }
+}

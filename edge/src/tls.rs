@@ -1,0 +1,236 @@
+//! TLS for the edge's listeners: rustls (TLS 1.2 and 1.3, ECDHE AEAD suites only), with the
+//! certificate reloaded when its files change, so a rotated Kubernetes secret takes effect
+//! without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap_lite::Current;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+use crate::session::TlsFacts;
+
+/// Why TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is missing or unreadable or holds nothing usable.
+    #[error("{path}: {what}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// rustls refused the certificate, key or CA bundle.
+    #[error("TLS settings refused: {0}")]
+    Rustls(String),
+}
+
+/// The crypto provider for every TLS context Moat builds: *ring*, whose default suites are the
+/// TLS 1.3 AEAD suites and the TLS 1.2 ECDHE AEAD suites (no CBC, no RSA key exchange, no
+/// SHA-1 MACs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |what: String| TlsError::File {
+        path: path.to_owned(),
+        what,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds the server settings from the configured files.
+pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, TlsError> {
+    let certs = read_certs(&cfg.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| TlsError::File {
+        path: cfg.key.clone(),
+        what: e.to_string(),
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match &cfg.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
+            }
+            // Clients without a certificate are still served; a presented certificate must
+            // chain to the bundle in full.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))
+}
+
+/// The current server settings, swapped when the files change.
+#[derive(Clone)]
+pub struct Certificates {
+    current: Current<ServerConfig>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Certificates")
+    }
+}
+
+impl Certificates {
+    /// Loads the files now (failing if they are bad) and starts watching them.
+    pub fn load_and_watch(cfg: TlsConfig) -> Result<Self, TlsError> {
+        let current = Current::new(server_config(&cfg)?);
+        let watched = current.clone();
+        tokio::spawn(async move {
+            let mut seen = stamps(&cfg);
+            let mut tick = tokio::time::interval(cfg.reload_interval);
+            loop {
+                tick.tick().await;
+                let now = stamps(&cfg);
+                if now == seen {
+                    continue;
+                }
+                match server_config(&cfg) {
+                    Ok(c) => {
+                        watched.store(c);
+                        seen = now;
+                        tracing::info!(cert = %cfg.cert.display(), "TLS certificate reloaded");
+                    }
+                    // A half-written secret is common during rotation: keep serving the old
+                    // certificate and try again at the next tick.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS reload failed; keeping the old certificate")
+                    }
+                }
+            }
+        });
+        Ok(Self { current })
+    }
+
+    /// An acceptor with the current settings.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load())
+    }
+}
+
+fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
+    [Some(&cfg.cert), Some(&cfg.key), cfg.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// The facts of an established server connection.
+pub fn facts(conn: &ServerConnection) -> TlsFacts {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(v) => format!("{v:?}"),
+        None => "unknown".to_owned(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| {
+            let suite = s.suite();
+            suite
+                .as_str()
+                .map_or_else(|| format!("{suite:?}"), str::to_owned)
+        })
+        .unwrap_or_default();
+    let client_domains = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| certificate_domains(leaf))
+        .unwrap_or_default();
+    TlsFacts {
+        version,
+        cipher,
+        client_domains,
+    }
+}
+
+/// A certificate's DNS names: its SAN dNSName entries, or its subject CN when it has none.
+pub fn certificate_domains(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !sans.is_empty() {
+        return sans;
+    }
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// A tiny swap cell (an `ArcSwap` would do; this keeps the edge's dependency list short).
+mod arc_swap_lite {
+    use std::sync::{Arc, RwLock};
+
+    /// Shared, replaceable `Arc<T>`.
+    pub struct Current<T>(Arc<RwLock<Arc<T>>>);
+
+    impl<T> Clone for Current<T> {
+        fn clone(&self) -> Self {
+            Self(Arc::clone(&self.0))
+        }
+    }
+
+    impl<T> Current<T> {
+        pub fn new(v: T) -> Self {
+            Self(Arc::new(RwLock::new(Arc::new(v))))
+        }
+        pub fn load(&self) -> Arc<T> {
+            match self.0.read() {
+                Ok(g) => Arc::clone(&g),
+                Err(p) => Arc::clone(&p.into_inner()),
+            }
+        }
+        pub fn store(&self, v: T) {
+            match self.0.write() {
+                Ok(mut g) => *g = Arc::new(v),
+                Err(p) => *p.into_inner() = Arc::new(v),
+            }
+        }
+    }
+}
