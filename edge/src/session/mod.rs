@@ -39,3 +39,6 @@ pub struct TlsFacts {
     /// The validated client certificate's DNS names (SAN dNSName entries, else the CN).
     pub client_domains: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests;
