@@ -81,13 +81,11 @@ impl Edge {
         let next_hop = NextHop::new(&next_hop_cfg, cfg.hostname()).map_err(EdgeError::Config)?;
         let mut listeners = Vec::new();
         for l in &cfg.listeners {
-            let socket = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| EdgeError::Bind {
-                    kind: l.kind.as_str(),
-                    address: l.address,
-                    source,
-                })?;
+            let socket = listen(l.address).map_err(|source| EdgeError::Bind {
+                kind: l.kind.as_str(),
+                address: l.address,
+                source,
+            })?;
             listeners.push((l.clone(), socket));
         }
         raise_fd_limit();
@@ -363,6 +361,22 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> Result<(proxy::ProxiedAddrs, 
             proxy::Parsed::Incomplete => {}
         }
     }
+}
+
+/// Length of the accept queue: bursts of new connections wait in the kernel, not in SYN
+/// retransmits (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted edge must be able to bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Raises the open-file limit to its hard maximum: every session needs a socket and possibly a

@@ -1,1 +1,13 @@
-fn main() {}
+//! End-to-end tests: the real `moat` binary on loopback, driven by real clients (swaks, Python
+//! smtplib, and a small Rust client for load and raw-protocol checks).
+//!
+//! Every test starts its own `moat dev` with a fresh data directory and port 0 listeners (except
+//! the README test, which runs the README's command as written), reads `endpoints.json`, and
+//! inspects the maildir sink.
+
+mod client;
+mod harness;
+
+mod delivery;
+mod limits;
+mod next_hop;

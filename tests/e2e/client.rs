@@ -1,0 +1,145 @@
+//! A minimal SMTP client for load and raw-protocol tests (the standard clients cover the rest).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub fn tls_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+pub struct Client {
+    io: BufReader<Box<dyn Stream>>,
+}
+
+impl Client {
+    /// Connects and reads the greeting; returns it too.
+    pub async fn connect(addr: &str) -> std::io::Result<(Self, String)> {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut c = Self {
+            io: BufReader::new(Box::new(tcp)),
+        };
+        let greeting = c.reply().await?;
+        Ok((c, greeting))
+    }
+
+    /// Reads one whole reply (all lines joined with `\n`).
+    pub async fn reply(&mut self) -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.io.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            all.push_str(line.trim_end());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(all);
+            }
+            all.push('\n');
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let io = self.io.get_mut();
+        io.write_all(bytes).await?;
+        io.flush().await
+    }
+
+    /// Sends a command line and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> std::io::Result<String> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+
+    /// EHLO, STARTTLS, handshake, EHLO again.
+    pub async fn starttls(mut self, tls: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let r = self.cmd("EHLO client.test").await?;
+        expect(r.contains("STARTTLS"), &r)?;
+        let r = self.cmd("STARTTLS").await?;
+        expect(r.starts_with("220 "), &r)?;
+        let io = self.io.into_inner();
+        let name = ServerName::try_from("localhost").expect("name");
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, io)
+            .await?;
+        let mut c = Self {
+            io: BufReader::new(Box::new(stream)),
+        };
+        let r = c.cmd("EHLO client.test").await?;
+        expect(r.starts_with("250-"), &r)?;
+        Ok(c)
+    }
+
+    /// MAIL, RCPT, DATA, the (already dot-stuffed, CRLF.CRLF-terminated) content; returns the
+    /// final reply.
+    pub async fn send_stuffed(
+        &mut self,
+        from: &str,
+        to: &str,
+        stuffed: &[u8],
+    ) -> std::io::Result<String> {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await?;
+        if !r.starts_with("250") {
+            return Ok(r);
+        }
+        let r = self.cmd(&format!("RCPT TO:<{to}>")).await?;
+        if !r.starts_with("250") {
+            return Ok(r);
+        }
+        let r = self.cmd("DATA").await?;
+        if !r.starts_with("354") {
+            return Ok(r);
+        }
+        for chunk in stuffed.chunks(256 * 1024) {
+            self.write(chunk).await?;
+        }
+        tokio::time::timeout(Duration::from_secs(120), self.reply())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    }
+}
+
+/// Dot-stuffs a CRLF message and appends the terminator.
+pub fn stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Turns an unexpected reply into an error (a panic inside a load task would hang its peers).
+fn expect(ok: bool, reply: &str) -> std::io::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("unexpected reply: {reply}")))
+    }
+}

@@ -1,0 +1,166 @@
+//! Acceptance 1-3 of the foundation issue: delivery with swaks and smtplib, smuggling and
+//! STARTTLS injection.
+
+use std::process::Command;
+
+use base64::Engine as _;
+
+use crate::harness::{clients_dir, find, moat, run, strip_received, Dev, TempDir};
+
+/// The README's run command (`moat dev`, default ports, default data dir) and the README's swaks
+/// line deliver, and the stored message is byte-identical to what swaks sent.
+#[test]
+fn readme_quick_start_delivers_with_swaks() {
+    let dir = TempDir::new("readme");
+    let mut cmd = moat();
+    cmd.arg("dev").current_dir(&dir.0);
+    let dev = Dev::spawn(cmd, dir.0.join("moat-data"));
+    assert_eq!(dev.listener("mx"), "127.0.0.1:2525");
+
+    // The exact line the README and the banner print.
+    let (ok, out, err) = run(Command::new("swaks").args([
+        "--to",
+        "alice@example.test",
+        "--server",
+        "127.0.0.1:2525",
+        "--tls",
+    ]));
+    assert!(ok, "swaks failed:\n{out}\n{err}");
+    assert!(out.contains("<~  250 2.6.0 Message accepted"), "{out}");
+    assert_eq!(dev.messages().len(), 1);
+
+    // The same with a message of our own, to compare bytes. swaks sends the file followed by
+    // CRLF and the terminator, so the message it transmits is the file plus CRLF.
+    let message = b"From: e2e <e2e@example.test>\r\nSubject: byte check\r\nMessage-Id: <readme-bytes@e2e>\r\n\r\n.a line that starts with a dot\r\n..two dots\r\nUTF-8: \xc3\xa9t\xc3\xa9\r\n\r\nlast line";
+    let file = dir.0.join("msg.eml");
+    std::fs::write(&file, message).expect("write");
+    let (ok, out, err) = run(Command::new("swaks")
+        .args([
+            "--to",
+            "alice@example.test",
+            "--server",
+            "127.0.0.1:2525",
+            "--tls",
+            "--data",
+        ])
+        .arg(&file));
+    assert!(ok, "swaks failed:\n{out}\n{err}");
+    let stored = dev.messages_with_header("Message-Id: <readme-bytes@e2e>");
+    assert_eq!(stored.len(), 1);
+    let mut sent = message.to_vec();
+    sent.extend_from_slice(b"\r\n");
+    assert_eq!(strip_received(&stored[0]), sent.as_slice());
+    assert!(
+        find(&stored[0], b"with ESMTPS id").is_some()
+            && find(&stored[0], b"version=TLSv1.").is_some(),
+        "Received header lacks the TLS details"
+    );
+}
+
+/// Python smtplib over STARTTLS (mx, submission) and implicit TLS (smtps), SMTPUTF8, an 8-bit
+/// body, pipelining and BDAT: each message arrives byte-identical.
+#[test]
+fn smtplib_matrix() {
+    let dev = Dev::start(None);
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(clients_dir().join("smtplib_matrix.py"))
+        .arg("--ca")
+        .arg(dev.ca())
+        .args(["--mx", &dev.listener("mx")])
+        .args(["--submission", &dev.listener("submission")])
+        .args(["--smtps", &dev.listener("smtps")])
+        .args(["--to", "alice@example.test"]));
+    assert!(ok, "smtplib matrix failed:\n{out}\n{err}");
+    let mut cases = Vec::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let case = v["case"].as_str().expect("case").to_owned();
+        assert_eq!(v["ok"], true, "{line}");
+        let id = v["message_id"].as_str().expect("message_id");
+        let want = base64::engine::general_purpose::STANDARD
+            .decode(v["body_b64"].as_str().expect("body_b64"))
+            .expect("base64");
+        let stored = dev.messages_with_header(&format!("Message-ID: {id}"));
+        let stored = if stored.is_empty() {
+            dev.messages_with_header(&format!("Message-Id: {id}"))
+        } else {
+            stored
+        };
+        assert_eq!(
+            stored.len(),
+            1,
+            "{case}: message {id} stored {} times",
+            stored.len()
+        );
+        assert_eq!(
+            strip_received(&stored[0]),
+            want.as_slice(),
+            "{case}: bytes differ"
+        );
+        cases.push(case);
+    }
+    for want in [
+        "mx-starttls",
+        "submission-starttls",
+        "smtps-implicit",
+        "smtputf8",
+        "8bit-body",
+        "pipelining",
+        "bdat",
+    ] {
+        assert!(cases.iter().any(|c| c == want), "case {want} did not run");
+    }
+    // The SMTPUTF8 recipient got its own maildir.
+    assert!(dev
+        .messages()
+        .iter()
+        .any(|p| p.to_string_lossy().contains("/example.test/jos%C3%A9/new/")));
+}
+
+/// Every smuggling ending inside one DATA: never two messages, never the inner one. STARTTLS
+/// with a pipelined NOOP: the NOOP is not answered inside TLS.
+#[test]
+fn smuggling_and_starttls_injection() {
+    let dev = Dev::start(None);
+    let (ok, out, err) = run(Command::new("python3")
+        .arg(clients_dir().join("smuggle.py"))
+        .arg("--ca")
+        .arg(dev.ca())
+        .args(["--server", &dev.listener("mx")])
+        .args(["--to", "alice@example.test", "--quiet", "1"]));
+    assert!(ok, "smuggle.py failed:\n{out}\n{err}");
+    let mut endings = 0;
+    let mut injection = false;
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        if v["case"] == "starttls-injection" {
+            assert_eq!(v["tls_handshake"], "ok", "{line}");
+            assert_eq!(v["noop_answered_in_tls"], false, "{line}");
+            injection = true;
+            continue;
+        }
+        let n = v["case"].as_u64().expect("case number");
+        endings += 1;
+        let outer = dev.messages_with_header(&format!("X-Smuggle-Case: {n}-outer"));
+        let inner = dev.messages_with_header(&format!("X-Smuggle-Case: {n}-inner"));
+        assert!(
+            inner.is_empty(),
+            "case {n}: the smuggled message was delivered: {line}"
+        );
+        assert!(outer.len() <= 1, "case {n}: {} messages", outer.len());
+        // Our policy refuses the bare line ending outright.
+        let replies = v["replies"].as_array().expect("replies");
+        assert!(
+            replies
+                .iter()
+                .any(|r| r.as_str().is_some_and(|r| r.starts_with("521 5.5.2"))),
+            "case {n}: {line}"
+        );
+    }
+    assert_eq!(endings, 7);
+    assert!(injection);
+    assert!(
+        dev.messages().is_empty(),
+        "nothing should have been delivered"
+    );
+}

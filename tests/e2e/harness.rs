@@ -1,0 +1,228 @@
+//! Starting `moat dev` and looking at what it delivered.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "moat-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `moat dev`.
+pub struct Dev {
+    child: Child,
+    pub data: PathBuf,
+    pub endpoints: serde_json::Value,
+    _dir: Option<TempDir>,
+}
+
+pub fn moat() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+}
+
+impl Dev {
+    /// `moat dev` on port-0 listeners in a fresh directory, with optional edge TOML.
+    pub fn start(config: Option<&str>) -> Self {
+        let dir = TempDir::new("dev");
+        let mut dev = Self::start_in(
+            &dir.0,
+            config,
+            &[
+                "--mx-port",
+                "0",
+                "--submission-port",
+                "0",
+                "--smtps-port",
+                "0",
+            ],
+        );
+        dev._dir = Some(dir);
+        dev
+    }
+
+    /// `moat dev --data DIR/data` with extra arguments; the caller owns `dir`.
+    pub fn start_in(dir: &Path, config: Option<&str>, args: &[&str]) -> Self {
+        let data = dir.join("data");
+        let mut cmd = moat();
+        cmd.arg("dev").arg("--data").arg(&data).args(args);
+        if let Some(c) = config {
+            let path = dir.join("edge.toml");
+            std::fs::write(&path, c).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        Self::spawn(cmd, data)
+    }
+
+    /// Spawns a prepared command and waits for `DATA/endpoints.json`.
+    pub fn spawn(mut cmd: Command, data: PathBuf) -> Self {
+        let _ = std::fs::remove_file(data.join("endpoints.json"));
+        // Keep each process's log beside its data directory for post-mortems.
+        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn moat");
+        let mut dev = Self {
+            child,
+            data: data.clone(),
+            endpoints: serde_json::Value::Null,
+            _dir: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(data.join("endpoints.json")) {
+                if let Ok(v) = serde_json::from_str(&text) {
+                    dev.endpoints = v;
+                    return dev;
+                }
+            }
+            if let Ok(Some(status)) = dev.child.try_wait() {
+                panic!("moat dev exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moat dev did not write endpoints.json"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn listener(&self, kind: &str) -> String {
+        self.endpoints["edges"][0]["listeners"][kind]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {kind} listener in {}", self.endpoints))
+            .to_owned()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        PathBuf::from(self.endpoints["tls"]["ca"].as_str().expect("tls.ca"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every delivered message file (the `new/` directories of every maildir).
+    pub fn messages(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let root = self.data.join("mail");
+        walk(&root, &mut out);
+        out.sort();
+        out
+    }
+
+    /// The delivered messages whose header section contains `needle`.
+    pub fn messages_with_header(&self, needle: &str) -> Vec<Vec<u8>> {
+        self.messages()
+            .into_iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter(|m| {
+                let end = find(m, b"\r\n\r\n").unwrap_or(m.len());
+                find(&m[..end], needle.as_bytes()).is_some()
+            })
+            .collect()
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    /// A field of /proc/PID/status, in kB.
+    pub fn proc_status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p.parent().and_then(|d| d.file_name()) == Some("new".as_ref()) {
+            out.push(p);
+        }
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The message without the `Received:` header Moat prepends (the first header and its folded
+/// continuation lines).
+pub fn strip_received(msg: &[u8]) -> &[u8] {
+    assert!(
+        msg.starts_with(b"Received: from "),
+        "no Received header first"
+    );
+    let mut i = 0;
+    loop {
+        i += find(&msg[i..], b"\r\n").expect("header line") + 2;
+        if msg.get(i) != Some(&b'\t') {
+            return &msg[i..];
+        }
+    }
+}
+
+/// Runs a command and returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The directory of the client scripts.
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clients")
+}
