@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Moat's tests need on a Debian machine with the Rust toolchain, then runs every
+# check CI runs: formatting, clippy (warnings are errors), unit tests and the end-to-end suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real clients the end-to-end tests drive: swaks and Python's smtplib.
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
+# binary with nothing in it).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
