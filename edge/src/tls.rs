@@ -234,3 +234,33 @@ mod arc_swap_lite {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(sans: &[&str], cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn san_dns_names_first_then_cn() {
+        assert_eq!(
+            certificate_domains(&cert(
+                &["MTA.Contoso.test", "10.0.0.1", "b.contoso.test"],
+                "cn.test"
+            )),
+            vec!["mta.contoso.test", "b.contoso.test"]
+        );
+        assert_eq!(
+            certificate_domains(&cert(&[], "Only.CN.test")),
+            vec!["only.cn.test"]
+        );
+        assert!(certificate_domains(b"not a certificate").is_empty());
+    }
+}

@@ -14,23 +14,44 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub fn tls_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    Arc::new(tls_builder(ca).with_no_client_auth())
+}
+
+/// A client presenting `cert_pem` (leaf first) and `key_pem`.
+pub fn tls_config_with_client_cert(
+    ca: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Arc<rustls::ClientConfig> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("client chain");
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("client key");
+    Arc::new(
+        tls_builder(ca)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth"),
+    )
+}
+
+fn tls_builder(
+    ca: &Path,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(c.expect("ca cert")).expect("add ca");
     }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
 }
 
 pub struct Client {
     io: BufReader<Box<dyn Stream>>,
+    /// The server's leaf certificate, once TLS is up.
+    pub peer_cert: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -39,9 +60,18 @@ impl Client {
         let tcp = TcpStream::connect(addr).await?;
         let mut c = Self {
             io: BufReader::new(Box::new(tcp)),
+            peer_cert: None,
         };
         let greeting = c.reply().await?;
         Ok((c, greeting))
+    }
+
+    /// Wraps a connected stream without reading anything.
+    pub fn from_stream(tcp: TcpStream) -> Self {
+        Self {
+            io: BufReader::new(Box::new(tcp)),
+            peer_cert: None,
+        }
     }
 
     /// Reads one whole reply (all lines joined with `\n`).
@@ -83,8 +113,15 @@ impl Client {
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, io)
             .await?;
+        let peer_cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
         let mut c = Self {
             io: BufReader::new(Box::new(stream)),
+            peer_cert,
         };
         let r = c.cmd("EHLO client.test").await?;
         expect(r.starts_with("250-"), &r)?;

@@ -11,3 +11,4 @@ mod harness;
 mod delivery;
 mod limits;
 mod next_hop;
+mod tls_proxy;

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::body::{ChunkChecker, DataScanner, Scan};
-use super::command::{self, Address, BodyType, Command, MailParams};
+use super::command::{self, Address, Command, MailParams};
 use super::reply::{self, Reply};
 use super::{SessionFacts, TlsFacts};
 
@@ -599,16 +599,18 @@ impl Session {
         );
         if let Some(tls) = &f.tls {
             h.push_str(&format!(
-                "\r\n\t(version={} cipher={})",
+                "\r\n\t(version={} cipher={}",
                 tls.version, tls.cipher
             ));
+            // Only a certificate whose chain verified reaches the facts.
+            if let Some(name) = tls.client_domains.first() {
+                h.push_str(&format!(" client-cert={name} verified"));
+            }
+            h.push(')');
         }
         if let Some(t) = t {
             if let [only] = t.recipients.as_slice() {
                 h.push_str(&format!("\r\n\tfor <{only}>"));
-            }
-            if t.envelope.params.body == BodyType::EightBitMime {
-                // Nothing to add: the body type travels in the next-hop envelope.
             }
         }
         h.push_str(&format!("; {}\r\n", rfc5322_date(now)));
