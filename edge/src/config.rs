@@ -19,6 +19,7 @@
 //! max-sessions = 10000            # whole edge
 //! max-sessions-per-ip = 100
 //! idle-timeout = "5m"             # waiting for a command (RFC 5321 4.5.3.2.7)
+//! command-timeout = "5m"          # one command line, from its first byte to its CRLF
 //! data-timeout = "3m"             # waiting for the next DATA/BDAT block (4.5.3.2.6)
 //!
 //! [[listener]]
@@ -131,6 +132,9 @@ pub struct Limits {
     /// How long to wait for a command.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// How long one command line may take from its first byte to its end (slow-drip defence).
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
     /// How long to wait for the next block of message content.
     #[serde(deserialize_with = "duration")]
     pub data_timeout: Duration,
@@ -146,6 +150,7 @@ impl Default for Limits {
             max_sessions: 10_000,
             max_sessions_per_ip: 100,
             idle_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
         }
     }

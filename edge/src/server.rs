@@ -151,6 +151,7 @@ impl BoundEdge {
             max_recipients: limits.max_recipients,
             max_errors: limits.max_errors.max(1),
             max_line: limits.max_line.max(512),
+            command_timeout: limits.command_timeout,
         };
         let mut accept_loops = Vec::new();
         for (l, socket) in self.listeners {

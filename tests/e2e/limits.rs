@@ -267,3 +267,32 @@ fn sigterm_drains_sessions() {
     assert!(status.success(), "{status}");
     assert_eq!(dev.messages_with_header("Message-Id: <drain@e2e>").len(), 1);
 }
+
+/// A command sent one byte at a time cannot hold a session past `command-timeout`, even though
+/// every byte arrives well within `idle-timeout`.
+#[test]
+fn trickled_command_hits_the_command_timeout() {
+    let dev = Dev::start(Some(
+        "[limits]\nidle-timeout = \"2s\"\ncommand-timeout = \"1s\"\n",
+    ));
+    let mx = dev.listener("mx");
+    runtime().block_on(async move {
+        let (mut c, _) = Client::connect(&mx).await.expect("connect");
+        let t = Instant::now();
+        let trickle = async {
+            for b in b"EHLO slow.client.example.with.a.long.name" {
+                if c.write(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), c.reply())
+            .await
+            .expect("a reply")
+            .expect("read");
+        assert_eq!(r, "421 4.4.2 Timeout exceeded, closing connection [edge-1]");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    });
+}

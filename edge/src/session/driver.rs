@@ -194,7 +194,12 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
         let wait = if session.in_body() {
             shared.data_timeout
         } else {
-            shared.idle_timeout
+            // A command trickling in byte by byte does not reset its own clock.
+            let left = session.command_deadline().map(|d| {
+                d.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            });
+            left.map_or(shared.idle_timeout, |l| l.min(shared.idle_timeout))
         };
         let idle = session.is_idle();
         tokio::select! {

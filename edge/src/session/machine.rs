@@ -7,7 +7,7 @@
 //! clock or touches a socket, which is what lets the tests drive it byte by byte.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::body::{ChunkChecker, DataScanner, Scan};
 use super::command::{self, Address, Command, MailParams};
@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Longest command line, including CRLF.
     pub max_line: usize,
+    /// Longest time one command line may take to arrive, however slowly its bytes trickle in.
+    pub command_timeout: Duration,
 }
 
 /// What the driver must do next.
@@ -108,6 +110,8 @@ pub struct Session {
     esmtp: bool,
     errors: u32,
     discarding_line: bool,
+    /// When the partial command line in `buf` began arriving.
+    partial_since: Option<SystemTime>,
     scanner: DataScanner,
     checker: ChunkChecker,
     /// Why the current BDAT chunk is refused, if it is.
@@ -119,12 +123,8 @@ impl Session {
     /// A new session; the greeting is the first action.
     pub fn new(cfg: SessionConfig, facts: SessionFacts) -> Self {
         let greeting = Reply::with_text(
-            reply::Code {
-                code: 220,
-                status: "",
-                text: "",
-            },
-            format!("{} ESMTP Moat ready", cfg.hostname),
+            reply::GREETING,
+            format!("{} {}", cfg.hostname, reply::GREETING.text),
         );
         Self {
             out: VecDeque::from([Action::Send(greeting)]),
@@ -137,6 +137,7 @@ impl Session {
             esmtp: false,
             errors: 0,
             discarding_line: false,
+            partial_since: None,
             scanner: DataScanner::default(),
             checker: ChunkChecker::default(),
             chunk_refusal: None,
@@ -169,6 +170,11 @@ impl Session {
     /// Whether no transaction is under way, so the session may be closed for shutdown.
     pub fn is_idle(&self) -> bool {
         self.txn.is_none() && self.pending.is_none() && self.state == State::Command
+    }
+
+    /// When the command line being received must be complete, if one is under way.
+    pub fn command_deadline(&self) -> Option<SystemTime> {
+        self.partial_since.map(|t| t + self.cfg.command_timeout)
     }
 
     /// The client was silent for too long.
@@ -299,6 +305,11 @@ impl Session {
     /// Reads one command line if a whole one is buffered; returns whether it consumed input.
     fn next_command(&mut self, now: SystemTime) -> bool {
         let Some(lf) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.is_empty() {
+                self.partial_since = None;
+            } else {
+                self.partial_since.get_or_insert(now);
+            }
             if self.buf.len() >= self.cfg.max_line && !self.discarding_line {
                 self.discarding_line = true;
                 self.buf.clear();
@@ -311,6 +322,7 @@ impl Session {
             return false;
         };
         let line: Vec<u8> = self.buf.drain(..=lf).collect();
+        self.partial_since = None;
         if std::mem::take(&mut self.discarding_line) {
             return true;
         }

@@ -27,6 +27,8 @@ macro_rules! codes {
 }
 
 codes! {
+    /// The greeting; the driver puts the host name in front of the text.
+    GREETING = 220 "" "ESMTP Moat ready";
     /// Generic success (NOOP, RSET).
     OK = 250 "2.0.0" "OK";
     /// MAIL accepted.

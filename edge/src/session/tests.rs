@@ -20,6 +20,7 @@ fn config() -> SessionConfig {
         max_recipients: 3,
         max_errors: 10,
         max_line: 512,
+        command_timeout: Duration::from_secs(60),
     }
 }
 
@@ -479,6 +480,23 @@ fn timeout_and_shutdown() {
         h.pump(),
         vec!["421 4.3.2 Service shutting down, try again later [edge-t]"]
     );
+}
+
+#[test]
+fn a_trickling_command_has_a_deadline() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.session.command_deadline(), None);
+    h.send(b"NO");
+    let deadline = h.session.command_deadline().unwrap();
+    assert_eq!(deadline, Harness::now() + Duration::from_secs(60));
+    h.send(b"O");
+    assert_eq!(
+        h.session.command_deadline(),
+        Some(deadline),
+        "more bytes must not extend it"
+    );
+    h.cmd("P", "250");
+    assert_eq!(h.session.command_deadline(), None);
 }
 
 /// Checks the invariants that must hold whatever the client sends.
