@@ -164,3 +164,28 @@ fn smuggling_and_starttls_injection() {
         "nothing should have been delivered"
     );
 }
+
+/// A busy port is a clear error that names the flag to change it.
+#[test]
+fn busy_port_names_the_flag() {
+    let dir = TempDir::new("busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let (ok, out, err) = run(moat()
+        .arg("dev")
+        .arg("--data")
+        .arg(dir.0.join("data"))
+        .args([
+            "--mx-port",
+            "0",
+            "--smtps-port",
+            "0",
+            "--submission-port",
+            &port,
+        ]));
+    assert!(!ok, "started on a busy port: {out}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("--submission-port"),
+        "{err}"
+    );
+}
