@@ -36,6 +36,24 @@ pub struct Dev {
     _dir: Option<TempDir>,
 }
 
+/// `moat dev` arguments that put every listener on a free port.
+pub const ANY_PORTS: &[&str] = &[
+    "--mx-port",
+    "0",
+    "--submission-port",
+    "0",
+    "--smtps-port",
+    "0",
+];
+
+/// A tokio runtime for a test's client side.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 pub fn moat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_moat"))
 }
@@ -44,18 +62,7 @@ impl Dev {
     /// `moat dev` on port-0 listeners in a fresh directory, with optional edge TOML.
     pub fn start(config: Option<&str>) -> Self {
         let dir = TempDir::new("dev");
-        let mut dev = Self::start_in(
-            &dir.0,
-            config,
-            &[
-                "--mx-port",
-                "0",
-                "--submission-port",
-                "0",
-                "--smtps-port",
-                "0",
-            ],
-        );
+        let mut dev = Self::start_in(&dir.0, config, ANY_PORTS);
         dev._dir = Some(dir);
         dev
     }

@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 
 use crate::client::{stuff, tls_config, Client};
-use crate::harness::{strip_received, Dev};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::harness::{runtime, strip_received, Dev};
 
 /// 1,000 TLS sessions open at the same time on one edge, each delivering one message.
 #[test]

@@ -9,14 +9,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use rustls_pki_types::pem::PemObject;
 
 use crate::client::{stuff, tls_config, tls_config_with_client_cert, Client};
-use crate::harness::{run, Dev, TempDir};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::harness::{run, runtime, Dev, TempDir, ANY_PORTS};
 
 /// A CA that can issue certificates.
 struct Ca {
@@ -116,18 +109,7 @@ fn certificate_is_reloaded_when_its_files_change() {
         cert_path.display(),
         key_path.display()
     );
-    let dev = Dev::start_in(
-        &dir.0,
-        Some(&config),
-        &[
-            "--mx-port",
-            "0",
-            "--submission-port",
-            "0",
-            "--smtps-port",
-            "0",
-        ],
-    );
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
     let mx = dev.listener("mx");
     let tls = tls_config(&ca_path);
     let served = |tls| {
@@ -165,18 +147,7 @@ fn client_certificates_are_verified_and_recorded() {
     let client_ca_path = dir.0.join("client-ca.pem");
     std::fs::write(&client_ca_path, client_ca.cert.pem()).expect("ca");
     // Start once to create the dev server certificate, then restart with client-ca set.
-    let dev = Dev::start_in(
-        &dir.0,
-        None,
-        &[
-            "--mx-port",
-            "0",
-            "--submission-port",
-            "0",
-            "--smtps-port",
-            "0",
-        ],
-    );
+    let dev = Dev::start_in(&dir.0, None, ANY_PORTS);
     let server_ca = dev.ca();
     let tls_dir = server_ca.parent().expect("tls dir").to_owned();
     drop(dev);
@@ -186,18 +157,7 @@ fn client_certificates_are_verified_and_recorded() {
         tls_dir.join("server-key.pem").display(),
         client_ca_path.display()
     );
-    let dev = Dev::start_in(
-        &dir.0,
-        Some(&config),
-        &[
-            "--mx-port",
-            "0",
-            "--submission-port",
-            "0",
-            "--smtps-port",
-            "0",
-        ],
-    );
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
     let mx = dev.listener("mx");
     let (good_cert, good_key) = client_ca.issue(
         "mta.partner.test",
