@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap_lite::Current;
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
@@ -90,7 +90,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, TlsError> {
 /// The current server settings, swapped when the files change.
 #[derive(Clone)]
 pub struct Certificates {
-    current: Current<ServerConfig>,
+    current: Arc<ArcSwap<ServerConfig>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -102,7 +102,7 @@ impl std::fmt::Debug for Certificates {
 impl Certificates {
     /// Loads the files now (failing if they are bad) and starts watching them.
     pub fn load_and_watch(cfg: TlsConfig) -> Result<Self, TlsError> {
-        let current = Current::new(server_config(&cfg)?);
+        let current = Arc::new(ArcSwap::from_pointee(server_config(&cfg)?));
         let watched = current.clone();
         tokio::spawn(async move {
             let mut seen = stamps(&cfg);
@@ -115,7 +115,7 @@ impl Certificates {
                 }
                 match server_config(&cfg) {
                     Ok(c) => {
-                        watched.store(c);
+                        watched.store(Arc::new(c));
                         seen = now;
                         tracing::info!(cert = %cfg.cert.display(), "TLS certificate reloaded");
                     }
@@ -132,7 +132,7 @@ impl Certificates {
 
     /// An acceptor with the current settings.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load())
+        TlsAcceptor::from(self.current.load_full())
     }
 }
 
@@ -201,38 +201,6 @@ pub fn certificate_domains(der: &[u8]) -> Vec<String> {
         .filter_map(|cn| cn.as_str().ok())
         .map(str::to_lowercase)
         .collect()
-}
-
-/// A tiny swap cell (an `ArcSwap` would do; this keeps the edge's dependency list short).
-mod arc_swap_lite {
-    use std::sync::{Arc, RwLock};
-
-    /// Shared, replaceable `Arc<T>`.
-    pub struct Current<T>(Arc<RwLock<Arc<T>>>);
-
-    impl<T> Clone for Current<T> {
-        fn clone(&self) -> Self {
-            Self(Arc::clone(&self.0))
-        }
-    }
-
-    impl<T> Current<T> {
-        pub fn new(v: T) -> Self {
-            Self(Arc::new(RwLock::new(Arc::new(v))))
-        }
-        pub fn load(&self) -> Arc<T> {
-            match self.0.read() {
-                Ok(g) => Arc::clone(&g),
-                Err(p) => Arc::clone(&p.into_inner()),
-            }
-        }
-        pub fn store(&self, v: T) {
-            match self.0.write() {
-                Ok(mut g) => *g = Arc::new(v),
-                Err(p) => *p.into_inner() = Arc::new(v),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

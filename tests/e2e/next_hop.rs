@@ -237,3 +237,25 @@ fn next_hop_dying_mid_body_answers_451() {
     );
     assert!(hop.stored().is_empty());
 }
+
+/// Opportunistic STARTTLS to the next hop without a CA bundle: encrypted, not authenticated (as
+/// Postfix's `may`). The next hop's trace header shows the session was TLS.
+#[test]
+fn opportunistic_tls_to_the_next_hop() {
+    let hop = Dev::start(None);
+    let front = Dev::start(Some(&format!(
+        "node-id = \"edge-front\"\n[next-hop]\nkind = \"smtp\"\naddress = \"{}\"\n",
+        hop.listener("mx")
+    )));
+    let (ok, out) = swaks(&front.listener("mx"), "<opportunistic@e2e>");
+    assert!(ok, "{out}");
+    let stored = hop.messages_with_header("Message-Id: <opportunistic@e2e>");
+    assert_eq!(stored.len(), 1);
+    let text = String::from_utf8_lossy(&stored[0]);
+    // The hop's own Received header comes first: it received from the front edge over TLS.
+    let first = text.split("\r\nReceived: ").next().unwrap_or_default();
+    assert!(
+        first.contains("with ESMTPS") && first.contains("version=TLSv1.3"),
+        "{first}"
+    );
+}

@@ -73,7 +73,7 @@ impl Remote {
             }
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unauthenticated))
+                .with_custom_certificate_verifier(Arc::new(Unauthenticated(crate::tls::provider())))
                 .with_no_client_auth(),
         };
         Ok(Self {
@@ -394,7 +394,7 @@ impl Conn {
 /// passive eavesdropping but does not authenticate (Postfix's `may` level). Signatures are still
 /// checked, so the handshake itself is sound.
 #[derive(Debug)]
-struct Unauthenticated;
+struct Unauthenticated(Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for Unauthenticated {
     fn verify_server_cert(
@@ -418,7 +418,7 @@ impl ServerCertVerifier for Unauthenticated {
             message,
             cert,
             dss,
-            &crate::tls::provider().signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
@@ -432,13 +432,11 @@ impl ServerCertVerifier for Unauthenticated {
             message,
             cert,
             dss,
-            &crate::tls::provider().signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::tls::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -150,11 +150,6 @@ impl Session {
         &self.facts
     }
 
-    /// The recipients accepted so far in the current transaction.
-    pub fn recipients(&self) -> &[Address] {
-        self.txn.as_ref().map_or(&[], |t| &t.recipients)
-    }
-
     /// Bytes read from the client.
     pub fn receive(&mut self, bytes: &[u8]) {
         if self.state != State::Closed {
@@ -340,14 +335,13 @@ impl Session {
             return true;
         }
         match command::parse(body) {
-            Ok(cmd) => self.handle(cmd, now),
+            Ok(cmd) => self.handle(cmd),
             Err(code) => self.error(code.into()),
         }
         true
     }
 
-    fn handle(&mut self, cmd: Command, now: SystemTime) {
-        let _ = now;
+    fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Ehlo(name) => {
                 self.abort_txn();
