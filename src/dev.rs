@@ -101,6 +101,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             kind,
             address: ([127, 0, 0, 1], port).into(),
             proxy_protocol: false,
+            tls: None,
+            limits: Default::default(),
         };
         cfg.listeners = vec![
             at(ListenerKind::Mx, args.mx_port),

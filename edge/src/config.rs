@@ -26,6 +26,10 @@
 //! kind = "mx"                     # mx | submission | smtps
 //! address = "0.0.0.0:25"
 //! proxy-protocol = false          # expect a PROXY v1/v2 header first
+//! # tls = { cert = "...", key = "...", client-ca = "..." }   # this listener only
+//! [listener.limits]               # optional; keys left out take [limits]
+//! max-message-size = 157286400    # also: max-recipients, max-errors, max-sessions,
+//!                                 # max-sessions-per-ip, idle-, command-, data-timeout
 //!
 //! [next-hop]
 //! kind = "smtp"                   # smtp | lmtp | maildir
@@ -190,6 +194,54 @@ pub struct ListenerConfig {
     /// Expect a PROXY protocol v1/v2 header before SMTP.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// This listener's own certificate settings; without them, the edge-wide `[tls]`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// This listener's own limits; every key left out takes the edge-wide `[limits]` value.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener limit overrides (`[listener.limits]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerLimits {
+    /// Overrides `max-message-size`.
+    pub max_message_size: Option<u64>,
+    /// Overrides `max-recipients`.
+    pub max_recipients: Option<usize>,
+    /// Overrides `max-errors`.
+    pub max_errors: Option<u32>,
+    /// Concurrent sessions on this listener (the edge-wide `max-sessions` still applies).
+    pub max_sessions: Option<usize>,
+    /// Overrides `max-sessions-per-ip` (sessions are counted across all listeners).
+    pub max_sessions_per_ip: Option<usize>,
+    /// Overrides `idle-timeout`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Overrides `command-timeout`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub command_timeout: Option<Duration>,
+    /// Overrides `data-timeout`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub data_timeout: Option<Duration>,
+}
+
+impl ListenerLimits {
+    /// The limits in force on the listener: these overrides over the edge-wide `base`.
+    pub fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            max_message_size: self.max_message_size.unwrap_or(base.max_message_size),
+            max_recipients: self.max_recipients.unwrap_or(base.max_recipients),
+            max_errors: self.max_errors.unwrap_or(base.max_errors),
+            max_line: base.max_line,
+            max_sessions: self.max_sessions.unwrap_or(base.max_sessions),
+            max_sessions_per_ip: self.max_sessions_per_ip.unwrap_or(base.max_sessions_per_ip),
+            idle_timeout: self.idle_timeout.unwrap_or(base.idle_timeout),
+            command_timeout: self.command_timeout.unwrap_or(base.command_timeout),
+            data_timeout: self.data_timeout.unwrap_or(base.data_timeout),
+        }
+    }
 }
 
 /// Whether and how to use STARTTLS towards the next hop.
@@ -263,6 +315,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -301,6 +357,27 @@ starttls = "none"
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.listeners[0].kind, ListenerKind::Submission);
         assert!(matches!(c.next_hop, Some(NextHopConfig::Lmtp(_))));
+    }
+
+    #[test]
+    fn listener_overrides_take_the_rest_from_the_edge() {
+        let c = EdgeConfig::parse(
+            r#"
+[limits]
+max-recipients = 50
+idle-timeout = "1m"
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:2587"
+limits = { max-message-size = 1000, data-timeout = "10s" }
+"#,
+        )
+        .unwrap();
+        let l = c.listeners[0].limits.over(&c.limits);
+        assert_eq!(l.max_message_size, 1000);
+        assert_eq!(l.data_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_recipients, 50);
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
     }
 
     #[test]

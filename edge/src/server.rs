@@ -56,23 +56,29 @@ impl Edge {
             .next_hop
             .clone()
             .ok_or_else(|| EdgeError::Config("no [next-hop] configured".into()))?;
-        let certs = match cfg.tls.clone() {
+        let edge_certs = match cfg.tls.clone() {
             Some(t) => Some(Certificates::load_and_watch(t)?),
             None => None,
         };
+        let mut certs = Vec::new();
         for l in &cfg.listeners {
-            if l.kind == ListenerKind::Smtps && certs.is_none() {
+            let own = match l.tls.clone() {
+                Some(t) => Some(Certificates::load_and_watch(t)?),
+                None => edge_certs.clone(),
+            };
+            let needs = match l.kind {
+                ListenerKind::Smtps => Some("implicit TLS"),
+                ListenerKind::Submission => Some("STARTTLS before MAIL"),
+                ListenerKind::Mx => None,
+            };
+            if let (Some(why), None) = (needs, &own) {
                 return Err(EdgeError::Config(format!(
-                    "the smtps listener on {} needs [tls]",
+                    "the {} listener on {} requires {why} and so needs [tls] or its own tls",
+                    l.kind.as_str(),
                     l.address
                 )));
             }
-            if l.kind == ListenerKind::Submission && certs.is_none() {
-                return Err(EdgeError::Config(format!(
-                    "the submission listener on {} requires STARTTLS and so needs [tls]",
-                    l.address
-                )));
-            }
+            certs.push(own);
         }
         if let NextHopConfig::Maildir { path } = &next_hop_cfg {
             std::fs::create_dir_all(path)
@@ -80,19 +86,18 @@ impl Edge {
         }
         let next_hop = NextHop::new(&next_hop_cfg, cfg.hostname()).map_err(EdgeError::Config)?;
         let mut listeners = Vec::new();
-        for l in &cfg.listeners {
+        for (l, certs) in cfg.listeners.iter().zip(certs) {
             let socket = listen(l.address).map_err(|source| EdgeError::Bind {
                 kind: l.kind.as_str(),
                 address: l.address,
                 source,
             })?;
-            listeners.push((l.clone(), socket));
+            listeners.push((l.clone(), certs, socket));
         }
         raise_fd_limit();
         Ok(BoundEdge {
             cfg,
             policy,
-            certs,
             next_hop,
             listeners,
         })
@@ -104,9 +109,8 @@ impl Edge {
 pub struct BoundEdge {
     cfg: EdgeConfig,
     policy: PolicyHandle,
-    certs: Option<Certificates>,
     next_hop: Arc<NextHop>,
-    listeners: Vec<(ListenerConfig, TcpListener)>,
+    listeners: Vec<(ListenerConfig, Option<Certificates>, TcpListener)>,
 }
 
 impl BoundEdge {
@@ -114,7 +118,7 @@ impl BoundEdge {
     pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(l, s)| s.local_addr().ok().map(|a| (l.kind, a)))
+            .filter_map(|(l, _, s)| s.local_addr().ok().map(|a| (l.kind, a)))
             .collect()
     }
 
@@ -122,46 +126,47 @@ impl BoundEdge {
     /// open transactions get up to `drain-timeout` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let limits = &self.cfg.limits;
-        let max_sessions = limits.max_sessions.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let max_sessions = permits(self.cfg.limits.max_sessions);
         let admission = Arc::new(Admission {
             sessions: Arc::new(Semaphore::new(max_sessions as usize)),
             per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: limits.max_sessions_per_ip,
             counter: AtomicU64::new(0),
             started: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         });
-        let shared = Shared {
-            node: self.cfg.node_id.clone(),
-            policy: self.policy.clone(),
-            next_hop: self.next_hop,
-            certs: self.certs,
-            idle_timeout: limits.idle_timeout,
-            data_timeout: limits.data_timeout,
-            shutdown: stop_rx.clone(),
-        };
-        let template = SessionConfig {
-            node: self.cfg.node_id.clone(),
-            hostname: self.cfg.hostname().to_owned(),
-            starttls: shared.certs.is_some(),
-            require_tls: false,
-            max_message_size: limits.max_message_size,
-            max_recipients: limits.max_recipients,
-            max_errors: limits.max_errors.max(1),
-            max_line: limits.max_line.max(512),
-            command_timeout: limits.command_timeout,
-        };
         let mut accept_loops = Vec::new();
-        for (l, socket) in self.listeners {
-            let mut cfg = template.clone();
-            cfg.starttls &= l.kind != ListenerKind::Smtps;
-            cfg.require_tls = l.kind == ListenerKind::Submission;
+        for (l, certs, socket) in self.listeners {
+            let limits = l.limits.over(&self.cfg.limits);
+            let shared = Shared {
+                node: self.cfg.node_id.clone(),
+                policy: self.policy.clone(),
+                next_hop: Arc::clone(&self.next_hop),
+                idle_timeout: limits.idle_timeout,
+                data_timeout: limits.data_timeout,
+                shutdown: stop_rx.clone(),
+                certs,
+            };
+            let session = SessionConfig {
+                node: self.cfg.node_id.clone(),
+                hostname: self.cfg.hostname().to_owned(),
+                starttls: shared.certs.is_some() && l.kind != ListenerKind::Smtps,
+                require_tls: l.kind == ListenerKind::Submission,
+                max_message_size: limits.max_message_size,
+                max_recipients: limits.max_recipients,
+                max_errors: limits.max_errors.max(1),
+                max_line: limits.max_line.max(512),
+                command_timeout: limits.command_timeout,
+            };
             let listener = Listener {
+                sessions: l
+                    .limits
+                    .max_sessions
+                    .map(|n| Arc::new(Semaphore::new(permits(n) as usize))),
+                max_per_ip: limits.max_sessions_per_ip,
                 cfg: l,
-                session: cfg,
-                shared: shared.clone(),
+                session,
+                shared,
                 admission: Arc::clone(&admission),
             };
             let mut stop = stop_rx.clone();
@@ -190,10 +195,14 @@ impl BoundEdge {
     }
 }
 
+fn permits(n: usize) -> u32 {
+    n.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32
+}
+
+/// Edge-wide admission state, shared by every listener.
 struct Admission {
     sessions: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
     counter: AtomicU64,
     started: u64,
 }
@@ -205,10 +214,10 @@ struct IpSlot<'a> {
 }
 
 impl Admission {
-    fn enter(&self, ip: IpAddr) -> Option<IpSlot<'_>> {
+    fn enter(&self, ip: IpAddr, max_per_ip: usize) -> Option<IpSlot<'_>> {
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= max_per_ip {
             return None;
         }
         *n += 1;
@@ -241,6 +250,9 @@ impl Drop for IpSlot<'_> {
 }
 
 struct Listener {
+    /// This listener's own session limit, when it has one.
+    sessions: Option<Arc<Semaphore>>,
+    max_per_ip: usize,
     cfg: ListenerConfig,
     session: SessionConfig,
     shared: Shared,
@@ -281,6 +293,13 @@ impl Listener {
         let Ok(_permit) = Arc::clone(&self.admission.sessions).try_acquire_owned() else {
             return self.refuse(tcp, reply::TOO_MANY_SESSIONS).await;
         };
+        let _listener_permit = match &self.sessions {
+            Some(s) => match Arc::clone(s).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return self.refuse(tcp, reply::TOO_MANY_SESSIONS).await,
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(self.cfg.address);
         let (peer, local, early) = if self.cfg.proxy_protocol {
@@ -301,7 +320,7 @@ impl Listener {
         } else {
             (peer, local, Vec::new())
         };
-        let Some(_slot) = self.admission.enter(peer.ip()) else {
+        let Some(_slot) = self.admission.enter(peer.ip(), self.max_per_ip) else {
             return self.refuse(tcp, reply::TOO_MANY_FROM_IP).await;
         };
         let mut facts = SessionFacts {

@@ -265,3 +265,63 @@ fn proxy_protocol_carries_the_client_address() {
         String::from_utf8_lossy(&stored[0]).starts_with("Received: from via.lb ([203.0.113.9])")
     );
 }
+
+/// Listeners take their own limits and certificate; what they leave out comes from the edge.
+#[test]
+fn listeners_have_their_own_limits_and_certificate() {
+    let dir = TempDir::new("perlistener");
+    let ca = Ca::new("submission CA");
+    let ca_path = dir.0.join("submission-ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).expect("ca");
+    let (cert, key) = ca.issue("submission.test", &["localhost", "127.0.0.1"]);
+    std::fs::write(dir.0.join("sub.crt"), &cert).expect("cert");
+    std::fs::write(dir.0.join("sub.key"), &key).expect("key");
+    let config = format!(
+        r#"
+[limits]
+max-recipients = 7
+[[listener]]
+kind = "mx"
+address = "127.0.0.1:0"
+limits = {{ max-message-size = 1000 }}
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}" }}
+"#,
+        dir.0.join("sub.crt").display(),
+        dir.0.join("sub.key").display()
+    );
+    let dev = Dev::start_in(&dir.0, Some(&config), &[]);
+    let (mx, submission) = (dev.listener("mx"), dev.listener("submission"));
+    runtime().block_on(async {
+        let (mut c, _) = Client::connect(&mx).await.expect("connect");
+        let ehlo = c.cmd("EHLO c.test").await.expect("ehlo");
+        assert!(ehlo.contains("250-SIZE 1000\n"), "{ehlo}");
+        // The mx listener still serves the edge-wide (dev) certificate.
+        let c = c.starttls(tls_config(&dev.ca())).await.expect("mx tls");
+        drop(c);
+
+        let (c, _) = Client::connect(&submission).await.expect("connect");
+        let mut c = c
+            .starttls(tls_config(&ca_path))
+            .await
+            .expect("submission tls");
+        let ehlo = c.cmd("EHLO c.test").await.expect("ehlo");
+        assert!(ehlo.contains("250-SIZE 52428800\n"), "{ehlo}");
+        assert!(c
+            .cmd("MAIL FROM:<a@example.test>")
+            .await
+            .expect("mail")
+            .starts_with("250"));
+        for n in 0..7 {
+            let r = c
+                .cmd(&format!("RCPT TO:<u{n}@example.test>"))
+                .await
+                .expect("rcpt");
+            assert!(r.starts_with("250"), "{r}");
+        }
+        let r = c.cmd("RCPT TO:<u8@example.test>").await.expect("rcpt");
+        assert!(r.starts_with("452 4.5.3"), "{r}");
+    });
+}
