@@ -67,25 +67,21 @@ accepted-domains = ["example.test"]
         let mut problems = Vec::new();
         let mut tenants = Vec::new();
         for t in self.tenant {
-            let id = match TenantId::new(&t.id) {
-                Ok(id) => id,
-                Err(e) => {
-                    problems.push(e.to_string());
-                    continue;
-                }
-            };
+            let id = TenantId::new(&t.id).map_err(|e| problems.push(e.to_string()));
             let mut accepted_domains = Vec::new();
             for d in &t.accepted_domains {
                 match Domain::new(d) {
                     Ok(d) => accepted_domains.push(d),
-                    Err(e) => problems.push(format!("tenant `{id}`: {e}")),
+                    Err(e) => problems.push(format!("tenant `{}`: {e}", t.id)),
                 }
             }
-            tenants.push(Tenant {
-                display_name: t.display_name.unwrap_or_else(|| id.to_string()),
-                id,
-                accepted_domains,
-            });
+            if let Ok(id) = id {
+                tenants.push(Tenant {
+                    display_name: t.display_name.unwrap_or_else(|| id.to_string()),
+                    id,
+                    accepted_domains,
+                });
+            }
         }
         if !problems.is_empty() {
             return Err(SeedError::Invalid(problems));
@@ -109,6 +105,7 @@ mod tests {
         let text = r#"
 [[tenant]]
 id = "Bad Id"
+accepted-domains = ["bad domain"]
 [[tenant]]
 id = "ok"
 accepted-domains = ["a..b", "-x.test"]
@@ -117,7 +114,7 @@ accepted-domains = ["a..b", "-x.test"]
         let SeedError::Invalid(problems) = err else {
             panic!("wrong error")
         };
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
     }
 
     #[test]

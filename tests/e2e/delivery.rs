@@ -189,3 +189,99 @@ fn busy_port_names_the_flag() {
         "{err}"
     );
 }
+
+/// `moat edge` runs from a configuration file and a seed; mistakes in either are reported with
+/// the file and the key, and the process exits 2.
+#[test]
+fn moat_edge_runs_from_config_and_seed() {
+    let dir = TempDir::new("edge");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mail = dir.0.join("mail");
+    let config = dir.0.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node-id = \"edge-9\"\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:{port}\"\n[next-hop]\nkind = \"maildir\"\npath = \"{}\"\n",
+            mail.display()
+        ),
+    )
+    .expect("config");
+    let seed = dir.0.join("tenants.toml");
+    std::fs::write(
+        &seed,
+        "[[tenant]]\nid = \"corp\"\naccepted-domains = [\"corp.test\"]\n",
+    )
+    .expect("seed");
+
+    let mut child = moat()
+        .arg("edge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--seed")
+        .arg(&seed)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moat edge did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // No TLS configured: plain SMTP, and the seed's tenant decides what is accepted.
+    let server = format!("127.0.0.1:{port}");
+    let (ok, out, _) =
+        run(Command::new("swaks").args(["--to", "bob@corp.test", "--server", &server]));
+    let _ = (ok, &out);
+    assert!(out.contains("<-  250 2.6.0"), "{out}");
+    let (_, out, _) =
+        run(Command::new("swaks").args(["--to", "bob@example.test", "--server", &server]));
+    assert!(
+        out.contains("<** 550 5.7.64 TenantAttribution; Relay Access Denied [edge-9]"),
+        "{out}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        mail.join("corp.test/bob/new")
+            .read_dir()
+            .expect("maildir")
+            .count()
+            == 1
+    );
+
+    // Mistakes are named, with their file.
+    std::fs::write(
+        &seed,
+        "[[tenant]]\nid = \"corp\"\naccepted-domains = [\"corp..test\"]\n",
+    )
+    .expect("seed");
+    let (ok, _, err) = run(moat()
+        .arg("edge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--seed")
+        .arg(&seed));
+    assert!(!ok);
+    assert!(
+        err.contains("tenants.toml") && err.contains("corp..test"),
+        "{err}"
+    );
+    std::fs::write(&config, "[limits]\nidle-timeout = \"forever\"\n").expect("config");
+    let (ok, _, err) = run(moat()
+        .arg("edge")
+        .arg("--config")
+        .arg(&config)
+        .arg("--seed")
+        .arg(&seed));
+    assert!(!ok);
+    assert!(
+        err.contains("edge.toml") && err.contains("idle-timeout"),
+        "{err}"
+    );
+}
