@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients the end-to-end tests drive: swaks and Python's smtplib.
+# Real clients the end-to-end tests drive: swaks, Python's smtplib, openssl s_client.
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -157,12 +157,17 @@ impl Dev {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (through the shell's builtin `kill`: no procps needed).
+    pub fn sigterm(&self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", self.child.id()))
+            .status();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        self.sigterm();
         self.child.wait().expect("wait")
     }
 

@@ -235,12 +235,7 @@ fn sigterm_drains_sessions() {
             .expect("write");
         (idle, busy)
     });
-    let pid = dev.pid();
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
+    dev.sigterm();
     rt.block_on(async {
         let r = tokio::time::timeout(Duration::from_secs(5), idle.reply())
             .await
