@@ -260,8 +260,10 @@ fn sigterm_drains_sessions() {
 /// every byte arrives well within `idle-timeout`.
 #[test]
 fn trickled_command_hits_the_command_timeout() {
+    // Bytes arrive every 200 ms, so the idle timeout (10 s) cannot fire before the trickle
+    // stops (3 s at most) plus 10 s: a 421 within 8 s is the command timeout's.
     let dev = Dev::start(Some(
-        "[limits]\nidle-timeout = \"2s\"\ncommand-timeout = \"1s\"\n",
+        "[limits]\nidle-timeout = \"10s\"\ncommand-timeout = \"1s\"\n",
     ));
     let mx = dev.listener("mx");
     runtime().block_on(async move {
@@ -281,6 +283,6 @@ fn trickled_command_hits_the_command_timeout() {
             .expect("a reply")
             .expect("read");
         assert_eq!(r, "421 4.4.2 Timeout exceeded, closing connection [edge-1]");
-        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     });
 }
