@@ -142,25 +142,21 @@ impl Scripted {
     fn send(&self, rcpts: &[&str], body: &[u8]) -> (Vec<String>, String) {
         let mx = self.front.listener("mx");
         let body = crate::client::stuff(body);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt")
-            .block_on(async move {
-                let (mut c, _) = crate::client::Client::connect(&mx).await.expect("connect");
-                c.cmd("EHLO c.test").await.expect("ehlo");
-                let r = c.cmd("MAIL FROM:<s@example.test>").await.expect("mail");
-                assert!(r.starts_with("250"), "{r}");
-                let mut replies = Vec::new();
-                for to in rcpts {
-                    replies.push(c.cmd(&format!("RCPT TO:<{to}>")).await.expect("rcpt"));
-                }
-                let r = c.cmd("DATA").await.expect("data");
-                assert!(r.starts_with("354"), "{r}");
-                c.write(&body).await.expect("body");
-                let last = c.reply().await.expect("final reply");
-                (replies, last)
-            })
+        crate::harness::runtime().block_on(async move {
+            let (mut c, _) = crate::client::Client::connect(&mx).await.expect("connect");
+            c.cmd("EHLO c.test").await.expect("ehlo");
+            let r = c.cmd("MAIL FROM:<s@example.test>").await.expect("mail");
+            assert!(r.starts_with("250"), "{r}");
+            let mut replies = Vec::new();
+            for to in rcpts {
+                replies.push(c.cmd(&format!("RCPT TO:<{to}>")).await.expect("rcpt"));
+            }
+            let r = c.cmd("DATA").await.expect("data");
+            assert!(r.starts_with("354"), "{r}");
+            c.write(&body).await.expect("body");
+            let last = c.reply().await.expect("final reply");
+            (replies, last)
+        })
     }
 }
 

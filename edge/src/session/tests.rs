@@ -407,15 +407,7 @@ fn too_many_errors_closes() {
 
 #[test]
 fn smuggling_endings_never_make_two_messages() {
-    for ending in [
-        &b"\n.\n"[..],
-        b"\r.\r",
-        b"\n.\r\n",
-        b"\r\n.\r",
-        b"\r.\r\n",
-        b"\r\n.\n",
-        b"\n.\r",
-    ] {
+    for ending in super::body::SMUGGLING_ENDINGS {
         let mut h = Harness::new(config());
         h.ehlo();
         h.mail_from("a@b.test", "250");
