@@ -1,13 +1,17 @@
 //! `moat-control`: the control plane.
 //!
-//! Only the storage layer exists so far; the Raft node, the gRPC services and `moat control`
-//! come next (see ARCHITECTURE.md).
-//!
 //! Layout:
-//! - [`storage`]: durable Raft state (log, hard state, conf state, snapshot, applied index)
-//!   behind the [`storage::Backend`] trait, with a sled and an in-memory backend, exposed to
-//!   raft-rs as a [`raft::Storage`].
+//! - [`storage`]: durable Raft state (log, hard state, conf state, snapshot) behind the
+//!   [`storage::Backend`] trait, with a sled and an in-memory backend, exposed to raft-rs as a
+//!   [`raft::Storage`].
+//! - [`state`]: the replicated state machine (tenants, domains, connectors, users, tokens,
+//!   restricted entities, audit log, counters), applied deterministically.
+//! - [`node`]: [`node::Core`], the raft node without I/O: ready loop, apply, snapshots.
+//! - [`server`]: `moat control`: the node's thread, the raft transport and the gRPC services
+//!   (Raft, Policy, Signal, Admin).
 
 #![forbid(unsafe_code)]
 
+pub mod node;
+pub mod state;
 pub mod storage;

@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
+//! - [`connector`]: inbound connectors (Partner, OnPremises) and how they are matched.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
@@ -12,10 +13,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod connector;
 pub mod handle;
 pub mod policy;
 pub mod seed;
 
+pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use policy::{Domain, DomainError, PolicySnapshot, Tenant, TenantId};
 pub use seed::{Seed, SeedError};

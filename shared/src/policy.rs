@@ -7,9 +7,40 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
+use crate::Connector;
+
 /// A tenant's identifier: its primary name, lowercase (for example `example.test`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
+
+impl TryFrom<String> for TenantId {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> Self {
+        t.0
+    }
+}
+
+impl TryFrom<String> for Domain {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<Domain> for String {
+    fn from(d: Domain) -> Self {
+        d.0
+    }
+}
 
 impl TenantId {
     /// Validates and normalises a tenant identifier: 1 to 64 characters of `[a-z0-9.-]`.
@@ -43,7 +74,8 @@ impl fmt::Display for TenantId {
 ///
 /// Internationalised names are accepted in U-label form (UTF-8) as they arrive in SMTPUTF8
 /// sessions; comparison is by the normalised text.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Domain(String);
 
 /// Why a name is not acceptable as a domain or tenant identifier.
@@ -94,7 +126,8 @@ impl fmt::Display for Domain {
 }
 
 /// One tenant: an organisation whose mail Moat receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Tenant {
     /// The tenant's identifier.
     pub id: TenantId,
@@ -102,6 +135,9 @@ pub struct Tenant {
     pub display_name: String,
     /// The domains this tenant receives mail for. A domain belongs to at most one tenant.
     pub accepted_domains: Vec<Domain>,
+    /// Transport config: this tenant's users may submit over TLS 1.0/1.1 on a legacy listener.
+    #[serde(default)]
+    pub allow_legacy_tls_clients: bool,
 }
 
 /// The complete, immutable policy an edge enforces, with the version it was published under.
@@ -109,6 +145,7 @@ pub struct Tenant {
 pub struct PolicySnapshot {
     version: u64,
     tenants: Vec<Tenant>,
+    connectors: Vec<Connector>,
     /// Accepted domain to index into `tenants`.
     by_domain: HashMap<Domain, usize>,
 }
@@ -135,8 +172,33 @@ impl PolicySnapshot {
         Ok(Self {
             version,
             tenants,
+            connectors: Vec::new(),
             by_domain,
         })
+    }
+
+    /// Adds the inbound connectors; fails if one names an unknown tenant or repeats a name
+    /// within its tenant.
+    pub fn with_connectors(mut self, connectors: Vec<Connector>) -> Result<Self, SnapshotError> {
+        let mut seen = std::collections::HashSet::new();
+        for c in &connectors {
+            if !self.tenants.iter().any(|t| t.id == c.tenant) {
+                return Err(SnapshotError::UnknownTenant(c.tenant.clone()));
+            }
+            if !seen.insert((&c.tenant, &c.name)) {
+                return Err(SnapshotError::DuplicateConnector(format!(
+                    "{}/{}",
+                    c.tenant, c.name
+                )));
+            }
+        }
+        self.connectors = connectors;
+        Ok(self)
+    }
+
+    /// Every inbound connector.
+    pub fn connectors(&self) -> &[Connector] {
+        &self.connectors
     }
 
     /// The version this snapshot was published under; 0 means "no policy yet".
@@ -160,6 +222,12 @@ impl PolicySnapshot {
 /// Why a set of tenants cannot form a snapshot.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
+    /// An object names a tenant the snapshot does not have.
+    #[error("tenant `{0}` does not exist")]
+    UnknownTenant(TenantId),
+    /// Two connectors of one tenant share a name.
+    #[error("connector `{0}` is defined twice")]
+    DuplicateConnector(String),
     /// Two tenants share one id.
     #[error("tenant `{0}` is defined twice")]
     DuplicateTenant(TenantId),
@@ -184,6 +252,7 @@ mod tests {
             id: TenantId::new(id).unwrap(),
             display_name: id.into(),
             accepted_domains: domains.iter().map(|d| Domain::new(d).unwrap()).collect(),
+            allow_legacy_tls_clients: false,
         }
     }
 

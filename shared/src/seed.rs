@@ -35,6 +35,9 @@ pub struct SeedTenant {
     /// Domains the tenant receives mail for.
     #[serde(default)]
     pub accepted_domains: Vec<String>,
+    /// Transport config `allow-legacy-tls-clients`.
+    #[serde(default)]
+    pub allow_legacy_tls_clients: bool,
 }
 
 /// Why a seed could not be loaded.
@@ -64,6 +67,12 @@ accepted-domains = ["example.test"]
 
     /// Validates the seed into a snapshot published under `version`.
     pub fn into_snapshot(self, version: u64) -> Result<PolicySnapshot, SeedError> {
+        let tenants = self.into_tenants()?;
+        PolicySnapshot::new(version, tenants).map_err(|e| SeedError::Invalid(vec![e.to_string()]))
+    }
+
+    /// Validates the seed into its tenants (ids unique, a domain claimed once).
+    pub fn into_tenants(self) -> Result<Vec<Tenant>, SeedError> {
         let mut problems = Vec::new();
         let mut tenants = Vec::new();
         for t in self.tenant {
@@ -80,13 +89,16 @@ accepted-domains = ["example.test"]
                     display_name: t.display_name.unwrap_or_else(|| id.to_string()),
                     id,
                     accepted_domains,
+                    allow_legacy_tls_clients: t.allow_legacy_tls_clients,
                 });
             }
         }
         if !problems.is_empty() {
             return Err(SeedError::Invalid(problems));
         }
-        PolicySnapshot::new(version, tenants).map_err(|e| SeedError::Invalid(vec![e.to_string()]))
+        PolicySnapshot::new(0, tenants.clone())
+            .map_err(|e| SeedError::Invalid(vec![e.to_string()]))?;
+        Ok(tenants)
     }
 }
 

@@ -211,6 +211,13 @@ impl<B: Backend> RaftStore<B> {
             .write(vec![Op::Put(HARD.to_vec(), encode(hs)?)])
     }
 
+    /// Persists a new commit index (the rest of the hard state unchanged).
+    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut hs = self.hard_state()?;
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
     /// Persists the configuration state.
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
         self.backend
@@ -377,12 +384,14 @@ impl<B: Backend> raft::Storage for RaftStore<B> {
         Ok(self.bounds().last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let snap: Snapshot = match self.backend.get(SNAP)? {
             Some(v) => decode(SNAP, &v)?,
             None => Snapshot::default(),
         };
-        if snap.get_metadata().index < request_index {
+        let cs = snap.get_metadata().get_conf_state();
+        let names_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if snap.get_metadata().index < request_index || (to != 0 && !names_to) {
             // The node must first take a newer snapshot of its state machine.
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

@@ -191,7 +191,7 @@ fn sled_state_survives_reopening() {
     );
     assert_eq!(s.term(30).unwrap(), 4);
     assert_eq!(s.initial_state().unwrap().hard_state.commit, 40);
-    assert_eq!(&s.snapshot(30, 1).unwrap().data[..], b"at 30");
+    assert_eq!(&s.snapshot(30, 0).unwrap().data[..], b"at 30");
     assert_eq!(terms(&s, 48, 51), [5, 5, 6]);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
