@@ -3,14 +3,19 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
+mod control;
 mod dev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use moat_edge::control::{Counters, LinkStatus};
 use moat_edge::{Edge, EdgeConfig};
-use moat_shared::Seed;
+use moat_shared::{PolicyHandle, Seed};
 
 /// Moat: an SMTP edge cluster with a control plane.
 #[derive(Parser, Debug)]
@@ -29,18 +34,28 @@ enum Command {
     /// self-signed certificates and a demo tenant.
     Dev(dev::DevArgs),
     /// Run an SMTP edge node.
-    Edge {
-        /// Edge configuration (TOML); see the `moat_edge::config` docs for every key.
-        #[arg(long)]
-        config: PathBuf,
-        /// Tenants and accepted domains (TOML seed) to enforce.
-        #[arg(long)]
-        seed: PathBuf,
-    },
-    /// Run a control-plane node (not available yet).
-    Control,
-    /// Administer a cluster (not available yet).
-    Admin,
+    Edge(EdgeArgs),
+    /// Run a control-plane node.
+    Control(control::ControlArgs),
+    /// Administer a cluster: tenants, domains, connectors, users, tokens, membership.
+    Admin(admin::AdminArgs),
+}
+
+/// Options of `moat edge`.
+#[derive(clap::Args, Debug)]
+pub struct EdgeArgs {
+    /// Edge configuration (TOML); see the `moat_edge::config` docs for every key.
+    #[arg(long)]
+    config: PathBuf,
+    /// Enforce a fixed seed (TOML) instead of following a control plane.
+    #[arg(long, conflicts_with = "control", required_unless_present = "control")]
+    seed: Option<PathBuf>,
+    /// Control nodes to watch, `host:port[,host:port...]`.
+    #[arg(long, value_delimiter = ',')]
+    control: Vec<String>,
+    /// Address of the status port (`/healthz`, `/readyz`).
+    #[arg(long)]
+    status: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -56,13 +71,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Admin(args) = cli.command {
+        let code = runtime.block_on(admin::run(args));
+        return ExitCode::from(u8::try_from(code).unwrap_or(5));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
-            Command::Edge { config, seed } => run_edge(config, seed).await,
-            Command::Control | Command::Admin => Err(anyhow::anyhow!(
-                "this build has no control plane yet: run `moat dev` or `moat edge --seed`"
-            )),
+            Command::Edge(args) => run_edge(args).await,
+            Command::Control(args) => control::run(args).await,
+            Command::Admin(_) => Ok(()),
         }
     });
     match result {
@@ -74,22 +92,73 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_edge(config: PathBuf, seed: PathBuf) -> anyhow::Result<()> {
+async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let text = std::fs::read_to_string(&config)
-        .with_context(|| format!("reading {}", config.display()))?;
-    let cfg = EdgeConfig::parse(&text).with_context(|| format!("in {}", config.display()))?;
-    let seed_text =
-        std::fs::read_to_string(&seed).with_context(|| format!("reading {}", seed.display()))?;
-    let snapshot = Seed::parse(&seed_text)
-        .and_then(|s| s.into_snapshot(1))
-        .with_context(|| format!("in {}", seed.display()))?;
-    let edge = Edge::bind(cfg, moat_shared::PolicyHandle::new(snapshot)).await?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let cfg = EdgeConfig::parse(&text).with_context(|| format!("in {}", args.config.display()))?;
+    let edge_id = cfg.node_id.clone();
+    let (policy, link) = match &args.seed {
+        Some(seed) => {
+            let seed_text = std::fs::read_to_string(seed)
+                .with_context(|| format!("reading {}", seed.display()))?;
+            let snapshot = Seed::parse(&seed_text)
+                .and_then(|s| s.into_snapshot(1))
+                .with_context(|| format!("in {}", seed.display()))?;
+            (PolicyHandle::new(snapshot), None)
+        }
+        None => {
+            let policy = PolicyHandle::new(Default::default());
+            let link = start_control_link(&args.control, &edge_id, &policy);
+            (policy, Some(link))
+        }
+    };
+    let status = match args.status {
+        Some(addr) => Some(
+            moat_edge::status::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the status port"))?,
+        ),
+        None => None,
+    };
+    let edge = Edge::bind(cfg, policy.clone()).await?;
     for (kind, addr) in edge.local_addrs() {
         tracing::info!("{} listening on {addr}", kind.as_str());
     }
+    if let Some(listener) = status {
+        let probe = moat_edge::status::Probe {
+            node: edge_id,
+            policy,
+            link: link.map(|(status, _)| status),
+        };
+        tokio::spawn(moat_edge::status::serve(listener, probe));
+    }
     edge.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// Starts the policy watch and the counter reports against `control`.
+pub fn start_control_link(
+    control: &[String],
+    edge_id: &str,
+    policy: &PolicyHandle,
+) -> (Arc<LinkStatus>, Arc<Counters>) {
+    let status = Arc::new(LinkStatus::default());
+    let counters = Arc::new(Counters::default());
+    tokio::spawn(moat_edge::control::watch(
+        control.to_vec(),
+        edge_id.to_owned(),
+        policy.clone(),
+        Arc::clone(&status),
+    ));
+    tokio::spawn(moat_edge::control::report(
+        control.to_vec(),
+        edge_id.to_owned(),
+        Arc::clone(&counters),
+        policy.clone(),
+        Arc::clone(&status),
+    ));
+    (status, counters)
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -13,5 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod node;
+pub mod server;
 pub mod state;
 pub mod storage;

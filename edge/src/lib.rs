@@ -14,14 +14,18 @@
 //! - [`session`]: the sans-IO SMTP machine and its tokio driver.
 //! - [`verdict`]: pure policy decisions over a snapshot.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
+//! - [`control`]: the link to the control plane: policy watch and counter reports.
+//! - [`status`]: `/healthz` and `/readyz` on the status port.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod tls;
 pub mod verdict;
 

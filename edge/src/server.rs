@@ -320,6 +320,10 @@ impl Listener {
         } else {
             (peer, local, Vec::new())
         };
+        if self.shared.policy.load().version() == 0 {
+            // Fail closed until the first snapshot: never accept mail unchecked.
+            return self.refuse(tcp, reply::NO_POLICY).await;
+        }
         let Some(_slot) = self.admission.enter(peer.ip(), self.max_per_ip) else {
             return self.refuse(tcp, reply::TOO_MANY_FROM_IP).await;
         };

@@ -107,6 +107,8 @@ codes! {
     TIMEOUT = 421 "4.4.2" "Timeout exceeded, closing connection";
     /// The edge is draining for shutdown.
     SHUTTING_DOWN = 421 "4.3.2" "Service shutting down, try again later";
+    /// The edge has never received a policy snapshot, so it cannot decide anything.
+    NO_POLICY = 421 "4.3.2" "No policy from the control plane yet, try again later";
     /// The next hop could not be reached or refused the connection.
     NEXT_HOP_UNAVAILABLE = 451 "4.4.1" "Next hop unavailable, try again later";
     /// The next hop failed during the transaction.

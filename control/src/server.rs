@@ -1,0 +1,1215 @@
+//! `moat control`: one control node as a process.
+//!
+//! One OS thread owns the [`Core`] (raft-rs `RawNode`, sled storage, state machine) and runs the
+//! ready loop; everything else talks to it through a channel of [`Req`]s: the gRPC services
+//! (Raft transport, Policy, Signal, Admin) and one sending task per peer. The thread publishes
+//! what the services need to read without asking it: the current policy snapshot, the raft
+//! status and the admin tokens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moat_proto::convert::{
+    connector_from_wire, connector_to_wire, tenant_from_wire, tenant_to_wire,
+};
+use moat_proto::v1;
+use moat_shared::{Domain, Seed, Tenant, TenantId};
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status};
+
+use crate::node::{
+    decode_message, encode_message, raft_logger, Core, MemberChange, NodeError, Options,
+};
+use crate::state::{Command, Outcome, Proposal, Role, SignalBatch, State, TokenRecord, User};
+use crate::storage::sled::Sled;
+
+/// Largest gRPC message accepted (raft snapshots of a large state travel in one message).
+const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+/// How long a write or read waits for the raft round before answering UNAVAILABLE.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the leader turns the signal batches it holds into one log entry.
+const SIGNAL_WINDOW: Duration = Duration::from_millis(500);
+
+/// How a control node is set up.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Raft id, unique in the cluster, never reused.
+    pub id: u64,
+    /// Where gRPC listens.
+    pub listen: SocketAddr,
+    /// The `host:port` other nodes and tools reach this node at (defaults to `listen`).
+    pub advertise: Option<String>,
+    /// The founding members and their addresses (this node included); empty when joining.
+    pub peers: BTreeMap<u64, String>,
+    /// Data directory (sled lives in `DATA/raft`).
+    pub data: PathBuf,
+    /// Tenants to create once the cluster has a leader (idempotent).
+    pub seed: Vec<Tenant>,
+    /// The bootstrap operator token.
+    pub admin_token: Option<String>,
+    /// Raft tick period.
+    pub tick: Duration,
+    /// Raft tuning.
+    pub options: Options,
+}
+
+/// Why the node stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Could not bind the gRPC port.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Storage or raft failed at start.
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    /// sled failed at start.
+    #[error("{0}")]
+    Store(#[from] crate::storage::StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Why a request to the node thread was not carried out.
+#[derive(Debug)]
+enum Refusal {
+    NotLeader(u64),
+    Failed(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
+
+/// A request to the node thread.
+enum Req {
+    Step(Message, u64, String),
+    Propose(Proposal, Reply<Outcome>),
+    Member(MemberChange, Reply<Outcome>),
+    Read(bool, Box<dyn FnOnce(&State) + Send>),
+    Signal(SignalBatch, Reply<()>),
+    Unreachable(u64),
+    SnapshotDone(u64, bool),
+}
+
+/// What the node thread publishes for the services.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct View {
+    status: Option<crate::node::Status>,
+    addresses: BTreeMap<u64, String>,
+    policy_version: u64,
+}
+
+/// One edge as this node sees it.
+#[derive(Clone, Debug)]
+struct EdgeSeen {
+    applied: u64,
+    last_seen_ms: i64,
+}
+
+struct Shared {
+    id: u64,
+    tx: Mutex<std_mpsc::Sender<Req>>,
+    policy: watch::Receiver<Arc<v1::PolicySnapshot>>,
+    view: watch::Receiver<View>,
+    tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
+    admin_token_sha: Option<String>,
+    edges: Mutex<BTreeMap<String, EdgeSeen>>,
+}
+
+impl Shared {
+    fn send(&self, r: Req) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn leader_hint(&self, leader: u64) -> Status {
+        let view = self.view.borrow();
+        let mut s = Status::unavailable(match leader {
+            0 => "no leader elected yet; retry".to_owned(),
+            l => format!("not the leader; the leader is node {l}"),
+        });
+        if let Some(addr) = view.addresses.get(&leader) {
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert("moat-leader", v);
+            }
+        }
+        s
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Req) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx));
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(Refusal::NotLeader(l)))) => Err(self.leader_hint(l)),
+            Ok(Ok(Err(Refusal::Failed(why)))) => Err(Status::unavailable(why)),
+            Ok(Err(_)) | Err(_) => Err(Status::unavailable(
+                "the change was not committed in time (leader lost?); retry with the same request id",
+            )),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn sha256_hex(s: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A bound control node, ready to run.
+pub struct Control {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Opens storage, starts the node thread and binds the gRPC port.
+    pub async fn start(cfg: ControlConfig) -> Result<Self, ControlError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ControlError::Bind(cfg.listen, e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| ControlError::Bind(cfg.listen, e))?;
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+        let backend = Sled::open(&cfg.data.join("raft"))?;
+        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+        let id_base = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()) as u64)
+            << 8;
+        let core = Core::open(
+            cfg.id,
+            backend,
+            &voters,
+            &cfg.options,
+            id_base,
+            &raft_logger(),
+        )?;
+
+        let (tx, rx) = std_mpsc::channel();
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(v1::PolicySnapshot::default()));
+        let (view_tx, view_rx) = watch::channel(View::default());
+        let tokens = Arc::new(RwLock::new(HashMap::new()));
+        let shared = Arc::new(Shared {
+            id: cfg.id,
+            tx: Mutex::new(tx.clone()),
+            policy: policy_rx,
+            view: view_rx,
+            tokens: Arc::clone(&tokens),
+            admin_token_sha: cfg.admin_token.as_deref().map(sha256_hex),
+            edges: Mutex::new(BTreeMap::new()),
+        });
+        let mut addresses = cfg.peers.clone();
+        addresses.insert(cfg.id, advertise.clone());
+        let thread = NodeThread {
+            core,
+            rx,
+            tx,
+            rt: tokio::runtime::Handle::current(),
+            advertise,
+            addresses,
+            transports: HashMap::new(),
+            pending: HashMap::new(),
+            reads: HashMap::new(),
+            signals: Vec::new(),
+            signal_waiters: HashMap::new(),
+            last_signal_flush: Instant::now(),
+            seed: cfg.seed.clone(),
+            last_seed_attempt: None,
+            policy_tx,
+            view_tx,
+            tokens,
+            published_tokens: None,
+            tick: cfg.tick,
+        };
+        std::thread::Builder::new()
+            .name(format!("raft-{}", cfg.id))
+            .spawn(move || thread.run())
+            .map_err(|e| ControlError::Bind(cfg.listen, e))?;
+        Ok(Self { listener, shared })
+    }
+
+    /// The address gRPC listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves gRPC until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ControlError> {
+        let svc = Services {
+            shared: Arc::clone(&self.shared),
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        tonic::transport::Server::builder()
+            .add_service(
+                v1::raft_server::RaftServer::new(svc.clone())
+                    .max_decoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(v1::policy_server::PolicyServer::new(svc.clone()))
+            .add_service(v1::signal_server::SignalServer::new(svc.clone()))
+            .add_service(v1::admin_server::AdminServer::new(svc))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node thread.
+// ---------------------------------------------------------------------------------------------
+
+struct NodeThread {
+    core: Core<Sled>,
+    rx: std_mpsc::Receiver<Req>,
+    tx: std_mpsc::Sender<Req>,
+    rt: tokio::runtime::Handle,
+    advertise: String,
+    addresses: BTreeMap<u64, String>,
+    transports: HashMap<u64, (String, mpsc::Sender<Vec<Message>>)>,
+    pending: HashMap<u64, (Instant, Reply<Outcome>)>,
+    reads: HashMap<u64, (Instant, Box<dyn FnOnce(&State) + Send>)>,
+    signals: Vec<(SignalBatch, Reply<()>)>,
+    signal_waiters: HashMap<u64, (Instant, Vec<Reply<()>>)>,
+    last_signal_flush: Instant,
+    seed: Vec<Tenant>,
+    last_seed_attempt: Option<Instant>,
+    policy_tx: watch::Sender<Arc<v1::PolicySnapshot>>,
+    view_tx: watch::Sender<View>,
+    tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
+    published_tokens: Option<BTreeMap<String, TokenRecord>>,
+    tick: Duration,
+}
+
+impl NodeThread {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        self.publish(true);
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(r) => self.handle(r),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            for _ in 0..4096 {
+                match self.rx.try_recv() {
+                    Ok(r) => self.handle(r),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.core.tick();
+                next_tick += self.tick;
+                if next_tick < now {
+                    next_tick = now + self.tick;
+                }
+                self.housekeeping(now);
+            }
+            let out = match self.core.process() {
+                Ok(out) => out,
+                Err(e) => {
+                    // A node that cannot persist must not go on voting or acknowledging.
+                    tracing::error!(error = %e, "raft node failed; exiting");
+                    std::process::exit(70);
+                }
+            };
+            for m in out.messages {
+                self.send(m);
+            }
+            for (id, outcome) in out.done {
+                if let Some((_, reply)) = self.pending.remove(&id) {
+                    let _ = reply.send(Ok(outcome));
+                } else if let Some((_, replies)) = self.signal_waiters.remove(&id) {
+                    for r in replies {
+                        let _ = r.send(match &outcome.result {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(Refusal::Failed(e.clone())),
+                        });
+                    }
+                }
+            }
+            for id in out.readable {
+                if let Some((_, f)) = self.reads.remove(&id) {
+                    f(self.core.state());
+                }
+            }
+            if out.members_changed {
+                for (id, addr) in &self.core.state().members {
+                    self.addresses.insert(*id, addr.clone());
+                }
+            }
+            self.publish(out.policy_changed);
+        }
+    }
+
+    fn handle(&mut self, r: Req) {
+        match r {
+            Req::Step(m, from, from_addr) => {
+                if !from_addr.is_empty() && self.addresses.get(&from) != Some(&from_addr) {
+                    self.addresses.insert(from, from_addr);
+                }
+                if let Err(e) = self.core.step(m) {
+                    tracing::debug!(error = %e, "raft message dropped");
+                }
+            }
+            Req::Propose(p, reply) => match self.core.propose(&p) {
+                Ok(id) => {
+                    self.pending.insert(id, (Instant::now(), reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(refusal(e)));
+                }
+            },
+            Req::Member(change, reply) => match self.core.propose_member_change(&change) {
+                Ok(id) => {
+                    if let MemberChange::Add(node, addr) = &change {
+                        self.addresses.insert(*node, addr.clone());
+                    }
+                    self.pending.insert(id, (Instant::now(), reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(refusal(e)));
+                }
+            },
+            Req::Read(stale_ok, f) => {
+                if stale_ok {
+                    f(self.core.state());
+                } else {
+                    let id = self.core.read_index();
+                    self.reads.insert(id, (Instant::now(), f));
+                }
+            }
+            Req::Signal(batch, reply) => {
+                if self.core.is_leader() {
+                    self.signals.push((batch, reply));
+                } else {
+                    let _ = reply.send(Err(Refusal::NotLeader(self.core.leader())));
+                }
+            }
+            Req::Unreachable(id) => self.core.report_unreachable(id),
+            Req::SnapshotDone(id, ok) => self.core.report_snapshot(id, ok),
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let expired = |t: &Instant| now.duration_since(*t) > REQUEST_TIMEOUT;
+        self.pending.retain(|_, (t, _)| !expired(t));
+        self.reads.retain(|_, (t, _)| !expired(t));
+        self.signal_waiters.retain(|_, (t, _)| !expired(t));
+        if !self.core.is_leader() {
+            for (_, reply) in self.signals.drain(..) {
+                let _ = reply.send(Err(Refusal::NotLeader(self.core.leader())));
+            }
+            return;
+        }
+        if !self.signals.is_empty() && now.duration_since(self.last_signal_flush) >= SIGNAL_WINDOW {
+            self.last_signal_flush = now;
+            let (batches, replies): (Vec<_>, Vec<_>) = self.signals.drain(..).unzip();
+            let p = Proposal {
+                at_ms: now_ms(),
+                actor: "edges".into(),
+                request_id: None,
+                command: Command::Signals { batches },
+            };
+            match self.core.propose(&p) {
+                Ok(id) => {
+                    self.signal_waiters.insert(id, (now, replies));
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for r in replies {
+                        let _ = r.send(Err(Refusal::Failed(why.clone())));
+                    }
+                }
+            }
+        }
+        if !self.seed.is_empty() {
+            let state = self.core.state();
+            let done = self.seed.iter().all(|t| {
+                state.tenants.get(&t.id).is_some_and(|have| {
+                    t.accepted_domains
+                        .iter()
+                        .all(|d| have.accepted_domains.contains(d))
+                })
+            });
+            if done {
+                self.seed.clear();
+            } else if self
+                .last_seed_attempt
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
+            {
+                self.last_seed_attempt = Some(now);
+                let p = Proposal {
+                    at_ms: now_ms(),
+                    actor: "seed".into(),
+                    request_id: None,
+                    command: Command::ApplySeed {
+                        tenants: self.seed.clone(),
+                    },
+                };
+                let _ = self.core.propose(&p);
+            }
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        let to = m.to;
+        let Some(addr) = self.addresses.get(&to).cloned() else {
+            tracing::debug!(to, "no address for raft peer; message dropped");
+            return;
+        };
+        let fresh = match self.transports.get(&to) {
+            Some((a, tx)) => *a != addr || tx.is_closed(),
+            None => true,
+        };
+        if fresh {
+            let (tx, rx) = mpsc::channel(1024);
+            self.rt.spawn(peer_task(
+                self.core.id(),
+                self.advertise.clone(),
+                to,
+                addr.clone(),
+                rx,
+                self.tx.clone(),
+            ));
+            self.transports.insert(to, (addr, tx));
+        }
+        if let Some((_, tx)) = self.transports.get(&to) {
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if tx.try_send(vec![m]).is_err() {
+                // Raft tolerates loss; tell it so it probes again.
+                self.core.report_unreachable(to);
+                if snapshot {
+                    self.core.report_snapshot(to, false);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, policy_changed: bool) {
+        let state = self.core.state();
+        if policy_changed || self.policy_tx.borrow().version != state.policy_version {
+            let snap = policy_snapshot(state);
+            self.policy_tx.send_replace(Arc::new(snap));
+        }
+        if self.published_tokens.as_ref() != Some(&state.tokens) {
+            let map = state
+                .tokens
+                .values()
+                .map(|t| (t.sha256.clone(), t.clone()))
+                .collect();
+            if let Ok(mut w) = self.tokens.write() {
+                *w = map;
+            }
+            self.published_tokens = Some(state.tokens.clone());
+        }
+        let view = View {
+            status: Some(self.core.status()),
+            addresses: self.addresses.clone(),
+            policy_version: state.policy_version,
+        };
+        self.view_tx.send_if_modified(|v| {
+            if *v != view {
+                *v = view;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn refusal(e: NodeError) -> Refusal {
+    match e {
+        NodeError::NotLeader { leader } => Refusal::NotLeader(leader),
+        e => Refusal::Failed(e.to_string()),
+    }
+}
+
+fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
+    v1::PolicySnapshot {
+        version: state.policy_version,
+        changed_at_ms: state.policy_changed_ms,
+        tenants: state.tenants.values().map(tenant_to_wire).collect(),
+        connectors: state.connectors.values().map(connector_to_wire).collect(),
+        restricted: state
+            .restricted
+            .iter()
+            .map(|r| v1::RestrictedEntity {
+                tenant: r.tenant.to_string(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                reason: r.reason.clone(),
+                since_ms: r.since_ms,
+            })
+            .collect(),
+    }
+}
+
+async fn peer_task(
+    from: u64,
+    from_address: String,
+    to: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    node: std_mpsc::Sender<Req>,
+) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10)),
+        Err(e) => {
+            tracing::warn!(to, %addr, error = %e, "bad peer address");
+            return;
+        }
+    };
+    let mut client = v1::raft_client::RaftClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(MAX_MESSAGE);
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let req = v1::RaftBatch {
+            from,
+            from_address: from_address.clone(),
+            messages: batch.iter().map(encode_message).collect(),
+        };
+        match client.send(req).await {
+            Ok(_) => {
+                if snapshot {
+                    let _ = node.send(Req::SnapshotDone(to, true));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(to, error = %e, "raft peer unreachable");
+                let _ = node.send(Req::Unreachable(to));
+                if snapshot {
+                    let _ = node.send(Req::SnapshotDone(to, false));
+                }
+                // Do not spin on a dead peer; raft will resend.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC services.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Services {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl v1::raft_server::Raft for Services {
+    async fn send(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        let batch = req.into_inner();
+        for b in &batch.messages {
+            match decode_message(b) {
+                Some(m) => self
+                    .shared
+                    .send(Req::Step(m, batch.from, batch.from_address.clone())),
+                None => return Err(Status::invalid_argument("undecodable raft message")),
+            }
+        }
+        Ok(Response::new(v1::RaftAck {}))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::PolicySnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::policy_server::Policy for Services {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<tonic::Streaming<v1::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            while let Ok(Some(w)) = inbound.message().await {
+                if let Ok(mut edges) = shared.edges.lock() {
+                    edges.insert(
+                        w.edge_id,
+                        EdgeSeen {
+                            applied: w.applied_version,
+                            last_seen_ms: now_ms(),
+                        },
+                    );
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::WatchStream::new(self.shared.policy.clone())
+            .filter(|s| s.version > 0)
+            .map(|s| Ok((*s).clone()));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::signal_server::Signal for Services {
+    async fn report(
+        &self,
+        req: Request<v1::SignalBatch>,
+    ) -> Result<Response<v1::SignalAck>, Status> {
+        let b = req.into_inner();
+        if b.edge_id.is_empty() || b.seq == 0 {
+            return Err(Status::invalid_argument(
+                "a batch needs an edge id and a sequence from 1",
+            ));
+        }
+        let seq = b.seq;
+        if let Ok(mut edges) = self.shared.edges.lock() {
+            let e = edges.entry(b.edge_id.clone()).or_insert(EdgeSeen {
+                applied: 0,
+                last_seen_ms: 0,
+            });
+            e.applied = e.applied.max(b.policy_version);
+            e.last_seen_ms = now_ms();
+        }
+        let batch = SignalBatch {
+            edge: b.edge_id,
+            seq,
+            counters: b
+                .counters
+                .into_iter()
+                .map(|c| (c.scope, c.key, c.name, c.value))
+                .collect(),
+        };
+        self.shared.ask(|r| Req::Signal(batch, r)).await?;
+        Ok(Response::new(v1::SignalAck { seq }))
+    }
+}
+
+/// Who is calling the admin API.
+#[derive(Clone, Debug)]
+struct Principal {
+    name: String,
+    role: Role,
+    tenant: Option<TenantId>,
+}
+
+impl Principal {
+    fn may_change(&self, tenant: &TenantId) -> Result<(), Status> {
+        match (self.role, &self.tenant) {
+            (Role::Operator, _) => Ok(()),
+            (Role::TenantAdmin, Some(own)) if own == tenant => Ok(()),
+            (Role::TenantAdmin, Some(own)) => Err(Status::permission_denied(format!(
+                "token `{}` administers tenant `{own}` only; it cannot change tenant `{tenant}`",
+                self.name
+            ))),
+            _ => Err(Status::permission_denied(format!(
+                "token `{}` has role {}; it cannot change anything",
+                self.name,
+                self.role.as_str()
+            ))),
+        }
+    }
+
+    fn operator_only(&self, what: &str) -> Result<(), Status> {
+        if self.role == Role::Operator {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "only an operator token may {what}; token `{}` has role {}",
+                self.name,
+                self.role.as_str()
+            )))
+        }
+    }
+}
+
+impl Services {
+    fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("missing `authorization: Bearer <token>`; pass --token")
+            })?;
+        let sha = sha256_hex(token.trim());
+        if self.shared.admin_token_sha.as_deref() == Some(sha.as_str()) {
+            return Ok(Principal {
+                name: "operator".into(),
+                role: Role::Operator,
+                tenant: None,
+            });
+        }
+        let tokens = self
+            .shared
+            .tokens
+            .read()
+            .map_err(|_| Status::internal("token table poisoned"))?;
+        match tokens.get(&sha) {
+            Some(t) => Ok(Principal {
+                name: t.name.clone(),
+                role: t.role,
+                tenant: t.tenant.clone(),
+            }),
+            None => Err(Status::unauthenticated("unknown or revoked token")),
+        }
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn tenant_id(s: &str) -> Result<TenantId, Status> {
+    TenantId::new(s).map_err(bad)
+}
+
+async fn hash_password(password: String) -> Result<String, Status> {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    if password.len() < 8 {
+        return Err(Status::invalid_argument(
+            "a password needs at least 8 characters",
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+            .map_err(|_| Status::internal("no randomness"))?;
+        let salt = SaltString::encode_b64(&salt).map_err(|e| Status::internal(e.to_string()))?;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Status::internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+}
+
+fn outcome_status(o: Outcome) -> Result<v1::WriteReply, Status> {
+    match o.result {
+        Ok(summary) => Ok(v1::WriteReply {
+            index: o.index,
+            summary,
+            secret: String::new(),
+        }),
+        Err(e) if e.contains("does not exist") || e.contains("is not accepted by") => {
+            Err(Status::not_found(e))
+        }
+        Err(e) if e.contains("already") || e.contains("exists") => Err(Status::already_exists(e)),
+        Err(e) => Err(Status::failed_precondition(e)),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Services {
+    async fn write(
+        &self,
+        req: Request<v1::WriteRequest>,
+    ) -> Result<Response<v1::WriteReply>, Status> {
+        use v1::write_request::Op;
+        let who = self.principal(&req)?;
+        let w = req.into_inner();
+        let op =
+            w.op.ok_or_else(|| Status::invalid_argument("empty write request"))?;
+        let mut secret = String::new();
+        let command = match op {
+            Op::PutTenant(t) => {
+                who.operator_only("create or change tenants")?;
+                Command::PutTenant {
+                    tenant: tenant_from_wire(&t).map_err(bad)?,
+                }
+            }
+            Op::DeleteTenant(t) => {
+                who.operator_only("delete tenants")?;
+                Command::DeleteTenant {
+                    tenant: tenant_id(&t)?,
+                }
+            }
+            Op::AddDomain(d) => {
+                let tenant = tenant_id(&d.tenant)?;
+                who.may_change(&tenant)?;
+                Command::AddDomain {
+                    tenant,
+                    domain: Domain::new(&d.domain).map_err(bad)?,
+                }
+            }
+            Op::RemoveDomain(d) => {
+                let tenant = tenant_id(&d.tenant)?;
+                who.may_change(&tenant)?;
+                Command::RemoveDomain {
+                    tenant,
+                    domain: Domain::new(&d.domain).map_err(bad)?,
+                }
+            }
+            Op::PutConnector(c) => {
+                let connector = connector_from_wire(&c).map_err(bad)?;
+                who.may_change(&connector.tenant)?;
+                Command::PutConnector { connector }
+            }
+            Op::DeleteConnector(n) => {
+                let tenant = tenant_id(&n.tenant)?;
+                who.may_change(&tenant)?;
+                Command::DeleteConnector {
+                    tenant,
+                    name: n.name,
+                }
+            }
+            Op::PutUser(u) => {
+                let tenant = tenant_id(&u.tenant)?;
+                who.may_change(&tenant)?;
+                let address = u.address.trim().to_lowercase();
+                if !address.contains('@') {
+                    return Err(bad(format!("`{address}` is not an email address")));
+                }
+                Command::PutUser {
+                    user: User {
+                        tenant,
+                        address,
+                        password_hash: hash_password(u.password).await?,
+                        send_as: u.send_as.iter().map(|a| a.trim().to_lowercase()).collect(),
+                    },
+                }
+            }
+            Op::DeleteUser(n) => {
+                let tenant = tenant_id(&n.tenant)?;
+                who.may_change(&tenant)?;
+                Command::DeleteUser {
+                    tenant,
+                    address: n.name.trim().to_lowercase(),
+                }
+            }
+            Op::SetTransportConfig(t) => {
+                let tenant = tenant_id(&t.tenant)?;
+                who.may_change(&tenant)?;
+                Command::SetTransportConfig {
+                    tenant,
+                    allow_legacy_tls_clients: t.allow_legacy_tls_clients,
+                }
+            }
+            Op::CreateToken(t) => {
+                who.operator_only("create tokens")?;
+                let role = Role::parse(&t.role).ok_or_else(|| {
+                    bad(format!(
+                        "`{}` is not a role (operator, tenant-admin, reader)",
+                        t.role
+                    ))
+                })?;
+                let tenant = match (role, t.tenant.as_str()) {
+                    (Role::TenantAdmin, "") => {
+                        return Err(bad("a tenant-admin token needs --tenant"));
+                    }
+                    (Role::TenantAdmin, t) => Some(tenant_id(t)?),
+                    (_, "") => None,
+                    (_, _) => return Err(bad("only tenant-admin tokens name a tenant")),
+                };
+                let id = random_hex(6);
+                secret = format!("moat_{id}_{}", random_hex(24));
+                Command::CreateToken {
+                    token: TokenRecord {
+                        id: id.clone(),
+                        name: if t.name.is_empty() { id } else { t.name },
+                        role,
+                        tenant,
+                        sha256: sha256_hex(&secret),
+                        created_ms: 0,
+                    },
+                }
+            }
+            Op::RevokeToken(id) => {
+                who.operator_only("revoke tokens")?;
+                Command::RevokeToken { id }
+            }
+            Op::ApplySeed(s) => {
+                who.operator_only("apply a seed")?;
+                let tenants = Seed::parse(&s.toml)
+                    .and_then(Seed::into_tenants)
+                    .map_err(bad)?;
+                Command::ApplySeed { tenants }
+            }
+            Op::AddNode(n) => {
+                who.operator_only("change cluster membership")?;
+                if n.id == 0 || n.address.is_empty() {
+                    return Err(bad("add-node needs a node id above 0 and its address"));
+                }
+                let change = MemberChange::Add(n.id, n.address);
+                let o = self.shared.ask(|r| Req::Member(change, r)).await?;
+                return outcome_status(o).map(Response::new);
+            }
+            Op::RemoveNode(id) => {
+                who.operator_only("change cluster membership")?;
+                let o = self
+                    .shared
+                    .ask(|r| Req::Member(MemberChange::Remove(id), r))
+                    .await?;
+                return outcome_status(o).map(Response::new);
+            }
+        };
+        let p = Proposal {
+            at_ms: now_ms(),
+            actor: who.name.clone(),
+            request_id: (!w.request_id.is_empty()).then_some(w.request_id),
+            command,
+        };
+        let o = self.shared.ask(|r| Req::Propose(p, r)).await?;
+        let mut reply = outcome_status(o)?;
+        reply.secret = secret;
+        Ok(Response::new(reply))
+    }
+
+    async fn read(&self, req: Request<v1::ReadRequest>) -> Result<Response<v1::ReadReply>, Status> {
+        let who = self.principal(&req)?;
+        let mut r = req.into_inner();
+        if who.role == Role::TenantAdmin {
+            let own = who
+                .tenant
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            if r.tenant.is_empty() {
+                r.tenant = own.clone();
+            }
+            if r.tenant != own {
+                return Err(Status::permission_denied(format!(
+                    "token `{}` administers tenant `{own}` only; it cannot read tenant `{}`",
+                    who.name, r.tenant
+                )));
+            }
+            if r.kind == "token" {
+                return Err(Status::permission_denied(
+                    "tenant admins cannot list tokens",
+                ));
+            }
+        }
+        let known = [
+            "tenant",
+            "domain",
+            "connector",
+            "user",
+            "transport-config",
+            "token",
+            "audit",
+            "restricted",
+            "counters",
+        ];
+        if !known.contains(&r.kind.as_str()) {
+            return Err(bad(format!(
+                "`{}` is not a kind to read ({})",
+                r.kind,
+                known.join(", ")
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let stale = r.stale_ok;
+        self.shared.send(Req::Read(
+            stale,
+            Box::new(move |state| {
+                let _ = tx.send(read_reply(state, &r));
+            }),
+        ));
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => Ok(Response::new(reply)),
+            _ => Err(Status::unavailable(
+                "no leader confirmed this read in time; retry, or pass --stale-ok for this replica's view",
+            )),
+        }
+    }
+
+    async fn cluster(
+        &self,
+        req: Request<v1::ClusterRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let who = self.principal(&req)?;
+        if who.role == Role::TenantAdmin {
+            return Err(Status::permission_denied(
+                "tenant admins cannot see the cluster; use an operator or reader token",
+            ));
+        }
+        let view = self.shared.view.borrow().clone();
+        let status = view.status.unwrap_or(crate::node::Status {
+            id: self.shared.id,
+            leader: 0,
+            term: 0,
+            commit: 0,
+            applied: 0,
+            voters: vec![],
+            learners: vec![],
+            snapshot_index: 0,
+        });
+        let mut members: Vec<v1::Member> = status
+            .voters
+            .iter()
+            .map(|id| (id, "voter"))
+            .chain(status.learners.iter().map(|id| (id, "learner")))
+            .map(|(id, role)| v1::Member {
+                id: *id,
+                address: view.addresses.get(id).cloned().unwrap_or_default(),
+                role: role.into(),
+            })
+            .collect();
+        members.sort_by_key(|m| m.id);
+        let edges = self
+            .shared
+            .edges
+            .lock()
+            .map(|e| {
+                e.iter()
+                    .map(|(id, s)| v1::EdgeStatus {
+                        edge_id: id.clone(),
+                        applied_version: s.applied,
+                        watching: self.shared.id,
+                        last_seen_ms: s.last_seen_ms,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(v1::ClusterStatus {
+            node_id: status.id,
+            leader_id: status.leader,
+            term: status.term,
+            commit_index: status.commit,
+            applied_index: status.applied,
+            policy_version: view.policy_version,
+            members,
+            edges,
+            snapshot_index: status.snapshot_index,
+        }))
+    }
+}
+
+fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
+    let tenant_ok = |t: &TenantId| r.tenant.is_empty() || t.as_str() == r.tenant;
+    let mut reply = v1::ReadReply {
+        applied_index: state.applied,
+        ..Default::default()
+    };
+    match r.kind.as_str() {
+        "tenant" | "domain" | "transport-config" => {
+            reply.tenants = state
+                .tenants
+                .values()
+                .filter(|t| tenant_ok(&t.id) && (r.name.is_empty() || t.id.as_str() == r.name))
+                .map(tenant_to_wire)
+                .collect();
+        }
+        "connector" => {
+            reply.connectors = state
+                .connectors
+                .values()
+                .filter(|c| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
+                .map(connector_to_wire)
+                .collect();
+        }
+        "user" => {
+            reply.users = state
+                .users
+                .values()
+                .filter(|u| tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name))
+                .map(|u| v1::User {
+                    tenant: u.tenant.to_string(),
+                    address: u.address.clone(),
+                    send_as: u.send_as.clone(),
+                })
+                .collect();
+        }
+        "token" => {
+            reply.tokens = state
+                .tokens
+                .values()
+                .map(|t| v1::Token {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    role: t.role.as_str().into(),
+                    tenant: t.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                    created_ms: t.created_ms,
+                })
+                .collect();
+        }
+        "audit" => {
+            reply.audit = state
+                .audit
+                .iter()
+                .rev()
+                .filter(|a| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok))
+                .take(1000)
+                .map(|a| v1::AuditRecord {
+                    index: a.index,
+                    at_ms: a.at_ms,
+                    actor: a.actor.clone(),
+                    action: a.action.clone(),
+                    tenant: a.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                })
+                .collect();
+            reply.audit.reverse();
+        }
+        "restricted" => {
+            reply.restricted = state
+                .restricted
+                .iter()
+                .filter(|e| tenant_ok(&e.tenant))
+                .map(|e| v1::RestrictedEntity {
+                    tenant: e.tenant.to_string(),
+                    kind: e.kind.clone(),
+                    name: e.name.clone(),
+                    reason: e.reason.clone(),
+                    since_ms: e.since_ms,
+                })
+                .collect();
+        }
+        "counters" => {
+            reply.counters = state
+                .counters
+                .iter()
+                .filter_map(|(k, c)| {
+                    let mut parts = k.splitn(3, '|');
+                    let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
+                    let owned = r.tenant.is_empty()
+                        || (scope == "tenant" && key == r.tenant)
+                        || (scope == "connector"
+                            && key
+                                .strip_prefix(r.tenant.as_str())
+                                .is_some_and(|k| k.starts_with('/')));
+                    owned.then(|| v1::CounterTotal {
+                        scope: scope.into(),
+                        key: key.into(),
+                        name: name.into(),
+                        total: c.total,
+                        last_minute: c.last_minute,
+                    })
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    reply
+}

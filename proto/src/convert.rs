@@ -1,0 +1,165 @@
+//! Validated conversions between the wire types and `moat-shared`'s domain types.
+
+use moat_shared::{
+    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, PolicySnapshot,
+    Tenant as DTenant, TenantId,
+};
+
+use crate::v1;
+
+/// Why a wire object is not a valid domain object.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(e: impl std::fmt::Display) -> Invalid {
+    Invalid(e.to_string())
+}
+
+/// Wire tenant from domain tenant.
+pub fn tenant_to_wire(t: &DTenant) -> v1::Tenant {
+    v1::Tenant {
+        id: t.id.to_string(),
+        display_name: t.display_name.clone(),
+        accepted_domains: t.accepted_domains.iter().map(|d| d.to_string()).collect(),
+        allow_legacy_tls_clients: t.allow_legacy_tls_clients,
+    }
+}
+
+/// Domain tenant from wire tenant.
+pub fn tenant_from_wire(t: &v1::Tenant) -> Result<DTenant, Invalid> {
+    let id = TenantId::new(&t.id).map_err(invalid)?;
+    let accepted_domains = t
+        .accepted_domains
+        .iter()
+        .map(|d| Domain::new(d).map_err(invalid))
+        .collect::<Result<_, _>>()?;
+    Ok(DTenant {
+        display_name: if t.display_name.is_empty() {
+            id.to_string()
+        } else {
+            t.display_name.clone()
+        },
+        id,
+        accepted_domains,
+        allow_legacy_tls_clients: t.allow_legacy_tls_clients,
+    })
+}
+
+/// Wire connector from domain connector.
+pub fn connector_to_wire(c: &DConnector) -> v1::Connector {
+    v1::Connector {
+        tenant: c.tenant.to_string(),
+        name: c.name.clone(),
+        kind: match c.kind {
+            DKind::Partner => v1::ConnectorKind::Partner,
+            DKind::OnPremises => v1::ConnectorKind::OnPremises,
+        } as i32,
+        enabled: c.enabled,
+        sender_ip_addresses: c
+            .sender_ip_addresses
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        tls_sender_certificate_name: c
+            .tls_sender_certificate_name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        sender_domains: c.sender_domains.clone(),
+        require_tls: c.require_tls,
+        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+    }
+}
+
+/// Domain connector from wire connector, validated.
+pub fn connector_from_wire(c: &v1::Connector) -> Result<DConnector, Invalid> {
+    let kind = match v1::ConnectorKind::try_from(c.kind) {
+        Ok(v1::ConnectorKind::Partner) => DKind::Partner,
+        Ok(v1::ConnectorKind::OnPremises) => DKind::OnPremises,
+        _ => {
+            return Err(Invalid(
+                "connector type must be partner or on-premises".into(),
+            ))
+        }
+    };
+    let connector = DConnector {
+        tenant: TenantId::new(&c.tenant).map_err(invalid)?,
+        name: c.name.clone(),
+        kind,
+        enabled: c.enabled,
+        sender_ip_addresses: c
+            .sender_ip_addresses
+            .iter()
+            .map(|s| DConnector::parse_ip(s).map_err(invalid))
+            .collect::<Result<_, _>>()?,
+        tls_sender_certificate_name: match c.tls_sender_certificate_name.as_str() {
+            "" => None,
+            n => Some(CertName::new(n).map_err(|_| {
+                Invalid(format!(
+                    "`{n}` is not a certificate domain (`name` or `*.name`)"
+                ))
+            })?),
+        },
+        sender_domains: c
+            .sender_domains
+            .iter()
+            .map(|d| DConnector::parse_sender_domain(d).map_err(invalid))
+            .collect::<Result<_, _>>()?,
+        require_tls: c.require_tls,
+        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+    };
+    connector.validate().map_err(invalid)?;
+    Ok(connector)
+}
+
+/// The domain snapshot an edge enforces, from the wire.
+pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Invalid> {
+    let tenants = s
+        .tenants
+        .iter()
+        .map(tenant_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    let connectors = s
+        .connectors
+        .iter()
+        .map(connector_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    PolicySnapshot::new(s.version, tenants)
+        .and_then(|p| p.with_connectors(connectors))
+        .map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectors_round_trip() {
+        let wire = v1::Connector {
+            tenant: "contoso.com".into(),
+            name: "on-prem".into(),
+            kind: v1::ConnectorKind::OnPremises as i32,
+            enabled: true,
+            sender_ip_addresses: vec!["192.0.2.0/24".into(), "2001:db8::1".into()],
+            tls_sender_certificate_name: "*.contoso.com".into(),
+            sender_domains: vec!["*".into()],
+            require_tls: true,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        };
+        let c = connector_from_wire(&wire).unwrap();
+        let mut back = connector_to_wire(&c);
+        assert_eq!(back.sender_ip_addresses[1], "2001:db8::1/128");
+        back.sender_ip_addresses[1] = "2001:db8::1".into();
+        assert_eq!(back, wire);
+        let mut bad = wire.clone();
+        bad.kind = 0;
+        assert!(connector_from_wire(&bad).is_err());
+        bad = wire;
+        bad.sender_ip_addresses = vec!["10.0.0.0/40".into()];
+        assert!(connector_from_wire(&bad).is_err());
+    }
+}

@@ -1,0 +1,1757 @@
+//! `moat admin`: a kubectl-like client of the control plane's gRPC `Admin` service.
+//!
+//! Commands name a resource, then a verb (`moat admin connector list --tenant t`). Writes go
+//! to the leader: a follower answers UNAVAILABLE with the leader's address in the
+//! `moat-leader` metadata, and the request is sent there again with the same request id, so the
+//! control plane applies it once however often it is retried. Without a hint, or when a node
+//! cannot be reached, the next known endpoint is tried with a backoff, for about 15 seconds.
+//!
+//! Without `--endpoint`/`--token` the control plane is found through `DIR/endpoints.json`,
+//! which `moat dev` writes.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use moat_proto::admin_client::AdminClient;
+use moat_proto::write_request::Op;
+use moat_proto::{
+    ClusterRequest, ClusterStatus, Connector, ConnectorKind, ReadReply, ReadRequest, Tenant,
+    WriteReply, WriteRequest,
+};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// How long retries of one call may go on.
+const RETRY_BUDGET: Duration = Duration::from_secs(15);
+/// First pause between retries; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest pause between retries.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Leader hints followed in a row before backing off (hints can be stale during elections).
+const MAX_REDIRECTS: u32 = 3;
+
+const NO_CONTROL_PLANE: &str = "no control plane found: pass --endpoint and --token (or \
+    MOAT_ENDPOINT/MOAT_TOKEN), or run it next to a 'moat dev' data directory \
+    (DIR/endpoints.json)";
+
+/// Options of `moat admin`.
+///
+/// Exit codes: 0 success; 1 the control plane refused the request (invalid, not found,
+/// failed precondition, already exists); 2 usage error; 3 authentication or authorization
+/// failed (check the token and its role); 4 the control plane was unreachable or unavailable
+/// after retries; 5 anything else.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Control-plane address, `http://host:port` or `host:port`; several may be given
+    /// separated by commas [env: MOAT_ENDPOINT].
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Admin token [env: MOAT_TOKEN].
+    #[arg(long, global = true, value_name = "T")]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    /// Serve reads from the contacted node without a ReadIndex round (may be stale).
+    #[arg(long, global = true)]
+    stale_ok: bool,
+    /// A `moat dev` data directory whose `endpoints.json` names the control plane.
+    #[arg(long, global = true, value_name = "DIR", default_value = "./moat-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Resource,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Resource {
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Accepted domains of tenants.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Inbound connectors.
+    #[command(subcommand)]
+    Connector(ConnectorCmd),
+    /// Submission users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Per-tenant transport settings.
+    #[command(subcommand)]
+    TransportConfig(TransportConfigCmd),
+    /// Admin tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of admin changes.
+    #[command(subcommand)]
+    Audit(ListCmd),
+    /// Counters reported by edges.
+    #[command(subcommand)]
+    Counters(ListCmd),
+    /// Connectors and users blocked by the control plane.
+    #[command(subcommand)]
+    Restricted(ListCmd),
+    /// Control-plane membership and status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Apply a seed file (the TOML format of `moat dev` / `moat control --seed`).
+    Apply {
+        /// The seed file; `-` reads standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TenantCmd {
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Get {
+        /// Tenant id.
+        name: String,
+    },
+    /// Create or replace a tenant.
+    Create {
+        /// Tenant id.
+        name: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// An accepted domain; repeat for more.
+        #[arg(long = "domain", value_name = "D")]
+        domains: Vec<String>,
+    },
+    /// Delete a tenant.
+    Delete {
+        /// Tenant id.
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum DomainCmd {
+    /// List accepted domains.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Add an accepted domain to a tenant.
+    Add {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The domain.
+        domain: String,
+    },
+    /// Remove an accepted domain from a tenant.
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The domain.
+        domain: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnectorType {
+    /// Mail from a partner organization.
+    Partner,
+    /// Mail from the tenant's own servers.
+    OnPremises,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConnectorCmd {
+    /// List connectors.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show one connector.
+    Get {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Connector name.
+        name: String,
+    },
+    /// Create or replace a connector.
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Connector name.
+        name: String,
+        /// Connector type.
+        #[arg(long = "type", value_enum)]
+        kind: ConnectorType,
+        /// A sender IP address or CIDR range; repeat for more.
+        #[arg(long = "sender-ip", value_name = "CIDR")]
+        sender_ips: Vec<String>,
+        /// Certificate subject domain the sender must present (exact or `*.domain`).
+        #[arg(long, value_name = "NAME")]
+        tls_cert_name: Option<String>,
+        /// A sender domain; repeat for more.
+        #[arg(long = "sender-domain", value_name = "D")]
+        sender_domains: Vec<String>,
+        /// Require TLS.
+        #[arg(long)]
+        require_tls: bool,
+        /// Only accept the sender domains from the sender IP addresses.
+        #[arg(long)]
+        restrict_domains_to_ip: bool,
+        /// Only accept the sender domains with the TLS certificate name.
+        #[arg(long)]
+        restrict_domains_to_cert: bool,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Delete a connector.
+    Delete {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Connector name.
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UserCmd {
+    /// List users.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Create or replace a user.
+    #[command(group(clap::ArgGroup::new("pw").required(true).args(["password", "password_stdin"])))]
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The login and default sending address.
+        address: String,
+        /// The password (visible to other local users; prefer --password-stdin).
+        #[arg(long, value_name = "P")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// A further address the user may send as; repeat for more.
+        #[arg(long = "send-as", value_name = "A")]
+        send_as: Vec<String>,
+    },
+    /// Delete a user.
+    Delete {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The user's address.
+        address: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TransportConfigCmd {
+    /// Show a tenant's transport settings.
+    Get {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Change a tenant's transport settings.
+    Set {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// May the tenant's users submit over TLS 1.0/1.1.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+        allow_legacy_tls_clients: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Everything.
+    Operator,
+    /// Read and change one tenant's objects.
+    TenantAdmin,
+    /// Read everything, change nothing.
+    Reader,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::TenantAdmin => "tenant-admin",
+            Self::Reader => "reader",
+        }
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenCmd {
+    /// List tokens (never their secrets).
+    List,
+    /// Create a token; its secret is shown once.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The tenant of a tenant-admin token.
+        #[arg(long, required_if_eq("role", "tenant-admin"))]
+        tenant: Option<String>,
+        /// A label for audit records.
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ListCmd {
+    /// List them.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterCmd {
+    /// Show the contacted node's view of the cluster.
+    Status,
+    /// Add a control node (as a learner first, when the control plane does so).
+    AddNode {
+        /// Its raft id.
+        id: u64,
+        /// The address it serves gRPC on.
+        address: String,
+    },
+    /// Remove a control node.
+    RemoveNode {
+        /// Its raft id.
+        id: u64,
+    },
+}
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug)]
+enum Failure {
+    /// The control plane refused the request (exit 1).
+    Refused(String),
+    /// Authentication or authorization failed (exit 3).
+    Auth { message: String, hint: &'static str },
+    /// No node could serve the request in time (exit 4).
+    Unreachable(String),
+    /// Anything else (exit 5).
+    Other(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Self::Refused(_) => 1,
+            Self::Auth { .. } => 3,
+            Self::Unreachable(_) => 4,
+            Self::Other(_) => 5,
+        }
+    }
+
+    fn report(&self) {
+        match self {
+            Self::Refused(m) | Self::Unreachable(m) | Self::Other(m) => eprintln!("error: {m}"),
+            Self::Auth { message, hint } => {
+                eprintln!("error: {message}");
+                eprintln!("hint: {hint}");
+            }
+        }
+    }
+}
+
+const TOKEN_HINT: &str = "check --token (or MOAT_TOKEN, or the token in DIR/endpoints.json); \
+    an operator can create one with `moat admin token create`";
+const ROLE_HINT: &str = "the token's role does not allow this: readers cannot change anything, \
+    and tenant-admin tokens only reach their own tenant (pass --tenant)";
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let message = if s.message().is_empty() {
+            format!("{:?}", s.code())
+        } else {
+            s.message().to_string()
+        };
+        match s.code() {
+            Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::AlreadyExists => Self::Refused(message),
+            Code::Unauthenticated => Self::Auth {
+                message,
+                hint: TOKEN_HINT,
+            },
+            Code::PermissionDenied => Self::Auth {
+                message,
+                hint: ROLE_HINT,
+            },
+            Code::Unavailable => Self::Unreachable(message),
+            code => Self::Other(format!("{code:?}: {message}")),
+        }
+    }
+}
+
+/// Runs one admin command; returns the process exit code.
+pub async fn run(args: AdminArgs) -> i32 {
+    match run_inner(args).await {
+        Ok(()) => 0,
+        Err(f) => {
+            f.report();
+            f.exit_code()
+        }
+    }
+}
+
+async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
+    // Read local inputs before contacting anyone, so a bad file fails fast.
+    let input = local_input(&args.command)?;
+    let (endpoints, token) = resolve_target(&args)?;
+    let client = Client::new(endpoints, &token)?;
+    let ctx = Ctx {
+        client,
+        output: args.output,
+        stale_ok: args.stale_ok,
+    };
+    ctx.execute(args.command, input).await
+}
+
+/// Reads what a command needs from files or standard input.
+fn local_input(cmd: &Resource) -> Result<Option<String>, Failure> {
+    match cmd {
+        Resource::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Failure::Other(format!("reading standard input: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| Failure::Other(format!("reading {}: {e}", file.display())))?
+            };
+            Ok(Some(text))
+        }
+        Resource::User(UserCmd::Create {
+            password_stdin: true,
+            ..
+        }) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| Failure::Other(format!("reading the password: {e}")))?;
+            let pw = line.trim_end_matches(['\n', '\r']).to_string();
+            if pw.is_empty() {
+                return Err(Failure::Other(
+                    "no password on standard input (--password-stdin)".into(),
+                ));
+            }
+            Ok(Some(pw))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Turns `host:port` into `http://host:port`; keeps an explicit scheme; drops trailing `/`.
+fn normalize_endpoint(raw: &str) -> Result<String, String> {
+    let s = raw.trim().trim_end_matches('/');
+    if s.is_empty() {
+        return Err(format!("invalid endpoint {raw:?}: empty"));
+    }
+    let url = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    Endpoint::from_shared(url.clone()).map_err(|e| format!("invalid endpoint {raw:?}: {e}"))?;
+    Ok(url)
+}
+
+/// Splits a comma-separated endpoint list and normalises each one.
+fn parse_endpoint_list(raw: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for part in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        push_unique(&mut out, normalize_endpoint(part)?);
+    }
+    Ok(out)
+}
+
+fn push_unique(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// The `admin` part of `DIR/endpoints.json`.
+#[derive(Debug, Default, PartialEq)]
+struct Discovered {
+    endpoints: Vec<String>,
+    token: Option<String>,
+}
+
+/// Extracts the admin endpoints and token from the text of `endpoints.json`.
+fn parse_discovery(text: &str) -> Result<Option<Discovered>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let Some(admin) = v.get("admin").filter(|a| a.is_object()) else {
+        return Ok(None);
+    };
+    let mut found = Discovered::default();
+    let first = admin.get("endpoint").and_then(Value::as_str);
+    let rest = admin
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for e in first.into_iter().chain(rest) {
+        push_unique(&mut found.endpoints, normalize_endpoint(e)?);
+    }
+    found.token = admin
+        .get("token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    Ok(Some(found))
+}
+
+fn read_discovery(dir: &Path) -> Result<Option<Discovered>, Failure> {
+    let path = dir.join("endpoints.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Failure::Other(format!("reading {}: {e}", path.display()))),
+    };
+    parse_discovery(&text).map_err(|e| Failure::Other(format!("in {}: {e}", path.display())))
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The endpoints to try, in order, and the token.
+fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String), Failure> {
+    let explicit = args
+        .endpoint
+        .clone()
+        .or_else(|| env_nonempty("MOAT_ENDPOINT"));
+    let mut token = args.token.clone().or_else(|| env_nonempty("MOAT_TOKEN"));
+    let mut endpoints = match &explicit {
+        Some(raw) => parse_endpoint_list(raw).map_err(Failure::Other)?,
+        None => Vec::new(),
+    };
+    if endpoints.is_empty() || token.is_none() {
+        if let Some(found) = read_discovery(&args.data)? {
+            // The dev token only goes to the dev cluster's own nodes.
+            let same_cluster =
+                endpoints.is_empty() || endpoints.iter().any(|e| found.endpoints.contains(e));
+            if token.is_none() && same_cluster {
+                token = found.token;
+            }
+            if endpoints.is_empty() {
+                endpoints = found.endpoints;
+            }
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(Failure::Other(NO_CONTROL_PLANE.into()));
+    }
+    let Some(token) = token else {
+        return Err(Failure::Auth {
+            message: "no admin token: pass --token or set MOAT_TOKEN".into(),
+            hint: TOKEN_HINT,
+        });
+    };
+    Ok((endpoints, token))
+}
+
+/// 16 random bytes, hex: the id that makes retried writes apply once.
+fn new_request_id() -> String {
+    let mut buf = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !from_os {
+        // std's hasher keys are randomly seeded per process.
+        use std::hash::BuildHasher as _;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = (nanos, std::process::id());
+        let state = std::collections::hash_map::RandomState::new();
+        let a = state.hash_one((seed, 0u8)).to_le_bytes();
+        let b = state.hash_one((seed, 1u8)).to_le_bytes();
+        buf[..8].copy_from_slice(&a);
+        buf[8..].copy_from_slice(&b);
+    }
+    hex(&buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Failures worth another attempt: the node is unavailable, or the call never got an answer.
+fn retryable(s: &Status) -> bool {
+    // Errors raised on this side (connect, timeout, broken connection) carry a source; statuses
+    // a server sent do not.
+    let local = std::error::Error::source(s).is_some();
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        Code::Cancelled | Code::Unknown => local,
+        _ => false,
+    }
+}
+
+/// The leader's address from a follower's UNAVAILABLE answer.
+fn leader_hint(s: &Status) -> Option<String> {
+    if s.code() != Code::Unavailable {
+        return None;
+    }
+    let raw = s.metadata().get("moat-leader")?.to_str().ok()?;
+    normalize_endpoint(raw).ok()
+}
+
+/// A connection-per-call gRPC client that follows the leader and retries.
+struct Client {
+    endpoints: Vec<String>,
+    auth: MetadataValue<Ascii>,
+}
+
+impl Client {
+    fn new(endpoints: Vec<String>, token: &str) -> Result<Self, Failure> {
+        let auth = format!("Bearer {}", token.trim())
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| Failure::Auth {
+                message: "the admin token contains characters not allowed in a header".into(),
+                hint: TOKEN_HINT,
+            })?;
+        Ok(Self { endpoints, auth })
+    }
+
+    fn request<M>(&self, msg: M) -> tonic::Request<M> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
+        req
+    }
+
+    async fn connect(url: &str) -> Result<AdminClient<Channel>, String> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Calls `f` on a client of some node until it answers, following leader hints and
+    /// cycling through the known endpoints with backoff for at most [`RETRY_BUDGET`].
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Failure>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + RETRY_BUDGET;
+        let mut backoff = BACKOFF_START;
+        let mut next = 0usize;
+        let mut target = self.endpoints.first().cloned().unwrap_or_default();
+        let mut tried: Vec<String> = Vec::new();
+        let mut redirects = 0u32;
+        let mut last_error;
+        loop {
+            push_unique(&mut tried, target.clone());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = async {
+                let client = Self::connect(&target).await.map_err(Err)?;
+                f(client).await.map_err(Ok)
+            };
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(Ok(status))) => {
+                    if let Some(leader) = leader_hint(&status) {
+                        if leader != target && redirects < MAX_REDIRECTS {
+                            redirects += 1;
+                            target = leader;
+                            continue;
+                        }
+                    }
+                    if !retryable(&status) {
+                        return Err(status.into());
+                    }
+                    last_error = format!("{target}: {}", status_text(&status));
+                }
+                Ok(Err(Err(connect_error))) => {
+                    last_error = format!("{target}: {connect_error}");
+                }
+                Err(_) => last_error = format!("{target}: timed out"),
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(Failure::Unreachable(format!(
+                    "control plane unavailable after {}s; tried {}; last error: {last_error}",
+                    RETRY_BUDGET.as_secs(),
+                    tried.join(", ")
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            redirects = 0;
+            next = (next + 1) % self.endpoints.len().max(1);
+            if let Some(e) = self.endpoints.get(next) {
+                target = e.clone();
+            }
+        }
+    }
+
+    async fn write(&self, op: Op) -> Result<WriteReply, Failure> {
+        let msg = WriteRequest {
+            request_id: new_request_id(),
+            op: Some(op),
+        };
+        self.call(|mut c| {
+            let req = self.request(msg.clone());
+            async move { c.write(req).await }
+        })
+        .await
+    }
+
+    async fn read(&self, msg: ReadRequest) -> Result<ReadReply, Failure> {
+        self.call(|mut c| {
+            let req = self.request(msg.clone());
+            async move { c.read(req).await }
+        })
+        .await
+    }
+
+    async fn cluster(&self) -> Result<ClusterStatus, Failure> {
+        self.call(|mut c| {
+            let req = self.request(ClusterRequest {});
+            async move { c.cluster(req).await }
+        })
+        .await
+    }
+}
+
+fn status_text(s: &Status) -> String {
+    if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        format!("{:?}: {}", s.code(), s.message())
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+struct Ctx {
+    client: Client,
+    output: Output,
+    stale_ok: bool,
+}
+
+impl Ctx {
+    fn read_req(&self, kind: &str, tenant: Option<&str>, name: Option<&str>) -> ReadRequest {
+        ReadRequest {
+            kind: kind.to_string(),
+            tenant: tenant.unwrap_or_default().to_string(),
+            name: name.unwrap_or_default().to_string(),
+            stale_ok: self.stale_ok,
+        }
+    }
+
+    async fn read(
+        &self,
+        kind: &str,
+        tenant: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<ReadReply, Failure> {
+        self.client.read(self.read_req(kind, tenant, name)).await
+    }
+
+    async fn write(&self, op: Op) -> Result<(), Failure> {
+        let reply = self.client.write(op).await?;
+        match self.output {
+            Output::Json => print_json(&json!({"index": reply.index, "summary": reply.summary})),
+            Output::Table => out(&reply.summary),
+        }
+        Ok(())
+    }
+
+    /// Prints a list as a table or a JSON array.
+    fn list(&self, headers: &[&str], rows: Vec<Vec<String>>, objects: Vec<Value>) {
+        match self.output {
+            Output::Json => print_json(&Value::Array(objects)),
+            Output::Table if rows.is_empty() => eprintln!("No resources found."),
+            Output::Table => out(render_table(headers, &rows).trim_end()),
+        }
+    }
+
+    /// Prints one object as a one-row table or a JSON object.
+    fn one(&self, headers: &[&str], row: Vec<String>, object: Value) {
+        match self.output {
+            Output::Json => print_json(&object),
+            Output::Table => out(render_table(headers, &[row]).trim_end()),
+        }
+    }
+
+    async fn execute(&self, cmd: Resource, input: Option<String>) -> Result<(), Failure> {
+        match cmd {
+            Resource::Tenant(c) => self.tenant(c).await,
+            Resource::Domain(c) => self.domain(c).await,
+            Resource::Connector(c) => self.connector(c).await,
+            Resource::User(c) => self.user(c, input).await,
+            Resource::TransportConfig(c) => self.transport_config(c).await,
+            Resource::Token(c) => self.token(c).await,
+            Resource::Audit(ListCmd::List { tenant }) => {
+                let reply = self.read("audit", tenant.as_deref(), None).await?;
+                let rows = reply.audit.iter().map(audit_row).collect();
+                let objects = reply.audit.iter().map(audit_json).collect();
+                self.list(AUDIT_HEADERS, rows, objects);
+                Ok(())
+            }
+            Resource::Counters(ListCmd::List { tenant }) => {
+                let reply = self.read("counters", tenant.as_deref(), None).await?;
+                let rows = reply.counters.iter().map(counter_row).collect();
+                let objects = reply.counters.iter().map(counter_json).collect();
+                self.list(COUNTER_HEADERS, rows, objects);
+                Ok(())
+            }
+            Resource::Restricted(ListCmd::List { tenant }) => {
+                let reply = self.read("restricted", tenant.as_deref(), None).await?;
+                let rows = reply.restricted.iter().map(restricted_row).collect();
+                let objects = reply.restricted.iter().map(restricted_json).collect();
+                self.list(RESTRICTED_HEADERS, rows, objects);
+                Ok(())
+            }
+            Resource::Cluster(c) => self.cluster(c).await,
+            Resource::Apply { .. } => {
+                let toml = input.unwrap_or_default();
+                self.write(Op::ApplySeed(moat_proto::Seed { toml })).await
+            }
+        }
+    }
+
+    async fn tenant(&self, cmd: TenantCmd) -> Result<(), Failure> {
+        match cmd {
+            TenantCmd::List => {
+                let reply = self.read("tenant", None, None).await?;
+                let rows = reply.tenants.iter().map(tenant_row).collect();
+                let objects = reply.tenants.iter().map(tenant_json).collect();
+                self.list(TENANT_HEADERS, rows, objects);
+                Ok(())
+            }
+            TenantCmd::Get { name } => {
+                let reply = self.read("tenant", None, Some(&name)).await?;
+                let t = find_tenant(&reply.tenants, &name)?;
+                self.one(TENANT_HEADERS, tenant_row(t), tenant_json(t));
+                Ok(())
+            }
+            TenantCmd::Create {
+                name,
+                display_name,
+                domains,
+            } => {
+                let tenant = Tenant {
+                    display_name: display_name.unwrap_or_else(|| name.clone()),
+                    id: name,
+                    accepted_domains: domains,
+                    allow_legacy_tls_clients: false,
+                };
+                self.write(Op::PutTenant(tenant)).await
+            }
+            TenantCmd::Delete { name } => self.write(Op::DeleteTenant(name)).await,
+        }
+    }
+
+    async fn domain(&self, cmd: DomainCmd) -> Result<(), Failure> {
+        match cmd {
+            DomainCmd::List { tenant } => {
+                let reply = self.read("domain", tenant.as_deref(), None).await?;
+                let pairs: Vec<(&str, &str)> = reply
+                    .tenants
+                    .iter()
+                    .flat_map(|t| {
+                        t.accepted_domains
+                            .iter()
+                            .map(move |d| (d.as_str(), t.id.as_str()))
+                    })
+                    .collect();
+                let rows = pairs.iter().map(|(d, t)| vec![cell(d), cell(t)]).collect();
+                let objects = pairs
+                    .iter()
+                    .map(|(d, t)| json!({"domain": d, "tenant": t}))
+                    .collect();
+                self.list(&["DOMAIN", "TENANT"], rows, objects);
+                Ok(())
+            }
+            DomainCmd::Add { tenant, domain } => {
+                self.write(Op::AddDomain(moat_proto::DomainRef { tenant, domain }))
+                    .await
+            }
+            DomainCmd::Remove { tenant, domain } => {
+                self.write(Op::RemoveDomain(moat_proto::DomainRef { tenant, domain }))
+                    .await
+            }
+        }
+    }
+
+    async fn connector(&self, cmd: ConnectorCmd) -> Result<(), Failure> {
+        match cmd {
+            ConnectorCmd::List { tenant } => {
+                let reply = self.read("connector", tenant.as_deref(), None).await?;
+                let rows = reply.connectors.iter().map(connector_row).collect();
+                let objects = reply.connectors.iter().map(connector_json).collect();
+                self.list(CONNECTOR_HEADERS, rows, objects);
+                Ok(())
+            }
+            ConnectorCmd::Get { tenant, name } => {
+                let reply = self.read("connector", Some(&tenant), Some(&name)).await?;
+                let c = reply
+                    .connectors
+                    .iter()
+                    .find(|c| c.name == name && (c.tenant == tenant || c.tenant.is_empty()))
+                    .ok_or_else(|| {
+                        Failure::Refused(format!(
+                            "connector {name:?} not found in tenant {tenant:?}"
+                        ))
+                    })?;
+                self.one(CONNECTOR_HEADERS, connector_row(c), connector_json(c));
+                Ok(())
+            }
+            ConnectorCmd::Create {
+                tenant,
+                name,
+                kind,
+                sender_ips,
+                tls_cert_name,
+                sender_domains,
+                require_tls,
+                restrict_domains_to_ip,
+                restrict_domains_to_cert,
+                disabled,
+            } => {
+                let kind = match kind {
+                    ConnectorType::Partner => ConnectorKind::Partner,
+                    ConnectorType::OnPremises => ConnectorKind::OnPremises,
+                };
+                let connector = Connector {
+                    tenant,
+                    name,
+                    kind: kind as i32,
+                    enabled: !disabled,
+                    sender_ip_addresses: sender_ips,
+                    tls_sender_certificate_name: tls_cert_name.unwrap_or_default(),
+                    sender_domains,
+                    require_tls,
+                    restrict_domains_to_ip_addresses: restrict_domains_to_ip,
+                    restrict_domains_to_certificate: restrict_domains_to_cert,
+                };
+                self.write(Op::PutConnector(connector)).await
+            }
+            ConnectorCmd::Delete { tenant, name } => {
+                self.write(Op::DeleteConnector(moat_proto::NameRef { tenant, name }))
+                    .await
+            }
+        }
+    }
+
+    async fn user(&self, cmd: UserCmd, input: Option<String>) -> Result<(), Failure> {
+        match cmd {
+            UserCmd::List { tenant } => {
+                let reply = self.read("user", tenant.as_deref(), None).await?;
+                let rows = reply
+                    .users
+                    .iter()
+                    .map(|u| vec![cell(&u.tenant), cell(&u.address), list_cell(&u.send_as)])
+                    .collect();
+                let objects = reply
+                    .users
+                    .iter()
+                    .map(
+                        |u| json!({"tenant": u.tenant, "address": u.address, "send-as": u.send_as}),
+                    )
+                    .collect();
+                self.list(&["TENANT", "ADDRESS", "SEND-AS"], rows, objects);
+                Ok(())
+            }
+            UserCmd::Create {
+                tenant,
+                address,
+                password,
+                password_stdin: _,
+                send_as,
+            } => {
+                let password = password.or(input).unwrap_or_default();
+                self.write(Op::PutUser(moat_proto::UserSpec {
+                    tenant,
+                    address,
+                    password,
+                    send_as,
+                }))
+                .await
+            }
+            UserCmd::Delete { tenant, address } => {
+                self.write(Op::DeleteUser(moat_proto::NameRef {
+                    tenant,
+                    name: address,
+                }))
+                .await
+            }
+        }
+    }
+
+    async fn transport_config(&self, cmd: TransportConfigCmd) -> Result<(), Failure> {
+        match cmd {
+            TransportConfigCmd::Get { tenant } => {
+                let reply = self.read("transport-config", Some(&tenant), None).await?;
+                let t = find_tenant(&reply.tenants, &tenant)?;
+                self.one(
+                    &["TENANT", "ALLOW-LEGACY-TLS-CLIENTS"],
+                    vec![cell(&t.id), t.allow_legacy_tls_clients.to_string()],
+                    json!({"tenant": t.id, "allow-legacy-tls-clients": t.allow_legacy_tls_clients}),
+                );
+                Ok(())
+            }
+            TransportConfigCmd::Set {
+                tenant,
+                allow_legacy_tls_clients,
+            } => {
+                self.write(Op::SetTransportConfig(moat_proto::TransportConfig {
+                    tenant,
+                    allow_legacy_tls_clients,
+                }))
+                .await
+            }
+        }
+    }
+
+    async fn token(&self, cmd: TokenCmd) -> Result<(), Failure> {
+        match cmd {
+            TokenCmd::List => {
+                let reply = self.read("token", None, None).await?;
+                let rows = reply
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            cell(&t.id),
+                            cell(&t.name),
+                            cell(&t.role),
+                            cell(&t.tenant),
+                            fmt_time(t.created_ms),
+                        ]
+                    })
+                    .collect();
+                let objects = reply
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        json!({"id": t.id, "name": t.name, "role": t.role, "tenant": t.tenant,
+                            "created-ms": t.created_ms})
+                    })
+                    .collect();
+                self.list(&["ID", "NAME", "ROLE", "TENANT", "CREATED"], rows, objects);
+                Ok(())
+            }
+            TokenCmd::Create { role, tenant, name } => {
+                let op = Op::CreateToken(moat_proto::TokenSpec {
+                    role: role.as_str().to_string(),
+                    tenant: tenant.unwrap_or_default(),
+                    name,
+                });
+                let reply = self.client.write(op).await?;
+                match self.output {
+                    Output::Json => print_json(&json!({
+                        "index": reply.index,
+                        "summary": reply.summary,
+                        "secret": reply.secret,
+                    })),
+                    Output::Table => {
+                        // The secret alone on stdout, so `$(moat admin token create ...)` works.
+                        eprintln!("{}", reply.summary);
+                        out(&reply.secret);
+                        eprintln!("Save this token now: it will not be shown again.");
+                    }
+                }
+                Ok(())
+            }
+            TokenCmd::Revoke { id } => self.write(Op::RevokeToken(id)).await,
+        }
+    }
+
+    async fn cluster(&self, cmd: ClusterCmd) -> Result<(), Failure> {
+        match cmd {
+            ClusterCmd::Status => {
+                let status = self.client.cluster().await?;
+                match self.output {
+                    Output::Json => print_json(&cluster_json(&status)),
+                    Output::Table => out(render_cluster(&status, now_ms()).trim_end()),
+                }
+                Ok(())
+            }
+            ClusterCmd::AddNode { id, address } => {
+                self.write(Op::AddNode(moat_proto::NodeRef { id, address }))
+                    .await
+            }
+            ClusterCmd::RemoveNode { id } => self.write(Op::RemoveNode(id)).await,
+        }
+    }
+}
+
+fn find_tenant<'a>(tenants: &'a [Tenant], name: &str) -> Result<&'a Tenant, Failure> {
+    tenants
+        .iter()
+        .find(|t| t.id == name)
+        .ok_or_else(|| Failure::Refused(format!("tenant {name:?} not found")))
+}
+
+/// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(s: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{s}");
+}
+
+fn print_json(v: &Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => out(&s),
+        Err(e) => eprintln!("error: rendering JSON: {e}"),
+    }
+}
+
+/// A table cell: `<none>` for empty, control characters flattened to spaces.
+fn cell(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    }
+}
+
+fn list_cell(items: &[String]) -> String {
+    cell(&items.join(","))
+}
+
+/// Renders kubectl-style columns: every column as wide as its widest cell, two spaces between
+/// columns, no trailing spaces.
+fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(c);
+            for _ in c.chars().count()..*w {
+                line.push(' ');
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+const TENANT_HEADERS: &[&str] = &[
+    "NAME",
+    "DISPLAY-NAME",
+    "DOMAINS",
+    "ALLOW-LEGACY-TLS-CLIENTS",
+];
+
+fn tenant_row(t: &Tenant) -> Vec<String> {
+    vec![
+        cell(&t.id),
+        cell(&t.display_name),
+        list_cell(&t.accepted_domains),
+        t.allow_legacy_tls_clients.to_string(),
+    ]
+}
+
+fn tenant_json(t: &Tenant) -> Value {
+    json!({
+        "id": t.id,
+        "display-name": t.display_name,
+        "accepted-domains": t.accepted_domains,
+        "allow-legacy-tls-clients": t.allow_legacy_tls_clients,
+    })
+}
+
+fn connector_type(kind: i32) -> &'static str {
+    match ConnectorKind::try_from(kind) {
+        Ok(ConnectorKind::Partner) => "partner",
+        Ok(ConnectorKind::OnPremises) => "on-premises",
+        _ => "unspecified",
+    }
+}
+
+const CONNECTOR_HEADERS: &[&str] = &[
+    "TENANT",
+    "NAME",
+    "TYPE",
+    "ENABLED",
+    "SENDER-IPS",
+    "TLS-CERT-NAME",
+    "SENDER-DOMAINS",
+    "REQUIRE-TLS",
+    "RESTRICT-DOMAINS-TO",
+];
+
+fn connector_row(c: &Connector) -> Vec<String> {
+    let mut restrict = Vec::new();
+    if c.restrict_domains_to_ip_addresses {
+        restrict.push("ip".to_string());
+    }
+    if c.restrict_domains_to_certificate {
+        restrict.push("certificate".to_string());
+    }
+    vec![
+        cell(&c.tenant),
+        cell(&c.name),
+        connector_type(c.kind).to_string(),
+        c.enabled.to_string(),
+        list_cell(&c.sender_ip_addresses),
+        cell(&c.tls_sender_certificate_name),
+        list_cell(&c.sender_domains),
+        c.require_tls.to_string(),
+        list_cell(&restrict),
+    ]
+}
+
+fn connector_json(c: &Connector) -> Value {
+    json!({
+        "tenant": c.tenant,
+        "name": c.name,
+        "type": connector_type(c.kind),
+        "enabled": c.enabled,
+        "sender-ip-addresses": c.sender_ip_addresses,
+        "tls-sender-certificate-name": c.tls_sender_certificate_name,
+        "sender-domains": c.sender_domains,
+        "require-tls": c.require_tls,
+        "restrict-domains-to-ip-addresses": c.restrict_domains_to_ip_addresses,
+        "restrict-domains-to-certificate": c.restrict_domains_to_certificate,
+    })
+}
+
+const AUDIT_HEADERS: &[&str] = &["INDEX", "TIME", "ACTOR", "TENANT", "ACTION"];
+
+fn audit_row(a: &moat_proto::AuditRecord) -> Vec<String> {
+    vec![
+        a.index.to_string(),
+        fmt_time(a.at_ms),
+        cell(&a.actor),
+        cell(&a.tenant),
+        cell(&a.action),
+    ]
+}
+
+fn audit_json(a: &moat_proto::AuditRecord) -> Value {
+    json!({
+        "index": a.index,
+        "at-ms": a.at_ms,
+        "actor": a.actor,
+        "action": a.action,
+        "tenant": a.tenant,
+    })
+}
+
+const COUNTER_HEADERS: &[&str] = &["SCOPE", "KEY", "NAME", "TOTAL", "LAST-MINUTE"];
+
+fn counter_row(c: &moat_proto::CounterTotal) -> Vec<String> {
+    vec![
+        cell(&c.scope),
+        cell(&c.key),
+        cell(&c.name),
+        c.total.to_string(),
+        c.last_minute.to_string(),
+    ]
+}
+
+fn counter_json(c: &moat_proto::CounterTotal) -> Value {
+    json!({
+        "scope": c.scope,
+        "key": c.key,
+        "name": c.name,
+        "total": c.total,
+        "last-minute": c.last_minute,
+    })
+}
+
+const RESTRICTED_HEADERS: &[&str] = &["TENANT", "KIND", "NAME", "SINCE", "REASON"];
+
+fn restricted_row(r: &moat_proto::RestrictedEntity) -> Vec<String> {
+    vec![
+        cell(&r.tenant),
+        cell(&r.kind),
+        cell(&r.name),
+        fmt_time(r.since_ms),
+        cell(&r.reason),
+    ]
+}
+
+fn restricted_json(r: &moat_proto::RestrictedEntity) -> Value {
+    json!({
+        "tenant": r.tenant,
+        "kind": r.kind,
+        "name": r.name,
+        "reason": r.reason,
+        "since-ms": r.since_ms,
+    })
+}
+
+fn cluster_json(s: &ClusterStatus) -> Value {
+    json!({
+        "node-id": s.node_id,
+        "leader-id": s.leader_id,
+        "term": s.term,
+        "commit-index": s.commit_index,
+        "applied-index": s.applied_index,
+        "policy-version": s.policy_version,
+        "snapshot-index": s.snapshot_index,
+        "members": s.members.iter().map(|m| json!({
+            "id": m.id,
+            "address": m.address,
+            "role": m.role,
+        })).collect::<Vec<_>>(),
+        "edges": s.edges.iter().map(|e| json!({
+            "edge-id": e.edge_id,
+            "applied-version": e.applied_version,
+            "watching": e.watching,
+            "last-seen-ms": e.last_seen_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_cluster(s: &ClusterStatus, now_ms: i64) -> String {
+    let leader = if s.leader_id == 0 {
+        "none (no leader elected)".to_string()
+    } else {
+        match s.members.iter().find(|m| m.id == s.leader_id) {
+            Some(m) if !m.address.is_empty() => format!("{} ({})", s.leader_id, m.address),
+            _ => s.leader_id.to_string(),
+        }
+    };
+    let mut out = String::new();
+    let fields = [
+        ("Node ID", s.node_id.to_string()),
+        ("Leader", leader),
+        ("Term", s.term.to_string()),
+        ("Commit index", s.commit_index.to_string()),
+        ("Applied index", s.applied_index.to_string()),
+        ("Policy version", s.policy_version.to_string()),
+        ("Snapshot index", s.snapshot_index.to_string()),
+    ];
+    for (k, v) in fields {
+        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
+    }
+    out.push_str("\nMEMBERS\n");
+    if s.members.is_empty() {
+        out.push_str("<none>\n");
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .members
+            .iter()
+            .map(|m| vec![m.id.to_string(), cell(&m.address), cell(&m.role)])
+            .collect();
+        out.push_str(&render_table(&["ID", "ADDRESS", "ROLE"], &rows));
+    }
+    out.push_str("\nEDGES\n");
+    if s.edges.is_empty() {
+        out.push_str("<none>\n");
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .edges
+            .iter()
+            .map(|e| {
+                vec![
+                    cell(&e.edge_id),
+                    e.applied_version.to_string(),
+                    e.watching.to_string(),
+                    fmt_ago(now_ms, e.last_seen_ms),
+                ]
+            })
+            .collect();
+        out.push_str(&render_table(
+            &["EDGE", "APPLIED-VERSION", "WATCHING", "LAST-SEEN"],
+            &rows,
+        ));
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long ago `then_ms` was, kubectl style (`42s ago`, `5m ago`, `3h ago`, `2d ago`).
+fn fmt_ago(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".to_string();
+    }
+    let secs = now_ms.saturating_sub(then_ms).max(0) / 1000;
+    if secs < 120 {
+        format!("{secs}s ago")
+    } else if secs < 2 * 3600 {
+        format!("{}m ago", secs / 60)
+    } else if secs < 48 * 3600 {
+        format!("{}h ago", secs / 3600)
+    } else {
+        format!("{}d ago", secs / 86400)
+    }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time to the second; `<none>` for 0.
+fn fmt_time(ms: i64) -> String {
+    if ms <= 0 {
+        return "<none>".to_string();
+    }
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let sod = secs.rem_euclid(86400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct TestCli {
+        #[command(subcommand)]
+        cmd: TestCmd,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum TestCmd {
+        Admin(AdminArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<AdminArgs, clap::Error> {
+        let mut all = vec!["moat", "admin"];
+        all.extend_from_slice(args);
+        TestCli::try_parse_from(all).map(|c| match c.cmd {
+            TestCmd::Admin(a) => a,
+        })
+    }
+
+    #[test]
+    fn table_columns_are_aligned_with_two_spaces() {
+        let rows = vec![
+            vec!["contoso.com".to_string(), "a".to_string(), "x".to_string()],
+            vec!["b".to_string(), "longer-value".to_string(), "y".to_string()],
+        ];
+        let t = render_table(&["NAME", "V", "LAST"], &rows);
+        assert_eq!(
+            t,
+            "NAME         V             LAST\n\
+             contoso.com  a             x\n\
+             b            longer-value  y\n"
+        );
+    }
+
+    #[test]
+    fn table_has_no_trailing_spaces_and_counts_chars() {
+        let rows = vec![vec!["é".to_string(), String::new()]];
+        let t = render_table(&["A", "LONG-HEADER"], &rows);
+        assert_eq!(t, "A  LONG-HEADER\né\n");
+        assert!(t.lines().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn cells_show_none_and_flatten_control_characters() {
+        assert_eq!(cell(""), "<none>");
+        assert_eq!(cell("a\nb\tc"), "a b c");
+        assert_eq!(list_cell(&["a".into(), "b".into()]), "a,b");
+        assert_eq!(list_cell(&[]), "<none>");
+    }
+
+    #[test]
+    fn endpoints_are_normalised() {
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:7000").as_deref(),
+            Ok("http://127.0.0.1:7000")
+        );
+        assert_eq!(
+            normalize_endpoint(" http://node1:7000/ ").as_deref(),
+            Ok("http://node1:7000")
+        );
+        assert_eq!(
+            normalize_endpoint("https://cp.example:443").as_deref(),
+            Ok("https://cp.example:443")
+        );
+        assert_eq!(
+            normalize_endpoint("[::1]:7000").as_deref(),
+            Ok("http://[::1]:7000")
+        );
+        assert!(normalize_endpoint("").is_err());
+        assert!(normalize_endpoint("http://bad host").is_err());
+        assert_eq!(
+            parse_endpoint_list("a:1, http://b:2,,a:1").unwrap(),
+            vec!["http://a:1".to_string(), "http://b:2".to_string()]
+        );
+    }
+
+    #[test]
+    fn discovery_reads_the_admin_section() {
+        let text = r#"{"edges": [], "admin": {"endpoint": "http://127.0.0.1:7001",
+            "endpoints": ["http://127.0.0.1:7001", "127.0.0.1:7002"], "token": "tok"}}"#;
+        let d = parse_discovery(text).unwrap().unwrap();
+        assert_eq!(
+            d.endpoints,
+            vec!["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
+        );
+        assert_eq!(d.token.as_deref(), Some("tok"));
+        assert_eq!(parse_discovery(r#"{"admin": null}"#).unwrap(), None);
+        assert_eq!(parse_discovery(r#"{"edges": []}"#).unwrap(), None);
+        assert!(parse_discovery("not json").is_err());
+    }
+
+    #[test]
+    fn connector_json_uses_kebab_case_keys() {
+        let c = Connector {
+            tenant: "contoso.com".into(),
+            name: "partner-a".into(),
+            kind: ConnectorKind::OnPremises as i32,
+            enabled: true,
+            sender_ip_addresses: vec!["192.0.2.0/24".into()],
+            tls_sender_certificate_name: "*.contoso.com".into(),
+            sender_domains: vec!["contoso.com".into()],
+            require_tls: true,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: true,
+        };
+        assert_eq!(
+            connector_json(&c),
+            json!({
+                "tenant": "contoso.com",
+                "name": "partner-a",
+                "type": "on-premises",
+                "enabled": true,
+                "sender-ip-addresses": ["192.0.2.0/24"],
+                "tls-sender-certificate-name": "*.contoso.com",
+                "sender-domains": ["contoso.com"],
+                "require-tls": true,
+                "restrict-domains-to-ip-addresses": false,
+                "restrict-domains-to-certificate": true,
+            })
+        );
+        assert_eq!(connector_type(ConnectorKind::Partner as i32), "partner");
+        assert_eq!(connector_type(99), "unspecified");
+        let row = connector_row(&c);
+        assert_eq!(row[2], "on-premises");
+        assert_eq!(row[8], "certificate");
+    }
+
+    #[test]
+    fn status_codes_map_to_exit_codes() {
+        assert_eq!(Failure::from(Status::not_found("x")).exit_code(), 1);
+        assert_eq!(Failure::from(Status::invalid_argument("x")).exit_code(), 1);
+        assert_eq!(Failure::from(Status::already_exists("x")).exit_code(), 1);
+        assert_eq!(
+            Failure::from(Status::failed_precondition("x")).exit_code(),
+            1
+        );
+        assert_eq!(Failure::from(Status::unauthenticated("x")).exit_code(), 3);
+        assert_eq!(Failure::from(Status::permission_denied("x")).exit_code(), 3);
+        assert_eq!(Failure::from(Status::unavailable("x")).exit_code(), 4);
+        assert_eq!(Failure::from(Status::internal("x")).exit_code(), 5);
+    }
+
+    #[test]
+    fn leader_hint_and_retryability() {
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert("moat-leader", "10.0.0.2:7000".parse().unwrap());
+        assert_eq!(leader_hint(&s).as_deref(), Some("http://10.0.0.2:7000"));
+        assert!(retryable(&s));
+        assert_eq!(leader_hint(&Status::unavailable("x")), None);
+        // A server's own statuses carry no source: not retried.
+        assert!(!retryable(&Status::cancelled("x")));
+        assert!(!retryable(&Status::not_found("x")));
+        assert!(retryable(&Status::deadline_exceeded("x")));
+    }
+
+    #[test]
+    fn request_ids_are_random_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn times_render_in_utc() {
+        assert_eq!(fmt_time(0), "<none>");
+        assert_eq!(fmt_time(1_000), "1970-01-01T00:00:01Z");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(fmt_time(1_709_251_199_000), "2024-02-29T23:59:59Z");
+        assert_eq!(fmt_ago(100_000, 0), "never");
+        assert_eq!(fmt_ago(100_000, 95_000), "5s ago");
+        assert_eq!(fmt_ago(1_000_000, 100_000), "15m ago");
+        assert_eq!(fmt_ago(10_000_000_000, 100_000), "115d ago");
+    }
+
+    #[test]
+    fn cluster_status_renders_members_and_edges() {
+        let s = ClusterStatus {
+            node_id: 1,
+            leader_id: 2,
+            term: 3,
+            commit_index: 10,
+            applied_index: 9,
+            policy_version: 8,
+            members: vec![
+                moat_proto::Member {
+                    id: 1,
+                    address: "127.0.0.1:7001".into(),
+                    role: "voter".into(),
+                },
+                moat_proto::Member {
+                    id: 2,
+                    address: "127.0.0.1:7002".into(),
+                    role: "voter".into(),
+                },
+            ],
+            edges: vec![moat_proto::EdgeStatus {
+                edge_id: "edge-1".into(),
+                applied_version: 8,
+                watching: 1,
+                last_seen_ms: 7_000,
+            }],
+            snapshot_index: 4,
+        };
+        let text = render_cluster(&s, 10_000);
+        assert!(text.contains("Leader:         2 (127.0.0.1:7002)\n"));
+        assert!(text.contains("ID  ADDRESS         ROLE\n1   127.0.0.1:7001  voter\n"));
+        assert!(text.contains("EDGE    APPLIED-VERSION  WATCHING  LAST-SEEN\n"));
+        assert!(text.contains("edge-1  8                1         3s ago\n"));
+        let v = cluster_json(&s);
+        assert_eq!(v["leader-id"], 2);
+        assert_eq!(v["edges"][0]["edge-id"], "edge-1");
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let a = parse(&[
+            "connector",
+            "list",
+            "--tenant",
+            "t",
+            "-o",
+            "json",
+            "--endpoint",
+            "h:1",
+            "--stale-ok",
+        ])
+        .unwrap();
+        assert_eq!(a.output, Output::Json);
+        assert_eq!(a.endpoint.as_deref(), Some("h:1"));
+        assert!(a.stale_ok);
+        assert!(parse(&["user", "create", "--tenant", "t", "a@t"]).is_err());
+        assert!(parse(&["token", "create", "--role", "tenant-admin", "--name", "n"]).is_err());
+        assert!(parse(&[
+            "transport-config",
+            "set",
+            "--tenant",
+            "t",
+            "--allow-legacy-tls-clients",
+            "true"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "connector",
+            "create",
+            "--tenant",
+            "t",
+            "c",
+            "--type",
+            "on-premises"
+        ])
+        .is_ok());
+        assert!(parse(&["apply", "-f", "seed.toml"]).is_ok());
+    }
+}
