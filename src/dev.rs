@@ -1,15 +1,21 @@
 //! `moat dev`: the whole system on one machine, from embedded defaults.
 //!
 //! On first start it creates `DIR/tls/` (a local CA and a server certificate for `localhost`,
-//! `127.0.0.1` and `::1`), then runs an edge with mx, submission and smtps listeners on
-//! 127.0.0.1 that enforces the demo tenant `example.test` and delivers into the maildir sink at
-//! `DIR/mail/`. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
+//! `127.0.0.1` and `::1`) and an operator token (`DIR/admin-token`). It then runs a control
+//! plane seeded with the demo tenant `example.test` and edges that watch it, with mx,
+//! submission and smtps listeners on 127.0.0.1, delivering into the maildir sink at
+//! `DIR/mail/`. Control node 1 and edge 1 run inside this process; `--nodes N` and `--edges M`
+//! add the others as child processes (`moat control`, `moat edge`), each with its own data
+//! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use moat_edge::config::{ListenerConfig, ListenerKind, NextHopConfig, TlsConfig};
 use moat_edge::{Edge, EdgeConfig, EdgeError};
+use std::collections::BTreeMap;
+
+use moat_control::server::{Control, ControlConfig};
 use moat_shared::{PolicyHandle, Seed};
 use serde::Serialize;
 
@@ -28,17 +34,26 @@ pub struct DevArgs {
     /// Port of the smtps listener (0: any free port).
     #[arg(long, default_value_t = 2465)]
     smtps_port: u16,
-    /// Edge settings (TOML) that override the defaults: limits, next hop, listeners.
+    /// Edge settings (TOML) that override edge 1's defaults: limits, next hop, listeners.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Control nodes (1, 3 or 5).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    nodes: u64,
+    /// Edges.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
+    edges: u64,
+    /// gRPC port of control node 1; node N uses this plus N-1 (0: any free ports).
+    #[arg(long, default_value_t = 7400)]
+    control_port: u16,
 }
 
 /// The shape of `DIR/endpoints.json`; documented in the README.
 #[derive(Serialize)]
 struct Endpoints {
     edges: Vec<EdgeEndpoints>,
-    control: Vec<serde_json::Value>,
-    admin: Option<serde_json::Value>,
+    control: Vec<ControlEndpoints>,
+    admin: AdminEndpoints,
     tls: TlsEndpoints,
     maildir: Option<PathBuf>,
     demo: Demo,
@@ -49,7 +64,23 @@ struct EdgeEndpoints {
     id: String,
     pid: u32,
     listeners: serde_json::Map<String, serde_json::Value>,
+    status: String,
     metrics: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ControlEndpoints {
+    id: u64,
+    pid: u32,
+    address: String,
+    data: PathBuf,
+}
+
+#[derive(Serialize)]
+struct AdminEndpoints {
+    endpoint: String,
+    endpoints: Vec<String>,
+    token: String,
 }
 
 #[derive(Serialize)]
@@ -72,6 +103,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", args.data.display()))?;
     let tls_dir = data.join("tls");
     let (ca, cert, key) = ensure_certificates(&tls_dir)?;
+    let (edge_cert, edge_key) = (cert.clone(), key.clone());
 
     let mut cfg = match &args.config {
         Some(path) => {
@@ -121,9 +153,96 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let snapshot = Seed::parse(Seed::DEMO)?.into_snapshot(1)?;
+    // The control plane: node 1 here, the others as children.
+    let token = ensure_token(&data.join("admin-token"))?;
+    let seed_path = data.join("seed.toml");
+    if !seed_path.exists() {
+        std::fs::write(&seed_path, Seed::DEMO)?;
+    }
+    let mut ports = Vec::new();
+    for i in 0..args.nodes {
+        ports.push(match args.control_port {
+            0 => free_port()?,
+            p => p
+                .checked_add(i as u16)
+                .context("--control-port is too high for this many nodes")?,
+        });
+    }
+    let peers: BTreeMap<u64, String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+        .collect();
+    let mut children = Children::default();
+    let exe = std::env::current_exe().context("locating the moat binary")?;
+    let log_dir = data.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let mut control_eps = Vec::new();
+    for (&id, addr) in &peers {
+        let node_data = data.join(format!("control-{id}"));
+        let pid = if id == 1 {
+            let cfg = ControlConfig {
+                id,
+                listen: addr.parse()?,
+                advertise: None,
+                peers: peers.clone(),
+                data: node_data.clone(),
+                seed: Seed::parse(Seed::DEMO)?.into_tenants()?,
+                admin_token: Some(token.clone()),
+                tick: std::time::Duration::from_millis(100),
+                options: Default::default(),
+            };
+            let control = Control::start(cfg).await.map_err(|e| {
+                anyhow::anyhow!("{e}; choose another port with --control-port (0: any free port)")
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = control.run(std::future::pending()).await {
+                    tracing::error!("control node 1: {e}");
+                }
+            });
+            std::process::id()
+        } else {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("control")
+                .arg("--id")
+                .arg(id.to_string())
+                .arg("--listen")
+                .arg(addr)
+                .arg("--data")
+                .arg(&node_data)
+                .arg("--seed")
+                .arg(&seed_path)
+                .arg("--admin-token-file")
+                .arg(data.join("admin-token"));
+            for (pid, paddr) in &peers {
+                cmd.arg("--peer").arg(format!("{pid}={paddr}"));
+            }
+            children.spawn(cmd, &log_dir.join(format!("control-{id}.log")))?
+        };
+        control_eps.push(ControlEndpoints {
+            id,
+            pid,
+            address: addr.clone(),
+            data: node_data,
+        });
+    }
+    let control_addrs: Vec<String> = peers.values().cloned().collect();
+
+    // Edge 1, here.
+    let policy = PolicyHandle::new(Default::default());
+    let (link, _counters) = crate::start_control_link(&control_addrs, &cfg.node_id, &policy);
     let node = cfg.node_id.clone();
-    let edge = Edge::bind(cfg, PolicyHandle::new(snapshot))
+    let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
+    let status_addr = status_listener.local_addr()?.to_string();
+    tokio::spawn(moat_edge::status::serve(
+        status_listener,
+        moat_edge::status::Probe {
+            node: node.clone(),
+            policy: policy.clone(),
+            link: Some(link),
+        },
+    ));
+    let edge = Edge::bind(cfg, policy.clone())
         .await
         .map_err(|e| match e {
             EdgeError::Bind {
@@ -135,20 +254,99 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ),
             e => e.into(),
         })?;
-
     let mut listeners = serde_json::Map::new();
     for (kind, addr) in edge.local_addrs() {
         listeners.insert(kind.as_str().into(), addr.to_string().into());
     }
-    let endpoints = Endpoints {
-        edges: vec![EdgeEndpoints {
-            id: node,
-            pid: std::process::id(),
-            listeners: listeners.clone(),
+    let mut edges = vec![EdgeEndpoints {
+        id: node,
+        pid: std::process::id(),
+        listeners: listeners.clone(),
+        status: status_addr.clone(),
+        metrics: None,
+    }];
+
+    // Further edges, as children.
+    for i in 2..=args.edges {
+        let id = format!("edge-{i}");
+        let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let toml = format!(
+            r#"node-id = "{id}"
+[tls]
+cert = {cert:?}
+key = {key:?}
+[[listener]]
+kind = "mx"
+address = "127.0.0.1:{mx}"
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:{sub}"
+[[listener]]
+kind = "smtps"
+address = "127.0.0.1:{smtps}"
+[next-hop]
+kind = "maildir"
+path = {maildir:?}
+"#,
+            cert = edge_cert.display().to_string(),
+            key = edge_key.display().to_string(),
+            mx = ports[0],
+            sub = ports[1],
+            smtps = ports[2],
+            maildir = data.join("mail").display().to_string(),
+        );
+        let path = data.join(format!("{id}.toml"));
+        std::fs::write(&path, toml)?;
+        let status = format!("127.0.0.1:{}", ports[3]);
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("edge")
+            .arg("--config")
+            .arg(&path)
+            .arg("--control")
+            .arg(control_addrs.join(","))
+            .arg("--status")
+            .arg(&status);
+        let pid = children.spawn(cmd, &log_dir.join(format!("{id}.log")))?;
+        let mut l = serde_json::Map::new();
+        for (kind, port) in ["mx", "submission", "smtps"].iter().zip(ports) {
+            l.insert((*kind).into(), format!("127.0.0.1:{port}").into());
+        }
+        edges.push(EdgeEndpoints {
+            id,
+            pid,
+            listeners: l,
+            status,
             metrics: None,
-        }],
-        control: Vec::new(),
-        admin: None,
+        });
+    }
+
+    // Ready when every edge enforces a snapshot with the demo tenant.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for e in &edges {
+        while !edge_ready(&e.status).await {
+            if std::time::Instant::now() > deadline {
+                children.stop();
+                anyhow::bail!(
+                    "edge {} did not get a policy from the control plane within 60 s; see {}",
+                    e.id,
+                    log_dir.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    let endpoints = Endpoints {
+        edges,
+        control: control_eps,
+        admin: AdminEndpoints {
+            endpoint: format!("http://{}", control_addrs[0]),
+            endpoints: control_addrs
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect(),
+            token,
+        },
         tls: TlsEndpoints { ca: ca.clone() },
         maildir: maildir.clone(),
         demo: Demo {
@@ -173,15 +371,99 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(m) = &maildir {
         println!("  maildir     {}", m.display());
     }
+    println!("  control     {}", control_addrs.join(", "));
     println!("  endpoints   {}", path.display());
     println!("  demo tenant example.test");
+    println!(
+        "Administer it (token in {}):",
+        data.join("admin-token").display()
+    );
+    println!("  moat admin --data {} tenant list", data.display());
     println!("Send a test message:");
     println!("  swaks --to alice@example.test --server {mx} --tls");
     println!("Stop with Ctrl-C.");
 
     edge.run(crate::shutdown_signal()).await;
+    children.stop();
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Child processes, stopped with SIGTERM (and reaped) when `moat dev` stops.
+#[derive(Default)]
+struct Children(Vec<std::process::Child>);
+
+impl Children {
+    fn spawn(&mut self, mut cmd: std::process::Command, log: &Path) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(log)?;
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a child process")?;
+        let pid = child.id();
+        self.0.push(child);
+        Ok(pid)
+    }
+
+    fn stop(&mut self) {
+        for c in &self.0 {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {}", c.id()))
+                .status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn edge_ready(status: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(status).await else {
+        return false;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The operator token of this data directory, created on first start.
+fn ensure_token(path: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    let mut bytes = [0u8; 24];
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("moat_dev_{token}");
+    std::fs::write(path, &token)?;
+    Ok(token)
 }
 
 /// Returns (CA, certificate, key) paths, creating them on first start.

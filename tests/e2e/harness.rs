@@ -44,6 +44,8 @@ pub const ANY_PORTS: &[&str] = &[
     "0",
     "--smtps-port",
     "0",
+    "--control-port",
+    "0",
 ];
 
 /// A tokio runtime for a test's client side.
