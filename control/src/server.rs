@@ -262,7 +262,8 @@ impl Control {
             shared: Arc::clone(&self.shared),
         };
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
-        tonic::transport::Server::builder()
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
             .add_service(
                 v1::raft_server::RaftServer::new(svc.clone())
                     .max_decoding_message_size(MAX_MESSAGE),
@@ -270,8 +271,21 @@ impl Control {
             .add_service(v1::policy_server::PolicyServer::new(svc.clone()))
             .add_service(v1::signal_server::SignalServer::new(svc.clone()))
             .add_service(v1::admin_server::AdminServer::new(svc))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r?,
+            () = shutdown => {
+                // Watch streams never end by themselves: give requests in flight a moment,
+                // then stop.
+                let _ = stop_tx.send(());
+                if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), server).await {
+                    r?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -459,7 +473,7 @@ impl NodeThread {
                 self.seed.clear();
             } else if self
                 .last_seed_attempt
-                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(5))
+                .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
             {
                 self.last_seed_attempt = Some(now);
                 let p = Proposal {

@@ -6,6 +6,7 @@
 //! inspects the maildir sink.
 
 mod client;
+mod cluster;
 mod harness;
 
 mod delivery;
