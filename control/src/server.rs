@@ -86,12 +86,15 @@ enum Refusal {
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 
+/// A read to run against the state machine once it is safe to.
+type ReadFn = Box<dyn FnOnce(&State) + Send>;
+
 /// A request to the node thread.
 enum Req {
     Step(Message, u64, String),
     Propose(Proposal, Reply<Outcome>),
     Member(MemberChange, Reply<Outcome>),
-    Read(bool, Box<dyn FnOnce(&State) + Send>),
+    Read(bool, ReadFn),
     Signal(SignalBatch, Reply<()>),
     Unreachable(u64),
     SnapshotDone(u64, bool),
@@ -303,7 +306,7 @@ struct NodeThread {
     addresses: BTreeMap<u64, String>,
     transports: HashMap<u64, (String, mpsc::Sender<Vec<Message>>)>,
     pending: HashMap<u64, (Instant, Reply<Outcome>)>,
-    reads: HashMap<u64, (Instant, Box<dyn FnOnce(&State) + Send>)>,
+    reads: HashMap<u64, (Instant, ReadFn)>,
     signals: Vec<(SignalBatch, Reply<()>)>,
     signal_waiters: HashMap<u64, (Instant, Vec<Reply<()>>)>,
     last_signal_flush: Instant,
