@@ -601,23 +601,23 @@ fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String), Failure> {
 
 /// 16 random bytes, hex: the id that makes retried writes apply once.
 fn new_request_id() -> String {
-    let mut buf = [0u8; 16];
+    random_hex(16)
+}
+
+/// `n` random bytes from the OS, hex (falls back to std's per-process random hasher keys).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
     let from_os = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .is_ok();
     if !from_os {
-        // std's hasher keys are randomly seeded per process.
         use std::hash::BuildHasher as _;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let seed = (nanos, std::process::id());
+        let seed = (now_ms(), std::process::id());
         let state = std::collections::hash_map::RandomState::new();
-        let a = state.hash_one((seed, 0u8)).to_le_bytes();
-        let b = state.hash_one((seed, 1u8)).to_le_bytes();
-        buf[..8].copy_from_slice(&a);
-        buf[8..].copy_from_slice(&b);
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            let h = state.hash_one((seed, i)).to_le_bytes();
+            chunk.copy_from_slice(&h[..chunk.len()]);
+        }
     }
     hex(&buf)
 }
@@ -1439,12 +1439,7 @@ fn render_cluster(s: &ClusterStatus, now_ms: i64) -> String {
     out
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use moat_shared::time::{civil_from_days, now_ms};
 
 /// How long ago `then_ms` was, kubectl style (`42s ago`, `5m ago`, `3h ago`, `2d ago`).
 fn fmt_ago(now_ms: i64, then_ms: i64) -> String {
@@ -1477,20 +1472,6 @@ fn fmt_time(ms: i64) -> String {
         sod % 3600 / 60,
         sod % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -455,13 +455,7 @@ fn ensure_token(path: &Path) -> anyhow::Result<String> {
             return Ok(t.trim().to_owned());
         }
     }
-    let mut bytes = [0u8; 24];
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let token = format!("moat_dev_{token}");
+    let token = format!("moat_dev_{}", crate::admin::random_hex(24));
     std::fs::write(path, &token)?;
     Ok(token)
 }

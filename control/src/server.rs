@@ -18,6 +18,7 @@ use moat_proto::convert::{
     connector_from_wire, connector_to_wire, tenant_from_wire, tenant_to_wire,
 };
 use moat_proto::v1;
+use moat_shared::time::now_ms;
 use moat_shared::{Domain, Seed, Tenant, TenantId};
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -160,12 +161,6 @@ impl Shared {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn sha256_hex(s: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -242,6 +237,7 @@ impl Control {
             view_tx,
             tokens,
             published_tokens: None,
+            published_applied: u64::MAX,
             tick: cfg.tick,
         };
         std::thread::Builder::new()
@@ -316,6 +312,7 @@ struct NodeThread {
     view_tx: watch::Sender<View>,
     tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
     published_tokens: Option<BTreeMap<String, TokenRecord>>,
+    published_applied: u64,
     tick: Duration,
 }
 
@@ -532,7 +529,9 @@ impl NodeThread {
             let snap = policy_snapshot(state);
             self.policy_tx.send_replace(Arc::new(snap));
         }
-        if self.published_tokens.as_ref() != Some(&state.tokens) {
+        if self.published_applied != state.applied
+            && self.published_tokens.as_ref() != Some(&state.tokens)
+        {
             let map = state
                 .tokens
                 .values()
@@ -543,6 +542,7 @@ impl NodeThread {
             }
             self.published_tokens = Some(state.tokens.clone());
         }
+        self.published_applied = state.applied;
         let view = View {
             status: Some(self.core.status()),
             addresses: self.addresses.clone(),

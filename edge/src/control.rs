@@ -13,10 +13,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use moat_proto::convert::snapshot_from_wire;
 use moat_proto::v1;
+use moat_shared::time::now_ms;
 use moat_shared::PolicyHandle;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -62,12 +63,6 @@ impl LinkStatus {
     pub fn batches_acked(&self) -> u64 {
         self.batches_acked.load(Ordering::Relaxed)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {

@@ -8,6 +8,7 @@
 //! - [`connector`]: inbound connectors (Partner, OnPremises) and how they are matched.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
+//! - [`time`]: Unix milliseconds and calendar dates, UTC.
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
 //!   snapshot and writers publish a new one.
 
@@ -17,6 +18,7 @@ pub mod connector;
 pub mod handle;
 pub mod policy;
 pub mod seed;
+pub mod time;
 
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
