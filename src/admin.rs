@@ -104,7 +104,19 @@ enum Resource {
     Counters(ListCmd),
     /// Connectors and users blocked by the control plane.
     #[command(subcommand)]
-    Restricted(ListCmd),
+    Restricted(RestrictedCmd),
+    /// Legacy TLS (1.0/1.1) controls.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+    /// Reports built from what edges observed.
+    #[command(subcommand)]
+    Report(ReportCmd),
+    /// Alerts raised for tenants' admins.
+    #[command(subcommand)]
+    Alerts(ListCmd),
+    /// Per-tenant sending limits of SMTP AUTH users.
+    #[command(subcommand)]
+    OutboundPolicy(OutboundPolicyCmd),
     /// Control-plane membership and status.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -344,6 +356,97 @@ enum ListCmd {
 }
 
 #[derive(clap::Subcommand, Debug)]
+enum RestrictedCmd {
+    /// List blocked connectors and users.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Lift the block on a user or connector.
+    Unblock {
+        /// The user's address or the connector's name.
+        name: String,
+        /// The tenant (default: looked up among the restricted entities).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What is blocked.
+        #[arg(long, default_value = "user", value_parser = ["user", "connector"])]
+        kind: String,
+        /// Why the block is lifted (kept in the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TlsCmd {
+    /// The speed bump: from given dates on, refuse a share of TLS 1.0/1.1 sessions.
+    #[command(subcommand)]
+    SpeedBump(SpeedBumpCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum SpeedBumpCmd {
+    /// Show the schedule.
+    Get,
+    /// Replace the schedule.
+    Set {
+        /// A step `YYYY-MM-DD=PERCENT` (UTC; e.g. `2026-12-01=30` or `2026-12-01=30%`): from
+        /// that day on, that share of legacy sessions is refused; repeat for more.
+        #[arg(required = true, value_name = "STEP")]
+        steps: Vec<String>,
+    },
+    /// Remove the schedule (no legacy session is refused for it).
+    Clear,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ReportCmd {
+    /// TLS versions and ciphers in use, and the clients still on TLS 1.0/1.1.
+    Tls {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How many days back, today included.
+        #[arg(long, value_name = "N", default_value_t = 7,
+            value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+    },
+}
+
+/// The actions `outbound-policy set --action` accepts.
+const OUTBOUND_ACTIONS: [&str; 3] = ["block-for-today", "block", "alert-only"];
+
+#[derive(clap::Subcommand, Debug)]
+enum OutboundPolicyCmd {
+    /// Show tenants' sending limits.
+    Get {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Change a tenant's sending limits; limits not given keep their current value, and 0
+    /// restores the default.
+    #[command(group(clap::ArgGroup::new("limits").required(true).multiple(true)
+        .args(["recipients_per_hour", "recipients_per_day", "action"])))]
+    Set {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Recipients a user may send to per hour (0: the default).
+        #[arg(long, value_name = "N")]
+        recipients_per_hour: Option<u32>,
+        /// Recipients a user may send to per UTC day (0: the default).
+        #[arg(long, value_name = "N")]
+        recipients_per_day: Option<u32>,
+        /// What happens to a user over a limit.
+        #[arg(long, value_parser = OUTBOUND_ACTIONS)]
+        action: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 enum ClusterCmd {
     /// Show the contacted node's view of the cluster.
     Status,
@@ -366,6 +469,8 @@ enum ClusterCmd {
 enum Failure {
     /// The control plane refused the request (exit 1).
     Refused(String),
+    /// The command line is wrong in a way clap cannot tell (exit 2).
+    Usage(String),
     /// Authentication or authorization failed (exit 3).
     Auth { message: String, hint: &'static str },
     /// No node could serve the request in time (exit 4).
@@ -378,6 +483,7 @@ impl Failure {
     fn exit_code(&self) -> i32 {
         match self {
             Self::Refused(_) => 1,
+            Self::Usage(_) => 2,
             Self::Auth { .. } => 3,
             Self::Unreachable(_) => 4,
             Self::Other(_) => 5,
@@ -386,11 +492,24 @@ impl Failure {
 
     fn report(&self) {
         match self {
-            Self::Refused(m) | Self::Unreachable(m) | Self::Other(m) => eprintln!("error: {m}"),
+            Self::Refused(m) | Self::Usage(m) | Self::Unreachable(m) | Self::Other(m) => {
+                eprintln!("error: {m}")
+            }
             Self::Auth { message, hint } => {
                 eprintln!("error: {message}");
                 eprintln!("hint: {hint}");
             }
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(m) | Self::Usage(m) | Self::Unreachable(m) | Self::Other(m) => {
+                f.write_str(m)
+            }
+            Self::Auth { message, hint } => write!(f, "{message} (hint: {hint})"),
         }
     }
 }
@@ -437,8 +556,41 @@ pub async fn run(args: AdminArgs) -> i32 {
     }
 }
 
+/// Creates or replaces an SMTP AUTH user, following the leader and retrying like `moat admin`
+/// does (`moat dev` creates its demo user with it). `endpoints` are control-plane addresses
+/// (`http://host:port` or `host:port`).
+pub async fn put_user(
+    endpoints: Vec<String>,
+    token: &str,
+    tenant: &str,
+    address: &str,
+    password: &str,
+) -> Result<(), String> {
+    let mut urls = Vec::new();
+    for e in &endpoints {
+        push_unique(&mut urls, normalize_endpoint(e)?);
+    }
+    if urls.is_empty() {
+        return Err("no control-plane endpoint to create the user on".into());
+    }
+    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
+    let op = Op::PutUser(moat_proto::UserSpec {
+        tenant: tenant.to_string(),
+        address: address.to_string(),
+        password: password.to_string(),
+        send_as: vec![],
+    });
+    client
+        .write(op)
+        .await
+        .map(|_| ())
+        .map_err(|f| format!("creating user {address} in tenant {tenant}: {f}"))
+}
+
 async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
-    // Read local inputs before contacting anyone, so a bad file fails fast.
+    // Read and check local inputs before contacting anyone, so a bad file or argument fails
+    // fast.
+    check_local(&args.command)?;
     let input = local_input(&args.command)?;
     let (endpoints, token) = resolve_target(&args)?;
     let client = Client::new(endpoints, &token)?;
@@ -448,6 +600,38 @@ async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
         stale_ok: args.stale_ok,
     };
     ctx.execute(args.command, input).await
+}
+
+/// Checks what clap cannot: arguments with a syntax of their own.
+fn check_local(cmd: &Resource) -> Result<(), Failure> {
+    if let Resource::Tls(TlsCmd::SpeedBump(SpeedBumpCmd::Set { steps })) = cmd {
+        speed_bump_steps(steps)?;
+    }
+    Ok(())
+}
+
+/// Parses `YYYY-MM-DD=PERCENT` steps into the wire schedule, ordered by date.
+fn speed_bump_steps(raw: &[String]) -> Result<Vec<moat_proto::SpeedBumpStep>, Failure> {
+    let steps = raw
+        .iter()
+        .map(|text| {
+            moat_shared::SpeedBumpStep::parse(text).map_err(|e| {
+                Failure::Usage(format!(
+                    "invalid speed-bump step `{text}`: {e} (expected YYYY-MM-DD=PERCENT, \
+                     e.g. 2026-12-01=30)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let steps = moat_shared::submission::normalise_schedule(steps)
+        .map_err(|e| Failure::Usage(format!("invalid speed-bump schedule: {e}")))?;
+    Ok(steps
+        .iter()
+        .map(|s| moat_proto::SpeedBumpStep {
+            date: day_string(s.day),
+            percent: u32::from(s.percent),
+        })
+        .collect())
 }
 
 /// Reads what a command needs from files or standard input.
@@ -807,6 +991,7 @@ impl Ctx {
             tenant: tenant.unwrap_or_default().to_string(),
             name: name.unwrap_or_default().to_string(),
             stale_ok: self.stale_ok,
+            days: 0,
         }
     }
 
@@ -867,13 +1052,17 @@ impl Ctx {
                 self.list(COUNTER_HEADERS, rows, objects);
                 Ok(())
             }
-            Resource::Restricted(ListCmd::List { tenant }) => {
-                let reply = self.read("restricted", tenant.as_deref(), None).await?;
-                let rows = reply.restricted.iter().map(restricted_row).collect();
-                let objects = reply.restricted.iter().map(restricted_json).collect();
-                self.list(RESTRICTED_HEADERS, rows, objects);
+            Resource::Restricted(c) => self.restricted(c).await,
+            Resource::Tls(TlsCmd::SpeedBump(c)) => self.speed_bump(c).await,
+            Resource::Report(c) => self.report(c).await,
+            Resource::Alerts(ListCmd::List { tenant }) => {
+                let reply = self.read("alerts", tenant.as_deref(), None).await?;
+                let rows = reply.alerts.iter().map(alert_row).collect();
+                let objects = reply.alerts.iter().map(alert_json).collect();
+                self.list(ALERT_HEADERS, rows, objects);
                 Ok(())
             }
+            Resource::OutboundPolicy(c) => self.outbound_policy(c).await,
             Resource::Cluster(c) => self.cluster(c).await,
             Resource::Apply { .. } => {
                 let toml = input.unwrap_or_default();
@@ -1130,6 +1319,123 @@ impl Ctx {
         }
     }
 
+    async fn restricted(&self, cmd: RestrictedCmd) -> Result<(), Failure> {
+        match cmd {
+            RestrictedCmd::List { tenant } => {
+                let reply = self.read("restricted", tenant.as_deref(), None).await?;
+                let rows = reply.restricted.iter().map(restricted_row).collect();
+                let objects = reply.restricted.iter().map(restricted_json).collect();
+                self.list(RESTRICTED_HEADERS, rows, objects);
+                Ok(())
+            }
+            RestrictedCmd::Unblock {
+                name,
+                tenant,
+                kind,
+                reason,
+            } => {
+                let (tenant, name) = match tenant {
+                    Some(t) => (t, name),
+                    None => {
+                        let reply = self.read("restricted", None, None).await?;
+                        find_restricted(&reply.restricted, &kind, &name)?
+                    }
+                };
+                self.write(Op::Unblock(moat_proto::Unblock {
+                    tenant,
+                    kind,
+                    name,
+                    reason,
+                }))
+                .await
+            }
+        }
+    }
+
+    async fn speed_bump(&self, cmd: SpeedBumpCmd) -> Result<(), Failure> {
+        let steps = match cmd {
+            SpeedBumpCmd::Get => {
+                let reply = self.read("speed-bump", None, None).await?;
+                let rows = reply
+                    .speed_bump
+                    .iter()
+                    .map(|s| vec![cell(&s.date), s.percent.to_string()])
+                    .collect();
+                let objects = reply
+                    .speed_bump
+                    .iter()
+                    .map(|s| json!({"date": s.date, "percent": s.percent}))
+                    .collect();
+                self.list(&["DATE", "PERCENT"], rows, objects);
+                return Ok(());
+            }
+            SpeedBumpCmd::Set { steps } => speed_bump_steps(&steps)?,
+            SpeedBumpCmd::Clear => vec![],
+        };
+        self.write(Op::SetSpeedBump(moat_proto::SpeedBump { steps }))
+            .await
+    }
+
+    async fn report(&self, cmd: ReportCmd) -> Result<(), Failure> {
+        match cmd {
+            ReportCmd::Tls { tenant, days } => {
+                let mut req = self.read_req("tls-report", tenant.as_deref(), None);
+                req.days = days;
+                let reply = self.client.read(req).await?;
+                match self.output {
+                    Output::Json => print_json(&tls_report_json(&reply)),
+                    Output::Table => out(render_tls_report(&reply).trim_end()),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn outbound_policy(&self, cmd: OutboundPolicyCmd) -> Result<(), Failure> {
+        match cmd {
+            OutboundPolicyCmd::Get { tenant: None } => {
+                let reply = self.read("outbound-policy", None, None).await?;
+                let rows = reply.outbound.iter().map(outbound_row).collect();
+                let objects = reply.outbound.iter().map(outbound_json).collect();
+                self.list(OUTBOUND_HEADERS, rows, objects);
+                Ok(())
+            }
+            OutboundPolicyCmd::Get {
+                tenant: Some(tenant),
+            } => {
+                let reply = self.read("outbound-policy", Some(&tenant), None).await?;
+                let p = find_outbound(&reply.outbound, &tenant)?;
+                self.one(OUTBOUND_HEADERS, outbound_row(p), outbound_json(p));
+                Ok(())
+            }
+            OutboundPolicyCmd::Set {
+                tenant,
+                recipients_per_hour,
+                recipients_per_day,
+                action,
+            } => {
+                // Limits not given keep their value: the wire message replaces all three.
+                let current = if recipients_per_hour.is_none()
+                    || recipients_per_day.is_none()
+                    || action.is_none()
+                {
+                    let reply = self.read("outbound-policy", Some(&tenant), None).await?;
+                    reply.outbound.into_iter().find(|p| p.tenant == tenant)
+                } else {
+                    None
+                }
+                .unwrap_or_default();
+                self.write(Op::SetOutboundPolicy(moat_proto::OutboundPolicy {
+                    recipients_per_hour: recipients_per_hour.unwrap_or(current.recipients_per_hour),
+                    recipients_per_day: recipients_per_day.unwrap_or(current.recipients_per_day),
+                    action: action.unwrap_or(current.action),
+                    tenant,
+                }))
+                .await
+            }
+        }
+    }
+
     async fn cluster(&self, cmd: ClusterCmd) -> Result<(), Failure> {
         match cmd {
             ClusterCmd::Status => {
@@ -1154,6 +1460,50 @@ fn find_tenant<'a>(tenants: &'a [Tenant], name: &str) -> Result<&'a Tenant, Fail
         .iter()
         .find(|t| t.id == name)
         .ok_or_else(|| Failure::Refused(format!("tenant {name:?} not found")))
+}
+
+/// The tenant and stored name of the entity `moat admin restricted unblock` names: users are
+/// matched case-insensitively, connectors exactly.
+fn find_restricted(
+    restricted: &[moat_proto::RestrictedEntity],
+    kind: &str,
+    name: &str,
+) -> Result<(String, String), Failure> {
+    let wanted = name.trim();
+    let matches: Vec<&moat_proto::RestrictedEntity> = restricted
+        .iter()
+        .filter(|r| {
+            r.kind == kind
+                && if kind == "user" {
+                    r.name.to_lowercase() == wanted.to_lowercase()
+                } else {
+                    r.name == wanted
+                }
+        })
+        .collect();
+    match matches[..] {
+        [] => Err(Failure::Refused(format!(
+            "{kind} {wanted} is not restricted"
+        ))),
+        [r] => Ok((r.tenant.clone(), r.name.clone())),
+        _ => {
+            let tenants: Vec<&str> = matches.iter().map(|r| r.tenant.as_str()).collect();
+            Err(Failure::Refused(format!(
+                "{kind} {wanted} is restricted in several tenants ({}): pass --tenant",
+                tenants.join(", ")
+            )))
+        }
+    }
+}
+
+fn find_outbound<'a>(
+    policies: &'a [moat_proto::OutboundPolicy],
+    tenant: &str,
+) -> Result<&'a moat_proto::OutboundPolicy, Failure> {
+    policies
+        .iter()
+        .find(|p| p.tenant == tenant)
+        .ok_or_else(|| Failure::Refused(format!("tenant {tenant:?} not found")))
 }
 
 /// Writes a line to stdout; a closed pipe (`| head`) is not an error worth a panic.
@@ -1337,26 +1687,164 @@ fn counter_json(c: &moat_proto::CounterTotal) -> Value {
     })
 }
 
-const RESTRICTED_HEADERS: &[&str] = &["TENANT", "KIND", "NAME", "SINCE", "REASON"];
+const RESTRICTED_HEADERS: &[&str] = &["TENANT", "KIND", "NAME", "SINCE", "UNTIL", "REASON"];
 
 fn restricted_row(r: &moat_proto::RestrictedEntity) -> Vec<String> {
+    let until = if r.until_ms == 0 {
+        "-".to_string()
+    } else {
+        fmt_time(r.until_ms)
+    };
     vec![
         cell(&r.tenant),
         cell(&r.kind),
         cell(&r.name),
         fmt_time(r.since_ms),
+        until,
         cell(&r.reason),
     ]
 }
 
 fn restricted_json(r: &moat_proto::RestrictedEntity) -> Value {
+    let until = (r.until_ms != 0).then(|| fmt_time(r.until_ms));
     json!({
         "tenant": r.tenant,
         "kind": r.kind,
         "name": r.name,
         "reason": r.reason,
         "since-ms": r.since_ms,
+        "until": until,
     })
+}
+
+const ALERT_HEADERS: &[&str] = &["TIME", "TENANT", "SEVERITY", "TITLE", "DETAIL"];
+
+fn alert_row(a: &moat_proto::Alert) -> Vec<String> {
+    vec![
+        fmt_time(a.at_ms),
+        cell(&a.tenant),
+        cell(&a.severity),
+        cell(&a.title),
+        cell(&a.detail),
+    ]
+}
+
+fn alert_json(a: &moat_proto::Alert) -> Value {
+    json!({
+        "at-ms": a.at_ms,
+        "tenant": a.tenant,
+        "severity": a.severity,
+        "title": a.title,
+        "detail": a.detail,
+    })
+}
+
+const OUTBOUND_HEADERS: &[&str] = &["TENANT", "RECIPIENTS/HOUR", "RECIPIENTS/DAY", "ACTION"];
+
+fn outbound_row(p: &moat_proto::OutboundPolicy) -> Vec<String> {
+    vec![
+        cell(&p.tenant),
+        p.recipients_per_hour.to_string(),
+        p.recipients_per_day.to_string(),
+        cell(&p.action),
+    ]
+}
+
+fn outbound_json(p: &moat_proto::OutboundPolicy) -> Value {
+    json!({
+        "tenant": p.tenant,
+        "recipients-per-hour": p.recipients_per_hour,
+        "recipients-per-day": p.recipients_per_day,
+        "action": p.action,
+    })
+}
+
+const TLS_USAGE_HEADERS: &[&str] = &[
+    "DAY", "TENANT", "LISTENER", "VERSION", "CIPHER", "SESSIONS", "MESSAGES",
+];
+
+fn tls_usage_row(u: &moat_proto::TlsUsage) -> Vec<String> {
+    vec![
+        cell(&u.day),
+        cell(&u.tenant),
+        cell(&u.listener),
+        cell(&u.version),
+        cell(&u.cipher),
+        u.sessions.to_string(),
+        u.messages.to_string(),
+    ]
+}
+
+fn tls_usage_json(u: &moat_proto::TlsUsage) -> Value {
+    json!({
+        "day": u.day,
+        "tenant": u.tenant,
+        "listener": u.listener,
+        "version": u.version,
+        "cipher": u.cipher,
+        "sessions": u.sessions,
+        "messages": u.messages,
+    })
+}
+
+const LEGACY_CLIENT_HEADERS: &[&str] = &[
+    "DAY",
+    "TENANT",
+    "CLIENT-IP",
+    "USER",
+    "VERSION",
+    "SESSIONS",
+    "MESSAGES",
+];
+
+fn legacy_client_row(c: &moat_proto::LegacyClient) -> Vec<String> {
+    vec![
+        cell(&c.day),
+        cell(&c.tenant),
+        cell(&c.client_ip),
+        cell(&c.user),
+        cell(&c.version),
+        c.sessions.to_string(),
+        c.messages.to_string(),
+    ]
+}
+
+fn legacy_client_json(c: &moat_proto::LegacyClient) -> Value {
+    json!({
+        "day": c.day,
+        "tenant": c.tenant,
+        "client-ip": c.client_ip,
+        "user": c.user,
+        "version": c.version,
+        "sessions": c.sessions,
+        "messages": c.messages,
+    })
+}
+
+fn tls_report_json(r: &ReadReply) -> Value {
+    json!({
+        "usage": r.tls_usage.iter().map(tls_usage_json).collect::<Vec<_>>(),
+        "legacy-clients": r.legacy_clients.iter().map(legacy_client_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The TLS report as text: the usage table, then the clients still on TLS 1.0/1.1.
+fn render_tls_report(r: &ReadReply) -> String {
+    let mut out = String::new();
+    if r.tls_usage.is_empty() {
+        out.push_str("No TLS sessions recorded.\n");
+    } else {
+        let rows: Vec<Vec<String>> = r.tls_usage.iter().map(tls_usage_row).collect();
+        out.push_str(&render_table(TLS_USAGE_HEADERS, &rows));
+    }
+    out.push_str("\nClients on TLS 1.0/1.1:\n");
+    if r.legacy_clients.is_empty() {
+        out.push_str("No legacy TLS clients.\n");
+    } else {
+        let rows: Vec<Vec<String>> = r.legacy_clients.iter().map(legacy_client_row).collect();
+        out.push_str(&render_table(LEGACY_CLIENT_HEADERS, &rows));
+    }
+    out
 }
 
 fn cluster_json(s: &ClusterStatus) -> Value {
@@ -1439,7 +1927,7 @@ fn render_cluster(s: &ClusterStatus, now_ms: i64) -> String {
     out
 }
 
-use moat_shared::time::{civil_from_days, now_ms};
+use moat_shared::time::{civil_from_days, day_string, now_ms};
 
 /// How long ago `then_ms` was, kubectl style (`42s ago`, `5m ago`, `3h ago`, `2d ago`).
 fn fmt_ago(now_ms: i64, then_ms: i64) -> String {

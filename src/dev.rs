@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use moat_edge::config::{ListenerConfig, ListenerKind, NextHopConfig, TlsConfig};
+use moat_edge::config::{
+    LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsConfig, TlsVersion,
+};
 use moat_edge::{Edge, EdgeConfig, EdgeError};
 use std::collections::BTreeMap;
 
@@ -34,6 +36,10 @@ pub struct DevArgs {
     /// Port of the smtps listener (0: any free port).
     #[arg(long, default_value_t = 2465)]
     smtps_port: u16,
+    /// Port of the legacy submission listener: TLS 1.0 to 1.3, for users of tenants with
+    /// `allow-legacy-tls-clients` only (0: any free port).
+    #[arg(long, default_value_t = 2588)]
+    legacy_port: u16,
     /// Edge settings (TOML) that override edge 1's defaults: limits, next hop, listeners.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -91,7 +97,12 @@ struct TlsEndpoints {
 #[derive(Serialize)]
 struct Demo {
     tenant: String,
+    user: String,
+    password: String,
 }
+
+/// The demo SMTP AUTH user `moat dev` creates.
+const DEMO_USER: &str = "demo@example.test";
 
 /// Runs `moat dev` until SIGINT/SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -134,12 +145,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             address: ([127, 0, 0, 1], port).into(),
             proxy_protocol: false,
             tls: None,
+            tls_min_version: TlsVersion::Tls12,
+            legacy_tls: LegacyTls::SpeedBump,
             limits: Default::default(),
         };
         cfg.listeners = vec![
             at(ListenerKind::Mx, args.mx_port),
             at(ListenerKind::Submission, args.submission_port),
             at(ListenerKind::Smtps, args.smtps_port),
+            ListenerConfig {
+                tls_min_version: TlsVersion::Tls10,
+                legacy_tls: LegacyTls::OptIn,
+                ..at(ListenerKind::Submission, args.legacy_port)
+            },
         ];
     }
     let maildir = data.join("mail");
@@ -228,9 +246,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let control_addrs: Vec<String> = peers.values().cloned().collect();
 
+    // The demo user, with a password made on first start.
+    let password = ensure_secret(&data.join("demo-password"), "", 12)?;
+    crate::admin::put_user(
+        control_addrs.iter().map(|a| format!("http://{a}")).collect(),
+        &token,
+        "example.test",
+        DEMO_USER,
+        &password,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the demo user: {e}"))?;
+
     // Edge 1, here.
     let policy = PolicyHandle::new(Default::default());
-    let (link, _counters) = crate::start_control_link(&control_addrs, &cfg.node_id, &policy);
+    let (link, counters) = crate::start_control_link(&control_addrs, &cfg.node_id, &policy);
     let node = cfg.node_id.clone();
     let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
     let status_addr = status_listener.local_addr()?.to_string();
@@ -242,7 +272,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             link: Some(link),
         },
     ));
-    let edge = Edge::bind(cfg, policy.clone())
+    let edge = Edge::bind(cfg, policy.clone(), counters)
         .await
         .map_err(|e| match e {
             EdgeError::Bind {
@@ -255,8 +285,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             e => e.into(),
         })?;
     let mut listeners = serde_json::Map::new();
-    for (kind, addr) in edge.local_addrs() {
-        listeners.insert(kind.as_str().into(), addr.to_string().into());
+    for (l, addr) in edge.listeners() {
+        listeners.insert(listener_name(&l).into(), addr.to_string().into());
     }
     let mut edges = vec![EdgeEndpoints {
         id: node,
@@ -269,7 +299,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Further edges, as children.
     for i in 2..=args.edges {
         let id = format!("edge-{i}");
-        let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let ports = [
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        ];
         let toml = format!(
             r#"node-id = "{id}"
 [tls]
@@ -284,6 +320,11 @@ address = "127.0.0.1:{sub}"
 [[listener]]
 kind = "smtps"
 address = "127.0.0.1:{smtps}"
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:{legacy}"
+tls-min-version = "1.0"
+legacy-tls = "opt-in"
 [next-hop]
 kind = "maildir"
 path = {maildir:?}
@@ -293,6 +334,7 @@ path = {maildir:?}
             mx = ports[0],
             sub = ports[1],
             smtps = ports[2],
+            legacy = ports[4],
             maildir = data.join("mail").display().to_string(),
         );
         let path = data.join(format!("{id}.toml"));
@@ -308,7 +350,11 @@ path = {maildir:?}
             .arg(&status);
         let pid = children.spawn(cmd, &log_dir.join(format!("{id}.log")))?;
         let mut l = serde_json::Map::new();
-        for (kind, port) in ["mx", "submission", "smtps"].iter().zip(ports) {
+        for (kind, port) in ["mx", "submission", "smtps", "", "legacy-submission"]
+            .iter()
+            .zip(ports)
+            .filter(|(k, _)| !k.is_empty())
+        {
             l.insert((*kind).into(), format!("127.0.0.1:{port}").into());
         }
         edges.push(EdgeEndpoints {
@@ -320,10 +366,17 @@ path = {maildir:?}
         });
     }
 
-    // Ready when every edge enforces a snapshot with the demo tenant.
+    // Ready when every edge enforces a snapshot with the demo tenant and user.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while policy.load().user(DEMO_USER).is_none() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("edge 1 did not get the demo user from the control plane within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let version = policy.load().version();
     for e in &edges {
-        while !edge_ready(&e.status).await {
+        while edge_version(&e.status).await < version {
             if std::time::Instant::now() > deadline {
                 children.stop();
                 anyhow::bail!(
@@ -351,6 +404,8 @@ path = {maildir:?}
         maildir: maildir.clone(),
         demo: Demo {
             tenant: "example.test".into(),
+            user: DEMO_USER.into(),
+            password: password.clone(),
         },
     };
     let path = data.join("endpoints.json");
@@ -374,6 +429,7 @@ path = {maildir:?}
     println!("  control     {}", control_addrs.join(", "));
     println!("  endpoints   {}", path.display());
     println!("  demo tenant example.test");
+    println!("  demo user   {DEMO_USER}  password {password}");
     println!(
         "Administer it (token in {}):",
         data.join("admin-token").display()
@@ -426,20 +482,35 @@ impl Drop for Children {
     }
 }
 
-async fn edge_ready(status: &str) -> bool {
+/// The policy version an edge enforces, from its `/readyz` (0 when it has none or is down).
+async fn edge_version(status: &str) -> u64 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut s) = tokio::net::TcpStream::connect(status).await else {
-        return false;
+        return 0;
     };
     if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .is_err()
     {
-        return false;
+        return 0;
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
-    buf.starts_with(b"HTTP/1.1 200")
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["policy"]["version"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The key of a listener in `endpoints.json`: its kind, or `legacy-submission` for a
+/// submission listener that takes TLS 1.0/1.1.
+fn listener_name(l: &ListenerConfig) -> &'static str {
+    match (l.kind, l.tls_min_version) {
+        (ListenerKind::Submission, TlsVersion::Tls10 | TlsVersion::Tls11) => "legacy-submission",
+        (kind, _) => kind.as_str(),
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -450,14 +521,19 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The operator token of this data directory, created on first start.
 fn ensure_token(path: &Path) -> anyhow::Result<String> {
+    ensure_secret(path, "moat_dev_", 24)
+}
+
+/// A random secret of `bytes` random bytes (in hex) kept in `path`, created on first start.
+fn ensure_secret(path: &Path, prefix: &str, bytes: usize) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_owned());
         }
     }
-    let token = format!("moat_dev_{}", crate::admin::random_hex(24));
-    std::fs::write(path, &token)?;
-    Ok(token)
+    let secret = format!("{prefix}{}", crate::admin::random_hex(bytes));
+    std::fs::write(path, &secret)?;
+    Ok(secret)
 }
 
 /// Returns (CA, certificate, key) paths, creating them on first start.

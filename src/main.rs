@@ -113,6 +113,10 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             (policy, Some(link))
         }
     };
+    // Without a control plane the counters go nowhere (and stop growing at their cap).
+    let counters = link
+        .as_ref()
+        .map_or_else(|| Arc::new(Counters::default()), |(_, c)| Arc::clone(c));
     let status = match args.status {
         Some(addr) => Some(
             moat_edge::status::bind(addr)
@@ -121,7 +125,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let edge = Edge::bind(cfg, policy.clone()).await?;
+    let edge = Edge::bind(cfg, policy.clone(), counters).await?;
     for (kind, addr) in edge.local_addrs() {
         tracing::info!("{} listening on {addr}", kind.as_str());
     }

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moat_proto::convert::{
-    connector_from_wire, connector_to_wire, tenant_from_wire, tenant_to_wire,
+    connector_from_wire, connector_to_wire, restricted_to_wire, step_from_wire, step_to_wire,
+    tenant_from_wire, tenant_to_wire, user_to_wire,
 };
 use moat_proto::v1;
 use moat_shared::time::now_ms;
-use moat_shared::{Domain, Seed, Tenant, TenantId};
+use moat_shared::{Domain, EntityKind, Seed, Tenant, TenantId};
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, StreamExt as _};
@@ -28,7 +29,10 @@ use tonic::{Request, Response, Status};
 use crate::node::{
     decode_message, encode_message, raft_logger, Core, MemberChange, NodeError, Options,
 };
-use crate::state::{Command, Outcome, Proposal, Role, SignalBatch, State, TokenRecord, User};
+use crate::state::{
+    Command, LimitAction, OutboundPolicy, Outcome, Proposal, Role, SignalBatch, State, TokenRecord,
+    User,
+};
 use crate::storage::sled::Sled;
 
 /// Largest gRPC message accepted (raft snapshots of a large state travel in one message).
@@ -572,17 +576,9 @@ fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
         changed_at_ms: state.policy_changed_ms,
         tenants: state.tenants.values().map(tenant_to_wire).collect(),
         connectors: state.connectors.values().map(connector_to_wire).collect(),
-        restricted: state
-            .restricted
-            .iter()
-            .map(|r| v1::RestrictedEntity {
-                tenant: r.tenant.to_string(),
-                kind: r.kind.clone(),
-                name: r.name.clone(),
-                reason: r.reason.clone(),
-                since_ms: r.since_ms,
-            })
-            .collect(),
+        restricted: state.restricted.iter().map(restricted_to_wire).collect(),
+        users: state.users.values().map(user_to_wire).collect(),
+        speed_bump: state.speed_bump.iter().map(step_to_wire).collect(),
     }
 }
 
@@ -934,6 +930,57 @@ impl v1::admin_server::Admin for Services {
                     allow_legacy_tls_clients: t.allow_legacy_tls_clients,
                 }
             }
+            Op::SetSpeedBump(b) => {
+                who.operator_only("set the speed bump schedule")?;
+                let steps = b
+                    .steps
+                    .iter()
+                    .map(step_from_wire)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Command::SetSpeedBump { steps }
+            }
+            Op::SetOutboundPolicy(o) => {
+                let tenant = tenant_id(&o.tenant)?;
+                who.may_change(&tenant)?;
+                let default = OutboundPolicy::default();
+                let action = match o.action.as_str() {
+                    "" => default.action,
+                    a => LimitAction::parse(a).ok_or_else(|| {
+                        bad(format!(
+                            "`{a}` is not an action (block-for-today, block, alert-only)"
+                        ))
+                    })?,
+                };
+                let or = |v: u32, d: u32| if v == 0 { d } else { v };
+                Command::SetOutboundPolicy {
+                    tenant,
+                    policy: OutboundPolicy {
+                        recipients_per_hour: or(o.recipients_per_hour, default.recipients_per_hour),
+                        recipients_per_day: or(o.recipients_per_day, default.recipients_per_day),
+                        action,
+                    },
+                }
+            }
+            Op::Unblock(u) => {
+                let tenant = tenant_id(&u.tenant)?;
+                who.may_change(&tenant)?;
+                let kind = EntityKind::parse(&u.kind).ok_or_else(|| {
+                    bad(format!("`{}` is not an entity kind (user, connector)", u.kind))
+                })?;
+                if u.reason.trim().is_empty() {
+                    return Err(bad("unblocking needs a reason (--reason)"));
+                }
+                Command::Unblock {
+                    tenant,
+                    kind,
+                    name: match kind {
+                        EntityKind::User => u.name.trim().to_lowercase(),
+                        EntityKind::Connector => u.name.trim().to_owned(),
+                    },
+                    reason: u.reason,
+                }
+            }
             Op::CreateToken(t) => {
                 who.operator_only("create tokens")?;
                 let role = Role::parse(&t.role).ok_or_else(|| {
@@ -1038,6 +1085,10 @@ impl v1::admin_server::Admin for Services {
             "audit",
             "restricted",
             "counters",
+            "speed-bump",
+            "tls-report",
+            "alerts",
+            "outbound-policy",
         ];
         if !known.contains(&r.kind.as_str()) {
             return Err(bad(format!(
@@ -1193,13 +1244,86 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
             reply.restricted = state
                 .restricted
                 .iter()
-                .filter(|e| tenant_ok(&e.tenant))
-                .map(|e| v1::RestrictedEntity {
-                    tenant: e.tenant.to_string(),
-                    kind: e.kind.clone(),
-                    name: e.name.clone(),
-                    reason: e.reason.clone(),
-                    since_ms: e.since_ms,
+                .filter(|e| tenant_ok(&e.tenant) && e.in_force(state.now_ms))
+                .map(restricted_to_wire)
+                .collect();
+        }
+        "speed-bump" => {
+            reply.speed_bump = state.speed_bump.iter().map(step_to_wire).collect();
+        }
+        "outbound-policy" => {
+            reply.outbound = state
+                .tenants
+                .keys()
+                .filter(|t| tenant_ok(t))
+                .map(|t| {
+                    let p = state.outbound.get(t).copied().unwrap_or_default();
+                    v1::OutboundPolicy {
+                        tenant: t.to_string(),
+                        recipients_per_hour: p.recipients_per_hour,
+                        recipients_per_day: p.recipients_per_day,
+                        action: p.action.as_str().into(),
+                    }
+                })
+                .collect();
+        }
+        "alerts" => {
+            reply.alerts = state
+                .alerts
+                .iter()
+                .filter(|a| tenant_ok(&a.tenant))
+                .map(|a| v1::Alert {
+                    at_ms: a.at_ms,
+                    tenant: a.tenant.to_string(),
+                    severity: a.severity.clone(),
+                    title: a.title.clone(),
+                    detail: a.detail.clone(),
+                })
+                .collect();
+        }
+        "tls-report" => {
+            let days = if r.days == 0 { 7 } else { i64::from(r.days) };
+            let today = moat_shared::time::day_of_ms(state.now_ms.max(now_ms()));
+            let first = moat_shared::time::day_string(today - days + 1);
+            fn rows<'a>(
+                table: &'a BTreeMap<String, crate::state::Tally>,
+                first: &str,
+                want: &str,
+            ) -> Vec<(String, String, [&'a str; 3], crate::state::Tally)> {
+                table
+                    .range(first.to_owned()..)
+                    .filter_map(|(k, t)| {
+                        let parts: Vec<&str> = k.splitn(5, '|').collect();
+                        let [day, tenant, a, b, c] = parts[..] else {
+                            return None;
+                        };
+                        (want.is_empty() || want == tenant)
+                            .then(|| (day.to_owned(), tenant.to_owned(), [a, b, c], *t))
+                    })
+                    .collect()
+            }
+            reply.tls_usage = rows(&state.tls_usage, &first, &r.tenant)
+                .into_iter()
+                .map(|(day, tenant, [listener, version, cipher], t)| v1::TlsUsage {
+                    day,
+                    tenant,
+                    listener: listener.into(),
+                    version: version.into(),
+                    cipher: cipher.into(),
+                    sessions: t.sessions,
+                    messages: t.messages,
+                })
+                .collect();
+            reply.legacy_clients = rows(&state.legacy_clients, &first, &r.tenant)
+                .into_iter()
+                .map(|(day, tenant, [ip, user, version], t)| v1::LegacyClient {
+                    day,
+                    tenant,
+                    client_ip: ip.into(),
+                    user: user.into(),
+                    version: version.into(),
+                    sessions: t.sessions,
+                    messages: t.messages,
                 })
                 .collect();
         }

@@ -9,13 +9,25 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use moat_shared::{Connector, Domain, Tenant, TenantId};
+use moat_shared::signal::{self, Unit};
+use moat_shared::submission::normalise_schedule;
+use moat_shared::time::{day_of_ms, day_string};
+use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId};
+
+pub use moat_shared::RestrictedEntity as Restricted;
+pub use moat_shared::SubmissionUser as User;
 use serde::{Deserialize, Serialize};
 
 /// How long a client request id is remembered for deduplication of retries.
 const REQUEST_ID_TTL_MS: i64 = 60 * 60 * 1000;
 /// How many audit records are kept (older ones are dropped first).
 const AUDIT_KEEP: usize = 100_000;
+/// How many alerts are kept.
+const ALERTS_KEEP: usize = 10_000;
+/// Days of TLS usage kept for the report.
+const REPORT_DAYS: i64 = 90;
+/// Most legacy-client rows kept; further clients of a day are folded into one `other` row.
+const LEGACY_CLIENTS_MAX: usize = 100_000;
 
 /// A command and who asked for it, as it travels through the log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,24 +116,34 @@ pub enum Command {
         /// The seed's tenants.
         tenants: Vec<Tenant>,
     },
+    /// Replace the legacy-TLS speed bump schedule.
+    SetSpeedBump {
+        /// The steps.
+        steps: Vec<SpeedBumpStep>,
+    },
+    /// Set a tenant's sending limits.
+    SetOutboundPolicy {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The limits.
+        policy: OutboundPolicy,
+    },
+    /// Lift a restriction.
+    Unblock {
+        /// The tenant.
+        tenant: TenantId,
+        /// Connector or user.
+        kind: EntityKind,
+        /// The connector's name or the user's address.
+        name: String,
+        /// Why, for the audit log.
+        reason: String,
+    },
     /// Counter deltas from edges, gathered by the leader into one entry.
     Signals {
         /// One batch per edge at most.
         batches: Vec<SignalBatch>,
     },
-}
-
-/// A user who may authenticate with SMTP AUTH.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// Login and default sending address, lowercase.
-    pub address: String,
-    /// Argon2id PHC string; the password itself never reaches the log.
-    pub password_hash: String,
-    /// Further addresses the user may send as.
-    pub send_as: Vec<String>,
 }
 
 /// What an admin token may do.
@@ -213,19 +235,101 @@ pub struct AuditRecord {
     pub tenant: Option<TenantId>,
 }
 
-/// A connector or user blocked by the control plane.
+/// What happens to an SMTP AUTH user who goes over a sending limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitAction {
+    /// Blocked until the next UTC day begins (Exchange Online's `BlockUserForToday`).
+    #[default]
+    BlockForToday,
+    /// Blocked until an admin unblocks the user.
+    Block,
+    /// Not blocked; the tenant's admins are alerted.
+    AlertOnly,
+}
+
+impl LimitAction {
+    /// The name used in tools.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BlockForToday => "block-for-today",
+            Self::Block => "block",
+            Self::AlertOnly => "alert-only",
+        }
+    }
+
+    /// Parses an action name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "block-for-today" => Some(Self::BlockForToday),
+            "block" => Some(Self::Block),
+            "alert-only" => Some(Self::AlertOnly),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant's sending limits for its SMTP AUTH users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct OutboundPolicy {
+    /// Recipients per user per clock hour (UTC).
+    pub recipients_per_hour: u32,
+    /// Recipients per user per UTC day.
+    pub recipients_per_day: u32,
+    /// What happens when a limit is exceeded.
+    pub action: LimitAction,
+}
+
+impl Default for OutboundPolicy {
+    /// Exchange Online's default outbound spam policy: 500 external recipients an hour, 1,000
+    /// recipients a day, block the user for the rest of the day.
+    fn default() -> Self {
+        Self {
+            recipients_per_hour: 500,
+            recipients_per_day: 1000,
+            action: LimitAction::BlockForToday,
+        }
+    }
+}
+
+/// A user's recipients in the current hour and day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Start of the hour counted in `hour` (Unix ms).
+    pub hour_start_ms: i64,
+    /// Recipients this hour.
+    pub hour: u64,
+    /// The day counted in `day` (days since 1970-01-01).
+    pub day_number: i64,
+    /// Recipients this day.
+    pub day: u64,
+    /// The hour an alert-only alert was last raised, so it is raised once per hour.
+    pub alerted_hour_ms: Option<i64>,
+}
+
+/// An alert for a tenant's admins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Restricted {
-    /// The tenant.
+pub struct Alert {
+    /// When (entry time).
+    pub at_ms: i64,
+    /// The tenant whose admins are told.
     pub tenant: TenantId,
-    /// `connector` or `user`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// Why.
-    pub reason: String,
-    /// Since (entry time).
-    pub since_ms: i64,
+    /// `high`, `medium` or `low`.
+    pub severity: String,
+    /// Short title, e.g. `User restricted from sending email`.
+    pub title: String,
+    /// What happened.
+    pub detail: String,
+}
+
+/// Sessions and messages of one report row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// TLS sessions.
+    pub sessions: u64,
+    /// Messages accepted.
+    pub messages: u64,
 }
 
 /// The whole replicated state. Its JSON form is the raft snapshot.
@@ -259,6 +363,27 @@ pub struct State {
     pub requests: BTreeMap<String, (u64, i64)>,
     /// Control-node addresses learned from membership changes, by raft id.
     pub members: BTreeMap<u64, String>,
+    /// The legacy-TLS speed bump schedule.
+    #[serde(default)]
+    pub speed_bump: Vec<SpeedBumpStep>,
+    /// Sending limits by tenant (tenants without an entry have the default).
+    #[serde(default)]
+    pub outbound: BTreeMap<TenantId, OutboundPolicy>,
+    /// Recipients per SMTP AUTH user in the current hour and day.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Usage>,
+    /// TLS usage by `day|tenant|listener|version|cipher`.
+    #[serde(default)]
+    pub tls_usage: BTreeMap<String, Tally>,
+    /// Legacy-TLS clients by `day|tenant|ip|user|version`.
+    #[serde(default)]
+    pub legacy_clients: BTreeMap<String, Tally>,
+    /// The newest alerts.
+    #[serde(default)]
+    pub alerts: VecDeque<Alert>,
+    /// Set while applying an entry that changed the restricted entities (never replicated).
+    #[serde(skip)]
+    pub restricted_changed: bool,
 }
 
 /// What applying a proposal produced.
@@ -291,16 +416,21 @@ impl State {
                 };
             }
         }
-        let result = self.run(index, &p.command);
+        let before = self.restricted.len();
+        self.restricted.retain(|r| r.in_force(now));
+        self.restricted_changed = self.restricted.len() != before;
+        let result = self.run(index, p);
+        if std::mem::take(&mut self.restricted_changed)
+            || (result.is_ok() && policy_relevant(&p.command))
+        {
+            self.policy_version = index;
+            self.policy_changed_ms = now;
+        }
         if let Ok(action) = &result {
             if let Some(id) = &p.request_id {
                 self.requests.insert(id.clone(), (index, now));
             }
             if !matches!(p.command, Command::Signals { .. }) {
-                if policy_relevant(&p.command) {
-                    self.policy_version = index;
-                    self.policy_changed_ms = now;
-                }
                 self.audit.push_back(AuditRecord {
                     index,
                     at_ms: now,
@@ -329,8 +459,8 @@ impl State {
             .map(|t| &t.id)
     }
 
-    fn run(&mut self, index: u64, command: &Command) -> Result<String, String> {
-        match command {
+    fn run(&mut self, index: u64, p: &Proposal) -> Result<String, String> {
+        match &p.command {
             Command::PutTenant { tenant } => {
                 for d in &tenant.accepted_domains {
                     if let Some(owner) = self.domain_owner(d) {
@@ -356,6 +486,9 @@ impl State {
                 self.users.retain(|_, u| u.tenant != *tenant);
                 self.tokens.retain(|_, t| t.tenant.as_ref() != Some(tenant));
                 self.restricted.retain(|r| r.tenant != *tenant);
+                self.outbound.remove(tenant);
+                let users = &self.users;
+                self.usage.retain(|a, _| users.contains_key(a));
                 Ok(format!("tenant {tenant} deleted"))
             }
             Command::AddDomain { tenant, domain } => {
@@ -395,8 +528,9 @@ impl State {
                 if self.connectors.remove(&key).is_none() {
                     return Err(format!("connector `{key}` does not exist"));
                 }
-                self.restricted
-                    .retain(|r| !(r.kind == "connector" && r.tenant == *tenant && r.name == *name));
+                self.restricted.retain(|r| {
+                    !(r.kind == EntityKind::Connector && r.tenant == *tenant && r.name == *name)
+                });
                 Ok(format!("connector {key} deleted"))
             }
             Command::PutUser { user } => {
@@ -420,6 +554,9 @@ impl State {
             Command::DeleteUser { tenant, address } => match self.users.get(address) {
                 Some(u) if u.tenant == *tenant => {
                     self.users.remove(address);
+                    self.usage.remove(address);
+                    self.restricted
+                        .retain(|r| !(r.kind == EntityKind::User && r.name == *address));
                     Ok(format!("user {address} deleted"))
                 }
                 _ => Err(format!("user `{address}` does not exist in `{tenant}`")),
@@ -490,6 +627,55 @@ impl State {
                     tenants.len()
                 ))
             }
+            Command::SetSpeedBump { steps } => {
+                let steps = normalise_schedule(steps.clone())?;
+                let text = if steps.is_empty() {
+                    "off".to_owned()
+                } else {
+                    steps
+                        .iter()
+                        .map(SpeedBumpStep::render)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                self.speed_bump = steps;
+                Ok(format!("speed bump schedule: {text}"))
+            }
+            Command::SetOutboundPolicy { tenant, policy } => {
+                self.tenant_mut(tenant)?;
+                if policy.recipients_per_hour == 0 || policy.recipients_per_day == 0 {
+                    return Err("sending limits must be at least 1 recipient".into());
+                }
+                self.outbound.insert(tenant.clone(), *policy);
+                Ok(format!(
+                    "sending limits of {tenant}: {} recipients per hour, {} per day, then {}",
+                    policy.recipients_per_hour,
+                    policy.recipients_per_day,
+                    policy.action.as_str()
+                ))
+            }
+            Command::Unblock {
+                tenant,
+                kind,
+                name,
+                reason,
+            } => {
+                let before = self.restricted.len();
+                self.restricted
+                    .retain(|r| !(r.tenant == *tenant && r.kind == *kind && r.name == *name));
+                if self.restricted.len() == before {
+                    return Err(format!(
+                        "{} `{name}` of `{tenant}` is not restricted",
+                        kind.as_str()
+                    ));
+                }
+                self.restricted_changed = true;
+                if *kind == EntityKind::User {
+                    // A fresh start: the counts that tripped the limit are forgiven.
+                    self.usage.remove(name);
+                }
+                Ok(format!("{} {name} unblocked: {reason}", kind.as_str()))
+            }
             Command::Signals { batches } => {
                 let mut applied = 0;
                 for b in batches {
@@ -500,16 +686,164 @@ impl State {
                     *last = b.seq;
                     applied += 1;
                     for (scope, key, name, delta) in &b.counters {
-                        let c = self
-                            .counters
-                            .entry(format!("{scope}|{key}|{name}"))
-                            .or_default();
-                        add(c, self.now_ms, *delta);
+                        self.count(index, scope, key, name, *delta);
                     }
                 }
-                let _ = index;
                 Ok(format!("{applied} signal batch(es)"))
             }
+        }
+    }
+}
+
+impl State {
+    /// Applies one counter delta from an edge.
+    fn count(&mut self, index: u64, scope: &str, key: &str, name: &str, delta: u64) {
+        let now = self.now_ms;
+        let today = day_of_ms(now);
+        match scope {
+            signal::TLS | signal::TLS_LEGACY => {
+                let Some((unit, dims)) = signal::split(name) else {
+                    return;
+                };
+                self.prune_report(today);
+                let day = day_string(today);
+                let (table, mut row) = if scope == signal::TLS {
+                    (&mut self.tls_usage, format!("{day}|{key}|{}", dims.join("|")))
+                } else {
+                    (
+                        &mut self.legacy_clients,
+                        format!("{day}|{key}|{}", dims.join("|")),
+                    )
+                };
+                if scope == signal::TLS_LEGACY
+                    && table.len() >= LEGACY_CLIENTS_MAX
+                    && !table.contains_key(&row)
+                {
+                    row = format!("{day}|{key}|other||{}", dims[2]);
+                }
+                let t = table.entry(row).or_default();
+                match unit {
+                    Unit::Sessions => t.sessions += delta,
+                    Unit::Messages => t.messages += delta,
+                }
+            }
+            signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            _ => {
+                let c = self
+                    .counters
+                    .entry(format!("{scope}|{key}|{name}"))
+                    .or_default();
+                add(c, now, delta);
+            }
+        }
+    }
+
+    /// Drops report rows older than [`REPORT_DAYS`].
+    fn prune_report(&mut self, today: i64) {
+        let oldest = day_string(today - REPORT_DAYS + 1);
+        for table in [&mut self.tls_usage, &mut self.legacy_clients] {
+            if table.keys().next().is_some_and(|k| *k < oldest) {
+                *table = table.split_off(&oldest);
+            }
+        }
+    }
+
+    /// Counts recipients of an SMTP AUTH user and restricts the user over a limit.
+    fn count_user(&mut self, index: u64, address: &str, delta: u64) {
+        let Some(user) = self.users.get(address) else {
+            return;
+        };
+        let tenant = user.tenant.clone();
+        let now = self.now_ms;
+        let hour_start = now - now.rem_euclid(3_600_000);
+        let today = day_of_ms(now);
+        let u = self.usage.entry(address.to_owned()).or_default();
+        if u.hour_start_ms != hour_start {
+            u.hour_start_ms = hour_start;
+            u.hour = 0;
+        }
+        if u.day_number != today {
+            u.day_number = today;
+            u.day = 0;
+        }
+        u.hour += delta;
+        u.day += delta;
+        let policy = self.outbound.get(&tenant).copied().unwrap_or_default();
+        let over = if u.hour > u64::from(policy.recipients_per_hour) {
+            format!(
+                "{} recipients this hour, over the limit of {} per hour",
+                u.hour, policy.recipients_per_hour
+            )
+        } else if u.day > u64::from(policy.recipients_per_day) {
+            format!(
+                "{} recipients today, over the limit of {} per day",
+                u.day, policy.recipients_per_day
+            )
+        } else {
+            return;
+        };
+        let blocked = self
+            .restricted
+            .iter()
+            .any(|r| r.kind == EntityKind::User && r.name == address);
+        if blocked {
+            return;
+        }
+        let until_ms = match policy.action {
+            LimitAction::AlertOnly => {
+                if u.alerted_hour_ms == Some(hour_start) {
+                    return;
+                }
+                u.alerted_hour_ms = Some(hour_start);
+                None
+            }
+            LimitAction::BlockForToday => Some((today + 1) * 86_400_000),
+            LimitAction::Block => None,
+        };
+        let (title, action) = if policy.action == LimitAction::AlertOnly {
+            ("User exceeded a sending limit", "not blocked (alert only)")
+        } else {
+            (
+                "User restricted from sending email",
+                if until_ms.is_some() {
+                    "blocked until the next UTC day"
+                } else {
+                    "blocked until an admin unblocks it"
+                },
+            )
+        };
+        if policy.action != LimitAction::AlertOnly {
+            self.restricted.push(Restricted {
+                tenant: tenant.clone(),
+                kind: EntityKind::User,
+                name: address.to_owned(),
+                reason: over.clone(),
+                since_ms: now,
+                until_ms,
+            });
+            self.restricted_changed = true;
+        }
+        let detail = format!("{address}: {over}; {action}");
+        self.audit.push_back(AuditRecord {
+            index,
+            at_ms: now,
+            actor: "system".into(),
+            action: format!("user {detail}"),
+            tenant: Some(tenant.clone()),
+        });
+        self.alert(Alert {
+            at_ms: now,
+            tenant,
+            severity: "high".into(),
+            title: title.into(),
+            detail,
+        });
+    }
+
+    fn alert(&mut self, a: Alert) {
+        self.alerts.push_back(a);
+        while self.alerts.len() > ALERTS_KEEP {
+            self.alerts.pop_front();
         }
     }
 }
@@ -535,8 +869,7 @@ fn policy_relevant(c: &Command) -> bool {
         Command::Signals { .. }
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
-            | Command::PutUser { .. }
-            | Command::DeleteUser { .. }
+            | Command::SetOutboundPolicy { .. }
     )
 }
 
@@ -548,11 +881,16 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         | Command::RemoveDomain { tenant, .. }
         | Command::DeleteConnector { tenant, .. }
         | Command::DeleteUser { tenant, .. }
-        | Command::SetTransportConfig { tenant, .. } => Some(tenant.clone()),
+        | Command::SetTransportConfig { tenant, .. }
+        | Command::SetOutboundPolicy { tenant, .. }
+        | Command::Unblock { tenant, .. } => Some(tenant.clone()),
         Command::PutConnector { connector } => Some(connector.tenant.clone()),
         Command::PutUser { user } => Some(user.tenant.clone()),
         Command::CreateToken { token } => token.tenant.clone(),
-        Command::RevokeToken { .. } | Command::ApplySeed { .. } | Command::Signals { .. } => None,
+        Command::RevokeToken { .. }
+        | Command::ApplySeed { .. }
+        | Command::SetSpeedBump { .. }
+        | Command::Signals { .. } => None,
     }
 }
 
@@ -682,5 +1020,180 @@ mod tests {
         let json = serde_json::to_vec(&s).unwrap();
         let back: State = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, s);
+    }
+
+    fn signals(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) -> Command {
+        Command::Signals {
+            batches: vec![SignalBatch {
+                edge: edge.into(),
+                seq,
+                counters: counters
+                    .iter()
+                    .map(|(s, k, n, v)| (s.to_string(), k.to_string(), n.to_string(), *v))
+                    .collect(),
+            }],
+        }
+    }
+
+    fn with_user(limits: OutboundPolicy) -> State {
+        let mut s = State::default();
+        s.apply(1, &p(1, Command::PutTenant { tenant: tenant("a", &["a.test"]) }));
+        let user = User {
+            tenant: TenantId::new("a").unwrap(),
+            address: "u@a.test".into(),
+            password_hash: String::new(),
+            send_as: vec![],
+        };
+        s.apply(2, &p(2, Command::PutUser { user }));
+        let r = s.apply(
+            3,
+            &p(
+                3,
+                Command::SetOutboundPolicy {
+                    tenant: TenantId::new("a").unwrap(),
+                    policy: limits,
+                },
+            ),
+        );
+        assert!(r.result.is_ok(), "{r:?}");
+        s
+    }
+
+    #[test]
+    fn a_user_over_its_hourly_limit_is_blocked_for_the_day_and_alerted() {
+        let mut s = with_user(OutboundPolicy {
+            recipients_per_hour: 3,
+            recipients_per_day: 100,
+            action: LimitAction::BlockForToday,
+        });
+        let day = 20_415 * 86_400_000;
+        let rcpts = |n| [(signal::USER, "u@a.test", signal::RECIPIENTS, n)];
+        s.apply(4, &p(day + 1000, signals("e1", 1, &rcpts(2))));
+        s.apply(5, &p(day + 2000, signals("e2", 1, &rcpts(1))));
+        assert!(s.restricted.is_empty(), "3 of 3 is not over");
+        let v = s.policy_version;
+        s.apply(6, &p(day + 3000, signals("e1", 2, &rcpts(1))));
+        assert_eq!(s.restricted.len(), 1);
+        let r = &s.restricted[0];
+        assert_eq!((r.kind, r.name.as_str()), (EntityKind::User, "u@a.test"));
+        assert_eq!(r.until_ms, Some(20_416 * 86_400_000));
+        assert_eq!(s.policy_version, 6, "a restriction changes policy (was {v})");
+        assert_eq!(s.alerts.len(), 1);
+        assert_eq!(s.alerts[0].title, "User restricted from sending email");
+        // More traffic does not restrict twice.
+        s.apply(7, &p(day + 4000, signals("e1", 3, &rcpts(5))));
+        assert_eq!((s.restricted.len(), s.alerts.len()), (1, 1));
+        // The next UTC day, the block lifts by itself at the next entry.
+        s.apply(8, &p(20_416 * 86_400_000 + 5, signals("e1", 4, &[])));
+        assert!(s.restricted.is_empty());
+        assert_eq!(s.policy_version, 8);
+    }
+
+    #[test]
+    fn unblock_needs_a_restriction_and_forgives_the_counts() {
+        let mut s = with_user(OutboundPolicy {
+            recipients_per_hour: 1,
+            recipients_per_day: 100,
+            action: LimitAction::Block,
+        });
+        let unblock = || Command::Unblock {
+            tenant: TenantId::new("a").unwrap(),
+            kind: EntityKind::User,
+            name: "u@a.test".into(),
+            reason: "checked".into(),
+        };
+        assert!(s.apply(4, &p(10, unblock())).result.is_err());
+        s.apply(
+            5,
+            &p(20, signals("e1", 1, &[(signal::USER, "u@a.test", signal::RECIPIENTS, 2)])),
+        );
+        assert_eq!(s.restricted.len(), 1);
+        assert_eq!(s.restricted[0].until_ms, None, "block lasts until unblocked");
+        let o = s.apply(6, &p(30, unblock()));
+        assert_eq!(o.result.unwrap(), "user u@a.test unblocked: checked");
+        assert!(s.restricted.is_empty());
+        assert_eq!(s.policy_version, 6);
+        assert!(!s.usage.contains_key("u@a.test"));
+        assert!(s.audit.iter().any(|a| a.action.contains("unblocked")));
+    }
+
+    #[test]
+    fn alert_only_alerts_once_an_hour_and_blocks_nothing() {
+        let mut s = with_user(OutboundPolicy {
+            recipients_per_hour: 1,
+            recipients_per_day: 100,
+            action: LimitAction::AlertOnly,
+        });
+        let r = [(signal::USER, "u@a.test", signal::RECIPIENTS, 5)];
+        s.apply(4, &p(1_000, signals("e1", 1, &r)));
+        s.apply(5, &p(2_000, signals("e1", 2, &r)));
+        s.apply(6, &p(3_600_000 + 1, signals("e1", 3, &r)));
+        assert!(s.restricted.is_empty());
+        assert_eq!(s.alerts.len(), 2);
+    }
+
+    #[test]
+    fn tls_usage_is_kept_by_day_tenant_and_version() {
+        let mut s = State::default();
+        let day = 20_415 * 86_400_000;
+        let v10 = signal::tls_usage(Unit::Sessions, "submission", "TLSv1.0", "X");
+        let m10 = signal::tls_usage(Unit::Messages, "submission", "TLSv1.0", "X");
+        let who = signal::legacy_client(Unit::Sessions, "192.0.2.1", "u@a.test", "TLSv1.0");
+        s.apply(
+            1,
+            &p(
+                day,
+                signals(
+                    "e1",
+                    1,
+                    &[
+                        (signal::TLS, "a", &v10, 2),
+                        (signal::TLS, "a", &m10, 3),
+                        (signal::TLS_LEGACY, "a", &who, 2),
+                    ],
+                ),
+            ),
+        );
+        let key = "2025-11-23|a|submission|TLSv1.0|X";
+        assert_eq!(s.tls_usage[key], Tally { sessions: 2, messages: 3 });
+        assert_eq!(
+            s.legacy_clients["2025-11-23|a|192.0.2.1|u@a.test|TLSv1.0"].sessions,
+            2
+        );
+        // 90 days later the first day is gone.
+        s.apply(2, &p(day + 90 * 86_400_000, signals("e1", 2, &[(signal::TLS, "a", &v10, 1)])));
+        assert!(!s.tls_usage.contains_key(key));
+        assert_eq!(s.tls_usage.len(), 1);
+    }
+
+    #[test]
+    fn the_speed_bump_schedule_is_policy() {
+        let mut s = State::default();
+        let step = |d: &str| SpeedBumpStep::parse(d).unwrap();
+        let o = s.apply(
+            1,
+            &p(
+                1,
+                Command::SetSpeedBump {
+                    steps: vec![step("2026-12-01=100"), step("2026-11-01=30")],
+                },
+            ),
+        );
+        assert_eq!(
+            o.result.unwrap(),
+            "speed bump schedule: 2026-11-01=30, 2026-12-01=100"
+        );
+        assert_eq!(s.policy_version, 1);
+        let dup = s.apply(
+            2,
+            &p(
+                2,
+                Command::SetSpeedBump {
+                    steps: vec![step("2026-12-01=100"), step("2026-12-01=30")],
+                },
+            ),
+        );
+        assert!(dup.result.is_err());
+        assert_eq!(s.speed_bump.len(), 2);
     }
 }

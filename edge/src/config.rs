@@ -22,10 +22,17 @@
 //! command-timeout = "5m"          # one command line, from its first byte to its CRLF
 //! data-timeout = "3m"             # waiting for the next DATA/BDAT block (4.5.3.2.6)
 //!
+//! [auth]                          # SMTP AUTH failure throttle, per edge
+//! max-failures-per-ip = 10        # then 454 4.7.0 for every AUTH from that address
+//! max-failures-per-user = 5       # then 454 4.7.0 for that login, even with the right password
+//! failure-window = "15m"          # failures are forgotten this long after the last one
+//!
 //! [[listener]]
 //! kind = "mx"                     # mx | submission | smtps
 //! address = "0.0.0.0:25"
 //! proxy-protocol = false          # expect a PROXY v1/v2 header first
+//! tls-min-version = "1.2"         # "1.0" or "1.1" adds the OpenSSL engine for legacy clients
+//! legacy-tls = "speed-bump"       # speed-bump | opt-in: what TLS 1.0/1.1 sessions meet
 //! # tls = { cert = "...", key = "...", client-ca = "..." }   # this listener only
 //! [listener.limits]               # optional; keys left out take [limits]
 //! max-message-size = 157286400    # also: max-recipients, max-errors, max-sessions,
@@ -61,6 +68,8 @@ pub struct EdgeConfig {
     pub tls: Option<TlsConfig>,
     /// Session limits and timeouts.
     pub limits: Limits,
+    /// SMTP AUTH failure throttle.
+    pub auth: AuthLimits,
     /// Listeners.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -79,6 +88,7 @@ impl Default for EdgeConfig {
             drain_timeout: Duration::from_secs(30),
             tls: None,
             limits: Limits::default(),
+            auth: AuthLimits::default(),
             listeners: Vec::new(),
             next_hop: None,
         }
@@ -160,6 +170,57 @@ impl Default for Limits {
     }
 }
 
+/// The SMTP AUTH failure throttle (`[auth]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthLimits {
+    /// Failed logins from one client address before its AUTH attempts are refused.
+    pub max_failures_per_ip: u32,
+    /// Failed logins for one user before its AUTH attempts are refused.
+    pub max_failures_per_user: u32,
+    /// How long failures are remembered after the last one.
+    #[serde(deserialize_with = "duration")]
+    pub failure_window: Duration,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            max_failures_per_ip: 10,
+            max_failures_per_user: 5,
+            failure_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+pub enum TlsVersion {
+    /// TLS 1.0 (OpenSSL engine).
+    #[serde(rename = "1.0")]
+    Tls10,
+    /// TLS 1.1 (OpenSSL engine).
+    #[serde(rename = "1.1")]
+    Tls11,
+    /// TLS 1.2 (rustls only; the default).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+}
+
+/// What a session that negotiated TLS 1.0 or 1.1 meets on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegacyTls {
+    /// A standard endpoint: the cluster's speed bump schedule refuses a share of legacy
+    /// sessions with `421 4.7.66` at AUTH (at MAIL on listeners without AUTH).
+    #[default]
+    SpeedBump,
+    /// A legacy endpoint: any TLS version, but only users of tenants with
+    /// `allow-legacy-tls-clients`; others get `550 5.7.67` at AUTH.
+    OptIn,
+}
+
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -197,6 +258,12 @@ pub struct ListenerConfig {
     /// This listener's own certificate settings; without them, the edge-wide `[tls]`.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The lowest TLS version accepted; below 1.2 adds the OpenSSL engine.
+    #[serde(default)]
+    pub tls_min_version: TlsVersion,
+    /// The legacy-TLS rule of this listener.
+    #[serde(default)]
+    pub legacy_tls: LegacyTls,
     /// This listener's own limits; every key left out takes the edge-wide `[limits]` value.
     #[serde(default)]
     pub limits: ListenerLimits,

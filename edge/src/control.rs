@@ -78,6 +78,9 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// Most distinct counters held between two reports.
+pub const MAX_COUNTERS: usize = 100_000;
+
 /// Counter deltas gathered since the last batch, by (scope, key, name).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -85,11 +88,19 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Adds `v` to a counter.
+    /// Adds `v` to a counter. Past [`MAX_COUNTERS`] distinct counters between two reports (a
+    /// control plane unreachable for long), new counters are dropped rather than letting memory
+    /// grow without bound; existing ones keep counting.
     pub fn add(&self, scope: &str, key: &str, name: &str, v: u64) {
+        if v == 0 {
+            return;
+        }
         if let Ok(mut m) = self.map.lock() {
-            *m.entry((scope.to_owned(), key.to_owned(), name.to_owned()))
-                .or_default() += v;
+            let k = (scope.to_owned(), key.to_owned(), name.to_owned());
+            if m.len() >= MAX_COUNTERS && !m.contains_key(&k) {
+                return;
+            }
+            *m.entry(k).or_default() += v;
         }
     }
 

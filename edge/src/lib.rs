@@ -11,6 +11,8 @@
 //! - [`proxy`]: the PROXY protocol v1/v2 header that carries the client address through a load
 //!   balancer.
 //! - [`tls`]: rustls server settings, certificate reload, client-certificate facts.
+//! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
+//! - [`auth`]: SMTP AUTH password checks and the failure throttle.
 //! - [`session`]: the sans-IO SMTP machine and its tokio driver.
 //! - [`verdict`]: pure policy decisions over a snapshot.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
@@ -19,8 +21,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod control;
+pub mod legacy;
 pub mod proxy;
 pub mod relay;
 pub mod server;

@@ -12,7 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::{EdgeConfig, ListenerConfig, ListenerKind, NextHopConfig};
+use crate::auth::Throttle;
+use crate::config::{EdgeConfig, LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsVersion};
+use crate::control::Counters;
+use crate::legacy::LegacyEngine;
 use crate::proxy;
 use crate::relay::NextHop;
 use crate::session::driver::{self, Io, Shared};
@@ -48,7 +51,13 @@ pub struct Edge;
 impl Edge {
     /// Validates `cfg`, loads TLS and binds every listener, so errors surface before any
     /// session is accepted.
-    pub async fn bind(cfg: EdgeConfig, policy: PolicyHandle) -> Result<BoundEdge, EdgeError> {
+    /// Counters for the control plane (TLS usage, SMTP AUTH users' recipients) go into
+    /// `counters`.
+    pub async fn bind(
+        cfg: EdgeConfig,
+        policy: PolicyHandle,
+        counters: Arc<Counters>,
+    ) -> Result<BoundEdge, EdgeError> {
         if cfg.listeners.is_empty() {
             return Err(EdgeError::Config("no [[listener]] configured".into()));
         }
@@ -62,10 +71,29 @@ impl Edge {
         };
         let mut certs = Vec::new();
         for l in &cfg.listeners {
+            let tls_cfg = l.tls.clone().or_else(|| cfg.tls.clone());
             let own = match l.tls.clone() {
                 Some(t) => Some(Certificates::load_and_watch(t)?),
                 None => edge_certs.clone(),
             };
+            let legacy = match (l.tls_min_version, tls_cfg) {
+                (TlsVersion::Tls12, _) => None,
+                (min, Some(t)) => Some(LegacyEngine::load_and_watch(t, min)?),
+                (_, None) => {
+                    return Err(EdgeError::Config(format!(
+                        "the {} listener on {} sets tls-min-version but has no certificate",
+                        l.kind.as_str(),
+                        l.address
+                    )))
+                }
+            };
+            if l.legacy_tls == LegacyTls::OptIn && l.kind == ListenerKind::Mx {
+                return Err(EdgeError::Config(format!(
+                    "the mx listener on {}: legacy-tls = \"opt-in\" decides at AUTH, which only \
+                     submission and smtps listeners offer",
+                    l.address
+                )));
+            }
             let needs = match l.kind {
                 ListenerKind::Smtps => Some("implicit TLS"),
                 ListenerKind::Submission => Some("STARTTLS before MAIL"),
@@ -78,7 +106,7 @@ impl Edge {
                     l.address
                 )));
             }
-            certs.push(own);
+            certs.push((own, legacy));
         }
         if let NextHopConfig::Maildir { path } = &next_hop_cfg {
             std::fs::create_dir_all(path)
@@ -96,8 +124,10 @@ impl Edge {
         }
         raise_fd_limit();
         Ok(BoundEdge {
+            throttle: Throttle::new(cfg.auth.clone()),
             cfg,
             policy,
+            counters,
             next_hop,
             listeners,
         })
@@ -109,9 +139,14 @@ impl Edge {
 pub struct BoundEdge {
     cfg: EdgeConfig,
     policy: PolicyHandle,
+    counters: Arc<Counters>,
+    throttle: Arc<Throttle>,
     next_hop: Arc<NextHop>,
-    listeners: Vec<(ListenerConfig, Option<Certificates>, TcpListener)>,
+    listeners: Vec<(ListenerConfig, ListenerTls, TcpListener)>,
 }
+
+/// A listener's TLS engines: rustls, and OpenSSL for TLS 1.0/1.1 when enabled.
+type ListenerTls = (Option<Certificates>, Option<LegacyEngine>);
 
 impl BoundEdge {
     /// The bound address of every listener (useful when a port was 0).
@@ -119,6 +154,14 @@ impl BoundEdge {
         self.listeners
             .iter()
             .filter_map(|(l, _, s)| s.local_addr().ok().map(|a| (l.kind, a)))
+            .collect()
+    }
+
+    /// Every listener's configuration and bound address.
+    pub fn listeners(&self) -> Vec<(ListenerConfig, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _, s)| s.local_addr().ok().map(|a| (l.clone(), a)))
             .collect()
     }
 
@@ -136,8 +179,9 @@ impl BoundEdge {
                 .map_or(0, |d| d.as_secs()),
         });
         let mut accept_loops = Vec::new();
-        for (l, certs, socket) in self.listeners {
+        for (l, (certs, legacy), socket) in self.listeners {
             let limits = l.limits.over(&self.cfg.limits);
+            let auth = l.kind != ListenerKind::Mx;
             let shared = Shared {
                 node: self.cfg.node_id.clone(),
                 policy: self.policy.clone(),
@@ -146,12 +190,18 @@ impl BoundEdge {
                 data_timeout: limits.data_timeout,
                 shutdown: stop_rx.clone(),
                 certs,
+                legacy,
+                legacy_rule: l.legacy_tls,
+                auth,
+                throttle: Arc::clone(&self.throttle),
+                counters: Arc::clone(&self.counters),
             };
             let session = SessionConfig {
                 node: self.cfg.node_id.clone(),
                 hostname: self.cfg.hostname().to_owned(),
                 starttls: shared.certs.is_some() && l.kind != ListenerKind::Smtps,
                 require_tls: l.kind == ListenerKind::Submission,
+                auth,
                 max_message_size: limits.max_message_size,
                 max_recipients: limits.max_recipients,
                 max_errors: limits.max_errors.max(1),
@@ -334,17 +384,16 @@ impl Listener {
             listener: self.cfg.kind.as_str().to_owned(),
             tls: None,
             helo: None,
+            auth: None,
         };
-        let io = match (self.cfg.kind, &self.shared.certs) {
-            (ListenerKind::Smtps, Some(certs)) => {
+        let io = match self.cfg.kind {
+            ListenerKind::Smtps => {
                 if !early.is_empty() {
                     return; // bytes before the handshake on an implicit-TLS port
                 }
-                match driver::handshake(tcp, certs, self.shared.idle_timeout).await {
-                    Ok(io) => {
-                        if let Io::Tls(tls) = &io {
-                            facts.tls = Some(crate::tls::facts(tls.get_ref().1));
-                        }
+                match driver::handshake(tcp, &self.shared).await {
+                    Ok((io, tls)) => {
+                        facts.tls = Some(tls);
                         io
                     }
                     Err(e) => {

@@ -10,8 +10,8 @@ use crate::session::reply::{self, Reply};
 /// The decision on one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptVerdict {
-    /// The recipient's domain is accepted by this tenant.
-    Accept(TenantId),
+    /// Accepted; for a recipient in an accepted domain, the domain's tenant.
+    Accept(Option<TenantId>),
     /// Refused with this reply.
     Deny(Reply),
 }
@@ -20,7 +20,7 @@ pub enum RcptVerdict {
 /// tenant's accepted domains are taken; anything else is relay and refused `550 5.7.64`.
 pub fn recipient(snapshot: &PolicySnapshot, rcpt: &Address) -> RcptVerdict {
     match snapshot.tenant_for_domain(&rcpt.domain) {
-        Some(t) => RcptVerdict::Accept(t.id.clone()),
+        Some(t) => RcptVerdict::Accept(Some(t.id.clone())),
         None => RcptVerdict::Deny(reply::RELAY_DENIED.into()),
     }
 }

@@ -1,8 +1,9 @@
 //! Validated conversions between the wire types and `moat-shared`'s domain types.
 
+use moat_shared::time::{day_string, parse_day};
 use moat_shared::{
-    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, PolicySnapshot,
-    Tenant as DTenant, TenantId,
+    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind,
+    PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
 };
 
 use crate::v1;
@@ -127,9 +128,87 @@ pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Inva
         .iter()
         .map(connector_from_wire)
         .collect::<Result<Vec<_>, _>>()?;
+    let users = s
+        .users
+        .iter()
+        .map(|u| {
+            Ok(SubmissionUser {
+                tenant: TenantId::new(&u.tenant).map_err(invalid)?,
+                address: u.address.to_lowercase(),
+                password_hash: u.password_hash.clone(),
+                send_as: u.send_as.iter().map(|a| a.to_lowercase()).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, Invalid>>()?;
+    let restricted = s
+        .restricted
+        .iter()
+        .map(restricted_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    let speed_bump = s
+        .speed_bump
+        .iter()
+        .map(step_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
     PolicySnapshot::new(s.version, tenants)
         .and_then(|p| p.with_connectors(connectors))
+        .and_then(|p| p.with_submission(users, restricted, speed_bump))
         .map_err(invalid)
+}
+
+/// Wire user (with its password hash, for edges) from a domain user.
+pub fn user_to_wire(u: &SubmissionUser) -> v1::SubmissionUser {
+    v1::SubmissionUser {
+        tenant: u.tenant.to_string(),
+        address: u.address.clone(),
+        password_hash: u.password_hash.clone(),
+        send_as: u.send_as.clone(),
+    }
+}
+
+/// Wire restricted entity from a domain one.
+pub fn restricted_to_wire(r: &RestrictedEntity) -> v1::RestrictedEntity {
+    v1::RestrictedEntity {
+        tenant: r.tenant.to_string(),
+        kind: r.kind.as_str().into(),
+        name: r.name.clone(),
+        reason: r.reason.clone(),
+        since_ms: r.since_ms,
+        until_ms: r.until_ms.unwrap_or(0),
+    }
+}
+
+/// Domain restricted entity from the wire, validated.
+pub fn restricted_from_wire(r: &v1::RestrictedEntity) -> Result<RestrictedEntity, Invalid> {
+    Ok(RestrictedEntity {
+        tenant: TenantId::new(&r.tenant).map_err(invalid)?,
+        kind: EntityKind::parse(&r.kind)
+            .ok_or_else(|| Invalid(format!("`{}` is not an entity kind", r.kind)))?,
+        name: r.name.clone(),
+        reason: r.reason.clone(),
+        since_ms: r.since_ms,
+        until_ms: (r.until_ms != 0).then_some(r.until_ms),
+    })
+}
+
+/// Wire speed bump step from a domain one.
+pub fn step_to_wire(s: &SpeedBumpStep) -> v1::SpeedBumpStep {
+    v1::SpeedBumpStep {
+        date: day_string(s.day),
+        percent: u32::from(s.percent),
+    }
+}
+
+/// Domain speed bump step from the wire, validated.
+pub fn step_from_wire(s: &v1::SpeedBumpStep) -> Result<SpeedBumpStep, Invalid> {
+    Ok(SpeedBumpStep {
+        day: parse_day(&s.date)
+            .ok_or_else(|| Invalid(format!("`{}` is not a date (YYYY-MM-DD)", s.date)))?,
+        percent: u8::try_from(s.percent)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| Invalid(format!("{}% is not a percentage", s.percent)))?,
+    })
 }
 
 #[cfg(test)]

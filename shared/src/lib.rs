@@ -8,6 +8,8 @@
 //! - [`connector`]: inbound connectors (Partner, OnPremises) and how they are matched.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
+//! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
+//! - [`signal`]: the names of the counters edges report.
 //! - [`time`]: Unix milliseconds and calendar dates, UTC.
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
 //!   snapshot and writers publish a new one.
@@ -18,9 +20,12 @@ pub mod connector;
 pub mod handle;
 pub mod policy;
 pub mod seed;
+pub mod signal;
+pub mod submission;
 pub mod time;
 
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use policy::{Domain, DomainError, PolicySnapshot, Tenant, TenantId};
 pub use seed::{Seed, SeedError};
+pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};

@@ -9,7 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Connector;
+use crate::submission::{speed_bump_percent, EntityKind, RestrictedEntity, SpeedBumpStep};
+use crate::{Connector, SubmissionUser};
 
 /// A tenant's identifier: its primary name, lowercase (for example `example.test`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -148,6 +149,14 @@ pub struct PolicySnapshot {
     connectors: Vec<Connector>,
     /// Accepted domain to index into `tenants`.
     by_domain: HashMap<Domain, usize>,
+    /// Tenant id to index into `tenants`.
+    by_id: HashMap<TenantId, usize>,
+    /// SMTP AUTH users by address.
+    users: HashMap<String, SubmissionUser>,
+    /// Blocked connectors and users.
+    restricted: HashMap<(EntityKind, TenantId, String), RestrictedEntity>,
+    /// The legacy-TLS speed bump schedule, by day.
+    speed_bump: Vec<SpeedBumpStep>,
 }
 
 impl PolicySnapshot {
@@ -174,6 +183,10 @@ impl PolicySnapshot {
             tenants,
             connectors: Vec::new(),
             by_domain,
+            by_id: ids,
+            users: HashMap::new(),
+            restricted: HashMap::new(),
+            speed_bump: Vec::new(),
         })
     }
 
@@ -182,7 +195,7 @@ impl PolicySnapshot {
     pub fn with_connectors(mut self, connectors: Vec<Connector>) -> Result<Self, SnapshotError> {
         let mut seen = std::collections::HashSet::new();
         for c in &connectors {
-            if !self.tenants.iter().any(|t| t.id == c.tenant) {
+            if !self.by_id.contains_key(&c.tenant) {
                 return Err(SnapshotError::UnknownTenant(c.tenant.clone()));
             }
             if !seen.insert((&c.tenant, &c.name)) {
@@ -194,6 +207,57 @@ impl PolicySnapshot {
         }
         self.connectors = connectors;
         Ok(self)
+    }
+
+    /// Adds the client-submission policy: SMTP AUTH users (each of a known tenant), restricted
+    /// entities and the speed bump schedule.
+    pub fn with_submission(
+        mut self,
+        users: Vec<SubmissionUser>,
+        restricted: Vec<RestrictedEntity>,
+        speed_bump: Vec<SpeedBumpStep>,
+    ) -> Result<Self, SnapshotError> {
+        for u in users {
+            if !self.by_id.contains_key(&u.tenant) {
+                return Err(SnapshotError::UnknownTenant(u.tenant));
+            }
+            self.users.insert(u.address.clone(), u);
+        }
+        self.restricted = restricted
+            .into_iter()
+            .map(|r| ((r.kind, r.tenant.clone(), r.name.clone()), r))
+            .collect();
+        self.speed_bump = crate::submission::normalise_schedule(speed_bump)
+            .map_err(SnapshotError::BadSchedule)?;
+        Ok(self)
+    }
+
+    /// The SMTP AUTH user with this login (case-insensitive).
+    pub fn user(&self, address: &str) -> Option<&SubmissionUser> {
+        self.users.get(&address.to_lowercase())
+    }
+
+    /// The restriction in force at `now_ms` on a tenant's connector or user, if any.
+    pub fn restriction(
+        &self,
+        kind: EntityKind,
+        tenant: &TenantId,
+        name: &str,
+        now_ms: i64,
+    ) -> Option<&RestrictedEntity> {
+        self.restricted
+            .get(&(kind, tenant.clone(), name.to_owned()))
+            .filter(|r| r.in_force(now_ms))
+    }
+
+    /// The speed bump schedule, by day.
+    pub fn speed_bump(&self) -> &[SpeedBumpStep] {
+        &self.speed_bump
+    }
+
+    /// The share (percent) of legacy-TLS sessions the speed bump refuses at `now_ms`.
+    pub fn speed_bump_percent(&self, now_ms: i64) -> u8 {
+        speed_bump_percent(&self.speed_bump, now_ms)
     }
 
     /// Every inbound connector.
@@ -209,6 +273,11 @@ impl PolicySnapshot {
     /// Every tenant, in the order they were given.
     pub fn tenants(&self) -> &[Tenant] {
         &self.tenants
+    }
+
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
+        self.by_id.get(id).map(|&i| &self.tenants[i])
     }
 
     /// The tenant that accepts mail for `domain`, if any. Exact match on the normalised name:
@@ -228,6 +297,9 @@ pub enum SnapshotError {
     /// Two connectors of one tenant share a name.
     #[error("connector `{0}` is defined twice")]
     DuplicateConnector(String),
+    /// The speed bump schedule names one day twice.
+    #[error("speed bump schedule: {0}")]
+    BadSchedule(String),
     /// Two tenants share one id.
     #[error("tenant `{0}` is defined twice")]
     DuplicateTenant(TenantId),

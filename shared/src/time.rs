@@ -23,6 +23,41 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// (year, month, day) to days since 1970-01-01 (H. Hinnant's days-from-civil).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The UTC day of a Unix-milliseconds instant, as days since 1970-01-01.
+pub fn day_of_ms(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// A day number as `YYYY-MM-DD`.
+pub fn day_string(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` into a day number; `None` unless it is a real calendar date.
+pub fn parse_day(text: &str) -> Option<i64> {
+    let mut it = text.trim().splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let day = days_from_civil(y, m, d);
+    (civil_from_days(day) == (y, m, d)).then_some(day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +67,19 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn days_round_trip_and_bad_dates_are_refused() {
+        for day in [-800, -1, 0, 19_782, 20_415, 60_000] {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+            assert_eq!(parse_day(&day_string(day)), Some(day));
+        }
+        assert_eq!(day_string(19_782), "2024-02-29");
+        assert_eq!(parse_day("2023-02-29"), None);
+        assert_eq!(parse_day("2026-13-01"), None);
+        assert_eq!(parse_day("yesterday"), None);
+        assert_eq!(day_of_ms(86_400_000 * 3 - 1), 2);
     }
 }

@@ -84,6 +84,8 @@ pub enum Command {
     Expn,
     /// `STARTTLS`.
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954); the mechanism uppercased.
+    Auth(String, Option<String>),
 }
 
 /// Longest local part (RFC 5321 section 4.5.3.1.1).
@@ -120,6 +122,15 @@ pub fn parse(line: &[u8]) -> Result<Command, Code> {
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "STARTTLS" => no_args(Command::StartTls),
+        "AUTH" => {
+            let mut words = rest.split_ascii_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(m), initial, None) => {
+                    Ok(Command::Auth(m.to_ascii_uppercase(), initial.map(str::to_owned)))
+                }
+                _ => Err(reply::SYNTAX_PARAMS),
+            }
+        }
         _ => Err(reply::UNRECOGNIZED),
     }
 }

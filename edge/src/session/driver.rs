@@ -7,14 +7,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use moat_shared::PolicyHandle;
+use moat_shared::signal::{self, Unit};
+use moat_shared::submission::speed_bump_refuses;
+use moat_shared::time::now_ms;
+use moat_shared::{EntityKind, PolicyHandle, PolicySnapshot, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::reply::{self, Reply};
-use super::{Action, Session};
+use super::{Action, Envelope, Secret, Session, SessionFacts, TlsFacts};
+use crate::auth::{self, Throttle};
+use crate::config::LegacyTls;
+use crate::control::Counters;
+use crate::legacy::{self, Hello, LegacyEngine};
 use crate::relay::{NextHop, Txn};
 use crate::tls::Certificates;
 use crate::verdict::{self, RcptVerdict};
@@ -25,6 +32,8 @@ pub enum Io {
     Plain(TcpStream),
     /// TLS (implicit, or after STARTTLS).
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS 1.0/1.1 through OpenSSL.
+    Legacy(Box<tokio_openssl::SslStream<TcpStream>>),
 }
 
 impl AsyncRead for Io {
@@ -36,6 +45,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Legacy(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -49,6 +59,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Legacy(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -56,6 +67,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s).poll_flush(cx),
+            Io::Legacy(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -63,6 +75,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Legacy(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -78,6 +91,16 @@ pub struct Shared {
     pub next_hop: Arc<NextHop>,
     /// Server certificates, when TLS is configured.
     pub certs: Option<Certificates>,
+    /// The OpenSSL engine for TLS 1.0/1.1 clients, when the listener accepts them.
+    pub legacy: Option<LegacyEngine>,
+    /// What TLS 1.0/1.1 sessions meet on this listener.
+    pub legacy_rule: LegacyTls,
+    /// Whether the listener authenticates its clients (submission, smtps).
+    pub auth: bool,
+    /// SMTP AUTH failures, edge-wide.
+    pub throttle: Arc<Throttle>,
+    /// Counters reported to the control plane.
+    pub counters: Arc<Counters>,
     /// How long to wait for a command.
     pub idle_timeout: Duration,
     /// How long to wait for message content.
@@ -89,17 +112,153 @@ pub struct Shared {
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Runs the TLS handshake on a clear-text connection.
-pub async fn handshake(
-    tcp: TcpStream,
-    certs: &Certificates,
-    limit: Duration,
-) -> Result<Io, String> {
+/// Runs the TLS handshake on a clear-text connection: OpenSSL for a client that offers only
+/// TLS 1.0/1.1 when the listener has the legacy engine, rustls otherwise.
+pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts), String> {
+    let limit = shared.idle_timeout;
+    if let Some(engine) = &shared.legacy {
+        if legacy::peek_hello(&tcp, limit).await? == Hello::Legacy {
+            let tls = engine.accept(tcp, limit).await?;
+            let facts = legacy::facts(tls.ssl());
+            return Ok((Io::Legacy(Box::new(tls)), facts));
+        }
+    }
+    let Some(certs) = &shared.certs else {
+        return Err("no certificate configured".into());
+    };
     match timeout(limit, certs.acceptor().accept(tcp)).await {
-        Ok(Ok(tls)) => Ok(Io::Tls(Box::new(tls))),
+        Ok(Ok(tls)) => {
+            let facts = crate::tls::facts(tls.get_ref().1);
+            Ok((Io::Tls(Box::new(tls)), facts))
+        }
         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
         Err(_) => Err("TLS handshake timed out".into()),
     }
+}
+
+/// What the driver tracks of a session for policy and the TLS usage report.
+#[derive(Debug, Default)]
+struct Tracking {
+    /// The tenant the session is attributed to: the user's, or on listeners without AUTH the
+    /// tenant of the first accepted recipient.
+    tenant: Option<TenantId>,
+    /// Recipients accepted in the open transaction.
+    rcpts: u64,
+}
+
+impl Tracking {
+    /// Attributes the session to `tenant` (once) and counts it in the TLS usage report.
+    fn attribute(&mut self, shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &str) {
+        if self.tenant.is_none() {
+            self.tenant = Some(tenant.clone());
+            count_tls(shared, facts, tenant, user, Unit::Sessions);
+        }
+    }
+}
+
+fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &str, unit: Unit) {
+    let (version, cipher) = facts
+        .tls
+        .as_ref()
+        .map_or(("none", ""), |t| (t.version.as_str(), t.cipher.as_str()));
+    let c = &shared.counters;
+    let usage = signal::tls_usage(unit, &facts.listener, version, cipher);
+    c.add(signal::TLS, tenant.as_str(), &usage, 1);
+    if legacy::is_legacy(version) {
+        let ip = facts.peer.ip().to_string();
+        let client = signal::legacy_client(unit, &ip, user, version);
+        c.add(signal::TLS_LEGACY, tenant.as_str(), &client, 1);
+    }
+}
+
+fn is_legacy_session(facts: &SessionFacts) -> bool {
+    facts
+        .tls
+        .as_ref()
+        .is_some_and(|t| legacy::is_legacy(&t.version))
+}
+
+/// The speed bump's verdict on this session now.
+fn speed_bump(shared: &Shared, snapshot: &PolicySnapshot, facts: &SessionFacts) -> bool {
+    let refused = shared.legacy_rule == LegacyTls::SpeedBump
+        && is_legacy_session(facts)
+        && speed_bump_refuses(&facts.id, snapshot.speed_bump_percent(now_ms()));
+    if refused {
+        shared.counters.add(signal::AUTH, "-", "speed-bump", 1);
+        tracing::info!(session = %facts.id, "legacy TLS session refused by the speed bump");
+    }
+    refused
+}
+
+/// Checks a login and the rules of the listener on who may log in over which TLS version.
+async fn authenticate(
+    shared: &Shared,
+    facts: &SessionFacts,
+    track: &mut Tracking,
+    login: &str,
+    password: Secret,
+) -> Reply {
+    let login = login.to_lowercase();
+    let ip = facts.peer.ip();
+    if shared.throttle.blocked(ip, &login, std::time::Instant::now()) {
+        shared.counters.add(signal::AUTH, "-", "throttled", 1);
+        tracing::info!(session = %facts.id, %login, "AUTH throttled");
+        return reply::AUTH_THROTTLED.into();
+    }
+    let snapshot = shared.policy.load();
+    let user = snapshot.user(&login).cloned();
+    let checked = user.clone();
+    let ok = tokio::task::spawn_blocking(move || auth::verify(checked.as_ref(), &password.0))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        shared
+            .throttle
+            .failed(ip, &login, std::time::Instant::now());
+        shared.counters.add(signal::AUTH, "-", "failures", 1);
+        tracing::info!(session = %facts.id, %login, "AUTH failed");
+        return reply::AUTH_FAILED.into();
+    };
+    shared.throttle.succeeded(&login);
+    track.attribute(shared, facts, &user.tenant, &user.address);
+    let r = match shared.legacy_rule {
+        LegacyTls::OptIn
+            if !snapshot
+                .tenant(&user.tenant)
+                .is_some_and(|t| t.allow_legacy_tls_clients) =>
+        {
+            shared.counters.add(signal::AUTH, "-", "legacy-refused", 1);
+            reply::LEGACY_TLS_NOT_ALLOWED.into()
+        }
+        _ if speed_bump(shared, &snapshot, facts) => reply::LEGACY_TLS_SPEED_BUMP.into(),
+        _ => reply::AUTH_OK.into(),
+    };
+    tracing::info!(session = %facts.id, %login, reply = %Reply::summary(&r), "AUTH");
+    r
+}
+
+/// The policy on MAIL: who an authenticated user may send as, restricted users, and the
+/// speed bump of listeners without AUTH.
+fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Option<Reply> {
+    let snapshot = shared.policy.load();
+    let Some(login) = &facts.auth else {
+        return speed_bump(shared, &snapshot, facts).then(|| reply::LEGACY_TLS_SPEED_BUMP.into());
+    };
+    let Some(user) = snapshot.user(login) else {
+        // Deleted since it logged in.
+        return Some(reply::AUTH_REQUIRED.into());
+    };
+    if snapshot
+        .restriction(EntityKind::User, &user.tenant, &user.address, now_ms())
+        .is_some()
+    {
+        return Some(reply::RESTRICTED_USER.into());
+    }
+    let from = envelope.from.as_ref().map(ToString::to_string);
+    if !from.is_some_and(|f| user.may_send_as(&f)) {
+        return Some(reply::SEND_AS_DENIED.into());
+    }
+    None
 }
 
 /// Drives `session` over `io` until it ends. Any transaction still open at the end is
@@ -110,29 +269,52 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutdown = shared.shutdown.clone();
     let id = session.facts().id.clone();
+    let mut track = Tracking::default();
     loop {
         while let Some(action) = session.poll(SystemTime::now()) {
             match action {
                 Action::Send(r) => r.render(&shared.node, &mut out),
+                Action::Authenticate { login, password } => {
+                    let r =
+                        authenticate(shared, session.facts(), &mut track, &login, password).await;
+                    session.resolve(r, SystemTime::now());
+                }
                 Action::Open(envelope) => {
-                    let r = match shared.next_hop.open(&envelope).await {
-                        Ok(t) => {
-                            txn = Some(t);
-                            reply::SENDER_OK.into()
-                        }
-                        Err(r) => r,
+                    track.rcpts = 0;
+                    let r = match mail_policy(shared, session.facts(), &envelope) {
+                        Some(r) => r,
+                        None => match shared.next_hop.open(&envelope).await {
+                            Ok(t) => {
+                                txn = Some(t);
+                                reply::SENDER_OK.into()
+                            }
+                            Err(r) => r,
+                        },
                     };
                     session.resolve(r, SystemTime::now());
                 }
                 Action::AddRecipient(to) => {
                     let snapshot = shared.policy.load();
-                    let r = match verdict::recipient(&snapshot, &to) {
-                        RcptVerdict::Deny(r) => r,
-                        RcptVerdict::Accept(_) => match txn.as_mut() {
-                            Some(t) => t.rcpt(&to).await,
-                            None => reply::LOCAL_ERROR.into(),
-                        },
+                    // An authenticated user may send anywhere (submission is relay).
+                    let verdict = match session.facts().auth {
+                        Some(_) => RcptVerdict::Accept(None),
+                        None => verdict::recipient(&snapshot, &to),
                     };
+                    let r = match verdict {
+                        RcptVerdict::Deny(r) => r,
+                        RcptVerdict::Accept(tenant) => {
+                            if let Some(t) = &tenant {
+                                track.attribute(shared, session.facts(), t, "");
+                            }
+                            match txn.as_mut() {
+                                Some(t) => t.rcpt(&to).await,
+                                None => reply::LOCAL_ERROR.into(),
+                            }
+                        }
+                    };
+                    if r.is_positive() {
+                        track.rcpts += 1;
+                    }
                     session.resolve(r, SystemTime::now());
                 }
                 Action::StartBody => {
@@ -153,6 +335,17 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                         None => reply::LOCAL_ERROR.into(),
                     };
                     tracing::info!(session = %id, reply = %r.summary(), "message");
+                    if r.is_positive() {
+                        let facts = session.facts();
+                        let user = facts.auth.as_deref().unwrap_or("");
+                        if let Some(tenant) = &track.tenant {
+                            count_tls(shared, facts, tenant, user, Unit::Messages);
+                        }
+                        if !user.is_empty() {
+                            let n = std::mem::take(&mut track.rcpts);
+                            shared.counters.add(signal::USER, user, signal::RECIPIENTS, n);
+                        }
+                    }
                     session.resolve(r, SystemTime::now());
                 }
                 Action::Abort => {
@@ -164,18 +357,18 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     if flush(&mut io, &mut out, shared.idle_timeout).await.is_err() {
                         return;
                     }
-                    let (Io::Plain(tcp), Some(certs)) = (io, shared.certs.as_ref()) else {
+                    let Io::Plain(tcp) = io else {
                         return;
                     };
-                    io = match handshake(tcp, certs, shared.idle_timeout).await {
-                        Ok(tls) => tls,
+                    match handshake(tcp, shared).await {
+                        Ok((tls, facts)) => {
+                            io = tls;
+                            session.tls_established(facts);
+                        }
                         Err(e) => {
                             tracing::info!(session = %id, "{e}");
                             return;
                         }
-                    };
-                    if let Io::Tls(tls) = &io {
-                        session.tls_established(crate::tls::facts(tls.get_ref().1));
                     }
                 }
                 Action::Close => {

@@ -25,6 +25,8 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Whether MAIL needs TLS first (submission).
     pub require_tls: bool,
+    /// Whether AUTH is offered (once TLS is up) and required before MAIL (submission, smtps).
+    pub auth: bool,
     /// Largest message accepted, in octets.
     pub max_message_size: u64,
     /// Most recipients per transaction.
@@ -58,6 +60,35 @@ pub enum Action {
     EndBody,
     /// Discard the next-hop transaction, if any; nothing was accepted.
     Abort,
+    /// Check these credentials (and the policy on who may log in here); answer with
+    /// [`Session::resolve`]: `235` logs the session in as `login`.
+    Authenticate {
+        /// The login name, as sent.
+        login: String,
+        /// The password.
+        password: Secret,
+    },
+}
+
+/// A password: never printed, not even in debug output.
+#[derive(PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where an AUTH exchange stands.
+#[derive(Debug, PartialEq, Eq)]
+enum AuthStep {
+    /// `AUTH PLAIN` without an initial response: waiting for it.
+    Plain,
+    /// `AUTH LOGIN`: waiting for the user name.
+    LoginUser,
+    /// `AUTH LOGIN`: waiting for the password of this user.
+    LoginPassword(String),
 }
 
 /// The envelope sender of a transaction.
@@ -84,6 +115,7 @@ enum Pending {
     DataStart,
     BdatStart,
     End,
+    Auth(String),
 }
 
 #[derive(Debug)]
@@ -117,6 +149,7 @@ pub struct Session {
     /// Why the current BDAT chunk is refused, if it is.
     chunk_refusal: Option<Reply>,
     transactions: u32,
+    auth_step: Option<AuthStep>,
 }
 
 impl Session {
@@ -142,6 +175,7 @@ impl Session {
             checker: ChunkChecker::default(),
             chunk_refusal: None,
             transactions: 0,
+            auth_step: None,
         }
     }
 
@@ -217,7 +251,17 @@ impl Session {
             return;
         };
         let ok = result.is_positive();
+        if result.code == 421 && matches!(pending, Pending::Auth(_) | Pending::Mail(_)) {
+            // A policy refusal that ends the session (the legacy-TLS speed bump).
+            self.close_with(result);
+            return;
+        }
         match pending {
+            Pending::Auth(login) => {
+                if ok {
+                    self.facts.auth = Some(login.to_lowercase());
+                }
+            }
             Pending::Mail(envelope) if ok => {
                 self.txn = Some(Txn {
                     envelope,
@@ -334,11 +378,100 @@ impl Session {
             self.error(reply::BAD_LINE_ENDING.into());
             return true;
         }
+        if let Some(step) = self.auth_step.take() {
+            self.auth_line(step, body);
+            return true;
+        }
         match command::parse(body) {
             Ok(cmd) => self.handle(cmd),
             Err(code) => self.error(code.into()),
         }
         true
+    }
+
+    /// One line of an AUTH exchange: a base64 response, or `*` to cancel (RFC 4954).
+    fn auth_line(&mut self, step: AuthStep, line: &[u8]) {
+        if line == b"*" {
+            self.send(reply::AUTH_CANCELLED);
+            return;
+        }
+        let Some(text) = decode_b64(line) else {
+            self.error(reply::AUTH_BAD_RESPONSE.into());
+            return;
+        };
+        match step {
+            AuthStep::Plain => self.auth_plain(&text),
+            AuthStep::LoginUser => {
+                self.auth_step = Some(AuthStep::LoginPassword(text));
+                self.send(Reply::challenge("UGFzc3dvcmQ6"));
+            }
+            AuthStep::LoginPassword(login) => self.authenticate(login, text),
+        }
+    }
+
+    /// `authzid NUL authcid NUL password` (RFC 4616); an authorization identity other than the
+    /// login itself is not supported.
+    fn auth_plain(&mut self, message: &str) {
+        let mut parts = message.split('\0');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(authz), Some(login), Some(password), None)
+                if !login.is_empty() && (authz.is_empty() || authz.eq_ignore_ascii_case(login)) =>
+            {
+                self.authenticate(login.to_owned(), password.to_owned())
+            }
+            (Some(_), Some(_), Some(_), None) => self.send(reply::AUTH_FAILED),
+            _ => self.error(reply::AUTH_BAD_RESPONSE.into()),
+        }
+    }
+
+    fn authenticate(&mut self, login: String, password: String) {
+        self.pending = Some(Pending::Auth(login.clone()));
+        self.out.push_back(Action::Authenticate {
+            login,
+            password: Secret(password),
+        });
+    }
+
+    fn start_auth(&mut self, mechanism: &str, initial: Option<String>) {
+        if !self.cfg.auth {
+            return self.error(reply::NOT_IMPLEMENTED.into());
+        }
+        if self.facts.tls.is_none() {
+            return self.error(reply::TLS_REQUIRED.into());
+        }
+        if self.facts.helo.is_none() {
+            return self.error(reply::HELO_FIRST.into());
+        }
+        if self.facts.auth.is_some() {
+            return self.error(reply::AUTH_AGAIN.into());
+        }
+        if self.txn.is_some() {
+            return self.error(reply::BAD_SEQUENCE.into());
+        }
+        let initial = match initial.as_deref() {
+            None => None,
+            Some("=") => Some(String::new()),
+            Some(b64) => match decode_b64(b64.as_bytes()) {
+                Some(t) => Some(t),
+                None => return self.error(reply::AUTH_BAD_RESPONSE.into()),
+            },
+        };
+        match (mechanism, initial) {
+            ("PLAIN", Some(message)) => self.auth_plain(&message),
+            ("PLAIN", None) => {
+                self.auth_step = Some(AuthStep::Plain);
+                self.send(Reply::challenge(""));
+            }
+            ("LOGIN", Some(login)) if !login.is_empty() => {
+                self.auth_step = Some(AuthStep::LoginPassword(login));
+                self.send(Reply::challenge("UGFzc3dvcmQ6"));
+            }
+            ("LOGIN", _) => {
+                self.auth_step = Some(AuthStep::LoginUser);
+                self.send(Reply::challenge("VXNlcm5hbWU6"));
+            }
+            _ => self.error(reply::AUTH_MECHANISM.into()),
+        }
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -363,6 +496,11 @@ impl Session {
                 if self.cfg.starttls {
                     lines.push("STARTTLS".into());
                 }
+                // Credentials only ever travel inside TLS (no plaintext AUTH, as Postfix's
+                // smtpd_tls_auth_only).
+                if self.cfg.auth && self.facts.tls.is_some() && self.facts.auth.is_none() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 lines.push("HELP".into());
                 self.facts.helo = Some(name);
                 self.send(Reply::ehlo(lines));
@@ -386,6 +524,8 @@ impl Session {
                     self.error(reply::NESTED_MAIL.into());
                 } else if self.cfg.require_tls && self.facts.tls.is_none() {
                     self.error(reply::TLS_REQUIRED.into());
+                } else if self.cfg.auth && self.facts.auth.is_none() {
+                    self.error(reply::AUTH_REQUIRED.into());
                 } else if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
                     self.send(reply::MESSAGE_TOO_BIG);
                 } else {
@@ -447,6 +587,7 @@ impl Session {
             Command::Help => self.send(reply::HELP),
             Command::Vrfy => self.send(reply::CANNOT_VRFY),
             Command::Expn => self.send(reply::EXPN_DISABLED),
+            Command::Auth(mechanism, initial) => self.start_auth(&mechanism, initial),
             Command::StartTls => {
                 if self.facts.tls.is_some() {
                     self.error(reply::TLS_ACTIVE.into());
@@ -582,6 +723,8 @@ impl Session {
             (false, true, false) => "ESMTP",
             (false, false, _) => "SMTP",
         };
+        // RFC 3848: an `A` for an authenticated session.
+        let auth = if f.auth.is_some() { "A" } else { "" };
         let helo: String = f
             .helo
             .as_deref()
@@ -596,7 +739,7 @@ impl Session {
             })
             .collect();
         let mut h = format!(
-            "Received: from {helo} ([{}])\r\n\tby {} (Moat {}) with {protocol} id {}.{}",
+            "Received: from {helo} ([{}])\r\n\tby {} (Moat {}) with {protocol}{auth} id {}.{}",
             f.peer.ip(),
             self.cfg.hostname,
             self.cfg.node,
@@ -622,6 +765,15 @@ impl Session {
         h.push_str(&format!("; {}\r\n", rfc5322_date(now)));
         h.into_bytes()
     }
+}
+
+/// Decodes a base64 AUTH response into UTF-8 text.
+fn decode_b64(b64: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim_ascii())
+        .ok()?;
+    String::from_utf8(raw).ok()
 }
 
 /// Formats a time as an RFC 5322 date in UTC, e.g. `Mon, 23 Nov 2026 20:01:49 +0000`.

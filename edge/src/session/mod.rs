@@ -9,7 +9,7 @@ pub mod reply;
 
 use std::net::SocketAddr;
 
-pub use machine::{Action, Envelope, Session, SessionConfig};
+pub use machine::{Action, Envelope, Secret, Session, SessionConfig};
 pub use reply::Reply;
 
 /// What the edge knows about a session; the verdicts of later issues decide on these.
@@ -27,6 +27,8 @@ pub struct SessionFacts {
     pub tls: Option<TlsFacts>,
     /// The EHLO/HELO name.
     pub helo: Option<String>,
+    /// The SMTP AUTH login (lowercase), once authenticated.
+    pub auth: Option<String>,
 }
 
 /// The negotiated TLS parameters of a session.

@@ -115,6 +115,33 @@ codes! {
     NEXT_HOP_FAILED = 451 "4.4.2" "Connection to next hop lost, try again later";
     /// The next hop cannot take an SMTPUTF8 message.
     NEXT_HOP_NO_SMTPUTF8 = 553 "5.6.7" "Next hop does not support SMTPUTF8";
+    /// AUTH succeeded (RFC 4954).
+    AUTH_OK = 235 "2.7.0" "Authentication successful";
+    /// Wrong login or password (RFC 4954).
+    AUTH_FAILED = 535 "5.7.8" "Authentication credentials invalid";
+    /// Too many failed logins from this client address or for this user.
+    AUTH_THROTTLED = 454 "4.7.0" "Too many failed authentication attempts, try again later";
+    /// MAIL on an AUTH listener before authenticating.
+    AUTH_REQUIRED = 530 "5.7.0" "Authentication required";
+    /// A second AUTH in one session.
+    AUTH_AGAIN = 503 "5.5.1" "Already authenticated";
+    /// AUTH with a mechanism other than PLAIN and LOGIN.
+    AUTH_MECHANISM = 504 "5.5.4" "Unrecognized authentication type";
+    /// The client cancelled AUTH with `*`.
+    AUTH_CANCELLED = 501 "5.7.0" "Authentication cancelled";
+    /// An AUTH response that is not valid base64 or not a valid PLAIN message.
+    AUTH_BAD_RESPONSE = 501 "5.5.2" "Cannot decode the authentication response";
+    /// The legacy-TLS speed bump (Exchange Online's exact text): a session on TLS 1.0/1.1 drawn
+    /// for refusal; temporary, so the client retries and a later draw may pass.
+    LEGACY_TLS_SPEED_BUMP = 421 "4.7.66" "TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2. Visit https://aka.ms/smtp_auth_tls.";
+    /// A user of a tenant without `allow-legacy-tls-clients` on a legacy (opt-in) listener.
+    /// Exchange Online's 3-digit code is not public; Moat answers `550`, permanent, because only
+    /// a change of the tenant's setting helps.
+    LEGACY_TLS_NOT_ALLOWED = 550 "5.7.67" "TLS 1.0 and 1.1 are not supported by your organization";
+    /// A user restricted for exceeding its sending limits (Exchange Online's text).
+    RESTRICTED_USER = 550 "5.1.8" "Access denied, bad outbound sender";
+    /// MAIL FROM an address the authenticated user may not send as (Exchange Online's text).
+    SEND_AS_DENIED = 550 "5.7.60" "SMTP; Client does not have permissions to send as this sender";
     /// A local failure (for example, the maildir sink could not write).
     LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
 }
@@ -172,6 +199,16 @@ impl Reply {
             code: 250,
             status: Cow::Borrowed(""),
             lines: lines.into_iter().map(Cow::Owned).collect(),
+            tagged: false,
+        }
+    }
+
+    /// An AUTH challenge (`334 <base64>`): no enhanced code, no node tag.
+    pub fn challenge(text: &'static str) -> Self {
+        Self {
+            code: 334,
+            status: Cow::Borrowed(""),
+            lines: vec![Cow::Borrowed(text)],
             tagged: false,
         }
     }

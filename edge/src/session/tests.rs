@@ -16,6 +16,7 @@ fn config() -> SessionConfig {
         hostname: "mx.test".into(),
         starttls: true,
         require_tls: false,
+        auth: false,
         max_message_size: 1000,
         max_recipients: 3,
         max_errors: 10,
@@ -47,6 +48,7 @@ impl Harness {
             listener: "mx".into(),
             tls: None,
             helo: None,
+            auth: None,
         };
         let mut h = Self {
             session: Session::new(cfg, facts),
@@ -105,6 +107,15 @@ impl Harness {
                     });
                 }
                 Action::Close => self.closed = true,
+                // The harness's one user: alice / "right"; "legacy" plays the speed bump.
+                Action::Authenticate { login, password } => {
+                    let r = match (login.as_str(), password.0.as_str()) {
+                        ("alice@example.test", "right") => reply::AUTH_OK.into(),
+                        ("alice@example.test", "legacy") => reply::LEGACY_TLS_SPEED_BUMP.into(),
+                        _ => reply::AUTH_FAILED.into(),
+                    };
+                    self.session.resolve(r, Self::now());
+                }
             }
         }
         self.replies.extend(out.iter().cloned());
@@ -554,4 +565,87 @@ proptest! {
     fn smtp_like_input_never_panics(pieces in proptest::collection::vec(smtpish(), 0..8)) {
         run_arbitrary(&pieces);
     }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn submission() -> Harness {
+    Harness::new(SessionConfig {
+        require_tls: true,
+        auth: true,
+        ..config()
+    })
+}
+
+#[test]
+fn auth_is_offered_and_accepted_only_inside_tls() {
+    let mut h = submission();
+    let r = h.send(b"EHLO c\r\n");
+    assert!(!r.iter().any(|l| l.contains("AUTH")), "{r:?}");
+    h.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice@example.test\0right")),
+        "530 5.7.0 Must issue a STARTTLS command first",
+    );
+    h.cmd("STARTTLS", "220");
+    let r = h.send(b"EHLO c\r\n");
+    assert!(r[0].contains("\r\n250-AUTH PLAIN LOGIN\r\n"), "{r:?}");
+    h.mail_from("alice@example.test", "530 5.7.0 Authentication required");
+    h.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice@example.test\0wrong")),
+        "535 5.7.8",
+    );
+    h.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice@example.test\0right")),
+        "235 2.7.0",
+    );
+    h.cmd("AUTH PLAIN", "503 5.5.1 Already authenticated");
+    h.mail_from("alice@example.test", "250");
+    h.rcpt_to("anyone@example.test", "250");
+    h.cmd("DATA", "354");
+    h.cmd("x\r\n.", "250");
+    assert!(String::from_utf8_lossy(&h.delivered[0]).contains("with ESMTPSA id"));
+}
+
+#[test]
+fn auth_login_and_plain_without_initial_response() {
+    let mut h = submission();
+    h.ehlo();
+    h.cmd("STARTTLS", "220");
+    h.ehlo();
+    h.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    h.cmd(&b64("alice@example.test"), "334 UGFzc3dvcmQ6");
+    h.cmd(&b64("wrong"), "535 5.7.8");
+    h.cmd("AUTH PLAIN", "334");
+    h.cmd("*", "501 5.7.0 Authentication cancelled");
+    h.cmd("AUTH PLAIN", "334");
+    h.cmd("not base64!", "501 5.5.2");
+    h.cmd("AUTH CRAM-MD5", "504 5.5.4");
+    h.cmd(&format!("AUTH LOGIN {}", b64("alice@example.test")), "334 UGFzc3dvcmQ6");
+    h.cmd(&b64("right"), "235");
+}
+
+#[test]
+fn a_421_at_auth_closes_the_session() {
+    let mut h = submission();
+    h.ehlo();
+    h.cmd("STARTTLS", "220");
+    h.ehlo();
+    h.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice@example.test\0legacy")),
+        "421 4.7.66 TLS 1.0 and 1.1 are not supported.",
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn mx_listeners_do_not_offer_auth() {
+    let mut h = Harness::new(config());
+    h.ehlo();
+    h.cmd("STARTTLS", "220");
+    let r = h.send(b"EHLO c\r\n");
+    assert!(!r.iter().any(|l| l.contains("AUTH")), "{r:?}");
+    h.cmd("AUTH PLAIN", "502 5.5.1");
 }
