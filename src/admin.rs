@@ -1414,24 +1414,24 @@ impl Ctx {
                 recipients_per_day,
                 action,
             } => {
-                // Limits not given keep their value: the wire message replaces all three.
-                let current = if recipients_per_hour.is_none()
-                    || recipients_per_day.is_none()
-                    || action.is_none()
-                {
+                // The wire message replaces all three limits: those not given keep their value.
+                let all_given = recipients_per_hour.is_some()
+                    && recipients_per_day.is_some()
+                    && action.is_some();
+                let current = if all_given {
+                    None
+                } else {
                     let reply = self.read("outbound-policy", Some(&tenant), None).await?;
                     reply.outbound.into_iter().find(|p| p.tenant == tenant)
-                } else {
-                    None
-                }
-                .unwrap_or_default();
-                self.write(Op::SetOutboundPolicy(moat_proto::OutboundPolicy {
-                    recipients_per_hour: recipients_per_hour.unwrap_or(current.recipients_per_hour),
-                    recipients_per_day: recipients_per_day.unwrap_or(current.recipients_per_day),
-                    action: action.unwrap_or(current.action),
+                };
+                let policy = merge_outbound(
+                    current,
+                    recipients_per_hour,
+                    recipients_per_day,
+                    action,
                     tenant,
-                }))
-                .await
+                );
+                self.write(Op::SetOutboundPolicy(policy)).await
             }
         }
     }
@@ -1493,6 +1493,24 @@ fn find_restricted(
                 tenants.join(", ")
             )))
         }
+    }
+}
+
+/// A tenant's outbound policy with the limits given on the command line replacing those of
+/// `current` (none: the defaults, 0/empty on the wire).
+fn merge_outbound(
+    current: Option<moat_proto::OutboundPolicy>,
+    recipients_per_hour: Option<u32>,
+    recipients_per_day: Option<u32>,
+    action: Option<String>,
+    tenant: String,
+) -> moat_proto::OutboundPolicy {
+    let current = current.unwrap_or_default();
+    moat_proto::OutboundPolicy {
+        tenant,
+        recipients_per_hour: recipients_per_hour.unwrap_or(current.recipients_per_hour),
+        recipients_per_day: recipients_per_day.unwrap_or(current.recipients_per_day),
+        action: action.unwrap_or(current.action),
     }
 }
 
@@ -2107,6 +2125,7 @@ mod tests {
         assert_eq!(Failure::from(Status::permission_denied("x")).exit_code(), 3);
         assert_eq!(Failure::from(Status::unavailable("x")).exit_code(), 4);
         assert_eq!(Failure::from(Status::internal("x")).exit_code(), 5);
+        assert_eq!(Failure::Usage("x".into()).exit_code(), 2);
     }
 
     #[test]
@@ -2222,5 +2241,341 @@ mod tests {
         ])
         .is_ok());
         assert!(parse(&["apply", "-f", "seed.toml"]).is_ok());
+    }
+    #[test]
+    fn new_commands_parse() {
+        let a = parse(&["tls", "speed-bump", "set", "2026-11-01=5", "2026-12-01=30%"]).unwrap();
+        match a.command {
+            Resource::Tls(TlsCmd::SpeedBump(SpeedBumpCmd::Set { steps })) => {
+                assert_eq!(steps, vec!["2026-11-01=5", "2026-12-01=30%"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["tls", "speed-bump", "set"]).is_err());
+        assert!(parse(&["tls", "speed-bump", "get", "-o", "json"]).is_ok());
+        assert!(parse(&["tls", "speed-bump", "clear"]).is_ok());
+
+        assert!(parse(&["restricted", "list", "--tenant", "t"]).is_ok());
+        let a = parse(&["restricted", "unblock", "a@t", "--reason", "reset password"]).unwrap();
+        match a.command {
+            Resource::Restricted(RestrictedCmd::Unblock {
+                name,
+                tenant,
+                kind,
+                reason,
+            }) => {
+                assert_eq!(name, "a@t");
+                assert_eq!(tenant, None);
+                assert_eq!(kind, "user");
+                assert_eq!(reason, "reset password");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["restricted", "unblock", "a@t"]).is_err());
+        assert!(parse(&[
+            "restricted",
+            "unblock",
+            "c",
+            "--tenant",
+            "t",
+            "--kind",
+            "connector",
+            "--reason",
+            "r"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "restricted",
+            "unblock",
+            "c",
+            "--kind",
+            "edge",
+            "--reason",
+            "r"
+        ])
+        .is_err());
+
+        match parse(&["report", "tls"]).unwrap().command {
+            Resource::Report(ReportCmd::Tls { tenant, days }) => {
+                assert_eq!(tenant, None);
+                assert_eq!(days, 7);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["report", "tls", "--tenant", "t", "--days", "30"])
+            .unwrap()
+            .command
+        {
+            Resource::Report(ReportCmd::Tls { tenant, days }) => {
+                assert_eq!(tenant.as_deref(), Some("t"));
+                assert_eq!(days, 30);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["report", "tls", "--days", "0"]).is_err());
+
+        assert!(parse(&["alerts", "list", "--tenant", "t"]).is_ok());
+
+        assert!(parse(&["outbound-policy", "get"]).is_ok());
+        assert!(parse(&["outbound-policy", "get", "--tenant", "t"]).is_ok());
+        let a = parse(&[
+            "outbound-policy",
+            "set",
+            "--tenant",
+            "t",
+            "--recipients-per-hour",
+            "100",
+            "--action",
+            "alert-only",
+        ])
+        .unwrap();
+        match a.command {
+            Resource::OutboundPolicy(OutboundPolicyCmd::Set {
+                tenant,
+                recipients_per_hour,
+                recipients_per_day,
+                action,
+            }) => {
+                assert_eq!(tenant, "t");
+                assert_eq!(recipients_per_hour, Some(100));
+                assert_eq!(recipients_per_day, None);
+                assert_eq!(action.as_deref(), Some("alert-only"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&[
+            "outbound-policy",
+            "set",
+            "--tenant",
+            "t",
+            "--action",
+            "drop"
+        ])
+        .is_err());
+        // Nothing to change.
+        assert!(parse(&["outbound-policy", "set", "--tenant", "t"]).is_err());
+        assert!(parse(&["outbound-policy", "set", "--action", "block"]).is_err());
+    }
+
+    #[test]
+    fn speed_bump_steps_are_checked_locally() {
+        let steps = speed_bump_steps(&["2026-12-01=30%".into(), "2026-11-01=5".into()]).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                moat_proto::SpeedBumpStep {
+                    date: "2026-11-01".into(),
+                    percent: 5,
+                },
+                moat_proto::SpeedBumpStep {
+                    date: "2026-12-01".into(),
+                    percent: 30,
+                },
+            ]
+        );
+        for bad in ["2026-11-31=1", "2026-11-01=101", "2026-11-01", "tomorrow=5"] {
+            let err = speed_bump_steps(&["2026-10-01=1".into(), bad.into()]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
+        }
+        let dup = speed_bump_steps(&["2026-11-01=5".into(), "2026-11-01=10".into()]).unwrap_err();
+        assert_eq!(dup.exit_code(), 2);
+        assert!(dup.to_string().contains("2026-11-01"), "{dup}");
+        let cmd = parse(&["tls", "speed-bump", "set", "2026-02-30=5"])
+            .unwrap()
+            .command;
+        assert_eq!(check_local(&cmd).unwrap_err().exit_code(), 2);
+        assert!(speed_bump_steps(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tls_report_renders_both_tables_and_kebab_case_json() {
+        let mut r = ReadReply {
+            tls_usage: vec![moat_proto::TlsUsage {
+                day: "2026-11-02".into(),
+                tenant: "contoso.com".into(),
+                listener: "submission".into(),
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                sessions: 12,
+                messages: 30,
+            }],
+            legacy_clients: vec![moat_proto::LegacyClient {
+                day: "2026-11-02".into(),
+                tenant: "contoso.com".into(),
+                client_ip: "192.0.2.7".into(),
+                user: String::new(),
+                version: "TLSv1".into(),
+                sessions: 2,
+                messages: 1,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            tls_usage_json(&r.tls_usage[0]),
+            json!({
+                "day": "2026-11-02",
+                "tenant": "contoso.com",
+                "listener": "submission",
+                "version": "TLSv1.3",
+                "cipher": "TLS13_AES_128_GCM_SHA256",
+                "sessions": 12,
+                "messages": 30,
+            })
+        );
+        assert_eq!(
+            tls_report_json(&r),
+            json!({
+                "usage": [tls_usage_json(&r.tls_usage[0])],
+                "legacy-clients": [{
+                    "day": "2026-11-02",
+                    "tenant": "contoso.com",
+                    "client-ip": "192.0.2.7",
+                    "user": "",
+                    "version": "TLSv1",
+                    "sessions": 2,
+                    "messages": 1,
+                }],
+            })
+        );
+        let text = render_tls_report(&r);
+        assert!(text.starts_with(
+            "DAY         TENANT       LISTENER    VERSION  CIPHER                    SESSIONS  MESSAGES\n"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "\n\nClients on TLS 1.0/1.1:\n\
+             DAY         TENANT       CLIENT-IP  USER    VERSION  SESSIONS  MESSAGES\n\
+             2026-11-02  contoso.com  192.0.2.7  <none>  TLSv1    2         1\n"
+            ),
+            "{text}"
+        );
+        r.legacy_clients.clear();
+        assert!(render_tls_report(&r)
+            .ends_with("\n\nClients on TLS 1.0/1.1:\nNo legacy TLS clients.\n"));
+    }
+
+    #[test]
+    fn restricted_entities_show_until() {
+        let mut r = moat_proto::RestrictedEntity {
+            tenant: "t".into(),
+            kind: "user".into(),
+            name: "a@t".into(),
+            reason: "over the daily limit".into(),
+            since_ms: 1_000,
+            until_ms: 0,
+        };
+        assert_eq!(restricted_row(&r)[4], "-");
+        assert_eq!(restricted_json(&r)["until"], Value::Null);
+        r.until_ms = 86_400_000;
+        assert_eq!(restricted_row(&r)[4], "1970-01-02T00:00:00Z");
+        assert_eq!(restricted_json(&r)["until"], "1970-01-02T00:00:00Z");
+        assert_eq!(RESTRICTED_HEADERS[4], "UNTIL");
+    }
+
+    #[test]
+    fn unblock_finds_the_tenant_of_a_restricted_entity() {
+        let entity = |tenant: &str, kind: &str, name: &str| moat_proto::RestrictedEntity {
+            tenant: tenant.into(),
+            kind: kind.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let list = vec![
+            entity("a.test", "user", "bob@a.test"),
+            entity("a.test", "connector", "Partner"),
+            entity("b.test", "connector", "Partner"),
+        ];
+        assert_eq!(
+            find_restricted(&list, "user", "Bob@A.test").unwrap(),
+            ("a.test".to_string(), "bob@a.test".to_string())
+        );
+        let missing = find_restricted(&list, "user", "x@a.test").unwrap_err();
+        assert_eq!(missing.exit_code(), 1);
+        assert_eq!(missing.to_string(), "user x@a.test is not restricted");
+        // Connector names are exact, and may be ambiguous across tenants.
+        assert!(find_restricted(&list, "connector", "partner").is_err());
+        let both = find_restricted(&list, "connector", "Partner").unwrap_err();
+        assert!(both.to_string().contains("pass --tenant"), "{both}");
+        assert!(find_restricted(&list, "connector", "bob@a.test").is_err());
+    }
+
+    #[test]
+    fn outbound_policy_and_alerts_render() {
+        let p = merge_outbound(
+            Some(moat_proto::OutboundPolicy {
+                tenant: "t".into(),
+                recipients_per_hour: 500,
+                recipients_per_day: 2000,
+                action: "block-for-today".into(),
+            }),
+            None,
+            Some(0),
+            Some("alert-only".into()),
+            "t".into(),
+        );
+        assert_eq!(p.recipients_per_hour, 500);
+        assert_eq!(p.recipients_per_day, 0);
+        assert_eq!(p.action, "alert-only");
+        assert_eq!(
+            merge_outbound(None, Some(5), None, None, "t".into()).action,
+            ""
+        );
+        assert_eq!(
+            outbound_json(&p),
+            json!({"tenant": "t", "recipients-per-hour": 500, "recipients-per-day": 0,
+                "action": "alert-only"})
+        );
+        assert_eq!(outbound_row(&p), vec!["t", "500", "0", "alert-only"]);
+        let a = moat_proto::Alert {
+            at_ms: 1_000,
+            tenant: "t".into(),
+            severity: "warning".into(),
+            title: "User blocked".into(),
+            detail: "a@t\nover the limit".into(),
+        };
+        assert_eq!(
+            alert_row(&a),
+            vec![
+                "1970-01-01T00:00:01Z",
+                "t",
+                "warning",
+                "User blocked",
+                "a@t over the limit"
+            ]
+        );
+        assert_eq!(alert_json(&a)["at-ms"], 1_000);
+    }
+
+    #[test]
+    fn put_user_rejects_bad_endpoints_without_retrying() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(put_user(vec![], "tok", "t", "a@t", "pw"))
+            .unwrap_err();
+        assert!(err.contains("no control-plane endpoint"), "{err}");
+        let err = rt
+            .block_on(put_user(
+                vec!["http://bad host".into()],
+                "tok",
+                "t",
+                "a@t",
+                "pw",
+            ))
+            .unwrap_err();
+        assert!(err.contains("invalid endpoint"), "{err}");
+        let err = rt
+            .block_on(put_user(
+                vec!["127.0.0.1:1".into()],
+                "bad\ntoken",
+                "t",
+                "a@t",
+                "pw",
+            ))
+            .unwrap_err();
+        assert!(err.contains("token"), "{err}");
     }
 }

@@ -142,6 +142,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if cfg.listeners.is_empty() {
         let at = |kind, port| ListenerConfig {
             kind,
+            name: None,
             address: ([127, 0, 0, 1], port).into(),
             proxy_protocol: false,
             tls: None,
@@ -154,6 +155,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             at(ListenerKind::Submission, args.submission_port),
             at(ListenerKind::Smtps, args.smtps_port),
             ListenerConfig {
+                name: Some("legacy-submission".into()),
                 tls_min_version: TlsVersion::Tls10,
                 legacy_tls: LegacyTls::OptIn,
                 ..at(ListenerKind::Submission, args.legacy_port)
@@ -249,7 +251,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The demo user, with a password made on first start.
     let password = ensure_secret(&data.join("demo-password"), "", 12)?;
     crate::admin::put_user(
-        control_addrs.iter().map(|a| format!("http://{a}")).collect(),
+        control_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect(),
         &token,
         "example.test",
         DEMO_USER,
@@ -286,7 +291,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })?;
     let mut listeners = serde_json::Map::new();
     for (l, addr) in edge.listeners() {
-        listeners.insert(listener_name(&l).into(), addr.to_string().into());
+        listeners.insert(l.name().into(), addr.to_string().into());
     }
     let mut edges = vec![EdgeEndpoints {
         id: node,
@@ -322,6 +327,7 @@ kind = "smtps"
 address = "127.0.0.1:{smtps}"
 [[listener]]
 kind = "submission"
+name = "legacy-submission"
 address = "127.0.0.1:{legacy}"
 tls-min-version = "1.0"
 legacy-tls = "opt-in"
@@ -420,16 +426,16 @@ path = {maildir:?}
         .to_owned();
     println!("Moat dev is running.");
     for (kind, addr) in &listeners {
-        println!("  {kind:<11} {}", addr.as_str().unwrap_or_default());
+        println!("  {kind:<17} {}", addr.as_str().unwrap_or_default());
     }
-    println!("  CA          {}", ca.display());
+    println!("  CA                {}", ca.display());
     if let Some(m) = &maildir {
-        println!("  maildir     {}", m.display());
+        println!("  maildir           {}", m.display());
     }
-    println!("  control     {}", control_addrs.join(", "));
-    println!("  endpoints   {}", path.display());
-    println!("  demo tenant example.test");
-    println!("  demo user   {DEMO_USER}  password {password}");
+    println!("  control           {}", control_addrs.join(", "));
+    println!("  endpoints         {}", path.display());
+    println!("  demo tenant       example.test");
+    println!("  demo user         {DEMO_USER}  password {password}");
     println!(
         "Administer it (token in {}):",
         data.join("admin-token").display()
@@ -502,15 +508,6 @@ async fn edge_version(status: &str) -> u64 {
         .ok()
         .and_then(|v| v["policy"]["version"].as_u64())
         .unwrap_or(0)
-}
-
-/// The key of a listener in `endpoints.json`: its kind, or `legacy-submission` for a
-/// submission listener that takes TLS 1.0/1.1.
-fn listener_name(l: &ListenerConfig) -> &'static str {
-    match (l.kind, l.tls_min_version) {
-        (ListenerKind::Submission, TlsVersion::Tls10 | TlsVersion::Tls11) => "legacy-submission",
-        (kind, _) => kind.as_str(),
-    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

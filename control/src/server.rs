@@ -966,7 +966,10 @@ impl v1::admin_server::Admin for Services {
                 let tenant = tenant_id(&u.tenant)?;
                 who.may_change(&tenant)?;
                 let kind = EntityKind::parse(&u.kind).ok_or_else(|| {
-                    bad(format!("`{}` is not an entity kind (user, connector)", u.kind))
+                    bad(format!(
+                        "`{}` is not an entity kind (user, connector)",
+                        u.kind
+                    ))
                 })?;
                 if u.reason.trim().is_empty() {
                     return Err(bad("unblocking needs a reason (--reason)"));
@@ -1304,15 +1307,17 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
             }
             reply.tls_usage = rows(&state.tls_usage, &first, &r.tenant)
                 .into_iter()
-                .map(|(day, tenant, [listener, version, cipher], t)| v1::TlsUsage {
-                    day,
-                    tenant,
-                    listener: listener.into(),
-                    version: version.into(),
-                    cipher: cipher.into(),
-                    sessions: t.sessions,
-                    messages: t.messages,
-                })
+                .map(
+                    |(day, tenant, [listener, version, cipher], t)| v1::TlsUsage {
+                        day,
+                        tenant,
+                        listener: listener.into(),
+                        version: version.into(),
+                        cipher: cipher.into(),
+                        sessions: t.sessions,
+                        messages: t.messages,
+                    },
+                )
                 .collect();
             reply.legacy_clients = rows(&state.legacy_clients, &first, &r.tenant)
                 .into_iter()

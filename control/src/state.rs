@@ -708,7 +708,10 @@ impl State {
                 self.prune_report(today);
                 let day = day_string(today);
                 let (table, mut row) = if scope == signal::TLS {
-                    (&mut self.tls_usage, format!("{day}|{key}|{}", dims.join("|")))
+                    (
+                        &mut self.tls_usage,
+                        format!("{day}|{key}|{}", dims.join("|")),
+                    )
                 } else {
                     (
                         &mut self.legacy_clients,
@@ -1037,7 +1040,15 @@ mod tests {
 
     fn with_user(limits: OutboundPolicy) -> State {
         let mut s = State::default();
-        s.apply(1, &p(1, Command::PutTenant { tenant: tenant("a", &["a.test"]) }));
+        s.apply(
+            1,
+            &p(
+                1,
+                Command::PutTenant {
+                    tenant: tenant("a", &["a.test"]),
+                },
+            ),
+        );
         let user = User {
             tenant: TenantId::new("a").unwrap(),
             address: "u@a.test".into(),
@@ -1077,7 +1088,10 @@ mod tests {
         let r = &s.restricted[0];
         assert_eq!((r.kind, r.name.as_str()), (EntityKind::User, "u@a.test"));
         assert_eq!(r.until_ms, Some(20_416 * 86_400_000));
-        assert_eq!(s.policy_version, 6, "a restriction changes policy (was {v})");
+        assert_eq!(
+            s.policy_version, 6,
+            "a restriction changes policy (was {v})"
+        );
         assert_eq!(s.alerts.len(), 1);
         assert_eq!(s.alerts[0].title, "User restricted from sending email");
         // More traffic does not restrict twice.
@@ -1105,10 +1119,20 @@ mod tests {
         assert!(s.apply(4, &p(10, unblock())).result.is_err());
         s.apply(
             5,
-            &p(20, signals("e1", 1, &[(signal::USER, "u@a.test", signal::RECIPIENTS, 2)])),
+            &p(
+                20,
+                signals(
+                    "e1",
+                    1,
+                    &[(signal::USER, "u@a.test", signal::RECIPIENTS, 2)],
+                ),
+            ),
         );
         assert_eq!(s.restricted.len(), 1);
-        assert_eq!(s.restricted[0].until_ms, None, "block lasts until unblocked");
+        assert_eq!(
+            s.restricted[0].until_ms, None,
+            "block lasts until unblocked"
+        );
         let o = s.apply(6, &p(30, unblock()));
         assert_eq!(o.result.unwrap(), "user u@a.test unblocked: checked");
         assert!(s.restricted.is_empty());
@@ -1155,13 +1179,25 @@ mod tests {
             ),
         );
         let key = "2025-11-23|a|submission|TLSv1.0|X";
-        assert_eq!(s.tls_usage[key], Tally { sessions: 2, messages: 3 });
+        assert_eq!(
+            s.tls_usage[key],
+            Tally {
+                sessions: 2,
+                messages: 3
+            }
+        );
         assert_eq!(
             s.legacy_clients["2025-11-23|a|192.0.2.1|u@a.test|TLSv1.0"].sessions,
             2
         );
         // 90 days later the first day is gone.
-        s.apply(2, &p(day + 90 * 86_400_000, signals("e1", 2, &[(signal::TLS, "a", &v10, 1)])));
+        s.apply(
+            2,
+            &p(
+                day + 90 * 86_400_000,
+                signals("e1", 2, &[(signal::TLS, "a", &v10, 1)]),
+            ),
+        );
         assert!(!s.tls_usage.contains_key(key));
         assert_eq!(s.tls_usage.len(), 1);
     }

@@ -110,11 +110,7 @@ impl Throttle {
     }
 }
 
-fn prune<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Failures>,
-    now: Instant,
-    window: Duration,
-) {
+fn prune<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Failures>, now: Instant, window: Duration) {
     if map.len() > MAX_ENTRIES {
         map.retain(|_, f| now.duration_since(f.last) < window);
     }
@@ -160,7 +156,10 @@ mod tests {
         assert!(!t.blocked(ip, "b", now));
         t.failed(ip, "b", now);
         t.failed(ip, "c", now);
-        assert!(t.blocked(ip, "d", now), "the address is locked for every user");
+        assert!(
+            t.blocked(ip, "d", now),
+            "the address is locked for every user"
+        );
         assert!(!t.blocked(other, "d", now));
         let later = now + Duration::from_secs(61);
         assert!(!t.blocked(ip, "a", later));

@@ -29,6 +29,7 @@
 //!
 //! [[listener]]
 //! kind = "mx"                     # mx | submission | smtps
+//! name = "mx"                     # in logs, Received: and the TLS report; default: the kind
 //! address = "0.0.0.0:25"
 //! proxy-protocol = false          # expect a PROXY v1/v2 header first
 //! tls-min-version = "1.2"         # "1.0" or "1.1" adds the OpenSSL engine for legacy clients
@@ -250,6 +251,9 @@ impl ListenerKind {
 pub struct ListenerConfig {
     /// What the listener speaks.
     pub kind: ListenerKind,
+    /// The listener's name in logs and the TLS usage report; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Address to bind.
     pub address: SocketAddr,
     /// Expect a PROXY protocol v1/v2 header before SMTP.
@@ -267,6 +271,13 @@ pub struct ListenerConfig {
     /// This listener's own limits; every key left out takes the edge-wide `[limits]` value.
     #[serde(default)]
     pub limits: ListenerLimits,
+}
+
+impl ListenerConfig {
+    /// The listener's name: `name`, or its kind.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind.as_str())
+    }
 }
 
 /// Per-listener limit overrides (`[listener.limits]`).

@@ -48,10 +48,7 @@ pub enum Hello {
 pub fn classify(buf: &[u8]) -> Option<Hello> {
     const HANDSHAKE: u8 = 0x16;
     const CLIENT_HELLO: u8 = 1;
-    let Some(&first) = buf.first() else {
-        return None;
-    };
-    if first != HANDSHAKE {
+    if *buf.first()? != HANDSHAKE {
         return Some(Hello::NotTls);
     }
     if buf.len() < 5 {

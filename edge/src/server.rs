@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::Throttle;
-use crate::config::{EdgeConfig, LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsVersion};
+use crate::config::{
+    EdgeConfig, LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsVersion,
+};
 use crate::control::Counters;
 use crate::legacy::LegacyEngine;
 use crate::proxy;
@@ -381,7 +383,7 @@ impl Listener {
             id: self.admission.next_id(),
             peer,
             local,
-            listener: self.cfg.kind.as_str().to_owned(),
+            listener: self.cfg.name().to_owned(),
             tls: None,
             helo: None,
             auth: None,

@@ -2,8 +2,8 @@
 
 use moat_shared::time::{day_string, parse_day};
 use moat_shared::{
-    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind,
-    PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
+    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind, PolicySnapshot,
+    RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
 };
 
 use crate::v1;

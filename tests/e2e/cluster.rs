@@ -271,7 +271,7 @@ impl Drop for Cluster {
 }
 
 /// `/readyz` of an edge, or `None` while it does not answer.
-fn readyz(status: &str) -> Option<serde_json::Value> {
+pub(crate) fn readyz(status: &str) -> Option<serde_json::Value> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(status).ok()?;
     s.write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\n\r\n")
@@ -282,13 +282,13 @@ fn readyz(status: &str) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
-fn policy_version(status: &str) -> u64 {
+pub(crate) fn policy_version(status: &str) -> u64 {
     readyz(status)
         .and_then(|v| v["policy"]["version"].as_u64())
         .unwrap_or(0)
 }
 
-fn wait_edge_version(status: &str, at_least: u64, within: Duration) -> Duration {
+pub(crate) fn wait_edge_version(status: &str, at_least: u64, within: Duration) -> Duration {
     let t0 = Instant::now();
     while policy_version(status) < at_least {
         assert!(

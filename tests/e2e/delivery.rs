@@ -69,6 +69,12 @@ fn smtplib_matrix() {
         .args(["--mx", &dev.listener("mx")])
         .args(["--submission", &dev.listener("submission")])
         .args(["--smtps", &dev.listener("smtps")])
+        .args([
+            "--user",
+            &dev.demo_user(),
+            "--password",
+            &dev.demo_password(),
+        ])
         .args(["--to", "alice@example.test"]));
     assert!(ok, "smtplib matrix failed:\n{out}\n{err}");
     let mut cases = Vec::new();
@@ -179,6 +185,10 @@ fn busy_port_names_the_flag() {
             "--mx-port",
             "0",
             "--smtps-port",
+            "0",
+            "--legacy-port",
+            "0",
+            "--control-port",
             "0",
             "--submission-port",
             &port,

@@ -44,6 +44,8 @@ pub const ANY_PORTS: &[&str] = &[
     "0",
     "--smtps-port",
     "0",
+    "--legacy-port",
+    "0",
     "--control-port",
     "0",
 ];
@@ -121,6 +123,22 @@ impl Dev {
         self.endpoints["edges"][0]["listeners"][kind]
             .as_str()
             .unwrap_or_else(|| panic!("no {kind} listener in {}", self.endpoints))
+            .to_owned()
+    }
+
+    /// The demo SMTP AUTH user `moat dev` created.
+    pub fn demo_user(&self) -> String {
+        self.endpoints["demo"]["user"]
+            .as_str()
+            .expect("demo.user")
+            .to_owned()
+    }
+
+    /// The demo user's password.
+    pub fn demo_password(&self) -> String {
+        self.endpoints["demo"]["password"]
+            .as_str()
+            .expect("demo.password")
             .to_owned()
     }
 

@@ -12,4 +12,5 @@ mod harness;
 mod delivery;
 mod limits;
 mod next_hop;
+mod submission;
 mod tls_proxy;

@@ -10,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::client::{stuff, tls_config, tls_config_with_client_cert, Client};
 use crate::harness::{run, runtime, Dev, TempDir, ANY_PORTS};
+use base64::Engine as _;
 
 /// A CA that can issue certificates.
 struct Ca {
@@ -292,7 +293,7 @@ tls = {{ cert = "{}", key = "{}" }}
         dir.0.join("sub.crt").display(),
         dir.0.join("sub.key").display()
     );
-    let dev = Dev::start_in(&dir.0, Some(&config), &[]);
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
     let (mx, submission) = (dev.listener("mx"), dev.listener("submission"));
     runtime().block_on(async {
         let (mut c, _) = Client::connect(&mx).await.expect("connect");
@@ -309,11 +310,18 @@ tls = {{ cert = "{}", key = "{}" }}
             .expect("submission tls");
         let ehlo = c.cmd("EHLO c.test").await.expect("ehlo");
         assert!(ehlo.contains("250-SIZE 52428800\n"), "{ehlo}");
-        assert!(c
-            .cmd("MAIL FROM:<a@example.test>")
+        let plain = base64::engine::general_purpose::STANDARD.encode(format!(
+            "\0{}\0{}",
+            dev.demo_user(),
+            dev.demo_password()
+        ));
+        let r = c.cmd(&format!("AUTH PLAIN {plain}")).await.expect("auth");
+        assert!(r.starts_with("235 2.7.0"), "{r}");
+        let r = c
+            .cmd(&format!("MAIL FROM:<{}>", dev.demo_user()))
             .await
-            .expect("mail")
-            .starts_with("250"));
+            .expect("mail");
+        assert!(r.starts_with("250"), "{r}");
         for n in 0..7 {
             let r = c
                 .cmd(&format!("RCPT TO:<u{n}@example.test>"))

@@ -125,9 +125,10 @@ pub fn parse(line: &[u8]) -> Result<Command, Code> {
         "AUTH" => {
             let mut words = rest.split_ascii_whitespace();
             match (words.next(), words.next(), words.next()) {
-                (Some(m), initial, None) => {
-                    Ok(Command::Auth(m.to_ascii_uppercase(), initial.map(str::to_owned)))
-                }
+                (Some(m), initial, None) => Ok(Command::Auth(
+                    m.to_ascii_uppercase(),
+                    initial.map(str::to_owned),
+                )),
                 _ => Err(reply::SYNTAX_PARAMS),
             }
         }

@@ -200,7 +200,10 @@ async fn authenticate(
 ) -> Reply {
     let login = login.to_lowercase();
     let ip = facts.peer.ip();
-    if shared.throttle.blocked(ip, &login, std::time::Instant::now()) {
+    if shared
+        .throttle
+        .blocked(ip, &login, std::time::Instant::now())
+    {
         shared.counters.add(signal::AUTH, "-", "throttled", 1);
         tracing::info!(session = %facts.id, %login, "AUTH throttled");
         return reply::AUTH_THROTTLED.into();
@@ -343,7 +346,9 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                         }
                         if !user.is_empty() {
                             let n = std::mem::take(&mut track.rcpts);
-                            shared.counters.add(signal::USER, user, signal::RECIPIENTS, n);
+                            shared
+                                .counters
+                                .add(signal::USER, user, signal::RECIPIENTS, n);
                         }
                     }
                     session.resolve(r, SystemTime::now());

@@ -623,7 +623,10 @@ fn auth_login_and_plain_without_initial_response() {
     h.cmd("AUTH PLAIN", "334");
     h.cmd("not base64!", "501 5.5.2");
     h.cmd("AUTH CRAM-MD5", "504 5.5.4");
-    h.cmd(&format!("AUTH LOGIN {}", b64("alice@example.test")), "334 UGFzc3dvcmQ6");
+    h.cmd(
+        &format!("AUTH LOGIN {}", b64("alice@example.test")),
+        "334 UGFzc3dvcmQ6",
+    );
     h.cmd(&b64("right"), "235");
 }
 

@@ -250,7 +250,7 @@ def case_submission_starttls(cfg: Config, out: Outcome) -> None:
     try:
         if cfg.user is not None:
             smtp.login(cfg.user, cfg.password or "")
-        check_sendmail(smtp.sendmail(SENDER, out.rcpt, out.body))
+        check_sendmail(smtp.sendmail(cfg.user or SENDER, out.rcpt, out.body))
     finally:
         quit_quietly(smtp)
     out.detail = f"{pre}; delivered over {version}"
@@ -271,7 +271,7 @@ def case_smtps_implicit(cfg: Config, out: Outcome) -> None:
         smtp.ehlo()
         if cfg.user is not None and smtp.has_extn("auth"):
             smtp.login(cfg.user, cfg.password or "")
-        check_sendmail(smtp.sendmail(SENDER, out.rcpt, out.body))
+        check_sendmail(smtp.sendmail(cfg.user or SENDER, out.rcpt, out.body))
     finally:
         quit_quietly(smtp)
     out.detail = f"delivered over implicit {version}"
