@@ -326,6 +326,21 @@ fn auth_rules() {
         &["--implicit", "--mech", "LOGIN", "--to", "bob@example.test"],
     )[0];
     assert_eq!(code(login, "data"), 250, "{login}");
+    // swaks, AUTH LOGIN over STARTTLS.
+    let (ok, out, err) = run(Command::new("swaks")
+        .args(["--server", &submission, "--tls", "--auth", "LOGIN"])
+        .args([
+            "--auth-user",
+            &dev.demo_user(),
+            "--auth-password",
+            &dev.demo_password(),
+        ])
+        .args(["--from", &dev.demo_user(), "--to", "bob@example.test"])
+        .args(["--header", "X-Via: swaks"]));
+    assert!(ok, "swaks failed:\n{out}\n{err}");
+    assert!(out.contains("<~  235 2.7.0"), "{out}");
+    let stored = dev.messages_with_header("To: bob@example.test");
+    assert_eq!(stored.len(), 1, "swaks message");
     let stored = dev.messages_with_header("To: <bob@example.test>");
     assert_eq!(stored.len(), 2);
     assert!(String::from_utf8_lossy(&stored[0]).contains("with ESMTPSA id"));
