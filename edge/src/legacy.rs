@@ -8,10 +8,9 @@
 //! signatures are inherent to TLS 1.0/1.1) and with the ECDHE CBC suites only: never 3DES, RC4,
 //! static RSA key exchange or export suites. Both engines report the same [`TlsFacts`].
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openssl::ssl::{
@@ -206,27 +205,9 @@ pub fn acceptor(cfg: &TlsConfig, min: TlsVersion) -> Result<SslAcceptor, TlsErro
 impl LegacyEngine {
     /// Loads the files now (failing if they are bad) and starts watching them.
     pub fn load_and_watch(cfg: TlsConfig, min: TlsVersion) -> Result<Self, TlsError> {
-        let current = Arc::new(ArcSwap::from_pointee(acceptor(&cfg, min)?));
-        let watched = current.clone();
-        tokio::spawn(async move {
-            let mut seen = stamps(&cfg);
-            let mut tick = tokio::time::interval(cfg.reload_interval);
-            loop {
-                tick.tick().await;
-                let now = stamps(&cfg);
-                if now == seen {
-                    continue;
-                }
-                match acceptor(&cfg, min) {
-                    Ok(a) => {
-                        watched.store(Arc::new(a));
-                        seen = now;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "legacy TLS reload failed"),
-                }
-            }
-        });
-        Ok(Self { current })
+        Ok(Self {
+            current: crate::tls::load_and_watch(cfg, move |c| acceptor(c, min))?,
+        })
     }
 
     /// Runs the OpenSSL handshake.
@@ -244,14 +225,6 @@ impl LegacyEngine {
             Err(_) => Err("legacy TLS handshake timed out".into()),
         }
     }
-}
-
-fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
-    [Some(&cfg.cert), Some(&cfg.key), cfg.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
 }
 
 /// The facts of an established OpenSSL connection, named as rustls names them.

@@ -99,35 +99,45 @@ impl std::fmt::Debug for Certificates {
     }
 }
 
+/// Builds `T` from the certificate files now (failing if they are bad), then rebuilds it
+/// whenever they change. A half-written secret is common during rotation: a failed rebuild
+/// keeps the old value and is retried at the next tick.
+pub fn load_and_watch<T: Send + Sync + 'static>(
+    cfg: TlsConfig,
+    build: impl Fn(&TlsConfig) -> Result<T, TlsError> + Send + 'static,
+) -> Result<Arc<ArcSwap<T>>, TlsError> {
+    let current = Arc::new(ArcSwap::from_pointee(build(&cfg)?));
+    let watched = current.clone();
+    tokio::spawn(async move {
+        let mut seen = stamps(&cfg);
+        let mut tick = tokio::time::interval(cfg.reload_interval);
+        loop {
+            tick.tick().await;
+            let now = stamps(&cfg);
+            if now == seen {
+                continue;
+            }
+            match build(&cfg) {
+                Ok(c) => {
+                    watched.store(Arc::new(c));
+                    seen = now;
+                    tracing::info!(cert = %cfg.cert.display(), "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS reload failed; keeping the old certificate")
+                }
+            }
+        }
+    });
+    Ok(current)
+}
+
 impl Certificates {
     /// Loads the files now (failing if they are bad) and starts watching them.
     pub fn load_and_watch(cfg: TlsConfig) -> Result<Self, TlsError> {
-        let current = Arc::new(ArcSwap::from_pointee(server_config(&cfg)?));
-        let watched = current.clone();
-        tokio::spawn(async move {
-            let mut seen = stamps(&cfg);
-            let mut tick = tokio::time::interval(cfg.reload_interval);
-            loop {
-                tick.tick().await;
-                let now = stamps(&cfg);
-                if now == seen {
-                    continue;
-                }
-                match server_config(&cfg) {
-                    Ok(c) => {
-                        watched.store(Arc::new(c));
-                        seen = now;
-                        tracing::info!(cert = %cfg.cert.display(), "TLS certificate reloaded");
-                    }
-                    // A half-written secret is common during rotation: keep serving the old
-                    // certificate and try again at the next tick.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS reload failed; keeping the old certificate")
-                    }
-                }
-            }
-        });
-        Ok(Self { current })
+        Ok(Self {
+            current: load_and_watch(cfg, server_config)?,
+        })
     }
 
     /// An acceptor with the current settings.

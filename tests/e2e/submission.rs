@@ -23,6 +23,21 @@ fn admin(dev: &Dev, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
+/// Sets `allow-legacy-tls-clients` of the demo tenant and waits for every edge to enforce it.
+fn allow_legacy(dev: &Dev, on: bool) {
+    admin_applied(
+        dev,
+        &[
+            "transport-config",
+            "set",
+            "--tenant",
+            "example.test",
+            "--allow-legacy-tls-clients",
+            if on { "true" } else { "false" },
+        ],
+    );
+}
+
 /// An admin write, then every edge of `dev` enforcing it.
 fn admin_applied(dev: &Dev, args: &[&str]) {
     let reply = admin(dev, args);
@@ -152,17 +167,7 @@ fn one_listener_two_engines() {
     );
 
     // smtplib at every version on the legacy port: the engine shows in the suite's name.
-    admin_applied(
-        &dev,
-        &[
-            "transport-config",
-            "set",
-            "--tenant",
-            "example.test",
-            "--allow-legacy-tls-clients",
-            "true",
-        ],
-    );
+    allow_legacy(&dev, true);
     for (tls, want) in [
         ("TLSv1", "TLSv1"),
         ("TLSv1_1", "TLSv1.1"),
@@ -254,19 +259,6 @@ fn opt_in_endpoint_follows_the_tenant_flag_on_every_edge() {
         edge_listener(&dev, 0, "legacy-submission"),
         edge_listener(&dev, 1, "legacy-submission"),
     ];
-    let set = |on: &str| {
-        admin_applied(
-            &dev,
-            &[
-                "transport-config",
-                "set",
-                "--tenant",
-                "example.test",
-                "--allow-legacy-tls-clients",
-                on,
-            ],
-        )
-    };
     for e in &endpoints {
         for tls in ["TLSv1", "TLSv1_3"] {
             let s = &submit(&dev, e, tls, 1, &["--to", "alice@example.test"])[0];
@@ -280,7 +272,7 @@ fn opt_in_endpoint_follows_the_tenant_flag_on_every_edge() {
             );
         }
     }
-    set("true");
+    allow_legacy(&dev, true);
     for e in &endpoints {
         let s = &submit(&dev, e, "TLSv1", 1, &["--to", "alice@example.test"])[0];
         assert_eq!(
@@ -289,7 +281,7 @@ fn opt_in_endpoint_follows_the_tenant_flag_on_every_edge() {
             "{s}"
         );
     }
-    set("false");
+    allow_legacy(&dev, false);
     for e in &endpoints {
         let s = &submit(&dev, e, "TLSv1", 1, &["--to", "alice@example.test"])[0];
         assert_eq!(code(s, "auth"), 550, "{s}");
@@ -507,17 +499,7 @@ fn tls_report_shows_exactly_the_sessions_made() {
     let dev = Dev::start(None);
     let legacy = edge_listener(&dev, 0, "legacy-submission");
     let submission = edge_listener(&dev, 0, "submission");
-    admin_applied(
-        &dev,
-        &[
-            "transport-config",
-            "set",
-            "--tenant",
-            "example.test",
-            "--allow-legacy-tls-clients",
-            "true",
-        ],
-    );
+    allow_legacy(&dev, true);
     let made = [
         (&legacy, "TLSv1", 2, "TLSv1.0"),
         (&legacy, "TLSv1_1", 1, "TLSv1.1"),
