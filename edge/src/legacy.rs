@@ -197,7 +197,9 @@ pub fn acceptor(cfg: &TlsConfig, min: TlsVersion) -> Result<SslAcceptor, TlsErro
         // must chain to the bundle.
         b.set_ca_file(ca).map_err(ssl_err(ca))?;
         b.set_client_ca_list(X509Name::load_client_ca_file(ca).map_err(ssl_err(ca))?);
-        b.set_verify(SslVerifyMode::PEER);
+        // As with rustls, an invalid chain does not fail the handshake: [`facts`] keeps its
+        // names only when OpenSSL's verification succeeded.
+        b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
     }
     Ok(b.build())
 }
@@ -240,8 +242,10 @@ pub fn facts(ssl: &SslRef) -> TlsFacts {
         .current_cipher()
         .map(|c| c.standard_name().unwrap_or(c.name()).to_owned())
         .unwrap_or_default();
+    let verified = ssl.verify_result() == openssl::x509::X509VerifyResult::OK;
     let client_domains = ssl
         .peer_certificate()
+        .filter(|_| verified)
         .and_then(|c| c.to_der().ok())
         .map(|der| crate::tls::certificate_domains(&der))
         .unwrap_or_default();

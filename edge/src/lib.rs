@@ -14,7 +14,8 @@
 //! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
 //! - [`auth`]: SMTP AUTH password checks and the failure throttle.
 //! - [`session`]: the sans-IO SMTP machine and its tokio driver.
-//! - [`verdict`]: pure policy decisions over a snapshot.
+//! - [`verdict`]: pure policy decisions over a snapshot: connectors, relay, restrictions.
+//! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
 //! - [`control`]: the link to the control plane: policy watch and counter reports.
 //! - [`status`]: `/healthz` and `/readyz` on the status port.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod headers;
 pub mod legacy;
 pub mod proxy;
 pub mod relay;

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -54,8 +57,70 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The server settings and, when client certificates are requested, the verifier that decides
+/// whether a presented chain is valid.
+pub struct Loaded {
+    /// The rustls settings.
+    pub config: Arc<ServerConfig>,
+    /// Checks a client's chain against `client-ca`.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// Accepts any client certificate during the handshake (its signature over the handshake is
+/// still checked), so that a sender whose chain does not validate, a missing intermediate for
+/// instance, gets an SMTP answer (`550 5.7.64` when it wanted to relay) instead of a failed
+/// handshake; the chain is judged after the handshake by [`facts`], and only a valid chain's
+/// names count.
+#[derive(Debug)]
+struct Lenient(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for Lenient {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Builds the server settings from the configured files.
-pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, TlsError> {
+pub fn server_config(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
     let certs = read_certs(&cfg.cert)?;
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| TlsError::File {
         path: cfg.key.clone(),
@@ -72,25 +137,31 @@ pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, TlsError> {
                     .add(c)
                     .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
             }
-            // Clients without a certificate are still served; a presented certificate must
-            // chain to the bundle in full.
+            // Clients without a certificate are still served; a presented certificate counts
+            // only if it chains to the bundle in full.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::Rustls(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            let lenient = Arc::new(Lenient(verifier.clone()));
+            (builder.with_client_cert_verifier(lenient), Some(verifier))
         }
-        None => builder.with_no_client_auth(),
+        None => (builder.with_no_client_auth(), None),
     };
-    builder
+    let (builder, verifier) = builder;
+    let config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(Loaded {
+        config: Arc::new(config),
+        verifier,
+    })
 }
 
 /// The current server settings, swapped when the files change.
 #[derive(Clone)]
 pub struct Certificates {
-    current: Arc<ArcSwap<ServerConfig>>,
+    current: Arc<ArcSwap<Loaded>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -140,9 +211,14 @@ impl Certificates {
         })
     }
 
+    /// The current settings.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
     /// An acceptor with the current settings.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+        TlsAcceptor::from(self.current.load().config.clone())
     }
 }
 
@@ -154,8 +230,9 @@ fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-/// The facts of an established server connection.
-pub fn facts(conn: &ServerConnection) -> TlsFacts {
+/// The facts of an established server connection; a client certificate's names are kept only
+/// when `verifier` accepts its chain.
+pub fn facts(conn: &ServerConnection, verifier: Option<&dyn ClientCertVerifier>) -> TlsFacts {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
@@ -171,11 +248,18 @@ pub fn facts(conn: &ServerConnection) -> TlsFacts {
                 .map_or_else(|| format!("{suite:?}"), str::to_owned)
         })
         .unwrap_or_default();
-    let client_domains = conn
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| certificate_domains(leaf))
-        .unwrap_or_default();
+    let client_domains = match (conn.peer_certificates(), verifier) {
+        (Some([leaf, intermediates @ ..]), Some(v)) => {
+            match v.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+                Ok(_) => certificate_domains(leaf),
+                Err(e) => {
+                    tracing::info!("client certificate not valid, ignored: {e}");
+                    Vec::new()
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
     TlsFacts {
         version,
         cipher,

@@ -85,6 +85,11 @@ impl CertName {
                 && n.as_bytes()[n.len() - d.len() - 1] == b'.')
     }
 
+    /// Whether this is `*.domain`.
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
     /// The domain part, without a wildcard.
     pub fn domain(&self) -> &Domain {
         &self.domain
@@ -182,6 +187,21 @@ impl Connector {
             .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
             .map(|n| n.trunc())
             .map_err(|_| ConnectorError::BadAddress(raw.to_owned()))
+    }
+
+    /// Whether `sender-domains` covers a MAIL FROM domain (`*`, the domain, or `*.parent`).
+    pub fn scopes_sender(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.sender_domains.iter().any(|s| match s.strip_prefix("*.") {
+            _ if s == "*" => true,
+            Some(parent) => {
+                domain == parent
+                    || domain
+                        .strip_suffix(parent)
+                        .is_some_and(|head| head.ends_with('.'))
+            }
+            None => *s == domain,
+        })
     }
 
     /// Parses one `sender-domains` item.

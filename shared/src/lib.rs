@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
-//! - [`connector`]: inbound connectors (Partner, OnPremises) and how they are matched.
+//! - [`connector`]: inbound connectors (Partner, OnPremises).
+//! - [`matching`]: the index that finds a session's connectors by IP and certificate.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
@@ -18,6 +19,7 @@
 
 pub mod connector;
 pub mod handle;
+pub mod matching;
 pub mod policy;
 pub mod seed;
 pub mod signal;

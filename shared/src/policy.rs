@@ -147,6 +147,10 @@ pub struct PolicySnapshot {
     version: u64,
     tenants: Vec<Tenant>,
     connectors: Vec<Connector>,
+    /// Connectors by IP network and certificate name.
+    connector_index: crate::matching::ConnectorIndex,
+    /// Each tenant's Partner connectors that scope sender domains, as positions.
+    partner_scopes: HashMap<TenantId, Vec<u32>>,
     /// Accepted domain to index into `tenants`.
     by_domain: HashMap<Domain, usize>,
     /// Tenant id to index into `tenants`.
@@ -182,6 +186,8 @@ impl PolicySnapshot {
             version,
             tenants,
             connectors: Vec::new(),
+            connector_index: Default::default(),
+            partner_scopes: HashMap::new(),
             by_domain,
             by_id: ids,
             users: HashMap::new(),
@@ -205,8 +211,50 @@ impl PolicySnapshot {
                 )));
             }
         }
+        self.connector_index = crate::matching::ConnectorIndex::new(&connectors);
+        self.partner_scopes.clear();
+        for (i, c) in connectors.iter().enumerate() {
+            if c.enabled && c.kind == crate::ConnectorKind::Partner && !c.sender_domains.is_empty()
+            {
+                self.partner_scopes
+                    .entry(c.tenant.clone())
+                    .or_default()
+                    .push(i as u32);
+            }
+        }
         self.connectors = connectors;
         Ok(self)
+    }
+
+    /// The enabled connectors whose `sender-ip-addresses` contain `ip`.
+    pub fn connectors_by_ip(&self, ip: std::net::IpAddr) -> Vec<&Connector> {
+        self.connector_index
+            .by_ip(ip)
+            .into_iter()
+            .map(|i| &self.connectors[i as usize])
+            .collect()
+    }
+
+    /// A tenant's enabled Partner connectors that scope sender domains.
+    pub fn partner_scopes(&self, tenant: &TenantId) -> Vec<&Connector> {
+        self.partner_scopes
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.connectors[i as usize])
+            .collect()
+    }
+
+    /// The enabled connectors whose certificate name covers one of these (validated) names.
+    pub fn connectors_by_certificate(&self, domains: &[String]) -> Vec<&Connector> {
+        if domains.is_empty() {
+            return Vec::new();
+        }
+        self.connector_index
+            .by_certificate(domains)
+            .into_iter()
+            .map(|i| &self.connectors[i as usize])
+            .collect()
     }
 
     /// Adds the client-submission policy: SMTP AUTH users (each of a known tenant), restricted

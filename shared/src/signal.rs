@@ -13,6 +13,11 @@ pub const TLS_LEGACY: &str = "tls-legacy";
 pub const USER: &str = "user";
 /// Recipients accepted for an authenticated user.
 pub const RECIPIENTS: &str = "recipients";
+/// Scope of inbound connectors: key = `tenant/name`, names `sessions`, `messages`,
+/// `recipients`, `bytes`, `relay` (relayed recipients), `relay-refused`, `unprovisioned`
+/// (messages whose MAIL FROM domain is not the tenant's), `mismatch` (header From domain differs
+/// from MAIL FROM's), `nexthop-4xx`, `nexthop-5xx`.
+pub const CONNECTOR: &str = "connector";
 /// Scope of SMTP AUTH outcomes on an edge: key = `-`, name = `failures`, `throttled`,
 /// `speed-bump` or `legacy-refused`.
 pub const AUTH: &str = "auth";

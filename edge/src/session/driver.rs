@@ -16,8 +16,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+use super::command::Address;
 use super::reply::{self, Reply};
 use super::{Action, Envelope, Secret, Session, SessionFacts, TlsFacts};
+use crate::headers::HeaderFrom;
 use crate::auth::{self, Throttle};
 use crate::config::LegacyTls;
 use crate::control::Counters;
@@ -126,9 +128,11 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts)
     let Some(certs) = &shared.certs else {
         return Err("no certificate configured".into());
     };
-    match timeout(limit, certs.acceptor().accept(tcp)).await {
+    let loaded = certs.current();
+    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.config.clone());
+    match timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            let facts = crate::tls::facts(tls.get_ref().1);
+            let facts = crate::tls::facts(tls.get_ref().1, loaded.verifier.as_deref());
             Ok((Io::Tls(Box::new(tls)), facts))
         }
         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
@@ -144,9 +148,77 @@ struct Tracking {
     tenant: Option<TenantId>,
     /// Recipients accepted in the open transaction.
     rcpts: u64,
+    /// The open transaction's envelope sender.
+    from: Option<Address>,
+    /// The connector (`tenant/name`) the open transaction arrived through, from its first
+    /// accepted recipient.
+    connector: Option<String>,
+    /// Connectors whose session this one was already counted in.
+    counted: Vec<String>,
+    /// Relayed recipients accepted in the open transaction.
+    relayed: u64,
+    /// Content octets of the open transaction.
+    bytes: u64,
+    /// The header From of the open transaction's message.
+    header_from: HeaderFrom,
 }
 
 impl Tracking {
+    /// A new transaction (MAIL).
+    fn open(&mut self, from: Option<Address>) {
+        self.rcpts = 0;
+        self.relayed = 0;
+        self.bytes = 0;
+        self.from = from;
+        self.connector = None;
+        self.header_from = HeaderFrom::default();
+    }
+
+    /// Counts an accepted recipient against its connector (the first one fixes the
+    /// transaction's connector and counts the session once per connector).
+    fn accepted(&mut self, shared: &Shared, a: &verdict::Accepted) {
+        self.rcpts += 1;
+        if a.relay {
+            self.relayed += 1;
+        }
+        if self.connector.is_none() {
+            if let Some(c) = &a.connector {
+                self.connector = Some(c.clone());
+                if !self.counted.contains(c) {
+                    self.counted.push(c.clone());
+                    shared.counters.add(signal::CONNECTOR, c, "sessions", 1);
+                }
+            }
+        }
+    }
+
+    /// Counts the message the next hop answered with `r`.
+    fn delivered(&mut self, shared: &Shared, snapshot: &PolicySnapshot, r: &Reply) {
+        let Some(c) = &self.connector else { return };
+        let add = |name: &str, v: u64| shared.counters.add(signal::CONNECTOR, c, name, v);
+        if !r.is_positive() {
+            add(if r.is_transient() { "nexthop-4xx" } else { "nexthop-5xx" }, 1);
+            return;
+        }
+        add("messages", 1);
+        add("recipients", self.rcpts);
+        add("bytes", self.bytes);
+        add("relay", self.relayed);
+        let from = self.from.as_ref().map(|a| a.domain.to_ascii_lowercase());
+        if let Some(from) = &from {
+            let tenant = c.split_once('/').and_then(|(t, _)| TenantId::new(t).ok());
+            let provisioned = tenant
+                .and_then(|t| snapshot.tenant_for_domain(from).map(|owner| owner.id == t))
+                .unwrap_or(false);
+            if !provisioned {
+                add("unprovisioned", 1);
+            }
+            if self.header_from.domain().is_some_and(|h| h != *from) {
+                add("mismatch", 1);
+            }
+        }
+    }
+
     /// Attributes the session to `tenant` (once) and counts it in the TLS usage report.
     fn attribute(&mut self, shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &str) {
         if self.tenant.is_none() {
@@ -240,11 +312,32 @@ async fn authenticate(
     r
 }
 
-/// The policy on MAIL: who an authenticated user may send as, restricted users, and the
-/// speed bump of listeners without AUTH.
+/// The connectors the session's client matches.
+fn client<'a>(snapshot: &'a PolicySnapshot, facts: &'a SessionFacts) -> verdict::Client<'a> {
+    let certs: &[String] = facts
+        .tls
+        .as_ref()
+        .map_or(&[], |t| t.client_domains.as_slice());
+    verdict::Client::new(snapshot, facts.peer.ip(), certs, facts.tls.is_some())
+}
+
+/// A refused relay recipient counts against the connectors the client matched, if any.
+fn count_refused_relay(shared: &Shared, snapshot: &PolicySnapshot, facts: &SessionFacts) {
+    let c = client(snapshot, facts);
+    if let Some(first) = c.by_cert.iter().chain(c.by_ip.iter()).next() {
+        let key = verdict::connector_key(first);
+        shared.counters.add(signal::CONNECTOR, &key, "relay-refused", 1);
+    }
+}
+
+/// The policy on MAIL: restricted connectors, the speed bump of listeners without AUTH, and
+/// for authenticated users restrictions and whom they may send as.
 fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Option<Reply> {
     let snapshot = shared.policy.load();
     let Some(login) = &facts.auth else {
+        if let Some(r) = verdict::mail(&snapshot, &client(&snapshot, facts), now_ms()) {
+            return Some(r);
+        }
         return speed_bump(shared, &snapshot, facts).then(|| reply::LEGACY_TLS_SPEED_BUMP.into());
     };
     let Some(user) = snapshot.user(login) else {
@@ -283,7 +376,7 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     session.resolve(r, SystemTime::now());
                 }
                 Action::Open(envelope) => {
-                    track.rcpts = 0;
+                    track.open(envelope.from.clone());
                     let r = match mail_policy(shared, session.facts(), &envelope) {
                         Some(r) => r,
                         None => match shared.next_hop.open(&envelope).await {
@@ -298,26 +391,36 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                 }
                 Action::AddRecipient(to) => {
                     let snapshot = shared.policy.load();
+                    let facts = session.facts();
                     // An authenticated user may send anywhere (submission is relay).
-                    let verdict = match session.facts().auth {
-                        Some(_) => RcptVerdict::Accept(None),
-                        None => verdict::recipient(&snapshot, &to),
-                    };
-                    let r = match verdict {
-                        RcptVerdict::Deny(r) => r,
-                        RcptVerdict::Accept(tenant) => {
-                            if let Some(t) = &tenant {
-                                track.attribute(shared, session.facts(), t, "");
-                            }
-                            match txn.as_mut() {
-                                Some(t) => t.rcpt(&to).await,
-                                None => reply::LOCAL_ERROR.into(),
-                            }
+                    let verdict = match facts.auth {
+                        Some(_) => RcptVerdict::Accept(Default::default()),
+                        None => {
+                            let client = client(&snapshot, facts);
+                            verdict::recipient(&snapshot, &client, track.from.as_ref(), &to)
                         }
                     };
-                    if r.is_positive() {
-                        track.rcpts += 1;
-                    }
+                    let r = match verdict {
+                        RcptVerdict::Deny(r) => {
+                            if r.code == reply::RELAY_DENIED.code {
+                                count_refused_relay(shared, &snapshot, facts);
+                            }
+                            r
+                        }
+                        RcptVerdict::Accept(accepted) => {
+                            if let Some(t) = &accepted.tenant {
+                                track.attribute(shared, facts, t, "");
+                            }
+                            let r = match txn.as_mut() {
+                                Some(t) => t.rcpt(&to).await,
+                                None => reply::LOCAL_ERROR.into(),
+                            };
+                            if r.is_positive() {
+                                track.accepted(shared, &accepted);
+                            }
+                            r
+                        }
+                    };
                     session.resolve(r, SystemTime::now());
                 }
                 Action::StartBody => {
@@ -329,6 +432,8 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                 }
                 Action::Body(content) => {
                     if let Some(t) = txn.as_mut() {
+                        track.bytes += content.len() as u64;
+                        track.header_from.feed(&content);
                         t.body(&content).await;
                     }
                 }
@@ -338,6 +443,7 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                         None => reply::LOCAL_ERROR.into(),
                     };
                     tracing::info!(session = %id, reply = %r.summary(), "message");
+                    track.delivered(shared, &shared.policy.load(), &r);
                     if r.is_positive() {
                         let facts = session.facts();
                         let user = facts.auth.as_deref().unwrap_or("");

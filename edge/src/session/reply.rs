@@ -115,6 +115,14 @@ codes! {
     NEXT_HOP_FAILED = 451 "4.4.2" "Connection to next hop lost, try again later";
     /// The next hop cannot take an SMTPUTF8 message.
     NEXT_HOP_NO_SMTPUTF8 = 553 "5.6.7" "Next hop does not support SMTPUTF8";
+    /// The client matches an inbound connector the control plane restricted (Exchange Online's
+    /// exact text).
+    RESTRICTED_CONNECTOR = 550 "5.7.711" "Access denied, bad inbound connector. AS(2204)";
+    /// A sender domain scoped by a tenant's Partner connector arrived from outside that
+    /// connector's IP addresses or certificate.
+    PARTNER_RESTRICTED = 550 "5.7.51" "TenantInboundAttribution; Rejecting. The sender's domain must arrive through the recipient's partner connector";
+    /// The recipient tenant's connector requires TLS and the session is in clear text.
+    CONNECTOR_REQUIRES_TLS = 451 "4.7.10" "The recipient's inbound connector requires TLS; use STARTTLS";
     /// AUTH succeeded (RFC 4954).
     AUTH_OK = 235 "2.7.0" "Authentication successful";
     /// Wrong login or password (RFC 4954).

@@ -81,7 +81,13 @@ impl Harness {
                 }
                 Action::Open(_) => self.session.resolve(self.mail_answer.clone(), Self::now()),
                 Action::AddRecipient(to) => {
-                    let r = match verdict::recipient(&self.snapshot, &to) {
+                    let client = verdict::Client::new(
+                        &self.snapshot,
+                        "192.0.2.7".parse().unwrap(),
+                        &[],
+                        false,
+                    );
+                    let r = match verdict::recipient(&self.snapshot, &client, None, &to) {
                         RcptVerdict::Accept(_) => reply::RECIPIENT_OK.into(),
                         RcptVerdict::Deny(r) => r,
                     };
