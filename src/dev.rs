@@ -132,10 +132,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cfg.node_id = "edge-1".into();
     }
     if cfg.tls.is_none() {
+        // Client certificates issued by the dev CA match connectors by certificate name; a
+        // client without one is served all the same.
         cfg.tls = Some(TlsConfig {
             cert,
             key,
-            client_ca: None,
+            client_ca: Some(ca.clone()),
             reload_interval: std::time::Duration::from_secs(5),
         });
     }
@@ -316,6 +318,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 [tls]
 cert = {cert:?}
 key = {key:?}
+client-ca = {client_ca:?}
 [[listener]]
 kind = "mx"
 address = "127.0.0.1:{mx}"
@@ -337,6 +340,7 @@ path = {maildir:?}
 "#,
             cert = edge_cert.display().to_string(),
             key = edge_key.display().to_string(),
+            client_ca = ca.display().to_string(),
             mx = ports[0],
             sub = ports[1],
             smtps = ports[2],

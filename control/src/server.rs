@@ -30,8 +30,8 @@ use crate::node::{
     decode_message, encode_message, raft_logger, Core, MemberChange, NodeError, Options,
 };
 use crate::state::{
-    Command, LimitAction, OutboundPolicy, Outcome, Proposal, Role, SignalBatch, State, TokenRecord,
-    User,
+    Command, DetectionPolicy, LimitAction, OutboundPolicy, Outcome, Proposal, Role, SignalBatch,
+    State, TokenRecord, User,
 };
 use crate::storage::sled::Sled;
 
@@ -962,6 +962,43 @@ impl v1::admin_server::Admin for Services {
                     },
                 }
             }
+            Op::SetDetectionPolicy(d) => {
+                let tenant = match d.tenant.as_str() {
+                    "" => {
+                        who.operator_only("set the default detection settings")?;
+                        None
+                    }
+                    t => {
+                        let t = tenant_id(t)?;
+                        who.may_change(&t)?;
+                        Some(t)
+                    }
+                };
+                let def = DetectionPolicy::default();
+                let pick = |v: u32, d: u32| if v == 0 { d } else { v };
+                Command::SetDetectionPolicy {
+                    tenant,
+                    policy: DetectionPolicy {
+                        interval_ms: if d.interval_ms == 0 {
+                            def.interval_ms
+                        } else {
+                            d.interval_ms
+                        },
+                        warmup_intervals: pick(d.warmup_intervals, def.warmup_intervals),
+                        spike_factor: pick(d.spike_factor, def.spike_factor),
+                        min_messages: if d.min_messages == 0 {
+                            def.min_messages
+                        } else {
+                            d.min_messages
+                        },
+                        unprovisioned_percent: pick(
+                            d.unprovisioned_percent,
+                            def.unprovisioned_percent,
+                        ),
+                        mismatch_percent: pick(d.mismatch_percent, def.mismatch_percent),
+                    },
+                }
+            }
             Op::Unblock(u) => {
                 let tenant = tenant_id(&u.tenant)?;
                 who.may_change(&tenant)?;
@@ -1092,6 +1129,7 @@ impl v1::admin_server::Admin for Services {
             "tls-report",
             "alerts",
             "outbound-policy",
+            "detection",
         ];
         if !known.contains(&r.kind.as_str()) {
             return Err(bad(format!(
@@ -1253,6 +1291,28 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
         }
         "speed-bump" => {
             reply.speed_bump = state.speed_bump.iter().map(step_to_wire).collect();
+        }
+        "detection" => {
+            let default = state.detection.get("*").copied().unwrap_or_default();
+            reply.detection = std::iter::once((String::new(), default))
+                .chain(
+                    state
+                        .detection
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "*")
+                        .map(|(k, p)| (k.clone(), *p)),
+                )
+                .filter(|(t, _)| r.tenant.is_empty() || t.is_empty() || *t == r.tenant)
+                .map(|(tenant, p)| v1::DetectionPolicy {
+                    tenant,
+                    interval_ms: p.interval_ms,
+                    warmup_intervals: p.warmup_intervals,
+                    spike_factor: p.spike_factor,
+                    min_messages: p.min_messages,
+                    unprovisioned_percent: p.unprovisioned_percent,
+                    mismatch_percent: p.mismatch_percent,
+                })
+                .collect();
         }
         "outbound-policy" => {
             reply.outbound = state

@@ -128,6 +128,13 @@ pub enum Command {
         /// The limits.
         policy: OutboundPolicy,
     },
+    /// Set the detection settings of a tenant, or the cluster default (`tenant: None`).
+    SetDetectionPolicy {
+        /// Which tenant; `None` for the default.
+        tenant: Option<TenantId>,
+        /// The settings.
+        policy: DetectionPolicy,
+    },
     /// Lift a restriction.
     Unblock {
         /// The tenant.
@@ -323,6 +330,73 @@ pub struct Alert {
     pub detail: String,
 }
 
+/// How the control plane judges a connector (per tenant, or the cluster default).
+///
+/// The defaults follow the reference's advice that a new connector warms up and that volume is
+/// judged against the connector's own history: a day of hourly intervals before the volume
+/// detector counts, a spike only at ten times the usual hour, and at least 100 messages in the
+/// hour for any detector, so that a quiet connector's handful of odd messages is no incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DetectionPolicy {
+    /// Length of one window, in milliseconds (default one hour).
+    pub interval_ms: i64,
+    /// Windows a connector is observed before its volume is judged (default 24).
+    pub warmup_intervals: u32,
+    /// A window with this many times the baseline's messages is a spike (default 10).
+    pub spike_factor: u32,
+    /// Fewest messages in a window for any detector to fire (default 100).
+    pub min_messages: u64,
+    /// Percent of an OnPremises connector's messages from domains the tenant does not own that
+    /// is suspicious (default 50).
+    pub unprovisioned_percent: u32,
+    /// Percent of an OnPremises connector's messages whose header From domain differs from
+    /// MAIL FROM's that is suspicious (default 50).
+    pub mismatch_percent: u32,
+}
+
+impl Default for DetectionPolicy {
+    fn default() -> Self {
+        Self {
+            interval_ms: 3_600_000,
+            warmup_intervals: 24,
+            spike_factor: 10,
+            min_messages: 100,
+            unprovisioned_percent: 50,
+            mismatch_percent: 50,
+        }
+    }
+}
+
+/// One window's counts of a connector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounts {
+    /// Messages accepted.
+    pub messages: u64,
+    /// Of which with a MAIL FROM domain the tenant does not own.
+    pub unprovisioned: u64,
+    /// Of which with a header From domain other than MAIL FROM's.
+    pub mismatch: u64,
+    /// Relay recipients refused.
+    pub relay_refused: u64,
+}
+
+/// What the control plane knows of a connector's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorStats {
+    /// When its first count arrived (entry time).
+    pub first_seen_ms: i64,
+    /// Start of the current window.
+    pub window_start_ms: i64,
+    /// The current window.
+    pub current: WindowCounts,
+    /// Windows closed so far.
+    pub intervals: u32,
+    /// Exponentially weighted moving average of messages per window (weight 1/5 for the newest
+    /// window), in thousandths of a message: integer arithmetic, identical on every node.
+    pub baseline_milli: u64,
+}
+
 /// Sessions and messages of one report row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
@@ -381,6 +455,12 @@ pub struct State {
     /// The newest alerts.
     #[serde(default)]
     pub alerts: VecDeque<Alert>,
+    /// Detection settings: the cluster default under `*`, tenants' own under their id.
+    #[serde(default)]
+    pub detection: BTreeMap<String, DetectionPolicy>,
+    /// Traffic per connector (`tenant/name`).
+    #[serde(default)]
+    pub connector_stats: BTreeMap<String, ConnectorStats>,
     /// Set while applying an entry that changed the restricted entities (never replicated).
     #[serde(skip)]
     pub restricted_changed: bool,
@@ -531,6 +611,7 @@ impl State {
                 self.restricted.retain(|r| {
                     !(r.kind == EntityKind::Connector && r.tenant == *tenant && r.name == *name)
                 });
+                self.connector_stats.remove(&key);
                 Ok(format!("connector {key} deleted"))
             }
             Command::PutUser { user } => {
@@ -654,6 +735,32 @@ impl State {
                     policy.action.as_str()
                 ))
             }
+            Command::SetDetectionPolicy { tenant, policy } => {
+                if policy.interval_ms < 1000 || policy.spike_factor < 2 || policy.min_messages == 0
+                {
+                    return Err(
+                        "detection needs an interval of at least 1 s, a spike factor of at least 2 and a minimum of at least 1 message"
+                            .into(),
+                    );
+                }
+                let key = match tenant {
+                    Some(t) => {
+                        self.tenant_mut(t)?;
+                        t.to_string()
+                    }
+                    None => "*".to_owned(),
+                };
+                self.detection.insert(key.clone(), *policy);
+                Ok(format!(
+                    "detection for {key}: interval {} ms, warm-up {} windows, spike x{}, min {} messages, unprovisioned {}%, mismatch {}%",
+                    policy.interval_ms,
+                    policy.warmup_intervals,
+                    policy.spike_factor,
+                    policy.min_messages,
+                    policy.unprovisioned_percent,
+                    policy.mismatch_percent
+                ))
+            }
             Command::Unblock {
                 tenant,
                 kind,
@@ -670,14 +777,25 @@ impl State {
                     ));
                 }
                 self.restricted_changed = true;
-                if *kind == EntityKind::User {
-                    // A fresh start: the counts that tripped the limit are forgiven.
-                    self.usage.remove(name);
+                // A fresh start: the counts that tripped the limit are forgiven.
+                match kind {
+                    EntityKind::User => {
+                        self.usage.remove(name);
+                    }
+                    EntityKind::Connector => {
+                        if let Some(st) = self
+                            .connector_stats
+                            .get_mut(&Self::connector_key(tenant, name))
+                        {
+                            st.current = WindowCounts::default();
+                        }
+                    }
                 }
                 Ok(format!("{} {name} unblocked: {reason}", kind.as_str()))
             }
             Command::Signals { batches } => {
                 let mut applied = 0;
+                let mut touched = std::collections::BTreeSet::new();
                 for b in batches {
                     let last = self.edge_seqs.entry(b.edge.clone()).or_default();
                     if b.seq <= *last {
@@ -686,8 +804,14 @@ impl State {
                     *last = b.seq;
                     applied += 1;
                     for (scope, key, name, delta) in &b.counters {
+                        if scope == signal::CONNECTOR && self.connectors.contains_key(key) {
+                            touched.insert(key.clone());
+                        }
                         self.count(index, scope, key, name, *delta);
                     }
+                }
+                for key in touched {
+                    self.judge_connector(index, &key);
                 }
                 Ok(format!("{applied} signal batch(es)"))
             }
@@ -731,6 +855,23 @@ impl State {
                 }
             }
             signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            signal::CONNECTOR if self.connectors.contains_key(key) => {
+                let c = self
+                    .counters
+                    .entry(format!("{scope}|{key}|{name}"))
+                    .or_default();
+                add(c, now, delta);
+                let policy = self.detection_policy(key);
+                let st = self.connector_stats.entry(key.to_owned()).or_default();
+                roll(st, &policy, now);
+                match name {
+                    "messages" => st.current.messages += delta,
+                    "unprovisioned" => st.current.unprovisioned += delta,
+                    "mismatch" => st.current.mismatch += delta,
+                    "relay-refused" => st.current.relay_refused += delta,
+                    _ => {}
+                }
+            }
             _ => {
                 let c = self
                     .counters
@@ -739,6 +880,108 @@ impl State {
                 add(c, now, delta);
             }
         }
+    }
+
+    /// The detection settings that apply to a connector (`tenant/name`).
+    fn detection_policy(&self, connector: &str) -> DetectionPolicy {
+        let tenant = connector.split_once('/').map_or("", |(t, _)| t);
+        self.detection
+            .get(tenant)
+            .or_else(|| self.detection.get("*"))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Runs the detectors on a connector's current window; restricts it when one fires.
+    fn judge_connector(&mut self, index: u64, key: &str) {
+        let Some(connector) = self.connectors.get(key) else {
+            return;
+        };
+        let (tenant, name, kind) = (
+            connector.tenant.clone(),
+            connector.name.clone(),
+            connector.kind,
+        );
+        let ips: Vec<String> = connector
+            .sender_ip_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let cert = connector.tls_sender_certificate_name.clone();
+        if self
+            .restricted
+            .iter()
+            .any(|r| r.kind == EntityKind::Connector && r.tenant == tenant && r.name == name)
+        {
+            return;
+        }
+        let policy = self.detection_policy(key);
+        let Some(st) = self.connector_stats.get(key) else {
+            return;
+        };
+        let w = st.current;
+        if w.messages < policy.min_messages {
+            return;
+        }
+        let baseline = st.baseline_milli.max(1000);
+        let onprem = kind == moat_shared::ConnectorKind::OnPremises;
+        let share = |n: u64| n * 100 / w.messages.max(1);
+        let figures = format!(
+            "{} messages this window, baseline {}.{:03} per window over {} windows, {}% unprovisioned MAIL FROM domains, {}% header From mismatches, {} relay refusals",
+            w.messages,
+            st.baseline_milli / 1000,
+            st.baseline_milli % 1000,
+            st.intervals,
+            share(w.unprovisioned),
+            share(w.mismatch),
+            w.relay_refused
+        );
+        let detector = if st.intervals >= policy.warmup_intervals
+            && w.messages * 1000 >= u64::from(policy.spike_factor) * baseline
+        {
+            "volume-spike"
+        } else if onprem && share(w.unprovisioned) >= u64::from(policy.unprovisioned_percent) {
+            "unprovisioned-domains"
+        } else if onprem && share(w.mismatch) >= u64::from(policy.mismatch_percent) {
+            "from-mismatch"
+        } else {
+            return;
+        };
+        let now = self.now_ms;
+        let reason = format!("{detector}: {figures}");
+        self.restricted.push(Restricted {
+            tenant: tenant.clone(),
+            kind: EntityKind::Connector,
+            name: name.clone(),
+            reason: reason.clone(),
+            since_ms: now,
+            until_ms: None,
+        });
+        self.restricted_changed = true;
+        self.audit.push_back(AuditRecord {
+            index,
+            at_ms: now,
+            actor: "system".into(),
+            action: format!("connector {name} restricted: {reason}"),
+            tenant: Some(tenant.clone()),
+        });
+        let cert = cert
+            .map(|c| format!(", certificate {c}"))
+            .unwrap_or_default();
+        self.alert(Alert {
+            at_ms: now,
+            tenant,
+            severity: "high".into(),
+            title: "Suspicious connector activity".into(),
+            detail: format!(
+                "connector {name} (IPs {}{cert}) restricted by {reason}",
+                if ips.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ips.join(" ")
+                }
+            ),
+        });
     }
 
     /// Drops report rows older than [`REPORT_DAYS`].
@@ -851,6 +1094,37 @@ impl State {
     }
 }
 
+/// Moves a connector's window forward to the one holding `now`, folding each closed window
+/// (and each empty one skipped) into the baseline.
+fn roll(st: &mut ConnectorStats, policy: &DetectionPolicy, now: i64) {
+    let len = policy.interval_ms.max(1000);
+    let start = now - now.rem_euclid(len);
+    if st.window_start_ms == 0 {
+        st.first_seen_ms = now;
+        st.window_start_ms = start;
+        return;
+    }
+    if start <= st.window_start_ms {
+        return;
+    }
+    let closed = (start - st.window_start_ms) / len;
+    let mut volume = st.current.messages * 1000;
+    // Folding more than a few hundred empty windows changes nothing measurable.
+    for _ in 0..closed.min(500) {
+        st.baseline_milli = if volume >= st.baseline_milli {
+            st.baseline_milli + (volume - st.baseline_milli) / 5
+        } else {
+            st.baseline_milli - (st.baseline_milli - volume) / 5
+        };
+        volume = 0;
+    }
+    st.intervals = st
+        .intervals
+        .saturating_add(u32::try_from(closed).unwrap_or(u32::MAX));
+    st.window_start_ms = start;
+    st.current = WindowCounts::default();
+}
+
 fn add(c: &mut Counter, now_ms: i64, delta: u64) {
     let minute = now_ms - now_ms.rem_euclid(60_000);
     if c.window_start_ms != minute {
@@ -873,6 +1147,7 @@ fn policy_relevant(c: &Command) -> bool {
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::SetOutboundPolicy { .. }
+            | Command::SetDetectionPolicy { .. }
     )
 }
 
@@ -890,6 +1165,7 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         Command::PutConnector { connector } => Some(connector.tenant.clone()),
         Command::PutUser { user } => Some(user.tenant.clone()),
         Command::CreateToken { token } => token.tenant.clone(),
+        Command::SetDetectionPolicy { tenant, .. } => tenant.clone(),
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }
         | Command::SetSpeedBump { .. }
@@ -1231,5 +1507,128 @@ mod tests {
         );
         assert!(dup.result.is_err());
         assert_eq!(s.speed_bump.len(), 2);
+    }
+
+    /// A tenant with one OnPremises connector, fed `per_minute(minute)` messages a minute (of
+    /// which `bad(minute)` from unprovisioned domains) for `minutes`, one entry a minute.
+    fn simulate(
+        minutes: i64,
+        per_minute: impl Fn(i64) -> u64,
+        bad: impl Fn(i64) -> u64,
+    ) -> (State, Option<i64>) {
+        let mut s = State::default();
+        s.apply(
+            1,
+            &p(
+                1,
+                Command::PutTenant {
+                    tenant: tenant("a", &["a.test"]),
+                },
+            ),
+        );
+        let connector = Connector {
+            tenant: TenantId::new("a").unwrap(),
+            name: "onprem".into(),
+            kind: moat_shared::ConnectorKind::OnPremises,
+            enabled: true,
+            sender_ip_addresses: vec![Connector::parse_ip("192.0.2.0/24").unwrap()],
+            tls_sender_certificate_name: None,
+            sender_domains: vec![],
+            require_tls: false,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        };
+        s.apply(2, &p(2, Command::PutConnector { connector }));
+        let day0 = 20_000 * 86_400_000;
+        let mut restricted_at = None;
+        for m in 0..minutes {
+            let (n, b) = (per_minute(m), bad(m));
+            s.apply(
+                3 + m as u64,
+                &p(
+                    day0 + m * 60_000,
+                    signals(
+                        "e1",
+                        m as u64 + 1,
+                        &[
+                            (signal::CONNECTOR, "a/onprem", "messages", n),
+                            (signal::CONNECTOR, "a/onprem", "unprovisioned", b),
+                        ],
+                    ),
+                ),
+            );
+            if restricted_at.is_none() && !s.restricted.is_empty() {
+                restricted_at = Some(m);
+            }
+        }
+        (s, restricted_at)
+    }
+
+    #[test]
+    fn a_new_connector_ramping_up_is_not_restricted() {
+        // Two days, growing from 1 to 200 messages a minute, hour by hour.
+        let (s, at) = simulate(48 * 60, |m| 1 + (m as u64 / 60) * 4, |_| 0);
+        assert_eq!(at, None, "{:?}", s.restricted);
+        assert!(s.connector_stats["a/onprem"].intervals >= 47);
+    }
+
+    #[test]
+    fn a_steady_high_volume_connector_is_not_restricted() {
+        let (s, at) = simulate(72 * 60, |_| 500, |_| 0);
+        assert_eq!(at, None, "{:?}", s.restricted);
+        let b = s.connector_stats["a/onprem"].baseline_milli / 1000;
+        assert!((29_000..=30_000).contains(&b), "baseline {b}");
+    }
+
+    #[test]
+    fn a_ten_fold_one_minute_burst_within_daily_volume_is_not_restricted() {
+        // 20 a minute for two days, then one minute at 200.
+        let (s, at) = simulate(49 * 60, |m| if m == 48 * 60 + 30 { 200 } else { 20 }, |_| 0);
+        assert_eq!(at, None, "{:?}", s.restricted);
+    }
+
+    #[test]
+    fn a_flood_from_unprovisioned_domains_is_restricted_and_alerted() {
+        // Two days at 5 a minute, then 100 a minute (20x) from domains the tenant does not own.
+        let flood = 48 * 60;
+        let (s, at) = simulate(
+            flood + 60,
+            |m| if m >= flood { 100 } else { 5 },
+            |m| if m >= flood { 100 } else { 0 },
+        );
+        let at = at.expect("restricted");
+        assert!(
+            at >= flood && at < flood + 5,
+            "restricted at minute {}",
+            at - flood
+        );
+        let r = &s.restricted[0];
+        assert_eq!((r.kind, r.name.as_str()), (EntityKind::Connector, "onprem"));
+        assert!(
+            r.reason.starts_with("unprovisioned-domains: "),
+            "{}",
+            r.reason
+        );
+        assert_eq!(s.alerts.len(), 1);
+        assert_eq!(s.alerts[0].title, "Suspicious connector activity");
+        assert!(
+            s.alerts[0].detail.contains("192.0.2.0/24"),
+            "{}",
+            s.alerts[0].detail
+        );
+    }
+
+    #[test]
+    fn a_volume_spike_after_warm_up_is_restricted() {
+        let spike = 30 * 60;
+        let (s, at) = simulate(spike + 60, |m| if m >= spike { 60 } else { 3 }, |_| 0);
+        let at = at.expect("restricted");
+        assert!(
+            s.restricted[0].reason.starts_with("volume-spike"),
+            "{:?}",
+            s.restricted
+        );
+        // 10 x 180 an hour is reached after 30 minutes at 60 a minute.
+        assert!(at - spike <= 31, "restricted at minute {}", at - spike);
     }
 }

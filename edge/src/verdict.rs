@@ -104,10 +104,7 @@ fn under_accepted(tenant: &Tenant, name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     tenant.accepted_domains.iter().any(|d| {
         let d = d.as_str();
-        name == d
-            || name
-                .strip_suffix(d)
-                .is_some_and(|head| head.ends_with('.'))
+        name == d || name.strip_suffix(d).is_some_and(|head| head.ends_with('.'))
     })
 }
 
@@ -265,19 +262,37 @@ mod tests {
     #[test]
     fn relay_needs_an_onpremises_connector_and_an_accepted_domain() {
         // IP route with an accepted MAIL FROM.
-        let v = decide("192.0.2.9", &[], false, Some("app@contoso.test"), "x@ext.test");
+        let v = decide(
+            "192.0.2.9",
+            &[],
+            false,
+            Some("app@contoso.test"),
+            "x@ext.test",
+        );
         assert_eq!(relayed_by(&v), Some("contoso/onprem"));
         // IP route with a foreign MAIL FROM: refused whatever the header From says.
         let v = decide("192.0.2.9", &[], false, Some("app@ext.test"), "x@ext.test");
         assert_eq!(v, RcptVerdict::Deny(reply::RELAY_DENIED.into()));
         // Certificate route: the certificate's domain is under an accepted domain; a null
         // sender relays only this way.
-        let v = decide("203.0.113.1", &["mail.contoso.test"], true, None, "x@ext.test");
+        let v = decide(
+            "203.0.113.1",
+            &["mail.contoso.test"],
+            true,
+            None,
+            "x@ext.test",
+        );
         assert_eq!(relayed_by(&v), Some("contoso/cert"));
         let v = decide("192.0.2.9", &[], false, None, "x@ext.test");
         assert_eq!(v, RcptVerdict::Deny(reply::RELAY_DENIED.into()));
         // No connector matched: refused even with an accepted MAIL FROM.
-        let v = decide("203.0.113.1", &[], true, Some("a@contoso.test"), "x@ext.test");
+        let v = decide(
+            "203.0.113.1",
+            &[],
+            true,
+            Some("a@contoso.test"),
+            "x@ext.test",
+        );
         assert_eq!(v, RcptVerdict::Deny(reply::RELAY_DENIED.into()));
         // A connector of one tenant does not relay for another tenant's domain.
         let v = decide("192.0.2.9", &[], false, Some("a@other.test"), "x@ext.test");
@@ -286,7 +301,13 @@ mod tests {
 
     #[test]
     fn inbound_mail_is_attributed_and_partner_rules_apply() {
-        let v = decide("192.0.2.9", &[], false, Some("a@ext.test"), "u@contoso.test");
+        let v = decide(
+            "192.0.2.9",
+            &[],
+            false,
+            Some("a@ext.test"),
+            "u@contoso.test",
+        );
         assert_eq!(
             v,
             RcptVerdict::Accept(Accepted {
@@ -296,14 +317,38 @@ mod tests {
             })
         );
         // fabrikam.test senders must come from the partner's IP, over TLS.
-        let v = decide("203.0.113.1", &[], true, Some("a@fabrikam.test"), "u@contoso.test");
+        let v = decide(
+            "203.0.113.1",
+            &[],
+            true,
+            Some("a@fabrikam.test"),
+            "u@contoso.test",
+        );
         assert_eq!(v, RcptVerdict::Deny(reply::PARTNER_RESTRICTED.into()));
-        let v = decide("198.51.100.7", &[], false, Some("a@fabrikam.test"), "u@contoso.test");
+        let v = decide(
+            "198.51.100.7",
+            &[],
+            false,
+            Some("a@fabrikam.test"),
+            "u@contoso.test",
+        );
         assert_eq!(v, RcptVerdict::Deny(reply::CONNECTOR_REQUIRES_TLS.into()));
-        let v = decide("198.51.100.7", &[], true, Some("a@fabrikam.test"), "u@contoso.test");
+        let v = decide(
+            "198.51.100.7",
+            &[],
+            true,
+            Some("a@fabrikam.test"),
+            "u@contoso.test",
+        );
         assert!(matches!(v, RcptVerdict::Accept(_)), "{v:?}");
         // Other tenants are not bound by contoso's partner connector.
-        let v = decide("203.0.113.1", &[], false, Some("a@fabrikam.test"), "u@other.test");
+        let v = decide(
+            "203.0.113.1",
+            &[],
+            false,
+            Some("a@fabrikam.test"),
+            "u@other.test",
+        );
         assert!(matches!(v, RcptVerdict::Accept(_)), "{v:?}");
     }
 

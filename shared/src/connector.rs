@@ -192,16 +192,18 @@ impl Connector {
     /// Whether `sender-domains` covers a MAIL FROM domain (`*`, the domain, or `*.parent`).
     pub fn scopes_sender(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
-        self.sender_domains.iter().any(|s| match s.strip_prefix("*.") {
-            _ if s == "*" => true,
-            Some(parent) => {
-                domain == parent
-                    || domain
-                        .strip_suffix(parent)
-                        .is_some_and(|head| head.ends_with('.'))
-            }
-            None => *s == domain,
-        })
+        self.sender_domains
+            .iter()
+            .any(|s| match s.strip_prefix("*.") {
+                _ if s == "*" => true,
+                Some(parent) => {
+                    domain == parent
+                        || domain
+                            .strip_suffix(parent)
+                            .is_some_and(|head| head.ends_with('.'))
+                }
+                None => *s == domain,
+            })
     }
 
     /// Parses one `sender-domains` item.

@@ -77,9 +77,9 @@ impl ConnectorIndex {
             }
         }
         let mut v4: Vec<_> = v4.into_iter().collect();
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut v6: Vec<_> = v6.into_iter().collect();
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
         Self {
             v4,
             v6,
@@ -159,7 +159,10 @@ mod tests {
             name: name.into(),
             kind: ConnectorKind::OnPremises,
             enabled,
-            sender_ip_addresses: ips.iter().map(|i| Connector::parse_ip(i).unwrap()).collect(),
+            sender_ip_addresses: ips
+                .iter()
+                .map(|i| Connector::parse_ip(i).unwrap())
+                .collect(),
             tls_sender_certificate_name: cert.map(|c| CertName::new(c).unwrap()),
             sender_domains: vec![],
             require_tls: false,
@@ -192,10 +195,16 @@ mod tests {
             connector("other", &[], Some("*.fabrikam.com"), true),
         ]);
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(idx.by_certificate(&names(&["MAIL.contoso.com"])), vec![0, 1]);
+        assert_eq!(
+            idx.by_certificate(&names(&["MAIL.contoso.com"])),
+            vec![0, 1]
+        );
         assert_eq!(idx.by_certificate(&names(&["contoso.com"])), vec![1]);
         assert_eq!(idx.by_certificate(&names(&["a.b.contoso.com"])), vec![1]);
-        assert_eq!(idx.by_certificate(&names(&["xcontoso.com"])), Vec::<u32>::new());
+        assert_eq!(
+            idx.by_certificate(&names(&["xcontoso.com"])),
+            Vec::<u32>::new()
+        );
         assert_eq!(
             idx.by_certificate(&names(&["x.fabrikam.com", "mail.contoso.com"])),
             vec![0, 1, 2]
@@ -212,7 +221,9 @@ mod tests {
         }
         let idx = ConnectorIndex::new(&cs);
         for j in 0..2000u32 {
-            let ip: IpAddr = format!("10.{}.{}.{}", j % 7, (j / 7) % 11, j % 256).parse().unwrap();
+            let ip: IpAddr = format!("10.{}.{}.{}", j % 7, (j / 7) % 11, j % 256)
+                .parse()
+                .unwrap();
             let scan: Vec<u32> = (0..cs.len() as u32)
                 .filter(|&i| {
                     let c = &cs[i as usize];
@@ -230,7 +241,7 @@ mod tests {
                             .is_some_and(|n| n.covers(&name))
                 })
                 .collect();
-            assert_eq!(idx.by_certificate(&[name.clone()]), scan, "{name}");
+            assert_eq!(idx.by_certificate(std::slice::from_ref(&name)), scan, "{name}");
         }
     }
 }

@@ -66,6 +66,23 @@ impl Client {
         Ok((c, greeting))
     }
 
+    /// Connects from a chosen local address (any 127.x.y.z works on loopback), so a test can
+    /// play several sending servers; reads the greeting.
+    pub async fn connect_from(addr: &str, source: &str) -> std::io::Result<(Self, String)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(
+            format!("{source}:0")
+                .parse()
+                .map_err(std::io::Error::other)?,
+        )?;
+        let tcp = socket
+            .connect(addr.parse().map_err(std::io::Error::other)?)
+            .await?;
+        let mut c = Self::from_stream(tcp);
+        let greeting = c.reply().await?;
+        Ok((c, greeting))
+    }
+
     /// Wraps a connected stream without reading anything.
     pub fn from_stream(tcp: TcpStream) -> Self {
         Self {

@@ -7,6 +7,7 @@
 
 mod client;
 mod cluster;
+mod connectors;
 mod harness;
 
 mod delivery;

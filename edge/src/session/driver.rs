@@ -19,10 +19,10 @@ use tokio::time::timeout;
 use super::command::Address;
 use super::reply::{self, Reply};
 use super::{Action, Envelope, Secret, Session, SessionFacts, TlsFacts};
-use crate::headers::HeaderFrom;
 use crate::auth::{self, Throttle};
 use crate::config::LegacyTls;
 use crate::control::Counters;
+use crate::headers::HeaderFrom;
 use crate::legacy::{self, Hello, LegacyEngine};
 use crate::relay::{NextHop, Txn};
 use crate::tls::Certificates;
@@ -197,7 +197,14 @@ impl Tracking {
         let Some(c) = &self.connector else { return };
         let add = |name: &str, v: u64| shared.counters.add(signal::CONNECTOR, c, name, v);
         if !r.is_positive() {
-            add(if r.is_transient() { "nexthop-4xx" } else { "nexthop-5xx" }, 1);
+            add(
+                if r.is_transient() {
+                    "nexthop-4xx"
+                } else {
+                    "nexthop-5xx"
+                },
+                1,
+            );
             return;
         }
         add("messages", 1);
@@ -326,7 +333,9 @@ fn count_refused_relay(shared: &Shared, snapshot: &PolicySnapshot, facts: &Sessi
     let c = client(snapshot, facts);
     if let Some(first) = c.by_cert.iter().chain(c.by_ip.iter()).next() {
         let key = verdict::connector_key(first);
-        shared.counters.add(signal::CONNECTOR, &key, "relay-refused", 1);
+        shared
+            .counters
+            .add(signal::CONNECTOR, &key, "relay-refused", 1);
     }
 }
 

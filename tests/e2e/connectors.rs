@@ -1,0 +1,405 @@
+//! Inbound connectors (issue 5) on a multi-process `moat dev` (control node and edge 1 in the
+//! dev process, edge 2 a child process): the relay rules with real TLS client certificates,
+//! detection of a flooding connector with its restriction on both edges, unblocking, and
+//! connectors that must not be restricted.
+
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use serde_json::Value;
+
+use crate::client::{stuff, tls_config_with_client_cert, Client};
+use crate::cluster::wait_edge_version;
+use crate::harness::{moat, run, runtime, Dev, TempDir, ANY_PORTS};
+
+/// `moat admin --data DIR ARGS -o json`, which must succeed.
+fn admin(dev: &Dev, args: &[&str]) -> Value {
+    let (ok, out, err) = run(moat()
+        .args(["admin", "--data"])
+        .arg(&dev.data)
+        .args(args)
+        .args(["-o", "json"]));
+    assert!(ok, "moat admin {args:?} failed:\n{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// An admin write, then every edge enforcing it; returns how long the slowest edge took.
+fn admin_applied(dev: &Dev, args: &[&str]) -> Duration {
+    let reply = admin(dev, args);
+    let index = reply["index"].as_u64().expect("index");
+    let t0 = Instant::now();
+    for e in dev.endpoints["edges"].as_array().expect("edges") {
+        wait_edge_version(
+            e["status"].as_str().expect("status"),
+            index,
+            Duration::from_secs(10),
+        );
+    }
+    t0.elapsed()
+}
+
+fn mx(dev: &Dev, edge: usize) -> String {
+    dev.endpoints["edges"][edge]["listeners"]["mx"]
+        .as_str()
+        .expect("mx")
+        .to_owned()
+}
+
+/// Certificates from the dev CA (which `moat dev` edges take as their client CA).
+struct DevCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl DevCa {
+    fn load(dev: &Dev) -> Self {
+        let dir = dev.ca().parent().expect("tls dir").to_owned();
+        let key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).expect("key"))
+            .expect("ca key");
+        let params = CertificateParams::from_ca_cert_pem(
+            &std::fs::read_to_string(dev.ca()).expect("ca pem"),
+        )
+        .expect("ca params");
+        // Re-signed with the same name and key: certificates it issues chain to the dev CA.
+        let cert = params.self_signed(&key).expect("ca");
+        Self { cert, key }
+    }
+
+    fn issue(&self, name: &str, ca: bool) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(if ca { vec![] } else { vec![name.to_owned()] })
+            .expect("params");
+        p.distinguished_name.push(DnType::CommonName, name);
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        }
+        (p.signed_by(&key, &self.cert, &self.key).expect("sign"), key)
+    }
+}
+
+/// A client certificate for `name` issued by an intermediate of the dev CA: (leaf + intermediate
+/// chain PEM, leaf-only PEM, key PEM).
+fn client_cert(ca: &DevCa, name: &str) -> (String, String, String) {
+    let (inter, inter_key) = ca.issue("Moat test intermediate", true);
+    let inter = DevCa {
+        cert: inter,
+        key: inter_key,
+    };
+    let (leaf, key) = inter.issue(name, false);
+    (
+        format!("{}{}", leaf.pem(), inter.cert.pem()),
+        leaf.pem(),
+        key.serialize_pem(),
+    )
+}
+
+/// One message; returns the first non-250 reply, or the final reply.
+async fn send(c: &mut Client, from: &str, to: &str, header_from: &str) -> std::io::Result<String> {
+    let msg = stuff(
+        format!("From: <{header_from}>\r\nTo: <{to}>\r\nSubject: connector test\r\n\r\nbody\r\n")
+            .as_bytes(),
+    );
+    let r = c.send_stuffed(from, to, &msg).await?;
+    if !r.starts_with("250") {
+        c.cmd("RSET").await?;
+    }
+    Ok(r)
+}
+
+/// Acceptance 1: the relay matrix through both edges, with real TLS client certificates.
+#[test]
+fn relay_matrix() {
+    let dir = TempDir::new("relay");
+    let mut args = ANY_PORTS.to_vec();
+    args.extend(["--edges", "2"]);
+    let dev = Dev::start_in(&dir.0, None, &args);
+    let ca = DevCa::load(&dev);
+    let (chain, leaf_only, key) = client_cert(&ca, "mail.example.test");
+    admin_applied(
+        &dev,
+        &[
+            "connector",
+            "create",
+            "--tenant",
+            "example.test",
+            "onprem-ip",
+            "--type",
+            "on-premises",
+            "--sender-ip",
+            "127.0.0.2",
+        ],
+    );
+    admin_applied(
+        &dev,
+        &[
+            "connector",
+            "create",
+            "--tenant",
+            "example.test",
+            "onprem-cert",
+            "--type",
+            "on-premises",
+            "--tls-cert-name",
+            "*.example.test",
+        ],
+    );
+    for edge in [0, 1] {
+        let server = mx(&dev, edge);
+        let tag = format!("edge{edge}");
+        runtime().block_on(async {
+            // Certificate route: an accepted certificate domain relays even the null sender.
+            let (c, _) = Client::connect(&server).await.expect("connect");
+            let mut c = c
+                .starttls(tls_config_with_client_cert(&dev.ca(), &chain, &key))
+                .await
+                .expect("tls with a client certificate");
+            let r = send(
+                &mut c,
+                "",
+                &format!("ndr-{tag}@remote.test"),
+                "mailer-daemon@example.test",
+            )
+            .await
+            .expect("send");
+            assert!(r.starts_with("250"), "cert route, null sender: {r}");
+
+            // The same certificate without its intermediate: no match, so no relay.
+            let (c, _) = Client::connect(&server).await.expect("connect");
+            let mut c = c
+                .starttls(tls_config_with_client_cert(&dev.ca(), &leaf_only, &key))
+                .await
+                .expect("tls with an incomplete chain");
+            let r = send(&mut c, "", "x@remote.test", "a@example.test")
+                .await
+                .expect("send");
+            assert!(r.starts_with("550 5.7.64"), "missing intermediate: {r}");
+
+            // IP route with an accepted MAIL FROM.
+            let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
+                .await
+                .expect("connect");
+            c.cmd("EHLO onprem.example.test").await.expect("ehlo");
+            let r = send(
+                &mut c,
+                "app@example.test",
+                &format!("ip-{tag}@remote.test"),
+                "app@example.test",
+            )
+            .await
+            .expect("send");
+            assert!(r.starts_with("250"), "IP route, accepted MAIL FROM: {r}");
+            // IP route with a foreign MAIL FROM: the accepted header From does not help.
+            let r = send(
+                &mut c,
+                "app@foreign.test",
+                "x@remote.test",
+                "ceo@example.test",
+            )
+            .await
+            .expect("send");
+            assert!(
+                r.starts_with("550 5.7.64 TenantAttribution; Relay Access Denied"),
+                "IP route, foreign MAIL FROM: {r}"
+            );
+            // Inbound mail for an accepted domain is not relay.
+            let r = send(
+                &mut c,
+                "app@foreign.test",
+                "alice@example.test",
+                "x@foreign.test",
+            )
+            .await
+            .expect("send");
+            assert!(r.starts_with("250"), "inbound: {r}");
+
+            // An address no connector covers cannot relay, whatever the MAIL FROM.
+            let (mut c, _) = Client::connect_from(&server, "127.0.0.3")
+                .await
+                .expect("connect");
+            c.cmd("EHLO stranger.test").await.expect("ehlo");
+            let r = send(
+                &mut c,
+                "app@example.test",
+                "x@remote.test",
+                "app@example.test",
+            )
+            .await
+            .expect("send");
+            assert!(r.starts_with("550 5.7.64"), "unmatched IP: {r}");
+        });
+        let relayed =
+            |who: &str| dev.messages_with_header(&format!("To: <{who}-{tag}@remote.test>"));
+        assert_eq!(relayed("ndr").len(), 1, "{tag}");
+        assert_eq!(relayed("ip").len(), 1, "{tag}");
+    }
+    assert!(
+        dev.messages_with_header("To: <x@remote.test>").is_empty(),
+        "a refused relay was delivered"
+    );
+}
+
+/// Messages from `source` through `server`, `n` of them, MAIL FROM in `from_domain`; returns the
+/// replies.
+async fn burst(server: &str, source: &str, n: usize, from_domain: &str) -> Vec<String> {
+    let (mut c, _) = Client::connect_from(server, source).await.expect("connect");
+    c.cmd("EHLO sender.test").await.expect("ehlo");
+    let mut out = Vec::new();
+    for i in 0..n {
+        let from = format!("s{i}@{from_domain}");
+        out.push(
+            send(&mut c, &from, "alice@example.test", &from)
+                .await
+                .expect("send"),
+        );
+    }
+    let _ = c.cmd("QUIT").await;
+    out
+}
+
+/// Acceptances 2, 4 and 5: with a short detection window, a connector flooding from
+/// unprovisioned domains at 20 times its baseline is restricted and refused `550 5.7.711` by
+/// both edges (the test prints how long after the first offending message); a steady and a
+/// ramping connector beside it are not; an admin unblocks it with a reason, both edges accept
+/// it again, and the audit log says who and why.
+#[test]
+fn flooding_connector_is_restricted_everywhere_and_unblocked() {
+    let dir = TempDir::new("flood");
+    let mut args = ANY_PORTS.to_vec();
+    args.extend(["--edges", "2"]);
+    let dev = Dev::start_in(&dir.0, None, &args);
+    admin(
+        &dev,
+        &[
+            "detection",
+            "set",
+            "--interval",
+            "2s",
+            "--warmup",
+            "3",
+            "--spike-factor",
+            "10",
+            "--min-messages",
+            "20",
+        ],
+    );
+    for (name, ip) in [
+        ("flooder", "127.0.0.2"),
+        ("steady", "127.0.0.4"),
+        ("ramp", "127.0.0.5"),
+    ] {
+        admin_applied(
+            &dev,
+            &[
+                "connector",
+                "create",
+                "--tenant",
+                "example.test",
+                name,
+                "--type",
+                "on-premises",
+                "--sender-ip",
+                ip,
+            ],
+        );
+    }
+    let edges = [mx(&dev, 0), mx(&dev, 1)];
+    // Baseline: five windows of normal traffic from accepted domains; the steady connector
+    // sends 30 a window, the ramp grows by 4 a window, the flooder sends 2.
+    runtime().block_on(async {
+        for w in 0..5usize {
+            let t0 = Instant::now();
+            let e = &edges[w % 2];
+            let (a, b, c) = tokio::join!(
+                burst(e, "127.0.0.2", 2, "example.test"),
+                burst(e, "127.0.0.4", 30, "example.test"),
+                burst(e, "127.0.0.5", 1 + 4 * w, "example.test"),
+            );
+            for r in a.iter().chain(&b).chain(&c) {
+                assert!(r.starts_with("250"), "baseline window {w}: {r}");
+            }
+            tokio::time::sleep(Duration::from_secs(2).saturating_sub(t0.elapsed())).await;
+        }
+    });
+    // The flood: 40 messages (20 times the baseline) from domains the tenant does not own,
+    // alternating edges, until both edges refuse it.
+    let first_offence = Instant::now();
+    let mut refused_at: [Option<Duration>; 2] = [None, None];
+    let mut sent = 0;
+    runtime().block_on(async {
+        while refused_at.iter().any(Option::is_none) {
+            assert!(
+                first_offence.elapsed() < Duration::from_secs(20),
+                "not restricted 20 s into the flood ({sent} messages sent): {refused_at:?}"
+            );
+            for (i, e) in edges.iter().enumerate() {
+                let r = burst(e, "127.0.0.2", 2, "spam-source.test").await;
+                sent += 2;
+                if refused_at[i].is_none()
+                    && r.iter().any(|r| {
+                        r.starts_with("550 5.7.711 Access denied, bad inbound connector. AS(2204)")
+                    })
+                {
+                    refused_at[i] = Some(first_offence.elapsed());
+                }
+            }
+            // Steady traffic goes on meanwhile.
+            for r in burst(&edges[0], "127.0.0.4", 3, "example.test").await {
+                assert!(r.starts_with("250"), "steady connector refused: {r}");
+            }
+        }
+    });
+    println!(
+        "first offending message -> first 550 5.7.711: edge 1 {:?}, edge 2 {:?} ({sent} flood messages sent)",
+        refused_at[0].unwrap_or_default(),
+        refused_at[1].unwrap_or_default()
+    );
+    let restricted = admin(&dev, &["restricted", "list"]);
+    let list = restricted.as_array().expect("list");
+    assert_eq!(list.len(), 1, "only the flooder: {restricted}");
+    let r = &list[0];
+    assert_eq!(
+        (r["kind"].as_str(), r["name"].as_str()),
+        (Some("connector"), Some("flooder"))
+    );
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("unprovisioned-domains: ") || reason.starts_with("volume-spike: "),
+        "{reason}"
+    );
+    let alerts = admin(&dev, &["alerts", "list", "--tenant", "example.test"]).to_string();
+    assert!(
+        alerts.contains("Suspicious connector activity") && alerts.contains("127.0.0.2"),
+        "{alerts}"
+    );
+
+    // Unblock with a reason: both edges accept the connector again.
+    let took = admin_applied(
+        &dev,
+        &[
+            "restricted",
+            "unblock",
+            "flooder",
+            "--kind",
+            "connector",
+            "--tenant",
+            "example.test",
+            "--reason",
+            "cleaned up the compromised relay host",
+        ],
+    );
+    println!("unblock reached both edges {took:?} after the admin's write was acknowledged");
+    runtime().block_on(async {
+        for e in &edges {
+            for r in burst(e, "127.0.0.2", 1, "example.test").await {
+                assert!(r.starts_with("250"), "after unblock: {r}");
+            }
+        }
+    });
+    let audit = admin(&dev, &["audit", "list", "--tenant", "example.test"]).to_string();
+    assert!(
+        audit.contains("connector flooder unblocked: cleaned up the compromised relay host"),
+        "{audit}"
+    );
+    assert!(audit.contains("connector flooder restricted"), "{audit}");
+}
