@@ -241,7 +241,11 @@ mod tests {
                             .is_some_and(|n| n.covers(&name))
                 })
                 .collect();
-            assert_eq!(idx.by_certificate(std::slice::from_ref(&name)), scan, "{name}");
+            assert_eq!(
+                idx.by_certificate(std::slice::from_ref(&name)),
+                scan,
+                "{name}"
+            );
         }
     }
 }
