@@ -111,9 +111,9 @@ enum Resource {
     /// Reports built from what edges observed.
     #[command(subcommand)]
     Report(ReportCmd),
-    /// Alerts raised for tenants' admins.
+    /// Alerts raised for tenants' admins, where they go and how they are sent.
     #[command(subcommand)]
-    Alerts(ListCmd),
+    Alerts(AlertsCmd),
     /// Per-tenant sending limits of SMTP AUTH users.
     #[command(subcommand)]
     OutboundPolicy(OutboundPolicyCmd),
@@ -450,6 +450,62 @@ enum OutboundPolicyCmd {
 }
 
 #[derive(clap::Subcommand, Debug)]
+enum AlertsCmd {
+    /// List alerts with the state of their deliveries.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Where a tenant's alerts go.
+    #[command(subcommand)]
+    Contacts(ContactsCmd),
+    /// How alert emails leave the cluster.
+    #[command(subcommand)]
+    Transport(TransportCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ContactsCmd {
+    /// Show tenants' alert contacts (webhook secrets are not shown).
+    Get {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Replace a tenant's alert contacts.
+    Set {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// An admin address that gets an email; repeat for more.
+        #[arg(long = "email", value_name = "ADDRESS")]
+        emails: Vec<String>,
+        /// An http:// URL that gets a signed JSON POST.
+        #[arg(long, value_name = "URL", requires = "webhook_secret")]
+        webhook: Option<String>,
+        /// The webhook's HMAC-SHA256 key (X-Moat-Signature).
+        #[arg(long, value_name = "SECRET")]
+        webhook_secret: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TransportCmd {
+    /// Show the SMTP server alert emails go through.
+    Get,
+    /// Set the SMTP server alert emails go through (an edge, or a smarthost).
+    Set {
+        /// `host:port`.
+        #[arg(long, value_name = "HOST:PORT")]
+        smtp: String,
+        /// The header From of alert emails.
+        #[arg(long, default_value = "Moat alerts <alerts@moat.invalid>")]
+        from: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 enum DetectionCmd {
     /// Show the default settings and tenants' own.
     Get {
@@ -611,18 +667,29 @@ pub async fn put_user(
     if urls.is_empty() {
         return Err("no control-plane endpoint to create the user on".into());
     }
-    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
     let op = Op::PutUser(moat_proto::UserSpec {
         tenant: tenant.to_string(),
         address: address.to_string(),
         password: password.to_string(),
         send_as: vec![],
     });
+    write_op(urls, token, op)
+        .await
+        .map_err(|e| format!("creating user {address} in tenant {tenant}: {e}"))
+}
+
+/// One admin write with the usual retries and leader-following (for `moat dev`'s set-up).
+pub async fn write_op(endpoints: Vec<String>, token: &str, op: Op) -> Result<(), String> {
+    let mut urls = Vec::new();
+    for e in &endpoints {
+        push_unique(&mut urls, normalize_endpoint(e)?);
+    }
+    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
     client
         .write(op)
         .await
         .map(|_| ())
-        .map_err(|f| format!("creating user {address} in tenant {tenant}: {f}"))
+        .map_err(|f| f.to_string())
 }
 
 async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
@@ -1093,12 +1160,65 @@ impl Ctx {
             Resource::Restricted(c) => self.restricted(c).await,
             Resource::Tls(TlsCmd::SpeedBump(c)) => self.speed_bump(c).await,
             Resource::Report(c) => self.report(c).await,
-            Resource::Alerts(ListCmd::List { tenant }) => {
+            Resource::Alerts(AlertsCmd::List { tenant }) => {
                 let reply = self.read("alerts", tenant.as_deref(), None).await?;
                 let rows = reply.alerts.iter().map(alert_row).collect();
                 let objects = reply.alerts.iter().map(alert_json).collect();
                 self.list(ALERT_HEADERS, rows, objects);
                 Ok(())
+            }
+            Resource::Alerts(AlertsCmd::Contacts(ContactsCmd::Get { tenant })) => {
+                let reply = self.read("alert-contacts", tenant.as_deref(), None).await?;
+                let rows = reply
+                    .alert_contacts
+                    .iter()
+                    .map(|c| vec![c.tenant.clone(), list_cell(&c.emails), cell(&c.webhook_url)])
+                    .collect();
+                let objects = reply
+                    .alert_contacts
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "tenant": c.tenant,
+                            "emails": c.emails,
+                            "webhook": c.webhook_url,
+                            "webhook-secret-set": !c.webhook_secret.is_empty(),
+                        })
+                    })
+                    .collect();
+                self.list(&["TENANT", "EMAILS", "WEBHOOK"], rows, objects);
+                Ok(())
+            }
+            Resource::Alerts(AlertsCmd::Contacts(ContactsCmd::Set {
+                tenant,
+                emails,
+                webhook,
+                webhook_secret,
+            })) => {
+                self.write(Op::SetAlertContacts(moat_proto::AlertContacts {
+                    tenant,
+                    emails,
+                    webhook_url: webhook.unwrap_or_default(),
+                    webhook_secret: webhook_secret.unwrap_or_default(),
+                }))
+                .await
+            }
+            Resource::Alerts(AlertsCmd::Transport(TransportCmd::Get)) => {
+                let reply = self.read("alert-contacts", None, None).await?;
+                let t = reply.alert_transport.unwrap_or_default();
+                self.one(
+                    &["SMTP", "FROM"],
+                    vec![cell(&t.smtp), cell(&t.from)],
+                    json!({"smtp": t.smtp, "from": t.from}),
+                );
+                Ok(())
+            }
+            Resource::Alerts(AlertsCmd::Transport(TransportCmd::Set { smtp, from })) => {
+                self.write(Op::SetAlertTransport(moat_proto::AlertTransport {
+                    smtp,
+                    from,
+                }))
+                .await
             }
             Resource::OutboundPolicy(c) => self.outbound_policy(c).await,
             Resource::Detection(c) => self.detection(c).await,
@@ -1818,25 +1938,46 @@ fn restricted_json(r: &moat_proto::RestrictedEntity) -> Value {
     })
 }
 
-const ALERT_HEADERS: &[&str] = &["TIME", "TENANT", "SEVERITY", "TITLE", "DETAIL"];
+const ALERT_HEADERS: &[&str] = &[
+    "TIME",
+    "TENANT",
+    "SEVERITY",
+    "TITLE",
+    "DELIVERIES",
+    "DETAIL",
+];
 
 fn alert_row(a: &moat_proto::Alert) -> Vec<String> {
+    let deliveries: Vec<String> = a
+        .deliveries
+        .iter()
+        .map(|d| format!("{}:{}({})", d.channel, d.state, d.attempts))
+        .collect();
     vec![
         fmt_time(a.at_ms),
         cell(&a.tenant),
         cell(&a.severity),
         cell(&a.title),
+        list_cell(&deliveries),
         cell(&a.detail),
     ]
 }
 
 fn alert_json(a: &moat_proto::Alert) -> Value {
     json!({
+        "id": a.id,
         "at-ms": a.at_ms,
         "tenant": a.tenant,
         "severity": a.severity,
         "title": a.title,
         "detail": a.detail,
+        "deliveries": a.deliveries.iter().map(|d| json!({
+            "channel": d.channel,
+            "target": d.target,
+            "state": d.state,
+            "attempts": d.attempts,
+            "last-error": d.last_error,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -2654,6 +2795,14 @@ mod tests {
             severity: "warning".into(),
             title: "User blocked".into(),
             detail: "a@t\nover the limit".into(),
+            id: 7,
+            deliveries: vec![moat_proto::AlertDelivery {
+                channel: "email".into(),
+                target: "admin@t".into(),
+                state: "failed".into(),
+                attempts: 8,
+                last_error: "SMTP: 550".into(),
+            }],
         };
         assert_eq!(
             alert_row(&a),
@@ -2662,10 +2811,12 @@ mod tests {
                 "t",
                 "warning",
                 "User blocked",
+                "email:failed(8)",
                 "a@t over the limit"
             ]
         );
         assert_eq!(alert_json(&a)["at-ms"], 1_000);
+        assert_eq!(alert_json(&a)["deliveries"][0]["last-error"], "SMTP: 550");
     }
 
     #[test]

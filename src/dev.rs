@@ -295,6 +295,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (l, addr) in edge.listeners() {
         listeners.insert(l.name().into(), addr.to_string().into());
     }
+    // Alerts: emails go in through edge 1's mx listener, to the demo tenant's admin mailbox.
+    if let Some(mx) = listeners.get("mx").and_then(|v| v.as_str()) {
+        let urls: Vec<String> = control_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        use moat_proto::write_request::Op;
+        for op in [
+            Op::SetAlertTransport(moat_proto::AlertTransport {
+                smtp: mx.to_owned(),
+                from: "Moat alerts <alerts@moat.invalid>".into(),
+            }),
+            Op::SetAlertContacts(moat_proto::AlertContacts {
+                tenant: "example.test".into(),
+                emails: vec!["admin@example.test".into()],
+                webhook_url: String::new(),
+                webhook_secret: String::new(),
+            }),
+        ] {
+            crate::admin::write_op(urls.clone(), &token, op)
+                .await
+                .map_err(|e| anyhow::anyhow!("setting up alerts: {e}"))?;
+        }
+    }
     let mut edges = vec![EdgeEndpoints {
         id: node,
         pid: std::process::id(),

@@ -264,6 +264,7 @@ impl Control {
         let svc = Services {
             shared: Arc::clone(&self.shared),
         };
+        let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&self.shared)));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
@@ -289,7 +290,122 @@ impl Control {
                 }
             }
         }
+        deliveries.abort();
         Ok(())
+    }
+}
+
+/// Work for the alert deliverer: an alert, one of its pending deliveries, the tenant's
+/// contacts and the email transport.
+type DeliveryWork = (
+    crate::state::Alert,
+    crate::state::Delivery,
+    crate::state::AlertContacts,
+    crate::state::AlertTransport,
+);
+
+fn pending_deliveries(state: &State) -> Vec<DeliveryWork> {
+    state
+        .alerts
+        .iter()
+        .flat_map(|a| {
+            a.deliveries
+                .iter()
+                .filter(|d| d.state == crate::state::DeliveryState::Pending)
+                .map(move |d| {
+                    (
+                        a.clone(),
+                        d.clone(),
+                        state
+                            .alert_contacts
+                            .get(&a.tenant)
+                            .cloned()
+                            .unwrap_or_default(),
+                        state.alert_transport.clone(),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// On the leader: tries each pending alert delivery (again, with exponential backoff from 1 s
+/// to about 4 minutes) and commits each attempt's outcome, so any leader can take over and
+/// every failure is visible in `moat admin alerts list`.
+async fn deliver_alerts(shared: Arc<Shared>) {
+    let mut next_try: HashMap<(u64, String, String), Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leader = shared
+            .view
+            .borrow()
+            .status
+            .as_ref()
+            .is_some_and(|s| s.leader == shared.id);
+        if !leader {
+            next_try.clear();
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        shared.send(Req::Read(
+            true,
+            Box::new(move |state: &State| {
+                let _ = tx.send(pending_deliveries(state));
+            }),
+        ));
+        let Ok(Ok(work)) = tokio::time::timeout(REQUEST_TIMEOUT, rx).await else {
+            continue;
+        };
+        for (alert, d, contacts, transport) in work {
+            let key = (alert.id, d.channel.clone(), d.target.clone());
+            if next_try.get(&key).is_some_and(|t| *t > Instant::now()) {
+                continue;
+            }
+            let result = match d.channel.as_str() {
+                "webhook" => {
+                    crate::alerts::webhook(
+                        &d.target,
+                        &contacts.webhook_secret,
+                        &alert,
+                        now_ms() / 1000,
+                    )
+                    .await
+                }
+                _ if transport.smtp.is_empty() => Err(
+                    "no alert email transport (moat admin alerts transport set --smtp HOST:PORT)"
+                        .to_owned(),
+                ),
+                _ => {
+                    let from = if transport.from.is_empty() {
+                        "Moat alerts <alerts@moat.invalid>"
+                    } else {
+                        transport.from.as_str()
+                    };
+                    let date = moat_shared::time::rfc5322_date(SystemTime::now());
+                    crate::alerts::email(&transport.smtp, from, &d.target, &alert, &date).await
+                }
+            };
+            if let Err(e) = &result {
+                tracing::warn!(alert = alert.id, channel = %d.channel, target = %d.target, "alert delivery failed: {e}");
+            }
+            next_try.insert(
+                key,
+                Instant::now() + Duration::from_secs(1 << d.attempts.min(8)),
+            );
+            let p = Proposal {
+                at_ms: now_ms(),
+                actor: "system".into(),
+                request_id: None,
+                command: Command::AlertDelivery {
+                    alert: alert.id,
+                    channel: d.channel,
+                    target: d.target,
+                    error: result.err(),
+                },
+            };
+            let _ = shared.ask(|r| Req::Propose(p, r)).await;
+        }
     }
 }
 
@@ -962,6 +1078,27 @@ impl v1::admin_server::Admin for Services {
                     },
                 }
             }
+            Op::SetAlertContacts(c) => {
+                let tenant = tenant_id(&c.tenant)?;
+                who.may_change(&tenant)?;
+                Command::SetAlertContacts {
+                    tenant,
+                    contacts: crate::state::AlertContacts {
+                        emails: c.emails.iter().map(|e| e.trim().to_lowercase()).collect(),
+                        webhook_url: c.webhook_url.trim().to_owned(),
+                        webhook_secret: c.webhook_secret,
+                    },
+                }
+            }
+            Op::SetAlertTransport(t) => {
+                who.operator_only("set how alert emails are sent")?;
+                Command::SetAlertTransport {
+                    transport: crate::state::AlertTransport {
+                        smtp: t.smtp.trim().to_owned(),
+                        from: t.from.trim().to_owned(),
+                    },
+                }
+            }
             Op::SetDetectionPolicy(d) => {
                 let tenant = match d.tenant.as_str() {
                     "" => {
@@ -1130,6 +1267,7 @@ impl v1::admin_server::Admin for Services {
             "alerts",
             "outbound-policy",
             "detection",
+            "alert-contacts",
         ];
         if !known.contains(&r.kind.as_str()) {
             return Err(bad(format!(
@@ -1341,8 +1479,46 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                     severity: a.severity.clone(),
                     title: a.title.clone(),
                     detail: a.detail.clone(),
+                    id: a.id,
+                    deliveries: a
+                        .deliveries
+                        .iter()
+                        .map(|d| v1::AlertDelivery {
+                            channel: d.channel.clone(),
+                            target: d.target.clone(),
+                            state: match d.state {
+                                crate::state::DeliveryState::Pending => "pending",
+                                crate::state::DeliveryState::Delivered => "delivered",
+                                crate::state::DeliveryState::Failed => "failed",
+                            }
+                            .into(),
+                            attempts: d.attempts,
+                            last_error: d.last_error.clone(),
+                        })
+                        .collect(),
                 })
                 .collect();
+        }
+        "alert-contacts" => {
+            reply.alert_contacts = state
+                .alert_contacts
+                .iter()
+                .filter(|(t, _)| tenant_ok(t))
+                .map(|(t, c)| v1::AlertContacts {
+                    tenant: t.to_string(),
+                    emails: c.emails.clone(),
+                    webhook_url: c.webhook_url.clone(),
+                    webhook_secret: if c.webhook_secret.is_empty() {
+                        String::new()
+                    } else {
+                        "(set)".into()
+                    },
+                })
+                .collect();
+            reply.alert_transport = Some(v1::AlertTransport {
+                smtp: state.alert_transport.smtp.clone(),
+                from: state.alert_transport.from.clone(),
+            });
         }
         "tls-report" => {
             let days = if r.days == 0 { 7 } else { i64::from(r.days) };

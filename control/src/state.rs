@@ -135,6 +135,29 @@ pub enum Command {
         /// The settings.
         policy: DetectionPolicy,
     },
+    /// Set where a tenant's alerts go.
+    SetAlertContacts {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The contacts.
+        contacts: AlertContacts,
+    },
+    /// Set how alert emails are sent.
+    SetAlertTransport {
+        /// The transport.
+        transport: AlertTransport,
+    },
+    /// The leader's report of one delivery attempt.
+    AlertDelivery {
+        /// The alert.
+        alert: u64,
+        /// Its channel.
+        channel: String,
+        /// Its target.
+        target: String,
+        /// `None` when delivered, else why not.
+        error: Option<String>,
+    },
     /// Lift a restriction.
     Unblock {
         /// The tenant.
@@ -328,6 +351,64 @@ pub struct Alert {
     pub title: String,
     /// What happened.
     pub detail: String,
+    /// Cluster-unique, increasing.
+    #[serde(default)]
+    pub id: u64,
+    /// One per channel and target, made from the tenant's contacts when the alert was raised.
+    #[serde(default)]
+    pub deliveries: Vec<Delivery>,
+}
+
+/// How many times an alert delivery is tried before it is marked failed.
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 8;
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryState {
+    /// Not delivered yet; the leader tries (again).
+    Pending,
+    /// Accepted by the receiver.
+    Delivered,
+    /// Given up after [`MAX_DELIVERY_ATTEMPTS`].
+    Failed,
+}
+
+/// One delivery of an alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `webhook` or `email`.
+    pub channel: String,
+    /// The URL or the address.
+    pub target: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure, empty if none.
+    pub last_error: String,
+    /// When it was last tried (entry time).
+    pub at_ms: i64,
+}
+
+/// Where a tenant's alerts go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertContacts {
+    /// Admin addresses that get an email.
+    pub emails: Vec<String>,
+    /// An `http://` URL that gets a signed JSON POST; empty for none.
+    pub webhook_url: String,
+    /// The HMAC-SHA256 key of the webhook signature.
+    pub webhook_secret: String,
+}
+
+/// How alert emails leave the cluster: an SMTP server (an edge, or a smarthost).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertTransport {
+    /// `host:port`.
+    pub smtp: String,
+    /// The header From of alert emails (the envelope sender is `<>`).
+    pub from: String,
 }
 
 /// How the control plane judges a connector (per tenant, or the cluster default).
@@ -455,6 +536,15 @@ pub struct State {
     /// The newest alerts.
     #[serde(default)]
     pub alerts: VecDeque<Alert>,
+    /// Where each tenant's alerts go.
+    #[serde(default)]
+    pub alert_contacts: BTreeMap<TenantId, AlertContacts>,
+    /// How alert emails are sent.
+    #[serde(default)]
+    pub alert_transport: AlertTransport,
+    /// The id the next alert gets.
+    #[serde(default)]
+    pub next_alert_id: u64,
     /// Detection settings: the cluster default under `*`, tenants' own under their id.
     #[serde(default)]
     pub detection: BTreeMap<String, DetectionPolicy>,
@@ -510,7 +600,10 @@ impl State {
             if let Some(id) = &p.request_id {
                 self.requests.insert(id.clone(), (index, now));
             }
-            if !matches!(p.command, Command::Signals { .. }) {
+            if !matches!(
+                p.command,
+                Command::Signals { .. } | Command::AlertDelivery { .. }
+            ) {
                 self.audit.push_back(AuditRecord {
                     index,
                     at_ms: now,
@@ -733,6 +826,68 @@ impl State {
                     policy.recipients_per_hour,
                     policy.recipients_per_day,
                     policy.action.as_str()
+                ))
+            }
+            Command::SetAlertContacts { tenant, contacts } => {
+                self.tenant_mut(tenant)?;
+                if !contacts.webhook_url.is_empty() && !contacts.webhook_url.starts_with("http://")
+                {
+                    return Err("the webhook must be an http:// URL".into());
+                }
+                if contacts.emails.iter().any(|e| !e.contains('@')) {
+                    return Err("alert emails must be addresses".into());
+                }
+                self.alert_contacts.insert(tenant.clone(), contacts.clone());
+                Ok(format!(
+                    "alert contacts of {tenant}: {} email(s){}",
+                    contacts.emails.len(),
+                    if contacts.webhook_url.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", webhook {}", contacts.webhook_url)
+                    }
+                ))
+            }
+            Command::SetAlertTransport { transport } => {
+                self.alert_transport = transport.clone();
+                Ok(format!("alert emails go through {}", transport.smtp))
+            }
+            Command::AlertDelivery {
+                alert,
+                channel,
+                target,
+                error,
+            } => {
+                let now = self.now_ms;
+                let d = self
+                    .alerts
+                    .iter_mut()
+                    .find(|a| a.id == *alert)
+                    .and_then(|a| {
+                        a.deliveries
+                            .iter_mut()
+                            .find(|d| d.channel == *channel && d.target == *target)
+                    })
+                    .ok_or_else(|| {
+                        format!("alert {alert} has no {channel} delivery to {target}")
+                    })?;
+                if d.state != DeliveryState::Pending {
+                    return Ok(format!("alert {alert} {channel} already settled"));
+                }
+                d.attempts += 1;
+                d.at_ms = now;
+                match error {
+                    None => d.state = DeliveryState::Delivered,
+                    Some(e) => {
+                        d.last_error = e.clone();
+                        if d.attempts >= MAX_DELIVERY_ATTEMPTS {
+                            d.state = DeliveryState::Failed;
+                        }
+                    }
+                }
+                Ok(format!(
+                    "alert {alert} {channel} to {target}: {:?} after {} attempt(s)",
+                    d.state, d.attempts
                 ))
             }
             Command::SetDetectionPolicy { tenant, policy } => {
@@ -973,6 +1128,8 @@ impl State {
             tenant,
             severity: "high".into(),
             title: "Suspicious connector activity".into(),
+            id: 0,
+            deliveries: Vec::new(),
             detail: format!(
                 "connector {name} (IPs {}{cert}) restricted by {reason}",
                 if ips.is_empty() {
@@ -1083,10 +1240,30 @@ impl State {
             severity: "high".into(),
             title: title.into(),
             detail,
+            id: 0,
+            deliveries: Vec::new(),
         });
     }
 
-    fn alert(&mut self, a: Alert) {
+    fn alert(&mut self, mut a: Alert) {
+        self.next_alert_id += 1;
+        a.id = self.next_alert_id;
+        let pending = |channel: &str, target: &str| Delivery {
+            channel: channel.into(),
+            target: target.into(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: String::new(),
+            at_ms: a.at_ms,
+        };
+        if let Some(c) = self.alert_contacts.get(&a.tenant) {
+            if !c.webhook_url.is_empty() {
+                a.deliveries.push(pending("webhook", &c.webhook_url));
+            }
+            for e in &c.emails {
+                a.deliveries.push(pending("email", e));
+            }
+        }
         self.alerts.push_back(a);
         while self.alerts.len() > ALERTS_KEEP {
             self.alerts.pop_front();
@@ -1148,6 +1325,9 @@ fn policy_relevant(c: &Command) -> bool {
             | Command::RevokeToken { .. }
             | Command::SetOutboundPolicy { .. }
             | Command::SetDetectionPolicy { .. }
+            | Command::SetAlertContacts { .. }
+            | Command::SetAlertTransport { .. }
+            | Command::AlertDelivery { .. }
     )
 }
 
@@ -1166,6 +1346,8 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         Command::PutUser { user } => Some(user.tenant.clone()),
         Command::CreateToken { token } => token.tenant.clone(),
         Command::SetDetectionPolicy { tenant, .. } => tenant.clone(),
+        Command::SetAlertContacts { tenant, .. } => Some(tenant.clone()),
+        Command::SetAlertTransport { .. } | Command::AlertDelivery { .. } => None,
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }
         | Command::SetSpeedBump { .. }

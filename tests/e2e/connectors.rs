@@ -303,6 +303,49 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
             ],
         );
     }
+    // Alerts go to a webhook (a real HTTP server here) and, by email, to the admin mailbox.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("bind webhook");
+    let hook_url = format!("http://{}/moat-alerts", hook.local_addr().expect("addr"));
+    let (hook_tx, hook_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        for conn in hook.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut head = Vec::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push(line.trim_end().to_owned());
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            let _ = hook_tx.send((head, String::from_utf8_lossy(&body).into_owned()));
+        }
+    });
+    admin(
+        &dev,
+        &[
+            "alerts",
+            "contacts",
+            "set",
+            "--tenant",
+            "example.test",
+            "--email",
+            "admin@example.test",
+            "--webhook",
+            &hook_url,
+            "--webhook-secret",
+            "hook-secret-1",
+        ],
+    );
     let edges = [mx(&dev, 0), mx(&dev, 1)];
     // Baseline: five windows of normal traffic from accepted domains; the steady connector
     // sends 30 a window, the ramp grows by 4 a window, the flooder sends 2.
@@ -372,6 +415,74 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
         alerts.contains("Suspicious connector activity") && alerts.contains("127.0.0.2"),
         "{alerts}"
     );
+
+    // The webhook got the alert, signed with HMAC-SHA256 over "timestamp.body" (checked here
+    // with Python's hmac, not our code); the admin mailbox got the email.
+    let (head, body) = hook_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("no webhook call");
+    let header = |name: &str| {
+        head.iter()
+            .find_map(|h| {
+                h.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {head:?}"))
+    };
+    assert!(
+        head[0].starts_with("POST /moat-alerts HTTP/1.1"),
+        "{head:?}"
+    );
+    let (ok, expected, err) = run(std::process::Command::new("python3").args([
+        "-c",
+        "import hmac, hashlib, sys; print('sha256=' + hmac.new(sys.argv[1].encode(), (sys.argv[2] + '.' + sys.argv[3]).encode(), hashlib.sha256).hexdigest())",
+        "hook-secret-1",
+        &header("x-moat-timestamp"),
+        &body,
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(header("x-moat-signature"), expected.trim(), "bad signature");
+    let alert: Value = serde_json::from_str(&body).expect("alert json");
+    assert_eq!(alert["title"], "Suspicious connector activity");
+    assert_eq!(alert["severity"], "high");
+    assert!(alert["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("flooder"));
+    let t0 = Instant::now();
+    while dev
+        .messages()
+        .iter()
+        .all(|p| !p.to_string_lossy().contains("/example.test/admin/new/"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no alert email");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mail = dev.messages_with_header("Subject: [high] Suspicious connector activity");
+    assert_eq!(mail.len(), 1);
+    assert!(String::from_utf8_lossy(&mail[0]).contains("connector flooder"));
+    let t0 = Instant::now();
+    loop {
+        let alerts = admin(&dev, &["alerts", "list", "--tenant", "example.test"]);
+        let states: Vec<String> = alerts[0]["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                format!(
+                    "{}:{}",
+                    d["channel"].as_str().unwrap_or(""),
+                    d["state"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if states == ["webhook:delivered", "email:delivered"] {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "{states:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Unblock with a reason: both edges accept the connector again.
     let took = admin_applied(

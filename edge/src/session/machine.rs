@@ -762,7 +762,7 @@ impl Session {
                 h.push_str(&format!("\r\n\tfor <{only}>"));
             }
         }
-        h.push_str(&format!("; {}\r\n", rfc5322_date(now)));
+        h.push_str(&format!("; {}\r\n", moat_shared::time::rfc5322_date(now)));
         h.into_bytes()
     }
 }
@@ -774,28 +774,4 @@ fn decode_b64(b64: &[u8]) -> Option<String> {
         .decode(b64.trim_ascii())
         .ok()?;
     String::from_utf8(raw).ok()
-}
-
-/// Formats a time as an RFC 5322 date in UTC, e.g. `Mon, 23 Nov 2026 20:01:49 +0000`.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (year, month, day) = moat_shared::time::civil_from_days(days);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
