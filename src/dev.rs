@@ -329,16 +329,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     // Further edges, as children.
     for i in 2..=args.edges {
-        let id = format!("edge-{i}");
-        let ports = [
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-        ];
-        let toml = format!(
-            r#"node-id = "{id}"
+        // A port that was free a moment ago can be taken before the child binds it: a child that
+        // exits at once is started again on other ports.
+        for attempt in 1..=5 {
+            let id = format!("edge-{i}");
+            let ports = [
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+            ];
+            let toml = format!(
+                r#"node-id = "{id}"
 [tls]
 cert = {cert:?}
 key = {key:?}
@@ -362,42 +365,50 @@ legacy-tls = "opt-in"
 kind = "maildir"
 path = {maildir:?}
 "#,
-            cert = edge_cert.display().to_string(),
-            key = edge_key.display().to_string(),
-            client_ca = ca.display().to_string(),
-            mx = ports[0],
-            sub = ports[1],
-            smtps = ports[2],
-            legacy = ports[4],
-            maildir = data.join("mail").display().to_string(),
-        );
-        let path = data.join(format!("{id}.toml"));
-        std::fs::write(&path, toml)?;
-        let status = format!("127.0.0.1:{}", ports[3]);
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("edge")
-            .arg("--config")
-            .arg(&path)
-            .arg("--control")
-            .arg(control_addrs.join(","))
-            .arg("--status")
-            .arg(&status);
-        let pid = children.spawn(cmd, &log_dir.join(format!("{id}.log")))?;
-        let mut l = serde_json::Map::new();
-        for (kind, port) in ["mx", "submission", "smtps", "", "legacy-submission"]
-            .iter()
-            .zip(ports)
-            .filter(|(k, _)| !k.is_empty())
-        {
-            l.insert((*kind).into(), format!("127.0.0.1:{port}").into());
+                cert = edge_cert.display().to_string(),
+                key = edge_key.display().to_string(),
+                client_ca = ca.display().to_string(),
+                mx = ports[0],
+                sub = ports[1],
+                smtps = ports[2],
+                legacy = ports[4],
+                maildir = data.join("mail").display().to_string(),
+            );
+            let path = data.join(format!("{id}.toml"));
+            std::fs::write(&path, toml)?;
+            let status = format!("127.0.0.1:{}", ports[3]);
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("edge")
+                .arg("--config")
+                .arg(&path)
+                .arg("--control")
+                .arg(control_addrs.join(","))
+                .arg("--status")
+                .arg(&status);
+            let pid = children.spawn(cmd, &log_dir.join(format!("{id}.log")))?;
+            if !children.comes_up(pid, &status).await {
+                if attempt == 5 {
+                    anyhow::bail!("edge {id} exits at start; see {}", log_dir.display());
+                }
+                continue;
+            }
+            let mut l = serde_json::Map::new();
+            for (kind, port) in ["mx", "submission", "smtps", "", "legacy-submission"]
+                .iter()
+                .zip(ports)
+                .filter(|(k, _)| !k.is_empty())
+            {
+                l.insert((*kind).into(), format!("127.0.0.1:{port}").into());
+            }
+            edges.push(EdgeEndpoints {
+                id,
+                pid,
+                listeners: l,
+                status,
+                metrics: None,
+            });
+            break;
         }
-        edges.push(EdgeEndpoints {
-            id,
-            pid,
-            listeners: l,
-            status,
-            metrics: None,
-        });
     }
 
     // Ready when every edge enforces a snapshot with the demo tenant and user.
@@ -494,6 +505,25 @@ impl Children {
         let pid = child.id();
         self.0.push(child);
         Ok(pid)
+    }
+
+    /// Waits until the child `pid` answers on `status` (true) or exits (false, and it is
+    /// forgotten).
+    async fn comes_up(&mut self, pid: u32, status: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(status).await.is_ok() {
+                return true;
+            }
+            if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
+                if matches!(self.0[i].try_wait(), Ok(Some(_))) {
+                    self.0.remove(i);
+                    return false;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     fn stop(&mut self) {

@@ -148,32 +148,49 @@ impl Cluster {
     /// Starts an edge watching every node; returns its index.
     fn start_edge(&mut self) -> usize {
         let i = self.edges.len();
-        let mx = format!("127.0.0.1:{}", free_port());
-        let status = format!("127.0.0.1:{}", free_port());
-        let config = self.dir.0.join(format!("edge-{i}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "node-id = \"edge-{i}\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n",
-                self.dir.0.join("mail").display().to_string()
-            ),
-        )
-        .expect("edge config");
-        let all: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
-        let child = moat()
-            .arg("edge")
-            .arg("--config")
-            .arg(&config)
-            .arg("--control")
-            .arg(all.join(","))
-            .arg("--status")
-            .arg(&status)
-            .stdout(Stdio::null())
-            .stderr(self.log(&format!("edge-{i}")))
-            .spawn()
-            .expect("spawn edge");
-        self.edges.push(EdgeProc { mx, status, child });
-        i
+        // A port free a moment ago may be taken by a parallel test before the edge binds it:
+        // an edge that exits at once is started again on other ports.
+        for _ in 0..5 {
+            let mx = format!("127.0.0.1:{}", free_port());
+            let status = format!("127.0.0.1:{}", free_port());
+            let config = self.dir.0.join(format!("edge-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "node-id = \"edge-{i}\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n",
+                    self.dir.0.join("mail").display().to_string()
+                ),
+            )
+            .expect("edge config");
+            let all: Vec<String> = self.nodes.iter().map(|n| n.address.clone()).collect();
+            let mut child = moat()
+                .arg("edge")
+                .arg("--config")
+                .arg(&config)
+                .arg("--control")
+                .arg(all.join(","))
+                .arg("--status")
+                .arg(&status)
+                .stdout(Stdio::null())
+                .stderr(self.log(&format!("edge-{i}")))
+                .spawn()
+                .expect("spawn edge");
+            let t0 = Instant::now();
+            while std::net::TcpStream::connect(&status).is_err()
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                continue;
+            }
+            self.edges.push(EdgeProc { mx, status, child });
+            return i;
+        }
+        panic!("edge {i} would not start; see its log");
     }
 
     fn admin(&self, args: &[&str]) -> (i32, String, String) {
