@@ -517,7 +517,7 @@ impl Children {
             }
             if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
                 if matches!(self.0[i].try_wait(), Ok(Some(_))) {
-                    self.0.remove(i);
+                    let _ = self.0.remove(i).wait();
                     return false;
                 }
             }
