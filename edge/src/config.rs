@@ -46,6 +46,10 @@
 //! ca = "/etc/moat/next-hop-ca.pem" # verify the next hop; without it TLS is unauthenticated
 //! timeout = "2m"
 //! # path = "/var/mail/moat"       # maildir
+//!
+//! [outbound-next-hop]             # optional: where relayed mail goes (a smarthost); same
+//! kind = "smtp"                   # keys as [next-hop]; without it, relay goes to [next-hop]
+//! address = "smarthost.internal:25"
 //! ```
 
 use std::net::SocketAddr;
@@ -76,6 +80,8 @@ pub struct EdgeConfig {
     pub listeners: Vec<ListenerConfig>,
     /// Where accepted mail goes.
     pub next_hop: Option<NextHopConfig>,
+    /// Where relayed mail goes; without it, to `next_hop`.
+    pub outbound_next_hop: Option<NextHopConfig>,
 }
 
 impl Default for EdgeConfig {
@@ -92,6 +98,7 @@ impl Default for EdgeConfig {
             auth: AuthLimits::default(),
             listeners: Vec::new(),
             next_hop: None,
+            outbound_next_hop: None,
         }
     }
 }

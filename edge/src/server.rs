@@ -115,6 +115,19 @@ impl Edge {
                 .map_err(|e| EdgeError::Config(format!("maildir {}: {e}", path.display())))?;
         }
         let next_hop = NextHop::new(&next_hop_cfg, cfg.hostname()).map_err(EdgeError::Config)?;
+        let outbound = match &cfg.outbound_next_hop {
+            Some(NextHopConfig::Maildir { .. }) => {
+                return Err(EdgeError::Config(
+                    "[outbound-next-hop] must be smtp or lmtp: relayed mail leaves the cluster"
+                        .into(),
+                ))
+            }
+            Some(c) => Some(
+                NextHop::new(c, cfg.hostname())
+                    .map_err(|e| EdgeError::Config(format!("[outbound-next-hop]: {e}")))?,
+            ),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for (l, certs) in cfg.listeners.iter().zip(certs) {
             let socket = listen(l.address).map_err(|source| EdgeError::Bind {
@@ -131,6 +144,7 @@ impl Edge {
             policy,
             counters,
             next_hop,
+            outbound,
             listeners,
         })
     }
@@ -144,6 +158,7 @@ pub struct BoundEdge {
     counters: Arc<Counters>,
     throttle: Arc<Throttle>,
     next_hop: Arc<NextHop>,
+    outbound: Option<Arc<NextHop>>,
     listeners: Vec<(ListenerConfig, ListenerTls, TcpListener)>,
 }
 
@@ -188,6 +203,7 @@ impl BoundEdge {
                 node: self.cfg.node_id.clone(),
                 policy: self.policy.clone(),
                 next_hop: Arc::clone(&self.next_hop),
+                outbound: self.outbound.clone(),
                 idle_timeout: limits.idle_timeout,
                 data_timeout: limits.data_timeout,
                 shutdown: stop_rx.clone(),

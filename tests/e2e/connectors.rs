@@ -514,3 +514,100 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     );
     assert!(audit.contains("connector flooder restricted"), "{audit}");
 }
+
+/// Relayed mail goes to the outbound next hop (a smarthost: the scripted SMTP server here),
+/// inbound mail to the mailbox next hop (the maildir); one transaction takes one route, a
+/// recipient of the other gets `452 4.5.3` and is sent again in its own transaction.
+#[test]
+fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
+    let dir = TempDir::new("smarthost");
+    let port_file = dir.0.join("port");
+    let spool = dir.0.join("spool");
+    let mut hop = std::process::Command::new("python3")
+        .arg(crate::harness::clients_dir().join("fake_next_hop.py"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--spool")
+        .arg(&spool)
+        .spawn()
+        .expect("python3");
+    let t0 = Instant::now();
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "smarthost did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let config = format!(
+        "[outbound-next-hop]\nkind = \"smtp\"\naddress = \"127.0.0.1:{port}\"\nstarttls = \"none\"\n"
+    );
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
+    admin_applied(
+        &dev,
+        &[
+            "connector",
+            "create",
+            "--tenant",
+            "example.test",
+            "onprem",
+            "--type",
+            "on-premises",
+            "--sender-ip",
+            "127.0.0.2",
+        ],
+    );
+    let server = mx(&dev, 0);
+    runtime().block_on(async {
+        let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
+            .await
+            .expect("connect");
+        c.cmd("EHLO onprem.example.test").await.expect("ehlo");
+        assert!(c
+            .cmd("MAIL FROM:<app@example.test>")
+            .await
+            .expect("mail")
+            .starts_with("250"));
+        let r = c.cmd("RCPT TO:<x@remote.test>").await.expect("rcpt");
+        assert!(r.starts_with("250"), "{r}");
+        let r = c.cmd("RCPT TO:<alice@example.test>").await.expect("rcpt");
+        assert!(r.starts_with("452 4.5.3"), "{r}");
+        assert!(c.cmd("DATA").await.expect("data").starts_with("354"));
+        c.write(&stuff(b"Subject: relayed\r\n\r\nout\r\n"))
+            .await
+            .expect("body");
+        let r = c.reply().await.expect("final");
+        assert!(r.starts_with("250"), "{r}");
+        let r = send(
+            &mut c,
+            "app@example.test",
+            "alice@example.test",
+            "app@example.test",
+        )
+        .await
+        .expect("send");
+        assert!(r.starts_with("250"), "{r}");
+    });
+    let spooled: Vec<String> = std::fs::read_dir(&spool)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .map(|e| {
+                    String::from_utf8_lossy(&std::fs::read(e.path()).expect("read")).into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    assert!(spooled[0].contains("Subject: relayed"));
+    assert_eq!(
+        dev.messages().len(),
+        1,
+        "only the inbound message is in the maildir"
+    );
+    let _ = hop.kill();
+    let _ = hop.wait();
+}

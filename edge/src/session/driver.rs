@@ -91,6 +91,8 @@ pub struct Shared {
     pub policy: PolicyHandle,
     /// Where mail goes.
     pub next_hop: Arc<NextHop>,
+    /// Where relayed mail goes, when it is not `next_hop`.
+    pub outbound: Option<Arc<NextHop>>,
     /// Server certificates, when TLS is configured.
     pub certs: Option<Certificates>,
     /// The OpenSSL engine for TLS 1.0/1.1 clients, when the listener accepts them.
@@ -150,6 +152,10 @@ struct Tracking {
     rcpts: u64,
     /// The open transaction's envelope sender.
     from: Option<Address>,
+    /// The open transaction's envelope, until its next-hop transaction is opened.
+    envelope: Option<Envelope>,
+    /// Whether the open next-hop transaction goes to the outbound next hop.
+    outbound: bool,
     /// The connector (`tenant/name`) the open transaction arrived through, from its first
     /// accepted recipient.
     connector: Option<String>,
@@ -166,6 +172,8 @@ struct Tracking {
 impl Tracking {
     /// A new transaction (MAIL).
     fn open(&mut self, from: Option<Address>) {
+        self.envelope = None;
+        self.outbound = false;
         self.rcpts = 0;
         self.relayed = 0;
         self.bytes = 0;
@@ -386,15 +394,14 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                 }
                 Action::Open(envelope) => {
                     track.open(envelope.from.clone());
+                    // The next hop is chosen, and its transaction opened, at the first accepted
+                    // recipient: relay goes to the outbound next hop, the rest inbound.
                     let r = match mail_policy(shared, session.facts(), &envelope) {
                         Some(r) => r,
-                        None => match shared.next_hop.open(&envelope).await {
-                            Ok(t) => {
-                                txn = Some(t);
-                                reply::SENDER_OK.into()
-                            }
-                            Err(r) => r,
-                        },
+                        None => {
+                            track.envelope = Some(envelope);
+                            reply::SENDER_OK.into()
+                        }
                     };
                     session.resolve(r, SystemTime::now());
                 }
@@ -403,7 +410,10 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     let facts = session.facts();
                     // An authenticated user may send anywhere (submission is relay).
                     let verdict = match facts.auth {
-                        Some(_) => RcptVerdict::Accept(Default::default()),
+                        Some(_) => RcptVerdict::Accept(verdict::Accepted {
+                            relay: snapshot.tenant_for_domain(&to.domain).is_none(),
+                            ..Default::default()
+                        }),
                         None => {
                             let client = client(&snapshot, facts);
                             verdict::recipient(&snapshot, &client, track.from.as_ref(), &to)
@@ -420,7 +430,27 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                             if let Some(t) = &accepted.tenant {
                                 track.attribute(shared, facts, t, "");
                             }
+                            let outbound = accepted.relay && shared.outbound.is_some();
+                            if txn.is_none() {
+                                let hop = match (outbound, &shared.outbound) {
+                                    (true, Some(o)) => o,
+                                    _ => &shared.next_hop,
+                                };
+                                if let Some(envelope) = &track.envelope {
+                                    match hop.open(envelope).await {
+                                        Ok(t) => {
+                                            txn = Some(t);
+                                            track.outbound = outbound;
+                                        }
+                                        Err(r) => {
+                                            session.resolve(r, SystemTime::now());
+                                            continue;
+                                        }
+                                    }
+                                }
+                            }
                             let r = match txn.as_mut() {
+                                Some(_) if track.outbound != outbound => reply::ROUTE_SPLIT.into(),
                                 Some(t) => t.rcpt(&to).await,
                                 None => reply::LOCAL_ERROR.into(),
                             };

@@ -115,6 +115,9 @@ codes! {
     NEXT_HOP_FAILED = 451 "4.4.2" "Connection to next hop lost, try again later";
     /// The next hop cannot take an SMTPUTF8 message.
     NEXT_HOP_NO_SMTPUTF8 = 553 "5.6.7" "Next hop does not support SMTPUTF8";
+    /// A recipient whose mail takes the other route (relay vs inbound) than the transaction's
+    /// first: the client sends it again in a new transaction (RFC 5321 section 4.5.3.1.10).
+    ROUTE_SPLIT = 452 "4.5.3" "Relay and local recipients go in separate transactions; send this one again";
     /// The client matches an inbound connector the control plane restricted (Exchange Online's
     /// exact text).
     RESTRICTED_CONNECTOR = 550 "5.7.711" "Access denied, bad inbound connector. AS(2204)";
