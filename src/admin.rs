@@ -537,6 +537,9 @@ enum DetectionCmd {
         /// Percent of messages whose header From differs from MAIL FROM that is suspicious.
         #[arg(long, value_name = "PERCENT")]
         mismatch_percent: Option<u32>,
+        /// Percent of checked messages failing DMARC that is suspicious.
+        #[arg(long, value_name = "PERCENT")]
+        auth_fail_percent: Option<u32>,
     },
 }
 
@@ -1612,6 +1615,7 @@ impl Ctx {
                 min_messages,
                 unprovisioned_percent,
                 mismatch_percent,
+                auth_fail_percent,
             } => {
                 let reply = self.read("detection", tenant.as_deref(), None).await?;
                 let want = tenant.clone().unwrap_or_default();
@@ -1633,6 +1637,7 @@ impl Ctx {
                     unprovisioned_percent: unprovisioned_percent
                         .unwrap_or(current.unprovisioned_percent),
                     mismatch_percent: mismatch_percent.unwrap_or(current.mismatch_percent),
+                    auth_fail_percent: auth_fail_percent.unwrap_or(current.auth_fail_percent),
                 };
                 self.write(Op::SetDetectionPolicy(policy)).await
             }
@@ -1989,6 +1994,7 @@ const DETECTION_HEADERS: &[&str] = &[
     "MIN-MESSAGES",
     "UNPROVISIONED%",
     "MISMATCH%",
+    "DMARC-FAIL%",
 ];
 
 fn detection_row(d: &moat_proto::DetectionPolicy) -> Vec<String> {
@@ -2004,6 +2010,7 @@ fn detection_row(d: &moat_proto::DetectionPolicy) -> Vec<String> {
         d.min_messages.to_string(),
         d.unprovisioned_percent.to_string(),
         d.mismatch_percent.to_string(),
+        d.auth_fail_percent.to_string(),
     ]
 }
 
@@ -2016,6 +2023,7 @@ fn detection_json(d: &moat_proto::DetectionPolicy) -> Value {
         "min-messages": d.min_messages,
         "unprovisioned-percent": d.unprovisioned_percent,
         "mismatch-percent": d.mismatch_percent,
+        "auth-fail-percent": d.auth_fail_percent,
     })
 }
 

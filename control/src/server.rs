@@ -1133,6 +1133,7 @@ impl v1::admin_server::Admin for Services {
                             def.unprovisioned_percent,
                         ),
                         mismatch_percent: pick(d.mismatch_percent, def.mismatch_percent),
+                        auth_fail_percent: pick(d.auth_fail_percent, def.auth_fail_percent),
                     },
                 }
             }
@@ -1449,6 +1450,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                     min_messages: p.min_messages,
                     unprovisioned_percent: p.unprovisioned_percent,
                     mismatch_percent: p.mismatch_percent,
+                    auth_fail_percent: p.auth_fail_percent,
                 })
                 .collect();
         }

@@ -434,6 +434,14 @@ pub struct DetectionPolicy {
     /// Percent of an OnPremises connector's messages whose header From domain differs from
     /// MAIL FROM's that is suspicious (default 50).
     pub mismatch_percent: u32,
+    /// Percent of a connector's checked messages that fail DMARC that is suspicious (default
+    /// 50; edges count only with `[authentication] checks = true`).
+    #[serde(default = "default_auth_fail_percent")]
+    pub auth_fail_percent: u32,
+}
+
+fn default_auth_fail_percent() -> u32 {
+    50
 }
 
 impl Default for DetectionPolicy {
@@ -445,6 +453,7 @@ impl Default for DetectionPolicy {
             min_messages: 100,
             unprovisioned_percent: 50,
             mismatch_percent: 50,
+            auth_fail_percent: 50,
         }
     }
 }
@@ -460,6 +469,12 @@ pub struct WindowCounts {
     pub mismatch: u64,
     /// Relay recipients refused.
     pub relay_refused: u64,
+    /// Messages checked for SPF/DKIM/DMARC.
+    #[serde(default)]
+    pub auth_checked: u64,
+    /// Of which failing DMARC.
+    #[serde(default)]
+    pub auth_failed: u64,
 }
 
 /// What the control plane knows of a connector's traffic.
@@ -907,13 +922,14 @@ impl State {
                 };
                 self.detection.insert(key.clone(), *policy);
                 Ok(format!(
-                    "detection for {key}: interval {} ms, warm-up {} windows, spike x{}, min {} messages, unprovisioned {}%, mismatch {}%",
+                    "detection for {key}: interval {} ms, warm-up {} windows, spike x{}, min {} messages, unprovisioned {}%, mismatch {}%, DMARC failures {}%",
                     policy.interval_ms,
                     policy.warmup_intervals,
                     policy.spike_factor,
                     policy.min_messages,
                     policy.unprovisioned_percent,
-                    policy.mismatch_percent
+                    policy.mismatch_percent,
+                    policy.auth_fail_percent
                 ))
             }
             Command::Unblock {
@@ -1024,6 +1040,8 @@ impl State {
                     "unprovisioned" => st.current.unprovisioned += delta,
                     "mismatch" => st.current.mismatch += delta,
                     "relay-refused" => st.current.relay_refused += delta,
+                    "auth-checked" => st.current.auth_checked += delta,
+                    "dmarc-fail" => st.current.auth_failed += delta,
                     _ => {}
                 }
             }
@@ -1075,23 +1093,33 @@ impl State {
             return;
         };
         let w = st.current;
-        if w.messages < policy.min_messages {
+        let auth_share = w.auth_failed * 100 / w.auth_checked.max(1);
+        if w.messages < policy.min_messages && w.auth_checked < policy.min_messages {
             return;
         }
         let baseline = st.baseline_milli.max(1000);
         let onprem = kind == moat_shared::ConnectorKind::OnPremises;
         let share = |n: u64| n * 100 / w.messages.max(1);
         let figures = format!(
-            "{} messages this window, baseline {}.{:03} per window over {} windows, {}% unprovisioned MAIL FROM domains, {}% header From mismatches, {} relay refusals",
+            "{} messages this window, baseline {}.{:03} per window over {} windows, {}% unprovisioned MAIL FROM domains, {}% header From mismatches, {} relay refusals, {} of {} checked messages failing DMARC",
             w.messages,
             st.baseline_milli / 1000,
             st.baseline_milli % 1000,
             st.intervals,
             share(w.unprovisioned),
             share(w.mismatch),
-            w.relay_refused
+            w.relay_refused,
+            w.auth_failed,
+            w.auth_checked
         );
-        let detector = if st.intervals >= policy.warmup_intervals
+        let enough = w.messages >= policy.min_messages;
+        let detector = if w.auth_checked >= policy.min_messages
+            && auth_share >= u64::from(policy.auth_fail_percent)
+        {
+            "authentication-failures"
+        } else if !enough {
+            return;
+        } else if st.intervals >= policy.warmup_intervals
             && w.messages * 1000 >= u64::from(policy.spike_factor) * baseline
         {
             "volume-spike"

@@ -27,6 +27,11 @@
 //! max-failures-per-user = 5       # then 454 4.7.0 for that login, even with the right password
 //! failure-window = "15m"          # failures are forgotten this long after the last one
 //!
+//! [authentication]                # SPF/DKIM/DMARC of connector mail, counted for detection
+//! checks = false                  # off by default
+//! dns = "127.0.0.1:53"            # a resolver to ask; default: /etc/resolv.conf
+//! max-message = 1048576           # octets kept for DKIM; longer messages get SPF only
+//!
 //! [[listener]]
 //! kind = "mx"                     # mx | submission | smtps
 //! name = "mx"                     # in logs, Received: and the TLS report; default: the kind
@@ -75,6 +80,8 @@ pub struct EdgeConfig {
     pub limits: Limits,
     /// SMTP AUTH failure throttle.
     pub auth: AuthLimits,
+    /// SPF, DKIM and DMARC checks.
+    pub authentication: Authentication,
     /// Listeners.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -96,6 +103,7 @@ impl Default for EdgeConfig {
             tls: None,
             limits: Limits::default(),
             auth: AuthLimits::default(),
+            authentication: Authentication::default(),
             listeners: Vec::new(),
             next_hop: None,
             outbound_next_hop: None,
@@ -197,6 +205,28 @@ impl Default for AuthLimits {
             max_failures_per_ip: 10,
             max_failures_per_user: 5,
             failure_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// SPF, DKIM and DMARC checks (`[authentication]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Authentication {
+    /// Whether connector mail is checked.
+    pub checks: bool,
+    /// The DNS server to ask; without it, the system's.
+    pub dns: Option<SocketAddr>,
+    /// Most octets of a message kept for the DKIM check.
+    pub max_message: usize,
+}
+
+impl Default for Authentication {
+    fn default() -> Self {
+        Self {
+            checks: false,
+            dns: None,
+            max_message: 1024 * 1024,
         }
     }
 }

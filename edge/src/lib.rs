@@ -13,6 +13,7 @@
 //! - [`tls`]: rustls server settings, certificate reload, client-certificate facts.
 //! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
 //! - [`auth`]: SMTP AUTH password checks and the failure throttle.
+//! - [`mailauth`]: SPF, DKIM and DMARC checks of connector mail, counted for detection.
 //! - [`session`]: the sans-IO SMTP machine and its tokio driver.
 //! - [`verdict`]: pure policy decisions over a snapshot: connectors, relay, restrictions.
 //! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod headers;
 pub mod legacy;
+pub mod mailauth;
 pub mod proxy;
 pub mod relay;
 pub mod server;

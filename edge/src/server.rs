@@ -138,7 +138,19 @@ impl Edge {
             listeners.push((l.clone(), certs, socket));
         }
         raise_fd_limit();
+        let checker = if cfg.authentication.checks {
+            Some(
+                crate::mailauth::Checker::new(
+                    cfg.authentication.dns,
+                    cfg.authentication.max_message,
+                )
+                .map_err(EdgeError::Config)?,
+            )
+        } else {
+            None
+        };
         Ok(BoundEdge {
+            checker,
             throttle: Throttle::new(cfg.auth.clone()),
             cfg,
             policy,
@@ -157,6 +169,7 @@ pub struct BoundEdge {
     policy: PolicyHandle,
     counters: Arc<Counters>,
     throttle: Arc<Throttle>,
+    checker: Option<crate::mailauth::Checker>,
     next_hop: Arc<NextHop>,
     outbound: Option<Arc<NextHop>>,
     listeners: Vec<(ListenerConfig, ListenerTls, TcpListener)>,
@@ -213,6 +226,8 @@ impl BoundEdge {
                 auth,
                 throttle: Arc::clone(&self.throttle),
                 counters: Arc::clone(&self.counters),
+                checker: self.checker.clone(),
+                hostname: self.cfg.hostname().to_owned(),
             };
             let session = SessionConfig {
                 node: self.cfg.node_id.clone(),

@@ -611,3 +611,106 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
     let _ = hop.kill();
     let _ = hop.wait();
 }
+
+/// With `[authentication] checks = true` and a local DNS server holding the tenant's SPF and
+/// DMARC records, a connector whose mail fails DMARC is restricted by the
+/// `authentication-failures` detector; a connector whose mail passes SPF is not.
+#[test]
+fn failing_dmarc_restricts_a_connector() {
+    let dir = TempDir::new("dmarc");
+    let port_file = dir.0.join("dns-port");
+    let zone = r#"{"example.test": {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]},
+                   "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]}}"#;
+    let mut dns = std::process::Command::new("python3")
+        .arg(crate::harness::clients_dir().join("dns_stub.py"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .args(["--zone", zone])
+        .spawn()
+        .expect("python3");
+    let t0 = Instant::now();
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "DNS stub did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let config = format!("[authentication]\nchecks = true\ndns = \"127.0.0.1:{port}\"\n");
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
+    admin(
+        &dev,
+        &[
+            "detection",
+            "set",
+            "--interval",
+            "10m",
+            "--min-messages",
+            "10",
+        ],
+    );
+    for (name, ip) in [("good", "127.0.0.2"), ("spoof", "127.0.0.6")] {
+        admin_applied(
+            &dev,
+            &[
+                "connector",
+                "create",
+                "--tenant",
+                "example.test",
+                name,
+                "--type",
+                "on-premises",
+                "--sender-ip",
+                ip,
+            ],
+        );
+    }
+    let server = mx(&dev, 0);
+    runtime().block_on(async {
+        for r in burst(&server, "127.0.0.2", 12, "example.test").await {
+            assert!(r.starts_with("250"), "{r}");
+        }
+        let t0 = Instant::now();
+        loop {
+            let r = burst(&server, "127.0.0.6", 3, "example.test").await;
+            if r.iter().any(|r| r.starts_with("550 5.7.711")) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let counters = admin(&dev, &["counters", "list"]);
+                panic!("spoof never restricted: {r:?}\n{counters}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let list = admin(&dev, &["restricted", "list"]);
+    let list = list.as_array().expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "spoof");
+    assert!(
+        list[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("authentication-failures: "),
+        "{list:?}"
+    );
+    let counters = admin(&dev, &["counters", "list"]);
+    let get = |key: &str, name: &str| {
+        counters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["key"] == key && c["name"] == name)
+            .and_then(|c| c["total"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(get("example.test/spoof", "spf-fail") >= 10, "{counters}");
+    assert!(get("example.test/spoof", "dmarc-fail") >= 10, "{counters}");
+    assert_eq!(get("example.test/good", "auth-checked"), 12, "{counters}");
+    assert_eq!(get("example.test/good", "spf-fail"), 0, "{counters}");
+    let _ = dns.kill();
+    let _ = dns.wait();
+}

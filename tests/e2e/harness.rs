@@ -205,6 +205,21 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         self.kill();
+        // Child processes of `moat dev --nodes/--edges` outlive a SIGKILLed parent.
+        let own = self.child.id();
+        let pids: Vec<String> = ["edges", "control"]
+            .iter()
+            .flat_map(|k| self.endpoints[*k].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["pid"].as_u64())
+            .filter(|&p| p != u64::from(own))
+            .map(|p| p.to_string())
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -KILL {} 2>/dev/null", pids.join(" ")))
+                .status();
+        }
     }
 }
 

@@ -105,6 +105,10 @@ pub struct Shared {
     pub throttle: Arc<Throttle>,
     /// Counters reported to the control plane.
     pub counters: Arc<Counters>,
+    /// SPF/DKIM/DMARC checks of connector mail, when enabled.
+    pub checker: Option<crate::mailauth::Checker>,
+    /// This edge's host name (the SPF `host` identity).
+    pub hostname: String,
     /// How long to wait for a command.
     pub idle_timeout: Duration,
     /// How long to wait for message content.
@@ -167,6 +171,8 @@ struct Tracking {
     bytes: u64,
     /// The header From of the open transaction's message.
     header_from: HeaderFrom,
+    /// A copy of the message for the DKIM check (`None` once it grew past the limit).
+    copy: Option<Vec<u8>>,
 }
 
 impl Tracking {
@@ -180,6 +186,7 @@ impl Tracking {
         self.from = from;
         self.connector = None;
         self.header_from = HeaderFrom::default();
+        self.copy = Some(Vec::new());
     }
 
     /// Counts an accepted recipient against its connector (the first one fixes the
@@ -473,6 +480,13 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     if let Some(t) = txn.as_mut() {
                         track.bytes += content.len() as u64;
                         track.header_from.feed(&content);
+                        if let (Some(copy), Some(c)) = (&mut track.copy, &shared.checker) {
+                            if copy.len() + content.len() <= c.max_message {
+                                copy.extend_from_slice(&content);
+                            } else {
+                                track.copy = None;
+                            }
+                        }
                         t.body(&content).await;
                     }
                 }
@@ -483,6 +497,27 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     };
                     tracing::info!(session = %id, reply = %r.summary(), "message");
                     track.delivered(shared, &shared.policy.load(), &r);
+                    if let (true, Some(checker), Some(connector)) =
+                        (r.is_positive(), &shared.checker, &track.connector)
+                    {
+                        let facts = session.facts();
+                        let (checker, counters) = (checker.clone(), Arc::clone(&shared.counters));
+                        let host = shared.hostname.clone();
+                        let delivered = crate::mailauth::Delivered {
+                            connector: connector.clone(),
+                            ip: facts.peer.ip(),
+                            helo: facts.helo.clone().unwrap_or_default(),
+                            mail_from: track
+                                .from
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            message: track.copy.take(),
+                        };
+                        tokio::spawn(async move {
+                            checker.check_and_count(&counters, &host, &delivered).await;
+                        });
+                    }
                     if r.is_positive() {
                         let facts = session.facts();
                         let user = facts.auth.as_deref().unwrap_or("");
