@@ -9,34 +9,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use serde_json::Value;
 
 use crate::client::{stuff, tls_config_with_client_cert, Client};
-use crate::cluster::wait_edge_version;
-use crate::harness::{moat, run, runtime, Dev, TempDir, ANY_PORTS};
-
-/// `moat admin --data DIR ARGS -o json`, which must succeed.
-fn admin(dev: &Dev, args: &[&str]) -> Value {
-    let (ok, out, err) = run(moat()
-        .args(["admin", "--data"])
-        .arg(&dev.data)
-        .args(args)
-        .args(["-o", "json"]));
-    assert!(ok, "moat admin {args:?} failed:\n{out}\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-/// An admin write, then every edge enforcing it; returns how long the slowest edge took.
-fn admin_applied(dev: &Dev, args: &[&str]) -> Duration {
-    let reply = admin(dev, args);
-    let index = reply["index"].as_u64().expect("index");
-    let t0 = Instant::now();
-    for e in dev.endpoints["edges"].as_array().expect("edges") {
-        wait_edge_version(
-            e["status"].as_str().expect("status"),
-            index,
-            Duration::from_secs(10),
-        );
-    }
-    t0.elapsed()
-}
+use crate::harness::{run, runtime, Dev, TempDir, ANY_PORTS};
 
 fn mx(dev: &Dev, edge: usize) -> String {
     dev.endpoints["edges"][edge]["listeners"]["mx"]
@@ -116,34 +89,28 @@ fn relay_matrix() {
     let dev = Dev::start_in(&dir.0, None, &args);
     let ca = DevCa::load(&dev);
     let (chain, leaf_only, key) = client_cert(&ca, "mail.example.test");
-    admin_applied(
-        &dev,
-        &[
-            "connector",
-            "create",
-            "--tenant",
-            "example.test",
-            "onprem-ip",
-            "--type",
-            "on-premises",
-            "--sender-ip",
-            "127.0.0.2",
-        ],
-    );
-    admin_applied(
-        &dev,
-        &[
-            "connector",
-            "create",
-            "--tenant",
-            "example.test",
-            "onprem-cert",
-            "--type",
-            "on-premises",
-            "--tls-cert-name",
-            "*.example.test",
-        ],
-    );
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "onprem-ip",
+        "--type",
+        "on-premises",
+        "--sender-ip",
+        "127.0.0.2",
+    ]);
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "onprem-cert",
+        "--type",
+        "on-premises",
+        "--tls-cert-name",
+        "*.example.test",
+    ]);
     for edge in [0, 1] {
         let server = mx(&dev, edge);
         let tag = format!("edge{edge}");
@@ -268,40 +235,34 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     let mut args = ANY_PORTS.to_vec();
     args.extend(["--edges", "2"]);
     let dev = Dev::start_in(&dir.0, None, &args);
-    admin(
-        &dev,
-        &[
-            "detection",
-            "set",
-            "--interval",
-            "2s",
-            "--warmup",
-            "3",
-            "--spike-factor",
-            "10",
-            "--min-messages",
-            "20",
-        ],
-    );
+    dev.admin(&[
+        "detection",
+        "set",
+        "--interval",
+        "2s",
+        "--warmup",
+        "3",
+        "--spike-factor",
+        "10",
+        "--min-messages",
+        "20",
+    ]);
     for (name, ip) in [
         ("flooder", "127.0.0.2"),
         ("steady", "127.0.0.4"),
         ("ramp", "127.0.0.5"),
     ] {
-        admin_applied(
-            &dev,
-            &[
-                "connector",
-                "create",
-                "--tenant",
-                "example.test",
-                name,
-                "--type",
-                "on-premises",
-                "--sender-ip",
-                ip,
-            ],
-        );
+        dev.admin_applied(&[
+            "connector",
+            "create",
+            "--tenant",
+            "example.test",
+            name,
+            "--type",
+            "on-premises",
+            "--sender-ip",
+            ip,
+        ]);
     }
     // Alerts go to a webhook (a real HTTP server here) and, by email, to the admin mailbox.
     let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("bind webhook");
@@ -330,22 +291,19 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
             let _ = hook_tx.send((head, String::from_utf8_lossy(&body).into_owned()));
         }
     });
-    admin(
-        &dev,
-        &[
-            "alerts",
-            "contacts",
-            "set",
-            "--tenant",
-            "example.test",
-            "--email",
-            "admin@example.test",
-            "--webhook",
-            &hook_url,
-            "--webhook-secret",
-            "hook-secret-1",
-        ],
-    );
+    dev.admin(&[
+        "alerts",
+        "contacts",
+        "set",
+        "--tenant",
+        "example.test",
+        "--email",
+        "admin@example.test",
+        "--webhook",
+        &hook_url,
+        "--webhook-secret",
+        "hook-secret-1",
+    ]);
     let edges = [mx(&dev, 0), mx(&dev, 1)];
     // Baseline: five windows of normal traffic from accepted domains; the steady connector
     // sends 30 a window, the ramp grows by 4 a window, the flooder sends 2.
@@ -397,7 +355,7 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
         refused_at[0].unwrap_or_default(),
         refused_at[1].unwrap_or_default()
     );
-    let restricted = admin(&dev, &["restricted", "list"]);
+    let restricted = dev.admin(&["restricted", "list"]);
     let list = restricted.as_array().expect("list");
     assert_eq!(list.len(), 1, "only the flooder: {restricted}");
     let r = &list[0];
@@ -410,7 +368,9 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
         reason.starts_with("unprovisioned-domains: ") || reason.starts_with("volume-spike: "),
         "{reason}"
     );
-    let alerts = admin(&dev, &["alerts", "list", "--tenant", "example.test"]).to_string();
+    let alerts = dev
+        .admin(&["alerts", "list", "--tenant", "example.test"])
+        .to_string();
     assert!(
         alerts.contains("Suspicious connector activity") && alerts.contains("127.0.0.2"),
         "{alerts}"
@@ -464,7 +424,7 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     assert!(String::from_utf8_lossy(&mail[0]).contains("connector flooder"));
     let t0 = Instant::now();
     loop {
-        let alerts = admin(&dev, &["alerts", "list", "--tenant", "example.test"]);
+        let alerts = dev.admin(&["alerts", "list", "--tenant", "example.test"]);
         let states: Vec<String> = alerts[0]["deliveries"]
             .as_array()
             .into_iter()
@@ -485,20 +445,17 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     }
 
     // Unblock with a reason: both edges accept the connector again.
-    let took = admin_applied(
-        &dev,
-        &[
-            "restricted",
-            "unblock",
-            "flooder",
-            "--kind",
-            "connector",
-            "--tenant",
-            "example.test",
-            "--reason",
-            "cleaned up the compromised relay host",
-        ],
-    );
+    let took = dev.admin_applied(&[
+        "restricted",
+        "unblock",
+        "flooder",
+        "--kind",
+        "connector",
+        "--tenant",
+        "example.test",
+        "--reason",
+        "cleaned up the compromised relay host",
+    ]);
     println!("unblock reached both edges {took:?} after the admin's write was acknowledged");
     runtime().block_on(async {
         for e in &edges {
@@ -507,7 +464,9 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
             }
         }
     });
-    let audit = admin(&dev, &["audit", "list", "--tenant", "example.test"]).to_string();
+    let audit = dev
+        .admin(&["audit", "list", "--tenant", "example.test"])
+        .to_string();
     assert!(
         audit.contains("connector flooder unblocked: cleaned up the compromised relay host"),
         "{audit}"
@@ -546,20 +505,17 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
         "[outbound-next-hop]\nkind = \"smtp\"\naddress = \"127.0.0.1:{port}\"\nstarttls = \"none\"\n"
     );
     let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
-    admin_applied(
-        &dev,
-        &[
-            "connector",
-            "create",
-            "--tenant",
-            "example.test",
-            "onprem",
-            "--type",
-            "on-premises",
-            "--sender-ip",
-            "127.0.0.2",
-        ],
-    );
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "onprem",
+        "--type",
+        "on-premises",
+        "--sender-ip",
+        "127.0.0.2",
+    ]);
     let server = mx(&dev, 0);
     runtime().block_on(async {
         let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
@@ -641,32 +597,26 @@ fn failing_dmarc_restricts_a_connector() {
     };
     let config = format!("[authentication]\nchecks = true\ndns = \"127.0.0.1:{port}\"\n");
     let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
-    admin(
-        &dev,
-        &[
-            "detection",
-            "set",
-            "--interval",
-            "10m",
-            "--min-messages",
-            "10",
-        ],
-    );
+    dev.admin(&[
+        "detection",
+        "set",
+        "--interval",
+        "10m",
+        "--min-messages",
+        "10",
+    ]);
     for (name, ip) in [("good", "127.0.0.2"), ("spoof", "127.0.0.6")] {
-        admin_applied(
-            &dev,
-            &[
-                "connector",
-                "create",
-                "--tenant",
-                "example.test",
-                name,
-                "--type",
-                "on-premises",
-                "--sender-ip",
-                ip,
-            ],
-        );
+        dev.admin_applied(&[
+            "connector",
+            "create",
+            "--tenant",
+            "example.test",
+            name,
+            "--type",
+            "on-premises",
+            "--sender-ip",
+            ip,
+        ]);
     }
     let server = mx(&dev, 0);
     runtime().block_on(async {
@@ -680,13 +630,13 @@ fn failing_dmarc_restricts_a_connector() {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(20) {
-                let counters = admin(&dev, &["counters", "list"]);
+                let counters = dev.admin(&["counters", "list"]);
                 panic!("spoof never restricted: {r:?}\n{counters}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    let list = admin(&dev, &["restricted", "list"]);
+    let list = dev.admin(&["restricted", "list"]);
     let list = list.as_array().expect("list");
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["name"], "spoof");
@@ -697,7 +647,7 @@ fn failing_dmarc_restricts_a_connector() {
             .starts_with("authentication-failures: "),
         "{list:?}"
     );
-    let counters = admin(&dev, &["counters", "list"]);
+    let counters = dev.admin(&["counters", "list"]);
     let get = |key: &str, name: &str| {
         counters
             .as_array()

@@ -126,6 +126,32 @@ impl Dev {
             .to_owned()
     }
 
+    /// `moat admin --data DIR ARGS -o json`, which must succeed; its JSON output.
+    pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let (ok, out, err) = run(moat()
+            .args(["admin", "--data"])
+            .arg(&self.data)
+            .args(args)
+            .args(["-o", "json"]));
+        assert!(ok, "moat admin {args:?} failed:\n{out}\n{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// An admin write, then every edge enforcing it; returns how long the slowest edge took
+    /// after the write was acknowledged.
+    pub fn admin_applied(&self, args: &[&str]) -> Duration {
+        let index = self.admin(args)["index"].as_u64().expect("index");
+        let t0 = Instant::now();
+        for e in self.endpoints["edges"].as_array().expect("edges") {
+            crate::cluster::wait_edge_version(
+                e["status"].as_str().expect("status"),
+                index,
+                Duration::from_secs(10),
+            );
+        }
+        t0.elapsed()
+    }
+
     /// The demo SMTP AUTH user `moat dev` created.
     pub fn demo_user(&self) -> String {
         self.endpoints["demo"]["user"]

@@ -9,43 +9,18 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::client::{tls_config, Client};
-use crate::cluster::wait_edge_version;
-use crate::harness::{clients_dir, moat, run, runtime, Dev, TempDir, ANY_PORTS};
-
-/// `moat admin --data DIR ARGS -o json`, which must succeed; its JSON output.
-fn admin(dev: &Dev, args: &[&str]) -> Value {
-    let (ok, out, err) = run(moat()
-        .args(["admin", "--data"])
-        .arg(&dev.data)
-        .args(args)
-        .args(["-o", "json"]));
-    assert!(ok, "moat admin {args:?} failed:\n{out}\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
+use crate::harness::{clients_dir, run, runtime, Dev, TempDir, ANY_PORTS};
 
 /// Sets `allow-legacy-tls-clients` of the demo tenant and waits for every edge to enforce it.
 fn allow_legacy(dev: &Dev, on: bool) {
-    admin_applied(
-        dev,
-        &[
-            "transport-config",
-            "set",
-            "--tenant",
-            "example.test",
-            "--allow-legacy-tls-clients",
-            if on { "true" } else { "false" },
-        ],
-    );
-}
-
-/// An admin write, then every edge of `dev` enforcing it.
-fn admin_applied(dev: &Dev, args: &[&str]) {
-    let reply = admin(dev, args);
-    let index = reply["index"].as_u64().expect("index");
-    for e in dev.endpoints["edges"].as_array().expect("edges") {
-        let status = e["status"].as_str().expect("status");
-        wait_edge_version(status, index, Duration::from_secs(10));
-    }
+    dev.admin_applied(&[
+        "transport-config",
+        "set",
+        "--tenant",
+        "example.test",
+        "--allow-legacy-tls-clients",
+        if on { "true" } else { "false" },
+    ]);
 }
 
 fn edge_listener(dev: &Dev, edge: usize, name: &str) -> String {
@@ -213,10 +188,7 @@ legacy-tls = "speed-bump"
     let server = edge_listener(&dev, 0, "submission");
     const N: usize = 200;
     for percent in [0u32, 30, 100] {
-        admin_applied(
-            &dev,
-            &["tls", "speed-bump", "set", &format!("2020-01-01={percent}")],
-        );
+        dev.admin_applied(&["tls", "speed-bump", "set", &format!("2020-01-01={percent}")]);
         let sessions = submit(&dev, &server, "TLSv1", N, &["--no-send"]);
         let refused = sessions.iter().filter(|s| code(s, "auth") == 421).count();
         let passed = sessions.iter().filter(|s| code(s, "auth") == 235).count();
@@ -297,10 +269,7 @@ fn auth_rules() {
     let dev = Dev::start(None);
     let submission = edge_listener(&dev, 0, "submission");
     let smtps = edge_listener(&dev, 0, "smtps");
-    admin(
-        &dev,
-        &["tenant", "create", "other.test", "--domain", "other.test"],
-    );
+    dev.admin(&["tenant", "create", "other.test", "--domain", "other.test"]);
 
     let ok = &submit(
         &dev,
@@ -405,19 +374,16 @@ fn restricted_user_is_blocked_everywhere_until_unblocked() {
         edge_listener(&dev, 0, "submission"),
         edge_listener(&dev, 1, "submission"),
     ];
-    admin(
-        &dev,
-        &[
-            "outbound-policy",
-            "set",
-            "--tenant",
-            "example.test",
-            "--recipients-per-hour",
-            "3",
-            "--action",
-            "block",
-        ],
-    );
+    dev.admin(&[
+        "outbound-policy",
+        "set",
+        "--tenant",
+        "example.test",
+        "--recipients-per-hour",
+        "3",
+        "--action",
+        "block",
+    ]);
     // Four recipients in the hour: 3 on edge 1, 1 on edge 2. Each is accepted; the control
     // plane sees the fourth and restricts the user.
     for (edge, n) in [(0, 3), (1, 1)] {
@@ -434,7 +400,7 @@ fn restricted_user_is_blocked_everywhere_until_unblocked() {
     let user = dev.demo_user();
     let t0 = Instant::now();
     let listed = loop {
-        let list = admin(&dev, &["restricted", "list"]);
+        let list = dev.admin(&["restricted", "list"]);
         if let Some(e) = list
             .as_array()
             .and_then(|l| l.iter().find(|e| e["name"] == user.as_str()).cloned())
@@ -467,28 +433,25 @@ fn restricted_user_is_blocked_everywhere_until_unblocked() {
             );
         }
     }
-    let alerts = admin(&dev, &["alerts", "list", "--tenant", "example.test"]);
+    let alerts = dev.admin(&["alerts", "list", "--tenant", "example.test"]);
     assert!(
         alerts
             .to_string()
             .contains("User restricted from sending email"),
         "{alerts}"
     );
-    admin_applied(
-        &dev,
-        &[
-            "restricted",
-            "unblock",
-            &user,
-            "--reason",
-            "e2e: checked with the user",
-        ],
-    );
+    dev.admin_applied(&[
+        "restricted",
+        "unblock",
+        &user,
+        "--reason",
+        "e2e: checked with the user",
+    ]);
     for e in &edges {
         let s = &submit(&dev, e, "TLSv1_3", 1, &["--to", "bob@example.test"])[0];
         assert_eq!(code(s, "data"), 250, "{s}");
     }
-    let list = admin(&dev, &["restricted", "list"]);
+    let list = dev.admin(&["restricted", "list"]);
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
 }
 
@@ -513,7 +476,7 @@ fn tls_report_shows_exactly_the_sessions_made() {
     }
     let t0 = Instant::now();
     let report = loop {
-        let r = admin(&dev, &["report", "tls", "--tenant", "example.test"]);
+        let r = dev.admin(&["report", "tls", "--tenant", "example.test"]);
         let total: u64 = r["usage"]
             .as_array()
             .into_iter()
