@@ -6,6 +6,8 @@
 //! Layout:
 //! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
+//! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
+//!   the baseline.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connector;
+pub mod exchange;
 pub mod handle;
 pub mod matching;
 pub mod policy;
