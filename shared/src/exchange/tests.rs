@@ -2,12 +2,11 @@
 
 use super::*;
 
-/// (case, header section, expected (server, build, class)).
-fn cases() -> Vec<(
-    &'static str,
-    String,
-    Option<(&'static str, &'static str, Class)>,
-)> {
+/// The expected (server, build, class) of a chain, `None` when it has no on-premises stamp.
+type Expected = Option<(&'static str, &'static str, Class)>;
+
+/// (case, header section, expected).
+fn cases() -> Vec<(&'static str, String, Expected)> {
     let moat = "Received: from exch1.corp.local ([192.0.2.10])\r\n\tby mx.moat.test (Moat edge-1) with ESMTPS id 6912a3000001.1\r\n\t(version=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384); Mon, 23 Nov 2026 10:00:05 +0000\r\n";
     let exo = "Received: from AM6PR04MB1234.eurprd04.prod.outlook.com (2603:10a6:20b:1::1) by AM6PR04MB5678.eurprd04.prod.outlook.com (2603:10a6:20b:2::2) with Microsoft SMTP Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.20.9564.3; Mon, 23 Nov 2026 10:00:03 +0000\r\n";
     let exo21 = "Received: from DB9PR01CA0001.eurprd01.prod.exchangelabs.com (2603:10a6:10:1::1) by DB9PR01MB2222.eurprd01.prod.exchangelabs.com (2603:10a6:10:2::2) with Microsoft SMTP Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.21.71.13 via Frontend Transport; Mon, 23 Nov 2026 10:00:02 +0000\r\n";
