@@ -491,6 +491,10 @@ pub struct ConnectorStats {
     /// Exponentially weighted moving average of messages per window (weight 1/5 for the newest
     /// window), in thousandths of a message: integer arithmetic, identical on every node.
     pub baseline_milli: u64,
+    /// After an unblock, the detectors leave the connector alone until then (one window), so
+    /// counts still in flight from before the unblock do not restrict it again at once.
+    #[serde(default)]
+    pub quiet_until_ms: i64,
 }
 
 /// Sessions and messages of one report row.
@@ -954,11 +958,12 @@ impl State {
                         self.usage.remove(name);
                     }
                     EntityKind::Connector => {
-                        if let Some(st) = self
-                            .connector_stats
-                            .get_mut(&Self::connector_key(tenant, name))
-                        {
+                        let key = Self::connector_key(tenant, name);
+                        let interval = self.detection_policy(&key).interval_ms;
+                        let now = self.now_ms;
+                        if let Some(st) = self.connector_stats.get_mut(&key) {
                             st.current = WindowCounts::default();
+                            st.quiet_until_ms = now + interval;
                         }
                     }
                 }
@@ -1092,6 +1097,9 @@ impl State {
         let Some(st) = self.connector_stats.get(key) else {
             return;
         };
+        if self.now_ms < st.quiet_until_ms {
+            return;
+        }
         let w = st.current;
         let auth_share = w.auth_failed * 100 / w.auth_checked.max(1);
         if w.messages < policy.min_messages && w.auth_checked < policy.min_messages {
@@ -1840,5 +1848,39 @@ mod tests {
         );
         // 10 x 180 an hour is reached after 30 minutes at 60 a minute.
         assert!(at - spike <= 31, "restricted at minute {}", at - spike);
+    }
+
+    #[test]
+    fn an_unblocked_connector_is_left_alone_for_a_window() {
+        let flood = 48 * 60;
+        let (mut s, at) = simulate(
+            flood + 10,
+            |m| if m >= flood { 100 } else { 5 },
+            |m| if m >= flood { 100 } else { 0 },
+        );
+        assert!(at.is_some());
+        let now = s.now_ms;
+        s.apply(
+            100_000,
+            &p(
+                now + 1000,
+                Command::Unblock {
+                    tenant: TenantId::new("a").unwrap(),
+                    kind: EntityKind::Connector,
+                    name: "onprem".into(),
+                    reason: "cleaned".into(),
+                },
+            ),
+        );
+        // Late counts from before the unblock do not restrict it again within the window.
+        let late = [
+            (signal::CONNECTOR, "a/onprem", "messages", 500),
+            (signal::CONNECTOR, "a/onprem", "unprovisioned", 500),
+        ];
+        s.apply(100_001, &p(now + 2000, signals("e2", 1, &late)));
+        assert!(s.restricted.is_empty());
+        // An attack that goes on after the window is caught again.
+        s.apply(100_002, &p(now + 3_700_000, signals("e2", 2, &late)));
+        assert_eq!(s.restricted.len(), 1);
     }
 }
