@@ -411,6 +411,29 @@ pub struct AlertTransport {
     pub from: String,
 }
 
+/// An on-premises Exchange server seen in the Received stamps of a tenant's connector mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnpremServer {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The server's FQDN (the `by` host of its stamp).
+    pub server: String,
+    /// The connector its mail came through (`tenant/name`).
+    pub connector: String,
+    /// The build it last stamped.
+    pub build: moat_shared::exchange::Build,
+    /// That build's class against the baseline when it was seen.
+    pub class: moat_shared::exchange::Class,
+    /// Start of the current enforcement cycle: when the server was first seen out of date
+    /// (entry time); `None` while it is compliant (a compliant build ends the cycle, a later
+    /// out-of-date build starts a new one).
+    pub first_detected_ms: Option<i64>,
+    /// When it was last seen.
+    pub last_seen_ms: i64,
+    /// Messages seen from it.
+    pub messages: u64,
+}
+
 /// How the control plane judges a connector (per tenant, or the cluster default).
 ///
 /// The defaults follow the reference's advice that a new connector warms up and that volume is
@@ -555,6 +578,12 @@ pub struct State {
     /// The newest alerts.
     #[serde(default)]
     pub alerts: VecDeque<Alert>,
+    /// On-premises Exchange servers by `tenant|server`.
+    #[serde(default)]
+    pub onprem_servers: BTreeMap<String, OnpremServer>,
+    /// The baseline builds; the built-in default (October 2025 updates) when `None`.
+    #[serde(default)]
+    pub onprem_baseline: Option<moat_shared::exchange::Baseline>,
     /// Where each tenant's alerts go.
     #[serde(default)]
     pub alert_contacts: BTreeMap<TenantId, AlertContacts>,
@@ -1031,6 +1060,9 @@ impl State {
                 }
             }
             signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            signal::ONPREM if self.connectors.contains_key(key) => {
+                self.count_onprem(index, key, name, delta)
+            }
             signal::CONNECTOR if self.connectors.contains_key(key) => {
                 let c = self
                     .counters
@@ -1057,6 +1089,76 @@ impl State {
                     .or_default();
                 add(c, now, delta);
             }
+        }
+    }
+
+    /// Records a sighting of an on-premises Exchange server (`server|build`) through the
+    /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
+    /// the tenant's admins when a cycle starts.
+    fn count_onprem(&mut self, index: u64, key: &str, name: &str, delta: u64) {
+        use moat_shared::exchange::{Build, Class};
+        let Some((server, build)) = name.split_once('|') else {
+            return;
+        };
+        let Some(build) = Build::parse(build) else {
+            return;
+        };
+        let Some(tenant) = self.connectors.get(key).map(|c| c.tenant.clone()) else {
+            return;
+        };
+        let class = self
+            .onprem_baseline
+            .clone()
+            .unwrap_or_default()
+            .classify(&build);
+        let now = self.now_ms;
+        let entry = self
+            .onprem_servers
+            .entry(format!("{tenant}|{server}"))
+            .or_insert_with(|| OnpremServer {
+                tenant: tenant.clone(),
+                server: server.to_owned(),
+                connector: key.to_owned(),
+                build,
+                class,
+                first_detected_ms: None,
+                last_seen_ms: now,
+                messages: 0,
+            });
+        entry.build = build;
+        entry.class = class;
+        entry.connector = key.to_owned();
+        entry.last_seen_ms = now;
+        entry.messages += delta;
+        let out_of_date = matches!(class, Class::Unsupported | Class::Unpatched);
+        let started = out_of_date && entry.first_detected_ms.is_none();
+        if out_of_date {
+            entry.first_detected_ms.get_or_insert(now);
+        } else if class == Class::Compliant {
+            entry.first_detected_ms = None;
+        }
+        if started {
+            let detail = format!(
+                "{server} sends with {} build {build} ({}) through connector {key}",
+                build.product().name(),
+                class.as_str()
+            );
+            self.audit.push_back(AuditRecord {
+                index,
+                at_ms: now,
+                actor: "system".into(),
+                action: format!("on-premises server detected out of date: {detail}"),
+                tenant: Some(tenant.clone()),
+            });
+            self.alert(Alert {
+                at_ms: now,
+                tenant,
+                severity: "medium".into(),
+                title: "Out-of-date Exchange server detected".into(),
+                detail,
+                id: 0,
+                deliveries: Vec::new(),
+            });
         }
     }
 
@@ -1882,5 +1984,55 @@ mod tests {
         // An attack that goes on after the window is caught again.
         s.apply(100_002, &p(now + 3_700_000, signals("e2", 2, &late)));
         assert_eq!(s.restricted.len(), 1);
+    }
+
+    #[test]
+    fn onprem_servers_start_and_end_their_cycle_by_build() {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let t0 = s.now_ms + 1000;
+        let seen = |build: &str| {
+            let name = signal::onprem_server("exch16.corp.local", build);
+            Command::Signals {
+                batches: vec![SignalBatch {
+                    edge: "e9".into(),
+                    seq: 0,
+                    counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
+                }],
+            }
+        };
+        let mut seq = 0;
+        let mut apply = |s: &mut State, at: i64, build: &str| {
+            seq += 1;
+            let mut c = seen(build);
+            if let Command::Signals { batches } = &mut c {
+                batches[0].seq = seq;
+            }
+            s.apply(1000 + seq, &p(at, c));
+        };
+        apply(&mut s, (t0), "15.1.2507.44");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
+        assert_eq!(srv.first_detected_ms, Some((t0)));
+        assert_eq!(
+            s.alerts.back().unwrap().title,
+            "Out-of-date Exchange server detected"
+        );
+        // Seen again later: the cycle keeps its start.
+        apply(&mut s, (t0 + 100_000_000), "15.1.2507.44");
+        assert_eq!(
+            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            Some((t0))
+        );
+        // Remediated, then regressed: a new cycle.
+        apply(&mut s, (t0 + 200_000_000), "15.1.2507.61");
+        assert_eq!(
+            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            None
+        );
+        apply(&mut s, (t0 + 300_000_000), "15.0.1497.48");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.first_detected_ms, Some((t0 + 300_000_000)));
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unsupported);
+        assert_eq!(s.alerts.len(), 2);
     }
 }

@@ -24,6 +24,11 @@ impl HeaderFrom {
         }
     }
 
+    /// The header section seen so far (at most 64 KiB), as text.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.buf)
+    }
+
     /// The domain of the first address in the first `From:` header, lowercase.
     pub fn domain(&self) -> Option<String> {
         let text = String::from_utf8_lossy(&self.buf);

@@ -36,6 +36,8 @@ pub struct Accepted {
     pub connector: Option<String>,
     /// Whether the recipient is outside every accepted domain (relay).
     pub relay: bool,
+    /// Whether that connector is an OnPremises one (its Exchange build is tracked).
+    pub onprem: bool,
 }
 
 /// The connectors a session's client matches.
@@ -154,6 +156,7 @@ pub fn recipient(
             tenant: Some(t.id.clone()),
             connector: through.map(connector_key),
             relay: false,
+            onprem: through.is_some_and(|c| c.kind == ConnectorKind::OnPremises),
         });
     }
     // Relay: (b) an OnPremises connector of tenant T matched by IP or certificate, and (a) a
@@ -181,6 +184,7 @@ pub fn recipient(
             tenant: Some(c.tenant.clone()),
             connector: Some(connector_key(c)),
             relay: true,
+            onprem: true,
         }),
         None => RcptVerdict::Deny(reply::RELAY_DENIED.into()),
     }
@@ -314,6 +318,7 @@ mod tests {
                 tenant: Some(TenantId::new("contoso").unwrap()),
                 connector: Some("contoso/onprem".into()),
                 relay: false,
+                onprem: true,
             })
         );
         // fabrikam.test senders must come from the partner's IP, over TLS.

@@ -18,6 +18,15 @@ pub const RECIPIENTS: &str = "recipients";
 /// (messages whose MAIL FROM domain is not the tenant's), `mismatch` (header From domain differs
 /// from MAIL FROM's), `nexthop-4xx`, `nexthop-5xx`.
 pub const CONNECTOR: &str = "connector";
+/// Scope of on-premises Exchange sightings: key = the connector `tenant/name`, name =
+/// `server|build` (see [`onprem_server`]), value = messages.
+pub const ONPREM: &str = "onprem";
+
+/// The counter name of an on-premises server seen with a build.
+pub fn onprem_server(server: &str, build: &str) -> String {
+    format!("{}|{}", clean(server), clean(build))
+}
+
 /// Scope of SMTP AUTH outcomes on an edge: key = `-`, name = `failures`, `throttled`,
 /// `speed-bump` or `legacy-refused`.
 pub const AUTH: &str = "auth";

@@ -163,6 +163,8 @@ struct Tracking {
     /// The connector (`tenant/name`) the open transaction arrived through, from its first
     /// accepted recipient.
     connector: Option<String>,
+    /// Whether the transaction's connector is an OnPremises one.
+    onprem: bool,
     /// Connectors whose session this one was already counted in.
     counted: Vec<String>,
     /// Relayed recipients accepted in the open transaction.
@@ -185,6 +187,7 @@ impl Tracking {
         self.bytes = 0;
         self.from = from;
         self.connector = None;
+        self.onprem = false;
         self.header_from = HeaderFrom::default();
         self.copy = Some(Vec::new());
     }
@@ -199,6 +202,7 @@ impl Tracking {
         if self.connector.is_none() {
             if let Some(c) = &a.connector {
                 self.connector = Some(c.clone());
+                self.onprem = a.onprem;
                 if !self.counted.contains(c) {
                     self.counted.push(c.clone());
                     shared.counters.add(signal::CONNECTOR, c, "sessions", 1);
@@ -224,6 +228,18 @@ impl Tracking {
         }
         add("messages", 1);
         add("recipients", self.rcpts);
+        // The on-premises Exchange server that sent it, from its Received stamp: the control
+        // plane classifies the build and runs the server's life cycle.
+        if self.onprem {
+            if let Some(s) = moat_shared::exchange::sighting(&self.header_from.text()) {
+                shared.counters.add(
+                    signal::ONPREM,
+                    c,
+                    &signal::onprem_server(&s.server, &s.build.to_string()),
+                    1,
+                );
+            }
+        }
         add("bytes", self.bytes);
         add("relay", self.relayed);
         let from = self.from.as_ref().map(|a| a.domain.to_ascii_lowercase());
