@@ -2009,29 +2009,29 @@ mod tests {
             }
             s.apply(1000 + seq, &p(at, c));
         };
-        apply(&mut s, (t0), "15.1.2507.44");
+        apply(&mut s, t0, "15.1.2507.44");
         let srv = &s.onprem_servers["a|exch16.corp.local"];
         assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
-        assert_eq!(srv.first_detected_ms, Some((t0)));
+        assert_eq!(srv.first_detected_ms, Some(t0));
         assert_eq!(
             s.alerts.back().unwrap().title,
             "Out-of-date Exchange server detected"
         );
         // Seen again later: the cycle keeps its start.
-        apply(&mut s, (t0 + 100_000_000), "15.1.2507.44");
+        apply(&mut s, t0 + 100_000_000, "15.1.2507.44");
         assert_eq!(
             s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
-            Some((t0))
+            Some(t0)
         );
         // Remediated, then regressed: a new cycle.
-        apply(&mut s, (t0 + 200_000_000), "15.1.2507.61");
+        apply(&mut s, t0 + 200_000_000, "15.1.2507.61");
         assert_eq!(
             s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
             None
         );
-        apply(&mut s, (t0 + 300_000_000), "15.0.1497.48");
+        apply(&mut s, t0 + 300_000_000, "15.0.1497.48");
         let srv = &s.onprem_servers["a|exch16.corp.local"];
-        assert_eq!(srv.first_detected_ms, Some((t0 + 300_000_000)));
+        assert_eq!(srv.first_detected_ms, Some(t0 + 300_000_000));
         assert_eq!(srv.class, moat_shared::exchange::Class::Unsupported);
         assert_eq!(s.alerts.len(), 2);
     }
