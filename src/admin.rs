@@ -663,20 +663,13 @@ pub async fn put_user(
     address: &str,
     password: &str,
 ) -> Result<(), String> {
-    let mut urls = Vec::new();
-    for e in &endpoints {
-        push_unique(&mut urls, normalize_endpoint(e)?);
-    }
-    if urls.is_empty() {
-        return Err("no control-plane endpoint to create the user on".into());
-    }
     let op = Op::PutUser(moat_proto::UserSpec {
         tenant: tenant.to_string(),
         address: address.to_string(),
         password: password.to_string(),
         send_as: vec![],
     });
-    write_op(urls, token, op)
+    write_op(endpoints, token, op)
         .await
         .map_err(|e| format!("creating user {address} in tenant {tenant}: {e}"))
 }
@@ -686,6 +679,9 @@ pub async fn write_op(endpoints: Vec<String>, token: &str, op: Op) -> Result<(),
     let mut urls = Vec::new();
     for e in &endpoints {
         push_unique(&mut urls, normalize_endpoint(e)?);
+    }
+    if urls.is_empty() {
+        return Err("no control-plane endpoint to write to".into());
     }
     let client = Client::new(urls, token).map_err(|f| f.to_string())?;
     client

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use moat_shared::{Connector, ConnectorKind, EntityKind, PolicySnapshot, Tenant, TenantId};
+use moat_shared::{Connector, ConnectorKind, EntityKind, PolicySnapshot, TenantId};
 
 use crate::session::command::Address;
 use crate::session::reply::{self, Reply};
@@ -100,19 +100,26 @@ pub fn mail(snapshot: &PolicySnapshot, client: &Client<'_>, now_ms: i64) -> Opti
         .then(|| reply::RESTRICTED_CONNECTOR.into())
 }
 
-/// Whether `name` is an accepted domain of `tenant` or below one (`mail.contoso.com` for
-/// `contoso.com`): how a certificate's domain is tested.
-fn under_accepted(tenant: &Tenant, name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    tenant.accepted_domains.iter().any(|d| {
-        let d = d.as_str();
-        name == d || name.strip_suffix(d).is_some_and(|head| head.ends_with('.'))
-    })
+/// Whether `domain` is an accepted domain of `tenant` (a lookup in the snapshot's index).
+fn accepted_by(snapshot: &PolicySnapshot, tenant: &TenantId, domain: &str) -> bool {
+    snapshot
+        .tenant_for_domain(domain)
+        .is_some_and(|t| t.id == *tenant)
 }
 
-fn is_accepted(tenant: &Tenant, domain: &str) -> bool {
-    let domain = domain.to_ascii_lowercase();
-    tenant.accepted_domains.iter().any(|d| d.as_str() == domain)
+/// Whether `name` or a parent of it is an accepted domain of `tenant` (`mail.contoso.com` for
+/// `contoso.com`): how a certificate's domain is tested.
+fn under_accepted(snapshot: &PolicySnapshot, tenant: &TenantId, name: &str) -> bool {
+    let mut rest = name;
+    loop {
+        if accepted_by(snapshot, tenant, rest) {
+            return true;
+        }
+        match rest.split_once('.') {
+            Some((_, parent)) => rest = parent,
+            None => return false,
+        }
+    }
 }
 
 /// Decides whether `rcpt` may be received from `client` with envelope sender `from`.
@@ -167,17 +174,15 @@ pub fn recipient(
         .filter(|c| c.kind == ConnectorKind::OnPremises)
         .collect();
     let by_cert_domain = onprem.iter().find(|c| {
-        snapshot
-            .tenant(&c.tenant)
-            .is_some_and(|t| client.cert_domains.iter().any(|d| under_accepted(t, d)))
+        client
+            .cert_domains
+            .iter()
+            .any(|d| under_accepted(snapshot, &c.tenant, d))
     });
     let by_from = || {
-        onprem.iter().find(|c| {
-            snapshot
-                .tenant(&c.tenant)
-                .zip(from_domain)
-                .is_some_and(|(t, d)| is_accepted(t, d))
-        })
+        onprem
+            .iter()
+            .find(|c| from_domain.is_some_and(|d| accepted_by(snapshot, &c.tenant, d)))
     };
     match by_cert_domain.or_else(by_from) {
         Some(c) => RcptVerdict::Accept(Accepted {
@@ -193,7 +198,7 @@ pub fn recipient(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_shared::{CertName, Domain, RestrictedEntity};
+    use moat_shared::{CertName, Domain, RestrictedEntity, Tenant};
 
     fn tenant(id: &str, domains: &[&str]) -> Tenant {
         Tenant {

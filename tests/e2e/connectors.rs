@@ -11,13 +11,6 @@ use serde_json::Value;
 use crate::client::{stuff, tls_config_with_client_cert, Client};
 use crate::harness::{run, runtime, Dev, TempDir, ANY_PORTS};
 
-fn mx(dev: &Dev, edge: usize) -> String {
-    dev.endpoints["edges"][edge]["listeners"]["mx"]
-        .as_str()
-        .expect("mx")
-        .to_owned()
-}
-
 /// Certificates from the dev CA (which `moat dev` edges take as their client CA).
 struct DevCa {
     cert: rcgen::Certificate,
@@ -112,7 +105,7 @@ fn relay_matrix() {
         "*.example.test",
     ]);
     for edge in [0, 1] {
-        let server = mx(&dev, edge);
+        let server = dev.edge_listener(edge, "mx");
         let tag = format!("edge{edge}");
         runtime().block_on(async {
             // Certificate route: an accepted certificate domain relays even the null sender.
@@ -304,7 +297,7 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
         "--webhook-secret",
         "hook-secret-1",
     ]);
-    let edges = [mx(&dev, 0), mx(&dev, 1)];
+    let edges = [dev.edge_listener(0, "mx"), dev.edge_listener(1, "mx")];
     // Baseline: five windows of normal traffic from accepted domains; the steady connector
     // sends 30 a window, the ramp grows by 4 a window, the flooder sends 2.
     runtime().block_on(async {
@@ -516,7 +509,7 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
         "--sender-ip",
         "127.0.0.2",
     ]);
-    let server = mx(&dev, 0);
+    let server = dev.edge_listener(0, "mx");
     runtime().block_on(async {
         let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
             .await
@@ -618,7 +611,7 @@ fn failing_dmarc_restricts_a_connector() {
             ip,
         ]);
     }
-    let server = mx(&dev, 0);
+    let server = dev.edge_listener(0, "mx");
     runtime().block_on(async {
         for r in burst(&server, "127.0.0.2", 12, "example.test").await {
             assert!(r.starts_with("250"), "{r}");

@@ -119,6 +119,14 @@ impl Dev {
         }
     }
 
+    /// The address of listener `name` of edge number `edge` (0 is edge 1).
+    pub fn edge_listener(&self, edge: usize, name: &str) -> String {
+        self.endpoints["edges"][edge]["listeners"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} on edge {edge}: {}", self.endpoints))
+            .to_owned()
+    }
+
     pub fn listener(&self, kind: &str) -> String {
         self.endpoints["edges"][0]["listeners"][kind]
             .as_str()

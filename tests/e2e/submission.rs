@@ -23,13 +23,6 @@ fn allow_legacy(dev: &Dev, on: bool) {
     ]);
 }
 
-fn edge_listener(dev: &Dev, edge: usize, name: &str) -> String {
-    dev.endpoints["edges"][edge]["listeners"][name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} on edge {edge}: {}", dev.endpoints))
-        .to_owned()
-}
-
 /// Sessions by `submit.py`: one JSON object per session.
 fn submit(dev: &Dev, server: &str, tls: &str, count: usize, extra: &[&str]) -> Vec<Value> {
     let (ok, out, err) = run(Command::new("python3")
@@ -101,7 +94,7 @@ fn s_client(server: &str, ca: &std::path::Path, version: &[&str]) -> String {
 #[test]
 fn one_listener_two_engines() {
     let dev = Dev::start(None);
-    let legacy = edge_listener(&dev, 0, "legacy-submission");
+    let legacy = dev.edge_listener(0, "legacy-submission");
     let ca = dev.ca();
     for (flag, want) in [("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")] {
         let out = s_client(&legacy, &ca, &[flag, "-cipher", "DEFAULT:@SECLEVEL=0"]);
@@ -132,7 +125,7 @@ fn one_listener_two_engines() {
     );
     // The standard submission listener is TLS 1.2+ only.
     let out = s_client(
-        &edge_listener(&dev, 0, "submission"),
+        &dev.edge_listener(0, "submission"),
         &ca,
         &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
     );
@@ -185,7 +178,7 @@ legacy-tls = "speed-bump"
 "#;
     let dir = TempDir::new("speedbump");
     let dev = Dev::start_in(&dir.0, Some(config), ANY_PORTS);
-    let server = edge_listener(&dev, 0, "submission");
+    let server = dev.edge_listener(0, "submission");
     const N: usize = 200;
     for percent in [0u32, 30, 100] {
         dev.admin_applied(&["tls", "speed-bump", "set", &format!("2020-01-01={percent}")]);
@@ -228,8 +221,8 @@ fn opt_in_endpoint_follows_the_tenant_flag_on_every_edge() {
     args.extend(["--edges", "2"]);
     let dev = Dev::start_in(&dir.0, None, &args);
     let endpoints = [
-        edge_listener(&dev, 0, "legacy-submission"),
-        edge_listener(&dev, 1, "legacy-submission"),
+        dev.edge_listener(0, "legacy-submission"),
+        dev.edge_listener(1, "legacy-submission"),
     ];
     for e in &endpoints {
         for tls in ["TLSv1", "TLSv1_3"] {
@@ -267,8 +260,8 @@ fn opt_in_endpoint_follows_the_tenant_flag_on_every_edge() {
 #[test]
 fn auth_rules() {
     let dev = Dev::start(None);
-    let submission = edge_listener(&dev, 0, "submission");
-    let smtps = edge_listener(&dev, 0, "smtps");
+    let submission = dev.edge_listener(0, "submission");
+    let smtps = dev.edge_listener(0, "smtps");
     dev.admin(&["tenant", "create", "other.test", "--domain", "other.test"]);
 
     let ok = &submit(
@@ -371,8 +364,8 @@ fn restricted_user_is_blocked_everywhere_until_unblocked() {
     args.extend(["--edges", "2"]);
     let dev = Dev::start_in(&dir.0, None, &args);
     let edges = [
-        edge_listener(&dev, 0, "submission"),
-        edge_listener(&dev, 1, "submission"),
+        dev.edge_listener(0, "submission"),
+        dev.edge_listener(1, "submission"),
     ];
     dev.admin(&[
         "outbound-policy",
@@ -460,8 +453,8 @@ fn restricted_user_is_blocked_everywhere_until_unblocked() {
 #[test]
 fn tls_report_shows_exactly_the_sessions_made() {
     let dev = Dev::start(None);
-    let legacy = edge_listener(&dev, 0, "legacy-submission");
-    let submission = edge_listener(&dev, 0, "submission");
+    let legacy = dev.edge_listener(0, "legacy-submission");
+    let submission = dev.edge_listener(0, "submission");
     allow_legacy(&dev, true);
     let made = [
         (&legacy, "TLSv1", 2, "TLSv1.0"),
