@@ -46,6 +46,10 @@ pub struct ControlArgs {
     /// Take a raft snapshot and compact the log every N applied entries.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Let `moat admin dev clock set` move the cluster clock ahead (tests and demos only; a
+    /// node without it refuses). `moat dev` passes it to its nodes.
+    #[arg(long, hide = true)]
+    dev_clock: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,6 +157,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         admin_token,
         tick: Duration::from_millis(100),
         options,
+        dev_clock: args.dev_clock,
     })
 }
 
@@ -160,6 +165,12 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let id = cfg.id;
+    if cfg.dev_clock {
+        tracing::warn!(
+            node = id,
+            "--dev-clock: the cluster clock can be moved by an operator; never use this in production"
+        );
+    }
     let control = Control::start(cfg).await?;
     if let Some(addr) = control.local_addr() {
         tracing::info!(node = id, "control node serving gRPC on {addr}");

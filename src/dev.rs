@@ -213,6 +213,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 admin_token: Some(token.clone()),
                 tick: std::time::Duration::from_millis(100),
                 options: Default::default(),
+                dev_clock: true,
             };
             let control = Control::start(cfg).await.map_err(|e| {
                 anyhow::anyhow!("{e}; choose another port with --control-port (0: any free port)")
@@ -235,7 +236,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .arg("--seed")
                 .arg(&seed_path)
                 .arg("--admin-token-file")
-                .arg(data.join("admin-token"));
+                .arg(data.join("admin-token"))
+                .arg("--dev-clock");
             for (pid, paddr) in &peers {
                 cmd.arg("--peer").arg(format!("{pid}={paddr}"));
             }

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moat_proto::convert::{
-    connector_from_wire, connector_to_wire, restricted_to_wire, step_from_wire, step_to_wire,
-    tenant_from_wire, tenant_to_wire, user_to_wire,
+    baseline_from_wire, connector_from_wire, connector_to_wire, restricted_to_wire, step_from_wire,
+    step_to_wire, tenant_from_wire, tenant_to_wire, user_to_wire,
 };
 use moat_proto::v1;
 use moat_shared::time::now_ms;
@@ -63,6 +63,9 @@ pub struct ControlConfig {
     pub tick: Duration,
     /// Raft tuning.
     pub options: Options,
+    /// Accept `set-clock` (moving the cluster clock ahead, for tests and demos): only
+    /// `moat dev` sets it; a production node refuses the request.
+    pub dev_clock: bool,
 }
 
 /// Why the node stopped.
@@ -100,7 +103,7 @@ enum Req {
     Propose(Proposal, Reply<Outcome>),
     Member(MemberChange, Reply<Outcome>),
     Read(bool, ReadFn),
-    Signal(SignalBatch, Reply<()>),
+    Signal(SignalBatch, bool, Reply<()>),
     Unreachable(u64),
     SnapshotDone(u64, bool),
 }
@@ -128,6 +131,7 @@ struct Shared {
     tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
     admin_token_sha: Option<String>,
     edges: Mutex<BTreeMap<String, EdgeSeen>>,
+    dev_clock: bool,
 }
 
 impl Shared {
@@ -219,6 +223,7 @@ impl Control {
             tokens: Arc::clone(&tokens),
             admin_token_sha: cfg.admin_token.as_deref().map(sha256_hex),
             edges: Mutex::new(BTreeMap::new()),
+            dev_clock: cfg.dev_clock,
         });
         let mut addresses = cfg.peers.clone();
         addresses.insert(cfg.id, advertise.clone());
@@ -235,6 +240,7 @@ impl Control {
             signals: Vec::new(),
             signal_waiters: HashMap::new(),
             last_signal_flush: Instant::now(),
+            last_tick: None,
             seed: cfg.seed.clone(),
             last_seed_attempt: None,
             policy_tx,
@@ -426,6 +432,7 @@ struct NodeThread {
     signals: Vec<(SignalBatch, Reply<()>)>,
     signal_waiters: HashMap<u64, (Instant, Vec<Reply<()>>)>,
     last_signal_flush: Instant,
+    last_tick: Option<Instant>,
     seed: Vec<Tenant>,
     last_seed_attempt: Option<Instant>,
     policy_tx: watch::Sender<Arc<v1::PolicySnapshot>>,
@@ -509,14 +516,18 @@ impl NodeThread {
                     tracing::debug!(error = %e, "raft message dropped");
                 }
             }
-            Req::Propose(p, reply) => match self.core.propose(&p) {
-                Ok(id) => {
-                    self.pending.insert(id, (Instant::now(), reply));
+            Req::Propose(mut p, reply) => {
+                // Every entry is stamped with the cluster clock.
+                p.at_ms = self.cluster_now();
+                match self.core.propose(&p) {
+                    Ok(id) => {
+                        self.pending.insert(id, (Instant::now(), reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(refusal(e)));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(refusal(e)));
-                }
-            },
+            }
             Req::Member(change, reply) => match self.core.propose_member_change(&change) {
                 Ok(id) => {
                     if let MemberChange::Add(node, addr) = &change {
@@ -536,9 +547,12 @@ impl NodeThread {
                     self.reads.insert(id, (Instant::now(), f));
                 }
             }
-            Req::Signal(batch, reply) => {
+            Req::Signal(batch, urgent, reply) => {
                 if self.core.is_leader() {
                     self.signals.push((batch, reply));
+                    if urgent {
+                        self.flush_signals(Instant::now());
+                    }
                 } else {
                     let _ = reply.send(Err(Refusal::NotLeader(self.core.leader())));
                 }
@@ -559,26 +573,24 @@ impl NodeThread {
             }
             return;
         }
-        if !self.signals.is_empty() && now.duration_since(self.last_signal_flush) >= SIGNAL_WINDOW {
-            self.last_signal_flush = now;
-            let (batches, replies): (Vec<_>, Vec<_>) = self.signals.drain(..).unzip();
+        if now.duration_since(self.last_signal_flush) >= SIGNAL_WINDOW {
+            self.flush_signals(now);
+        }
+        // Time acts on on-premises servers even when nothing else is committed.
+        let cluster_now = self.cluster_now();
+        if self
+            .last_tick
+            .is_none_or(|t| now.duration_since(t) > Duration::from_millis(500))
+            && self.core.state().onprem_due(cluster_now)
+        {
+            self.last_tick = Some(now);
             let p = Proposal {
-                at_ms: now_ms(),
-                actor: "edges".into(),
+                at_ms: cluster_now,
+                actor: "system".into(),
                 request_id: None,
-                command: Command::Signals { batches },
+                command: Command::Tick,
             };
-            match self.core.propose(&p) {
-                Ok(id) => {
-                    self.signal_waiters.insert(id, (now, replies));
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    for r in replies {
-                        let _ = r.send(Err(Refusal::Failed(why.clone())));
-                    }
-                }
-            }
+            let _ = self.core.propose(&p);
         }
         if !self.seed.is_empty() {
             let state = self.core.state();
@@ -597,7 +609,7 @@ impl NodeThread {
             {
                 self.last_seed_attempt = Some(now);
                 let p = Proposal {
-                    at_ms: now_ms(),
+                    at_ms: self.cluster_now(),
                     actor: "seed".into(),
                     request_id: None,
                     command: Command::ApplySeed {
@@ -605,6 +617,38 @@ impl NodeThread {
                     },
                 };
                 let _ = self.core.propose(&p);
+            }
+        }
+    }
+
+    /// Now on the cluster clock: the wall clock plus the committed offset (zero outside
+    /// `moat dev`).
+    fn cluster_now(&self) -> i64 {
+        now_ms().saturating_add(self.core.state().clock_offset_ms)
+    }
+
+    /// Turns the signal batches held into one log entry.
+    fn flush_signals(&mut self, now: Instant) {
+        if self.signals.is_empty() {
+            return;
+        }
+        self.last_signal_flush = now;
+        let (batches, replies): (Vec<_>, Vec<_>) = self.signals.drain(..).unzip();
+        let p = Proposal {
+            at_ms: self.cluster_now(),
+            actor: "edges".into(),
+            request_id: None,
+            command: Command::Signals { batches },
+        };
+        match self.core.propose(&p) {
+            Ok(id) => {
+                self.signal_waiters.insert(id, (now, replies));
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for r in replies {
+                    let _ = r.send(Err(Refusal::Failed(why.clone())));
+                }
             }
         }
     }
@@ -695,6 +739,36 @@ fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
         restricted: state.restricted.iter().map(restricted_to_wire).collect(),
         users: state.users.values().map(user_to_wire).collect(),
         speed_bump: state.speed_bump.iter().map(step_to_wire).collect(),
+        onprem: Some(v1::OnpremRules {
+            baseline: state
+                .onprem_baseline
+                .clone()
+                .unwrap_or_default()
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            enforced: {
+                let schedule = state.onprem_schedule.clone().unwrap_or_default();
+                state
+                    .onprem_servers
+                    .values()
+                    .filter(|s| s.enforced(&schedule))
+                    .filter_map(|s| {
+                        let st = schedule.get(s.stage)?;
+                        Some(v1::EnforcedServer {
+                            tenant: s.tenant.to_string(),
+                            server: s.server.clone(),
+                            stage: s.stage,
+                            throttle: u32::from(st.throttle),
+                            block: u32::from(st.block),
+                        })
+                    })
+                    .collect()
+            },
+            service: state.onprem_service.clone(),
+        }),
+        clock_offset_ms: state.clock_offset_ms,
     }
 }
 
@@ -839,7 +913,8 @@ impl v1::signal_server::Signal for Services {
                 .map(|c| (c.scope, c.key, c.name, c.value))
                 .collect(),
         };
-        self.shared.ask(|r| Req::Signal(batch, r)).await?;
+        let urgent = b.urgent;
+        self.shared.ask(|r| Req::Signal(batch, urgent, r)).await?;
         Ok(Response::new(v1::SignalAck { seq }))
     }
 }
@@ -1199,6 +1274,41 @@ impl v1::admin_server::Admin for Services {
                     .map_err(bad)?;
                 Command::ApplySeed { tenants }
             }
+            Op::SetOnpremPolicy(o) => {
+                who.operator_only("change the on-premises Exchange settings")?;
+                Command::SetOnpremPolicy {
+                    baseline: if o.baseline.is_empty() {
+                        None
+                    } else {
+                        Some(baseline_from_wire(&o.baseline).map_err(bad)?)
+                    },
+                    stages: match o.stages.trim() {
+                        "" => None,
+                        t => Some(moat_shared::onprem::Schedule::parse(t).map_err(bad)?),
+                    },
+                    service: (!o.service.trim().is_empty()).then(|| o.service.trim().to_owned()),
+                }
+            }
+            Op::PauseOnprem(o) => {
+                let tenant = tenant_id(&o.tenant)?;
+                who.may_change(&tenant)?;
+                Command::PauseOnprem {
+                    tenant,
+                    days: o.days,
+                    reason: o.reason,
+                }
+            }
+            Op::SetClock(at_ms) => {
+                who.operator_only("move the cluster clock")?;
+                if !self.shared.dev_clock {
+                    return Err(Status::failed_precondition(
+                        "this cluster keeps real time: only a `moat dev` cluster lets the clock be moved",
+                    ));
+                }
+                Command::SetClock {
+                    offset_ms: at_ms.saturating_sub(now_ms()),
+                }
+            }
             Op::AddNode(n) => {
                 who.operator_only("change cluster membership")?;
                 if n.id == 0 || n.address.is_empty() {
@@ -1269,6 +1379,10 @@ impl v1::admin_server::Admin for Services {
             "outbound-policy",
             "detection",
             "alert-contacts",
+            "onprem-servers",
+            "onprem-policy",
+            "onprem-pauses",
+            "clock",
         ];
         if !known.contains(&r.kind.as_str()) {
             return Err(bad(format!(
@@ -1355,10 +1469,68 @@ impl v1::admin_server::Admin for Services {
     }
 }
 
+/// Now on the cluster clock as a reader sees it: the wall clock plus the committed offset, and
+/// never before the last applied entry.
+fn read_now(state: &State) -> i64 {
+    state
+        .now_ms
+        .max(now_ms().saturating_add(state.clock_offset_ms))
+}
+
+/// One row of the on-premises server report, with the next stage and its date as of now.
+fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremServerReport {
+    use moat_shared::onprem::{accrued_ms, Pause, DAY_MS};
+    let now = read_now(state);
+    let schedule = state.onprem_schedule.clone().unwrap_or_default();
+    let baseline = state.onprem_baseline.clone().unwrap_or_default();
+    let pauses: Vec<Pause> = state
+        .onprem_pauses
+        .get(&s.tenant)
+        .map(|v| v.iter().map(|p| p.pause).collect())
+        .unwrap_or_default();
+    let in_force = pauses.iter().find(|p| p.covers(now)).copied();
+    let stage = schedule.get(s.stage).copied();
+    let mut row = v1::OnpremServerReport {
+        tenant: s.tenant.to_string(),
+        server: s.server.clone(),
+        build: s.build.to_string(),
+        product: s.build.product().name().to_owned(),
+        class: baseline.classify(&s.build).as_str().to_owned(),
+        connector: s.connector.clone(),
+        first_detected_ms: s.first_detected_ms.unwrap_or(0),
+        stage: s.stage,
+        throttle: stage.map_or(0, |x| u32::from(x.throttle)),
+        block: stage.map_or(0, |x| u32::from(x.block)),
+        throttle_enabled_ms: s.throttle_enabled_ms.unwrap_or(0),
+        blocking_enabled_ms: s.blocking_enabled_ms.unwrap_or(0),
+        recommended: baseline
+            .recommended(&s.build)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        paused: s.first_detected_ms.is_some() && in_force.is_some(),
+        paused_until_ms: in_force.map_or(0, |p| p.end_ms),
+        remediated_ms: s.remediated_ms.unwrap_or(0),
+        last_seen_ms: s.last_seen_ms,
+        messages: s.messages,
+        ..Default::default()
+    };
+    if let (Some(first), Some(next)) = (s.first_detected_ms, schedule.get(s.stage + 1)) {
+        let left = i64::from(next.from_day) * DAY_MS - accrued_ms(first, now, &pauses);
+        row.next_stage = s.stage + 1;
+        row.next_throttle = u32::from(next.throttle);
+        row.next_block = u32::from(next.block);
+        row.next_stage_ms = in_force.map_or(now, |p| p.end_ms) + left.max(0);
+    }
+    row
+}
+
 fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
     let tenant_ok = |t: &TenantId| r.tenant.is_empty() || t.as_str() == r.tenant;
     let mut reply = v1::ReadReply {
         applied_index: state.applied,
+        cluster_now_ms: read_now(state),
+        clock_offset_ms: state.clock_offset_ms,
         ..Default::default()
     };
     match r.kind.as_str() {
@@ -1501,6 +1673,62 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
+        "onprem-servers" => {
+            reply.onprem_servers = state
+                .onprem_servers
+                .values()
+                .filter(|s| tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name))
+                .map(|s| onprem_report(state, s))
+                .collect();
+        }
+        "onprem-policy" => {
+            reply.onprem_policy = Some(v1::OnpremPolicy {
+                baseline: state
+                    .onprem_baseline
+                    .clone()
+                    .unwrap_or_default()
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                stages: state.onprem_schedule.clone().unwrap_or_default().render(),
+                service: if state.onprem_service.is_empty() {
+                    moat_shared::onprem::DEFAULT_SERVICE.to_owned()
+                } else {
+                    state.onprem_service.clone()
+                },
+            });
+        }
+        "onprem-pauses" => {
+            use moat_shared::onprem::{pause_days_used, Pause, PAUSE_DAYS_PER_YEAR};
+            let now = read_now(state);
+            let year = moat_shared::time::civil_from_days(moat_shared::time::day_of_ms(now)).0;
+            let records = TenantId::new(&r.tenant)
+                .ok()
+                .and_then(|t| state.onprem_pauses.get(&t))
+                .cloned()
+                .unwrap_or_default();
+            let list: Vec<Pause> = records.iter().map(|p| p.pause).collect();
+            let used = pause_days_used(&list, year);
+            reply.onprem_pauses = Some(v1::OnpremPauses {
+                tenant: r.tenant.clone(),
+                pauses: records
+                    .iter()
+                    .map(|p| v1::OnpremPauseRecord {
+                        start_ms: p.pause.start_ms,
+                        end_ms: p.pause.end_ms,
+                        days: p.pause.days(),
+                        actor: p.actor.clone(),
+                        reason: p.reason.clone(),
+                    })
+                    .collect(),
+                year: i32::try_from(year).unwrap_or_default(),
+                days_used: used,
+                days_left: PAUSE_DAYS_PER_YEAR.saturating_sub(used),
+                paused_until_ms: list.iter().find(|p| p.covers(now)).map_or(0, |p| p.end_ms),
+            });
+        }
+        "clock" => {}
         "alert-contacts" => {
             reply.alert_contacts = state
                 .alert_contacts
@@ -1524,7 +1752,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
         }
         "tls-report" => {
             let days = if r.days == 0 { 7 } else { i64::from(r.days) };
-            let today = moat_shared::time::day_of_ms(state.now_ms.max(now_ms()));
+            let today = moat_shared::time::day_of_ms(read_now(state));
             let first = moat_shared::time::day_string(today - days + 1);
             fn rows<'a>(
                 table: &'a BTreeMap<String, crate::state::Tally>,

@@ -9,6 +9,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use moat_shared::onprem::{
+    accrued_ms, pause_days_used, Pause, Schedule, Stage, DAY_MS, PAUSE_DAYS_PER_YEAR,
+};
 use moat_shared::signal::{self, Unit};
 use moat_shared::submission::normalise_schedule;
 use moat_shared::time::{day_of_ms, day_string};
@@ -174,6 +177,34 @@ pub enum Command {
         /// One batch per edge at most.
         batches: Vec<SignalBatch>,
     },
+    /// Changes the on-premises Exchange settings; `None` leaves a setting as it is.
+    SetOnpremPolicy {
+        /// The baseline builds.
+        baseline: Option<moat_shared::exchange::Baseline>,
+        /// The stage table.
+        stages: Option<Schedule>,
+        /// The service name in replies.
+        service: Option<String>,
+    },
+    /// Pauses throttling and blocking of a tenant's servers for `days` days from the entry's
+    /// time, within the yearly budget.
+    PauseOnprem {
+        /// Which tenant.
+        tenant: TenantId,
+        /// How long.
+        days: u32,
+        /// Why (for the audit log).
+        reason: String,
+    },
+    /// Moves the cluster clock: from this entry on, the leader stamps entries with the wall
+    /// clock plus `offset_ms`. Only a `moat dev` node proposes it.
+    SetClock {
+        /// The new offset from the wall clock.
+        offset_ms: i64,
+    },
+    /// Lets time act: proposed by the leader when a server's stage or a pause is due to change.
+    /// Applying any entry does the same; this one exists for when nothing else is committed.
+    Tick,
 }
 
 /// What an admin token may do.
@@ -432,6 +463,44 @@ pub struct OnpremServer {
     pub last_seen_ms: i64,
     /// Messages seen from it.
     pub messages: u64,
+    /// Its stage in the current cycle (1-based), 0 outside a cycle.
+    #[serde(default)]
+    pub stage: u32,
+    /// When it entered that stage.
+    #[serde(default)]
+    pub stage_since_ms: i64,
+    /// When throttling started in the current cycle.
+    #[serde(default)]
+    pub throttle_enabled_ms: Option<i64>,
+    /// When blocking started in the current cycle.
+    #[serde(default)]
+    pub blocking_enabled_ms: Option<i64>,
+    /// Whether its tenant's pause is in force (as of the last applied entry).
+    #[serde(default)]
+    pub paused: bool,
+    /// When a compliant build last ended a cycle.
+    #[serde(default)]
+    pub remediated_ms: Option<i64>,
+}
+
+impl OnpremServer {
+    /// Whether edges throttle or block it under `schedule`.
+    pub fn enforced(&self, schedule: &Schedule) -> bool {
+        self.first_detected_ms.is_some()
+            && !self.paused
+            && schedule.get(self.stage).is_some_and(|s| s.enforces())
+    }
+}
+
+/// A tenant's pause, with who asked for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// When it runs.
+    pub pause: Pause,
+    /// Who paused.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// How the control plane judges a connector (per tenant, or the cluster default).
@@ -584,6 +653,18 @@ pub struct State {
     /// The baseline builds; the built-in default (October 2025 updates) when `None`.
     #[serde(default)]
     pub onprem_baseline: Option<moat_shared::exchange::Baseline>,
+    /// The stage table; the reference table when `None`.
+    #[serde(default)]
+    pub onprem_schedule: Option<Schedule>,
+    /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
+    #[serde(default)]
+    pub onprem_service: String,
+    /// Pauses of throttling and blocking, by tenant.
+    #[serde(default)]
+    pub onprem_pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
+    /// What the cluster clock is ahead of the wall clock (`moat dev` only).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
     /// Where each tenant's alerts go.
     #[serde(default)]
     pub alert_contacts: BTreeMap<TenantId, AlertContacts>,
@@ -602,6 +683,9 @@ pub struct State {
     /// Set while applying an entry that changed the restricted entities (never replicated).
     #[serde(skip)]
     pub restricted_changed: bool,
+    /// Set while applying an entry that changed which servers edges throttle or block.
+    #[serde(skip)]
+    pub onprem_changed: bool,
 }
 
 /// What applying a proposal produced.
@@ -638,7 +722,9 @@ impl State {
         self.restricted.retain(|r| r.in_force(now));
         self.restricted_changed = self.restricted.len() != before;
         let result = self.run(index, p);
+        self.settle_onprem(index);
         if std::mem::take(&mut self.restricted_changed)
+            || std::mem::take(&mut self.onprem_changed)
             || (result.is_ok() && policy_relevant(&p.command))
         {
             self.policy_version = index;
@@ -650,7 +736,7 @@ impl State {
             }
             if !matches!(
                 p.command,
-                Command::Signals { .. } | Command::AlertDelivery { .. }
+                Command::Signals { .. } | Command::AlertDelivery { .. } | Command::Tick
             ) {
                 self.audit.push_back(AuditRecord {
                     index,
@@ -708,6 +794,8 @@ impl State {
                 self.tokens.retain(|_, t| t.tenant.as_ref() != Some(tenant));
                 self.restricted.retain(|r| r.tenant != *tenant);
                 self.outbound.remove(tenant);
+                self.onprem_pauses.remove(tenant);
+                self.onprem_servers.retain(|_, s| s.tenant != *tenant);
                 let users = &self.users;
                 self.usage.retain(|a, _| users.contains_key(a));
                 Ok(format!("tenant {tenant} deleted"))
@@ -998,6 +1086,102 @@ impl State {
                 }
                 Ok(format!("{} {name} unblocked: {reason}", kind.as_str()))
             }
+            Command::SetOnpremPolicy {
+                baseline,
+                stages,
+                service,
+            } => {
+                let mut said = Vec::new();
+                if let Some(stages) = stages {
+                    stages.validate()?;
+                    said.push(format!("stages {}", stages.render()));
+                    self.onprem_schedule = Some(stages.clone());
+                }
+                if let Some(service) = service {
+                    let service = service.trim();
+                    if service.is_empty() || service.len() > 64 || service.contains(['\r', '\n']) {
+                        return Err("the service name is one line of 1 to 64 characters".into());
+                    }
+                    said.push(format!("service name {service}"));
+                    self.onprem_service = service.to_owned();
+                }
+                if let Some(baseline) = baseline {
+                    if baseline.0.is_empty() {
+                        return Err("the baseline needs at least one build".into());
+                    }
+                    said.push(format!(
+                        "baseline {}",
+                        baseline
+                            .0
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    self.onprem_baseline = Some(baseline.clone());
+                    self.reclassify_onprem(index);
+                }
+                if said.is_empty() {
+                    return Err("nothing to change".into());
+                }
+                Ok(format!("on-premises Exchange: {}", said.join("; ")))
+            }
+            Command::PauseOnprem {
+                tenant,
+                days,
+                reason,
+            } => {
+                self.tenant_mut(tenant)?;
+                let now = self.now_ms;
+                if *days == 0 || *days > PAUSE_DAYS_PER_YEAR {
+                    return Err(format!("a pause lasts 1 to {PAUSE_DAYS_PER_YEAR} days"));
+                }
+                let pauses = self.onprem_pauses.entry(tenant.clone()).or_default();
+                if let Some(p) = pauses.iter().find(|p| p.pause.covers(now)) {
+                    return Err(format!(
+                        "{tenant} is already paused until {}",
+                        moat_shared::time::day_string(day_of_ms(p.pause.end_ms))
+                    ));
+                }
+                let pause = Pause {
+                    start_ms: now,
+                    end_ms: now + i64::from(*days) * DAY_MS,
+                };
+                let year = pause.year();
+                let list: Vec<Pause> = pauses.iter().map(|p| p.pause).collect();
+                let used = pause_days_used(&list, year);
+                if used + days > PAUSE_DAYS_PER_YEAR {
+                    return Err(format!(
+                        "a {days}-day pause exceeds the yearly budget: {used} of {PAUSE_DAYS_PER_YEAR} days of {year} are used, {} left",
+                        PAUSE_DAYS_PER_YEAR - used
+                    ));
+                }
+                pauses.push(PauseRecord {
+                    pause,
+                    actor: p.actor.clone(),
+                    reason: reason.clone(),
+                });
+                self.onprem_changed = true;
+                Ok(format!(
+                    "throttling and blocking of {tenant}'s on-premises servers paused for {days} day(s) until {} ({} of {PAUSE_DAYS_PER_YEAR} days of {year} left): {reason}",
+                    moat_shared::time::day_string(day_of_ms(pause.end_ms)),
+                    PAUSE_DAYS_PER_YEAR - used - days
+                ))
+            }
+            Command::SetClock { offset_ms } => {
+                let wall = p.at_ms - self.clock_offset_ms;
+                let target = wall.saturating_add(*offset_ms);
+                if target < self.now_ms {
+                    return Err("the cluster clock only moves forward".into());
+                }
+                self.clock_offset_ms = *offset_ms;
+                self.now_ms = target;
+                Ok(format!(
+                    "cluster clock set {} days ahead of the wall clock",
+                    offset_ms / DAY_MS
+                ))
+            }
+            Command::Tick => Ok("tick".into()),
             Command::Signals { batches } => {
                 let mut applied = 0;
                 let mut touched = std::collections::BTreeSet::new();
@@ -1096,7 +1280,7 @@ impl State {
     /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
     /// the tenant's admins when a cycle starts.
     fn count_onprem(&mut self, index: u64, key: &str, name: &str, delta: u64) {
-        use moat_shared::exchange::{Build, Class};
+        use moat_shared::exchange::Build;
         let Some((server, build)) = name.split_once('|') else {
             return;
         };
@@ -1124,42 +1308,207 @@ impl State {
                 first_detected_ms: None,
                 last_seen_ms: now,
                 messages: 0,
+                stage: 0,
+                stage_since_ms: now,
+                throttle_enabled_ms: None,
+                blocking_enabled_ms: None,
+                paused: false,
+                remediated_ms: None,
             });
         entry.build = build;
         entry.class = class;
         entry.connector = key.to_owned();
         entry.last_seen_ms = now;
         entry.messages += delta;
-        let out_of_date = matches!(class, Class::Unsupported | Class::Unpatched);
-        let started = out_of_date && entry.first_detected_ms.is_none();
-        if out_of_date {
-            entry.first_detected_ms.get_or_insert(now);
-        } else if class == Class::Compliant {
-            entry.first_detected_ms = None;
+        self.observe_onprem(index, &format!("{tenant}|{server}"));
+    }
+
+    /// Starts or ends a server's cycle by its class: an out-of-date build outside a cycle starts
+    /// one at stage 1 (a regression after remediation starts a new cycle from day 0); a compliant
+    /// build ends the cycle at once. Alerts the tenant's admins either way.
+    fn observe_onprem(&mut self, index: u64, key: &str) {
+        use moat_shared::exchange::Class;
+        let now = self.now_ms;
+        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        let Some(srv) = self.onprem_servers.get_mut(key) else {
+            return;
+        };
+        let out_of_date = matches!(srv.class, Class::Unsupported | Class::Unpatched);
+        let was_enforced = srv.enforced(&schedule);
+        let event = if out_of_date && srv.first_detected_ms.is_none() {
+            srv.first_detected_ms = Some(now);
+            srv.stage = 1;
+            srv.stage_since_ms = now;
+            srv.throttle_enabled_ms = None;
+            srv.blocking_enabled_ms = None;
+            Some((
+                "medium",
+                "Out-of-date Exchange server detected",
+                format!(
+                    "{} sends with {} build {} ({}) through connector {}; stage 1 (report only) until day {}",
+                    srv.server,
+                    srv.build.product().name(),
+                    srv.build,
+                    srv.class.as_str(),
+                    srv.connector,
+                    schedule.get(2).map_or(0, |s| s.from_day)
+                ),
+            ))
+        } else if srv.class == Class::Compliant && srv.first_detected_ms.is_some() {
+            srv.first_detected_ms = None;
+            srv.stage = 0;
+            srv.stage_since_ms = now;
+            srv.remediated_ms = Some(now);
+            Some((
+                "low",
+                "Exchange server remediated",
+                format!(
+                    "{} now sends with compliant build {}; its mail is no longer throttled or blocked",
+                    srv.server, srv.build
+                ),
+            ))
+        } else {
+            None
+        };
+        if srv.enforced(&schedule) != was_enforced {
+            self.onprem_changed = true;
         }
-        if started {
-            let detail = format!(
-                "{server} sends with {} build {build} ({}) through connector {key}",
-                build.product().name(),
-                class.as_str()
-            );
-            self.audit.push_back(AuditRecord {
-                index,
-                at_ms: now,
-                actor: "system".into(),
-                action: format!("on-premises server detected out of date: {detail}"),
-                tenant: Some(tenant.clone()),
-            });
-            self.alert(Alert {
-                at_ms: now,
-                tenant,
-                severity: "medium".into(),
-                title: "Out-of-date Exchange server detected".into(),
-                detail,
-                id: 0,
-                deliveries: Vec::new(),
-            });
+        if let Some((severity, title, detail)) = event {
+            let tenant = srv.tenant.clone();
+            self.onprem_event(index, tenant, severity, title, detail);
         }
+    }
+
+    /// Judges every known server again (the baseline changed).
+    fn reclassify_onprem(&mut self, index: u64) {
+        let baseline = self.onprem_baseline.clone().unwrap_or_default();
+        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        for key in keys {
+            if let Some(srv) = self.onprem_servers.get_mut(&key) {
+                srv.class = baseline.classify(&srv.build);
+            }
+            self.observe_onprem(index, &key);
+        }
+    }
+
+    /// Where a server in a cycle should be at `now`: its stage by accrued days and whether its
+    /// tenant's pause is in force.
+    fn onprem_target(&self, srv: &OnpremServer, schedule: &Schedule, now: i64) -> (u32, bool) {
+        let Some(first) = srv.first_detected_ms else {
+            return (srv.stage, srv.paused);
+        };
+        let pauses: Vec<Pause> = self
+            .onprem_pauses
+            .get(&srv.tenant)
+            .map(|v| v.iter().map(|p| p.pause).collect())
+            .unwrap_or_default();
+        let days = accrued_ms(first, now, &pauses) / DAY_MS;
+        let stage = schedule.stage_at(u32::try_from(days).unwrap_or(u32::MAX));
+        (stage, pauses.iter().any(|p| p.covers(now)))
+    }
+
+    /// Whether applying an entry at `now` would move a server to another stage or start or end
+    /// a pause: the leader proposes a [`Command::Tick`] when it would.
+    pub fn onprem_due(&self, now: i64) -> bool {
+        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        self.onprem_servers
+            .values()
+            .filter(|s| s.first_detected_ms.is_some())
+            .any(|s| self.onprem_target(s, &schedule, now) != (s.stage, s.paused))
+    }
+
+    /// Moves every server in a cycle to its stage at the entry's time, alerting at each stage
+    /// change; marks the snapshot changed when what edges enforce changed.
+    fn settle_onprem(&mut self, index: u64) {
+        let now = self.now_ms;
+        if !self.onprem_due(now) {
+            return;
+        }
+        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        for key in keys {
+            let Some(srv) = self.onprem_servers.get(&key) else {
+                continue;
+            };
+            let (stage, paused) = self.onprem_target(srv, &schedule, now);
+            if (stage, paused) == (srv.stage, srv.paused) {
+                continue;
+            }
+            let Some(srv) = self.onprem_servers.get_mut(&key) else {
+                continue;
+            };
+            let was_enforced = srv.enforced(&schedule);
+            srv.paused = paused;
+            let mut event = None;
+            if stage != srv.stage {
+                srv.stage = stage;
+                srv.stage_since_ms = now;
+                let st = schedule.get(stage).copied().unwrap_or(Stage {
+                    from_day: 0,
+                    throttle: 0,
+                    block: 0,
+                });
+                if st.throttle > 0 {
+                    srv.throttle_enabled_ms.get_or_insert(now);
+                }
+                if st.block > 0 {
+                    srv.blocking_enabled_ms.get_or_insert(now);
+                }
+                let what = match (st.throttle, st.block) {
+                    (0, 0) => "report only".to_owned(),
+                    (t, 0) => format!("throttled {t} minutes an hour"),
+                    (0, 60) | (_, 60) => "all mail blocked".to_owned(),
+                    (0, b) => format!("blocked {b} minutes an hour"),
+                    (t, b) => format!("blocked {b} and throttled {t} minutes an hour"),
+                };
+                event = Some((
+                    if st.block > 0 { "high" } else { "medium" },
+                    format!("Out-of-date Exchange server at stage {stage}"),
+                    format!(
+                        "{} (build {}) is at stage {stage}: {what}{}",
+                        srv.server,
+                        srv.build,
+                        if paused { " once the pause ends" } else { "" }
+                    ),
+                ));
+            }
+            // A new stage of an enforced server changes its minutes too.
+            if was_enforced || srv.enforced(&schedule) {
+                self.onprem_changed = true;
+            }
+            if let Some((severity, title, detail)) = event {
+                let tenant = srv.tenant.clone();
+                self.onprem_event(index, tenant, severity, &title, detail);
+            }
+        }
+    }
+
+    /// Audits and alerts an on-premises server event.
+    fn onprem_event(
+        &mut self,
+        index: u64,
+        tenant: TenantId,
+        severity: &str,
+        title: &str,
+        detail: String,
+    ) {
+        let now = self.now_ms;
+        self.audit.push_back(AuditRecord {
+            index,
+            at_ms: now,
+            actor: "system".into(),
+            action: format!("{title}: {detail}"),
+            tenant: Some(tenant.clone()),
+        });
+        self.alert(Alert {
+            at_ms: now,
+            tenant,
+            severity: severity.into(),
+            title: title.into(),
+            detail,
+            id: 0,
+            deliveries: Vec::new(),
+        });
     }
 
     /// The detection settings that apply to a connector (`tenant/name`).
@@ -1466,6 +1815,8 @@ fn policy_relevant(c: &Command) -> bool {
             | Command::SetAlertContacts { .. }
             | Command::SetAlertTransport { .. }
             | Command::AlertDelivery { .. }
+            | Command::PauseOnprem { .. }
+            | Command::Tick
     )
 }
 
@@ -1485,7 +1836,12 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         Command::CreateToken { token } => token.tenant.clone(),
         Command::SetDetectionPolicy { tenant, .. } => tenant.clone(),
         Command::SetAlertContacts { tenant, .. } => Some(tenant.clone()),
-        Command::SetAlertTransport { .. } | Command::AlertDelivery { .. } => None,
+        Command::PauseOnprem { tenant, .. } => Some(tenant.clone()),
+        Command::SetAlertTransport { .. }
+        | Command::AlertDelivery { .. }
+        | Command::SetOnpremPolicy { .. }
+        | Command::SetClock { .. }
+        | Command::Tick => None,
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }
         | Command::SetSpeedBump { .. }
@@ -2033,6 +2389,167 @@ mod tests {
         let srv = &s.onprem_servers["a|exch16.corp.local"];
         assert_eq!(srv.first_detected_ms, Some(t0 + 300_000_000));
         assert_eq!(srv.class, moat_shared::exchange::Class::Unsupported);
-        assert_eq!(s.alerts.len(), 2);
+        let titles: Vec<&str> = s.alerts.iter().map(|a| a.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "Out-of-date Exchange server detected",
+                "Exchange server remediated",
+                "Out-of-date Exchange server detected"
+            ]
+        );
+    }
+
+    /// A tenant with an out-of-date server first seen at `t0`.
+    fn detected_at(t0: i64) -> State {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let name = signal::onprem_server("exch16.corp.local", "15.1.2507.44");
+        let c = Command::Signals {
+            batches: vec![SignalBatch {
+                edge: "e9".into(),
+                seq: 1,
+                counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
+            }],
+        };
+        s.apply(5000, &p(t0, c));
+        s
+    }
+
+    #[test]
+    fn servers_walk_the_stages_by_days_since_detection() {
+        const DAY: i64 = moat_shared::onprem::DAY_MS;
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        let key = "a|exch16.corp.local";
+        let mut index = 6000;
+        let mut tick = |s: &mut State, day: i64| {
+            index += 1;
+            let before = s.policy_version;
+            s.apply(index, &p(t0 + day * DAY, Command::Tick));
+            (s.onprem_servers[key].stage, s.policy_version != before)
+        };
+        assert!(!s.onprem_due(t0 + 29 * DAY));
+        assert!(s.onprem_due(t0 + 30 * DAY));
+        assert_eq!(tick(&mut s, 1), (1, false));
+        // Stage 2 is the first that refuses mail: the snapshot changes.
+        assert_eq!(tick(&mut s, 31), (2, true));
+        assert_eq!(
+            s.alerts.back().unwrap().title,
+            "Out-of-date Exchange server at stage 2"
+        );
+        assert_eq!(tick(&mut s, 45), (3, true));
+        let srv = &s.onprem_servers[key];
+        assert_eq!(srv.throttle_enabled_ms, Some(t0 + 31 * DAY));
+        assert_eq!(srv.blocking_enabled_ms, None);
+        // Paused at day 45 for 10 days: no enforcement, and the clock of the cycle stops.
+        let paused = s.apply(
+            7000,
+            &p(
+                t0 + 45 * DAY,
+                Command::PauseOnprem {
+                    tenant: TenantId::new("a").unwrap(),
+                    days: 10,
+                    reason: "patching".into(),
+                },
+            ),
+        );
+        assert!(paused.result.is_ok(), "{paused:?}");
+        assert!(s.onprem_servers[key].paused);
+        assert!(!s.onprem_servers[key].enforced(&Schedule::default()));
+        assert_eq!(s.policy_version, 7000);
+        // Day 56: 46 days accrued, still stage 3, enforced again.
+        assert_eq!(tick(&mut s, 56), (3, true));
+        assert!(!s.onprem_servers[key].paused);
+        // 81 more days this year would exceed the 90-day budget.
+        let refused = s.apply(
+            7001,
+            &p(
+                t0 + 57 * DAY,
+                Command::PauseOnprem {
+                    tenant: TenantId::new("a").unwrap(),
+                    days: 81,
+                    reason: "more".into(),
+                },
+            ),
+        );
+        let why = refused.result.unwrap_err();
+        assert!(
+            why.contains("80 left") || why.contains("yearly budget"),
+            "{why}"
+        );
+        assert_eq!(tick(&mut s, 71), (5, true));
+        assert!(s.onprem_servers[key].blocking_enabled_ms.is_some());
+        assert_eq!(tick(&mut s, 101), (8, true));
+        assert_eq!(s.alerts.back().unwrap().severity, "high");
+    }
+
+    #[test]
+    fn a_raised_baseline_makes_a_compliant_server_unpatched() {
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        // Remediate with the October 2025 update, then raise the baseline above it.
+        let name = signal::onprem_server("exch16.corp.local", "15.1.2507.61");
+        s.apply(
+            5001,
+            &p(
+                t0 + 1000,
+                Command::Signals {
+                    batches: vec![SignalBatch {
+                        edge: "e9".into(),
+                        seq: 2,
+                        counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
+                    }],
+                },
+            ),
+        );
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(
+            (srv.first_detected_ms, srv.remediated_ms),
+            (None, Some(t0 + 1000))
+        );
+        let baseline = moat_shared::exchange::Baseline(
+            ["15.1.2507.66", "15.2.1748.42"]
+                .iter()
+                .filter_map(|b| moat_shared::exchange::Build::parse(b))
+                .collect(),
+        );
+        let r = s.apply(
+            5002,
+            &p(
+                t0 + 2000,
+                Command::SetOnpremPolicy {
+                    baseline: Some(baseline),
+                    stages: None,
+                    service: None,
+                },
+            ),
+        );
+        assert!(r.result.is_ok(), "{r:?}");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
+        assert_eq!(srv.first_detected_ms, Some(t0 + 2000));
+    }
+
+    #[test]
+    fn the_cluster_clock_only_moves_forward() {
+        let mut s = State::default();
+        let day = moat_shared::onprem::DAY_MS;
+        let ok = s.apply(
+            1,
+            &p(
+                1000,
+                Command::SetClock {
+                    offset_ms: 30 * day,
+                },
+            ),
+        );
+        assert!(ok.result.is_ok());
+        assert_eq!(s.now_ms, 1000 + 30 * day);
+        // The next entry is stamped with the new offset; going back is refused.
+        let back = s.apply(2, &p(2000 + 30 * day, Command::SetClock { offset_ms: 0 }));
+        assert_eq!(
+            back.result.unwrap_err(),
+            "the cluster clock only moves forward"
+        );
     }
 }

@@ -85,6 +85,9 @@ pub const MAX_COUNTERS: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct Counters {
     map: Mutex<HashMap<(String, String, String), u64>>,
+    /// Set by [`Counters::send_now`]: the next batch is urgent.
+    urgent: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl Counters {
@@ -102,6 +105,13 @@ impl Counters {
             }
             *m.entry(k).or_default() += v;
         }
+    }
+
+    /// Sends what is counted at once, as an urgent batch the leader commits without waiting
+    /// for its batching window (a sighting that ends enforcement).
+    pub fn send_now(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     fn take(&self) -> Vec<v1::CounterDelta> {
@@ -213,10 +223,16 @@ pub async fn report(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if pending.is_none() {
-            let counters = counters.take();
-            if counters.is_empty() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = counters.wake.notified() => {}
+        }
+        let urgent = counters.urgent.swap(false, Ordering::Relaxed);
+        if let Some(p) = &mut pending {
+            p.urgent |= urgent;
+        } else {
+            let deltas = counters.take();
+            if deltas.is_empty() {
                 continue;
             }
             seq += 1;
@@ -224,7 +240,8 @@ pub async fn report(
                 edge_id: edge_id.clone(),
                 seq,
                 policy_version: policy.load().version(),
-                counters,
+                counters: deltas,
+                urgent,
             });
         }
         let Some(batch) = pending.clone() else {

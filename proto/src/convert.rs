@@ -6,6 +6,9 @@ use moat_shared::{
     RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
 };
 
+use moat_shared::exchange::{Baseline, Build};
+use moat_shared::onprem::{Enforced, Rules};
+
 use crate::v1;
 
 /// Why a wire object is not a valid domain object.
@@ -150,10 +153,51 @@ pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Inva
         .iter()
         .map(step_from_wire)
         .collect::<Result<Vec<_>, _>>()?;
+    let onprem = onprem_from_wire(s.onprem.as_ref().cloned().unwrap_or_default())?;
     PolicySnapshot::new(s.version, tenants)
         .and_then(|p| p.with_connectors(connectors))
         .and_then(|p| p.with_submission(users, restricted, speed_bump))
+        .map(|p| p.with_onprem(onprem, s.clock_offset_ms))
         .map_err(invalid)
+}
+
+/// Parses baseline builds; fails on the first that is not a build.
+pub fn baseline_from_wire(builds: &[String]) -> Result<Baseline, Invalid> {
+    builds
+        .iter()
+        .map(|b| Build::parse(b).ok_or_else(|| Invalid(format!("`{b}` is not an Exchange build"))))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Baseline)
+}
+
+fn onprem_from_wire(o: v1::OnpremRules) -> Result<Rules, Invalid> {
+    let enforced = o
+        .enforced
+        .iter()
+        .map(|e| {
+            let minutes = |m: u32| u8::try_from(m.min(60)).unwrap_or(60);
+            Ok((
+                (
+                    TenantId::new(&e.tenant).map_err(invalid)?,
+                    e.server.to_ascii_lowercase(),
+                ),
+                Enforced {
+                    stage: e.stage,
+                    throttle: minutes(e.throttle),
+                    block: minutes(e.block),
+                },
+            ))
+        })
+        .collect::<Result<_, Invalid>>()?;
+    Ok(Rules {
+        baseline: if o.baseline.is_empty() {
+            Baseline::default()
+        } else {
+            baseline_from_wire(&o.baseline)?
+        },
+        enforced,
+        service: o.service,
+    })
 }
 
 /// Wire user (with its password hash, for edges) from a domain user.

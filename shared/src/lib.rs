@@ -8,6 +8,8 @@
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
+//! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages, pauses, and which
+//!   minutes of an hour are throttled or blocked.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
@@ -23,6 +25,7 @@ pub mod connector;
 pub mod exchange;
 pub mod handle;
 pub mod matching;
+pub mod onprem;
 pub mod policy;
 pub mod seed;
 pub mod signal;

@@ -161,6 +161,10 @@ pub struct PolicySnapshot {
     restricted: HashMap<(EntityKind, TenantId, String), RestrictedEntity>,
     /// The legacy-TLS speed bump schedule, by day.
     speed_bump: Vec<SpeedBumpStep>,
+    /// Out-of-date Exchange servers being throttled or blocked, and the baseline.
+    onprem: crate::onprem::Rules,
+    /// What the cluster clock is ahead of the wall clock (only ever non-zero under `moat dev`).
+    clock_offset_ms: i64,
 }
 
 impl PolicySnapshot {
@@ -193,7 +197,27 @@ impl PolicySnapshot {
             users: HashMap::new(),
             restricted: HashMap::new(),
             speed_bump: Vec::new(),
+            onprem: Default::default(),
+            clock_offset_ms: 0,
         })
+    }
+
+    /// Adds the on-premises Exchange rules and the cluster clock's offset.
+    pub fn with_onprem(mut self, rules: crate::onprem::Rules, clock_offset_ms: i64) -> Self {
+        self.onprem = rules;
+        self.clock_offset_ms = clock_offset_ms;
+        self
+    }
+
+    /// The on-premises Exchange rules.
+    pub fn onprem(&self) -> &crate::onprem::Rules {
+        &self.onprem
+    }
+
+    /// Now on the cluster clock: the wall clock plus the offset a `moat dev` cluster may set.
+    /// Every time-dependent verdict uses it, so edges agree with the control plane.
+    pub fn now_ms(&self) -> i64 {
+        crate::time::now_ms().saturating_add(self.clock_offset_ms)
     }
 
     /// Adds the inbound connectors; fails if one names an unknown tenant or repeats a name

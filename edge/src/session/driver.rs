@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use moat_shared::exchange::{Class, Sighting};
+use moat_shared::onprem::Minute;
 use moat_shared::signal::{self, Unit};
 use moat_shared::submission::speed_bump_refuses;
-use moat_shared::time::now_ms;
 use moat_shared::{EntityKind, PolicyHandle, PolicySnapshot, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -228,18 +229,6 @@ impl Tracking {
         }
         add("messages", 1);
         add("recipients", self.rcpts);
-        // The on-premises Exchange server that sent it, from its Received stamp: the control
-        // plane classifies the build and runs the server's life cycle.
-        if self.onprem {
-            if let Some(s) = moat_shared::exchange::sighting(&self.header_from.text()) {
-                shared.counters.add(
-                    signal::ONPREM,
-                    c,
-                    &signal::onprem_server(&s.server, &s.build.to_string()),
-                    1,
-                );
-            }
-        }
         add("bytes", self.bytes);
         add("relay", self.relayed);
         let from = self.from.as_ref().map(|a| a.domain.to_ascii_lowercase());
@@ -254,6 +243,40 @@ impl Tracking {
             if self.header_from.domain().is_some_and(|h| h != *from) {
                 add("mismatch", 1);
             }
+        }
+    }
+
+    /// The on-premises Exchange server that sent the open transaction's message, from its
+    /// Received stamp, when the message came through an OnPremises connector.
+    fn sighting(&self) -> Option<(TenantId, Sighting)> {
+        if !self.onprem {
+            return None;
+        }
+        let tenant = self
+            .connector
+            .as_deref()
+            .and_then(|c| c.split_once('/'))
+            .and_then(|(t, _)| TenantId::new(t).ok())?;
+        Some((
+            tenant,
+            moat_shared::exchange::sighting(&self.header_from.text())?,
+        ))
+    }
+
+    /// Reports a sighting: the control plane classifies the build and runs the server's life
+    /// cycle. A compliant build from a server edges are enforcing is sent at once, so that
+    /// enforcement ends on every edge within the second.
+    fn sighted(&self, shared: &Shared, snapshot: &PolicySnapshot, tenant: &TenantId, s: &Sighting) {
+        let Some(c) = &self.connector else { return };
+        let name = signal::onprem_server(&s.server, &s.build.to_string());
+        shared.counters.add(signal::ONPREM, c, &name, 1);
+        let rules = snapshot.onprem();
+        if rules.baseline.classify(&s.build) == Class::Compliant
+            && rules
+                .enforced
+                .contains_key(&(tenant.clone(), s.server.to_ascii_lowercase()))
+        {
+            shared.counters.send_now();
         }
     }
 
@@ -292,12 +315,37 @@ fn is_legacy_session(facts: &SessionFacts) -> bool {
 fn speed_bump(shared: &Shared, snapshot: &PolicySnapshot, facts: &SessionFacts) -> bool {
     let refused = shared.legacy_rule == LegacyTls::SpeedBump
         && is_legacy_session(facts)
-        && speed_bump_refuses(&facts.id, snapshot.speed_bump_percent(now_ms()));
+        && speed_bump_refuses(&facts.id, snapshot.speed_bump_percent(snapshot.now_ms()));
     if refused {
         shared.counters.add(signal::AUTH, "-", "speed-bump", 1);
         tracing::info!(session = %facts.id, "legacy TLS session refused by the speed bump");
     }
     refused
+}
+
+/// What the life cycle of an out-of-date on-premises Exchange server says of its message now:
+/// `450 4.7.230` in a throttled minute, `550 5.7.230` in a blocked one, nothing otherwise.
+fn onprem_refusal(snapshot: &PolicySnapshot, tenant: &TenantId, s: &Sighting) -> Option<Reply> {
+    let rules = snapshot.onprem();
+    let (minute, e) = rules.verdict(tenant, &s.server, &s.build, snapshot.now_ms())?;
+    let service = rules.service();
+    match minute {
+        Minute::Open => None,
+        Minute::Throttled => Some(Reply::with_text(
+            reply::ONPREM_THROTTLED,
+            format!(
+                "Connecting Exchange server version is out-of-date; connection to {service} throttled for {} mins/hr.",
+                e.throttle
+            ),
+        )),
+        Minute::Blocked => Some(Reply::with_text(
+            reply::ONPREM_BLOCKED,
+            format!(
+                "Connecting Exchange server version is out-of-date; connection to {service} blocked for {} mins/hr.",
+                e.block
+            ),
+        )),
+    }
 }
 
 /// Checks a login and the rules of the listener on who may log in over which TLS version.
@@ -375,7 +423,7 @@ fn count_refused_relay(shared: &Shared, snapshot: &PolicySnapshot, facts: &Sessi
 fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Option<Reply> {
     let snapshot = shared.policy.load();
     let Some(login) = &facts.auth else {
-        if let Some(r) = verdict::mail(&snapshot, &client(&snapshot, facts), now_ms()) {
+        if let Some(r) = verdict::mail(&snapshot, &client(&snapshot, facts), snapshot.now_ms()) {
             return Some(r);
         }
         return speed_bump(shared, &snapshot, facts).then(|| reply::LEGACY_TLS_SPEED_BUMP.into());
@@ -385,7 +433,12 @@ fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Op
         return Some(reply::AUTH_REQUIRED.into());
     };
     if snapshot
-        .restriction(EntityKind::User, &user.tenant, &user.address, now_ms())
+        .restriction(
+            EntityKind::User,
+            &user.tenant,
+            &user.address,
+            snapshot.now_ms(),
+        )
         .is_some()
     {
         return Some(reply::RESTRICTED_USER.into());
@@ -507,12 +560,36 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                     }
                 }
                 Action::EndBody => {
-                    let r: Reply = match txn.take() {
-                        Some(t) => t.finish().await,
-                        None => reply::LOCAL_ERROR.into(),
+                    // Headers are known only now: an out-of-date Exchange server in a throttled
+                    // or blocked minute has its next-hop transaction abandoned.
+                    let snapshot = shared.policy.load();
+                    let sighting = track.sighting();
+                    let refusal = sighting
+                        .as_ref()
+                        .and_then(|(t, s)| onprem_refusal(&snapshot, t, s));
+                    let r: Reply = match (txn.take(), &refusal) {
+                        (Some(t), Some(refused)) => {
+                            t.abort().await;
+                            refused.clone()
+                        }
+                        (Some(t), None) => t.finish().await,
+                        (None, _) => reply::LOCAL_ERROR.into(),
                     };
                     tracing::info!(session = %id, reply = %r.summary(), "message");
-                    track.delivered(shared, &shared.policy.load(), &r);
+                    if let Some((tenant, s)) = &sighting {
+                        track.sighted(shared, &snapshot, tenant, s);
+                    }
+                    match (&refusal, &track.connector) {
+                        (Some(refused), Some(c)) => {
+                            let name = if refused.code == reply::ONPREM_BLOCKED.code {
+                                "onprem-blocked"
+                            } else {
+                                "onprem-throttled"
+                            };
+                            shared.counters.add(signal::CONNECTOR, c, name, 1);
+                        }
+                        _ => track.delivered(shared, &snapshot, &r),
+                    }
                     if let (true, Some(checker), Some(connector)) =
                         (r.is_positive(), &shared.checker, &track.connector)
                     {

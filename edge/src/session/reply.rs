@@ -153,6 +153,11 @@ codes! {
     RESTRICTED_USER = 550 "5.1.8" "Access denied, bad outbound sender";
     /// MAIL FROM an address the authenticated user may not send as (Exchange Online's text).
     SEND_AS_DENIED = 550 "5.7.60" "SMTP; Client does not have permissions to send as this sender";
+    /// A message from an out-of-date on-premises Exchange server in one of its throttled minutes
+    /// (the text names the service and the minutes: see `onprem_refusal` in the driver).
+    ONPREM_THROTTLED = 450 "4.7.230" "Connecting Exchange server version is out-of-date; connection throttled";
+    /// A message from an out-of-date on-premises Exchange server in one of its blocked minutes.
+    ONPREM_BLOCKED = 550 "5.7.230" "Connecting Exchange server version is out-of-date; connection blocked";
     /// A local failure (for example, the maildir sink could not write).
     LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
 }
