@@ -2651,6 +2651,7 @@ fn onprem_json(r: &moat_proto::OnpremServerReport) -> Value {
         "status": onprem_status(r),
         "connector": r.connector,
         "first-detected": t(r.first_detected_ms),
+        "first-detected-ms": r.first_detected_ms,
         "stage": r.stage,
         "throttle-minutes": r.throttle,
         "block-minutes": r.block,

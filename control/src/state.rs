@@ -1137,12 +1137,6 @@ impl State {
                     return Err(format!("a pause lasts 1 to {PAUSE_DAYS_PER_YEAR} days"));
                 }
                 let pauses = self.onprem_pauses.entry(tenant.clone()).or_default();
-                if let Some(p) = pauses.iter().find(|p| p.pause.covers(now)) {
-                    return Err(format!(
-                        "{tenant} is already paused until {}",
-                        moat_shared::time::day_string(day_of_ms(p.pause.end_ms))
-                    ));
-                }
                 let pause = Pause {
                     start_ms: now,
                     end_ms: now + i64::from(*days) * DAY_MS,
@@ -1154,6 +1148,12 @@ impl State {
                     return Err(format!(
                         "a {days}-day pause exceeds the yearly budget: {used} of {PAUSE_DAYS_PER_YEAR} days of {year} are used, {} left",
                         PAUSE_DAYS_PER_YEAR - used
+                    ));
+                }
+                if let Some(p) = pauses.iter().find(|p| p.pause.covers(now)) {
+                    return Err(format!(
+                        "{tenant} is already paused until {}",
+                        moat_shared::time::day_string(day_of_ms(p.pause.end_ms))
                     ));
                 }
                 pauses.push(PauseRecord {
@@ -1185,6 +1185,7 @@ impl State {
             Command::Signals { batches } => {
                 let mut applied = 0;
                 let mut touched = std::collections::BTreeSet::new();
+                let mut sightings = Vec::new();
                 for b in batches {
                     let last = self.edge_seqs.entry(b.edge.clone()).or_default();
                     if b.seq <= *last {
@@ -1196,8 +1197,28 @@ impl State {
                         if scope == signal::CONNECTOR && self.connectors.contains_key(key) {
                             touched.insert(key.clone());
                         }
+                        if scope == signal::ONPREM {
+                            sightings.push((key, name, *delta));
+                            continue;
+                        }
                         self.count(index, scope, key, name, *delta);
                     }
+                }
+                // Sightings lose their order in a batch: a server seen with an old and a
+                // compliant build in the same second was being upgraded, so compliant builds
+                // are applied last (and the rest in a fixed order, for determinism).
+                let baseline = self.onprem_baseline.clone().unwrap_or_default();
+                sightings.sort_by_key(|(key, name, _)| {
+                    let compliant = name
+                        .split_once('|')
+                        .and_then(|(_, b)| moat_shared::exchange::Build::parse(b))
+                        .is_some_and(|b| {
+                            baseline.classify(&b) == moat_shared::exchange::Class::Compliant
+                        });
+                    (compliant, (*key).clone(), (*name).clone())
+                });
+                for (key, name, delta) in sightings {
+                    self.count(index, signal::ONPREM, key, name, delta);
                 }
                 for key in touched {
                     self.judge_connector(index, &key);

@@ -37,6 +37,7 @@ impl Probe {
                 "version": version,
                 "tenants": snap.tenants().len(),
                 "connectors": snap.connectors().len(),
+                "onprem_enforced": snap.onprem().enforced.len(),
             },
         });
         if let Some(link) = &self.link {

@@ -13,5 +13,6 @@ mod harness;
 mod delivery;
 mod limits;
 mod next_hop;
+mod onprem;
 mod submission;
 mod tls_proxy;
