@@ -478,7 +478,7 @@ enum OnpremPolicyCmd {
     Show,
     /// Change the stage table or the service name.
     #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)
-        .args(["stages", "service_name"])))]
+        .args(["stages", "service_name", "scope"])))]
     Set {
         /// `FROM-DAY:THROTTLE:BLOCK,...` in stage order, e.g. the default
         /// `0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60`.
@@ -487,6 +487,10 @@ enum OnpremPolicyCmd {
         /// The service named in `4.7.230` / `5.7.230` replies.
         #[arg(long, value_name = "NAME")]
         service_name: Option<String>,
+        /// Whose Received stamps are judged: mail through OnPremises connectors only, or
+        /// through every connector.
+        #[arg(long, value_parser = ["onpremises", "all-connectors"])]
+        scope: Option<String>,
     },
 }
 
@@ -1723,6 +1727,7 @@ impl Ctx {
                 match self.output {
                     Output::Json => print_json(&json!({
                         "service": p.service,
+                        "scope": p.scope,
                         "stages": stages.0.iter().enumerate().map(|(i, st)| json!({
                             "stage": i + 1,
                             "from-day": st.from_day,
@@ -1732,6 +1737,7 @@ impl Ctx {
                     })),
                     Output::Table => {
                         out(&format!("service name: {}", p.service));
+                        out(&format!("scope: {}", p.scope));
                         out(
                             render_table(&["STAGE", "FROM-DAY", "THROTTLE/HR", "BLOCK/HR"], &rows)
                                 .trim_end(),
@@ -1743,6 +1749,7 @@ impl Ctx {
             OnpremCmd::Policy(OnpremPolicyCmd::Set {
                 stages,
                 service_name,
+                scope,
             }) => {
                 if let Some(st) = &stages {
                     moat_shared::onprem::Schedule::parse(st)
@@ -1752,6 +1759,7 @@ impl Ctx {
                     baseline: Vec::new(),
                     stages: stages.unwrap_or_default(),
                     service: service_name.unwrap_or_default(),
+                    scope: scope.unwrap_or_default(),
                 }))
                 .await
             }
@@ -3021,6 +3029,26 @@ mod tests {
         assert!(parse(&["report", "tls", "--days", "0"]).is_err());
 
         assert!(parse(&["alerts", "list", "--tenant", "t"]).is_ok());
+
+        assert!(parse(&["report", "onprem-servers", "--tenant", "t"]).is_ok());
+        assert!(parse(&["onprem", "baseline", "show"]).is_ok());
+        assert!(parse(&["onprem", "baseline", "set"]).is_err());
+        assert!(parse(&["onprem", "baseline", "set", "15.1.2507.61"]).is_ok());
+        assert!(parse(&["onprem", "policy", "set"]).is_err());
+        assert!(parse(&["onprem", "policy", "set", "--scope", "everything"]).is_err());
+        assert!(parse(&["onprem", "policy", "set", "--service-name", "Contoso"]).is_ok());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "91"]).is_err());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "0"]).is_err());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "30"]).is_ok());
+        assert!(parse(&["onprem", "pauses", "--tenant", "t"]).is_ok());
+        assert!(parse(&["dev", "clock", "set"]).is_err());
+        assert!(parse(&["dev", "clock", "set", "--days", "3", "--at", "x"]).is_err());
+        assert_eq!(
+            parse_time("2027-01-05T10:17:05Z"),
+            Some(moat_shared::time::days_from_civil(2027, 1, 5) * 86_400_000 + 37_025_000)
+        );
+        assert_eq!(parse_time("2027-01-05T24:00Z"), None);
+        assert_eq!(parse_time("2027-01-05 10:00Z"), None);
 
         assert!(parse(&["outbound-policy", "get"]).is_ok());
         assert!(parse(&["outbound-policy", "get", "--tenant", "t"]).is_ok());

@@ -767,6 +767,7 @@ fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
                     .collect()
             },
             service: state.onprem_service.clone(),
+            all_connectors: state.onprem_all_connectors,
         }),
         clock_offset_ms: state.clock_offset_ms,
     }
@@ -1287,6 +1288,16 @@ impl v1::admin_server::Admin for Services {
                         t => Some(moat_shared::onprem::Schedule::parse(t).map_err(bad)?),
                     },
                     service: (!o.service.trim().is_empty()).then(|| o.service.trim().to_owned()),
+                    all_connectors: match o.scope.as_str() {
+                        "" => None,
+                        "onpremises" => Some(false),
+                        "all-connectors" => Some(true),
+                        other => {
+                            return Err(bad(format!(
+                                "`{other}` is not a scope (onpremises, all-connectors)"
+                            )))
+                        }
+                    },
                 }
             }
             Op::PauseOnprem(o) => {
@@ -1697,6 +1708,12 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 } else {
                     state.onprem_service.clone()
                 },
+                scope: if state.onprem_all_connectors {
+                    "all-connectors"
+                } else {
+                    "onpremises"
+                }
+                .to_owned(),
             });
         }
         "onprem-pauses" => {

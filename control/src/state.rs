@@ -185,6 +185,9 @@ pub enum Command {
         stages: Option<Schedule>,
         /// The service name in replies.
         service: Option<String>,
+        /// Whether mail through every connector is judged, not only OnPremises connectors'.
+        #[serde(default)]
+        all_connectors: Option<bool>,
     },
     /// Pauses throttling and blocking of a tenant's servers for `days` days from the entry's
     /// time, within the yearly budget.
@@ -659,6 +662,9 @@ pub struct State {
     /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
     #[serde(default)]
     pub onprem_service: String,
+    /// Whether mail through every connector is judged (default: OnPremises connectors only).
+    #[serde(default)]
+    pub onprem_all_connectors: bool,
     /// Pauses of throttling and blocking, by tenant.
     #[serde(default)]
     pub onprem_pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
@@ -1090,8 +1096,16 @@ impl State {
                 baseline,
                 stages,
                 service,
+                all_connectors,
             } => {
                 let mut said = Vec::new();
+                if let Some(all) = all_connectors {
+                    self.onprem_all_connectors = *all;
+                    said.push(format!(
+                        "scope {}",
+                        if *all { "all-connectors" } else { "onpremises" }
+                    ));
+                }
                 if let Some(stages) = stages {
                     stages.validate()?;
                     said.push(format!("stages {}", stages.render()));
@@ -2542,6 +2556,7 @@ mod tests {
                     baseline: Some(baseline),
                     stages: None,
                     service: None,
+                    all_connectors: None,
                 },
             ),
         );

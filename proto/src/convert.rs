@@ -197,6 +197,7 @@ fn onprem_from_wire(o: v1::OnpremRules) -> Result<Rules, Invalid> {
         },
         enforced,
         service: o.service,
+        all_connectors: o.all_connectors,
     })
 }
 

@@ -297,6 +297,9 @@ pub struct Rules {
     pub enforced: HashMap<(TenantId, String), Enforced>,
     /// The service name in `4.7.230` / `5.7.230` replies (default `Moat`).
     pub service: String,
+    /// Whether mail through every connector is judged (by default only OnPremises
+    /// connectors' mail is).
+    pub all_connectors: bool,
 }
 
 impl Rules {

@@ -402,6 +402,17 @@ fn admin_changes_reach_every_edge() {
         "{seen:?}"
     );
     assert!(send_mail(&c.edges[e2].mx, "alice@example.test").starts_with("250"));
+    // The cluster clock of a production cluster (no --dev-clock) does not move.
+    let out = moat()
+        .args(["admin", "--endpoint", &c.nodes[0].address, "--token", TOKEN])
+        .args(["dev", "clock", "set", "--days", "30"])
+        .output()
+        .expect("admin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("keeps real time"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -42,9 +42,14 @@ fn start(tag: &str) -> (TempDir, Dev) {
 /// One message from `server` stamped with `build` through edge `edge`'s MX listener; the final
 /// reply, or the refusal that ended the transaction.
 fn send(dev: &Dev, edge: usize, server: &str, build: &str) -> String {
+    send_from(dev, edge, "127.0.0.2", server, build)
+}
+
+/// [`send`] from another source address.
+fn send_from(dev: &Dev, edge: usize, source: &str, server: &str, build: &str) -> String {
     let mx = dev.edge_listener(edge, "mx");
     runtime().block_on(async {
-        let (mut c, _) = Client::connect_from(&mx, "127.0.0.2")
+        let (mut c, _) = Client::connect_from(&mx, source)
             .await
             .expect("connect");
         c.cmd(&format!("EHLO {server}")).await.expect("ehlo");
@@ -291,6 +296,7 @@ fn an_out_of_date_server_walks_the_stages_on_both_edges() {
 /// Acceptance 3 and 5: a pause at day 45 lets mail through and shows in the report with the
 /// remaining budget; a pause beyond the budget is refused; after the pause the server resumes
 /// at the stage it reached. A raised baseline makes a compliant server unpatched at once.
+/// Widening the scope brings Partner connectors' mail in.
 #[test]
 fn pauses_and_a_raised_baseline() {
     let (_dir, dev) = start("onprem-pause");
@@ -410,4 +416,34 @@ fn pauses_and_a_raised_baseline() {
         .iter()
         .any(|a| a["title"] == "Out-of-date Exchange server detected"
             && a["detail"].as_str().is_some_and(|d| d.contains(other))));
+
+    // Partner connectors' mail is judged only once the scope is widened: of two messages from
+    // exch3, only the one after the change is counted.
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "partner",
+        "--type",
+        "partner",
+        "--sender-ip",
+        "127.0.0.3",
+    ]);
+    let third = "exch3.partner.example.test";
+    assert!(send_from(&dev, 0, "127.0.0.3", third, OLD).starts_with("250"));
+    dev.admin_applied(&["onprem", "policy", "set", "--scope", "all-connectors"]);
+    assert_eq!(
+        dev.admin(&["onprem", "policy", "show"])["scope"],
+        "all-connectors"
+    );
+    assert!(send_from(&dev, 1, "127.0.0.3", third, OLD).starts_with("250"));
+    let row = wait_report(&dev, third, |r| !r.is_null());
+    assert_eq!(row["connector"], "example.test/partner");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        report(&dev, third)["messages"],
+        1,
+        "only the second message counts"
+    );
 }

@@ -195,7 +195,7 @@ impl Tracking {
 
     /// Counts an accepted recipient against its connector (the first one fixes the
     /// transaction's connector and counts the session once per connector).
-    fn accepted(&mut self, shared: &Shared, a: &verdict::Accepted) {
+    fn accepted(&mut self, shared: &Shared, snapshot: &PolicySnapshot, a: &verdict::Accepted) {
         self.rcpts += 1;
         if a.relay {
             self.relayed += 1;
@@ -203,7 +203,9 @@ impl Tracking {
         if self.connector.is_none() {
             if let Some(c) = &a.connector {
                 self.connector = Some(c.clone());
-                self.onprem = a.onprem;
+                // On-premises Exchange servers are judged in OnPremises connectors' mail, or
+                // in every connector's when the cluster widened the scope.
+                self.onprem = a.onprem || snapshot.onprem().all_connectors;
                 if !self.counted.contains(c) {
                     self.counted.push(c.clone());
                     shared.counters.add(signal::CONNECTOR, c, "sessions", 1);
@@ -531,7 +533,7 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                                 None => reply::LOCAL_ERROR.into(),
                             };
                             if r.is_positive() {
-                                track.accepted(shared, &accepted);
+                                track.accepted(shared, &snapshot, &accepted);
                             }
                             r
                         }
