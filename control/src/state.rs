@@ -1177,9 +1177,14 @@ impl State {
                 });
                 self.onprem_changed = true;
                 Ok(format!(
-                    "throttling and blocking of {tenant}'s on-premises servers paused for {days} day(s) until {} ({} of {PAUSE_DAYS_PER_YEAR} days of {year} left): {reason}",
+                    "throttling and blocking of {tenant}'s on-premises servers paused for {days} day(s) until {} ({} of {PAUSE_DAYS_PER_YEAR} days of {year} left){}",
                     moat_shared::time::day_string(day_of_ms(pause.end_ms)),
-                    PAUSE_DAYS_PER_YEAR - used - days
+                    PAUSE_DAYS_PER_YEAR - used - days,
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    }
                 ))
             }
             Command::SetClock { offset_ms } => {
@@ -1191,8 +1196,8 @@ impl State {
                 self.clock_offset_ms = *offset_ms;
                 self.now_ms = target;
                 Ok(format!(
-                    "cluster clock set {} days ahead of the wall clock",
-                    offset_ms / DAY_MS
+                    "cluster clock set {:.2} days ahead of the wall clock",
+                    *offset_ms as f64 / DAY_MS as f64
                 ))
             }
             Command::Tick => Ok("tick".into()),
