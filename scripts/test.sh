@@ -12,6 +12,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+# Prometheus and promtool: the alert rules' unit tests, `promtool check metrics` on every
+# /metrics endpoint, and a real Prometheus scraping a `moat dev` cluster.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -20,6 +23,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+bash tests/prometheus/run.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)

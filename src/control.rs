@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -50,6 +51,12 @@ pub struct ControlArgs {
     /// node without it refuses). `moat dev` passes it to its nodes.
     #[arg(long, hide = true)]
     dev_clock: bool,
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address.
+    #[arg(long, value_name = "ADDR")]
+    status_listen: Option<std::net::SocketAddr>,
+    /// `/readyz` turns unready after this many seconds without a known leader.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    unready_after: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,11 +165,27 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         tick: Duration::from_millis(100),
         options,
         dev_clock: args.dev_clock,
+        unready_after: Duration::from_secs(args.unready_after),
     })
+}
+
+/// The routes of a control node's status port.
+pub fn status_routes(control: &Control) -> moat_edge::status::Routes {
+    let record = control.record_metrics();
+    moat_edge::status::Routes {
+        readiness: control.readiness(),
+        metrics: crate::metrics().map(|render| -> moat_edge::status::Metrics {
+            Arc::new(move || {
+                record();
+                render()
+            })
+        }),
+    }
 }
 
 /// Runs `moat control` until SIGTERM/SIGINT.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let status_listen = args.status_listen;
     let cfg = config(args)?;
     let id = cfg.id;
     if cfg.dev_clock {
@@ -174,6 +197,13 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let control = Control::start(cfg).await?;
     if let Some(addr) = control.local_addr() {
         tracing::info!(node = id, "control node serving gRPC on {addr}");
+    }
+    if let Some(addr) = status_listen {
+        let listener = moat_edge::status::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the status port"))?;
+        tracing::info!(node = id, "status port on {addr}");
+        tokio::spawn(moat_edge::status::serve(listener, status_routes(&control)));
     }
     control.run(crate::shutdown_signal()).await?;
     Ok(())

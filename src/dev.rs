@@ -79,6 +79,8 @@ struct ControlEndpoints {
     id: u64,
     pid: u32,
     address: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    status: String,
     data: PathBuf,
 }
 
@@ -202,6 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut control_eps = Vec::new();
     for (&id, addr) in &peers {
         let node_data = data.join(format!("control-{id}"));
+        let mut status = format!("127.0.0.1:{}", free_port()?);
         let pid = if id == 1 {
             let cfg = ControlConfig {
                 id,
@@ -214,10 +217,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 tick: std::time::Duration::from_millis(100),
                 options: Default::default(),
                 dev_clock: true,
+                unready_after: std::time::Duration::from_secs(5),
             };
             let control = Control::start(cfg).await.map_err(|e| {
                 anyhow::anyhow!("{e}; choose another port with --control-port (0: any free port)")
             })?;
+            let listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
+            status = listener.local_addr()?.to_string();
+            tokio::spawn(moat_edge::status::serve(
+                listener,
+                crate::control::status_routes(&control),
+            ));
             tokio::spawn(async move {
                 if let Err(e) = control.run(std::future::pending()).await {
                     tracing::error!("control node 1: {e}");
@@ -237,7 +247,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .arg(&seed_path)
                 .arg("--admin-token-file")
                 .arg(data.join("admin-token"))
-                .arg("--dev-clock");
+                .arg("--dev-clock")
+                .arg("--status-listen")
+                .arg(&status);
             for (pid, paddr) in &peers {
                 cmd.arg("--peer").arg(format!("{pid}={paddr}"));
             }
@@ -245,6 +257,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         };
         control_eps.push(ControlEndpoints {
             id,
+            status,
             pid,
             address: addr.clone(),
             data: node_data,
@@ -273,14 +286,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let node = cfg.node_id.clone();
     let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
     let status_addr = status_listener.local_addr()?.to_string();
-    tokio::spawn(moat_edge::status::serve(
-        status_listener,
-        moat_edge::status::Probe {
-            node: node.clone(),
-            policy: policy.clone(),
-            link: Some(link),
-        },
-    ));
     let edge = Edge::bind(cfg, policy.clone(), counters)
         .await
         .map_err(|e| match e {
@@ -293,6 +298,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ),
             e => e.into(),
         })?;
+    let probe = moat_edge::status::Probe {
+        node: node.clone(),
+        policy: policy.clone(),
+        link: Some(link),
+        stale_after: edge.ready_stale_after(),
+        next_hop: edge.next_hop_reachability(),
+    };
+    tokio::spawn(moat_edge::status::serve(
+        status_listener,
+        probe.routes(crate::metrics()),
+    ));
     let mut listeners = serde_json::Map::new();
     for (l, addr) in edge.listeners() {
         listeners.insert(l.name().into(), addr.to_string().into());

@@ -134,8 +134,10 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             node: edge_id,
             policy,
             link: link.map(|(status, _)| status),
+            stale_after: edge.ready_stale_after(),
+            next_hop: edge.next_hop_reachability(),
         };
-        tokio::spawn(moat_edge::status::serve(listener, probe));
+        tokio::spawn(moat_edge::status::serve(listener, probe.routes(metrics())));
     }
     edge.run(shutdown_signal()).await;
     Ok(())
@@ -163,6 +165,39 @@ pub fn start_control_link(
         Arc::clone(&status),
     ));
     (status, counters)
+}
+
+/// Latency histogram buckets, in seconds (handshakes, transactions, next hop, raft proposals).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process's Prometheus recorder (once; `moat dev` runs an edge and a control
+/// node in one process, and both status ports then show the same registry) and returns what
+/// renders it for `/metrics`.
+pub fn metrics() -> Option<moat_edge::status::Metrics> {
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    let handle = HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .ok()?
+            .install_recorder();
+        match recorder {
+            Ok(h) => {
+                moat_edge::describe_metrics();
+                moat_control::describe_metrics();
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!("no metrics: {e}");
+                None
+            }
+        }
+    });
+    handle
+        .clone()
+        .map(|h| -> moat_edge::status::Metrics { Arc::new(move || h.render()) })
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

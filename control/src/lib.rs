@@ -18,3 +18,59 @@ pub mod node;
 pub mod server;
 pub mod state;
 pub mod storage;
+
+/// Describes every metric a control node records (help text and unit).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("moat_control_raft_term", "Current Raft term");
+    describe_gauge!(
+        "moat_control_raft_leader_id",
+        "Raft id of the known leader, 0 if none"
+    );
+    describe_gauge!(
+        "moat_control_raft_is_leader",
+        "1 while this node is the leader"
+    );
+    describe_gauge!(
+        "moat_control_raft_commit_index",
+        "Highest committed log index"
+    );
+    describe_gauge!(
+        "moat_control_raft_applied_index",
+        "Highest applied log index"
+    );
+    describe_gauge!("moat_control_raft_voters", "Voting members of the cluster");
+    describe_histogram!(
+        "moat_control_raft_proposal_duration_seconds",
+        Unit::Seconds,
+        "Time from a proposal on this node to its application"
+    );
+    describe_gauge!(
+        "moat_control_policy_version",
+        "Version of the policy snapshot"
+    );
+    describe_gauge!(
+        "moat_control_restricted_entities",
+        "Restricted connectors and users, by kind"
+    );
+    describe_gauge!(
+        "moat_control_onprem_servers",
+        "On-premises Exchange servers by stage of their life cycle (0: not in a cycle)"
+    );
+    describe_counter!(
+        "moat_control_alert_deliveries_total",
+        "Alert delivery attempts, by channel and outcome"
+    );
+    describe_gauge!(
+        "moat_control_alerts_undelivered",
+        "Alert deliveries given up after every attempt"
+    );
+    describe_gauge!(
+        "moat_control_edges_watching",
+        "Edges heard from in the last 10 seconds by this node"
+    );
+    describe_counter!(
+        "moat_control_signal_batches_total",
+        "Signal batches received from edges"
+    );
+}

@@ -66,6 +66,9 @@ pub struct ControlConfig {
     /// Accept `set-clock` (moving the cluster clock ahead, for tests and demos): only
     /// `moat dev` sets it; a production node refuses the request.
     pub dev_clock: bool,
+    /// `/readyz` turns unready once the node has known no leader for this long (a node cut
+    /// off from a quorum, or a cluster without one).
+    pub unready_after: Duration,
 }
 
 /// Why the node stopped.
@@ -114,6 +117,8 @@ struct View {
     status: Option<crate::node::Status>,
     addresses: BTreeMap<u64, String>,
     policy_version: u64,
+    /// Since when the node has known no leader.
+    leaderless_since: Option<Instant>,
 }
 
 /// One edge as this node sees it.
@@ -132,6 +137,7 @@ struct Shared {
     admin_token_sha: Option<String>,
     edges: Mutex<BTreeMap<String, EdgeSeen>>,
     dev_clock: bool,
+    unready_after: Duration,
 }
 
 impl Shared {
@@ -224,6 +230,7 @@ impl Control {
             admin_token_sha: cfg.admin_token.as_deref().map(sha256_hex),
             edges: Mutex::new(BTreeMap::new()),
             dev_clock: cfg.dev_clock,
+            unready_after: cfg.unready_after,
         });
         let mut addresses = cfg.peers.clone();
         addresses.insert(cfg.id, advertise.clone());
@@ -260,6 +267,60 @@ impl Control {
     /// The address gRPC listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// `/readyz`: ready while the node knows a leader (or lost it less than `unready_after`
+    /// ago, so an ordinary election does not flap readiness), with a JSON detail.
+    pub fn readiness(&self) -> Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync> {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move || {
+            let view = shared.view.borrow().clone();
+            let leaderless = view.leaderless_since.map(|t| t.elapsed());
+            let ready =
+                view.status.is_some() && leaderless.is_none_or(|d| d < shared.unready_after);
+            let st = view.status.unwrap_or_else(|| crate::node::Status {
+                id: shared.id,
+                leader: 0,
+                term: 0,
+                commit: 0,
+                applied: 0,
+                voters: vec![],
+                learners: vec![],
+                snapshot_index: 0,
+            });
+            let mut detail = serde_json::json!({
+                "node": shared.id,
+                "ready": ready,
+                "raft": {
+                    "leader": st.leader,
+                    "term": st.term,
+                    "commit": st.commit,
+                    "applied": st.applied,
+                    "voters": st.voters,
+                },
+                "policy_version": view.policy_version,
+            });
+            if let Some(d) = leaderless {
+                detail["reason"] = format!(
+                    "no leader known for {:.1} s: this node is not part of a quorum",
+                    d.as_secs_f64()
+                )
+                .into();
+            }
+            (ready, detail)
+        })
+    }
+
+    /// Sets the gauges only the services know (edges watching), before `/metrics` renders.
+    pub fn record_metrics(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move || {
+            let now = now_ms();
+            let watching = shared.edges.lock().map_or(0, |e| {
+                e.values().filter(|s| now - s.last_seen_ms < 10_000).count()
+            });
+            metrics::gauge!("moat_control_edges_watching").set(watching as f64);
+        })
     }
 
     /// Serves gRPC until `shutdown` completes.
@@ -395,6 +456,12 @@ async fn deliver_alerts(shared: Arc<Shared>) {
             if let Err(e) = &result {
                 tracing::warn!(alert = alert.id, channel = %d.channel, target = %d.target, "alert delivery failed: {e}");
             }
+            metrics::counter!(
+                "moat_control_alert_deliveries_total",
+                "channel" => if d.channel == "webhook" { "webhook" } else { "email" },
+                "outcome" => if result.is_ok() { "delivered" } else { "failed" }
+            )
+            .increment(1);
             next_try.insert(
                 key,
                 Instant::now() + Duration::from_secs(1 << d.attempts.min(8)),
@@ -481,7 +548,9 @@ impl NodeThread {
                 self.send(m);
             }
             for (id, outcome) in out.done {
-                if let Some((_, reply)) = self.pending.remove(&id) {
+                if let Some((t0, reply)) = self.pending.remove(&id) {
+                    metrics::histogram!("moat_control_raft_proposal_duration_seconds")
+                        .record(t0.elapsed().as_secs_f64());
                     let _ = reply.send(Ok(outcome));
                 } else if let Some((_, replies)) = self.signal_waiters.remove(&id) {
                     for r in replies {
@@ -706,11 +775,33 @@ impl NodeThread {
             }
             self.published_tokens = Some(state.tokens.clone());
         }
+        if self.published_applied != state.applied {
+            record_state(state);
+        }
         self.published_applied = state.applied;
+        let status = self.core.status();
+        metrics::gauge!("moat_control_raft_term").set(status.term as f64);
+        metrics::gauge!("moat_control_raft_leader_id").set(status.leader as f64);
+        metrics::gauge!("moat_control_raft_is_leader")
+            .set(f64::from(u8::from(status.leader == status.id)));
+        metrics::gauge!("moat_control_raft_commit_index").set(status.commit as f64);
+        metrics::gauge!("moat_control_raft_applied_index").set(status.applied as f64);
+        metrics::gauge!("moat_control_raft_voters").set(status.voters.len() as f64);
+        let leaderless_since = if status.leader == 0 {
+            Some(
+                self.view_tx
+                    .borrow()
+                    .leaderless_since
+                    .unwrap_or_else(Instant::now),
+            )
+        } else {
+            None
+        };
         let view = View {
-            status: Some(self.core.status()),
+            status: Some(status),
             addresses: self.addresses.clone(),
             policy_version: state.policy_version,
+            leaderless_since,
         };
         self.view_tx.send_if_modified(|v| {
             if *v != view {
@@ -721,6 +812,34 @@ impl NodeThread {
             }
         });
     }
+}
+
+/// Sets the gauges that describe the replicated state.
+fn record_state(state: &State) {
+    metrics::gauge!("moat_control_policy_version").set(state.policy_version as f64);
+    for kind in [EntityKind::Connector, EntityKind::User] {
+        let n = state.restricted.iter().filter(|r| r.kind == kind).count();
+        metrics::gauge!("moat_control_restricted_entities", "kind" => kind.as_str()).set(n as f64);
+    }
+    let mut stages = [0usize; 9];
+    for s in state.onprem_servers.values() {
+        let stage = if s.first_detected_ms.is_some() {
+            s.stage.min(8) as usize
+        } else {
+            0
+        };
+        stages[stage] += 1;
+    }
+    for (stage, n) in stages.iter().enumerate() {
+        metrics::gauge!("moat_control_onprem_servers", "stage" => stage.to_string()).set(*n as f64);
+    }
+    let undelivered = state
+        .alerts
+        .iter()
+        .flat_map(|a| &a.deliveries)
+        .filter(|d| d.state == crate::state::DeliveryState::Failed)
+        .count();
+    metrics::gauge!("moat_control_alerts_undelivered").set(undelivered as f64);
 }
 
 fn refusal(e: NodeError) -> Refusal {
@@ -915,6 +1034,7 @@ impl v1::signal_server::Signal for Services {
                 .collect(),
         };
         let urgent = b.urgent;
+        metrics::counter!("moat_control_signal_batches_total").increment(1);
         self.shared.ask(|r| Req::Signal(batch, urgent, r)).await?;
         Ok(Response::new(v1::SignalAck { seq }))
     }

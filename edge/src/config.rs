@@ -74,6 +74,10 @@ pub struct EdgeConfig {
     /// How long open transactions may run to completion after shutdown starts.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// `/readyz` turns unready once no control node has been heard from for this long (the
+    /// edge goes on enforcing its last snapshot); `0s` never turns unready for that reason.
+    #[serde(deserialize_with = "duration")]
+    pub ready_stale_after: Duration,
     /// TLS certificate settings.
     pub tls: Option<TlsConfig>,
     /// Session limits and timeouts.
@@ -100,6 +104,7 @@ impl Default for EdgeConfig {
                 .unwrap_or_else(|| "edge".into()),
             hostname: None,
             drain_timeout: Duration::from_secs(30),
+            ready_stale_after: Duration::from_secs(300),
             tls: None,
             limits: Limits::default(),
             auth: AuthLimits::default(),

@@ -39,3 +39,72 @@ pub mod verdict;
 
 pub use config::EdgeConfig;
 pub use server::{BoundEdge, Edge, EdgeError};
+
+/// Describes every metric the edge records (help text and unit), for the Prometheus exposition.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "moat_edge_sessions_total",
+        "SMTP sessions ended, by listener and the TLS version they ended on"
+    );
+    describe_gauge!(
+        "moat_edge_sessions_active",
+        "SMTP sessions open, by listener"
+    );
+    describe_counter!(
+        "moat_edge_replies_total",
+        "SMTP replies sent, by reply code and enhanced status code"
+    );
+    describe_counter!(
+        "moat_edge_tls_handshakes_total",
+        "TLS handshakes (implicit TLS and STARTTLS), by listener and outcome"
+    );
+    describe_histogram!(
+        "moat_edge_tls_handshake_duration_seconds",
+        Unit::Seconds,
+        "Time to complete or fail a TLS handshake"
+    );
+    describe_histogram!(
+        "moat_edge_transaction_duration_seconds",
+        Unit::Seconds,
+        "Time from MAIL to the final reply after the message content"
+    );
+    describe_histogram!(
+        "moat_edge_next_hop_duration_seconds",
+        Unit::Seconds,
+        "Time from opening the next-hop transaction to its final reply, by route"
+    );
+    describe_counter!(
+        "moat_edge_next_hop_failures_total",
+        "Next-hop transactions refused or failed, by route"
+    );
+    describe_gauge!(
+        "moat_edge_next_hop_up",
+        "1 when the inbound next hop answered its last probe"
+    );
+    describe_gauge!(
+        "moat_edge_policy_version",
+        "Version of the enforced policy snapshot"
+    );
+    describe_gauge!(
+        "moat_edge_policy_age_seconds",
+        Unit::Seconds,
+        "Time since the control plane was last heard from"
+    );
+    describe_gauge!(
+        "moat_edge_control_connected",
+        "1 while a policy stream from a control node is open"
+    );
+    describe_gauge!(
+        "moat_edge_restricted_entities",
+        "Restricted connectors and users in the enforced snapshot, by kind"
+    );
+    describe_gauge!(
+        "moat_edge_onprem_enforced_servers",
+        "On-premises Exchange servers being throttled or blocked"
+    );
+    describe_counter!(
+        "moat_edge_onprem_refusals_total",
+        "Messages from out-of-date Exchange servers refused, by action (throttled, blocked)"
+    );
+}

@@ -149,7 +149,10 @@ impl Edge {
         } else {
             None
         };
+        let reachability = Arc::new(crate::relay::Reachability::default());
+        tokio::spawn(Arc::clone(&next_hop).watch(Arc::clone(&reachability), NEXT_HOP_PROBE));
         Ok(BoundEdge {
+            reachability,
             checker,
             throttle: Throttle::new(cfg.auth.clone()),
             cfg,
@@ -162,9 +165,13 @@ impl Edge {
     }
 }
 
+/// How often the inbound next hop is probed for `/readyz`.
+const NEXT_HOP_PROBE: Duration = Duration::from_secs(5);
+
 /// An edge whose listeners are bound.
 #[derive(Debug)]
 pub struct BoundEdge {
+    reachability: Arc<crate::relay::Reachability>,
     cfg: EdgeConfig,
     policy: PolicyHandle,
     counters: Arc<Counters>,
@@ -179,6 +186,16 @@ pub struct BoundEdge {
 type ListenerTls = (Option<Certificates>, Option<LegacyEngine>);
 
 impl BoundEdge {
+    /// What the inbound next hop's last probe saw.
+    pub fn next_hop_reachability(&self) -> Arc<crate::relay::Reachability> {
+        Arc::clone(&self.reachability)
+    }
+
+    /// `/readyz`'s limit on control-plane silence (`None`: no limit).
+    pub fn ready_stale_after(&self) -> Option<Duration> {
+        Some(self.cfg.ready_stale_after).filter(|d| !d.is_zero())
+    }
+
     /// The bound address of every listener (useful when a port was 0).
     pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
         self.listeners
@@ -213,6 +230,7 @@ impl BoundEdge {
             let limits = l.limits.over(&self.cfg.limits);
             let auth = l.kind != ListenerKind::Mx;
             let shared = Shared {
+                listener: l.name().to_owned(),
                 node: self.cfg.node_id.clone(),
                 policy: self.policy.clone(),
                 next_hop: Arc::clone(&self.next_hop),

@@ -322,6 +322,14 @@ impl PolicySnapshot {
             .filter(|r| r.in_force(now_ms))
     }
 
+    /// How many entities of a kind are restricted (in force or not).
+    pub fn restricted_count(&self, kind: EntityKind) -> usize {
+        self.restricted
+            .keys()
+            .filter(|(k, _, _)| *k == kind)
+            .count()
+    }
+
     /// The speed bump schedule, by day.
     pub fn speed_bump(&self) -> &[SpeedBumpStep] {
         &self.speed_bump

@@ -25,6 +25,15 @@ pub struct Maildir {
 }
 
 impl Maildir {
+    /// Whether the root directory exists (it is created at start).
+    pub async fn probe(&self) -> Result<String, String> {
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => Ok(format!("{} is a directory", self.root.display())),
+            Ok(_) => Err(format!("{} is not a directory", self.root.display())),
+            Err(e) => Err(format!("{}: {e}", self.root.display())),
+        }
+    }
+
     /// A sink writing below `root`.
     pub fn new(root: PathBuf) -> Self {
         let host = std::env::var("HOSTNAME")

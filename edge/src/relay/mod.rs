@@ -9,7 +9,9 @@
 pub mod maildir;
 pub mod remote;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::NextHopConfig;
 use crate::session::command::Address;
@@ -35,12 +37,72 @@ impl NextHop {
         }))
     }
 
+    /// Probes the next hop every `every` forever, recording the outcome in `into`: a TCP
+    /// connection for SMTP/LMTP, the root directory's existence for the maildir sink.
+    pub async fn watch(self: Arc<Self>, into: Arc<Reachability>, every: Duration) {
+        loop {
+            let outcome = match &*self {
+                Self::Remote(r) => r.probe().await,
+                Self::Maildir(m) => m.probe().await,
+            };
+            into.set(outcome);
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Opens a transaction for `envelope` (the MAIL step).
     pub async fn open(&self, envelope: &Envelope) -> Result<Txn, Reply> {
         match self {
             Self::Remote(r) => r.open(envelope).await.map(Txn::Remote),
             Self::Maildir(m) => Ok(Txn::Maildir(m.open())),
         }
+    }
+}
+
+/// Whether a next hop answered its last probe (up until a probe says otherwise).
+#[derive(Debug)]
+pub struct Reachability {
+    up: AtomicBool,
+    detail: Mutex<String>,
+    since: Instant,
+}
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            detail: Mutex::new("not probed yet".into()),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Reachability {
+    /// Records a probe's outcome.
+    pub fn set(&self, outcome: Result<String, String>) {
+        let (up, text) = match outcome {
+            Ok(t) => (true, t),
+            Err(e) => (false, e),
+        };
+        self.up.store(up, Ordering::Relaxed);
+        if let Ok(mut d) = self.detail.lock() {
+            *d = text;
+        }
+    }
+
+    /// Whether the last probe succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// What the last probe saw.
+    pub fn detail(&self) -> String {
+        self.detail.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Seconds since this record was made (the process's age, near enough).
+    pub fn age_seconds(&self) -> f64 {
+        self.since.elapsed().as_secs_f64()
     }
 }
 

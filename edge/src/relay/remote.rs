@@ -47,6 +47,15 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
+    /// Whether a TCP connection to the next hop opens within its timeout.
+    pub async fn probe(&self) -> Result<String, String> {
+        match timeout(self.timeout, TcpStream::connect(&self.address)).await {
+            Ok(Ok(_)) => Ok(format!("{} accepts connections", self.address)),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.address)),
+            Err(_) => Err(format!("{}: connection timed out", self.address)),
+        }
+    }
+
     /// Prepares the client settings.
     pub fn new(cfg: &RemoteHop, lmtp: bool, helo: &str) -> Result<Self, String> {
         let host = cfg

@@ -86,6 +86,8 @@ impl AsyncWrite for Io {
 /// What every session of an edge shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// The listener's name (a metrics label).
+    pub listener: String,
     /// Node name for reply tags.
     pub node: String,
     /// The current policy.
@@ -124,6 +126,18 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Runs the TLS handshake on a clear-text connection: OpenSSL for a client that offers only
 /// TLS 1.0/1.1 when the listener has the legacy engine, rustls otherwise.
 pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts), String> {
+    let t0 = std::time::Instant::now();
+    let r = handshake_inner(tcp, shared).await;
+    let listener = shared.listener.clone();
+    metrics::histogram!("moat_edge_tls_handshake_duration_seconds", "listener" => listener.clone())
+        .record(t0.elapsed().as_secs_f64());
+    let outcome = if r.is_ok() { "ok" } else { "failed" };
+    metrics::counter!("moat_edge_tls_handshakes_total", "listener" => listener, "outcome" => outcome)
+        .increment(1);
+    r
+}
+
+async fn handshake_inner(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts), String> {
     let limit = shared.idle_timeout;
     if let Some(engine) = &shared.legacy {
         if legacy::peek_hello(&tcp, limit).await? == Hello::Legacy {
@@ -176,6 +190,10 @@ struct Tracking {
     header_from: HeaderFrom,
     /// A copy of the message for the DKIM check (`None` once it grew past the limit).
     copy: Option<Vec<u8>>,
+    /// When the open transaction started (MAIL).
+    started: Option<std::time::Instant>,
+    /// When its next-hop transaction was opened.
+    hop_opened: Option<std::time::Instant>,
 }
 
 impl Tracking {
@@ -191,6 +209,8 @@ impl Tracking {
         self.onprem = false;
         self.header_from = HeaderFrom::default();
         self.copy = Some(Vec::new());
+        self.started = Some(std::time::Instant::now());
+        self.hop_opened = None;
     }
 
     /// Counts an accepted recipient against its connector (the first one fixes the
@@ -454,7 +474,30 @@ fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Op
 
 /// Drives `session` over `io` until it ends. Any transaction still open at the end is
 /// aborted: nothing the client was not told `250` about is delivered.
-pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
+pub async fn run(io: Io, mut session: Session, shared: &Shared) {
+    let listener = shared.listener.clone();
+    metrics::gauge!("moat_edge_sessions_active", "listener" => listener.clone()).increment(1.0);
+    drive(io, &mut session, shared).await;
+    metrics::gauge!("moat_edge_sessions_active", "listener" => listener.clone()).decrement(1.0);
+    let tls = session
+        .facts()
+        .tls
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |t| t.version.clone());
+    metrics::counter!("moat_edge_sessions_total", "listener" => listener, "tls_version" => tls)
+        .increment(1);
+}
+
+/// The route label of a next hop.
+fn route(outbound: bool) -> &'static str {
+    if outbound {
+        "outbound"
+    } else {
+        "inbound"
+    }
+}
+
+async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
     let mut out = Vec::new();
     let mut txn: Option<Txn> = None;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -464,7 +507,15 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
     loop {
         while let Some(action) = session.poll(SystemTime::now()) {
             match action {
-                Action::Send(r) => r.render(&shared.node, &mut out),
+                Action::Send(r) => {
+                    metrics::counter!(
+                        "moat_edge_replies_total",
+                        "code" => r.code.to_string(),
+                        "enhanced" => r.status.to_string()
+                    )
+                    .increment(1);
+                    r.render(&shared.node, &mut out);
+                }
                 Action::Authenticate { login, password } => {
                     let r =
                         authenticate(shared, session.facts(), &mut track, &login, password).await;
@@ -519,8 +570,14 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                                         Ok(t) => {
                                             txn = Some(t);
                                             track.outbound = outbound;
+                                            track.hop_opened = Some(std::time::Instant::now());
                                         }
                                         Err(r) => {
+                                            metrics::counter!(
+                                                "moat_edge_next_hop_failures_total",
+                                                "route" => route(outbound)
+                                            )
+                                            .increment(1);
                                             session.resolve(r, SystemTime::now());
                                             continue;
                                         }
@@ -574,21 +631,42 @@ pub async fn run(mut io: Io, mut session: Session, shared: &Shared) {
                             t.abort().await;
                             refused.clone()
                         }
-                        (Some(t), None) => t.finish().await,
+                        (Some(t), None) => {
+                            let r = t.finish().await;
+                            let route = route(track.outbound);
+                            if let Some(t0) = track.hop_opened.take() {
+                                metrics::histogram!("moat_edge_next_hop_duration_seconds", "route" => route)
+                                    .record(t0.elapsed().as_secs_f64());
+                            }
+                            if !r.is_positive() {
+                                metrics::counter!("moat_edge_next_hop_failures_total", "route" => route)
+                                    .increment(1);
+                            }
+                            r
+                        }
                         (None, _) => reply::LOCAL_ERROR.into(),
                     };
+                    if let Some(t0) = track.started.take() {
+                        metrics::histogram!(
+                            "moat_edge_transaction_duration_seconds",
+                            "listener" => shared.listener.clone()
+                        )
+                        .record(t0.elapsed().as_secs_f64());
+                    }
                     tracing::info!(session = %id, reply = %r.summary(), "message");
                     if let Some((tenant, s)) = &sighting {
                         track.sighted(shared, &snapshot, tenant, s);
                     }
                     match (&refusal, &track.connector) {
                         (Some(refused), Some(c)) => {
-                            let name = if refused.code == reply::ONPREM_BLOCKED.code {
-                                "onprem-blocked"
+                            let (name, action) = if refused.code == reply::ONPREM_BLOCKED.code {
+                                ("onprem-blocked", "blocked")
                             } else {
-                                "onprem-throttled"
+                                ("onprem-throttled", "throttled")
                             };
                             shared.counters.add(signal::CONNECTOR, c, name, 1);
+                            metrics::counter!("moat_edge_onprem_refusals_total", "action" => action)
+                                .increment(1);
                         }
                         _ => track.delivered(shared, &snapshot, &r),
                     }
