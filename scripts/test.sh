@@ -23,6 +23,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The Helm chart, rendered and linted by Helm's own engine (the helm-python-sdk wheel carries
+# it), validated against Kubernetes' schemas.
+python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check -r tests/helm/requirements.txt
+python3 tests/helm/test_chart.py
 bash tests/prometheus/run.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

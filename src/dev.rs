@@ -267,18 +267,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     // The demo user, with a password made on first start.
     let password = ensure_secret(&data.join("demo-password"), "", 12)?;
-    crate::admin::put_user(
-        control_addrs
-            .iter()
-            .map(|a| format!("http://{a}"))
-            .collect(),
-        &token,
-        "example.test",
-        DEMO_USER,
-        &password,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("creating the demo user: {e}"))?;
+    // The first write waits for the cluster's first election; a loaded machine starting
+    // several nodes may take longer than one admin call's retry budget.
+    let started = std::time::Instant::now();
+    loop {
+        let r = crate::admin::put_user(
+            control_addrs
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect(),
+            &token,
+            "example.test",
+            DEMO_USER,
+            &password,
+        )
+        .await;
+        match r {
+            Ok(()) => break,
+            Err(e) if started.elapsed() > std::time::Duration::from_secs(90) => {
+                anyhow::bail!("creating the demo user: {e}")
+            }
+            Err(e) => tracing::info!("control plane not writable yet ({e}); retrying"),
+        }
+    }
 
     // Edge 1, here.
     let policy = PolicyHandle::new(Default::default());

@@ -21,6 +21,8 @@ fn free_port() -> u16 {
 struct Node {
     id: u64,
     address: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    status: String,
     data: PathBuf,
     child: Option<Child>,
 }
@@ -51,6 +53,7 @@ impl Cluster {
             .map(|id| Node {
                 id,
                 address: format!("127.0.0.1:{}", free_port()),
+                status: format!("127.0.0.1:{}", free_port()),
                 data: dir.0.join(format!("control-{id}")),
                 child: None,
             })
@@ -94,7 +97,11 @@ impl Cluster {
             .arg("--admin-token-file")
             .arg(self.dir.0.join("token"))
             .arg("--snapshot-every")
-            .arg("25");
+            .arg("25")
+            .arg("--status-listen")
+            .arg(&n.status)
+            .arg("--unready-after")
+            .arg("1");
         for p in &peers {
             cmd.arg("--peer").arg(p);
         }
@@ -130,6 +137,7 @@ impl Cluster {
         self.nodes.push(Node {
             id,
             address: address.clone(),
+            status: String::new(),
             data,
             child: Some(child),
         });
@@ -157,7 +165,7 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "node-id = \"edge-{i}\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n",
+                    "node-id = \"edge-{i}\"\nready-stale-after = \"2s\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n",
                     self.dir.0.join("mail").display().to_string()
                 ),
             )
@@ -285,6 +293,31 @@ impl Drop for Cluster {
             let _ = e.child.wait();
         }
     }
+}
+
+/// GET `path` on a status port: (HTTP status code, body); (0, "") when nothing answers.
+pub(crate) fn http_status(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (code, body)
 }
 
 /// `/readyz` of an edge, or `None` while it does not answer.
@@ -482,9 +515,32 @@ fn edges_fail_static_without_a_control_plane() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    for id in 1..=3 {
+    // Two of three control nodes gone: the last one has no quorum and says so.
+    for n in &c.nodes {
+        let (code, _) = http_status(&n.status, "/readyz");
+        assert_eq!(code, 200, "node {} not ready", n.id);
+    }
+    for id in 1..=2 {
         c.kill_node(id, "TERM");
     }
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = http_status(&c.nodes[2].status, "/readyz");
+        if code == 503 {
+            assert!(body.contains("no leader known"), "{body}");
+            println!(
+                "control node 3 unready {:?} after losing its quorum",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still ready: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill_node(3, "TERM");
     let before = c.messages();
     for rcpt in ["a@example.test", "b@kept.test"] {
         let r = send_mail(&c.edges[e].mx, rcpt);
@@ -493,10 +549,29 @@ fn edges_fail_static_without_a_control_plane() {
     assert_eq!(c.messages(), before + 2);
     let r = send_mail(&c.edges[e].mx, "x@unknown.test");
     assert!(r.starts_with("550 5.7.64"), "still enforcing: {r}");
-    std::thread::sleep(Duration::from_millis(500));
-    let detail = readyz(&c.edges[e].status).expect("readyz");
-    assert_eq!(detail["ready"], true, "{detail}");
+    // Past `ready-stale-after` (2 s here) the edge is unready, and still enforcing.
+    let t0 = Instant::now();
+    let detail = loop {
+        let (code, body) = http_status(&c.edges[e].status, "/readyz");
+        if code == 503 {
+            break serde_json::from_str::<serde_json::Value>(&body).expect("json");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "edge still ready: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(detail["control"]["connected"], false, "{detail}");
+    assert!(
+        detail["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stale-after"),
+        "{detail}"
+    );
+    let r = send_mail(&c.edges[e].mx, "c@example.test");
+    assert!(r.starts_with("250"), "unready, still serving: {r}");
 
     // A new edge with nothing to enforce refuses mail.
     let fresh = c.start_edge();
@@ -533,6 +608,24 @@ fn edges_fail_static_without_a_control_plane() {
     }
     let r = send_mail(&c.edges[fresh].mx, "d@after.test");
     assert!(r.starts_with("250"), "{r}");
+    // Ready again: every control node, and the edges.
+    let t0 = Instant::now();
+    for status in c
+        .nodes
+        .iter()
+        .map(|n| n.status.clone())
+        .chain(c.edges.iter().map(|e| e.status.clone()))
+        .collect::<Vec<_>>()
+    {
+        while http_status(&status, "/readyz").0 != 200 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "{status} not ready again: {}",
+                http_status(&status, "/readyz").1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]

@@ -109,7 +109,12 @@ impl Dev {
                 }
             }
             if let Ok(Some(status)) = dev.child.try_wait() {
-                panic!("moat dev exited early: {status}");
+                let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "moat dev exited early: {status}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -13,6 +13,7 @@ mod harness;
 mod delivery;
 mod limits;
 mod next_hop;
+mod observability;
 mod onprem;
 mod submission;
 mod tls_proxy;
