@@ -353,7 +353,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
         listeners: listeners.clone(),
         status: status_addr.clone(),
-        metrics: None,
+        metrics: Some(format!("http://{status_addr}/metrics")),
     }];
 
     // Further edges, as children.
@@ -433,8 +433,8 @@ path = {maildir:?}
                 id,
                 pid,
                 listeners: l,
+                metrics: Some(format!("http://{status}/metrics")),
                 status,
-                metrics: None,
             });
             break;
         }

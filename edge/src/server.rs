@@ -11,6 +11,7 @@ use moat_shared::PolicyHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument as _;
 
 use crate::auth::Throttle;
 use crate::config::{
@@ -428,8 +429,13 @@ impl Listener {
         let Some(_slot) = self.admission.enter(peer.ip(), self.max_per_ip) else {
             return self.refuse(tcp, reply::TOO_MANY_FROM_IP).await;
         };
+        let id = self.admission.next_id();
+        // Every line logged for the session carries its id, which is also the `id` of the
+        // Received header it writes.
+        let span =
+            tracing::info_span!("session", id = %id, peer = %peer, listener = %self.cfg.name());
         let mut facts = SessionFacts {
-            id: self.admission.next_id(),
+            id,
             peer,
             local,
             listener: self.cfg.name().to_owned(),
@@ -457,7 +463,9 @@ impl Listener {
         };
         let mut session = Session::new(self.session.clone(), facts);
         session.receive(&early);
-        driver::run(io, session, &self.shared).await;
+        driver::run(io, session, &self.shared)
+            .instrument(span)
+            .await;
     }
 }
 

@@ -209,3 +209,54 @@ fn prometheus_scrapes_a_dev_cluster() {
         Some(1.0)
     );
 }
+
+/// `--log-format json`: one JSON object per line, and every line of an SMTP session carries the
+/// session's span, whose id is the one in the Received header of the message it delivered.
+#[test]
+fn json_logs_carry_the_session_id_of_the_received_header() {
+    let dir = TempDir::new("json-logs");
+    let mut args = ANY_PORTS.to_vec();
+    args.extend(["--log-format", "json", "--log", "debug"]);
+    let dev = Dev::start_in(&dir.0, None, &args);
+    let mx = dev.edge_listener(0, "mx");
+    let (host, port) = mx.rsplit_once(':').expect("host:port");
+    let (ok, out, err) = run(Command::new("swaks")
+        .args(["--server", host, "--port", port])
+        .args(["--from", "a@sender.test", "--to", "alice@example.test"]));
+    assert!(ok, "swaks: {out}{err}");
+    let messages = dev.messages();
+    assert_eq!(messages.len(), 1);
+    let text = std::fs::read_to_string(&messages[0]).expect("message");
+    // `... with ESMTP id <session>.<transaction>`
+    let id = text
+        .split_whitespace()
+        .skip_while(|w| *w != "id")
+        .nth(1)
+        .and_then(|w| w.split('.').next())
+        .expect("Received id")
+        .to_owned();
+    let log = std::fs::read_to_string(dir.0.join("data.log")).expect("log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let session: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["name"] == "session" && l["span"]["id"] == id.as_str())
+        .collect();
+    let replies = session
+        .iter()
+        .filter(|l| l["fields"]["message"] == "reply")
+        .count();
+    assert!(
+        replies >= 6,
+        "greeting, EHLO, MAIL, RCPT, DATA, end of data, QUIT: {replies} reply lines for {id}"
+    );
+    assert!(
+        session.iter().any(|l| l["fields"]["message"] == "message"
+            && l["fields"]["reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("250"))),
+        "no message line in session {id}"
+    );
+}

@@ -514,6 +514,7 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                         "enhanced" => r.status.to_string()
                     )
                     .increment(1);
+                    tracing::debug!(code = r.code, enhanced = %r.status, "reply");
                     r.render(&shared.node, &mut out);
                 }
                 Action::Authenticate { login, password } => {
