@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bench;
 mod control;
 mod dev;
 
@@ -43,6 +44,8 @@ enum Command {
     Control(control::ControlArgs),
     /// Administer a cluster: tenants, domains, connectors, users, tokens, membership.
     Admin(admin::AdminArgs),
+    /// Benchmark: an SMTP load generator and a discarding next-hop sink.
+    Bench(bench::BenchArgs),
 }
 
 /// Options of `moat edge`.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Edge(args) => run_edge(args).await,
             Command::Control(args) => control::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Admin(_) => Ok(()),
         }
     });

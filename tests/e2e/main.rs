@@ -5,6 +5,7 @@
 //! the README test, which runs the README's command as written), reads `endpoints.json`, and
 //! inspects the maildir sink.
 
+mod bench;
 mod client;
 mod cluster;
 mod connectors;

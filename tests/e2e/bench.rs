@@ -1,0 +1,121 @@
+//! The benchmark harness (issue 8) proves it works: `moat bench sink` as the edge's next hop,
+//! `moat bench smtp` driving a `moat dev` edge for a couple of seconds in each mode. Nothing
+//! here asserts a timing.
+
+use std::io::BufRead as _;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::harness::{moat, Dev, TempDir, ANY_PORTS};
+
+/// Kills the child on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench(args: &[&str]) -> Value {
+    let out = moat()
+        .arg("bench")
+        .arg("smtp")
+        .args(args)
+        .output()
+        .expect("moat bench smtp");
+    assert!(
+        out.status.success(),
+        "moat bench smtp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+#[test]
+fn the_load_generator_drives_an_edge_into_the_sink() {
+    let mut sink = Killed(
+        moat()
+            .args(["bench", "sink", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sink"),
+    );
+    let mut addr = String::new();
+    std::io::BufReader::new(sink.0.stdout.take().expect("stdout"))
+        .read_line(&mut addr)
+        .expect("sink address");
+    let addr = addr.trim().to_owned();
+    let dir = TempDir::new("bench");
+    let config =
+        format!("[next-hop]\nkind = \"smtp\"\naddress = \"{addr}\"\nstarttls = \"none\"\n");
+    let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
+    let mx = dev.edge_listener(0, "mx");
+    let smtps = dev.edge_listener(0, "smtps");
+    let ca = dev.ca();
+    let ca = ca.to_str().expect("ca path");
+    let login = format!("{}:{}", dev.demo_user(), dev.demo_password());
+    for (server, mode, per_conn, version) in [
+        (&mx, "plain", "1", "1.3"),
+        (&mx, "starttls", "20", "1.3"),
+        (&mx, "starttls", "1", "1.2"),
+        (&smtps, "tls", "5", "1.3"),
+    ] {
+        // The smtps listener is for submission: log in as the demo user, send as them.
+        let auth: &[&str] = if mode == "tls" {
+            &["--auth", &login, "--from", "demo@example.test"]
+        } else {
+            &[]
+        };
+        let r = bench(
+            &[
+                auth,
+                &[
+                    "--server",
+                    server,
+                    "--mode",
+                    mode,
+                    "--tls-version",
+                    version,
+                    "--messages-per-connection",
+                    per_conn,
+                    "--concurrency",
+                    "4",
+                    "--duration",
+                    "1.5",
+                    "--ca",
+                    ca,
+                    "--server-name",
+                    "localhost",
+                ],
+            ]
+            .concat(),
+        );
+        println!("{mode} {version} x{per_conn}: {r}");
+        let messages = r["messages"].as_u64().expect("messages");
+        assert!(messages > 0, "{r}");
+        assert_eq!(r["replies"]["250 2.6.0"].as_u64(), Some(messages), "{r}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+        assert!(
+            r["latency"]["transaction"]["p99_ms"].as_f64().is_some(),
+            "{r}"
+        );
+        if mode != "plain" {
+            assert!(r["handshakes"].as_u64().unwrap_or(0) > 0, "{r}");
+        }
+    }
+    // A message count bounds a run as well as a duration does.
+    let r = bench(&[
+        "--server",
+        &mx,
+        "--mode",
+        "plain",
+        "--count",
+        "25",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(r["messages"], 25, "{r}");
+}
