@@ -108,11 +108,16 @@ smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 smtpd_error_sleep_time = 0
 maillog_file = $WORK/postfix.log
+maillog_file_prefixes = /var, /dev/stdout, $WORK
 CF
 # smtpd on 127.0.0.1:10025 instead of port 25.
 sed -i 's/^smtp      inet/127.0.0.1:10025 inet/' "$PF/master.cf"
+# Postfix runs an instance with another config directory only when the default one lists it.
+[ -f /etc/postfix/main.cf ] || printf 'compatibility_level = 3.6\n' > /etc/postfix/main.cf
+postconf -e "alternate_config_directories = $PF"
 # No chroot: the private instance has no chroot tree.
 postconf -c "$PF" -F '*/*/chroot = n'
+chown postfix "$WORK/pfdata"
 postfix -c "$PF" check
 $SERVER_CPU postfix -c "$PF" start
 
@@ -132,6 +137,12 @@ for workload in "starttls 50 16" "starttls 1 16" "plain 50 16"; do
   for round in $(seq "$ROUNDS"); do
     run "moat-$1-$2-c$3-r$round" 127.0.0.1:12525 "$1" "$2" "$3"
     run "postfix-$1-$2-c$3-r$round" 127.0.0.1:10025 "$1" "$2" "$3"
+    # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
+    # answers 250 once a message is queued, and delivers to the sink afterwards).
+    for _ in $(seq 600); do
+      [ -z "$(find "$WORK/pfqueue/active" "$WORK/pfqueue/incoming" "$WORK/pfqueue/deferred" -type f 2>/dev/null | head -1)" ] && break
+      sleep 0.2
+    done
   done
 done
 

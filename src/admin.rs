@@ -776,6 +776,11 @@ pub async fn put_user(
 
 /// One admin write with the usual retries and leader-following (for `moat dev`'s set-up).
 pub async fn write_op(endpoints: Vec<String>, token: &str, op: Op) -> Result<(), String> {
+    write_op_index(endpoints, token, op).await.map(|_| ())
+}
+
+/// [`write_op`], returning the index the write was committed at.
+pub async fn write_op_index(endpoints: Vec<String>, token: &str, op: Op) -> Result<u64, String> {
     let mut urls = Vec::new();
     for e in &endpoints {
         push_unique(&mut urls, normalize_endpoint(e)?);
@@ -787,7 +792,7 @@ pub async fn write_op(endpoints: Vec<String>, token: &str, op: Op) -> Result<(),
     client
         .write(op)
         .await
-        .map(|_| ())
+        .map(|r| r.index)
         .map_err(|f| f.to_string())
 }
 

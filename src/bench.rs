@@ -32,6 +32,16 @@ pub struct BenchArgs {
 enum BenchCmd {
     /// Drive an SMTP server with concurrent clients; prints a JSON report.
     Smtp(SmtpArgs),
+    /// Policy propagation on a running `moat dev` cluster: admin writes, and for each the time
+    /// from the acknowledgement to every edge enforcing it; prints a JSON report.
+    Propagation {
+        /// The `moat dev` data directory (its `endpoints.json`).
+        #[arg(long, default_value = "./moat-data")]
+        data: std::path::PathBuf,
+        /// How many writes.
+        #[arg(long, default_value_t = 50)]
+        writes: usize,
+    },
     /// Run a sink that accepts every message and discards it.
     Sink {
         /// Where to listen (port 0: any; the bound address is printed on standard output).
@@ -99,12 +109,119 @@ struct SmtpArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCmd::Sink { listen } => sink(listen).await,
+        BenchCmd::Propagation { data, writes } => {
+            let report = propagation(&data, writes).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         BenchCmd::Smtp(a) => {
             let report = smtp(a).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy propagation.
+// ---------------------------------------------------------------------------------------------
+
+/// The policy version an edge's `/readyz` reports.
+async fn edge_version(status: &str) -> u64 {
+    use tokio::io::AsyncReadExt as _;
+    let Ok(mut s) = TcpStream::connect(status).await else {
+        return 0;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .and_then(|v| v["policy"]["version"].as_u64())
+        .unwrap_or(0)
+}
+
+async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<serde_json::Value> {
+    let path = data.join("endpoints.json");
+    let endpoints: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let edges: Vec<String> = endpoints["edges"]
+        .as_array()
+        .context("no edges in endpoints.json")?
+        .iter()
+        .filter_map(|e| e["status"].as_str().map(str::to_owned))
+        .collect();
+    let control: Vec<String> = endpoints["admin"]["endpoints"]
+        .as_array()
+        .context("no admin endpoints in endpoints.json")?
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect();
+    let token = endpoints["admin"]["token"]
+        .as_str()
+        .context("no admin token in endpoints.json")?
+        .to_owned();
+    let mut samples = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let op = moat_proto::write_request::Op::PutConnector(moat_proto::Connector {
+            tenant: "example.test".into(),
+            name: format!("bench-{i}"),
+            kind: moat_proto::ConnectorKind::Partner as i32,
+            enabled: true,
+            sender_ip_addresses: vec![format!("198.51.100.{}/32", i % 250)],
+            ..Default::default()
+        });
+        let index = crate::admin::write_op_index(control.clone(), &token, op)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let acked = Instant::now();
+        let waits = edges.iter().cloned().map(|status| async move {
+            while edge_version(&status).await < index {
+                if acked.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("{status} did not apply version {index} in 30 s"));
+                }
+            }
+            Ok(acked.elapsed())
+        });
+        let done = futures_join_all(waits).await;
+        let slowest = done
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+        samples.push(micros(slowest));
+    }
+    Ok(serde_json::json!({
+        "edges": edges.len(),
+        "writes": writes,
+        "ack_to_all_edges": percentiles(samples),
+    }))
+}
+
+/// Awaits every future (a small `join_all`, without another dependency).
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,7 +261,10 @@ async fn sink_session(tcp: TcpStream) -> std::io::Result<()> {
         match &upper[..] {
             b"EHLO" => out.extend_from_slice(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),
             b"DATA" => {
-                w.write_all(b"354 go ahead\r\n").await?;
+                // Replies to the commands pipelined before DATA go first.
+                out.extend_from_slice(b"354 go ahead\r\n");
+                w.write_all(&out).await?;
+                out.clear();
                 loop {
                     line.clear();
                     if r.read_until(b'\n', &mut line).await? == 0 {
