@@ -15,6 +15,9 @@
 #   connection; plain with 50) and each round: Moat, then Postfix, then the next round.
 #   JSON reports go to $WORK/results/*.json and a summary with ratios to stdout.
 #
+# It needs root (Postfix), and adds the private instance to `alternate_config_directories` in
+# /etc/postfix/main.cf (creating that file if the package left none).
+#
 # Postfix queues (write + fsync) before it answers 250 and delivers later; Moat's edge keeps no
 # queue and answers 250 only after the next hop did. Both are "accepted for delivery" as a
 # client sees it: that is what is compared.
@@ -132,7 +135,10 @@ run() { # NAME SERVER MODE PER_CONN CONCURRENCY
   python3 -c "import json,sys; r=json.load(open('$out')); print(f\"{'$1':40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {((r['latency']['transaction'] or {}).get('p99_ms') or 0):7.2f} ms errors {sum(r['errors'].values())}\")"
 }
 
-for workload in "starttls 50 16" "starttls 1 16" "plain 50 16"; do
+# WORKLOADS="MODE PER_CONN CONCURRENCY;..." overrides the default set (e.g. a concurrency sweep).
+IFS=';' read -r -a workloads <<< "${WORKLOADS:-starttls 50 16;starttls 1 16;plain 50 16}"
+for workload in "${workloads[@]}"; do
+  # shellcheck disable=SC2086
   set -- $workload
   for round in $(seq "$ROUNDS"); do
     run "moat-$1-$2-c$3-r$round" 127.0.0.1:12525 "$1" "$2" "$3"
