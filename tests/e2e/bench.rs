@@ -106,6 +106,27 @@ fn the_load_generator_drives_an_edge_into_the_sink() {
             assert!(r["handshakes"].as_u64().unwrap_or(0) > 0, "{r}");
         }
     }
+    // Idle sessions: opened, held, the edge's RSS read (edge 1 runs in the dev process).
+    let pid = dev.pid().to_string();
+    let out = moat()
+        .args([
+            "bench",
+            "idle",
+            "--server",
+            &mx,
+            "--pid",
+            &pid,
+            "--sessions",
+            "20",
+        ])
+        .output()
+        .expect("moat bench idle");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["sessions_open"], 20, "{r}");
+    assert!(
+        r["rss_with_sessions_kib"].as_u64().is_some_and(|k| k > 0),
+        "{r}"
+    );
     // A message count bounds a run as well as a duration does.
     let r = bench(&[
         "--server",
