@@ -58,6 +58,14 @@ enum BenchCmd {
         #[arg(long, default_value_t = 64)]
         parallel: usize,
     },
+    /// The TLS library alone: full TLS 1.3 handshakes (rustls, ECDSA P-256, in memory, no
+    /// sockets) for a number of seconds; reports the server side's handshakes per second of
+    /// its own CPU time, the physical limit of an edge core.
+    TlsHandshake {
+        /// How long to run.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+    },
     /// Run a sink that accepts every message and discards it.
     Sink {
         /// Where to listen (port 0: any; the bound address is printed on standard output).
@@ -91,7 +99,7 @@ struct SmtpArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Messages per connection (1 measures handshakes, 50 the message path).
+    /// Messages per connection (0 measures handshakes alone, 50 the message path).
     #[arg(long, default_value_t = 1)]
     messages_per_connection: usize,
     /// Message size in bytes (headers included).
@@ -125,6 +133,11 @@ struct SmtpArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCmd::Sink { listen } => sink(listen).await,
+        BenchCmd::TlsHandshake { duration } => {
+            let report = tls_handshakes(duration)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         BenchCmd::Idle {
             server,
             pid,
@@ -248,6 +261,74 @@ where
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TLS library alone.
+// ---------------------------------------------------------------------------------------------
+
+fn tls_handshakes(duration: f64) -> anyhow::Result<serde_json::Value> {
+    use rustls_pki_types::pem::PemObject as _;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?,
+            )?,
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone())?;
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let (mut handshakes, mut server_time) = (0u64, Duration::ZERO);
+    let started = Instant::now();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while started.elapsed().as_secs_f64() < duration {
+        let mut c = rustls::ClientConnection::new(Arc::clone(&client), name.clone())?;
+        let t = Instant::now();
+        let mut s = rustls::ServerConnection::new(Arc::clone(&server))?;
+        server_time += t.elapsed();
+        while c.is_handshaking() || s.is_handshaking() {
+            buf.clear();
+            while c.wants_write() {
+                c.write_tls(&mut buf)?;
+            }
+            let t = Instant::now();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd)?;
+            }
+            s.process_new_packets()?;
+            buf.clear();
+            while s.wants_write() {
+                s.write_tls(&mut buf)?;
+            }
+            server_time += t.elapsed();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd)?;
+            }
+            c.process_new_packets()?;
+        }
+        handshakes += 1;
+    }
+    Ok(serde_json::json!({
+        "library": "rustls 0.23 (ring), TLS 1.3, ECDSA P-256, X25519",
+        "handshakes": handshakes,
+        "seconds": started.elapsed().as_secs_f64(),
+        "server_cpu_seconds": server_time.as_secs_f64(),
+        "server_handshakes_per_cpu_second": handshakes as f64 / server_time.as_secs_f64().max(1e-9),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,7 +811,13 @@ async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(), String> {
         }
     }
     let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", a.from, a.to);
-    for _ in 0..a.messages_per_connection.max(1) {
+    if a.messages_per_connection == 0 {
+        // Handshakes alone: count the session as done once TLS and EHLO are through.
+        let _ = command(&mut s, "QUIT\r\n").await;
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    for _ in 0..a.messages_per_connection {
         if shared.done() || !shared.claim() {
             break;
         }

@@ -127,6 +127,26 @@ fn the_load_generator_drives_an_edge_into_the_sink() {
         r["rss_with_sessions_kib"].as_u64().is_some_and(|k| k > 0),
         "{r}"
     );
+    // The TLS library alone, for a moment.
+    let out = moat()
+        .args(["bench", "tls-handshake", "--duration", "0.3"])
+        .output()
+        .expect("moat bench tls-handshake");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(r["handshakes"].as_u64().is_some_and(|h| h > 0), "{r}");
+    // Handshakes alone: no message is sent.
+    let r = bench(&[
+        "--server",
+        &mx,
+        "--mode",
+        "starttls",
+        "--messages-per-connection",
+        "0",
+        "--duration",
+        "1",
+    ]);
+    assert!(r["handshakes"].as_u64().is_some_and(|h| h > 0), "{r}");
+    assert_eq!(r["messages"], 0, "{r}");
     // A message count bounds a run as well as a duration does.
     let r = bench(&[
         "--server",
