@@ -165,28 +165,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 // Policy propagation.
 // ---------------------------------------------------------------------------------------------
 
-/// The policy version an edge's `/readyz` reports.
-async fn edge_version(status: &str) -> u64 {
-    use tokio::io::AsyncReadExt as _;
-    let Ok(mut s) = TcpStream::connect(status).await else {
-        return 0;
-    };
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    text.split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-        .and_then(|v| v["policy"]["version"].as_u64())
-        .unwrap_or(0)
-}
-
 async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<serde_json::Value> {
     let path = data.join("endpoints.json");
     let endpoints: serde_json::Value = serde_json::from_str(
@@ -223,7 +201,7 @@ async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<se
             .map_err(anyhow::Error::msg)?;
         let acked = Instant::now();
         let waits = edges.iter().cloned().map(|status| async move {
-            while edge_version(&status).await < index {
+            while crate::dev::edge_version(&status).await < index {
                 if acked.elapsed() > Duration::from_secs(30) {
                     return Err(format!("{status} did not apply version {index} in 30 s"));
                 }

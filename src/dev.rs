@@ -576,7 +576,7 @@ impl Drop for Children {
 }
 
 /// The policy version an edge enforces, from its `/readyz` (0 when it has none or is down).
-async fn edge_version(status: &str) -> u64 {
+pub(crate) async fn edge_version(status: &str) -> u64 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut s) = tokio::net::TcpStream::connect(status).await else {
         return 0;

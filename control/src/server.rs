@@ -814,6 +814,18 @@ impl NodeThread {
     }
 }
 
+/// The baseline builds (the built-in default when none is set), as the wire carries them.
+fn baseline_to_wire(state: &State) -> Vec<String> {
+    state
+        .onprem_baseline
+        .clone()
+        .unwrap_or_default()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// Sets the gauges that describe the replicated state.
 fn record_state(state: &State) {
     metrics::gauge!("moat_control_policy_version").set(state.policy_version as f64);
@@ -859,14 +871,7 @@ fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
         users: state.users.values().map(user_to_wire).collect(),
         speed_bump: state.speed_bump.iter().map(step_to_wire).collect(),
         onprem: Some(v1::OnpremRules {
-            baseline: state
-                .onprem_baseline
-                .clone()
-                .unwrap_or_default()
-                .0
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            baseline: baseline_to_wire(state),
             enforced: {
                 let schedule = state.onprem_schedule.clone().unwrap_or_default();
                 state
@@ -1814,14 +1819,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
         }
         "onprem-policy" => {
             reply.onprem_policy = Some(v1::OnpremPolicy {
-                baseline: state
-                    .onprem_baseline
-                    .clone()
-                    .unwrap_or_default()
-                    .0
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                baseline: baseline_to_wire(state),
                 stages: state.onprem_schedule.clone().unwrap_or_default().render(),
                 service: if state.onprem_service.is_empty() {
                     moat_shared::onprem::DEFAULT_SERVICE.to_owned()
