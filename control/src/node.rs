@@ -101,6 +101,22 @@ pub struct Status {
     pub snapshot_index: u64,
 }
 
+impl Status {
+    /// A node that knows nothing of its cluster yet.
+    pub fn unknown(id: u64) -> Self {
+        Self {
+            id,
+            leader: 0,
+            term: 0,
+            commit: 0,
+            applied: 0,
+            voters: vec![],
+            learners: vec![],
+            snapshot_index: 0,
+        }
+    }
+}
+
 /// One raft node with its state machine.
 pub struct Core<B: Backend> {
     raw: RawNode<RaftStore<B>>,

@@ -278,16 +278,9 @@ impl Control {
             let leaderless = view.leaderless_since.map(|t| t.elapsed());
             let ready =
                 view.status.is_some() && leaderless.is_none_or(|d| d < shared.unready_after);
-            let st = view.status.unwrap_or_else(|| crate::node::Status {
-                id: shared.id,
-                leader: 0,
-                term: 0,
-                commit: 0,
-                applied: 0,
-                voters: vec![],
-                learners: vec![],
-                snapshot_index: 0,
-            });
+            let st = view
+                .status
+                .unwrap_or_else(|| crate::node::Status::unknown(shared.id));
             let mut detail = serde_json::json!({
                 "node": shared.id,
                 "ready": ready,
@@ -816,14 +809,7 @@ impl NodeThread {
 
 /// The baseline builds (the built-in default when none is set), as the wire carries them.
 fn baseline_to_wire(state: &State) -> Vec<String> {
-    state
-        .onprem_baseline
-        .clone()
-        .unwrap_or_default()
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    state.baseline().0.iter().map(ToString::to_string).collect()
 }
 
 /// Sets the gauges that describe the replicated state.
@@ -873,7 +859,7 @@ fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
         onprem: Some(v1::OnpremRules {
             baseline: baseline_to_wire(state),
             enforced: {
-                let schedule = state.onprem_schedule.clone().unwrap_or_default();
+                let schedule = state.schedule();
                 state
                     .onprem_servers
                     .values()
@@ -1554,16 +1540,9 @@ impl v1::admin_server::Admin for Services {
             ));
         }
         let view = self.shared.view.borrow().clone();
-        let status = view.status.unwrap_or(crate::node::Status {
-            id: self.shared.id,
-            leader: 0,
-            term: 0,
-            commit: 0,
-            applied: 0,
-            voters: vec![],
-            learners: vec![],
-            snapshot_index: 0,
-        });
+        let status = view
+            .status
+            .unwrap_or_else(|| crate::node::Status::unknown(self.shared.id));
         let mut members: Vec<v1::Member> = status
             .voters
             .iter()
@@ -1615,15 +1594,11 @@ fn read_now(state: &State) -> i64 {
 
 /// One row of the on-premises server report, with the next stage and its date as of now.
 fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremServerReport {
-    use moat_shared::onprem::{accrued_ms, Pause, DAY_MS};
+    use moat_shared::onprem::{accrued_ms, DAY_MS};
     let now = read_now(state);
-    let schedule = state.onprem_schedule.clone().unwrap_or_default();
-    let baseline = state.onprem_baseline.clone().unwrap_or_default();
-    let pauses: Vec<Pause> = state
-        .onprem_pauses
-        .get(&s.tenant)
-        .map(|v| v.iter().map(|p| p.pause).collect())
-        .unwrap_or_default();
+    let schedule = state.schedule();
+    let baseline = state.baseline();
+    let pauses = state.pauses(&s.tenant);
     let in_force = pauses.iter().find(|p| p.covers(now)).copied();
     let stage = schedule.get(s.stage).copied();
     let mut row = v1::OnpremServerReport {
@@ -1820,7 +1795,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
         "onprem-policy" => {
             reply.onprem_policy = Some(v1::OnpremPolicy {
                 baseline: baseline_to_wire(state),
-                stages: state.onprem_schedule.clone().unwrap_or_default().render(),
+                stages: state.schedule().render(),
                 service: if state.onprem_service.is_empty() {
                     moat_shared::onprem::DEFAULT_SERVICE.to_owned()
                 } else {

@@ -704,6 +704,24 @@ pub struct Outcome {
 }
 
 impl State {
+    /// The stage table in force (the reference table unless one was set).
+    pub fn schedule(&self) -> Schedule {
+        self.onprem_schedule.clone().unwrap_or_default()
+    }
+
+    /// The baseline in force (the October 2025 updates unless one was set).
+    pub fn baseline(&self) -> moat_shared::exchange::Baseline {
+        self.onprem_baseline.clone().unwrap_or_default()
+    }
+
+    /// A tenant's pauses.
+    pub fn pauses(&self, tenant: &TenantId) -> Vec<Pause> {
+        self.onprem_pauses
+            .get(tenant)
+            .map(|v| v.iter().map(|p| p.pause).collect())
+            .unwrap_or_default()
+    }
+
     /// The key a connector is stored under.
     pub fn connector_key(tenant: &TenantId, name: &str) -> String {
         format!("{tenant}/{name}")
@@ -1226,7 +1244,7 @@ impl State {
                 // Sightings lose their order in a batch: a server seen with an old and a
                 // compliant build in the same second was being upgraded, so compliant builds
                 // are applied last (and the rest in a fixed order, for determinism).
-                let baseline = self.onprem_baseline.clone().unwrap_or_default();
+                let baseline = self.baseline();
                 sightings.sort_by_key(|(key, name, _)| {
                     let compliant = name
                         .split_once('|')
@@ -1330,11 +1348,7 @@ impl State {
         let Some(tenant) = self.connectors.get(key).map(|c| c.tenant.clone()) else {
             return;
         };
-        let class = self
-            .onprem_baseline
-            .clone()
-            .unwrap_or_default()
-            .classify(&build);
+        let class = self.baseline().classify(&build);
         let now = self.now_ms;
         let entry = self
             .onprem_servers
@@ -1369,7 +1383,7 @@ impl State {
     fn observe_onprem(&mut self, index: u64, key: &str) {
         use moat_shared::exchange::Class;
         let now = self.now_ms;
-        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        let schedule = self.schedule();
         let Some(srv) = self.onprem_servers.get_mut(key) else {
             return;
         };
@@ -1421,7 +1435,7 @@ impl State {
 
     /// Judges every known server again (the baseline changed).
     fn reclassify_onprem(&mut self, index: u64) {
-        let baseline = self.onprem_baseline.clone().unwrap_or_default();
+        let baseline = self.baseline();
         let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
         for key in keys {
             if let Some(srv) = self.onprem_servers.get_mut(&key) {
@@ -1437,11 +1451,7 @@ impl State {
         let Some(first) = srv.first_detected_ms else {
             return (srv.stage, srv.paused);
         };
-        let pauses: Vec<Pause> = self
-            .onprem_pauses
-            .get(&srv.tenant)
-            .map(|v| v.iter().map(|p| p.pause).collect())
-            .unwrap_or_default();
+        let pauses = self.pauses(&srv.tenant);
         let days = accrued_ms(first, now, &pauses) / DAY_MS;
         let stage = schedule.stage_at(u32::try_from(days).unwrap_or(u32::MAX));
         (stage, pauses.iter().any(|p| p.covers(now)))
@@ -1450,7 +1460,7 @@ impl State {
     /// Whether applying an entry at `now` would move a server to another stage or start or end
     /// a pause: the leader proposes a [`Command::Tick`] when it would.
     pub fn onprem_due(&self, now: i64) -> bool {
-        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        let schedule = self.schedule();
         self.onprem_servers
             .values()
             .filter(|s| s.first_detected_ms.is_some())
@@ -1464,7 +1474,7 @@ impl State {
         if !self.onprem_due(now) {
             return;
         }
-        let schedule = self.onprem_schedule.clone().unwrap_or_default();
+        let schedule = self.schedule();
         let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
         for key in keys {
             let Some(srv) = self.onprem_servers.get(&key) else {

@@ -7,17 +7,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::harness::{moat, Dev, TempDir, ANY_PORTS};
-
-/// Kills the child on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{moat, Dev, Killed, TempDir, ANY_PORTS};
 
 fn bench(args: &[&str]) -> Value {
     let out = moat()

@@ -322,14 +322,7 @@ pub(crate) fn http_status(addr: &str, path: &str) -> (u16, String) {
 
 /// `/readyz` of an edge, or `None` while it does not answer.
 pub(crate) fn readyz(status: &str) -> Option<serde_json::Value> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(status).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let body = buf.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(body).ok()
+    serde_json::from_str(&http_status(status, "/readyz").1).ok()
 }
 
 pub(crate) fn policy_version(status: &str) -> u64 {

@@ -1,23 +1,13 @@
 //! Operating Moat (issue 7): a real Prometheus (Debian's package) scrapes a multi-process
 //! `moat dev --nodes 3 --edges 2` cluster, and `promtool check metrics` lints every `/metrics`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::cluster::http_status;
-use crate::harness::{run, Dev, TempDir, ANY_PORTS};
-
-/// Kills the child on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{run, Dev, Killed, TempDir, ANY_PORTS};
 
 /// A PromQL query and what its value must satisfy.
 type Expectation = (&'static str, fn(f64) -> bool);

@@ -82,7 +82,7 @@ impl Remote {
             }
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unauthenticated(crate::tls::provider())))
+                .with_custom_certificate_verifier(Arc::new(Unauthenticated::new()))
                 .with_no_client_auth(),
         };
         Ok(Self {
@@ -403,7 +403,20 @@ impl Conn {
 /// passive eavesdropping but does not authenticate (Postfix's `may` level). Signatures are still
 /// checked, so the handshake itself is sound.
 #[derive(Debug)]
-struct Unauthenticated(Arc<rustls::crypto::CryptoProvider>);
+pub struct Unauthenticated(Arc<rustls::crypto::CryptoProvider>);
+
+impl Unauthenticated {
+    /// A verifier with the edge's crypto provider.
+    pub fn new() -> Self {
+        Self(crate::tls::provider())
+    }
+}
+
+impl Default for Unauthenticated {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl ServerCertVerifier for Unauthenticated {
     fn verify_server_cert(
