@@ -796,6 +796,20 @@ pub async fn write_op_index(endpoints: Vec<String>, token: &str, op: Op) -> Resu
         .map_err(|f| f.to_string())
 }
 
+/// One read from the control plane (following the leader), for `moat bench`.
+pub async fn read_op(
+    endpoints: Vec<String>,
+    token: &str,
+    req: ReadRequest,
+) -> Result<ReadReply, String> {
+    let mut urls = Vec::new();
+    for e in &endpoints {
+        push_unique(&mut urls, normalize_endpoint(e)?);
+    }
+    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
+    client.read(req).await.map_err(|f| f.to_string())
+}
+
 async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
     // Read and check local inputs before contacting anyone, so a bad file or argument fails
     // fast.

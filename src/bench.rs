@@ -42,6 +42,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 50)]
         writes: usize,
     },
+    /// Signal ingestion on a running `moat dev` cluster: simulated edges send counter batches
+    /// to the leader as fast as it acknowledges them; reports counter deltas committed per
+    /// second, the time from send to commit (the counters' staleness), and checks the
+    /// committed totals against what was acknowledged.
+    Signals {
+        /// The `moat dev` data directory (its `endpoints.json`).
+        #[arg(long, default_value = "./moat-data")]
+        data: std::path::PathBuf,
+        /// Simulated edges, each with one batch in flight.
+        #[arg(long, default_value_t = 30)]
+        edges: usize,
+        /// Counter deltas per batch.
+        #[arg(long, default_value_t = 1000)]
+        deltas: usize,
+        /// Connectors the deltas are spread over (created in the demo tenant first).
+        #[arg(long, default_value_t = 50)]
+        connectors: usize,
+        /// How long to send.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// Memory per idle TLS session: opens N STARTTLS sessions to an edge, holds them, and
     /// reports the edge's resident memory (from /proc) before and with them open.
     Idle {
@@ -148,6 +169,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        BenchCmd::Signals {
+            data,
+            edges,
+            deltas,
+            connectors,
+            duration,
+        } => {
+            let report = signals(&data, edges, deltas, connectors, duration).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         BenchCmd::Propagation { data, writes } => {
             let report = propagation(&data, writes).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -165,27 +197,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 // Policy propagation.
 // ---------------------------------------------------------------------------------------------
 
+/// What a `moat dev` cluster's `endpoints.json` says.
+struct Endpoints {
+    /// Edges' status URLs.
+    edges: Vec<String>,
+    /// Control nodes' gRPC endpoints.
+    control: Vec<String>,
+    /// The operator token.
+    token: String,
+}
+
+impl Endpoints {
+    fn load(data: &std::path::Path) -> anyhow::Result<Self> {
+        let path = data.join("endpoints.json");
+        let endpoints: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        let edges = endpoints["edges"]
+            .as_array()
+            .context("no edges in endpoints.json")?
+            .iter()
+            .filter_map(|e| e["status"].as_str().map(str::to_owned))
+            .collect();
+        let control = endpoints["admin"]["endpoints"]
+            .as_array()
+            .context("no admin endpoints in endpoints.json")?
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect();
+        let token = endpoints["admin"]["token"]
+            .as_str()
+            .context("no admin token in endpoints.json")?
+            .to_owned();
+        Ok(Self {
+            edges,
+            control,
+            token,
+        })
+    }
+}
+
 async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<serde_json::Value> {
-    let path = data.join("endpoints.json");
-    let endpoints: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    let edges: Vec<String> = endpoints["edges"]
-        .as_array()
-        .context("no edges in endpoints.json")?
-        .iter()
-        .filter_map(|e| e["status"].as_str().map(str::to_owned))
-        .collect();
-    let control: Vec<String> = endpoints["admin"]["endpoints"]
-        .as_array()
-        .context("no admin endpoints in endpoints.json")?
-        .iter()
-        .filter_map(|e| e.as_str().map(str::to_owned))
-        .collect();
-    let token = endpoints["admin"]["token"]
-        .as_str()
-        .context("no admin token in endpoints.json")?
-        .to_owned();
+    let Endpoints {
+        edges,
+        control,
+        token,
+    } = Endpoints::load(data)?;
     let mut samples = Vec::with_capacity(writes);
     for i in 0..writes {
         let op = moat_proto::write_request::Op::PutConnector(moat_proto::Connector {
@@ -239,6 +297,168 @@ where
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signal ingestion.
+// ---------------------------------------------------------------------------------------------
+
+/// The counter names a batch spreads its deltas over: connector counters that feed no
+/// suspicious-activity rule, so the benchmark restricts nothing.
+const SIGNAL_NAMES: [&str; 3] = ["sessions", "recipients", "bytes"];
+
+async fn signals(
+    data: &std::path::Path,
+    edges: usize,
+    deltas: usize,
+    connectors: usize,
+    duration: f64,
+) -> anyhow::Result<serde_json::Value> {
+    use moat_proto::signal_client::SignalClient;
+    let Endpoints { control, token, .. } = Endpoints::load(data)?;
+    let run = std::process::id();
+    let names: Vec<String> = (0..connectors.max(1))
+        .map(|i| format!("bench-signals-{run}-{i}"))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let op = moat_proto::write_request::Op::PutConnector(moat_proto::Connector {
+            tenant: "example.test".into(),
+            name: name.clone(),
+            kind: moat_proto::ConnectorKind::Partner as i32,
+            enabled: true,
+            sender_ip_addresses: vec![format!("198.18.{}.{}/32", i / 250, i % 250)],
+            ..Default::default()
+        });
+        crate::admin::write_op_index(control.clone(), &token, op)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    // The leader is the node that acknowledges a batch.
+    let mut leader = None;
+    for addr in &control {
+        let url = format!("http://{}", addr.trim_start_matches("http://"));
+        let Ok(mut client) = SignalClient::connect(url.clone()).await else {
+            continue;
+        };
+        let probe = moat_proto::SignalBatch {
+            edge_id: format!("bench-probe-{run}"),
+            seq: 1,
+            ..Default::default()
+        };
+        if client.report(probe).await.is_ok() {
+            leader = Some(url);
+            break;
+        }
+    }
+    let leader = leader.context("no control node acknowledged a signal batch")?;
+    let deadline = Instant::now() + Duration::from_secs_f64(duration);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..edges)
+        .map(|e| {
+            let leader = leader.clone();
+            let keys: Vec<String> = names.iter().map(|n| format!("example.test/{n}")).collect();
+            tokio::spawn(async move {
+                let mut client = SignalClient::connect(leader)
+                    .await?
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20);
+                let mut acked: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+                let mut latencies = Vec::new();
+                let mut seq = 0;
+                let mut refused = 0u64;
+                let mut x = (e as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                while Instant::now() < deadline {
+                    seq += 1;
+                    let mut batch = moat_proto::SignalBatch {
+                        edge_id: format!("bench-edge-{run}-{e}"),
+                        seq,
+                        ..Default::default()
+                    };
+                    let mut sent = Vec::with_capacity(deltas);
+                    for _ in 0..deltas {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let key = &keys[(x % keys.len() as u64) as usize];
+                        let name = SIGNAL_NAMES[((x >> 32) % 3) as usize];
+                        let value = 1 + (x >> 40) % 10;
+                        batch.counters.push(moat_proto::CounterDelta {
+                            scope: "connector".into(),
+                            key: key.clone(),
+                            name: name.into(),
+                            value,
+                        });
+                        sent.push((key.clone(), name, value));
+                    }
+                    // Like an edge: a refused batch is kept and sent again.
+                    let t = Instant::now();
+                    loop {
+                        match client.report(batch.clone()).await {
+                            Ok(_) => break,
+                            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                                refused += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    latencies.push(micros(t.elapsed()));
+                    for (key, name, value) in sent {
+                        *acked.entry((key, name)).or_default() += value;
+                    }
+                }
+                Ok::<_, anyhow::Error>((acked, latencies, refused))
+            })
+        })
+        .collect();
+    let mut acked: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (a, l, r) = t.await??;
+        refused += r;
+        for (k, v) in a {
+            *acked.entry(k).or_default() += v;
+        }
+        latencies.extend(l);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let batches = latencies.len();
+    let committed = crate::admin::read_op(
+        control.clone(),
+        &token,
+        moat_proto::ReadRequest {
+            kind: "counters".into(),
+            tenant: "example.test".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut mismatches = 0;
+    for ((key, name), want) in &acked {
+        let have = committed
+            .counters
+            .iter()
+            .find(|c| c.scope == "connector" && c.key == *key && c.name == *name)
+            .map_or(0, |c| c.total);
+        if have != *want {
+            mismatches += 1;
+        }
+    }
+    Ok(serde_json::json!({
+        "edges": edges,
+        "deltas_per_batch": deltas,
+        "connectors": names.len(),
+        "seconds": elapsed,
+        "batches_committed": batches,
+        "deltas_committed": batches * deltas,
+        "deltas_per_second": (batches * deltas) as f64 / elapsed,
+        "send_to_commit": percentiles(latencies),
+        "refusals_busy": refused,
+        "counters_checked": acked.len(),
+        "counters_mismatched": mismatches,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

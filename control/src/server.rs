@@ -41,6 +41,10 @@ const MAX_MESSAGE: usize = 512 * 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the leader turns the signal batches it holds into one log entry.
 const SIGNAL_WINDOW: Duration = Duration::from_millis(500);
+/// Counter deltas the leader holds or has in flight before it refuses more (see
+/// `docs/benchmarks.md`: beyond about this much per window a 2-core cluster fell behind and lost
+/// its leader to the size of the entries).
+const MAX_SIGNAL_BACKLOG: usize = 200_000;
 
 /// How a control node is set up.
 #[derive(Clone, Debug)]
@@ -93,6 +97,8 @@ pub enum ControlError {
 enum Refusal {
     NotLeader(u64),
     Failed(String),
+    /// Too much work queued: the caller keeps its request and retries later.
+    Busy(String),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
@@ -168,6 +174,7 @@ impl Shared {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(Refusal::NotLeader(l)))) => Err(self.leader_hint(l)),
             Ok(Ok(Err(Refusal::Failed(why)))) => Err(Status::unavailable(why)),
+            Ok(Ok(Err(Refusal::Busy(why)))) => Err(Status::resource_exhausted(why)),
             Ok(Err(_)) | Err(_) => Err(Status::unavailable(
                 "the change was not committed in time (leader lost?); retry with the same request id",
             )),
@@ -490,7 +497,8 @@ struct NodeThread {
     pending: HashMap<u64, (Instant, Reply<Outcome>)>,
     reads: HashMap<u64, (Instant, ReadFn)>,
     signals: Vec<(SignalBatch, Reply<()>)>,
-    signal_waiters: HashMap<u64, (Instant, Vec<Reply<()>>)>,
+    /// Signal entries proposed and not yet applied: when, how many deltas, who waits.
+    signal_waiters: HashMap<u64, (Instant, usize, Vec<Reply<()>>)>,
     last_signal_flush: Instant,
     last_tick: Option<Instant>,
     seed: Vec<Tenant>,
@@ -545,7 +553,7 @@ impl NodeThread {
                     metrics::histogram!("moat_control_raft_proposal_duration_seconds")
                         .record(t0.elapsed().as_secs_f64());
                     let _ = reply.send(Ok(outcome));
-                } else if let Some((_, replies)) = self.signal_waiters.remove(&id) {
+                } else if let Some((_, _, replies)) = self.signal_waiters.remove(&id) {
                     for r in replies {
                         let _ = r.send(match &outcome.result {
                             Ok(_) => Ok(()),
@@ -610,7 +618,18 @@ impl NodeThread {
                 }
             }
             Req::Signal(batch, urgent, reply) => {
-                if self.core.is_leader() {
+                let backlog = self.signal_backlog();
+                if self.core.is_leader()
+                    && backlog > 0
+                    && backlog + batch.counters.len() > MAX_SIGNAL_BACKLOG
+                {
+                    // Edges keep a refused batch and fold newer counts into their next one,
+                    // so refusing loses nothing and keeps the leader's entries (and its
+                    // heartbeats) flowing.
+                    let _ = reply.send(Err(Refusal::Busy(format!(
+                        "{backlog} counter deltas are waiting to be committed; retry later"
+                    ))));
+                } else if self.core.is_leader() {
                     self.signals.push((batch, reply));
                     if urgent {
                         self.flush_signals(Instant::now());
@@ -628,7 +647,7 @@ impl NodeThread {
         let expired = |t: &Instant| now.duration_since(*t) > REQUEST_TIMEOUT;
         self.pending.retain(|_, (t, _)| !expired(t));
         self.reads.retain(|_, (t, _)| !expired(t));
-        self.signal_waiters.retain(|_, (t, _)| !expired(t));
+        self.signal_waiters.retain(|_, (t, _, _)| !expired(t));
         if !self.core.is_leader() {
             for (_, reply) in self.signals.drain(..) {
                 let _ = reply.send(Err(Refusal::NotLeader(self.core.leader())));
@@ -689,6 +708,13 @@ impl NodeThread {
         now_ms().saturating_add(self.core.state().clock_offset_ms)
     }
 
+    /// Counter deltas received and not yet applied: held for the next entry or in flight.
+    fn signal_backlog(&self) -> usize {
+        let held: usize = self.signals.iter().map(|(b, _)| b.counters.len()).sum();
+        let in_flight: usize = self.signal_waiters.values().map(|(_, n, _)| n).sum();
+        held + in_flight
+    }
+
     /// Turns the signal batches held into one log entry.
     fn flush_signals(&mut self, now: Instant) {
         if self.signals.is_empty() {
@@ -696,6 +722,7 @@ impl NodeThread {
         }
         self.last_signal_flush = now;
         let (batches, replies): (Vec<_>, Vec<_>) = self.signals.drain(..).unzip();
+        let deltas = batches.iter().map(|b| b.counters.len()).sum();
         let p = Proposal {
             at_ms: self.cluster_now(),
             actor: "edges".into(),
@@ -704,7 +731,7 @@ impl NodeThread {
         };
         match self.core.propose(&p) {
             Ok(id) => {
-                self.signal_waiters.insert(id, (now, replies));
+                self.signal_waiters.insert(id, (now, deltas, replies));
             }
             Err(e) => {
                 let why = e.to_string();

@@ -1306,13 +1306,15 @@ impl State {
                 self.count_onprem(index, key, name, delta)
             }
             signal::CONNECTOR if self.connectors.contains_key(key) => {
-                let c = self
-                    .counters
-                    .entry(format!("{scope}|{key}|{name}"))
-                    .or_default();
-                add(c, now, delta);
+                add(self.counter(scope, key, name), now, delta);
                 let policy = self.detection_policy(key);
-                let st = self.connector_stats.entry(key.to_owned()).or_default();
+                if !self.connector_stats.contains_key(key) {
+                    self.connector_stats
+                        .insert(key.to_owned(), Default::default());
+                }
+                let Some(st) = self.connector_stats.get_mut(key) else {
+                    return;
+                };
                 roll(st, &policy, now);
                 match name {
                     "messages" => st.current.messages += delta,
@@ -1324,14 +1326,29 @@ impl State {
                     _ => {}
                 }
             }
-            _ => {
-                let c = self
-                    .counters
-                    .entry(format!("{scope}|{key}|{name}"))
-                    .or_default();
-                add(c, now, delta);
-            }
+            _ => add(self.counter(scope, key, name), now, delta),
         }
+    }
+
+    /// The counter `scope|key|name`, created at zero if new; an existing one is found without
+    /// allocating (the hot path of signal ingestion).
+    fn counter(&mut self, scope: &str, key: &str, name: &str) -> &mut Counter {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|k| {
+            k.clear();
+            k.push_str(scope);
+            k.push('|');
+            k.push_str(key);
+            k.push('|');
+            k.push_str(name);
+            if !self.counters.contains_key(k.as_str()) {
+                self.counters.insert(k.clone(), Counter::default());
+            }
+            self.counters.get_mut(k.as_str())
+        })
+        .expect("inserted above")
     }
 
     /// Records a sighting of an on-premises Exchange server (`server|build`) through the

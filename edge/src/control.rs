@@ -181,12 +181,20 @@ async fn watch_once(
     while let Some(snap) = stream.message().await.map_err(|e| e.message().to_owned())? {
         status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
         let version = snap.version;
-        match snapshot_from_wire(&snap) {
+        let changed_at_ms = snap.changed_at_ms;
+        // A snapshot with a million connectors takes seconds to index: not on a worker that
+        // also runs SMTP sessions.
+        let built = tokio::task::spawn_blocking(move || snapshot_from_wire(&snap))
+            .await
+            .map_err(|e| format!("building the snapshot failed: {e}"))?;
+        match built {
             Ok(s) => {
+                let previous = policy.load();
                 if policy.publish(s) {
+                    retire(previous);
                     status
                         .policy_changed_ms
-                        .store(snap.changed_at_ms, Ordering::Relaxed);
+                        .store(changed_at_ms, Ordering::Relaxed);
                     tracing::info!(version, "policy applied");
                 }
             }
@@ -204,6 +212,39 @@ async fn watch_once(
         let _ = tx.send(ack).await;
     }
     Ok(())
+}
+
+/// Frees replaced snapshots on a thread of their own once no session holds them any more, so
+/// that neither the watch task nor the last session to use one pays for freeing it (half a
+/// second for a million connectors).
+fn retire(previous: Arc<moat_shared::PolicySnapshot>) {
+    type Retired = std::sync::mpsc::Sender<Arc<moat_shared::PolicySnapshot>>;
+    static REAPER: std::sync::OnceLock<Mutex<Retired>> = std::sync::OnceLock::new();
+    let reaper = REAPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<moat_shared::PolicySnapshot>>();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-reaper".into())
+            .spawn(move || {
+                let mut held = Vec::new();
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(s) => held.push(s),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // The handle no longer holds these: a count of one is ours alone.
+                    held.retain(|s| Arc::strong_count(s) > 1);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no snapshot reaper thread ({e}); old snapshots are freed inline");
+        }
+        Mutex::new(tx)
+    });
+    if let Ok(tx) = reaper.lock() {
+        // If the thread is gone the snapshot comes back in the error and is dropped here.
+        let _ = tx.send(previous);
+    }
 }
 
 /// Sends counter batches to the leader about once a second, forever.

@@ -7,11 +7,11 @@
 //! - Certificate: `contoso.com` is looked up exactly; `*.contoso.com` is keyed by `contoso.com`
 //!   and found by probing the name and each of its parent domains.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::policy::FastMap;
 use crate::{Connector, Domain};
 
 /// An index over a list of connectors; lookups return positions in that list, each at most
@@ -19,10 +19,10 @@ use crate::{Connector, Domain};
 #[derive(Clone, Debug, Default)]
 pub struct ConnectorIndex {
     /// (prefix length, masked network → connectors), longest prefix first.
-    v4: Vec<(u8, HashMap<u32, Vec<u32>>)>,
-    v6: Vec<(u8, HashMap<u128, Vec<u32>>)>,
-    exact: HashMap<Domain, Vec<u32>>,
-    wildcard: HashMap<Domain, Vec<u32>>,
+    v4: Vec<(u8, FastMap<u32, Vec<u32>>)>,
+    v6: Vec<(u8, FastMap<u128, Vec<u32>>)>,
+    exact: FastMap<Domain, Vec<u32>>,
+    wildcard: FastMap<Domain, Vec<u32>>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -44,10 +44,10 @@ fn mask6(a: u128, len: u8) -> u128 {
 impl ConnectorIndex {
     /// Indexes `connectors` (positions are `u32`: at most 4 billion connectors).
     pub fn new(connectors: &[Connector]) -> Self {
-        let mut v4: HashMap<u8, HashMap<u32, Vec<u32>>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<u128, Vec<u32>>> = HashMap::new();
-        let mut exact: HashMap<Domain, Vec<u32>> = HashMap::new();
-        let mut wildcard: HashMap<Domain, Vec<u32>> = HashMap::new();
+        let mut v4: FastMap<u8, FastMap<u32, Vec<u32>>> = FastMap::default();
+        let mut v6: FastMap<u8, FastMap<u128, Vec<u32>>> = FastMap::default();
+        let mut exact: FastMap<Domain, Vec<u32>> = FastMap::default();
+        let mut wildcard: FastMap<Domain, Vec<u32>> = FastMap::default();
         for (i, c) in connectors.iter().enumerate() {
             if !c.enabled {
                 continue;
@@ -124,16 +124,14 @@ impl ConnectorIndex {
     pub fn by_certificate(&self, domains: &[String]) -> Vec<u32> {
         let mut out = Vec::new();
         for name in domains {
-            let Ok(name) = Domain::new(name) else {
-                continue;
-            };
-            if let Some(hit) = self.exact.get(&name) {
+            let name = Domain::lookup_key(name);
+            if let Some(hit) = self.exact.get(name.as_ref()) {
                 out.extend_from_slice(hit);
             }
             // `*.d` covers `d` and every name below it.
-            let mut rest = name.as_str();
+            let mut rest = name.as_ref();
             loop {
-                if let Some(hit) = Domain::new(rest).ok().and_then(|d| self.wildcard.get(&d)) {
+                if let Some(hit) = self.wildcard.get(rest) {
                     out.extend_from_slice(hit);
                 }
                 match rest.split_once('.') {

@@ -4,13 +4,18 @@
 //! version. Edges decide every verdict against one snapshot and record its version, so two edges
 //! holding the same version take the same decision.
 
-use std::collections::HashMap;
+use std::borrow::{Borrow, Cow};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::submission::{speed_bump_percent, EntityKind, RestrictedEntity, SpeedBumpStep};
 use crate::{Connector, SubmissionUser};
+
+/// The hash maps of a snapshot. Their keys come from the control plane (trusted) and the
+/// lookups with what a client sent cannot add keys, so a fast hash (foldhash, randomly seeded
+/// per process) serves instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A tenant's identifier: its primary name, lowercase (for example `example.test`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -118,6 +123,28 @@ impl Domain {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `raw` as a [`Domain`] would hold it (lowercase, no trailing dot), for a lookup in a map
+    /// keyed by domains: borrowed when it already is, which is the common case. Not validated:
+    /// an invalid name finds nothing.
+    pub fn lookup_key(raw: &str) -> Cow<'_, str> {
+        let name = raw.strip_suffix('.').unwrap_or(raw);
+        if name
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
+        {
+            Cow::Owned(name.to_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        }
+    }
+}
+
+// A domain hashes and compares as its name, so maps keyed by domains are searched by `&str`.
+impl Borrow<str> for Domain {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for Domain {
@@ -150,15 +177,16 @@ pub struct PolicySnapshot {
     /// Connectors by IP network and certificate name.
     connector_index: crate::matching::ConnectorIndex,
     /// Each tenant's Partner connectors that scope sender domains, as positions.
-    partner_scopes: HashMap<TenantId, Vec<u32>>,
+    partner_scopes: FastMap<TenantId, Vec<u32>>,
     /// Accepted domain to index into `tenants`.
-    by_domain: HashMap<Domain, usize>,
+    by_domain: FastMap<Domain, usize>,
     /// Tenant id to index into `tenants`.
-    by_id: HashMap<TenantId, usize>,
+    by_id: FastMap<TenantId, usize>,
     /// SMTP AUTH users by address.
-    users: HashMap<String, SubmissionUser>,
+    users: FastMap<String, SubmissionUser>,
     /// Blocked connectors and users.
-    restricted: HashMap<(EntityKind, TenantId, String), RestrictedEntity>,
+    /// Tenant → name → restrictions (at most one per kind): looked up without building a key.
+    restricted: FastMap<TenantId, FastMap<String, Vec<RestrictedEntity>>>,
     /// The legacy-TLS speed bump schedule, by day.
     speed_bump: Vec<SpeedBumpStep>,
     /// Out-of-date Exchange servers being throttled or blocked, and the baseline.
@@ -170,8 +198,8 @@ pub struct PolicySnapshot {
 impl PolicySnapshot {
     /// Builds a snapshot; fails if one domain is claimed by two tenants or a tenant id repeats.
     pub fn new(version: u64, tenants: Vec<Tenant>) -> Result<Self, SnapshotError> {
-        let mut by_domain = HashMap::new();
-        let mut ids = HashMap::new();
+        let mut by_domain = FastMap::default();
+        let mut ids = FastMap::default();
         for (i, tenant) in tenants.iter().enumerate() {
             if ids.insert(tenant.id.clone(), i).is_some() {
                 return Err(SnapshotError::DuplicateTenant(tenant.id.clone()));
@@ -191,11 +219,11 @@ impl PolicySnapshot {
             tenants,
             connectors: Vec::new(),
             connector_index: Default::default(),
-            partner_scopes: HashMap::new(),
+            partner_scopes: FastMap::default(),
             by_domain,
             by_id: ids,
-            users: HashMap::new(),
-            restricted: HashMap::new(),
+            users: FastMap::default(),
+            restricted: FastMap::default(),
             speed_bump: Vec::new(),
             onprem: Default::default(),
             clock_offset_ms: 0,
@@ -295,10 +323,17 @@ impl PolicySnapshot {
             }
             self.users.insert(u.address.clone(), u);
         }
-        self.restricted = restricted
-            .into_iter()
-            .map(|r| ((r.kind, r.tenant.clone(), r.name.clone()), r))
-            .collect();
+        self.restricted.clear();
+        for r in restricted {
+            let same = self
+                .restricted
+                .entry(r.tenant.clone())
+                .or_default()
+                .entry(r.name.clone())
+                .or_default();
+            same.retain(|o| o.kind != r.kind);
+            same.push(r);
+        }
         self.speed_bump = crate::submission::normalise_schedule(speed_bump)
             .map_err(SnapshotError::BadSchedule)?;
         Ok(self)
@@ -317,16 +352,23 @@ impl PolicySnapshot {
         name: &str,
         now_ms: i64,
     ) -> Option<&RestrictedEntity> {
+        if self.restricted.is_empty() {
+            return None;
+        }
         self.restricted
-            .get(&(kind, tenant.clone(), name.to_owned()))
-            .filter(|r| r.in_force(now_ms))
+            .get(tenant)?
+            .get(name)?
+            .iter()
+            .find(|r| r.kind == kind && r.in_force(now_ms))
     }
 
     /// How many entities of a kind are restricted (in force or not).
     pub fn restricted_count(&self, kind: EntityKind) -> usize {
         self.restricted
-            .keys()
-            .filter(|(k, _, _)| *k == kind)
+            .values()
+            .flat_map(|names| names.values())
+            .flatten()
+            .filter(|r| r.kind == kind)
             .count()
     }
 
@@ -363,8 +405,9 @@ impl PolicySnapshot {
     /// The tenant that accepts mail for `domain`, if any. Exact match on the normalised name:
     /// a subdomain of an accepted domain is not accepted unless listed itself.
     pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
-        let domain = Domain::new(domain).ok()?;
-        self.by_domain.get(&domain).map(|&i| &self.tenants[i])
+        self.by_domain
+            .get(Domain::lookup_key(domain).as_ref())
+            .map(|&i| &self.tenants[i])
     }
 }
 

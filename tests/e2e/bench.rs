@@ -1,6 +1,8 @@
 //! The benchmark harness (issue 8) proves it works: `moat bench sink` as the edge's next hop,
-//! `moat bench smtp` driving a `moat dev` edge for a couple of seconds in each mode. Nothing
-//! here asserts a timing.
+//! `moat bench smtp` driving a `moat dev` edge for a couple of seconds in each mode, and the
+//! idle, handshake and signal-ingestion benchmarks for a moment each. Nothing here asserts a
+//! timing. (The verdict benchmark, `edge/benches/verdict.rs`, runs once on a small snapshot
+//! under `cargo test --benches` in `scripts/test.sh`.)
 
 use std::io::BufRead as _;
 use std::process::Stdio;
@@ -149,4 +151,33 @@ fn the_load_generator_drives_an_edge_into_the_sink() {
         "30",
     ]);
     assert_eq!(r["messages"], 25, "{r}");
+    // Signal ingestion: simulated edges' counters committed, and the totals add up.
+    let data = dev.data.to_str().expect("data path");
+    let out = moat()
+        .args([
+            "bench",
+            "signals",
+            "--data",
+            data,
+            "--edges",
+            "2",
+            "--deltas",
+            "50",
+            "--connectors",
+            "3",
+            "--duration",
+            "1.5",
+        ])
+        .output()
+        .expect("moat bench signals");
+    assert!(
+        out.status.success(),
+        "moat bench signals: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    println!("signals: {r}");
+    assert!(r["deltas_committed"].as_u64().is_some_and(|d| d > 0), "{r}");
+    assert!(r["counters_checked"].as_u64().is_some_and(|c| c > 0), "{r}");
+    assert_eq!(r["counters_mismatched"], 0, "{r}");
 }
