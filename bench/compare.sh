@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Moat's edge against Postfix, same machine, same load, same sink, alternating A/B.
+# Moat's edge against Postfix and Haraka, same machine, same load, same sink, alternating.
 #
 #   bench/compare.sh [SECONDS_PER_RUN] [ROUNDS]
 #
@@ -10,6 +10,10 @@
 # - Postfix: a private instance (its own config and queue under $WORK) with smtpd on
 #   127.0.0.1:10025, STARTTLS with the same certificate and key, TLS 1.2+ (1.3 negotiated),
 #   relaying example.test to the sink, no milters, no header or body checks.
+# - Haraka (npm `Haraka@3`, installed under $WORK when npm is there; HARAKA=0 skips it): one
+#   process on 127.0.0.1:11025 with the tls, rcpt_to.in_host_list and queue/smtp_forward
+#   plugins: STARTTLS with the same certificate, TLS 1.2+, example.test forwarded to the sink
+#   (it answers 250 after the sink did, like Moat), log level warn.
 # - Server pinned to CPU 0, load generator to CPU 1 (taskset) when the machine has 2+ CPUs.
 # - For each workload (STARTTLS with 50 messages per connection; STARTTLS with 1 message per
 #   connection; plain with 50) and each round: Moat, then Postfix, then the next round.
@@ -19,7 +23,7 @@
 # /etc/postfix/main.cf (creating that file if the package left none).
 #
 # Postfix queues (write + fsync) before it answers 250 and delivers later; Moat's edge keeps no
-# queue and answers 250 only after the next hop did. Both are "accepted for delivery" as a
+# queue and answers 250 only after the next hop did, and so does Haraka with smtp_forward. Both are "accepted for delivery" as a
 # client sees it: that is what is compared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +54,7 @@ SINK_PID=$!
 cleanup() {
   kill "$SINK_PID" "${EDGE_PID:-}" 2>/dev/null || true
   postfix -c "$WORK/postfix" stop >/dev/null 2>&1 || true
+  [ -z "${HARAKA_PID:-}" ] || kill "$HARAKA_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 50); do [ -s "$WORK/sink.addr" ] && break; sleep 0.1; done
@@ -124,7 +129,26 @@ chown postfix "$WORK/pfdata"
 postfix -c "$PF" check
 $SERVER_CPU postfix -c "$PF" start
 
-for port in 12525 10025; do
+# --- Haraka ---------------------------------------------------------------------------------
+PORTS="12525 10025"
+if [ "${HARAKA:-1}" = 1 ] && command -v npm >/dev/null 2>&1; then
+  npm install --silent --no-audit --no-fund --prefix "$WORK/haraka-pkg" Haraka@3 >/dev/null
+  HK=$WORK/haraka
+  "$WORK/haraka-pkg/node_modules/.bin/haraka" -i "$HK" >/dev/null
+  printf 'listen=127.0.0.1:11025\n' > "$HK/config/smtp.ini"
+  printf 'tls\nrcpt_to.in_host_list\nqueue/smtp_forward\n' > "$HK/config/plugins"
+  echo example.test > "$HK/config/host_list"
+  cp "$WORK/key.pem" "$HK/config/tls_key.pem"
+  cp "$WORK/cert.pem" "$HK/config/tls_cert.pem"
+  printf 'key=tls_key.pem\ncert=tls_cert.pem\nminVersion=TLSv1.2\n' > "$HK/config/tls.ini"
+  printf 'host=%s\nport=%s\n' "${SINK%:*}" "${SINK##*:}" > "$HK/config/smtp_forward.ini"
+  printf '[main]\nlevel=warn\n' > "$HK/config/log.ini"
+  $SERVER_CPU "$WORK/haraka-pkg/node_modules/.bin/haraka" -c "$HK" > "$WORK/haraka.log" 2>&1 &
+  HARAKA_PID=$!
+  PORTS="$PORTS 11025"
+fi
+
+for port in $PORTS; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -143,6 +167,7 @@ for workload in "${workloads[@]}"; do
   for round in $(seq "$ROUNDS"); do
     run "moat-$1-$2-c$3-r$round" 127.0.0.1:12525 "$1" "$2" "$3"
     run "postfix-$1-$2-c$3-r$round" 127.0.0.1:10025 "$1" "$2" "$3"
+    [ -z "${HARAKA_PID:-}" ] || run "haraka-$1-$2-c$3-r$round" 127.0.0.1:11025 "$1" "$2" "$3"
     # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
     # answers 250 once a message is queued, and delivers to the sink afterwards).
     for _ in $(seq 600); do
@@ -161,8 +186,9 @@ for f in sorted(os.listdir(d)):
     workload = rest.rsplit("-r", 1)[0]
     runs.setdefault(workload, {}).setdefault(server, []).append(
         json.load(open(os.path.join(d, f)))["messages_per_second"])
-print("\nworkload                      moat msg/s   postfix msg/s   ratio (median of rounds)")
+print("\nworkload                      moat msg/s   postfix msg/s   haraka msg/s   moat/postfix   moat/haraka  (medians of rounds)")
 for w, s in runs.items():
-    m, p = statistics.median(s.get("moat", [0])), statistics.median(s.get("postfix", [0]))
-    print(f"{w:28s} {m:11.1f} {p:14.1f} {m / p if p else float('inf'):8.2f}x")
+    m, p, h = (statistics.median(s.get(k, [0])) for k in ("moat", "postfix", "haraka"))
+    ratio = lambda a, b: f"{a / b:8.2f}x" if b else "       -"
+    print(f"{w:28s} {m:11.1f} {p:14.1f} {h:14.1f} {ratio(m, p):>14s} {ratio(m, h):>13s}")
 PY

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moat_proto::admin_client::AdminClient;
+use moat_proto::mtls::InternalTls;
 use moat_proto::write_request::Op;
 use moat_proto::{
     ClusterRequest, ClusterStatus, Connector, ConnectorKind, ReadReply, ReadRequest, Tenant,
@@ -61,6 +62,16 @@ pub struct AdminArgs {
     /// Serve reads from the contacted node without a ReadIndex round (may be stale).
     #[arg(long, global = true)]
     stale_ok: bool,
+    /// The cluster's internal CA (PEM) [env: MOAT_TLS_CA]. Control nodes refuse admin calls
+    /// without mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// An admin certificate (common name `moat-admin`) [env: MOAT_TLS_CERT].
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key [env: MOAT_TLS_KEY].
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// A `moat dev` data directory whose `endpoints.json` names the control plane.
     #[arg(long, global = true, value_name = "DIR", default_value = "./moat-data")]
     data: PathBuf,
@@ -713,6 +724,9 @@ impl std::fmt::Display for Failure {
 
 const TOKEN_HINT: &str = "check --token (or MOAT_TOKEN, or the token in DIR/endpoints.json); \
     an operator can create one with `moat admin token create`";
+const TLS_HINT: &str = "admin calls need mutual TLS: pass --tls-ca, --tls-cert and --tls-key (or \
+    MOAT_TLS_CA, MOAT_TLS_CERT, MOAT_TLS_KEY) with a moat-admin certificate from the cluster's CA \
+    (`moat cert issue --role admin`); `moat dev` lists its own in DIR/endpoints.json";
 const ROLE_HINT: &str = "the token's role does not allow this: readers cannot change anything, \
     and tenant-admin tokens only reach their own tenant (pass --tenant)";
 
@@ -728,6 +742,14 @@ impl From<Status> for Failure {
             | Code::NotFound
             | Code::FailedPrecondition
             | Code::AlreadyExists => Self::Refused(message),
+            Code::Unauthenticated | Code::PermissionDenied
+                if message.contains("certificate") || message.contains("TLS") =>
+            {
+                Self::Auth {
+                    message,
+                    hint: TLS_HINT,
+                }
+            }
             Code::Unauthenticated => Self::Auth {
                 message,
                 hint: TOKEN_HINT,
@@ -737,6 +759,14 @@ impl From<Status> for Failure {
                 hint: ROLE_HINT,
             },
             Code::Unavailable => Self::Unreachable(message),
+            // What a TLS server's first bytes look like to a plaintext HTTP/2 client.
+            Code::Internal if message.contains("h2 protocol error") => Self::Auth {
+                message: format!(
+                    "the control node does not speak plaintext gRPC ({message}); it serves \
+                     mutual TLS"
+                ),
+                hint: TLS_HINT,
+            },
             code => Self::Other(format!("{code:?}: {message}")),
         }
     }
@@ -753,12 +783,36 @@ pub async fn run(args: AdminArgs) -> i32 {
     }
 }
 
+/// A control plane to call from inside Moat (`moat dev`'s set-up, `moat bench`): its
+/// addresses (`https://host:port`, `http://host:port` or `host:port`), an operator token and
+/// the admin TLS material.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Control-plane addresses.
+    pub endpoints: Vec<String>,
+    /// The bearer token.
+    pub token: String,
+    /// An admin certificate (`moat-admin`), the cluster's CA.
+    pub tls: Option<InternalTls>,
+}
+
+impl Target {
+    fn client(&self) -> Result<Client, String> {
+        let mut urls = Vec::new();
+        for e in &self.endpoints {
+            push_unique(&mut urls, normalize_endpoint(e)?);
+        }
+        if urls.is_empty() {
+            return Err("no control-plane endpoint to call".into());
+        }
+        Client::new(urls, &self.token, self.tls.clone()).map_err(|f| f.to_string())
+    }
+}
+
 /// Creates or replaces an SMTP AUTH user, following the leader and retrying like `moat admin`
-/// does (`moat dev` creates its demo user with it). `endpoints` are control-plane addresses
-/// (`http://host:port` or `host:port`).
+/// does (`moat dev` creates its demo user with it).
 pub async fn put_user(
-    endpoints: Vec<String>,
-    token: &str,
+    target: &Target,
     tenant: &str,
     address: &str,
     password: &str,
@@ -769,27 +823,20 @@ pub async fn put_user(
         password: password.to_string(),
         send_as: vec![],
     });
-    write_op(endpoints, token, op)
+    write_op(target, op)
         .await
         .map_err(|e| format!("creating user {address} in tenant {tenant}: {e}"))
 }
 
 /// One admin write with the usual retries and leader-following (for `moat dev`'s set-up).
-pub async fn write_op(endpoints: Vec<String>, token: &str, op: Op) -> Result<(), String> {
-    write_op_index(endpoints, token, op).await.map(|_| ())
+pub async fn write_op(target: &Target, op: Op) -> Result<(), String> {
+    write_op_index(target, op).await.map(|_| ())
 }
 
 /// [`write_op`], returning the index the write was committed at.
-pub async fn write_op_index(endpoints: Vec<String>, token: &str, op: Op) -> Result<u64, String> {
-    let mut urls = Vec::new();
-    for e in &endpoints {
-        push_unique(&mut urls, normalize_endpoint(e)?);
-    }
-    if urls.is_empty() {
-        return Err("no control-plane endpoint to write to".into());
-    }
-    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
-    client
+pub async fn write_op_index(target: &Target, op: Op) -> Result<u64, String> {
+    target
+        .client()?
         .write(op)
         .await
         .map(|r| r.index)
@@ -797,17 +844,8 @@ pub async fn write_op_index(endpoints: Vec<String>, token: &str, op: Op) -> Resu
 }
 
 /// One read from the control plane (following the leader), for `moat bench`.
-pub async fn read_op(
-    endpoints: Vec<String>,
-    token: &str,
-    req: ReadRequest,
-) -> Result<ReadReply, String> {
-    let mut urls = Vec::new();
-    for e in &endpoints {
-        push_unique(&mut urls, normalize_endpoint(e)?);
-    }
-    let client = Client::new(urls, token).map_err(|f| f.to_string())?;
-    client.read(req).await.map_err(|f| f.to_string())
+pub async fn read_op(target: &Target, req: ReadRequest) -> Result<ReadReply, String> {
+    target.client()?.read(req).await.map_err(|f| f.to_string())
 }
 
 async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
@@ -815,8 +853,8 @@ async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
     // fast.
     check_local(&args.command)?;
     let input = local_input(&args.command)?;
-    let (endpoints, token) = resolve_target(&args)?;
-    let client = Client::new(endpoints, &token)?;
+    let (endpoints, token, tls) = resolve_target(&args)?;
+    let client = Client::new(endpoints, &token, tls)?;
     let ctx = Ctx {
         client,
         output: args.output,
@@ -929,6 +967,8 @@ fn push_unique(list: &mut Vec<String>, item: String) {
 struct Discovered {
     endpoints: Vec<String>,
     token: Option<String>,
+    /// The admin certificate's files: (CA, certificate, key).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 /// Extracts the admin endpoints and token from the text of `endpoints.json`.
@@ -953,6 +993,17 @@ fn parse_discovery(text: &str) -> Result<Option<Discovered>, String> {
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .map(str::to_string);
+    let file = |k: &str| {
+        admin
+            .get("tls")
+            .and_then(|t| t.get(k))
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+    };
+    found.tls = match (file("ca"), file("cert"), file("key")) {
+        (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+        _ => None,
+    };
     Ok(Some(found))
 }
 
@@ -971,12 +1022,31 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 /// The endpoints to try, in order, and the token.
-fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String), Failure> {
+fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String, Option<InternalTls>), Failure> {
     let explicit = args
         .endpoint
         .clone()
         .or_else(|| env_nonempty("MOAT_ENDPOINT"));
     let mut token = args.token.clone().or_else(|| env_nonempty("MOAT_TOKEN"));
+    let path = |flag: &Option<PathBuf>, env: &str| {
+        flag.clone()
+            .or_else(|| env_nonempty(env).map(PathBuf::from))
+    };
+    let mut tls_files = match (
+        path(&args.tls_ca, "MOAT_TLS_CA"),
+        path(&args.tls_cert, "MOAT_TLS_CERT"),
+        path(&args.tls_key, "MOAT_TLS_KEY"),
+    ) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+        _ => {
+            return Err(Failure::Other(
+                "--tls-ca, --tls-cert and --tls-key (or MOAT_TLS_CA, MOAT_TLS_CERT and \
+                 MOAT_TLS_KEY) go together"
+                    .into(),
+            ))
+        }
+    };
     let mut endpoints = match &explicit {
         Some(raw) => parse_endpoint_list(raw).map_err(Failure::Other)?,
         None => Vec::new(),
@@ -988,6 +1058,9 @@ fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String), Failure> {
                 endpoints.is_empty() || endpoints.iter().any(|e| found.endpoints.contains(e));
             if token.is_none() && same_cluster {
                 token = found.token;
+            }
+            if tls_files.is_none() && same_cluster {
+                tls_files = found.tls;
             }
             if endpoints.is_empty() {
                 endpoints = found.endpoints;
@@ -1003,7 +1076,27 @@ fn resolve_target(args: &AdminArgs) -> Result<(Vec<String>, String), Failure> {
             hint: TOKEN_HINT,
         });
     };
-    Ok((endpoints, token))
+    let tls = match tls_files {
+        Some((ca, cert, key)) => {
+            let tls = InternalTls::load(&ca, &cert, &key).map_err(|e| Failure::Auth {
+                message: e.to_string(),
+                hint: TLS_HINT,
+            })?;
+            if tls.role() != moat_proto::mtls::Role::Admin {
+                return Err(Failure::Auth {
+                    message: format!(
+                        "{} is a {} certificate; admin calls need a moat-admin one",
+                        cert.display(),
+                        tls.role()
+                    ),
+                    hint: TLS_HINT,
+                });
+            }
+            Some(tls)
+        }
+        None => None,
+    };
+    Ok((endpoints, token, tls))
 }
 
 /// 16 random bytes, hex: the id that makes retried writes apply once.
@@ -1062,17 +1155,22 @@ fn leader_hint(s: &Status) -> Option<String> {
 struct Client {
     endpoints: Vec<String>,
     auth: MetadataValue<Ascii>,
+    tls: Option<InternalTls>,
 }
 
 impl Client {
-    fn new(endpoints: Vec<String>, token: &str) -> Result<Self, Failure> {
+    fn new(endpoints: Vec<String>, token: &str, tls: Option<InternalTls>) -> Result<Self, Failure> {
         let auth = format!("Bearer {}", token.trim())
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| Failure::Auth {
                 message: "the admin token contains characters not allowed in a header".into(),
                 hint: TOKEN_HINT,
             })?;
-        Ok(Self { endpoints, auth })
+        Ok(Self {
+            endpoints,
+            auth,
+            tls,
+        })
     }
 
     fn request<M>(&self, msg: M) -> tonic::Request<M> {
@@ -1082,9 +1180,9 @@ impl Client {
         req
     }
 
-    async fn connect(url: &str) -> Result<AdminClient<Channel>, String> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| e.to_string())?
+    async fn connect(&self, url: &str) -> Result<AdminClient<Channel>, String> {
+        let endpoint = moat_proto::mtls::endpoint(url, self.tls.as_ref())
+            .map_err(|e| error_chain(&e))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10));
         let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
@@ -1109,7 +1207,7 @@ impl Client {
             push_unique(&mut tried, target.clone());
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = async {
-                let client = Self::connect(&target).await.map_err(Err)?;
+                let client = self.connect(&target).await.map_err(Err)?;
                 f(client).await.map_err(Ok)
             };
             match tokio::time::timeout(remaining, attempt).await {
@@ -1128,6 +1226,13 @@ impl Client {
                     last_error = format!("{target}: {}", status_text(&status));
                 }
                 Ok(Err(Err(connect_error))) => {
+                    // A certificate the other side refuses stays refused: no retries.
+                    if connect_error.contains("certificate") {
+                        return Err(Failure::Auth {
+                            message: format!("{target}: {connect_error}"),
+                            hint: TLS_HINT,
+                        });
+                    }
                     last_error = format!("{target}: {connect_error}");
                 }
                 Err(_) => last_error = format!("{target}: timed out"),
@@ -3316,14 +3421,18 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let target = |endpoints: &[&str], token: &str| Target {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            token: token.into(),
+            tls: None,
+        };
         let err = rt
-            .block_on(put_user(vec![], "tok", "t", "a@t", "pw"))
+            .block_on(put_user(&target(&[], "tok"), "t", "a@t", "pw"))
             .unwrap_err();
         assert!(err.contains("no control-plane endpoint"), "{err}");
         let err = rt
             .block_on(put_user(
-                vec!["http://bad host".into()],
-                "tok",
+                &target(&["http://bad host"], "tok"),
                 "t",
                 "a@t",
                 "pw",
@@ -3332,8 +3441,7 @@ mod tests {
         assert!(err.contains("invalid endpoint"), "{err}");
         let err = rt
             .block_on(put_user(
-                vec!["127.0.0.1:1".into()],
-                "bad\ntoken",
+                &target(&["127.0.0.1:1"], "bad\ntoken"),
                 "t",
                 "a@t",
                 "pw",

@@ -201,10 +201,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 struct Endpoints {
     /// Edges' status URLs.
     edges: Vec<String>,
-    /// Control nodes' gRPC endpoints.
-    control: Vec<String>,
-    /// The operator token.
-    token: String,
+    /// The control plane, as an operator with the admin certificate.
+    admin: crate::admin::Target,
+    /// The internal PKI's CA and an edge certificate.
+    edge_tls: Option<moat_proto::mtls::InternalTls>,
 }
 
 impl Endpoints {
@@ -230,20 +230,35 @@ impl Endpoints {
             .as_str()
             .context("no admin token in endpoints.json")?
             .to_owned();
+        let file = |v: &serde_json::Value| v.as_str().map(std::path::PathBuf::from);
+        let tls = |ca, cert, key| -> anyhow::Result<_> {
+            match (file(ca), file(cert), file(key)) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Ok(Some(moat_proto::mtls::InternalTls::load(&ca, &cert, &key)?))
+                }
+                _ => Ok(None),
+            }
+        };
+        let admin = &endpoints["admin"]["tls"];
+        let internal = &endpoints["internal_tls"];
         Ok(Self {
             edges,
-            control,
-            token,
+            admin: crate::admin::Target {
+                endpoints: control,
+                token,
+                tls: tls(&admin["ca"], &admin["cert"], &admin["key"])?,
+            },
+            edge_tls: tls(
+                &internal["ca"],
+                &internal["edge_cert"],
+                &internal["edge_key"],
+            )?,
         })
     }
 }
 
 async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<serde_json::Value> {
-    let Endpoints {
-        edges,
-        control,
-        token,
-    } = Endpoints::load(data)?;
+    let Endpoints { edges, admin, .. } = Endpoints::load(data)?;
     let mut samples = Vec::with_capacity(writes);
     for i in 0..writes {
         let op = moat_proto::write_request::Op::PutConnector(moat_proto::Connector {
@@ -254,7 +269,7 @@ async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<se
             sender_ip_addresses: vec![format!("198.51.100.{}/32", i % 250)],
             ..Default::default()
         });
-        let index = crate::admin::write_op_index(control.clone(), &token, op)
+        let index = crate::admin::write_op_index(&admin, op)
             .await
             .map_err(anyhow::Error::msg)?;
         let acked = Instant::now();
@@ -315,7 +330,9 @@ async fn signals(
     duration: f64,
 ) -> anyhow::Result<serde_json::Value> {
     use moat_proto::signal_client::SignalClient;
-    let Endpoints { control, token, .. } = Endpoints::load(data)?;
+    let Endpoints {
+        admin, edge_tls, ..
+    } = Endpoints::load(data)?;
     let run = std::process::id();
     let names: Vec<String> = (0..connectors.max(1))
         .map(|i| format!("bench-signals-{run}-{i}"))
@@ -329,24 +346,27 @@ async fn signals(
             sender_ip_addresses: vec![format!("198.18.{}.{}/32", i / 250, i % 250)],
             ..Default::default()
         });
-        crate::admin::write_op_index(control.clone(), &token, op)
+        crate::admin::write_op_index(&admin, op)
             .await
             .map_err(anyhow::Error::msg)?;
     }
     // The leader is the node that acknowledges a batch.
     let mut leader = None;
-    for addr in &control {
-        let url = format!("http://{}", addr.trim_start_matches("http://"));
-        let Ok(mut client) = SignalClient::connect(url.clone()).await else {
+    for addr in &admin.endpoints {
+        let Ok(endpoint) = moat_proto::mtls::endpoint(addr, edge_tls.as_ref()) else {
             continue;
         };
+        let Ok(channel) = endpoint.connect().await else {
+            continue;
+        };
+        let mut client = SignalClient::new(channel.clone());
         let probe = moat_proto::SignalBatch {
             edge_id: format!("bench-probe-{run}"),
             seq: 1,
             ..Default::default()
         };
         if client.report(probe).await.is_ok() {
-            leader = Some(url);
+            leader = Some(channel);
             break;
         }
     }
@@ -358,8 +378,7 @@ async fn signals(
             let leader = leader.clone();
             let keys: Vec<String> = names.iter().map(|n| format!("example.test/{n}")).collect();
             tokio::spawn(async move {
-                let mut client = SignalClient::connect(leader)
-                    .await?
+                let mut client = SignalClient::new(leader)
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20);
                 let mut acked: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
@@ -425,8 +444,7 @@ async fn signals(
     let elapsed = started.elapsed().as_secs_f64();
     let batches = latencies.len();
     let committed = crate::admin::read_op(
-        control.clone(),
-        &token,
+        &admin,
         moat_proto::ReadRequest {
             kind: "counters".into(),
             tenant: "example.test".into(),

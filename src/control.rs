@@ -57,6 +57,17 @@ pub struct ControlArgs {
     /// `/readyz` turns unready after this many seconds without a known leader.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     unready_after: u64,
+    /// The cluster's internal CA (PEM): gRPC is then served over mutual TLS, every caller
+    /// needs a certificate from it, and peers are called with `--tls-cert`. Without the three
+    /// `--tls-*` files gRPC is plaintext and admin calls are refused.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM; common name `moat-control`, DNS name `moat-control`).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +84,9 @@ struct ControlFile {
     seed: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
     snapshot_every: Option<u64>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
@@ -150,6 +164,25 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
+    let tls = match (
+        args.tls_ca.or(file.tls_ca),
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => {
+            let tls = moat_proto::mtls::InternalTls::load(&ca, &cert, &key)?;
+            if tls.role() != moat_proto::mtls::Role::Control {
+                bail!(
+                    "{} is a {} certificate; a control node needs a moat-control one",
+                    cert.display(),
+                    tls.role()
+                );
+            }
+            Some(tls)
+        }
+        _ => bail!("tls-ca, tls-cert and tls-key go together: set all three or none"),
+    };
     let mut options = Options::default();
     if let Some(n) = args.snapshot_every.or(file.snapshot_every) {
         options.snapshot_every = n;
@@ -166,6 +199,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         options,
         dev_clock: args.dev_clock,
         unready_after: Duration::from_secs(args.unready_after),
+        tls,
     })
 }
 
@@ -192,6 +226,12 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         tracing::warn!(
             node = id,
             "--dev-clock: the cluster clock can be moved by an operator; never use this in production"
+        );
+    }
+    if cfg.tls.is_none() {
+        tracing::warn!(
+            node = id,
+            "no --tls-ca/--tls-cert/--tls-key: gRPC is plaintext and every admin call is refused"
         );
     }
     let control = Control::start(cfg).await?;

@@ -18,6 +18,7 @@ use moat_edge::{Edge, EdgeConfig, EdgeError};
 use std::collections::BTreeMap;
 
 use moat_control::server::{Control, ControlConfig};
+use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
 use serde::Serialize;
 
@@ -61,6 +62,7 @@ struct Endpoints {
     control: Vec<ControlEndpoints>,
     admin: AdminEndpoints,
     tls: TlsEndpoints,
+    internal_tls: InternalTlsFiles,
     maildir: Option<PathBuf>,
     demo: Demo,
 }
@@ -89,6 +91,23 @@ struct AdminEndpoints {
     endpoint: String,
     endpoints: Vec<String>,
     token: String,
+    /// The admin certificate `moat admin --data DIR` uses.
+    tls: AdminTls,
+}
+
+#[derive(Serialize)]
+struct AdminTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// The internal PKI's CA and an edge certificate (for `moat bench signals`).
+#[derive(Serialize)]
+struct InternalTlsFiles {
+    ca: PathBuf,
+    edge_cert: PathBuf,
+    edge_key: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -117,6 +136,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let tls_dir = data.join("tls");
     let (ca, cert, key) = ensure_certificates(&tls_dir)?;
     let (edge_cert, edge_key) = (cert.clone(), key.clone());
+    // The internal PKI: mutual TLS between control nodes, edges and the admin tool.
+    let pki = crate::cert::dev_pki(&tls_dir.join("internal"))?;
+    let load = |(cert, key): &(PathBuf, PathBuf)| InternalTls::load(&pki.ca, cert, key);
+    let (control_tls, edge_tls, admin_tls) =
+        (load(&pki.control)?, load(&pki.edge)?, load(&pki.admin)?);
 
     let mut cfg = match &args.config {
         Some(path) => {
@@ -218,6 +242,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 options: Default::default(),
                 dev_clock: true,
                 unready_after: std::time::Duration::from_secs(5),
+                tls: Some(control_tls.clone()),
             };
             let control = Control::start(cfg).await.map_err(|e| {
                 anyhow::anyhow!("{e}; choose another port with --control-port (0: any free port)")
@@ -249,7 +274,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .arg(data.join("admin-token"))
                 .arg("--dev-clock")
                 .arg("--status-listen")
-                .arg(&status);
+                .arg(&status)
+                .arg("--tls-ca")
+                .arg(&pki.ca)
+                .arg("--tls-cert")
+                .arg(&pki.control.0)
+                .arg("--tls-key")
+                .arg(&pki.control.1);
             for (pid, paddr) in &peers {
                 cmd.arg("--peer").arg(format!("{pid}={paddr}"));
             }
@@ -269,19 +300,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let password = ensure_secret(&data.join("demo-password"), "", 12)?;
     // The first write waits for the cluster's first election; a loaded machine starting
     // several nodes may take longer than one admin call's retry budget.
+    let target = crate::admin::Target {
+        endpoints: control_addrs
+            .iter()
+            .map(|a| format!("https://{a}"))
+            .collect(),
+        token: token.clone(),
+        tls: Some(admin_tls),
+    };
     let started = std::time::Instant::now();
     loop {
-        let r = crate::admin::put_user(
-            control_addrs
-                .iter()
-                .map(|a| format!("http://{a}"))
-                .collect(),
-            &token,
-            "example.test",
-            DEMO_USER,
-            &password,
-        )
-        .await;
+        let r = crate::admin::put_user(&target, "example.test", DEMO_USER, &password).await;
         match r {
             Ok(()) => break,
             Err(e) if started.elapsed() > std::time::Duration::from_secs(90) => {
@@ -293,7 +322,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     // Edge 1, here.
     let policy = PolicyHandle::new(Default::default());
-    let (link, counters) = crate::start_control_link(&control_addrs, &cfg.node_id, &policy);
+    let (link, counters) =
+        crate::start_control_link(&control_addrs, Some(edge_tls), &cfg.node_id, &policy);
     let node = cfg.node_id.clone();
     let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
     let status_addr = status_listener.local_addr()?.to_string();
@@ -326,10 +356,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     // Alerts: emails go in through edge 1's mx listener, to the demo tenant's admin mailbox.
     if let Some(mx) = listeners.get("mx").and_then(|v| v.as_str()) {
-        let urls: Vec<String> = control_addrs
-            .iter()
-            .map(|a| format!("http://{a}"))
-            .collect();
         use moat_proto::write_request::Op;
         for op in [
             Op::SetAlertTransport(moat_proto::AlertTransport {
@@ -343,7 +369,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 webhook_secret: String::new(),
             }),
         ] {
-            crate::admin::write_op(urls.clone(), &token, op)
+            crate::admin::write_op(&target, op)
                 .await
                 .map_err(|e| anyhow::anyhow!("setting up alerts: {e}"))?;
         }
@@ -393,6 +419,10 @@ legacy-tls = "opt-in"
 [next-hop]
 kind = "maildir"
 path = {maildir:?}
+[control-tls]
+ca = {internal_ca:?}
+cert = {internal_cert:?}
+key = {internal_key:?}
 "#,
                 cert = edge_cert.display().to_string(),
                 key = edge_key.display().to_string(),
@@ -402,6 +432,9 @@ path = {maildir:?}
                 smtps = ports[2],
                 legacy = ports[4],
                 maildir = data.join("mail").display().to_string(),
+                internal_ca = pki.ca.display().to_string(),
+                internal_cert = pki.edge.0.display().to_string(),
+                internal_key = pki.edge.1.display().to_string(),
             );
             let path = data.join(format!("{id}.toml"));
             std::fs::write(&path, toml)?;
@@ -467,12 +500,19 @@ path = {maildir:?}
         edges,
         control: control_eps,
         admin: AdminEndpoints {
-            endpoint: format!("http://{}", control_addrs[0]),
-            endpoints: control_addrs
-                .iter()
-                .map(|a| format!("http://{a}"))
-                .collect(),
+            endpoint: format!("https://{}", control_addrs[0]),
+            endpoints: target.endpoints.clone(),
             token,
+            tls: AdminTls {
+                ca: pki.ca.clone(),
+                cert: pki.admin.0.clone(),
+                key: pki.admin.1.clone(),
+            },
+        },
+        internal_tls: InternalTlsFiles {
+            ca: pki.ca.clone(),
+            edge_cert: pki.edge.0.clone(),
+            edge_key: pki.edge.1.clone(),
         },
         tls: TlsEndpoints { ca: ca.clone() },
         maildir: maildir.clone(),

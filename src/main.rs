@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod cert;
 mod control;
 mod dev;
 
@@ -14,8 +15,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use moat_edge::control::{Counters, LinkStatus};
 use moat_edge::{Edge, EdgeConfig};
+use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
 
 /// Moat: an SMTP edge cluster with a control plane.
@@ -46,6 +49,9 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Benchmark: an SMTP load generator and a discarding next-hop sink.
     Bench(bench::BenchArgs),
+    /// The cluster's internal PKI: a CA, and certificates for control nodes, edges and
+    /// administrators (mutual TLS on gRPC).
+    Cert(cert::CertArgs),
 }
 
 /// Options of `moat edge`.
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
             Command::Edge(args) => run_edge(args).await,
             Command::Control(args) => control::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Cert(args) => cert::run(args),
             Command::Admin(_) => Ok(()),
         }
     });
@@ -117,7 +124,6 @@ fn main() -> ExitCode {
 }
 
 async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let cfg = EdgeConfig::parse(&text).with_context(|| format!("in {}", args.config.display()))?;
@@ -132,8 +138,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             (PolicyHandle::new(snapshot), None)
         }
         None => {
+            let tls = edge_control_tls(&cfg)?;
             let policy = PolicyHandle::new(Default::default());
-            let link = start_control_link(&args.control, &edge_id, &policy);
+            let link = start_control_link(&args.control, tls, &edge_id, &policy);
             (policy, Some(link))
         }
     };
@@ -167,9 +174,26 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The edge's `[control-tls]` material, checked to be an edge certificate.
+pub fn edge_control_tls(cfg: &EdgeConfig) -> anyhow::Result<Option<InternalTls>> {
+    let Some(t) = &cfg.control_tls else {
+        return Ok(None);
+    };
+    let tls = InternalTls::load(&t.ca, &t.cert, &t.key).context("in [control-tls]")?;
+    if tls.role() != moat_proto::mtls::Role::Edge {
+        anyhow::bail!(
+            "in [control-tls]: {} is a {} certificate; an edge needs a moat-edge one",
+            t.cert.display(),
+            tls.role()
+        );
+    }
+    Ok(Some(tls))
+}
+
 /// Starts the policy watch and the counter reports against `control`.
 pub fn start_control_link(
     control: &[String],
+    tls: Option<InternalTls>,
     edge_id: &str,
     policy: &PolicyHandle,
 ) -> (Arc<LinkStatus>, Arc<Counters>) {
@@ -177,12 +201,14 @@ pub fn start_control_link(
     let counters = Arc::new(Counters::default());
     tokio::spawn(moat_edge::control::watch(
         control.to_vec(),
+        tls.clone(),
         edge_id.to_owned(),
         policy.clone(),
         Arc::clone(&status),
     ));
     tokio::spawn(moat_edge::control::report(
         control.to_vec(),
+        tls,
         edge_id.to_owned(),
         Arc::clone(&counters),
         policy.clone(),

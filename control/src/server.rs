@@ -18,6 +18,7 @@ use moat_proto::convert::{
     baseline_from_wire, connector_from_wire, connector_to_wire, restricted_to_wire, step_from_wire,
     step_to_wire, tenant_from_wire, tenant_to_wire, user_to_wire,
 };
+use moat_proto::mtls::{caller_role, InternalTls, Role as CertRole};
 use moat_proto::v1;
 use moat_shared::time::now_ms;
 use moat_shared::{Domain, EntityKind, Seed, Tenant, TenantId};
@@ -73,6 +74,9 @@ pub struct ControlConfig {
     /// `/readyz` turns unready once the node has known no leader for this long (a node cut
     /// off from a quorum, or a cluster without one).
     pub unready_after: Duration,
+    /// Mutual TLS on gRPC (served and toward peers). Without it the channels are plaintext
+    /// and every admin call is refused.
+    pub tls: Option<InternalTls>,
 }
 
 /// Why the node stopped.
@@ -144,9 +148,28 @@ struct Shared {
     edges: Mutex<BTreeMap<String, EdgeSeen>>,
     dev_clock: bool,
     unready_after: Duration,
+    /// Whether gRPC is served over mutual TLS (callers then have a verified certificate).
+    mtls: bool,
 }
 
 impl Shared {
+    /// Refuses a caller whose certificate does not give one of `roles` (only under mutual
+    /// TLS; without it the caller is anonymous and only the admin API refuses it).
+    fn require<T>(&self, req: &Request<T>, roles: &[CertRole], what: &str) -> Result<(), Status> {
+        if !self.mtls {
+            return Ok(());
+        }
+        match caller_role(req) {
+            Some((role, _)) if roles.contains(&role) => Ok(()),
+            Some((_, cn)) => Err(Status::permission_denied(format!(
+                "certificate `{cn}` may not call {what}"
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "{what} needs a client certificate from the cluster's CA"
+            ))),
+        }
+    }
+
     fn send(&self, r: Req) {
         if let Ok(tx) = self.tx.lock() {
             let _ = tx.send(r);
@@ -197,6 +220,7 @@ fn random_hex(n: usize) -> String {
 pub struct Control {
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    tls: Option<InternalTls>,
 }
 
 impl Control {
@@ -238,6 +262,7 @@ impl Control {
             edges: Mutex::new(BTreeMap::new()),
             dev_clock: cfg.dev_clock,
             unready_after: cfg.unready_after,
+            mtls: cfg.tls.is_some(),
         });
         let mut addresses = cfg.peers.clone();
         addresses.insert(cfg.id, advertise.clone());
@@ -263,12 +288,17 @@ impl Control {
             published_tokens: None,
             published_applied: u64::MAX,
             tick: cfg.tick,
+            tls: cfg.tls.clone(),
         };
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
             .spawn(move || thread.run())
             .map_err(|e| ControlError::Bind(cfg.listen, e))?;
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            tls: cfg.tls,
+        })
     }
 
     /// The address gRPC listens on.
@@ -334,7 +364,11 @@ impl Control {
         let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&self.shared)));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.server())?;
+        }
+        let server = builder
             .add_service(
                 v1::raft_server::RaftServer::new(svc.clone())
                     .max_decoding_message_size(MAX_MESSAGE),
@@ -492,6 +526,8 @@ struct NodeThread {
     tx: std_mpsc::Sender<Req>,
     rt: tokio::runtime::Handle,
     advertise: String,
+    /// Client side toward peers.
+    tls: Option<InternalTls>,
     addresses: BTreeMap<u64, String>,
     transports: HashMap<u64, (String, mpsc::Sender<Vec<Message>>)>,
     pending: HashMap<u64, (Instant, Reply<Outcome>)>,
@@ -759,6 +795,7 @@ impl NodeThread {
                 self.advertise.clone(),
                 to,
                 addr.clone(),
+                self.tls.clone(),
                 rx,
                 self.tx.clone(),
             ));
@@ -915,10 +952,11 @@ async fn peer_task(
     from_address: String,
     to: u64,
     addr: String,
+    tls: Option<InternalTls>,
     mut rx: mpsc::Receiver<Vec<Message>>,
     node: std_mpsc::Sender<Req>,
 ) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+    let endpoint = match moat_proto::mtls::endpoint(&addr, tls.as_ref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10)),
@@ -976,6 +1014,8 @@ struct Services {
 #[tonic::async_trait]
 impl v1::raft_server::Raft for Services {
     async fn send(&self, req: Request<v1::RaftBatch>) -> Result<Response<v1::RaftAck>, Status> {
+        self.shared
+            .require(&req, &[CertRole::Control], "the raft service")?;
         let batch = req.into_inner();
         for b in &batch.messages {
             match decode_message(b) {
@@ -999,6 +1039,8 @@ impl v1::policy_server::Policy for Services {
         &self,
         req: Request<tonic::Streaming<v1::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.shared
+            .require(&req, &[CertRole::Edge], "the policy service")?;
         let mut inbound = req.into_inner();
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
@@ -1027,6 +1069,8 @@ impl v1::signal_server::Signal for Services {
         &self,
         req: Request<v1::SignalBatch>,
     ) -> Result<Response<v1::SignalAck>, Status> {
+        self.shared
+            .require(&req, &[CertRole::Edge], "the signal service")?;
         let b = req.into_inner();
         if b.edge_id.is_empty() || b.seq == 0 {
             return Err(Status::invalid_argument(
@@ -1098,6 +1142,16 @@ impl Principal {
 
 impl Services {
     fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        // A token sent in clear could be read and replayed: refuse it unless it came over
+        // mutual TLS with an admin certificate.
+        if !self.shared.mtls {
+            return Err(Status::permission_denied(
+                "this control node serves gRPC without TLS, so it refuses admin calls; start \
+                 it with --tls-ca, --tls-cert and --tls-key (moat dev does)",
+            ));
+        }
+        self.shared
+            .require(req, &[CertRole::Admin], "the admin service")?;
         let token = req
             .metadata()
             .get("authorization")

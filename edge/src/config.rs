@@ -93,6 +93,21 @@ pub struct EdgeConfig {
     pub next_hop: Option<NextHopConfig>,
     /// Where relayed mail goes; without it, to `next_hop`.
     pub outbound_next_hop: Option<NextHopConfig>,
+    /// Mutual TLS toward the control plane: the cluster's internal CA and this edge's
+    /// certificate (common name `moat-edge`).
+    pub control_tls: Option<ControlTls>,
+}
+
+/// `[control-tls]`: PEM files of the internal PKI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTls {
+    /// The internal CA that issued the control nodes' certificates.
+    pub ca: PathBuf,
+    /// This edge's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl Default for EdgeConfig {
@@ -112,6 +127,7 @@ impl Default for EdgeConfig {
             listeners: Vec::new(),
             next_hop: None,
             outbound_next_hop: None,
+            control_tls: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moat_proto::convert::snapshot_from_wire;
+use moat_proto::mtls::InternalTls;
 use moat_proto::v1;
 use moat_shared::time::now_ms;
 use moat_shared::PolicyHandle;
@@ -65,13 +66,8 @@ impl LinkStatus {
     }
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)?
+fn endpoint(addr: &str, tls: Option<&InternalTls>) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(moat_proto::mtls::endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(3))
@@ -133,13 +129,14 @@ impl Counters {
 /// Keeps the policy handle fed from the control plane, forever.
 pub async fn watch(
     endpoints: Vec<String>,
+    tls: Option<InternalTls>,
     edge_id: String,
     policy: PolicyHandle,
     status: Arc<LinkStatus>,
 ) {
     let mut backoff = Duration::from_millis(100);
     for addr in endpoints.iter().cycle() {
-        match watch_once(addr, &edge_id, &policy, &status).await {
+        match watch_once(addr, tls.as_ref(), &edge_id, &policy, &status).await {
             Ok(()) => tracing::warn!(control = %addr, "policy stream ended"),
             Err(e) => tracing::warn!(control = %addr, "policy stream: {e}"),
         }
@@ -153,11 +150,12 @@ pub async fn watch(
 
 async fn watch_once(
     addr: &str,
+    tls: Option<&InternalTls>,
     edge_id: &str,
     policy: &PolicyHandle,
     status: &LinkStatus,
 ) -> Result<(), String> {
-    let channel = endpoint(addr)
+    let channel = endpoint(addr, tls)
         .map_err(|e| e.to_string())?
         .connect()
         .await
@@ -250,6 +248,7 @@ fn retire(previous: Arc<moat_shared::PolicySnapshot>) {
 /// Sends counter batches to the leader about once a second, forever.
 pub async fn report(
     endpoints: Vec<String>,
+    tls: Option<InternalTls>,
     edge_id: String,
     counters: Arc<Counters>,
     policy: PolicyHandle,
@@ -302,7 +301,7 @@ pub async fn report(
             };
             let client = match clients.get(&addr) {
                 Some(c) => c.clone(),
-                None => match endpoint(&addr) {
+                None => match endpoint(&addr, tls.as_ref()) {
                     Ok(e) => {
                         let c = v1::signal_client::SignalClient::new(e.connect_lazy());
                         clients.insert(addr.clone(), c.clone());

@@ -5,6 +5,7 @@
 //! [`convert`] as soon as they arrive and never pass them around inside.
 
 pub mod convert;
+pub mod mtls;
 
 /// Everything `moat.proto` defines (package `moat.v1`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used)]

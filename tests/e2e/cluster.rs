@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::harness::{moat, run, runtime, Dev, TempDir, ANY_PORTS};
+use crate::harness::{moat, run, runtime, Dev, Pki, TempDir, ANY_PORTS};
 
 const TOKEN: &str = "moat_test_operator_token";
 
@@ -36,6 +36,7 @@ struct EdgeProc {
 /// Control nodes and edges as child processes; everything is killed on drop.
 struct Cluster {
     dir: TempDir,
+    pki: Pki,
     nodes: Vec<Node>,
     edges: Vec<EdgeProc>,
 }
@@ -58,7 +59,9 @@ impl Cluster {
                 child: None,
             })
             .collect();
+        let pki = Pki::new(&dir.0.join("pki"));
         let mut c = Self {
+            pki,
             dir,
             nodes,
             edges: Vec::new(),
@@ -101,7 +104,8 @@ impl Cluster {
             .arg("--status-listen")
             .arg(&n.status)
             .arg("--unready-after")
-            .arg("1");
+            .arg("1")
+            .args(self.pki.control_args());
         for p in &peers {
             cmd.arg("--peer").arg(p);
         }
@@ -130,6 +134,7 @@ impl Cluster {
             .arg("--join")
             .arg("--admin-token-file")
             .arg(self.dir.0.join("token"))
+            .args(self.pki.control_args())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -165,8 +170,9 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "node-id = \"edge-{i}\"\nready-stale-after = \"2s\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n",
-                    self.dir.0.join("mail").display().to_string()
+                    "node-id = \"edge-{i}\"\nready-stale-after = \"2s\"\n[[listener]]\nkind = \"mx\"\naddress = \"{mx}\"\n[next-hop]\nkind = \"maildir\"\npath = {:?}\n{}",
+                    self.dir.0.join("mail").display().to_string(),
+                    self.pki.edge_toml()
                 ),
             )
             .expect("edge config");
@@ -201,9 +207,17 @@ impl Cluster {
         panic!("edge {i} would not start; see its log");
     }
 
+    /// `moat admin` with this cluster's admin certificate.
+    fn admin_cmd(&self) -> std::process::Command {
+        let mut cmd = moat();
+        cmd.arg("admin");
+        self.pki.admin_env(&mut cmd);
+        cmd
+    }
+
     fn admin(&self, args: &[&str]) -> (i32, String, String) {
-        let out = moat()
-            .arg("admin")
+        let out = self
+            .admin_cmd()
             .arg("--endpoint")
             .arg(self.control_list())
             .arg("--token")
@@ -413,8 +427,9 @@ fn admin_changes_reach_every_edge() {
     // Both edges report what they applied; the node they watch lists them.
     let mut seen = std::collections::BTreeSet::new();
     for n in &c.nodes {
-        let out = moat()
-            .args(["admin", "--endpoint", &n.address, "--token", TOKEN])
+        let out = c
+            .admin_cmd()
+            .args(["--endpoint", &n.address, "--token", TOKEN])
             .args(["cluster", "status", "-o", "json", "--stale-ok"])
             .output()
             .expect("status");
@@ -429,8 +444,9 @@ fn admin_changes_reach_every_edge() {
     );
     assert!(send_mail(&c.edges[e2].mx, "alice@example.test").starts_with("250"));
     // The cluster clock of a production cluster (no --dev-clock) does not move.
-    let out = moat()
-        .args(["admin", "--endpoint", &c.nodes[0].address, "--token", TOKEN])
+    let out = c
+        .admin_cmd()
+        .args(["--endpoint", &c.nodes[0].address, "--token", TOKEN])
         .args(["dev", "clock", "set", "--days", "30"])
         .output()
         .expect("admin");
@@ -647,15 +663,9 @@ fn nodes_join_and_leave_while_the_cluster_commits() {
     // The new node has the data (a stale read served by node 4 itself).
     let t0 = Instant::now();
     loop {
-        let out = moat()
-            .args([
-                "admin",
-                "--endpoint",
-                &address,
-                "--token",
-                TOKEN,
-                "--stale-ok",
-            ])
+        let out = c
+            .admin_cmd()
+            .args(["--endpoint", &address, "--token", TOKEN, "--stale-ok"])
             .args(["tenant", "list", "-o", "json"])
             .output()
             .expect("admin");
@@ -716,13 +726,14 @@ fn a_tenant_admin_token_is_confined_to_its_tenant() {
     let reader = reader["secret"].as_str().expect("secret").to_owned();
 
     let as_token = |token: &str, args: &[&str]| {
-        run(moat()
-            .args(["admin", "--endpoint", &c.control_list(), "--token", token])
+        run(c
+            .admin_cmd()
+            .args(["--endpoint", &c.control_list(), "--token", token])
             .args(args))
     };
     let code = |token: &str, args: &[&str]| {
-        moat()
-            .args(["admin", "--endpoint", &c.control_list(), "--token", token])
+        c.admin_cmd()
+            .args(["--endpoint", &c.control_list(), "--token", token])
             .args(args)
             .output()
             .expect("admin")

@@ -28,6 +28,72 @@ impl Drop for TempDir {
     }
 }
 
+/// An internal PKI made with `moat cert`: a CA and a control, an edge and an admin
+/// certificate.
+pub struct Pki {
+    /// Where the files are.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Creates the CA and the three certificates in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let cert = |args: &[&str]| {
+            let (ok, out, err) = run(moat().arg("cert").args(args).arg("--dir").arg(dir));
+            assert!(ok, "moat cert {args:?}: {out}{err}");
+        };
+        cert(&["ca"]);
+        cert(&[
+            "issue",
+            "--role",
+            "control",
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "localhost",
+        ]);
+        cert(&["issue", "--role", "edge"]);
+        cert(&["issue", "--role", "admin"]);
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A file of the PKI, as a string.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `moat control`'s TLS flags.
+    pub fn control_args(&self) -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            self.file("ca.pem"),
+            "--tls-cert".into(),
+            self.file("control.pem"),
+            "--tls-key".into(),
+            self.file("control-key.pem"),
+        ]
+    }
+
+    /// An edge configuration's `[control-tls]` table.
+    pub fn edge_toml(&self) -> String {
+        format!(
+            "[control-tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.file("ca.pem"),
+            self.file("edge.pem"),
+            self.file("edge-key.pem")
+        )
+    }
+
+    /// Gives `moat admin` the admin certificate (through its environment variables).
+    pub fn admin_env(&self, cmd: &mut Command) {
+        cmd.env("MOAT_TLS_CA", self.file("ca.pem"))
+            .env("MOAT_TLS_CERT", self.file("admin.pem"))
+            .env("MOAT_TLS_KEY", self.file("admin-key.pem"));
+    }
+}
+
 /// A running `moat dev`.
 pub struct Dev {
     child: Child,

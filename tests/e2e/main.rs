@@ -16,5 +16,6 @@ mod limits;
 mod next_hop;
 mod observability;
 mod onprem;
+mod security;
 mod submission;
 mod tls_proxy;

@@ -14,16 +14,23 @@ needed. Checks:
     a string where an integer is expected);
   * what the chart promises: quorum-keeping PDBs, externalTrafficPolicy Local, a grace
     period longer than preStop + drain, the edge.toml the edge parses, the dashboard
-    ConfigMap, monitoring objects only when asked for, the scale-up path.
+    ConfigMap, monitoring objects only when asked for, the scale-up path;
+  * internal gRPC mutual TLS (on by default): three certificates (control, edge, admin) from
+    each source (generated, cert-manager, existing Secrets), wired into the control flags,
+    edge.toml's [control-tls], the scale-up Job and the control pods; the generated
+    certificates are checked with `openssl` (subject CN, SANs, key usages, chain).
 
 Run: python3 tests/helm/test_chart.py   (dependencies: tests/helm/requirements.txt)
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import unittest
@@ -39,6 +46,12 @@ HA_VALUES = CHART / "ci" / "ha-values.yaml"
 KUBE_VERSION = "1.30.0"
 RELEASE = "moat"
 NAMESPACE = "mail"
+INTERNAL_TLS = "/etc/moat/internal-tls"
+ADMIN_TLS = "/etc/moat/admin-tls"
+CONTROL_TLS_FLAGS = (f"--tls-ca {INTERNAL_TLS}/ca.crt --tls-cert {INTERNAL_TLS}/tls.crt "
+                     f"--tls-key {INTERNAL_TLS}/tls.key")
+ADMIN_TLS_FLAGS = (f"--tls-ca {ADMIN_TLS}/ca.crt --tls-cert {ADMIN_TLS}/tls.crt "
+                   f"--tls-key {ADMIN_TLS}/tls.key")
 
 # Custom resources: kubernetes-validate ships only the built-in API's schemas.
 CRD_KINDS = {
@@ -97,6 +110,27 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
 def edge_toml(objects: list[dict]) -> dict:
     cm = one(objects, "ConfigMap", f"{RELEASE}-edge")
     return tomllib.loads(cm["data"]["edge.toml"])
+
+
+def control_script(objects: list[dict]) -> str:
+    sts = one(objects, "StatefulSet", f"{RELEASE}-control")
+    return sts["spec"]["template"]["spec"]["containers"][0]["command"][2]
+
+
+def secret_volumes(pod_spec: dict) -> dict[str, str]:
+    """Mount path -> Secret name, over the pod's first container."""
+    secrets = {v["name"]: v["secret"]["secretName"]
+               for v in pod_spec.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]]
+            for m in pod_spec["containers"][0].get("volumeMounts", [])
+            if m["name"] in secrets}
+
+
+def openssl(*args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def duration_seconds(text: str) -> float:
@@ -281,9 +315,18 @@ class SemanticsTest(unittest.TestCase):
         self.assertEqual([int(i) for i, _ in added], [4, 5])
         self.assertEqual(job["spec"]["template"]["metadata"]["labels"]
                          ["app.kubernetes.io/component"], "admin")
+        # Control nodes refuse admin calls without mutual TLS: every `moat admin` of the Job
+        # carries the admin certificate (CN moat-admin), never the edge or control one.
+        calls = re.findall(r"moat admin\b[^;\n]*", job_script)
+        self.assertEqual(len(calls), 2, job_script)
+        for call in calls:
+            self.assertIn(f"moat admin {ADMIN_TLS_FLAGS} cluster ", call)
+        self.assertEqual(secret_volumes(job["spec"]["template"]["spec"]),
+                         {ADMIN_TLS: f"{RELEASE}-admin-tls"})
         self.assertEqual(find(Rendered.get("defaults"), "Job"), [])
         log("replicas 5 over 3 founding members: pods 3-4 start with --join, hook Job "
-            "adds ids 4 and 5; no Job when replicas = founding members")
+            f"adds ids 4 and 5 with the admin certificate ({RELEASE}-admin-tls at {ADMIN_TLS}, "
+            "--tls-ca/--tls-cert/--tls-key); no Job when replicas = founding members")
 
     def test_edges(self):
         for label in ("defaults", "ha"):
@@ -308,12 +351,16 @@ class SemanticsTest(unittest.TestCase):
             args = container["args"]
             control = [a for a in args if a.startswith("--control=")][0]
             self.assertEqual(len(control.split(",")), 5 if label == "ha" else 3)
-            # Internal mTLS is off by default (the binary does not take its flags yet).
-            self.assertNotIn("control-tls", config)
+            # Internal mTLS (on by default): the edge certificate through [control-tls].
+            self.assertEqual(config["control-tls"], {"ca": f"{INTERNAL_TLS}/ca.crt",
+                                                     "cert": f"{INTERNAL_TLS}/tls.crt",
+                                                     "key": f"{INTERNAL_TLS}/tls.key"})
+            self.assertEqual(secret_volumes(pod)[INTERNAL_TLS], f"{RELEASE}-edge-tls")
             hpa = one(objects, "HorizontalPodAutoscaler")
             log(f"{label}: LoadBalancer externalTrafficPolicy Local on 25/587/465; grace "
                 f"{grace}s > preStop {pre_stop}s + drain {drain:g}s; edge.toml parses "
-                f"(listeners mx/submission/smtps); HPA {hpa['spec']['minReplicas']}.."
+                f"(listeners mx/submission/smtps, [control-tls] with the {RELEASE}-edge-tls "
+                f"Secret); HPA {hpa['spec']['minReplicas']}.."
                 f"{hpa['spec']['maxReplicas']}")
         hpa = one(Rendered.get("ha"), "HorizontalPodAutoscaler")
         self.assertEqual((hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]), (3, 20))
@@ -357,40 +404,28 @@ class SemanticsTest(unittest.TestCase):
     def test_tls_sources(self):
         defaults, ha = Rendered.get("defaults"), Rendered.get("ha")
         secrets = {s["metadata"]["name"] for s in find(defaults, "Secret")}
-        self.assertEqual(secrets, {f"{RELEASE}-admin-token", f"{RELEASE}-smtp-tls"})
+        self.assertEqual(secrets, {f"{RELEASE}-admin-token", f"{RELEASE}-smtp-tls",
+                                   f"{RELEASE}-generated-ca", f"{RELEASE}-control-tls",
+                                   f"{RELEASE}-edge-tls", f"{RELEASE}-admin-tls"})
         self.assertEqual(find(defaults, "Certificate"), [])
-        self.assertEqual({c["metadata"]["name"] for c in find(ha, "Certificate")},
-                         {f"{RELEASE}-smtp"})
-        # The internal mTLS plumbing, rendered on request (off by default and in ha).
-        internal = manifests(render({"tls": {"internal": {"enabled": True}}}))
-        self.assertEqual({s["metadata"]["name"] for s in find(internal, "Secret")},
-                         {f"{RELEASE}-admin-token", f"{RELEASE}-smtp-tls",
-                          f"{RELEASE}-control-tls", f"{RELEASE}-client-tls"})
-        self.assertIn("control-tls", edge_toml(internal))
-        ha_values = load_values(HA_VALUES)
-        ha_values["tls"]["internal"] = {"enabled": True, "certManager": {"enabled": True}}
-        ha = manifests(render(ha_values))
+        # ha: cert-manager for SMTP (a ClusterIssuer) and for internal mTLS (a private CA).
         certs = {c["metadata"]["name"]: c for c in find(ha, "Certificate")}
         self.assertEqual(set(certs), {f"{RELEASE}-smtp", f"{RELEASE}-internal-ca",
-                                      f"{RELEASE}-control-tls", f"{RELEASE}-client-tls"})
+                                      f"{RELEASE}-control-tls", f"{RELEASE}-edge-tls",
+                                      f"{RELEASE}-admin-tls"})
         self.assertEqual(certs[f"{RELEASE}-smtp"]["spec"]["issuerRef"]["kind"], "ClusterIssuer")
-        self.assertIn(f"*.{RELEASE}-control-headless.{NAMESPACE}.svc.cluster.local",
-                      certs[f"{RELEASE}-control-tls"]["spec"]["dnsNames"])
         self.assertEqual({s["metadata"]["name"] for s in find(ha, "Secret")},
                          {f"{RELEASE}-admin-token"})
-        sts = one(internal, "StatefulSet")
-        script = sts["spec"]["template"]["spec"]["containers"][0]["command"][2]
-        self.assertIn("--tls-ca /etc/moat/internal-tls/ca.crt", script)
-        self.assertIn("--admin-token-file /etc/moat/admin/token", script)
         existing = manifests(render({
             "adminToken": {"existingSecret": "ops-token"},
             "tls": {"smtp": {"existingSecret": "mx-cert"},
-                    "internal": {"existingSecret": {"control": "c", "client": "e"}}},
+                    "internal": {"existingSecret": {"control": "c", "edge": "e",
+                                                    "admin": "a"}}},
         }))
         self.assertEqual(find(existing, "Secret"), [])
-        log("defaults: chart-generated admin token and SMTP Secrets; ha: a cert-manager "
-            "Certificate for SMTP from a ClusterIssuer; internal mTLS on request: generated "
-            "Secrets, or cert-manager Certificates from a private CA; existing Secrets "
+        log("defaults: chart-generated admin token, SMTP and internal mTLS Secrets (CA, "
+            "control, edge, admin); ha: cert-manager Certificates for SMTP from a "
+            "ClusterIssuer and for internal mTLS from a private CA; existing Secrets "
             "replace every generated one")
 
     def test_network_policy(self):
@@ -405,6 +440,179 @@ class SemanticsTest(unittest.TestCase):
         smtp_rule = edge["spec"]["ingress"][0]
         self.assertNotIn("from", smtp_rule)
         log("NetworkPolicy: control gRPC from control/edge/admin pods only; SMTP from anywhere")
+
+
+class InternalTlsTest(unittest.TestCase):
+    """Internal gRPC mutual TLS: control, edge and admin certificates from one CA."""
+
+    ROLES = {"control": "moat-control", "edge": "moat-edge", "admin": "moat-admin"}
+
+    def assert_wired(self, objects: list[dict], secrets: dict[str, str]) -> None:
+        """Control flags and mounts, edge.toml and mounts, for role -> Secret name."""
+        sts = one(objects, "StatefulSet", f"{RELEASE}-control")["spec"]["template"]["spec"]
+        self.assertIn(f'set -- "$@" {CONTROL_TLS_FLAGS}\n', control_script(objects))
+        self.assertEqual(
+            {k: v for k, v in secret_volumes(sts).items() if k != "/etc/moat/admin"},
+            {INTERNAL_TLS: secrets["control"], ADMIN_TLS: secrets["admin"]})
+        env = {e["name"]: e.get("value") for e in sts["containers"][0]["env"]}
+        self.assertEqual({k: v for k, v in env.items() if k.startswith("MOAT_TLS_")},
+                         {"MOAT_TLS_CA": f"{ADMIN_TLS}/ca.crt",
+                          "MOAT_TLS_CERT": f"{ADMIN_TLS}/tls.crt",
+                          "MOAT_TLS_KEY": f"{ADMIN_TLS}/tls.key"})
+        edge = one(objects, "Deployment", f"{RELEASE}-edge")["spec"]["template"]["spec"]
+        self.assertEqual(edge_toml(objects)["control-tls"],
+                         {"ca": f"{INTERNAL_TLS}/ca.crt", "cert": f"{INTERNAL_TLS}/tls.crt",
+                          "key": f"{INTERNAL_TLS}/tls.key"})
+        self.assertEqual(secret_volumes(edge)[INTERNAL_TLS], secrets["edge"])
+        self.assertNotIn(ADMIN_TLS, secret_volumes(edge))
+
+    def test_generated_by_default(self):
+        objects = Rendered.get("defaults")
+        names = {role: f"{RELEASE}-{role}-tls" for role in self.ROLES}
+        self.assert_wired(objects, names)
+        secrets = {s["metadata"]["name"]: s for s in find(objects, "Secret")}
+        ca_secret = secrets[f"{RELEASE}-generated-ca"]
+        self.assertEqual(ca_secret["type"], "kubernetes.io/tls")
+        ca_pem = base64.b64decode(ca_secret["data"]["tls.crt"]).decode()
+        self.assertIn("CA:TRUE", openssl("x509", "-noout", "-ext", "basicConstraints",
+                                         stdin=ca_pem))
+        with tempfile.TemporaryDirectory() as tmp:
+            ca_file = Path(tmp) / "ca.crt"
+            ca_file.write_text(ca_pem)
+            for role, cn in self.ROLES.items():
+                with self.subTest(role):
+                    secret = secrets[names[role]]
+                    self.assertEqual(secret["type"], "kubernetes.io/tls")
+                    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+                    self.assertEqual(set(data), {"tls.crt", "tls.key", "ca.crt"})
+                    self.assertEqual(data["ca.crt"], ca_pem)
+                    self.assertIn("PRIVATE KEY", data["tls.key"])
+                    text = openssl("x509", "-noout", "-subject", "-nameopt", "RFC2253",
+                                   "-ext", "subjectAltName,extendedKeyUsage",
+                                   stdin=data["tls.crt"])
+                    self.assertRegex(text, rf"(?m)^subject=CN={cn}$")
+                    self.assertIn("TLS Web Client Authentication", text)
+                    leaf = Path(tmp) / f"{role}.crt"
+                    leaf.write_text(data["tls.crt"])
+                    # The key belongs to the certificate.
+                    self.assertEqual(
+                        openssl("x509", "-noout", "-pubkey", stdin=data["tls.crt"]),
+                        openssl("pkey", "-pubout", stdin=data["tls.key"]))
+                    # Issued by the CA, valid for client authentication.
+                    openssl("verify", "-CAfile", str(ca_file), "-purpose", "sslclient",
+                            str(leaf))
+                    if role == "control":
+                        sans = re.findall(r"DNS:([^,\s]+)", text)
+                        self.assertEqual(sans[0], "moat-control")
+                        self.assertIn(f"*.{RELEASE}-control-headless.{NAMESPACE}.svc."
+                                      "cluster.local", sans)
+                        self.assertIn(f"{RELEASE}-control.{NAMESPACE}.svc.cluster.local",
+                                      sans)
+                        self.assertIn("TLS Web Server Authentication", text)
+                        # What every client checks: the name moat-control, as a server.
+                        openssl("verify", "-CAfile", str(ca_file), "-purpose", "sslserver",
+                                "-verify_hostname", "moat-control", str(leaf))
+                    else:
+                        self.assertNotIn("DNS:", text)
+                        with self.assertRaises(AssertionError):
+                            openssl("verify", "-CAfile", str(ca_file), "-verify_hostname",
+                                    "moat-control", str(leaf))
+        log("defaults: a generated CA and three certificates issued by it (openssl verify): "
+            "CN moat-control with DNS SAN moat-control and the headless/Service names "
+            "(server+client auth), CN moat-edge and CN moat-admin (client auth, no SAN: "
+            "not valid as moat-control); control args carry --tls-ca/--tls-cert/--tls-key, "
+            "control pods mount the admin certificate with MOAT_TLS_*, edges read "
+            "[control-tls]")
+
+    def test_cert_manager(self):
+        objects = Rendered.get("ha")
+        names = {role: f"{RELEASE}-{role}-tls" for role in self.ROLES}
+        self.assert_wired(objects, names)
+        certs = {c["metadata"]["name"]: c["spec"] for c in find(objects, "Certificate")}
+        issuers = {i["metadata"]["name"]: i["spec"] for i in find(objects, "Issuer")}
+        self.assertEqual(set(issuers), {f"{RELEASE}-selfsigned", f"{RELEASE}-internal-ca"})
+        self.assertTrue(certs[f"{RELEASE}-internal-ca"]["isCA"])
+        self.assertEqual(issuers[f"{RELEASE}-internal-ca"]["ca"]["secretName"],
+                         certs[f"{RELEASE}-internal-ca"]["secretName"])
+        for role, cn in self.ROLES.items():
+            with self.subTest(role):
+                spec = certs[names[role]]
+                self.assertEqual(spec["secretName"], names[role])
+                self.assertEqual(spec["commonName"], cn)
+                self.assertEqual(spec["issuerRef"]["name"], f"{RELEASE}-internal-ca")
+                self.assertIn("client auth", spec["usages"])
+                if role == "control":
+                    self.assertEqual(spec["dnsNames"][0], "moat-control")
+                    self.assertIn(f"*.{RELEASE}-control-headless.{NAMESPACE}.svc."
+                                  "cluster.local", spec["dnsNames"])
+                    self.assertIn("server auth", spec["usages"])
+                else:
+                    self.assertNotIn("dnsNames", spec)
+                    self.assertNotIn("server auth", spec["usages"])
+        # An issuer of one's own: no private CA objects.
+        values = load_values(HA_VALUES)
+        values["tls"]["internal"]["certManager"]["issuerRef"] = {
+            "name": "internal-ca", "kind": "ClusterIssuer"}
+        own = manifests(render(values))
+        self.assertEqual(find(own, "Issuer"), [])
+        self.assertEqual({c["metadata"]["name"] for c in find(own, "Certificate")},
+                         {f"{RELEASE}-smtp", *names.values()})
+        for cert in find(own, "Certificate"):
+            if cert["metadata"]["name"] != f"{RELEASE}-smtp":
+                self.assertEqual(cert["spec"]["issuerRef"]["name"], "internal-ca")
+        log("ha (cert-manager): self-signed Issuer -> CA Certificate -> CA Issuer, then "
+            "Certificates with commonName moat-control (dnsNames moat-control, headless "
+            "and Service names; server+client auth), moat-edge and moat-admin (client auth); "
+            "with issuerRef.name set, no private CA objects")
+
+    def test_existing_secrets(self):
+        existing = {"control": "ops-control", "edge": "ops-edge", "admin": "ops-admin"}
+        values = {"control": {"replicas": 5, "foundingMembers": 3},
+                  "tls": {"internal": {"existingSecret": existing,
+                                       "certManager": {"enabled": True}}}}
+        objects = manifests(render(values))
+        self.assertEqual({s["metadata"]["name"] for s in find(objects, "Secret")},
+                         {f"{RELEASE}-admin-token", f"{RELEASE}-smtp-tls"})
+        self.assertEqual(find(objects, "Certificate"), [])
+        self.assertEqual(find(objects, "Issuer"), [])
+        self.assert_wired(objects, existing)
+        job = one(objects, "Job")["spec"]["template"]["spec"]
+        self.assertEqual(secret_volumes(job), {ADMIN_TLS: "ops-admin"})
+        for partial in ({"control": "c", "edge": "", "admin": "a"},
+                        {"control": "c", "edge": "e", "admin": ""}):
+            with self.subTest(json.dumps(partial)):
+                with self.assertRaises(helm.HelmRenderError) as caught:
+                    render({"tls": {"internal": {"existingSecret": partial}}})
+                self.assertIn("set all three of control, edge and admin", str(caught.exception))
+        with self.assertRaises(helm.HelmValuesError) as caught:
+            render({"tls": {"internal": {"existingSecret": {"client": "c"}}}})
+        self.assertIn("/tls/internal/existingSecret", str(caught.exception))
+        log("existingSecret control/edge/admin: no generated Secret or Certificate (even "
+            "with certManager.enabled), the named Secrets mounted in control pods, edges and "
+            "the Job; only some of the three fails the render; the old `client` key is "
+            "refused by the schema")
+
+    def test_disabled(self):
+        values = {"control": {"replicas": 5, "foundingMembers": 3},
+                  "tls": {"internal": {"enabled": False}}}
+        objects = manifests(render(values))
+        self.assertEqual({s["metadata"]["name"] for s in find(objects, "Secret")},
+                         {f"{RELEASE}-admin-token", f"{RELEASE}-smtp-tls"})
+        self.assertNotIn("--tls-", control_script(objects))
+        sts = one(objects, "StatefulSet")["spec"]["template"]["spec"]
+        self.assertEqual(set(secret_volumes(sts)), {"/etc/moat/admin"})
+        self.assertFalse([e for e in sts["containers"][0]["env"]
+                          if e["name"].startswith("MOAT_TLS_")])
+        self.assertNotIn("control-tls", edge_toml(objects))
+        edge = one(objects, "Deployment")["spec"]["template"]["spec"]
+        self.assertEqual(set(secret_volumes(edge)), {"/etc/moat/tls"})
+        job = one(objects, "Job")["spec"]["template"]["spec"]
+        self.assertNotIn("--tls-", job["containers"][0]["command"][2])
+        self.assertEqual(secret_volumes(job), {})
+        notes = render(values)[f"{RELEASE}/templates/NOTES.txt"]
+        self.assertIn("control nodes refuse every admin call", notes)
+        log("tls.internal.enabled false: no internal Secrets, no --tls-* flags, no "
+            "[control-tls], no certificate mounts (NOTES warn that admin calls are refused)")
 
 
 def main() -> int:

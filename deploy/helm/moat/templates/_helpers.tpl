@@ -161,26 +161,68 @@ Secret names.
 {{- .Values.tls.smtp.existingSecret | default (printf "%s-smtp-tls" (include "moat.fullname" .)) }}
 {{- end }}
 
-{{- define "moat.internalTls.controlSecretName" -}}
-{{- .Values.tls.internal.existingSecret.control | default (printf "%s-control-tls" (include "moat.fullname" .)) }}
+{{/*
+Internal gRPC mutual TLS. Three certificates from one CA, each in a Secret with tls.crt,
+tls.key and ca.crt; the role is the certificate's subject CN:
+  control  CN moat-control, DNS SAN moat-control (what every client verifies) and the
+           control Service / pod names; server and client auth (raft peers)
+  edge     CN moat-edge, client auth: Policy and Signal services only
+  admin    CN moat-admin, client auth: the Admin service (scale-up Job, `kubectl exec`)
+"moat.internalTls.secretName" takes a dict with "ctx" and "role" (control, edge or admin).
+*/}}
+{{- define "moat.internalTls.secretName" -}}
+{{- index .ctx.Values.tls.internal.existingSecret .role | default (printf "%s-%s-tls" (include "moat.fullname" .ctx) .role) }}
 {{- end }}
 
-{{- define "moat.internalTls.clientSecretName" -}}
-{{- .Values.tls.internal.existingSecret.client | default (printf "%s-client-tls" (include "moat.fullname" .)) }}
+{{- define "moat.internalTls.controlSecretName" -}}
+{{- include "moat.internalTls.secretName" (dict "ctx" . "role" "control") }}
+{{- end }}
+
+{{- define "moat.internalTls.edgeSecretName" -}}
+{{- include "moat.internalTls.secretName" (dict "ctx" . "role" "edge") }}
+{{- end }}
+
+{{- define "moat.internalTls.adminSecretName" -}}
+{{- include "moat.internalTls.secretName" (dict "ctx" . "role" "admin") }}
+{{- end }}
+
+{{/* The Secret holding the chart-generated CA (certificate and key), so that upgrades can
+sign a missing certificate with the same CA. */}}
+{{- define "moat.internalTls.generatedCaSecretName" -}}
+{{- printf "%s-generated-ca" (include "moat.fullname" .) }}
+{{- end }}
+
+{{/* Subject common name of each role's certificate. */}}
+{{- define "moat.internalTls.commonName" -}}
+{{- index (dict "control" "moat-control" "edge" "moat-edge" "admin" "moat-admin") . }}
+{{- end }}
+
+{{/* Whether the operator supplies the internal certificates as Secrets. */}}
+{{- define "moat.internalTls.existing" -}}
+{{- $s := .Values.tls.internal.existingSecret }}
+{{- if and .Values.tls.internal.enabled (or $s.control $s.edge $s.admin) }}true{{- end }}
+{{- end }}
+
+{{/* Whether cert-manager issues the internal certificates. */}}
+{{- define "moat.internalTls.certManager" -}}
+{{- $t := .Values.tls.internal }}
+{{- if and $t.enabled $t.certManager.enabled (not (include "moat.internalTls.existing" .)) }}true{{- end }}
 {{- end }}
 
 {{/* Whether the chart generates the internal certificates itself (no Secret, no cert-manager). */}}
 {{- define "moat.internalTls.generate" -}}
 {{- $t := .Values.tls.internal }}
-{{- if and $t.enabled (not $t.certManager.enabled) (not $t.existingSecret.control) (not $t.existingSecret.client) }}true{{- end }}
+{{- if and $t.enabled (not $t.certManager.enabled) (not (include "moat.internalTls.existing" .)) }}true{{- end }}
 {{- end }}
 
-{{/* DNS names a control node's certificate must hold. */}}
+{{/* DNS names a control node's certificate holds: moat-control first (every client verifies
+that name, whatever address it dials), then the Service and pod names. */}}
 {{- define "moat.internalTls.controlDnsNames" -}}
 {{- $headless := include "moat.control.headless" . }}
 {{- $svc := include "moat.control.fullname" . }}
 {{- $ns := .Release.Namespace }}
 {{- $names := list
+      "moat-control"
       (printf "*.%s.%s.svc.%s" $headless $ns .Values.clusterDomain)
       (printf "*.%s.%s.svc" $headless $ns)
       (printf "*.%s.%s" $headless $ns)
@@ -194,15 +236,32 @@ Secret names.
 {{- end }}
 
 {{/*
-Internal TLS: mount paths and flags.
+Internal TLS mount paths: a process's own certificate (control nodes: the control one; edges:
+the edge one), and the admin certificate (scale-up Job; control pods, for `kubectl exec`).
 */}}
 {{- define "moat.internalTls.mountPath" -}}/etc/moat/internal-tls{{- end }}
+{{- define "moat.adminTls.mountPath" -}}/etc/moat/admin-tls{{- end }}
 
-{{/* `moat admin` flags reaching the control plane over internal TLS (one line, or nothing). */}}
-{{- define "moat.admin.tlsFlags" -}}
+{{/* `moat admin` flags for the admin certificate mounted at moat.adminTls.mountPath (one
+line, or nothing when internal TLS is off). */}}
+{{- define "moat.adminTls.flags" -}}
 {{- if .Values.tls.internal.enabled }}
-{{- $dir := include "moat.internalTls.mountPath" . }}
-{{- printf "--tls-cert %s/tls.crt --tls-key %s/tls.key --tls-ca %s/ca.crt" $dir $dir $dir }}
+{{- $dir := include "moat.adminTls.mountPath" . }}
+{{- printf "--tls-ca %s/ca.crt --tls-cert %s/tls.crt --tls-key %s/tls.key" $dir $dir $dir }}
+{{- end }}
+{{- end }}
+
+{{/* The same as environment variables (list items, indented by the caller), for a container
+where an operator runs `moat admin` by hand; nothing when internal TLS is off. */}}
+{{- define "moat.adminTls.env" -}}
+{{- if .Values.tls.internal.enabled }}
+{{- $dir := include "moat.adminTls.mountPath" . }}
+- name: MOAT_TLS_CA
+  value: {{ $dir }}/ca.crt
+- name: MOAT_TLS_CERT
+  value: {{ $dir }}/tls.crt
+- name: MOAT_TLS_KEY
+  value: {{ $dir }}/tls.key
 {{- end }}
 {{- end }}
 
@@ -280,9 +339,9 @@ Checks that cannot be written in values.schema.json.
 {{- if and .Values.tls.smtp.certManager.enabled (not .Values.tls.smtp.existingSecret) (not .Values.tls.smtp.certManager.issuerRef.name) }}
 {{- fail "tls.smtp.certManager.issuerRef.name is required when tls.smtp.certManager.enabled is true" }}
 {{- end }}
-{{- $i := .Values.tls.internal }}
-{{- if and $i.enabled (or $i.existingSecret.control $i.existingSecret.client) (not (and $i.existingSecret.control $i.existingSecret.client)) }}
-{{- fail "tls.internal.existingSecret needs both control and client Secrets" }}
+{{- $s := .Values.tls.internal.existingSecret }}
+{{- if and (include "moat.internalTls.existing" .) (not (and $s.control $s.edge $s.admin)) }}
+{{- fail "tls.internal.existingSecret: set all three of control, edge and admin (Secrets with tls.crt, tls.key and ca.crt from one CA), or none" }}
 {{- end }}
 {{- $names := list }}
 {{- range $e.listeners }}

@@ -1,0 +1,265 @@
+//! Trust boundaries of the internal gRPC channels (issue 9): who may call what.
+//!
+//! `moat dev` serves gRPC over mutual TLS with its own CA. Each refusal below is exercised with
+//! a real client: the `moat admin` tool where it can express the call, tonic clients for the
+//! rest (a raft message, a policy watch, a signal batch).
+
+use std::time::Duration;
+
+use moat_proto::mtls::{endpoint, InternalTls};
+use moat_proto::{admin_client::AdminClient, policy_client::PolicyClient};
+use moat_proto::{raft_client::RaftClient, signal_client::SignalClient};
+use tonic::Code;
+
+use crate::harness::{moat, run, runtime, Dev, Killed, Pki, TempDir};
+
+fn tls(dir: &std::path::Path, ca: &str, cert: &str) -> InternalTls {
+    InternalTls::load(
+        &dir.join(ca),
+        &dir.join(format!("{cert}.pem")),
+        &dir.join(format!("{cert}-key.pem")),
+    )
+    .expect("TLS material")
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    req
+}
+
+fn read(kind: &str) -> moat_proto::ReadRequest {
+    moat_proto::ReadRequest {
+        kind: kind.into(),
+        ..Default::default()
+    }
+}
+
+/// The status of a call, whether it failed at connect, in the handshake or at the server.
+async fn admin_read(
+    addr: &str,
+    tls: Option<&InternalTls>,
+    token: &str,
+) -> Result<moat_proto::ReadReply, (Code, String)> {
+    let channel = endpoint(addr, tls)
+        .map_err(|e| (Code::Unknown, e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| (Code::Unavailable, format!("{e:?}")))?;
+    AdminClient::new(channel)
+        .read(with_token(read("tenant"), token))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| (s.code(), s.message().to_owned()))
+}
+
+#[test]
+fn unauthorized_calls_are_refused() {
+    let dev = Dev::start(None);
+    let internal = dev.data.join("tls/internal");
+    let addr = dev.endpoints["admin"]["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .to_owned();
+    let token = dev.endpoints["admin"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let admin = tls(&internal, "ca.pem", "admin");
+    let edge = tls(&internal, "ca.pem", "edge");
+    // Certificates from a CA the cluster does not know, with the right common names.
+    let other = TempDir::new("other-ca");
+    Pki::new(&other.0);
+    let stranger = tls(&other.0, "ca.pem", "admin");
+    // Our CA as trust anchor, a client certificate from the other CA.
+    let impostor = InternalTls::load(
+        &internal.join("ca.pem"),
+        &other.0.join("admin.pem"),
+        &other.0.join("admin-key.pem"),
+    )
+    .expect("TLS material");
+
+    runtime().block_on(async {
+        // The right certificate and token: allowed.
+        let ok = admin_read(&addr, Some(&admin), &token).await;
+        assert!(ok.is_ok(), "{ok:?}");
+
+        // No certificate at all (plaintext): refused.
+        let r = admin_read(&addr, None, &token).await;
+        assert!(r.is_err(), "plaintext admin call accepted: {r:?}");
+        // A certificate from another CA: the client does not trust the server, and the server
+        // does not trust the client.
+        let r = admin_read(&addr, Some(&stranger), &token).await;
+        assert!(r.is_err(), "stranger accepted: {r:?}");
+        let r = admin_read(&addr, Some(&impostor), &token).await;
+        assert!(r.is_err(), "impostor accepted: {r:?}");
+
+        // An edge certificate cannot call the admin API, even with the operator token.
+        let r = admin_read(&addr, Some(&edge), &token).await;
+        match &r {
+            Err((Code::PermissionDenied, m)) => {
+                assert!(m.contains("moat-edge") && m.contains("admin"), "{m}")
+            }
+            other => panic!("edge certificate on the admin API: {other:?}"),
+        }
+        // An admin certificate without a token, or with a wrong one.
+        let r = admin_read(&addr, Some(&admin), "not-a-token").await;
+        assert_eq!(r.map(|_| ()).map_err(|e| e.0), Err(Code::Unauthenticated));
+
+        let connect = |t: &InternalTls| {
+            let e = endpoint(&addr, Some(t)).expect("endpoint");
+            async move { e.connect().await.expect("connect") }
+        };
+        // The admin certificate cannot pose as an edge (signals, policy) or as a control node.
+        let mut signal = SignalClient::new(connect(&admin).await);
+        let r = signal
+            .report(moat_proto::SignalBatch {
+                edge_id: "intruder".into(),
+                seq: 1,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied)
+        );
+        let mut policy = PolicyClient::new(connect(&admin).await);
+        let hello = moat_proto::WatchRequest {
+            edge_id: "intruder".into(),
+            applied_version: 0,
+        };
+        let r = policy.watch(tokio_stream::iter(vec![hello])).await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied)
+        );
+        // An edge certificate cannot send raft messages.
+        let mut raft = RaftClient::new(connect(&edge).await);
+        let r = raft
+            .send(moat_proto::RaftBatch {
+                from: 99,
+                from_address: "127.0.0.1:1".into(),
+                messages: vec![],
+            })
+            .await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied)
+        );
+        // The edge certificate does what edges do.
+        let mut signal = SignalClient::new(connect(&edge).await);
+        let r = signal
+            .report(moat_proto::SignalBatch {
+                edge_id: "security-test-edge".into(),
+                seq: 1,
+                ..Default::default()
+            })
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+    });
+
+    // Roles of tokens, over mutual TLS: a reader changes nothing, a tenant admin only its own
+    // tenant.
+    dev.admin(&["tenant", "create", "other.test"]);
+    let created = dev.admin(&[
+        "token",
+        "create",
+        "--role",
+        "tenant-admin",
+        "--tenant",
+        "example.test",
+        "--name",
+        "example-admin",
+    ]);
+    let tenant_token = created["secret"].as_str().expect("secret").to_owned();
+    let created = dev.admin(&["token", "create", "--role", "reader", "--name", "ro"]);
+    let reader = created["secret"].as_str().expect("secret").to_owned();
+    let as_token = |token: &str, args: &[&str]| {
+        run(moat()
+            .args(["admin", "--data"])
+            .arg(&dev.data)
+            .args(["--token", token])
+            .args(args))
+    };
+    let (ok, _, err) = as_token(&reader, &["tenant", "create", "reader.test"]);
+    assert!(!ok && err.contains("reader"), "{err}");
+    let (ok, _, err) = as_token(
+        &tenant_token,
+        &["domain", "add", "--tenant", "other.test", "x.other.test"],
+    );
+    assert!(!ok && err.contains("other.test"), "{err}");
+    let (ok, _, err) = as_token(
+        &tenant_token,
+        &[
+            "domain",
+            "add",
+            "--tenant",
+            "example.test",
+            "x.example.test",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    // The admin tool itself: an edge certificate is refused before any call, and without TLS
+    // the failure says why.
+    let empty = TempDir::new("no-discovery");
+    let plain = run(moat().args(["admin", "--data"]).arg(&empty.0).args([
+        "--endpoint",
+        &addr,
+        "--token",
+        &token,
+        "tenant",
+        "list",
+    ]));
+    assert!(!plain.0 && plain.2.contains("mutual TLS"), "{}", plain.2);
+    let as_edge = run(moat()
+        .args(["admin", "--data"])
+        .arg(&empty.0)
+        .args(["--endpoint", &addr, "--token", &token, "--tls-ca"])
+        .arg(internal.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(internal.join("edge.pem"))
+        .arg("--tls-key")
+        .arg(internal.join("edge-key.pem"))
+        .args(["tenant", "list"]));
+    assert!(
+        !as_edge.0 && as_edge.2.contains("moat-admin"),
+        "{}",
+        as_edge.2
+    );
+}
+
+#[test]
+fn a_control_node_without_tls_refuses_admin_calls() {
+    let dir = TempDir::new("plain-control");
+    std::fs::write(dir.0.join("token"), "plain-token").expect("token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _node = Killed(
+        moat()
+            .args(["control", "--id", "1", "--listen", &addr, "--data"])
+            .arg(dir.0.join("data"))
+            .arg("--admin-token-file")
+            .arg(dir.0.join("token"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moat control"),
+    );
+    let refused = runtime().block_on(async {
+        let t0 = std::time::Instant::now();
+        loop {
+            match admin_read(&addr, None, "plain-token").await {
+                Err((Code::PermissionDenied, m)) => return m,
+                r if t0.elapsed() > Duration::from_secs(20) => panic!("{r:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    assert!(refused.contains("without TLS"), "{refused}");
+}
