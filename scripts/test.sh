@@ -37,6 +37,8 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # The verdict benchmark, once, on a snapshot a hundred times smaller: it works (no timing is
 # asserted; `cargo bench -p moat-edge --bench verdict` measures).
 cargo test -p moat-edge --bench verdict --locked
+# Fuzz targets, 20 seconds each from the committed corpus (fuzz/README.md).
+bash scripts/fuzz.sh
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

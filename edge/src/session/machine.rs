@@ -302,6 +302,10 @@ impl Session {
     }
 
     fn close_with(&mut self, r: Reply) {
+        // Closed is final: a timer or a shutdown that fires after the close says nothing more.
+        if self.state == State::Closed {
+            return;
+        }
         if self.txn.take().is_some() || self.pending.take().is_some() {
             self.out.push_back(Action::Abort);
         }

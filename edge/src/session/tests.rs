@@ -573,6 +573,18 @@ proptest! {
     }
 }
 
+#[test]
+fn a_closed_session_stays_silent() {
+    // Found by the smtp_session fuzz target: a timeout after QUIT produced a second reply.
+    let mut h = Harness::new(config());
+    h.cmd("QUIT", "221");
+    assert!(h.closed);
+    h.session.timeout();
+    assert!(h.pump().is_empty());
+    h.session.shutdown();
+    assert!(h.pump().is_empty());
+}
+
 fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
