@@ -1141,7 +1141,35 @@ impl Principal {
 }
 
 impl Services {
-    fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+    /// Who is calling, or why the call is refused; either way one `moat::audit` log line
+    /// (never the token itself). Changes are also kept in the replicated audit log.
+    fn principal<T>(&self, req: &Request<T>, method: &str) -> Result<Principal, Status> {
+        let caller = caller_role(req).map(|(_, cn)| cn).unwrap_or_default();
+        let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let who = self.authenticate(req);
+        match &who {
+            Ok(p) => tracing::info!(
+                target: "moat::audit",
+                method,
+                %remote,
+                certificate = %caller,
+                token = %p.name,
+                role = p.role.as_str(),
+                "admin call"
+            ),
+            Err(e) => tracing::warn!(
+                target: "moat::audit",
+                method,
+                %remote,
+                certificate = %caller,
+                reason = e.message(),
+                "admin call refused"
+            ),
+        }
+        who
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
         // A token sent in clear could be read and replayed: refuse it unless it came over
         // mutual TLS with an admin certificate.
         if !self.shared.mtls {
@@ -1235,7 +1263,7 @@ impl v1::admin_server::Admin for Services {
         req: Request<v1::WriteRequest>,
     ) -> Result<Response<v1::WriteReply>, Status> {
         use v1::write_request::Op;
-        let who = self.principal(&req)?;
+        let who = self.principal(&req, "write")?;
         let w = req.into_inner();
         let op =
             w.op.ok_or_else(|| Status::invalid_argument("empty write request"))?;
@@ -1543,7 +1571,7 @@ impl v1::admin_server::Admin for Services {
     }
 
     async fn read(&self, req: Request<v1::ReadRequest>) -> Result<Response<v1::ReadReply>, Status> {
-        let who = self.principal(&req)?;
+        let who = self.principal(&req, "read")?;
         let mut r = req.into_inner();
         if who.role == Role::TenantAdmin {
             let own = who
@@ -1614,7 +1642,7 @@ impl v1::admin_server::Admin for Services {
         &self,
         req: Request<v1::ClusterRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let who = self.principal(&req)?;
+        let who = self.principal(&req, "cluster")?;
         if who.role == Role::TenantAdmin {
             return Err(Status::permission_denied(
                 "tenant admins cannot see the cluster; use an operator or reader token",

@@ -230,6 +230,24 @@ fn unauthorized_calls_are_refused() {
         "{}",
         as_edge.2
     );
+
+    // Every admin call leaves an audit line, refusals included; no secret is ever logged.
+    let log = std::fs::read_to_string(dev.data.with_extension("log")).expect("dev log");
+    assert!(
+        log.contains("admin call refused"),
+        "no refusal in the audit log"
+    );
+    assert!(
+        log.contains("certificate `moat-edge` may not call the admin service"),
+        "the edge certificate's refusal is not audited"
+    );
+    for secret in [token.as_str(), tenant_token.as_str(), reader.as_str()] {
+        assert!(!log.contains(secret), "a token is in the log");
+    }
+    assert!(
+        !log.contains(&dev.demo_password()),
+        "the demo password is in the log"
+    );
 }
 
 #[test]
