@@ -130,18 +130,13 @@ pub fn recipient(
     rcpt: &Address,
 ) -> RcptVerdict {
     let from_domain = from.map(|a| a.domain.as_str());
-    if let Some(t) = snapshot.tenant_for_domain(&rcpt.domain) {
+    if let Some((t, scopes)) = snapshot.inbound(&rcpt.domain) {
         // Inbound. A Partner connector of this tenant that scopes the sender's domain applies
         // its restrictions, wherever the client came from.
-        let scoped = from_domain
-            .map(|d| {
-                snapshot
-                    .partner_scopes(&t.id)
-                    .into_iter()
-                    .filter(|c| c.scopes_sender(d))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let scoped: Vec<&Connector> = match from_domain {
+            Some(d) => scopes.filter(|c| c.scopes_sender(d)).collect(),
+            None => Vec::new(),
+        };
         for c in &scoped {
             let by_ip = client.by_ip.iter().any(|m| std::ptr::eq(*m, *c));
             let by_cert = client.by_cert.iter().any(|m| std::ptr::eq(*m, *c));

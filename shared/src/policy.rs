@@ -177,7 +177,7 @@ pub struct PolicySnapshot {
     /// Connectors by IP network and certificate name.
     connector_index: crate::matching::ConnectorIndex,
     /// Each tenant's Partner connectors that scope sender domains, as positions.
-    partner_scopes: FastMap<TenantId, Vec<u32>>,
+    partner_scopes: Vec<Vec<u32>>,
     /// Accepted domain to index into `tenants`.
     by_domain: FastMap<Domain, usize>,
     /// Tenant id to index into `tenants`.
@@ -219,7 +219,7 @@ impl PolicySnapshot {
             tenants,
             connectors: Vec::new(),
             connector_index: Default::default(),
-            partner_scopes: FastMap::default(),
+            partner_scopes: Vec::new(),
             by_domain,
             by_id: ids,
             users: FastMap::default(),
@@ -264,14 +264,15 @@ impl PolicySnapshot {
             }
         }
         self.connector_index = crate::matching::ConnectorIndex::new(&connectors);
-        self.partner_scopes.clear();
+        // By tenant position, so an inbound verdict finds them from the recipient's domain
+        // without another lookup.
+        self.partner_scopes = vec![Vec::new(); self.tenants.len()];
         for (i, c) in connectors.iter().enumerate() {
             if c.enabled && c.kind == crate::ConnectorKind::Partner && !c.sender_domains.is_empty()
             {
-                self.partner_scopes
-                    .entry(c.tenant.clone())
-                    .or_default()
-                    .push(i as u32);
+                if let Some(&t) = self.by_id.get(&c.tenant) {
+                    self.partner_scopes[t].push(i as u32);
+                }
             }
         }
         self.connectors = connectors;
@@ -287,14 +288,23 @@ impl PolicySnapshot {
             .collect()
     }
 
-    /// A tenant's enabled Partner connectors that scope sender domains.
-    pub fn partner_scopes(&self, tenant: &TenantId) -> Vec<&Connector> {
+    /// A tenant's enabled Partner connectors that scope sender domains, by tenant position.
+    fn scopes_at(&self, tenant: usize) -> impl Iterator<Item = &Connector> + '_ {
         self.partner_scopes
             .get(tenant)
             .into_iter()
             .flatten()
             .map(|&i| &self.connectors[i as usize])
-            .collect()
+    }
+
+    /// The tenant that accepts mail for `domain` and its Partner connectors that scope sender
+    /// domains: what an inbound verdict needs, from one lookup.
+    pub fn inbound(
+        &self,
+        domain: &str,
+    ) -> Option<(&Tenant, impl Iterator<Item = &Connector> + '_)> {
+        let &t = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
+        Some((&self.tenants[t], self.scopes_at(t)))
     }
 
     /// The enabled connectors whose certificate name covers one of these (validated) names.
