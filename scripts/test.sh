@@ -39,6 +39,10 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 cargo test -p moat-edge --bench verdict --locked
 # Fuzz targets, 20 seconds each from the committed corpus (fuzz/README.md).
 bash scripts/fuzz.sh
+# Chaos: a 3-node control plane and 2 edges under mail load for 3 minutes while nodes are
+# killed, frozen and restarted and the next hop fills up; nothing acknowledged may be lost.
+python3 tests/chaos/chaos.py
+python3 tests/chaos/frozen_node.py
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test
 # binary with nothing in it).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -30,6 +30,8 @@ use tonic::{Code, Status};
 
 /// How long retries of one call may go on.
 const RETRY_BUDGET: Duration = Duration::from_secs(15);
+/// How long one attempt on one node may take before the next node is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 /// First pause between retries; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest pause between retries.
@@ -1205,7 +1207,11 @@ impl Client {
         let mut last_error;
         loop {
             push_unique(&mut tried, target.clone());
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            // One node may not take the whole budget: a frozen node accepts the TCP connection
+            // and never answers. Retrying a write is safe (its request id makes it apply once).
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .min(ATTEMPT_TIMEOUT);
             let attempt = async {
                 let client = self.connect(&target).await.map_err(Err)?;
                 f(client).await.map_err(Ok)

@@ -23,6 +23,14 @@ use moat_shared::PolicyHandle;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+/// How long connecting to a control node, opening a watch or reporting a batch may take before
+/// the next node is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the leader may take to acknowledge a batch (its batching window plus a commit)
+/// before the next node is tried.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest policy snapshot accepted.
 const MAX_SNAPSHOT: usize = 512 * 1024 * 1024;
 
@@ -155,11 +163,15 @@ async fn watch_once(
     policy: &PolicyHandle,
     status: &LinkStatus,
 ) -> Result<(), String> {
-    let channel = endpoint(addr, tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    // A frozen node completes the TCP handshake and then says nothing: bound the connect and
+    // the stream's opening, then move on to the next node.
+    let channel = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        endpoint(addr, tls).map_err(|e| e.to_string())?.connect(),
+    )
+    .await
+    .map_err(|_| "cannot connect: timed out".to_owned())?
+    .map_err(|e| format!("cannot connect: {e}"))?;
     let mut client =
         v1::policy_client::PolicyClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT);
     let (tx, rx) = mpsc::channel(16);
@@ -168,11 +180,14 @@ async fn watch_once(
         applied_version: policy.load().version(),
     };
     let _ = tx.send(hello).await;
-    let mut stream = client
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.message().to_owned())?
-        .into_inner();
+    let mut stream = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| "no answer to the watch request".to_owned())?
+    .map_err(|e| e.message().to_owned())?
+    .into_inner();
     status.connected.store(true, Ordering::Relaxed);
     status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
     tracing::info!(control = %addr, "watching policy");
@@ -311,7 +326,10 @@ pub async fn report(
                 },
             };
             let mut client = client;
-            match client.report(batch.clone()).await {
+            // A retry after a timeout is safe: the batch keeps its sequence number.
+            let sent = tokio::time::timeout(REPORT_TIMEOUT, client.report(batch.clone())).await;
+            let sent = sent.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
+            match sent {
                 Ok(_) => {
                     pending = None;
                     leader = Some(addr);

@@ -69,6 +69,7 @@ ADMIN_TIMEOUT = 90.0  # `moat admin` retries for ~15 s itself; the machine is lo
 SETTLE_TIMEOUT = 180.0
 
 T0 = time.monotonic()
+SHUTDOWN = threading.Event()  # set once cleanup begins: no process is started after that
 
 
 def now():
@@ -295,6 +296,8 @@ class Proc:
 
     def start(self):
         with self.lock:
+            if SHUTDOWN.is_set():
+                raise RuntimeError(f"shutting down: {self.name} not started")
             assert self.proc is None or self.proc.poll() is not None, f"{self.name} running"
             with open(self.log, "ab") as f:
                 f.write(f"\n===== chaos: starting {self.name} at t={now():.2f}s =====\n".encode())
@@ -409,6 +412,7 @@ class EdgeProc(Proc):
     def __init__(self, idx, cluster):
         super().__init__(f"edge-{idx}", cluster.dir)
         self.idx = idx
+        self.control_order = []
         self.cluster = cluster
         self.mx = f"127.0.0.1:{free_port()}"
         self.status = f"127.0.0.1:{free_port()}"
@@ -424,10 +428,15 @@ class EdgeProc(Proc):
             )
 
     def argv(self):
+        # Each start lists the control nodes in another (seeded) order: an edge dials the first
+        # one first, so restarted edges also meet lagging or just-restarted nodes.
+        nodes = list(self.cluster.nodes)
+        self.cluster.order_rng.shuffle(nodes)
+        self.control_order = [n.id for n in nodes]
         return [
             MOAT, "edge",
             "--config", self.config,
-            "--control", ",".join(n.address for n in self.cluster.nodes),
+            "--control", ",".join(n.address for n in nodes),
             "--status", self.status,
         ]
 
@@ -436,8 +445,9 @@ class EdgeProc(Proc):
 
 
 class Cluster:
-    def __init__(self, workdir, sink):
+    def __init__(self, workdir, sink, seed=0):
         self.dir = workdir
+        self.order_rng = random.Random(seed + 13)
         self.sink = sink
         self.pki_dir = os.path.join(workdir, "pki")
         self.token_file = os.path.join(workdir, "token")
@@ -522,9 +532,12 @@ class Cluster:
         return pid, False
 
     def kill_all(self):
+        SHUTDOWN.set()
         for p in self.procs():
             try:
-                if p.proc is not None and p.proc.poll() is None:
+                with p.lock:
+                    if p.proc is None or p.proc.poll() is not None:
+                        continue
                     p.expected_down = True
                     try:
                         p.proc.send_signal(signal.SIGCONT)
@@ -746,7 +759,8 @@ class Monitor:
         t = round(now(), 2)
         if rec is None:
             rec = self.gens[key] = {
-                "edge": f"edge-{e.idx}", "gen": g1, "pid": e.pid, "first_t": t,
+                "edge": f"edge-{e.idx}", "gen": g1, "pid": e.pid, "control_order": e.control_order,
+                "first_t": t,
                 "first_version": v, "first_nonzero_version": v or None,
                 "first_nonzero_t": t if v else None, "started_t": e.started_at, "max_version": v,
                 "last_version": v, "last_connectors": conns, "max_connectors": conns,
@@ -974,7 +988,8 @@ class Chaos:
         TL.add("kill-edge", f"edge-{e.idx} (pid {pid}, version {v}) SIGKILL, restart in {down:.1f}s")
         time.sleep(down)
         pid, ok = self.cluster.start_edge(e)
-        TL.add("restart-edge", f"edge-{e.idx} (pid {pid}) {'listening' if ok else 'NOT LISTENING'}")
+        TL.add("restart-edge", f"edge-{e.idx} (pid {pid}, --control order {e.control_order}) "
+               f"{'listening' if ok else 'NOT LISTENING'}")
         time.sleep(1.0)
 
     def sink_full(self, _res):
@@ -1061,8 +1076,9 @@ def main():
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        cluster = Cluster(workdir, sink)
+        cluster = Cluster(workdir, sink, seed)
         TL.add("setup", f"sink {sink.address}; control "
                + ", ".join(f"{n.id}={n.address} (status {n.status})" for n in cluster.nodes)
                + "; edges " + ", ".join(f"edge-{e.idx} mx {e.mx} status {e.status}" for e in cluster.edges))
