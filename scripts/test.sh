@@ -39,6 +39,10 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 cargo test -p moat-edge --bench verdict --locked
 # Fuzz targets, 20 seconds each from the committed corpus (fuzz/README.md).
 bash scripts/fuzz.sh
+# Hostile SMTP sessions from Python sockets, and a TLS scan with sslyze (installed from PyPI
+# by the script if missing): nothing below the listeners' policy is offered.
+python3 tests/adversarial/smtp_sessions.py
+python3 tests/adversarial/tls_audit.py
 # Chaos: a 3-node control plane and 2 edges under mail load for 3 minutes while nodes are
 # killed, frozen and restarted and the next hop fills up; nothing acknowledged may be lost.
 python3 tests/chaos/chaos.py

@@ -38,7 +38,14 @@ pub enum Hello {
     Legacy,
     /// Not a TLS handshake record: rustls, which answers with the right alert.
     NotTls,
+    /// A TLS 1.0/1.1 ClientHello carrying `TLS_FALLBACK_SCSV`: a client that was pushed down
+    /// from a newer version, which this listener supports. Refused with the
+    /// `inappropriate_fallback` alert (RFC 7507).
+    Fallback,
 }
+
+/// The `inappropriate_fallback` alert (fatal, 86) in a TLS 1.0 record.
+pub const INAPPROPRIATE_FALLBACK: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x56];
 
 /// Classifies the bytes at the start of a TLS connection: `None` while more are needed.
 ///
@@ -70,9 +77,24 @@ pub fn classify(buf: &[u8]) -> Option<Hello> {
     let highest = supported_versions(&hs[4..]).unwrap_or(legacy_version);
     Some(if highest >= 0x0303 {
         Hello::Modern
+    } else if offers_fallback_scsv(&hs[4..]) {
+        Hello::Fallback
     } else {
         Hello::Legacy
     })
+}
+
+/// Whether a ClientHello body (from `legacy_version`) lists `TLS_FALLBACK_SCSV` (0x5600).
+fn offers_fallback_scsv(body: &[u8]) -> bool {
+    let mut r = Reader(body);
+    let suites = (|| {
+        r.take(2 + 32)?;
+        let sid = r.u8()?;
+        r.take(usize::from(sid))?;
+        let n = r.u16()?;
+        r.take(usize::from(n))
+    })();
+    suites.is_some_and(|s| s.chunks_exact(2).any(|c| c == [0x56, 0x00]))
 }
 
 /// The highest version in the `supported_versions` extension of a ClientHello body
@@ -132,6 +154,12 @@ pub async fn peek_hello(tcp: &TcpStream, limit: Duration) -> Result<Hello, Strin
     let mut buf = vec![0u8; MAX_PEEK];
     let mut seen = 0;
     loop {
+        // `peek` returns at once while bytes are queued, before the timer is ever polled, and
+        // never reports the end of the stream behind unread bytes: the deadline is checked
+        // here, or a client that sends part of a ClientHello holds its session for ever.
+        if tokio::time::Instant::now() >= deadline {
+            return Err("TLS handshake timed out".into());
+        }
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
             .await
             .map_err(|_| "TLS handshake timed out".to_owned())?
@@ -145,7 +173,10 @@ pub async fn peek_hello(tcp: &TcpStream, limit: Duration) -> Result<Hello, Strin
         if n == seen {
             // Part of the record is here and peek would return it again at once: wait a
             // little for the rest instead of spinning.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(5)),
+            )
+            .await;
         }
         seen = n;
     }
@@ -309,6 +340,45 @@ mod tests {
         );
         assert_eq!(classify(b"EHLO x\r\n"), Some(Hello::NotTls));
         assert_eq!(classify(&[0x80, 0x2e, 0x01]), Some(Hello::NotTls));
+    }
+
+    #[test]
+    fn a_fallback_to_tls_1_1_is_refused() {
+        // Found by the TLS audit (sslyze): RFC 7507 wants a TLS 1.0/1.1 hello that carries
+        // TLS_FALLBACK_SCSV refused where a newer version is supported, as it is here.
+        let mut h = hello(0x0302, None);
+        // The one suite 0xc02f becomes 0x5600.
+        let at = h.windows(2).position(|w| w == [0xc0, 0x2f]).expect("suite");
+        h[at..at + 2].copy_from_slice(&[0x56, 0x00]);
+        assert_eq!(classify(&h), Some(Hello::Fallback));
+        // The same marker from a TLS 1.2 client is rustls's business (nothing to refuse).
+        let mut h = hello(0x0303, None);
+        let at = h.windows(2).position(|w| w == [0xc0, 0x2f]).expect("suite");
+        h[at..at + 2].copy_from_slice(&[0x56, 0x00]);
+        assert_eq!(classify(&h), Some(Hello::Modern));
+    }
+
+    #[tokio::test]
+    async fn a_partial_hello_times_out() {
+        // Found by the adversarial suite: seven bytes of a ClientHello and then silence held
+        // the session past every timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(c);
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let t0 = std::time::Instant::now();
+        let r = peek_hello(&tcp, Duration::from_millis(300)).await;
+        assert_eq!(r, Err("TLS handshake timed out".to_owned()));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        client.await.unwrap();
     }
 
     #[test]

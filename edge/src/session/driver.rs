@@ -47,7 +47,18 @@ impl AsyncRead for Io {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => {
+                let read = Pin::new(&mut **s).poll_read(cx, buf);
+                // tokio-rustls only writes when asked to: records rustls queued while reading
+                // (the alert that refuses a renegotiation) would wait for the next reply. A
+                // read that is pending anyway pushes them out now.
+                if read.is_pending() && s.get_ref().1.wants_write() {
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut **s).poll_flush(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                read
+            }
             Io::Legacy(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -140,10 +151,18 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts)
 async fn handshake_inner(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts), String> {
     let limit = shared.idle_timeout;
     if let Some(engine) = &shared.legacy {
-        if legacy::peek_hello(&tcp, limit).await? == Hello::Legacy {
-            let tls = engine.accept(tcp, limit).await?;
-            let facts = legacy::facts(tls.ssl());
-            return Ok((Io::Legacy(Box::new(tls)), facts));
+        match legacy::peek_hello(&tcp, limit).await? {
+            Hello::Legacy => {
+                let tls = engine.accept(tcp, limit).await?;
+                let facts = legacy::facts(tls.ssl());
+                return Ok((Io::Legacy(Box::new(tls)), facts));
+            }
+            Hello::Fallback => {
+                let mut tcp = tcp;
+                let _ = timeout(limit, tcp.write_all(&legacy::INAPPROPRIATE_FALLBACK)).await;
+                return Err("TLS 1.0/1.1 fallback (TLS_FALLBACK_SCSV) refused".into());
+            }
+            Hello::Modern | Hello::NotTls => {}
         }
     }
     let Some(certs) = &shared.certs else {

@@ -735,10 +735,16 @@ impl Session {
             .unwrap_or("unknown")
             .chars()
             .map(|c| {
-                if c.is_control() || c == '(' || c == ')' {
-                    '?'
-                } else {
+                // What a domain or an address literal is made of; anything else (quotes, `;`,
+                // `<`, comment parentheses, controls) would change how the header parses, and
+                // 8-bit text belongs only in an SMTPUTF8 message.
+                let fits = c.is_ascii_alphanumeric()
+                    || matches!(c, '-' | '.' | '_' | ':' | '[' | ']')
+                    || (utf8 && c.is_alphanumeric());
+                if fits {
                     c
+                } else {
+                    '?'
                 }
             })
             .collect();

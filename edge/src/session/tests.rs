@@ -574,6 +574,32 @@ proptest! {
 }
 
 #[test]
+fn the_received_header_keeps_only_what_a_name_is_made_of() {
+    // Found by the adversarial suite: quotes, `;` and `<` in the EHLO name broke the header's
+    // syntax, and 8-bit names reached messages without SMTPUTF8.
+    for (helo, shown) in [
+        ("evil;x.test", "evil?x.test"),
+        ("evil\"x.test", "evil?x.test"),
+        ("evil<x.test", "evil?x.test"),
+        ("b\u{fc}cher.test", "b?cher.test"),
+        ("[192.0.2.1]", "[192.0.2.1]"),
+    ] {
+        let mut h = Harness::new(config());
+        h.cmd(&format!("EHLO {helo}"), "250");
+        h.mail_from("sender@elsewhere.test", "250 2.1.0");
+        h.rcpt_to("alice@example.test", "250 2.1.5");
+        h.cmd("DATA", "354 ");
+        h.cmd("Subject: hi\r\n\r\nx\r\n.", "250 2.6.0");
+        let expected = format!("Received: from {shown} ([192.0.2.7])\r\n");
+        assert!(
+            h.delivered[0].starts_with(expected.as_bytes()),
+            "{helo}: {}",
+            String::from_utf8_lossy(&h.delivered[0])
+        );
+    }
+}
+
+#[test]
 fn a_closed_session_stays_silent() {
     // Found by the smtp_session fuzz target: a timeout after QUIT produced a second reply.
     let mut h = Harness::new(config());
