@@ -45,6 +45,9 @@ python3 tests/adversarial/smtp_sessions.py
 python3 tests/adversarial/tls_audit.py
 # Chaos: a 3-node control plane and 2 edges under mail load for 3 minutes while nodes are
 # killed, frozen and restarted and the next hop fills up; nothing acknowledged may be lost.
+# Network partitions: control nodes and edges in network namespaces, links cut and healed
+# (skips with a message where namespaces are not allowed).
+python3 tests/partition/partition.py
 python3 tests/chaos/chaos.py
 python3 tests/chaos/frozen_node.py
 # One closing line for the whole run (cargo prints one per test binary, the last often a doc-test

@@ -24,7 +24,7 @@ use moat_shared::time::now_ms;
 use moat_shared::{Domain, EntityKind, Seed, Tenant, TenantId};
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::{Stream, StreamExt as _};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::node::{
@@ -956,10 +956,15 @@ async fn peer_task(
     mut rx: mpsc::Receiver<Vec<Message>>,
     node: std_mpsc::Sender<Req>,
 ) {
+    // HTTP/2 pings find a connection that died in a partition within seconds; without them a
+    // healed peer waits for TCP's retransmission backoff (up to two minutes) to hear again.
     let endpoint = match moat_proto::mtls::endpoint(&addr, tls.as_ref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10)),
+            .timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true),
         Err(e) => {
             tracing::warn!(to, %addr, error = %e, "bad peer address");
             return;
@@ -1056,10 +1061,59 @@ impl v1::policy_server::Policy for Services {
                 }
             }
         });
-        let stream = tokio_stream::wrappers::WatchStream::new(self.shared.policy.clone())
-            .filter(|s| s.version > 0)
-            .map(|s| Ok((*s).clone()));
-        Ok(Response::new(Box::pin(stream)))
+        // A node cut off from the quorum serves a policy that no longer changes: it sends edges
+        // elsewhere (refusing new watches, ending open ones) once it has known no leader for
+        // as long as it takes to turn unready.
+        let limit = self.shared.unready_after;
+        let leaderless = move |shared: &Shared| {
+            shared
+                .view
+                .borrow()
+                .leaderless_since
+                .map(|t| t.elapsed())
+                .filter(|d| *d > limit)
+        };
+        let gone = |d: Duration| {
+            Status::unavailable(format!(
+                "this control node has known no leader for {:.0} s; watch another",
+                d.as_secs_f64()
+            ))
+        };
+        if let Some(d) = leaderless(&self.shared) {
+            return Err(gone(d));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let mut policy = self.shared.policy.clone();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let snap = Arc::clone(&policy.borrow_and_update());
+                if snap.version > 0 && tx.send(Ok((*snap).clone())).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        changed = policy.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return,
+                        },
+                        _ = tick.tick() => {
+                            if let Some(d) = leaderless(&shared) {
+                                let _ = tx.send(Err(gone(d))).await;
+                                return;
+                            }
+                            if tx.is_closed() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
