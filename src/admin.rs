@@ -811,6 +811,25 @@ impl Target {
     }
 }
 
+/// The control plane a `moat dev` data directory's `endpoints.json` names, with its token
+/// and admin certificate (for `moat bench`).
+pub fn dev_target(dir: &Path) -> Result<Target, String> {
+    let found = read_discovery(dir)
+        .map_err(|f| f.to_string())?
+        .ok_or_else(|| format!("no control plane in {}/endpoints.json", dir.display()))?;
+    let tls = match found.tls {
+        Some((ca, cert, key)) => {
+            Some(InternalTls::load(&ca, &cert, &key).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    Ok(Target {
+        endpoints: found.endpoints,
+        token: found.token.ok_or("no admin token in endpoints.json")?,
+        tls,
+    })
+}
+
 /// Creates or replaces an SMTP AUTH user, following the leader and retrying like `moat admin`
 /// does (`moat dev` creates its demo user with it).
 pub async fn put_user(

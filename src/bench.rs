@@ -220,39 +220,18 @@ impl Endpoints {
             .iter()
             .filter_map(|e| e["status"].as_str().map(str::to_owned))
             .collect();
-        let control = endpoints["admin"]["endpoints"]
-            .as_array()
-            .context("no admin endpoints in endpoints.json")?
-            .iter()
-            .filter_map(|e| e.as_str().map(str::to_owned))
-            .collect();
-        let token = endpoints["admin"]["token"]
-            .as_str()
-            .context("no admin token in endpoints.json")?
-            .to_owned();
-        let file = |v: &serde_json::Value| v.as_str().map(std::path::PathBuf::from);
-        let tls = |ca, cert, key| -> anyhow::Result<_> {
-            match (file(ca), file(cert), file(key)) {
-                (Some(ca), Some(cert), Some(key)) => {
-                    Ok(Some(moat_proto::mtls::InternalTls::load(&ca, &cert, &key)?))
-                }
-                _ => Ok(None),
-            }
-        };
-        let admin = &endpoints["admin"]["tls"];
         let internal = &endpoints["internal_tls"];
+        let file = |k: &str| internal[k].as_str().map(std::path::PathBuf::from);
+        let edge_tls = match (file("ca"), file("edge_cert"), file("edge_key")) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(moat_proto::mtls::InternalTls::load(&ca, &cert, &key)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             edges,
-            admin: crate::admin::Target {
-                endpoints: control,
-                token,
-                tls: tls(&admin["ca"], &admin["cert"], &admin["key"])?,
-            },
-            edge_tls: tls(
-                &internal["ca"],
-                &internal["edge_cert"],
-                &internal["edge_key"],
-            )?,
+            admin: crate::admin::dev_target(data).map_err(anyhow::Error::msg)?,
+            edge_tls,
         })
     }
 }

@@ -153,6 +153,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// How long this node has known no leader, if it knows none now.
+    fn leaderless_for(&self) -> Option<Duration> {
+        self.view.borrow().leaderless_since.map(|t| t.elapsed())
+    }
+
     /// Refuses a caller whose certificate does not give one of `roles` (only under mutual
     /// TLS; without it the caller is anonymous and only the admin API refuses it).
     fn require<T>(&self, req: &Request<T>, roles: &[CertRole], what: &str) -> Result<(), Status> {
@@ -312,7 +317,7 @@ impl Control {
         let shared = Arc::clone(&self.shared);
         Arc::new(move || {
             let view = shared.view.borrow().clone();
-            let leaderless = view.leaderless_since.map(|t| t.elapsed());
+            let leaderless = shared.leaderless_for();
             let ready =
                 view.status.is_some() && leaderless.is_none_or(|d| d < shared.unready_after);
             let st = view
@@ -1065,14 +1070,7 @@ impl v1::policy_server::Policy for Services {
         // elsewhere (refusing new watches, ending open ones) once it has known no leader for
         // as long as it takes to turn unready.
         let limit = self.shared.unready_after;
-        let leaderless = move |shared: &Shared| {
-            shared
-                .view
-                .borrow()
-                .leaderless_since
-                .map(|t| t.elapsed())
-                .filter(|d| *d > limit)
-        };
+        let leaderless = move |shared: &Shared| shared.leaderless_for().filter(|d| *d > limit);
         let gone = |d: Duration| {
             Status::unavailable(format!(
                 "this control node has known no leader for {:.0} s; watch another",

@@ -86,26 +86,25 @@ pub fn classify(buf: &[u8]) -> Option<Hello> {
 
 /// Whether a ClientHello body (from `legacy_version`) lists `TLS_FALLBACK_SCSV` (0x5600).
 fn offers_fallback_scsv(body: &[u8]) -> bool {
+    cipher_suites(body).is_some_and(|(s, _)| s.chunks_exact(2).any(|c| c == [0x56, 0x00]))
+}
+
+/// The cipher suite list of a ClientHello body (from `legacy_version`), and a reader at what
+/// follows it.
+fn cipher_suites(body: &[u8]) -> Option<(&[u8], Reader<'_>)> {
     let mut r = Reader(body);
-    let suites = (|| {
-        r.take(2 + 32)?;
-        let sid = r.u8()?;
-        r.take(usize::from(sid))?;
-        let n = r.u16()?;
-        r.take(usize::from(n))
-    })();
-    suites.is_some_and(|s| s.chunks_exact(2).any(|c| c == [0x56, 0x00]))
+    r.take(2 + 32)?; // legacy_version, random
+    let sid = r.u8()?;
+    r.take(usize::from(sid))?;
+    let n = r.u16()?;
+    let suites = r.take(usize::from(n))?;
+    Some((suites, r))
 }
 
 /// The highest version in the `supported_versions` extension of a ClientHello body
 /// (starting at `legacy_version`), if the extension is there and readable.
 fn supported_versions(body: &[u8]) -> Option<u16> {
-    let mut r = Reader(body);
-    r.take(2 + 32)?; // legacy_version, random
-    let sid = r.u8()?;
-    r.take(usize::from(sid))?;
-    let suites = r.u16()?;
-    r.take(usize::from(suites))?;
+    let (_, mut r) = cipher_suites(body)?;
     let compression = r.u8()?;
     r.take(usize::from(compression))?;
     let ext_len = r.u16()?;
