@@ -89,10 +89,33 @@ def moat_bin():
 MOAT = moat_bin()
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and below the kernel's ephemeral range. Nodes are restarted on
+    their ports all through the run; a port from bind(0) lies in the ephemeral range, where any
+    outgoing connection in between may take it as its source port and the restart then fails
+    with "address in use"."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    base = max(1024, low - 10000)
+    rng = random.SystemRandom()  # leaves the seeded schedule untouched
+    for _ in range(1000):
+        port = rng.randrange(base, low)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {base}..{low}")
 
 
 def http_get(addr, path, timeout=3.0):

@@ -60,14 +60,17 @@ def main():
         e = cl.edges[0]
         e.argv = lambda: [C.MOAT, "edge", "--config", e.config, "--control",
                           ",".join(n.address for n in cl.nodes), "--status", e.status]
-        cl.start_edge(e)
+        _, listening = cl.start_edge(e)
+        if not listening:
+            bad.append("the edge did not start: " + "\n    ".join(e.log_tail(15)))
         t = time.monotonic()
         got = C.wait_until(lambda: (e.readyz()[1] or {}).get("policy", {}).get("version"), 10, 0.2)
         print(f"(b) edge with node 1 first in --control: "
               + (f"snapshot version {got} after {time.monotonic() - t:.1f}s" if got else
                  f"no snapshot after 10 s: {e.readyz()[1]}"))
         if not got:
-            bad.append("an edge started with a frozen first control node got no snapshot in 10 s")
+            bad.append("an edge started with a frozen first control node got no snapshot in 10 s; its log:\n    "
+                       + "\n    ".join(e.log_tail(15)))
         node1.thaw()
     finally:
         cl.kill_all()

@@ -6,17 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::harness::{moat, run, runtime, Dev, Pki, TempDir, ANY_PORTS};
+use crate::harness::{free_port, moat, run, runtime, Dev, Pki, TempDir, ANY_PORTS};
 
 const TOKEN: &str = "moat_test_operator_token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Node {
     id: u64,

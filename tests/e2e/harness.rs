@@ -116,6 +116,30 @@ pub const ANY_PORTS: &[&str] = &[
     "0",
 ];
 
+/// A loopback port that is free now and lies below the kernel's ephemeral range, for a process
+/// started (and maybe restarted) later. A port from `bind(0)` comes out of that range, so any
+/// outgoing connection made in between may take it as its source port and the later `bind`
+/// fails with "address in use". Never the same port twice in one test binary.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let base = low.saturating_sub(10_000).max(1024);
+    let span = low.saturating_sub(base).max(1);
+    // Spread concurrent test binaries apart by process id.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(l);
+            return port as u16;
+        }
+    }
+    panic!("no free port in {base}..{low}");
+}
+
 /// A tokio runtime for a test's client side.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

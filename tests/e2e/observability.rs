@@ -110,10 +110,7 @@ fn prometheus_scrapes_a_dev_cluster() {
 
     println!("promtool done {:?} after start", started.elapsed());
     // A real Prometheus scrapes them every second.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::harness::free_port();
     let prometheus = format!("127.0.0.1:{port}");
     let targets = |list: &[String]| {
         list.iter()

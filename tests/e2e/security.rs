@@ -254,10 +254,7 @@ fn unauthorized_calls_are_refused() {
 fn a_control_node_without_tls_refuses_admin_calls() {
     let dir = TempDir::new("plain-control");
     std::fs::write(dir.0.join("token"), "plain-token").expect("token");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::harness::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _node = Killed(
         moat()
