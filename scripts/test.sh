@@ -15,6 +15,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 # Prometheus and promtool: the alert rules' unit tests, `promtool check metrics` on every
 # /metrics endpoint, and a real Prometheus scraping a `moat dev` cluster.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The system's trusted CAs, which https alert webhooks are checked against.
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

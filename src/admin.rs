@@ -594,7 +594,8 @@ enum ContactsCmd {
         /// An admin address that gets an email; repeat for more.
         #[arg(long = "email", value_name = "ADDRESS")]
         emails: Vec<String>,
-        /// An http:// URL that gets a signed JSON POST.
+        /// An http:// or https:// URL that gets a signed JSON POST (https: the system's CAs,
+        /// or SSL_CERT_FILE on the control nodes).
         #[arg(long, value_name = "URL", requires = "webhook_secret")]
         webhook: Option<String>,
         /// The webhook's HMAC-SHA256 key (X-Moat-Signature).

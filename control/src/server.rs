@@ -1429,6 +1429,10 @@ impl v1::admin_server::Admin for Services {
             Op::SetAlertContacts(c) => {
                 let tenant = tenant_id(&c.tenant)?;
                 who.may_change(&tenant)?;
+                if !c.webhook_url.trim().is_empty() {
+                    crate::alerts::WebhookUrl::parse(c.webhook_url.trim())
+                        .map_err(Status::invalid_argument)?;
+                }
                 Command::SetAlertContacts {
                     tenant,
                     contacts: crate::state::AlertContacts {

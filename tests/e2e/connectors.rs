@@ -9,7 +9,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsage
 use serde_json::Value;
 
 use crate::client::{stuff, tls_config_with_client_cert, Client};
-use crate::harness::{run, runtime, Dev, TempDir, ANY_PORTS};
+use crate::harness::{moat, run, runtime, Dev, Killed, TempDir, ANY_PORTS};
 
 /// Certificates from the dev CA (which `moat dev` edges take as their client CA).
 struct DevCa {
@@ -57,6 +57,62 @@ fn client_cert(ca: &DevCa, name: &str) -> (String, String, String) {
         format!("{}{}", leaf.pem(), inter.cert.pem()),
         leaf.pem(),
         key.serialize_pem(),
+    )
+}
+
+/// Starts `webhook_receiver.py` with a `localhost` certificate from a new CA, written to
+/// `DIR/hook-ca.pem` for the control plane to trust. Returns the URL, the requests as they
+/// come (head lines, body) and the receiver process.
+fn https_webhook(
+    dir: &std::path::Path,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<(Vec<String>, String)>,
+    Killed,
+) {
+    use std::io::BufRead as _;
+    let ca_key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(vec![]).expect("params");
+    p.distinguished_name
+        .push(DnType::CommonName, "Moat test webhook CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = DevCa {
+        cert: p.self_signed(&ca_key).expect("ca"),
+        key: ca_key,
+    };
+    let (leaf, key) = ca.issue("localhost", false);
+    std::fs::write(dir.join("hook-ca.pem"), ca.cert.pem()).expect("write");
+    std::fs::write(dir.join("hook.pem"), leaf.pem()).expect("write");
+    std::fs::write(dir.join("hook-key.pem"), key.serialize_pem()).expect("write");
+    let mut child = std::process::Command::new("python3")
+        .arg(crate::harness::clients_dir().join("webhook_receiver.py"))
+        .arg("--cert")
+        .arg(dir.join("hook.pem"))
+        .arg("--key")
+        .arg(dir.join("hook-key.pem"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let port = lines
+        .next()
+        .and_then(Result::ok)
+        .expect("the webhook receiver did not start");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).expect("receiver JSON");
+            let head = v["head"].as_array().expect("head").iter();
+            let head = head.map(|h| h.as_str().unwrap_or_default().to_owned());
+            let body = v["body"].as_str().unwrap_or_default().to_owned();
+            let _ = tx.send((head.collect(), body));
+        }
+    });
+    (
+        format!("https://localhost:{}/moat-alerts", port.trim()),
+        rx,
+        Killed(child),
     )
 }
 
@@ -227,7 +283,15 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     let dir = TempDir::new("flood");
     let mut args = ANY_PORTS.to_vec();
     args.extend(["--edges", "2"]);
-    let dev = Dev::start_in(&dir.0, None, &args);
+    // Alerts go to an https webhook (Python's http.server behind OpenSSL, with a certificate
+    // from a CA of the test's own that `moat dev` trusts through SSL_CERT_FILE) and, by email,
+    // to the admin mailbox.
+    let (hook_url, hook_rx, _hook) = https_webhook(&dir.0);
+    let data = dir.0.join("data");
+    let mut cmd = moat();
+    cmd.arg("dev").arg("--data").arg(&data).args(&args);
+    cmd.env("SSL_CERT_FILE", dir.0.join("hook-ca.pem"));
+    let dev = Dev::spawn(cmd, data);
     dev.admin(&[
         "detection",
         "set",
@@ -257,33 +321,27 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
             ip,
         ]);
     }
-    // Alerts go to a webhook (a real HTTP server here) and, by email, to the admin mailbox.
-    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("bind webhook");
-    let hook_url = format!("http://{}/moat-alerts", hook.local_addr().expect("addr"));
-    let (hook_tx, hook_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-        for conn in hook.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-            let mut head = Vec::new();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                head.push(line.trim_end().to_owned());
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-            let _ = hook_tx.send((head, String::from_utf8_lossy(&body).into_owned()));
-        }
-    });
+    // A webhook that could never be delivered is refused when it is set, with the reason.
+    for (url, why) in [
+        ("ftp://hooks.test/a", "must be an http:// or https:// URL"),
+        (
+            "https://user:pw@hooks.test/a",
+            "credentials in the URL are not supported",
+        ),
+    ] {
+        let (ok, out, err) = run(moat().args(["admin", "--data"]).arg(&dev.data).args([
+            "alerts",
+            "contacts",
+            "set",
+            "--tenant",
+            "example.test",
+            "--webhook",
+            url,
+            "--webhook-secret",
+            "s",
+        ]));
+        assert!(!ok && err.contains(why), "{url}: {out}{err}");
+    }
     dev.admin(&[
         "alerts",
         "contacts",
