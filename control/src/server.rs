@@ -94,6 +94,9 @@ pub enum ControlError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The internal TLS material cannot serve.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Why a request to the node thread was not carried out.
@@ -367,23 +370,33 @@ impl Control {
             shared: Arc::clone(&self.shared),
         };
         let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&self.shared)));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &self.tls {
-            builder = builder.tls_config(tls.server())?;
-        }
-        let server = builder
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        let router = tonic::transport::Server::builder()
             .add_service(
                 v1::raft_server::RaftServer::new(svc.clone())
                     .max_decoding_message_size(MAX_MESSAGE),
             )
             .add_service(v1::policy_server::PolicyServer::new(svc.clone()))
             .add_service(v1::signal_server::SignalServer::new(svc.clone()))
-            .add_service(v1::admin_server::AdminServer::new(svc))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            });
+            .add_service(v1::admin_server::AdminServer::new(svc));
+        // With TLS, every connection is accepted with the certificate current at that moment,
+        // so a renewal needs no restart.
+        let server: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match &self.tls
+        {
+            Some(tls) => {
+                let incoming = tls.incoming(self.listener).ok_or_else(|| {
+                    ControlError::Tls("--tls-cert is not a moat-control certificate".into())
+                })?;
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+            }
+        };
         tokio::pin!(server);
         tokio::select! {
             r = &mut server => r?,
@@ -963,20 +976,28 @@ async fn peer_task(
 ) {
     // HTTP/2 pings find a connection that died in a partition within seconds; without them a
     // healed peer waits for TCP's retransmission backoff (up to two minutes) to hear again.
-    let endpoint = match moat_proto::mtls::endpoint(&addr, tls.as_ref()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true),
+    // Made again after a failure, so a reconnection presents the current (maybe renewed)
+    // certificate.
+    let connect = || match moat_proto::mtls::endpoint(&addr, tls.as_ref()) {
+        Ok(e) => Some(
+            v1::raft_client::RaftClient::new(
+                e.connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(10))
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(2))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy(),
+            )
+            .max_encoding_message_size(MAX_MESSAGE),
+        ),
         Err(e) => {
             tracing::warn!(to, %addr, error = %e, "bad peer address");
-            return;
+            None
         }
     };
-    let mut client = v1::raft_client::RaftClient::new(endpoint.connect_lazy())
-        .max_encoding_message_size(MAX_MESSAGE);
+    let Some(mut client) = connect() else {
+        return;
+    };
     while let Some(mut batch) = rx.recv().await {
         while batch.len() < 256 {
             match rx.try_recv() {
@@ -1007,6 +1028,9 @@ async fn peer_task(
                 // Do not spin on a dead peer; raft will resend.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while rx.try_recv().is_ok() {}
+                if let Some(c) = connect() {
+                    client = c;
+                }
             }
         }
     }

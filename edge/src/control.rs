@@ -337,6 +337,10 @@ pub async fn report(
                     break;
                 }
                 Err(e) => {
+                    if e.code() == tonic::Code::Unavailable {
+                        // Connected again with the current (maybe renewed) certificate.
+                        clients.remove(&addr);
+                    }
                     leader = e
                         .metadata()
                         .get("moat-leader")

@@ -13,11 +13,24 @@
 //! A `:NAME` suffix (`moat-admin:alice`) names the holder and keeps the role. Clients verify a
 //! control node against the name [`CONTROL_SERVER_NAME`], whatever address they dial, so a
 //! control certificate carries that DNS name among its subject alternative names.
+//!
+//! The files are watched: a renewed certificate, key or CA (cert-manager rewriting a Secret,
+//! `moat cert issue` over the old files) is used for every handshake from a second after it
+//! lands, by control nodes' listeners and by every new connection a client opens. Established
+//! connections keep the session they have. A renewal that cannot be loaded (half written, a
+//! key that does not match, another role) keeps the old material and is logged.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use rustls::client::danger::ServerCertVerifier as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The DNS name every control node's certificate carries and every client verifies.
 pub const CONTROL_SERVER_NAME: &str = "moat-control";
@@ -69,26 +82,59 @@ pub enum TlsError {
     Bad(PathBuf, String),
 }
 
-/// This process's internal TLS material: the cluster CA, its certificate and key.
+/// How often the files are looked at (their modification times) for a renewal.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a caller may take over its TLS handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This process's internal TLS material: the cluster CA, its certificate and key, reloaded
+/// when the files change (see the module documentation). Clones share the material.
 #[derive(Clone)]
 pub struct InternalTls {
+    inner: Arc<Watched>,
+}
+
+struct Watched {
+    paths: [PathBuf; 3],
+    role: Role,
+    state: Mutex<Current>,
+}
+
+struct Current {
+    material: Arc<Material>,
+    stamps: [Option<SystemTime>; 3],
+    checked: Instant,
+}
+
+/// One consistent set of files, checked and ready to use.
+struct Material {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
     role: Role,
+    /// Built for control certificates only: the server side of a control node.
+    server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for InternalTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
         f.debug_struct("InternalTls")
-            .field("role", &self.role)
+            .field("role", &self.inner.role)
+            .field("cert", &self.inner.paths[1])
             .finish_non_exhaustive()
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e))
+}
+
+fn stamps(paths: &[PathBuf; 3]) -> [Option<SystemTime>; 3] {
+    paths
+        .each_ref()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
 }
 
 /// The common name of the first certificate in a PEM file's content.
@@ -109,9 +155,9 @@ fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<S
         .map(str::to_owned)
 }
 
-impl InternalTls {
-    /// Loads the CA, certificate and key (PEM) and reads the role from the certificate.
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+impl Material {
+    fn load(paths: &[PathBuf; 3]) -> Result<Self, TlsError> {
+        let [ca, cert, key] = paths;
         let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
         pem_common_name(&ca_pem).map_err(|e| TlsError::Bad(ca.to_owned(), e))?;
         let cn = pem_common_name(&cert_pem).map_err(|e| TlsError::Bad(cert.to_owned(), e))?;
@@ -124,37 +170,215 @@ impl InternalTls {
                 ),
             )
         })?;
-        if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY") {
-            return Err(TlsError::Bad(key.to_owned(), "no PEM private key".into()));
-        }
+        check_chain(paths, role, &ca_pem, &cert_pem)?;
+        let server = if role == Role::Control {
+            Some(server_config(paths, &ca_pem, &cert_pem, &key_pem)?)
+        } else {
+            PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| TlsError::Bad(key.to_owned(), format!("no PEM private key: {e}")))?;
+            None
+        };
         Ok(Self {
             ca: ca_pem,
             cert: cert_pem,
             key: key_pem,
             role,
+            server,
+        })
+    }
+}
+
+fn roots(ca: &Path, ca_pem: &[u8]) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Checks that the certificate is valid now and issued by the CA, as its peers will check it:
+/// as a client certificate, and for a control node also as the server `moat-control`. A
+/// certificate they would refuse is refused here, at start or at a renewal, with the reason.
+fn check_chain(
+    [ca, cert, _]: &[PathBuf; 3],
+    role: Role,
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+) -> Result<(), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = roots(ca, ca_pem)?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Bad(cert.to_owned(), e.to_string()))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| TlsError::Bad(cert.to_owned(), "no certificate".into()))?;
+    let refused = |e: rustls::Error| {
+        TlsError::Bad(
+            cert.to_owned(),
+            format!("refused against the CA in {}: {e}", ca.display()),
+        )
+    };
+    let now = rustls::pki_types::UnixTime::now();
+    WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?
+        .verify_client_cert(leaf, intermediates, now)
+        .map_err(refused)?;
+    if role == Role::Control {
+        let name = rustls::pki_types::ServerName::try_from(CONTROL_SERVER_NAME)
+            .map_err(|e| TlsError::Bad(cert.to_owned(), e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?
+            .verify_server_cert(leaf, intermediates, &name, &[], now)
+            .map_err(refused)?;
+    }
+    Ok(())
+}
+
+/// A control node's server side: its certificate, and a client certificate from the CA
+/// required of every caller; HTTP/2 only.
+fn server_config(
+    [ca, cert, key]: &[PathBuf; 3],
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let bad = |path: &Path, e: String| TlsError::Bad(path.to_owned(), e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(ca, ca_pem)?, provider.clone())
+            .build()
+            .map_err(|e| bad(ca, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| bad(key, format!("no PEM private key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private)
+        .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl InternalTls {
+    /// Loads the CA, certificate and key (PEM), reads the role from the certificate, and
+    /// watches the files from then on.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let paths = [ca.to_owned(), cert.to_owned(), key.to_owned()];
+        let seen = stamps(&paths);
+        let material = Material::load(&paths)?;
+        Ok(Self {
+            inner: Arc::new(Watched {
+                role: material.role,
+                paths,
+                state: Mutex::new(Current {
+                    material: Arc::new(material),
+                    stamps: seen,
+                    checked: Instant::now(),
+                }),
+            }),
         })
     }
 
-    /// The role this process's certificate gives it.
+    /// The role this process's certificate gives it (a renewal never changes it).
     pub fn role(&self) -> Role {
-        self.role
+        self.inner.role
     }
 
-    /// A control node's server side: its certificate, and a client certificate from the CA
-    /// required of every caller.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
+    /// The material to use now: reloaded first if the files changed since the last look
+    /// (at most one look a second).
+    fn current(&self) -> Arc<Material> {
+        let w = &self.inner;
+        let mut cur = w.state.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.checked.elapsed() >= RELOAD_CHECK {
+            cur.checked = Instant::now();
+            let now = stamps(&w.paths);
+            if now != cur.stamps {
+                // Looked at once per change: a half-written renewal is tried again when its
+                // next write changes the times.
+                cur.stamps = now;
+                match Material::load(&w.paths) {
+                    Ok(m) if m.role == w.role => {
+                        cur.material = Arc::new(m);
+                        tracing::info!(cert = %w.paths[1].display(), "internal TLS certificate reloaded");
+                    }
+                    Ok(m) => tracing::warn!(
+                        cert = %w.paths[1].display(),
+                        "the renewed certificate is a {} certificate, not a {} one; keeping the old one",
+                        m.role,
+                        w.role
+                    ),
+                    Err(e) => tracing::warn!(
+                        "internal TLS renewal not loaded, keeping the old certificate: {e}"
+                    ),
+                }
+            }
+        }
+        Arc::clone(&cur.material)
     }
 
     /// A client side toward control nodes: verify them against the CA and
     /// [`CONTROL_SERVER_NAME`], present this process's certificate.
     pub fn client(&self) -> ClientTlsConfig {
+        let m = self.current();
         ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca))
-            .identity(Identity::from_pem(&self.cert, &self.key))
+            .ca_certificate(Certificate::from_pem(&m.ca))
+            .identity(Identity::from_pem(&m.cert, &m.key))
             .domain_name(CONTROL_SERVER_NAME)
+    }
+
+    /// A control node's connections: each accepted TCP connection's handshake (with the
+    /// material current at that moment) runs on a task of its own, so a slow or silent caller
+    /// holds up nobody; established connections come out of the stream. Accepting stops when
+    /// the stream is dropped. `None` unless this is a control certificate.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> Option<tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>>> {
+        self.current().server.as_ref()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let tls = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors, mostly: wait rather than spin.
+                            tracing::warn!("accepting a control connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    () = tx.closed() => return,
+                };
+                let Some(config) = tls.current().server.clone() else {
+                    return;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, "internal TLS handshake refused: {e}"),
+                        Err(_) => tracing::info!(%peer, "internal TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Some(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }
 
@@ -189,6 +413,76 @@ pub fn caller_role<T>(req: &tonic::Request<T>) -> Option<(Role, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Ca(rcgen::Certificate, rcgen::KeyPair);
+
+    impl Ca {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "test CA");
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            Self(p.self_signed(&key).unwrap(), key)
+        }
+
+        /// (certificate PEM, key PEM) for `cn`.
+        fn issue(&self, cn: &str) -> (String, String) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![CONTROL_SERVER_NAME.into()]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let cert = p.signed_by(&key, &self.0, &self.1).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    fn recheck(tls: &InternalTls) -> Vec<u8> {
+        let mut cur = tls.inner.state.lock().unwrap();
+        cur.checked = Instant::now()
+            .checked_sub(RELOAD_CHECK)
+            .unwrap_or(cur.checked);
+        drop(cur);
+        tls.current().cert.clone()
+    }
+
+    #[test]
+    fn a_renewal_is_picked_up_and_a_bad_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("moat-mtls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("c.pem"), dir.join("k.pem"));
+        let authority = Ca::new();
+        std::fs::write(&ca, authority.0.pem()).unwrap();
+        let write = |(c, k): &(String, String)| {
+            std::fs::write(&cert, c).unwrap();
+            std::fs::write(&key, k).unwrap();
+        };
+        let first = authority.issue("moat-control");
+        write(&first);
+        let tls = InternalTls::load(&ca, &cert, &key).unwrap();
+        assert_eq!(tls.role(), Role::Control);
+        assert_eq!(recheck(&tls), first.0.as_bytes());
+        // Renewed: used from the next look on.
+        let second = authority.issue("moat-control");
+        write(&second);
+        assert_eq!(recheck(&tls), second.0.as_bytes());
+        // Half written (a key that does not go with the certificate), then another role, then
+        // unreadable: the last good one stays.
+        let third = authority.issue("moat-control");
+        std::fs::write(&cert, &third.0).unwrap();
+        assert_eq!(recheck(&tls), second.0.as_bytes());
+        write(&authority.issue("moat-edge"));
+        assert_eq!(recheck(&tls), second.0.as_bytes());
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert_eq!(recheck(&tls), second.0.as_bytes());
+        // A certificate from another CA (its peers would refuse it): not taken.
+        write(&Ca::new().issue("moat-control"));
+        assert_eq!(recheck(&tls), second.0.as_bytes());
+        // The renewal completed: taken.
+        write(&third);
+        assert_eq!(recheck(&tls), third.0.as_bytes());
+        assert!(tls.current().server.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn roles_come_from_the_common_name() {

@@ -44,8 +44,15 @@ async fn admin_read(
     tls: Option<&InternalTls>,
     token: &str,
 ) -> Result<moat_proto::ReadReply, (Code, String)> {
-    let channel = endpoint(addr, tls)
-        .map_err(|e| (Code::Unknown, e.to_string()))?
+    let endpoint = endpoint(addr, tls).map_err(|e| (Code::Unknown, e.to_string()))?;
+    admin_read_on(endpoint, token).await
+}
+
+async fn admin_read_on(
+    endpoint: tonic::transport::Endpoint,
+    token: &str,
+) -> Result<moat_proto::ReadReply, (Code, String)> {
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| (Code::Unavailable, format!("{e:?}")))?;
@@ -74,13 +81,33 @@ fn unauthorized_calls_are_refused() {
     let other = TempDir::new("other-ca");
     Pki::new(&other.0);
     let stranger = tls(&other.0, "ca.pem", "admin");
-    // Our CA as trust anchor, a client certificate from the other CA.
-    let impostor = InternalTls::load(
+    // Our CA as trust anchor, a client certificate from the other CA (made without our loader,
+    // which refuses a certificate its CA did not issue).
+    let pem = |p: std::path::PathBuf| std::fs::read(p).expect("PEM");
+    let host = addr.trim_start_matches("https://");
+    let impostor = tonic::transport::Endpoint::from_shared(format!("https://{host}"))
+        .expect("endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem(
+                    internal.join("ca.pem")
+                )))
+                .identity(tonic::transport::Identity::from_pem(
+                    pem(other.0.join("admin.pem")),
+                    pem(other.0.join("admin-key.pem")),
+                ))
+                .domain_name(moat_proto::mtls::CONTROL_SERVER_NAME),
+        )
+        .expect("TLS settings");
+    let loaded = InternalTls::load(
         &internal.join("ca.pem"),
         &other.0.join("admin.pem"),
         &other.0.join("admin-key.pem"),
-    )
-    .expect("TLS material");
+    );
+    let e = loaded
+        .expect_err("a certificate from another CA loaded")
+        .to_string();
+    assert!(e.contains("refused against the CA"), "{e}");
 
     runtime().block_on(async {
         // The right certificate and token: allowed.
@@ -94,7 +121,7 @@ fn unauthorized_calls_are_refused() {
         // does not trust the client.
         let r = admin_read(&addr, Some(&stranger), &token).await;
         assert!(r.is_err(), "stranger accepted: {r:?}");
-        let r = admin_read(&addr, Some(&impostor), &token).await;
+        let r = admin_read_on(impostor, &token).await;
         assert!(r.is_err(), "impostor accepted: {r:?}");
 
         // An edge certificate cannot call the admin API, even with the operator token.
@@ -277,4 +304,84 @@ fn a_control_node_without_tls_refuses_admin_calls() {
         }
     });
     assert!(refused.contains("without TLS"), "{refused}");
+}
+
+/// The serial of the certificate a control node serves, as `openssl s_client` sees it (with
+/// the admin certificate, verified against the CA).
+fn served_serial(addr: &str, internal: &std::path::Path) -> String {
+    let f = |name: &str| internal.join(name).display().to_string();
+    let script = format!(
+        "openssl s_client -connect {addr} -servername moat-control -alpn h2 -verify_return_error \
+         -CAfile {} -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        f("ca.pem"),
+        f("admin.pem"),
+        f("admin-key.pem")
+    );
+    let (_, out, _) = run(std::process::Command::new("sh").args(["-c", &script]));
+    out.trim().to_owned()
+}
+
+fn file_serial(path: &std::path::Path) -> String {
+    let (ok, out, err) = run(std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(path));
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+/// A renewed control certificate is served without a restart: within seconds of
+/// `moat cert issue` writing it, `openssl s_client` gets the new one, and the edge and the admin
+/// tool carry on. A certificate from another CA written over it is not taken (its peers would
+/// refuse it): the node keeps serving the last good one.
+#[test]
+fn a_renewed_control_certificate_is_served_without_a_restart() {
+    let dev = Dev::start(None);
+    let internal = dev.data.join("tls/internal");
+    let addr = dev.endpoints["admin"]["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .trim_start_matches("https://")
+        .to_owned();
+    let first = file_serial(&internal.join("control.pem"));
+    assert_eq!(served_serial(&addr, &internal), first);
+
+    let (ok, out, err) = run(moat()
+        .args([
+            "cert",
+            "issue",
+            "--role",
+            "control",
+            "--san",
+            "127.0.0.1",
+            "--dir",
+        ])
+        .arg(&internal));
+    assert!(ok, "{out}{err}");
+    let renewed = file_serial(&internal.join("control.pem"));
+    assert_ne!(renewed, first);
+    let t0 = std::time::Instant::now();
+    while served_serial(&addr, &internal) != renewed {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still serving {} 10 s after the renewal",
+            served_serial(&addr, &internal)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "renewed certificate served {:?} after it was written",
+        t0.elapsed()
+    );
+    // Edges and the admin tool still reach the node: a write is applied everywhere.
+    dev.admin_applied(&["tenant", "create", "renewed.test"]);
+
+    // Another CA's control certificate over the files: refused, the renewed one stays.
+    let other = TempDir::new("rotation-other-ca");
+    Pki::new(&other.0);
+    for f in ["control.pem", "control-key.pem"] {
+        std::fs::copy(other.0.join(f), internal.join(f)).expect("copy");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(served_serial(&addr, &internal), renewed);
+    dev.admin_applied(&["tenant", "create", "still.test"]);
 }
