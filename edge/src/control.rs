@@ -337,8 +337,9 @@ pub async fn report(
                     break;
                 }
                 Err(e) => {
-                    if e.code() == tonic::Code::Unavailable {
-                        // Connected again with the current (maybe renewed) certificate.
+                    if std::error::Error::source(&e).is_some() {
+                        // A transport failure, not the node's answer: connect again, with
+                        // the current (maybe renewed) certificate.
                         clients.remove(&addr);
                     }
                     leader = e
