@@ -385,3 +385,60 @@ fn a_renewed_control_certificate_is_served_without_a_restart() {
     assert_eq!(served_serial(&addr, &internal), renewed);
     dev.admin_applied(&["tenant", "create", "still.test"]);
 }
+
+/// The control port, now that Moat runs its TLS itself, as clients nobody here wrote see it:
+/// TLS 1.1 is refused; TLS 1.2 without a client certificate is refused (`certificate
+/// required`), and so is TLS 1.3, at the first read (Python's ssl); TLS 1.2 with the admin
+/// certificate completes, verified against the CA, with HTTP/2 by ALPN.
+#[test]
+fn the_control_port_refuses_old_tls_and_callers_without_a_certificate() {
+    let dev = Dev::start(None);
+    let internal = dev.data.join("tls/internal");
+    let f = |name: &str| internal.join(name).display().to_string();
+    let addr = dev.endpoints["admin"]["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .trim_start_matches("https://")
+        .to_owned();
+    let s_client = |extra: &str| {
+        let script = format!(
+            "openssl s_client -connect {addr} -servername moat-control -CAfile {} {extra} \
+             </dev/null 2>&1",
+            f("ca.pem")
+        );
+        run(std::process::Command::new("sh").args(["-c", &script])).1
+    };
+    let out = s_client("-tls1_1 -cipher DEFAULT@SECLEVEL=0");
+    assert!(
+        out.contains("Cipher is (NONE)") && out.contains("alert"),
+        "TLS 1.1:\n{out}"
+    );
+    let out = s_client("-tls1_2");
+    assert!(
+        out.contains("alert certificate required"),
+        "TLS 1.2 without a certificate:\n{out}"
+    );
+    let out = s_client(&format!(
+        "-tls1_2 -alpn h2 -cert {} -key {}",
+        f("admin.pem"),
+        f("admin-key.pem")
+    ));
+    assert!(
+        out.contains("Verify return code: 0 (ok)") && out.contains("ALPN protocol: h2"),
+        "TLS 1.2 with the admin certificate:\n{out}"
+    );
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let python = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[3])\n\
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3\n\
+        ctx.set_alpn_protocols(['h2'])\n\
+        s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname='moat-control')\n\
+        try:\n    s.recv(1)\n    print('read')\n\
+        except ssl.SSLError as e:\n    print('refused', e.reason)\n";
+    let (_, out, err) =
+        run(std::process::Command::new("python3").args(["-c", python, host, port, &f("ca.pem")]));
+    assert!(
+        out.contains("refused") && out.contains("CERTIFICATE_REQUIRED"),
+        "TLS 1.3 without a certificate: {out}{err}"
+    );
+}
