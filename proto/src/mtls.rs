@@ -170,12 +170,61 @@ impl Material {
                 ),
             )
         })?;
-        check_chain(paths, role, &ca_pem, &cert_pem)?;
+        let bad = |path: &Path, e: String| TlsError::Bad(path.to_owned(), e);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca_pem) {
+            let c = c.map_err(|e| bad(ca, e.to_string()))?;
+            roots.add(c).map_err(|e| bad(ca, e.to_string()))?;
+        }
+        let roots = Arc::new(roots);
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(cert, e.to_string()))?;
+        let private = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| bad(key, format!("no PEM private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let callers =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| bad(ca, e.to_string()))?;
+        // Checked as its peers will check it: valid now and issued by the CA, as a client
+        // certificate, and for a control node also as the server `moat-control`. What they
+        // would refuse is refused here, at start or at a renewal, with the reason.
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| bad(cert, "no certificate".into()))?;
+        let refused = |e: rustls::Error| {
+            bad(
+                cert,
+                format!("refused against the CA in {}: {e}", ca.display()),
+            )
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        callers
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(refused)?;
         let server = if role == Role::Control {
-            Some(server_config(paths, &ca_pem, &cert_pem, &key_pem)?)
+            let name = rustls::pki_types::ServerName::try_from(CONTROL_SERVER_NAME)
+                .map_err(|e| bad(cert, e.to_string()))?;
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots,
+                Arc::clone(&provider),
+            )
+            .build()
+            .map_err(|e| bad(ca, e.to_string()))?
+            .verify_server_cert(leaf, intermediates, &name, &[], now)
+            .map_err(refused)?;
+            // The server side: a client certificate from the CA required of every caller;
+            // HTTP/2 only.
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(cert, e.to_string()))?
+                .with_client_cert_verifier(callers)
+                .with_single_cert(chain, private)
+                .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(config))
         } else {
-            PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| TlsError::Bad(key.to_owned(), format!("no PEM private key: {e}")))?;
             None
         };
         Ok(Self {
@@ -186,87 +235,6 @@ impl Material {
             server,
         })
     }
-}
-
-fn roots(ca: &Path, ca_pem: &[u8]) -> Result<Arc<rustls::RootCertStore>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        let c = c.map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?;
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?;
-    }
-    Ok(Arc::new(roots))
-}
-
-/// Checks that the certificate is valid now and issued by the CA, as its peers will check it:
-/// as a client certificate, and for a control node also as the server `moat-control`. A
-/// certificate they would refuse is refused here, at start or at a renewal, with the reason.
-fn check_chain(
-    [ca, cert, _]: &[PathBuf; 3],
-    role: Role,
-    ca_pem: &[u8],
-    cert_pem: &[u8],
-) -> Result<(), TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = roots(ca, ca_pem)?;
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Bad(cert.to_owned(), e.to_string()))?;
-    let (leaf, intermediates) = chain
-        .split_first()
-        .ok_or_else(|| TlsError::Bad(cert.to_owned(), "no certificate".into()))?;
-    let refused = |e: rustls::Error| {
-        TlsError::Bad(
-            cert.to_owned(),
-            format!("refused against the CA in {}: {e}", ca.display()),
-        )
-    };
-    let now = rustls::pki_types::UnixTime::now();
-    WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-        .build()
-        .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?
-        .verify_client_cert(leaf, intermediates, now)
-        .map_err(refused)?;
-    if role == Role::Control {
-        let name = rustls::pki_types::ServerName::try_from(CONTROL_SERVER_NAME)
-            .map_err(|e| TlsError::Bad(cert.to_owned(), e.to_string()))?;
-        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| TlsError::Bad(ca.to_owned(), e.to_string()))?
-            .verify_server_cert(leaf, intermediates, &name, &[], now)
-            .map_err(refused)?;
-    }
-    Ok(())
-}
-
-/// A control node's server side: its certificate, and a client certificate from the CA
-/// required of every caller; HTTP/2 only.
-fn server_config(
-    [ca, cert, key]: &[PathBuf; 3],
-    ca_pem: &[u8],
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let bad = |path: &Path, e: String| TlsError::Bad(path.to_owned(), e);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca, ca_pem)?, provider.clone())
-            .build()
-            .map_err(|e| bad(ca, e.to_string()))?;
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, e.to_string()))?;
-    let private = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| bad(key, format!("no PEM private key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(cert, e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, private)
-        .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
 }
 
 impl InternalTls {

@@ -181,29 +181,12 @@ def http_get(addr, path, timeout=3.0):
     return parse_http(buf)
 
 
-# The same GET, run by a Python started inside a namespace (`ip netns exec NS python3 -c`).
-NS_GET = r"""
-import json, socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-try:
-    with socket.create_connection((host, int(port)), timeout=3) as s:
-        s.settimeout(3)
-        s.sendall(("GET %s HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
-        buf = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            buf += d
-    head, _, body = buf.partition(b"\r\n\r\n")
-    try:
-        code = int(head.split()[1])
-    except (IndexError, ValueError):
-        code = 0
-    print(json.dumps([code, body.decode("utf-8", "replace")]))
-except OSError as e:
-    print(json.dumps([0, "ERROR %s" % e]))
-"""
+# The same GET (`http_get` of this file), run by a Python started inside a namespace
+# (`ip netns exec NS python3 -c NS_GET DIR ADDR PATH`); prints [status, body] as JSON.
+NS_GET = (
+    "import json, sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1]); "
+    "from partition import http_get; print(json.dumps(http_get(sys.argv[2], sys.argv[3])))"
+)
 
 
 def wait_for(desc, fn, timeout, interval=0.2):
@@ -429,17 +412,15 @@ class Proc:
             return http_get(self.status_addr, "/readyz")
         try:
             r = run([IP, "netns", "exec", self.env.net.ns(self.name), sys.executable, "-c", NS_GET,
-                     self.status_addr, "/readyz"], timeout=20, check=False)
+                     os.path.dirname(os.path.abspath(__file__)), self.status_addr, "/readyz"],
+                    timeout=20, check=False)
         except subprocess.TimeoutExpired:
             return 0, "timed out"
         try:
             code, body = json.loads(r.stdout)
         except ValueError:
             return 0, f"ip netns exec: {r.stdout} {r.stderr}"
-        try:
-            return code, json.loads(body)
-        except ValueError:
-            return code, body
+        return code, body
 
 
 class Control(Proc):
