@@ -457,6 +457,7 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     wait_edge_version(&c.edges[e].status, 1, Duration::from_secs(20));
     let mut acknowledged = Vec::new();
     let mut election = None;
+    let mut last_index = 0;
     for i in 0..40 {
         if i == 10 {
             c.kill_node(leader, "KILL");
@@ -468,8 +469,12 @@ fn killing_the_leader_loses_no_acknowledged_write() {
             assert!(r.starts_with("250"), "edge stopped serving: {r}");
         }
         let name = format!("t{i}.test");
-        let (code, out, err) = c.admin(&["tenant", "create", &name, "--domain", &name]);
+        let (code, out, err) =
+            c.admin(&["tenant", "create", &name, "--domain", &name, "-o", "json"]);
         if code == 0 {
+            let reply: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            last_index = reply["index"].as_u64().expect("index");
             acknowledged.push(name);
         } else {
             assert_eq!(code, 4, "write refused for another reason: {out}{err}");
@@ -492,6 +497,10 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     for t in &acknowledged {
         assert!(have.contains(&t.as_str()), "acknowledged {t} is gone");
     }
+    // The edge may watch a follower, which applies a commit a heartbeat after the leader
+    // acknowledged it: the last write reaches the edge, then the edge enforces it.
+    let took = wait_edge_version(&c.edges[e].status, last_index, Duration::from_secs(10));
+    println!("last acknowledged write (index {last_index}) applied on the edge {took:?} after the tenant list");
     let r = send_mail(
         &c.edges[e].mx,
         &format!("carol@{}", acknowledged[acknowledged.len() - 1]),
