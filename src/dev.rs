@@ -637,7 +637,27 @@ pub(crate) async fn edge_version(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A loopback port for a child process to bind a moment later. It is taken below the kernel's
+/// ephemeral range: a port from `bind(0)` comes from that range, the same one outgoing
+/// connections (the nodes' own raft and watch connections) take their source ports from, and
+/// one of them can hold it by the time the child binds. No port is handed out twice.
 fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let base = low.saturating_sub(10_000).max(1024);
+    let span = low.saturating_sub(base).max(1);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Nothing free below the range: any port the kernel gives.
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -42,7 +42,7 @@ def main():
         node1.freeze()
         print(f"node 1 ({node1.address}) frozen with SIGSTOP; waiting 3 s for nodes 2 and 3 to elect")
         time.sleep(3)
-        print("leader seen by node 2 and 3:", [n.readyz()[1]["raft"]["leader"] for n in cl.nodes[1:]])
+        print("leader seen by node 2 and 3:", [((n.readyz()[1] or {}).get("raft") or {}).get("leader") for n in cl.nodes[1:]])
 
         t = time.monotonic()
         code, out, err = cl.admin(["connector", "create", "--tenant", "example.test", "a",

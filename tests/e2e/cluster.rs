@@ -527,8 +527,19 @@ fn edges_fail_static_without_a_control_plane() {
 
     // Two of three control nodes gone: the last one has no quorum and says so.
     for n in &c.nodes {
-        let (code, _) = http_status(&n.status, "/readyz");
-        assert_eq!(code, 200, "node {} not ready", n.id);
+        let t0 = Instant::now();
+        loop {
+            let (code, body) = http_status(&n.status, "/readyz");
+            if code == 200 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "node {} not ready: {code} {body}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     for id in 1..=2 {
         c.kill_node(id, "TERM");

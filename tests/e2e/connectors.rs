@@ -703,8 +703,7 @@ fn failing_dmarc_restricts_a_connector() {
             .starts_with("authentication-failures: "),
         "{list:?}"
     );
-    let counters = dev.admin(&["counters", "list"]);
-    let get = |key: &str, name: &str| {
+    let get = |counters: &Value, key: &str, name: &str| {
         counters
             .as_array()
             .into_iter()
@@ -713,6 +712,19 @@ fn failing_dmarc_restricts_a_connector() {
             .and_then(|c| c["total"].as_u64())
             .unwrap_or(0)
     };
+    // The good connector's checks run after its 250s and reach the leader with the edge's next
+    // report: wait until all twelve are in, then the total must be exactly twelve.
+    let t0 = Instant::now();
+    let counters = loop {
+        let counters = dev.admin(&["counters", "list"]);
+        if get(&counters, "example.test/good", "auth-checked") >= 12
+            || t0.elapsed() > Duration::from_secs(15)
+        {
+            break counters;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let get = |key: &str, name: &str| get(&counters, key, name);
     assert!(get("example.test/spoof", "spf-fail") >= 10, "{counters}");
     assert!(get("example.test/spoof", "dmarc-fail") >= 10, "{counters}");
     assert_eq!(get("example.test/good", "auth-checked"), 12, "{counters}");

@@ -205,10 +205,7 @@ fn busy_port_names_the_flag() {
 #[test]
 fn moat_edge_runs_from_config_and_seed() {
     let dir = TempDir::new("edge");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = crate::harness::free_port();
     let mail = dir.0.join("mail");
     let config = dir.0.join("edge.toml");
     std::fs::write(

@@ -200,7 +200,9 @@ impl Dev {
             endpoints: serde_json::Value::Null,
             _dir: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // `moat dev` itself waits up to 90 s for its first write and 60 s for its edges on a
+        // loaded machine: it reports its own failures within this.
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(text) = std::fs::read_to_string(data.join("endpoints.json")) {
                 if let Ok(v) = serde_json::from_str(&text) {

@@ -25,10 +25,7 @@ fn next_hop_down_answers_451_and_the_retry_is_delivered_once() {
     // The next hop: a second Moat, delivering into its maildir, on a fixed free port so it can
     // come back on the same address.
     let hop_dir = TempDir::new("hop");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = crate::harness::free_port();
     let hop_args = [
         "--mx-port".to_owned(),
         port.to_string(),

@@ -2,6 +2,7 @@
 //! speed bump and opt-in endpoint, restricted users and the TLS usage report, driven by
 //! `openssl s_client`, Python's smtplib and `moat admin` against `moat dev`.
 
+use std::io::Read as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -75,17 +76,46 @@ fn s_client(server: &str, ca: &std::path::Path, version: &[&str]) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("openssl");
+    // What s_client prints, gathered as it comes: `-brief` puts the handshake summary on
+    // stderr and the server's replies on stdout.
+    let gather = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                let mut sink = sink.lock().expect("output");
+                sink.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (text, reader)
+    };
+    let (stdout, out_reader) = gather(Box::new(child.stdout.take().expect("stdout")));
+    let (stderr, err_reader) = gather(Box::new(child.stderr.take().expect("stderr")));
+    let all = || stdout.lock().expect("output").clone() + &stderr.lock().expect("output");
+    // Waits until the output shows `what` or s_client has exited (a refused handshake).
+    let wait_for = |child: &mut std::process::Child, what: &str| {
+        let t0 = Instant::now();
+        while !all().contains(what)
+            && child.try_wait().expect("s_client").is_none()
+            && t0.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     {
         use std::io::Write as _;
         let mut stdin = child.stdin.take().expect("stdin");
-        // After the handshake (a line starting with Q or R would be s_client's own quit or
-        // renegotiate command).
-        std::thread::sleep(Duration::from_millis(700));
+        // A NOOP once the handshake is done, and end of input (s_client quits) once it is
+        // answered. A line starting with Q or R would be s_client's own quit or renegotiate.
+        wait_for(&mut child, "Protocol version:");
         let _ = stdin.write_all(b"NOOP\r\n");
-        std::thread::sleep(Duration::from_millis(700));
+        wait_for(&mut child, "250 2.0.0 OK");
     }
-    let out = child.wait_with_output().expect("openssl output");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    child.wait().expect("openssl");
+    out_reader.join().expect("reader");
+    err_reader.join().expect("reader");
+    all()
 }
 
 /// Acceptance 1: TLS 1.0 and 1.1 clients (openssl s_client, smtplib) complete the handshake on

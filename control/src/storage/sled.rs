@@ -8,6 +8,7 @@
 //! with power-loss protection or write-through caches for control-plane volumes).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{Backend, Op, Pairs, StoreError};
 
@@ -21,12 +22,38 @@ fn err(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// How long opening waits for the database's lock. sled releases it on a background thread
+/// after the last handle is dropped, so a database closed a moment ago can still be locked; one
+/// that a running process holds stays locked for that process's lifetime, and opening it fails
+/// after this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 impl Sled {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db =
-            sled::open(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
-        Ok(Self { db })
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return Ok(Self { db }),
+                // sled reports the lock as an `Other` I/O error: its text is all there is.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    return Err(StoreError::Backend(format!(
+                        "{}: in use: still locked after {LOCK_WAIT:?} (is another control node \
+                         running on this data directory?): {e}",
+                        dir.display()
+                    )))
+                }
+                Err(e) => return Err(StoreError::Backend(format!("{}: {e}", dir.display()))),
+            }
+        }
     }
 }
 

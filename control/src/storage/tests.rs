@@ -197,6 +197,28 @@ fn sled_state_survives_reopening() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A database that is open cannot be opened a second time: the second open waits for the lock
+/// a moment (sled releases it on a background thread after a close) and then says why.
+#[test]
+fn an_open_sled_database_is_not_opened_twice() {
+    let dir = std::env::temp_dir().join(format!("moat-sled-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = Sled::open(&dir).unwrap();
+    let t0 = std::time::Instant::now();
+    let Err(e) = Sled::open(&dir) else {
+        panic!("opened twice");
+    };
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(2), "{e}");
+    assert!(
+        e.to_string().contains("is another control node running"),
+        "{e}"
+    );
+    drop(first);
+    // Once closed, it opens again (after sled's own threads let go of the lock).
+    drop(Sled::open(&dir).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The child of `sled_survives_kill_9`: appends entries forever, one batch at a time, and
 /// reports each index once `append` returned (that is, once it was acknowledged as durable).
 #[test]

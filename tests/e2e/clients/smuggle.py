@@ -108,9 +108,13 @@ class Conn:
             raise RuntimeError(f"expected {code}, got {r!r}")
         return r
 
-    def drain(self, quiet: float) -> list[str]:
-        """All replies until the server closes or is silent for `quiet` seconds."""
-        out = []
+    def drain(self, first: float, quiet: float) -> list[str]:
+        """All replies until the server closes or is silent: `first` seconds for the
+        first reply (a slow machine may take a while), then `quiet` seconds."""
+        r = self.reply(first)
+        if r is None:
+            return []
+        out = [r]
         while True:
             r = self.reply(quiet)
             if r is None:
@@ -167,7 +171,7 @@ def smuggle_case(n: int, ending: str, args, ctx: ssl.SSLContext) -> dict:
             ".\r\n"
         )
         c.send(outer + ending + inner + "\r\n.\r\n")
-        result["replies"] += c.drain(args.quiet)
+        result["replies"] += c.drain(args.timeout, args.quiet)
         result["closed_by_server"] = c.closed
         if not c.closed:
             try:
@@ -215,7 +219,7 @@ def starttls_injection(args, ctx: ssl.SSLContext) -> dict:
             result["tls_handshake"] = f"{type(e).__name__}: {e}"
             return result
         c.send("EHLO x\r\n")
-        after = c.drain(args.quiet)
+        after = c.drain(args.timeout, args.quiet)
         result["replies"] += after
         # Correct: exactly one reply, the multi-line EHLO 250. An injected NOOP
         # shows up as an extra reply and/or a single-line 250 coming first.
