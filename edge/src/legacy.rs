@@ -363,20 +363,26 @@ mod tests {
         // the session past every timeout.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // The client stays silent, connection open, until the test lets it go.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
         let client = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt as _;
             let mut c = TcpStream::connect(addr).await.unwrap();
             c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = released.await;
             drop(c);
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let t0 = std::time::Instant::now();
-        let r = peek_hello(&tcp, Duration::from_millis(300)).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            peek_hello(&tcp, Duration::from_millis(300)),
+        )
+        .await
+        .expect("the peek outlived its own timeout");
         assert_eq!(r, Err("TLS handshake timed out".to_owned()));
-        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        let _ = release.send(());
         client.await.unwrap();
     }
 

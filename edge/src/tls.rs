@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -177,14 +176,15 @@ pub fn load_and_watch<T: Send + Sync + 'static>(
     cfg: TlsConfig,
     build: impl Fn(&TlsConfig) -> Result<T, TlsError> + Send + 'static,
 ) -> Result<Arc<ArcSwap<T>>, TlsError> {
+    // Read before the build: a change in between is built again at the first tick.
+    let mut seen = contents(&cfg);
     let current = Arc::new(ArcSwap::from_pointee(build(&cfg)?));
     let watched = current.clone();
     tokio::spawn(async move {
-        let mut seen = stamps(&cfg);
         let mut tick = tokio::time::interval(cfg.reload_interval);
         loop {
             tick.tick().await;
-            let now = stamps(&cfg);
+            let now = contents(&cfg);
             if now == seen {
                 continue;
             }
@@ -222,11 +222,13 @@ impl Certificates {
     }
 }
 
-fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
+/// The files' contents: a change of content is a renewal (modification times can stay the same
+/// over two writes within one clock tick of the file system).
+fn contents(cfg: &TlsConfig) -> Vec<Option<Vec<u8>>> {
     [Some(&cfg.cert), Some(&cfg.key), cfg.client_ca.as_ref()]
         .into_iter()
         .flatten()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| std::fs::read(p).ok())
         .collect()
 }
 

@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject;
@@ -82,7 +82,7 @@ pub enum TlsError {
     Bad(PathBuf, String),
 }
 
-/// How often the files are looked at (their modification times) for a renewal.
+/// How often the files are read again to look for a renewal.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// How long a caller may take over its TLS handshake before the connection is dropped.
@@ -103,7 +103,9 @@ struct Watched {
 
 struct Current {
     material: Arc<Material>,
-    stamps: [Option<SystemTime>; 3],
+    /// The files' contents at the last look: a renewal is a change of content (modification
+    /// times can stay the same over two writes within one clock tick of the file system).
+    seen: [Option<Vec<u8>>; 3],
     checked: Instant,
 }
 
@@ -131,10 +133,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e))
 }
 
-fn stamps(paths: &[PathBuf; 3]) -> [Option<SystemTime>; 3] {
-    paths
-        .each_ref()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+fn contents(paths: &[PathBuf; 3]) -> [Option<Vec<u8>>; 3] {
+    paths.each_ref().map(|p| std::fs::read(p).ok())
 }
 
 /// The common name of the first certificate in a PEM file's content.
@@ -242,7 +242,7 @@ impl InternalTls {
     /// watches the files from then on.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let paths = [ca.to_owned(), cert.to_owned(), key.to_owned()];
-        let seen = stamps(&paths);
+        let seen = contents(&paths);
         let material = Material::load(&paths)?;
         Ok(Self {
             inner: Arc::new(Watched {
@@ -250,7 +250,7 @@ impl InternalTls {
                 paths,
                 state: Mutex::new(Current {
                     material: Arc::new(material),
-                    stamps: seen,
+                    seen,
                     checked: Instant::now(),
                 }),
             }),
@@ -269,11 +269,11 @@ impl InternalTls {
         let mut cur = w.state.lock().unwrap_or_else(|e| e.into_inner());
         if cur.checked.elapsed() >= RELOAD_CHECK {
             cur.checked = Instant::now();
-            let now = stamps(&w.paths);
-            if now != cur.stamps {
-                // Looked at once per change: a half-written renewal is tried again when its
-                // next write changes the times.
-                cur.stamps = now;
+            let now = contents(&w.paths);
+            if now != cur.seen {
+                // Loaded once per change: a half-written renewal is tried again when its next
+                // write changes the files.
+                cur.seen = now;
                 match Material::load(&w.paths) {
                     Ok(m) if m.role == w.role => {
                         cur.material = Arc::new(m);
@@ -429,9 +429,17 @@ mod tests {
         let tls = InternalTls::load(&ca, &cert, &key).unwrap();
         assert_eq!(tls.role(), Role::Control);
         assert_eq!(recheck(&tls), first.0.as_bytes());
-        // Renewed: used from the next look on.
+        // Renewed: used from the next look on, even with the modification times unchanged (two
+        // writes within one tick of the file system's clock).
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let before = (mtime(&cert), mtime(&key));
         let second = authority.issue("moat-control");
         write(&second);
+        for (p, t) in [(&cert, before.0), (&key, before.1)] {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(t).unwrap();
+        }
+        assert_eq!((mtime(&cert), mtime(&key)), before);
         assert_eq!(recheck(&tls), second.0.as_bytes());
         // Half written (a key that does not go with the certificate), then another role, then
         // unreadable: the last good one stays.

@@ -126,8 +126,25 @@ fn certificate_is_reloaded_when_its_files_change() {
     let der1 = rustls_pki_types::CertificateDer::from_pem_slice(cert1.as_bytes()).expect("der");
     let der2 = rustls_pki_types::CertificateDer::from_pem_slice(cert2.as_bytes()).expect("der");
     assert_eq!(served(tls.clone()), der1.to_vec());
+    // Renewed with the modification times left as they were (two writes within one tick of the
+    // file system's clock look like that): the content changed, so it is a renewal.
+    let mtime = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .expect("stat")
+            .modified()
+            .expect("mtime")
+    };
+    let before = [
+        (&key_path, mtime(&key_path)),
+        (&cert_path, mtime(&cert_path)),
+    ];
     std::fs::write(&key_path, &key2).expect("key");
     std::fs::write(&cert_path, &cert2).expect("cert");
+    for (p, t) in before {
+        let f = std::fs::File::options().write(true).open(p).expect("open");
+        f.set_modified(t).expect("set mtime");
+        assert_eq!(mtime(p), t);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while served(tls.clone()) != der2.to_vec() {
         assert!(

@@ -26,7 +26,7 @@ fn err(e: sled::Error) -> StoreError {
 /// after the last handle is dropped, so a database closed a moment ago can still be locked; one
 /// that a running process holds stays locked for that process's lifetime, and opening it fails
 /// after this wait.
-const LOCK_WAIT: Duration = Duration::from_secs(3);
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl Sled {
     /// Opens (or creates) the database in `dir`.
