@@ -22,7 +22,7 @@ BINARY = ROOT / "target" / "debug" / "moat"
 
 # Generous: the machine is shared and loaded.
 REPLY_TIMEOUT = 30.0
-START_TIMEOUT = 90.0
+START_TIMEOUT = 180.0
 
 
 class MoatDev:

@@ -9,7 +9,7 @@ It starts its own `moat dev` (all ports 0, a temporary data directory), scans th
 submission and legacy-submission listeners over SMTP STARTTLS with sslyze, prints what was
 found per listener and one line per check, then `tls-audit: N passed, M failed`; the exit
 status is non-zero when any check failed. sslyze is installed with
-`python3 -m pip install -q sslyze` when it cannot be imported.
+`python3 -m pip install -q sslyze==6.3.1` when it cannot be imported.
 
 Policy checked:
 - mx and submission (tls-min-version 1.2): no SSL 2.0/3.0, no TLS 1.0/1.1; TLS 1.2 and 1.3
@@ -39,15 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moatdev import MoatDev  # noqa: E402
 
 
+# The version this audit was written against: a new release may change what it reports.
+SSLYZE = "sslyze==6.3.1"
+
+
 def ensure_sslyze():
     try:
         import sslyze  # noqa: F401
         return
     except ImportError:
         pass
-    print("sslyze not importable: installing it with `python3 -m pip install -q sslyze`",
+    print(f"sslyze not importable: installing it with `python3 -m pip install -q {SSLYZE}`",
           flush=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sslyze"],
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", SSLYZE],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         print("tls-audit: cannot install sslyze (pip exit "

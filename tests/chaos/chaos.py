@@ -1324,7 +1324,10 @@ def main():
                             f"{[w['name'] for w in missing][:20]}")
         # Edges ended up with every connector of the control plane.
         for e in cluster.edges:
-            body = e.readyz()[1] or {}
+            def converged(e=e):
+                body = e.readyz()[1] or {}
+                return body if body.get("policy", {}).get("connectors") == len(present) else None
+            body = (wait_until(converged, 30) if code == 0 else None) or e.readyz()[1] or {}
             if code == 0 and body.get("policy", {}).get("connectors") != len(present):
                 failures.append(f"{e.name} enforces {body.get('policy', {}).get('connectors')} "
                                 f"connectors, the control plane has {len(present)}")

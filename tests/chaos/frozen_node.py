@@ -34,15 +34,24 @@ def main():
             n.start()
         if not C.wait_until(lambda: cl.leader() or None, 60):
             sys.exit("no leader")
-        # The seeded tenant exists once a write on it is accepted.
-        if not C.wait_until(lambda: cl.admin(["connector", "create", "--tenant", "example.test", "warm",
-                                              "--type", "partner", "--sender-ip", "192.0.2.1/32"])[0] == 0, 60):
+        # The seeded tenant exists once a write on it is accepted (a new name per attempt: an
+        # attempt that committed but timed out must not make the next one a duplicate).
+        attempt = iter(range(1000))
+        if not C.wait_until(lambda: cl.admin(["connector", "create", "--tenant", "example.test",
+                                              f"warm-{next(attempt)}", "--type", "partner",
+                                              "--sender-ip", "192.0.2.1/32"])[0] == 0, 60):
             sys.exit("the seeded tenant never appeared")
         node1 = cl.nodes[0]
         node1.freeze()
-        print(f"node 1 ({node1.address}) frozen with SIGSTOP; waiting 3 s for nodes 2 and 3 to elect")
-        time.sleep(3)
-        print("leader seen by node 2 and 3:", [((n.readyz()[1] or {}).get("raft") or {}).get("leader") for n in cl.nodes[1:]])
+        print(f"node 1 ({node1.address}) frozen with SIGSTOP; waiting for nodes 2 and 3 to agree on a leader")
+
+        def settled():
+            seen = [((n.readyz()[1] or {}).get("raft") or {}).get("leader") for n in cl.nodes[1:]]
+            return seen if seen[0] in (2, 3) and seen[0] == seen[1] else None
+        leaders = C.wait_until(settled, 60)
+        if not leaders:
+            sys.exit("nodes 2 and 3 never agreed on a leader without node 1")
+        print("leader seen by node 2 and 3:", leaders)
 
         t = time.monotonic()
         code, out, err = cl.admin(["connector", "create", "--tenant", "example.test", "a",
@@ -64,12 +73,14 @@ def main():
         if not listening:
             bad.append("the edge did not start: " + "\n    ".join(e.log_tail(15)))
         t = time.monotonic()
-        got = C.wait_until(lambda: (e.readyz()[1] or {}).get("policy", {}).get("version"), 10, 0.2)
+        # The bug this guards against left the edge without a snapshot for good; a loaded
+        # machine may take a while (3 s are spent on node 1 first).
+        got = C.wait_until(lambda: (e.readyz()[1] or {}).get("policy", {}).get("version"), 30, 0.2)
         print(f"(b) edge with node 1 first in --control: "
               + (f"snapshot version {got} after {time.monotonic() - t:.1f}s" if got else
-                 f"no snapshot after 10 s: {e.readyz()[1]}"))
+                 f"no snapshot after 30 s: {e.readyz()[1]}"))
         if not got:
-            bad.append("an edge started with a frozen first control node got no snapshot in 10 s; its log:\n    "
+            bad.append("an edge started with a frozen first control node got no snapshot in 30 s; its log:\n    "
                        + "\n    ".join(e.log_tail(15)))
         node1.thaw()
     finally:

@@ -488,10 +488,16 @@ class Edge(Proc):
                 "--status", self.status_addr]
 
     def version(self):
-        code, body = self.readyz()
-        if isinstance(body, dict):
-            return body.get("policy", {}).get("version", 0)
-        return 0
+        """The policy version the edge enforces; a probe that gets no JSON answer (a loaded
+        machine) is made again for up to 10 s before this says 0."""
+        deadline = time.monotonic() + 10
+        while True:
+            code, body = self.readyz()
+            if isinstance(body, dict):
+                return body.get("policy", {}).get("version", 0)
+            if time.monotonic() > deadline:
+                return 0
+            time.sleep(0.2)
 
     def watching(self):
         """The control node this edge last said it watches (its last `watching policy` log
@@ -806,9 +812,13 @@ def s0_bootstrap(env):
                        lambda: (("example.test" in env.tenants(leader, stale=False)), None), 60, interval=0.5)
     env.settle(60)
     for n, e in env.edges.items():
-        code, body = e.readyz()
-        check(code == 200 and body["policy"]["version"] > 0 and body["control"]["connected"] is True,
-              f"edge {n} ready, connected, policy version {body['policy']['version']}", body)
+        def ready(e=e):
+            code, body = e.readyz()
+            ok = (code == 200 and isinstance(body, dict) and body["policy"]["version"] > 0
+                  and body["control"]["connected"] is True)
+            return ok, (code, body)
+        (code, body), _ = wait_for(f"edge {n} ready, connected, with a policy", ready, 30)
+        check(code == 200, f"edge {n} ready, connected, policy version {body['policy']['version']}", body)
         tok = env.token(f"boot-{n}")
         r = send_mail(e.mx, "alice@example.test", tok)
         check(r[0] == 250, f"edge {n} accepts mail for alice@example.test ({r[0]})", r)
