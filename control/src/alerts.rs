@@ -6,7 +6,8 @@
 //!
 //! Webhook: `POST` of the alert as JSON to an `http://` or `https://` URL (checked against the
 //! system's trusted CAs) with `X-Moat-Timestamp: <unix seconds>` and `X-Moat-Signature:
-//! sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`; any 2xx is delivered. A receiver recomputes the HMAC and rejects old timestamps to stop replays.
+//! sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`; any 2xx is delivered. A receiver
+//! recomputes the HMAC and rejects old timestamps to stop replays.
 
 use std::time::Duration;
 

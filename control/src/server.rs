@@ -1453,15 +1453,16 @@ impl v1::admin_server::Admin for Services {
             Op::SetAlertContacts(c) => {
                 let tenant = tenant_id(&c.tenant)?;
                 who.may_change(&tenant)?;
-                if !c.webhook_url.trim().is_empty() {
-                    crate::alerts::WebhookUrl::parse(c.webhook_url.trim())
+                let webhook_url = c.webhook_url.trim();
+                if !webhook_url.is_empty() {
+                    crate::alerts::WebhookUrl::parse(webhook_url)
                         .map_err(Status::invalid_argument)?;
                 }
                 Command::SetAlertContacts {
                     tenant,
                     contacts: crate::state::AlertContacts {
                         emails: c.emails.iter().map(|e| e.trim().to_lowercase()).collect(),
-                        webhook_url: c.webhook_url.trim().to_owned(),
+                        webhook_url: webhook_url.to_owned(),
                         webhook_secret: c.webhook_secret,
                     },
                 }

@@ -63,14 +63,19 @@ async fn admin_read_on(
         .map_err(|s| (s.code(), s.message().to_owned()))
 }
 
+/// The `moat dev` control node's address, as `endpoints.json` gives it to admin clients.
+fn control_endpoint(dev: &Dev) -> String {
+    dev.endpoints["admin"]["endpoints"][0]
+        .as_str()
+        .expect("endpoint")
+        .to_owned()
+}
+
 #[test]
 fn unauthorized_calls_are_refused() {
     let dev = Dev::start(None);
     let internal = dev.data.join("tls/internal");
-    let addr = dev.endpoints["admin"]["endpoints"][0]
-        .as_str()
-        .expect("endpoint")
-        .to_owned();
+    let addr = control_endpoint(&dev);
     let token = dev.endpoints["admin"]["token"]
         .as_str()
         .expect("token")
@@ -337,9 +342,7 @@ fn file_serial(path: &std::path::Path) -> String {
 fn a_renewed_control_certificate_is_served_without_a_restart() {
     let dev = Dev::start(None);
     let internal = dev.data.join("tls/internal");
-    let addr = dev.endpoints["admin"]["endpoints"][0]
-        .as_str()
-        .expect("endpoint")
+    let addr = control_endpoint(&dev)
         .trim_start_matches("https://")
         .to_owned();
     let first = file_serial(&internal.join("control.pem"));
@@ -395,9 +398,7 @@ fn the_control_port_refuses_old_tls_and_callers_without_a_certificate() {
     let dev = Dev::start(None);
     let internal = dev.data.join("tls/internal");
     let f = |name: &str| internal.join(name).display().to_string();
-    let addr = dev.endpoints["admin"]["endpoints"][0]
-        .as_str()
-        .expect("endpoint")
+    let addr = control_endpoint(&dev)
         .trim_start_matches("https://")
         .to_owned();
     let s_client = |extra: &str| {

@@ -37,19 +37,16 @@ impl Sled {
             match sled::open(dir) {
                 Ok(db) => return Ok(Self { db }),
                 // sled reports the lock as an `Other` I/O error: its text is all there is.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::Backend(format!(
+                            "{}: in use: still locked after {LOCK_WAIT:?} (is another control \
+                             node running on this data directory?): {e}",
+                            dir.display()
+                        )));
+                    }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(200));
-                }
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    return Err(StoreError::Backend(format!(
-                        "{}: in use: still locked after {LOCK_WAIT:?} (is another control node \
-                         running on this data directory?): {e}",
-                        dir.display()
-                    )))
                 }
                 Err(e) => return Err(StoreError::Backend(format!("{}: {e}", dir.display()))),
             }
