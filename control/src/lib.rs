@@ -3,22 +3,34 @@
 //! Layout:
 //! - [`storage`]: durable Raft state (log, hard state, conf state, snapshot) behind the
 //!   [`storage::Backend`] trait, with a sled and an in-memory backend, exposed to raft-rs as a
-//!   [`raft::Storage`].
+//!   [`::raft::Storage`].
 //! - [`state`]: the replicated state machine (tenants, domains, connectors, users, tokens,
 //!   restricted entities, detection, alerts, audit log, counters), applied deterministically.
-//! - [`node`]: [`node::Core`], the raft node without I/O: ready loop, apply, snapshots.
+//! - [`mod@raft`]: the raft side of a node: [`raft::node::Core`] (the raft node without I/O:
+//!   ready loop, apply, snapshots), the thread that owns it (requests, housekeeping, publishing),
+//!   the peer transport's sending tasks, and simulated-network tests.
+//! - [`publish`]: the replicated state mapped to the policy snapshot edges enforce.
+//! - `service/`: the gRPC services over the node thread: Raft (peers' messages in), Policy
+//!   (snapshot watch), Signal (edges' counters), Admin (`admin/`: authorization as pure
+//!   functions, writes, reads), and the leader's alert deliverer.
 //! - [`alerts`]: delivering alerts (signed webhook, email); the leader drives it.
-//! - [`server`]: `moat control`: the node's thread, the raft transport and the gRPC services
-//!   (Raft, Policy, Signal, Admin).
+//! - [`config`]: [`config::ControlConfig`], how a node is set up.
+//! - [`server`]: `moat control` as a process ([`server::Control`]): listener, node thread,
+//!   gRPC serving, readiness and metrics.
+//! - [`node`]: the former path of [`raft::node`], kept for the binary.
 
 #![forbid(unsafe_code)]
 
 pub mod alerts;
-pub mod node;
+pub mod config;
+pub mod publish;
+pub mod raft;
 pub mod server;
+mod service;
 pub mod state;
 pub mod storage;
 
+pub use self::raft::node;
 /// Describes every metric a control node records (help text and unit).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use moat_shared::{Tenant, TenantId};
 
-use super::*;
-use crate::state::Command;
+use super::node::{decode_message, encode_message, Core, MemberChange, NodeError, Options};
+use crate::state::{Command, Outcome, Proposal};
 use crate::storage::memory::Memory;
 
 struct Net {
@@ -82,7 +82,7 @@ impl Net {
                 if self.cut.contains(&(m.from, m.to)) {
                     continue;
                 }
-                if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                if m.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot {
                     self.snapshots_sent += 1;
                 }
                 // Round-trip through the wire encoding, as the real transport does.

@@ -5,8 +5,8 @@
 //! The ready loop follows raft-rs's documented order: messages a leader may send at once go out
 //! first; a received snapshot is installed; committed entries are applied; new entries and the
 //! hard state are persisted; only then are the messages that depend on them (votes, append
-//! responses) released; finally the node advances. The threaded driver in [`crate::server`] and
-//! the simulated network in the tests drive the same `Core`.
+//! responses) released; finally the node advances. The node thread (`raft/thread.rs`) and the
+//! simulated network in the tests (`raft/sim.rs`) drive the same `Core`.
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
@@ -15,7 +15,8 @@ use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage a
 use crate::state::{Outcome, Proposal, State};
 use crate::storage::{Backend, RaftStore, StoreError};
 
-/// Tuning of a node. Ticks are driven from outside (see [`crate::server`] for the period).
+/// Tuning of a node. Ticks are driven from outside (the node thread ticks every
+/// [`crate::config::ControlConfig::tick`]).
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Ticks without a heartbeat before a follower campaigns (randomised up to twice this).
@@ -497,6 +498,3 @@ impl slog::Drain for TracingDrain {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod sim;

@@ -1,0 +1,478 @@
+//! The admin reads: a request's kind and tenant, narrowed to what the caller may see, run
+//! against the state machine (after a read index confirms leadership, or at once on this
+//! replica when stale reads are allowed) and rendered to proto by [`read_reply`]; and the
+//! cluster view from what the node thread publishes.
+
+use std::collections::BTreeMap;
+
+use moat_proto::convert::{connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire};
+use moat_proto::v1;
+use moat_shared::time::now_ms;
+use moat_shared::TenantId;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use super::authz::{authorize, read_scope, Action, Principal};
+use crate::publish::baseline_to_wire;
+use crate::raft::{Req, REQUEST_TIMEOUT};
+use crate::service::Shared;
+use crate::state::State;
+
+/// The kinds of object a read may ask for.
+const KINDS: [&str; 19] = [
+    "tenant",
+    "domain",
+    "connector",
+    "user",
+    "transport-config",
+    "token",
+    "audit",
+    "restricted",
+    "counters",
+    "speed-bump",
+    "tls-report",
+    "alerts",
+    "outbound-policy",
+    "detection",
+    "alert-contacts",
+    "onprem-servers",
+    "onprem-policy",
+    "onprem-pauses",
+    "clock",
+];
+
+/// Carries out one admin read for `who`.
+pub(super) async fn read(
+    shared: &Shared,
+    who: &Principal,
+    mut r: v1::ReadRequest,
+) -> Result<v1::ReadReply, Status> {
+    r.tenant = read_scope(who, &r.tenant);
+    authorize(
+        who,
+        &Action::Read {
+            tenant: &r.tenant,
+            kind: &r.kind,
+        },
+    )?;
+    if !KINDS.contains(&r.kind.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "`{}` is not a kind to read ({})",
+            r.kind,
+            KINDS.join(", ")
+        )));
+    }
+    let (tx, rx) = oneshot::channel();
+    let stale = r.stale_ok;
+    shared.send(Req::Read(
+        stale,
+        Box::new(move |state| {
+            let _ = tx.send(read_reply(state, &r));
+        }),
+    ));
+    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        Ok(Ok(reply)) => Ok(reply),
+        _ => Err(Status::unavailable(
+            "no leader confirmed this read in time; retry, or pass --stale-ok for this replica's view",
+        )),
+    }
+}
+
+/// The cluster as this node sees it: raft status, members and the edges it heard from.
+pub(super) fn cluster(shared: &Shared, who: &Principal) -> Result<v1::ClusterStatus, Status> {
+    authorize(who, &Action::SeeCluster)?;
+    let view = shared.view.borrow().clone();
+    let status = view
+        .status
+        .unwrap_or_else(|| crate::raft::node::Status::unknown(shared.id));
+    let mut members: Vec<v1::Member> = status
+        .voters
+        .iter()
+        .map(|id| (id, "voter"))
+        .chain(status.learners.iter().map(|id| (id, "learner")))
+        .map(|(id, role)| v1::Member {
+            id: *id,
+            address: view.addresses.get(id).cloned().unwrap_or_default(),
+            role: role.into(),
+        })
+        .collect();
+    members.sort_by_key(|m| m.id);
+    let edges = shared
+        .edges
+        .lock()
+        .map(|e| {
+            e.iter()
+                .map(|(id, s)| v1::EdgeStatus {
+                    edge_id: id.clone(),
+                    applied_version: s.applied,
+                    watching: shared.id,
+                    last_seen_ms: s.last_seen_ms,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(v1::ClusterStatus {
+        node_id: status.id,
+        leader_id: status.leader,
+        term: status.term,
+        commit_index: status.commit,
+        applied_index: status.applied,
+        policy_version: view.policy_version,
+        members,
+        edges,
+        snapshot_index: status.snapshot_index,
+    })
+}
+
+/// Now on the cluster clock as a reader sees it: the wall clock plus the committed offset, and
+/// never before the last applied entry.
+fn read_now(state: &State) -> i64 {
+    state
+        .now_ms
+        .max(now_ms().saturating_add(state.clock_offset_ms))
+}
+
+/// One row of the on-premises server report, with the next stage and its date as of now.
+fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremServerReport {
+    use moat_shared::onprem::{accrued_ms, DAY_MS};
+    let now = read_now(state);
+    let schedule = state.schedule();
+    let baseline = state.baseline();
+    let pauses = state.pauses(&s.tenant);
+    let in_force = pauses.iter().find(|p| p.covers(now)).copied();
+    let stage = schedule.get(s.stage).copied();
+    let mut row = v1::OnpremServerReport {
+        tenant: s.tenant.to_string(),
+        server: s.server.clone(),
+        build: s.build.to_string(),
+        product: s.build.product().name().to_owned(),
+        class: baseline.classify(&s.build).as_str().to_owned(),
+        connector: s.connector.clone(),
+        first_detected_ms: s.first_detected_ms.unwrap_or(0),
+        stage: s.stage,
+        throttle: stage.map_or(0, |x| u32::from(x.throttle)),
+        block: stage.map_or(0, |x| u32::from(x.block)),
+        throttle_enabled_ms: s.throttle_enabled_ms.unwrap_or(0),
+        blocking_enabled_ms: s.blocking_enabled_ms.unwrap_or(0),
+        recommended: baseline
+            .recommended(&s.build)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        paused: s.first_detected_ms.is_some() && in_force.is_some(),
+        paused_until_ms: in_force.map_or(0, |p| p.end_ms),
+        remediated_ms: s.remediated_ms.unwrap_or(0),
+        last_seen_ms: s.last_seen_ms,
+        messages: s.messages,
+        ..Default::default()
+    };
+    if let (Some(first), Some(next)) = (s.first_detected_ms, schedule.get(s.stage + 1)) {
+        let left = i64::from(next.from_day) * DAY_MS - accrued_ms(first, now, &pauses);
+        row.next_stage = s.stage + 1;
+        row.next_throttle = u32::from(next.throttle);
+        row.next_block = u32::from(next.block);
+        row.next_stage_ms = in_force.map_or(now, |p| p.end_ms) + left.max(0);
+    }
+    row
+}
+
+/// Renders the objects a read asks for, filtered by its tenant and name.
+fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
+    let tenant_ok = |t: &TenantId| r.tenant.is_empty() || t.as_str() == r.tenant;
+    let mut reply = v1::ReadReply {
+        applied_index: state.applied,
+        cluster_now_ms: read_now(state),
+        clock_offset_ms: state.clock_offset_ms,
+        ..Default::default()
+    };
+    match r.kind.as_str() {
+        "tenant" | "domain" | "transport-config" => {
+            reply.tenants = state
+                .tenants
+                .values()
+                .filter(|t| tenant_ok(&t.id) && (r.name.is_empty() || t.id.as_str() == r.name))
+                .map(tenant_to_wire)
+                .collect();
+        }
+        "connector" => {
+            reply.connectors = state
+                .connectors
+                .values()
+                .filter(|c| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
+                .map(connector_to_wire)
+                .collect();
+        }
+        "user" => {
+            reply.users = state
+                .users
+                .values()
+                .filter(|u| tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name))
+                .map(|u| v1::User {
+                    tenant: u.tenant.to_string(),
+                    address: u.address.clone(),
+                    send_as: u.send_as.clone(),
+                })
+                .collect();
+        }
+        "token" => {
+            reply.tokens = state
+                .tokens
+                .values()
+                .map(|t| v1::Token {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    role: t.role.as_str().into(),
+                    tenant: t.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                    created_ms: t.created_ms,
+                })
+                .collect();
+        }
+        "audit" => {
+            reply.audit = state
+                .audit
+                .iter()
+                .rev()
+                .filter(|a| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok))
+                .take(1000)
+                .map(|a| v1::AuditRecord {
+                    index: a.index,
+                    at_ms: a.at_ms,
+                    actor: a.actor.clone(),
+                    action: a.action.clone(),
+                    tenant: a.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                })
+                .collect();
+            reply.audit.reverse();
+        }
+        "restricted" => {
+            reply.restricted = state
+                .restricted
+                .iter()
+                .filter(|e| tenant_ok(&e.tenant) && e.in_force(state.now_ms))
+                .map(restricted_to_wire)
+                .collect();
+        }
+        "speed-bump" => {
+            reply.speed_bump = state.speed_bump.iter().map(step_to_wire).collect();
+        }
+        "detection" => {
+            let default = state.detection.get("*").copied().unwrap_or_default();
+            reply.detection = std::iter::once((String::new(), default))
+                .chain(
+                    state
+                        .detection
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "*")
+                        .map(|(k, p)| (k.clone(), *p)),
+                )
+                .filter(|(t, _)| r.tenant.is_empty() || t.is_empty() || *t == r.tenant)
+                .map(|(tenant, p)| v1::DetectionPolicy {
+                    tenant,
+                    interval_ms: p.interval_ms,
+                    warmup_intervals: p.warmup_intervals,
+                    spike_factor: p.spike_factor,
+                    min_messages: p.min_messages,
+                    unprovisioned_percent: p.unprovisioned_percent,
+                    mismatch_percent: p.mismatch_percent,
+                    auth_fail_percent: p.auth_fail_percent,
+                })
+                .collect();
+        }
+        "outbound-policy" => {
+            reply.outbound = state
+                .tenants
+                .keys()
+                .filter(|t| tenant_ok(t))
+                .map(|t| {
+                    let p = state.outbound.get(t).copied().unwrap_or_default();
+                    v1::OutboundPolicy {
+                        tenant: t.to_string(),
+                        recipients_per_hour: p.recipients_per_hour,
+                        recipients_per_day: p.recipients_per_day,
+                        action: p.action.as_str().into(),
+                    }
+                })
+                .collect();
+        }
+        "alerts" => {
+            reply.alerts = state
+                .alerts
+                .iter()
+                .filter(|a| tenant_ok(&a.tenant))
+                .map(|a| v1::Alert {
+                    at_ms: a.at_ms,
+                    tenant: a.tenant.to_string(),
+                    severity: a.severity.clone(),
+                    title: a.title.clone(),
+                    detail: a.detail.clone(),
+                    id: a.id,
+                    deliveries: a
+                        .deliveries
+                        .iter()
+                        .map(|d| v1::AlertDelivery {
+                            channel: d.channel.clone(),
+                            target: d.target.clone(),
+                            state: match d.state {
+                                crate::state::DeliveryState::Pending => "pending",
+                                crate::state::DeliveryState::Delivered => "delivered",
+                                crate::state::DeliveryState::Failed => "failed",
+                            }
+                            .into(),
+                            attempts: d.attempts,
+                            last_error: d.last_error.clone(),
+                        })
+                        .collect(),
+                })
+                .collect();
+        }
+        "onprem-servers" => {
+            reply.onprem_servers = state
+                .onprem_servers
+                .values()
+                .filter(|s| tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name))
+                .map(|s| onprem_report(state, s))
+                .collect();
+        }
+        "onprem-policy" => {
+            reply.onprem_policy = Some(v1::OnpremPolicy {
+                baseline: baseline_to_wire(state),
+                stages: state.schedule().render(),
+                service: if state.onprem_service.is_empty() {
+                    moat_shared::onprem::DEFAULT_SERVICE.to_owned()
+                } else {
+                    state.onprem_service.clone()
+                },
+                scope: if state.onprem_all_connectors {
+                    "all-connectors"
+                } else {
+                    "onpremises"
+                }
+                .to_owned(),
+            });
+        }
+        "onprem-pauses" => {
+            use moat_shared::onprem::{pause_days_used, Pause, PAUSE_DAYS_PER_YEAR};
+            let now = read_now(state);
+            let year = moat_shared::time::civil_from_days(moat_shared::time::day_of_ms(now)).0;
+            let records = TenantId::new(&r.tenant)
+                .ok()
+                .and_then(|t| state.onprem_pauses.get(&t))
+                .cloned()
+                .unwrap_or_default();
+            let list: Vec<Pause> = records.iter().map(|p| p.pause).collect();
+            let used = pause_days_used(&list, year);
+            reply.onprem_pauses = Some(v1::OnpremPauses {
+                tenant: r.tenant.clone(),
+                pauses: records
+                    .iter()
+                    .map(|p| v1::OnpremPauseRecord {
+                        start_ms: p.pause.start_ms,
+                        end_ms: p.pause.end_ms,
+                        days: p.pause.days(),
+                        actor: p.actor.clone(),
+                        reason: p.reason.clone(),
+                    })
+                    .collect(),
+                year: i32::try_from(year).unwrap_or_default(),
+                days_used: used,
+                days_left: PAUSE_DAYS_PER_YEAR.saturating_sub(used),
+                paused_until_ms: list.iter().find(|p| p.covers(now)).map_or(0, |p| p.end_ms),
+            });
+        }
+        "clock" => {}
+        "alert-contacts" => {
+            reply.alert_contacts = state
+                .alert_contacts
+                .iter()
+                .filter(|(t, _)| tenant_ok(t))
+                .map(|(t, c)| v1::AlertContacts {
+                    tenant: t.to_string(),
+                    emails: c.emails.clone(),
+                    webhook_url: c.webhook_url.clone(),
+                    webhook_secret: if c.webhook_secret.is_empty() {
+                        String::new()
+                    } else {
+                        "(set)".into()
+                    },
+                })
+                .collect();
+            reply.alert_transport = Some(v1::AlertTransport {
+                smtp: state.alert_transport.smtp.clone(),
+                from: state.alert_transport.from.clone(),
+            });
+        }
+        "tls-report" => {
+            let days = if r.days == 0 { 7 } else { i64::from(r.days) };
+            let today = moat_shared::time::day_of_ms(read_now(state));
+            let first = moat_shared::time::day_string(today - days + 1);
+            fn rows<'a>(
+                table: &'a BTreeMap<String, crate::state::Tally>,
+                first: &str,
+                want: &str,
+            ) -> Vec<(String, String, [&'a str; 3], crate::state::Tally)> {
+                table
+                    .range(first.to_owned()..)
+                    .filter_map(|(k, t)| {
+                        let parts: Vec<&str> = k.splitn(5, '|').collect();
+                        let [day, tenant, a, b, c] = parts[..] else {
+                            return None;
+                        };
+                        (want.is_empty() || want == tenant)
+                            .then(|| (day.to_owned(), tenant.to_owned(), [a, b, c], *t))
+                    })
+                    .collect()
+            }
+            reply.tls_usage = rows(&state.tls_usage, &first, &r.tenant)
+                .into_iter()
+                .map(
+                    |(day, tenant, [listener, version, cipher], t)| v1::TlsUsage {
+                        day,
+                        tenant,
+                        listener: listener.into(),
+                        version: version.into(),
+                        cipher: cipher.into(),
+                        sessions: t.sessions,
+                        messages: t.messages,
+                    },
+                )
+                .collect();
+            reply.legacy_clients = rows(&state.legacy_clients, &first, &r.tenant)
+                .into_iter()
+                .map(|(day, tenant, [ip, user, version], t)| v1::LegacyClient {
+                    day,
+                    tenant,
+                    client_ip: ip.into(),
+                    user: user.into(),
+                    version: version.into(),
+                    sessions: t.sessions,
+                    messages: t.messages,
+                })
+                .collect();
+        }
+        "counters" => {
+            reply.counters = state
+                .counters
+                .iter()
+                .filter_map(|(k, c)| {
+                    let mut parts = k.splitn(3, '|');
+                    let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
+                    let owned = r.tenant.is_empty()
+                        || (scope == "tenant" && key == r.tenant)
+                        || (scope == "connector"
+                            && key
+                                .strip_prefix(r.tenant.as_str())
+                                .is_some_and(|k| k.starts_with('/')));
+                    owned.then(|| v1::CounterTotal {
+                        scope: scope.into(),
+                        key: key.into(),
+                        name: name.into(),
+                        total: c.total,
+                        last_minute: c.last_minute,
+                    })
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    reply
+}

@@ -1,0 +1,52 @@
+//! The Signal service: edges report counter deltas in numbered batches. The batch goes to the
+//! node thread (the leader commits held batches as one entry per window, or at once when the
+//! edge marks it urgent); the edge gets its sequence back once the batch is committed, or an
+//! error and keeps the batch for its next report.
+
+use moat_proto::mtls::Role as CertRole;
+use moat_proto::v1;
+use moat_shared::time::now_ms;
+use tonic::{Request, Response, Status};
+
+use super::{EdgeSeen, Services};
+use crate::raft::Req;
+use crate::state::SignalBatch;
+
+#[tonic::async_trait]
+impl v1::signal_server::Signal for Services {
+    async fn report(
+        &self,
+        req: Request<v1::SignalBatch>,
+    ) -> Result<Response<v1::SignalAck>, Status> {
+        self.shared
+            .require(&req, &[CertRole::Edge], "the signal service")?;
+        let b = req.into_inner();
+        if b.edge_id.is_empty() || b.seq == 0 {
+            return Err(Status::invalid_argument(
+                "a batch needs an edge id and a sequence from 1",
+            ));
+        }
+        let seq = b.seq;
+        if let Ok(mut edges) = self.shared.edges.lock() {
+            let e = edges.entry(b.edge_id.clone()).or_insert(EdgeSeen {
+                applied: 0,
+                last_seen_ms: 0,
+            });
+            e.applied = e.applied.max(b.policy_version);
+            e.last_seen_ms = now_ms();
+        }
+        let batch = SignalBatch {
+            edge: b.edge_id,
+            seq,
+            counters: b
+                .counters
+                .into_iter()
+                .map(|c| (c.scope, c.key, c.name, c.value))
+                .collect(),
+        };
+        let urgent = b.urgent;
+        metrics::counter!("moat_control_signal_batches_total").increment(1);
+        self.shared.ask(|r| Req::Signal(batch, urgent, r)).await?;
+        Ok(Response::new(v1::SignalAck { seq }))
+    }
+}
