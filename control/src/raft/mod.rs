@@ -1,18 +1,18 @@
 //! The raft side of a control node: the node without I/O, the thread that owns it, and the
 //! sending half of the peer transport.
 //!
-//! One OS thread ([`thread`]) owns the [`node::Core`] (raft-rs `RawNode`, sled storage, state
+//! One OS thread (`thread.rs`) owns the [`node::Core`] (raft-rs `RawNode`, sled storage, state
 //! machine) and runs the ready loop; everything else talks to it through a channel of
-//! [`Req`]s: the gRPC services and one sending task per peer ([`transport`]). The thread
-//! publishes what the services read without asking it ([`View`], the policy snapshot, the
-//! admin tokens).
+//! requests (`Req`): the gRPC services and one sending task per peer (`transport.rs`). The
+//! thread publishes what the services read without asking it (the raft `View`, the policy
+//! snapshot, the admin tokens).
 //!
 //! - [`node`]: [`node::Core`], the raft node without I/O: ready loop, apply, snapshots.
-//! - [`thread`]: the thread that owns the node: run loop, requests, housekeeping (signal
+//! - `thread.rs`: the thread that owns the node: run loop, requests, housekeeping (signal
 //!   batching, the on-premises tick, the seed), publishing.
-//! - [`transport`]: one task per peer that sends it raft messages over gRPC (the receiving
+//! - `transport.rs`: one task per peer that sends it raft messages over gRPC (the receiving
 //!   side is the Raft service in `service/raft.rs`).
-//! - `sim` (tests only): several nodes over a simulated network.
+//! - `sim.rs` (tests only): several nodes over a simulated network.
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc as std_mpsc, Mutex};
