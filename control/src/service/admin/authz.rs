@@ -13,6 +13,7 @@
 //! Each refusal is a [`Denied`], whose gRPC code and message the services send unchanged.
 
 use moat_proto::mtls::Role as CertRole;
+use moat_proto::v1::ReadKind;
 use moat_shared::TenantId;
 use tonic::{Code, Status};
 
@@ -41,8 +42,8 @@ pub(crate) enum Action<'a> {
     Read {
         /// The tenant asked for.
         tenant: &'a str,
-        /// The kind of object asked for (`token`, `connector`, ...).
-        kind: &'a str,
+        /// The kind of object asked for.
+        kind: ReadKind,
     },
     /// See the cluster's members and edges.
     SeeCluster,
@@ -291,7 +292,7 @@ pub(crate) fn authorize(who: &Principal, action: &Action<'_>) -> Result<(), Deni
                     tenant: tenant.to_owned(),
                 });
             }
-            if kind == "token" {
+            if kind == ReadKind::Token {
                 return Err(Denied::TokensHidden);
             }
             Ok(())
@@ -370,35 +371,35 @@ mod tests {
                 "read all",
                 Action::Read {
                     tenant: "",
-                    kind: "connector",
+                    kind: ReadKind::Connector,
                 },
             ),
             (
                 "read a",
                 Action::Read {
                     tenant: "a.test",
-                    kind: "connector",
+                    kind: ReadKind::Connector,
                 },
             ),
             (
                 "read b",
                 Action::Read {
                     tenant: "b.test",
-                    kind: "connector",
+                    kind: ReadKind::Connector,
                 },
             ),
             (
                 "tokens of a",
                 Action::Read {
                     tenant: "a.test",
-                    kind: "token",
+                    kind: ReadKind::Token,
                 },
             ),
             (
                 "tokens",
                 Action::Read {
                     tenant: "",
-                    kind: "token",
+                    kind: ReadKind::Token,
                 },
             ),
             ("cluster", Action::SeeCluster),
@@ -466,7 +467,7 @@ mod tests {
                     &admin,
                     &Action::Read {
                         tenant: "b.test",
-                        kind: "user",
+                        kind: ReadKind::User,
                     },
                 ),
                 Code::PermissionDenied,

@@ -18,29 +18,6 @@ use crate::raft::{Req, REQUEST_TIMEOUT};
 use crate::service::Shared;
 use crate::state::State;
 
-/// The kinds of object a read may ask for.
-const KINDS: [&str; 19] = [
-    "tenant",
-    "domain",
-    "connector",
-    "user",
-    "transport-config",
-    "token",
-    "audit",
-    "restricted",
-    "counters",
-    "speed-bump",
-    "tls-report",
-    "alerts",
-    "outbound-policy",
-    "detection",
-    "alert-contacts",
-    "onprem-servers",
-    "onprem-policy",
-    "onprem-pauses",
-    "clock",
-];
-
 /// Carries out one admin read for `who`.
 pub(super) async fn read(
     shared: &Shared,
@@ -48,26 +25,30 @@ pub(super) async fn read(
     mut r: v1::ReadRequest,
 ) -> Result<v1::ReadReply, Status> {
     r.tenant = read_scope(who, &r.tenant);
+    // Authorization comes first, as before kinds were an enum: a tenant admin asking another
+    // tenant for an unknown kind hears about the tenant.
+    let kind = r.requested_kind();
     authorize(
         who,
         &Action::Read {
             tenant: &r.tenant,
-            kind: &r.kind,
+            kind: kind.unwrap_or(v1::ReadKind::Unspecified),
         },
     )?;
-    if !KINDS.contains(&r.kind.as_str()) {
+    let Some(kind) = kind else {
+        let kinds: Vec<String> = v1::ReadKind::all().map(v1::ReadKind::name).collect();
         return Err(Status::invalid_argument(format!(
             "`{}` is not a kind to read ({})",
             r.kind,
-            KINDS.join(", ")
+            kinds.join(", ")
         )));
-    }
+    };
     let (tx, rx) = oneshot::channel();
     let stale = r.stale_ok;
     shared.send(Req::Read(
         stale,
         Box::new(move |state| {
-            let _ = tx.send(read_reply(state, &r));
+            let _ = tx.send(read_reply(state, &r, kind));
         }),
     ));
     match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
@@ -177,7 +158,7 @@ fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremSer
 }
 
 /// Renders the objects a read asks for, filtered by its tenant and name.
-fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
+fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::ReadReply {
     let tenant_ok = |t: &TenantId| r.tenant.is_empty() || t.as_str() == r.tenant;
     let mut reply = v1::ReadReply {
         applied_index: state.applied,
@@ -185,8 +166,9 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
         clock_offset_ms: state.clock_offset_ms,
         ..Default::default()
     };
-    match r.kind.as_str() {
-        "tenant" | "domain" | "transport-config" => {
+    use v1::ReadKind as K;
+    match kind {
+        K::Tenant | K::Domain | K::TransportConfig => {
             reply.tenants = state
                 .tenants
                 .values()
@@ -194,7 +176,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .map(tenant_to_wire)
                 .collect();
         }
-        "connector" => {
+        K::Connector => {
             reply.connectors = state
                 .connectors
                 .values()
@@ -202,7 +184,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .map(connector_to_wire)
                 .collect();
         }
-        "user" => {
+        K::User => {
             reply.users = state
                 .users
                 .values()
@@ -214,7 +196,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "token" => {
+        K::Token => {
             reply.tokens = state
                 .tokens
                 .values()
@@ -227,7 +209,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "audit" => {
+        K::Audit => {
             reply.audit = state
                 .audit
                 .iter()
@@ -244,7 +226,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .collect();
             reply.audit.reverse();
         }
-        "restricted" => {
+        K::Restricted => {
             reply.restricted = state
                 .restricted
                 .iter()
@@ -252,10 +234,10 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .map(restricted_to_wire)
                 .collect();
         }
-        "speed-bump" => {
+        K::SpeedBump => {
             reply.speed_bump = state.speed_bump.iter().map(step_to_wire).collect();
         }
-        "detection" => {
+        K::Detection => {
             let default = state.detection.get("*").copied().unwrap_or_default();
             reply.detection = std::iter::once((String::new(), default))
                 .chain(
@@ -278,7 +260,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "outbound-policy" => {
+        K::OutboundPolicy => {
             reply.outbound = state
                 .tenants
                 .keys()
@@ -294,7 +276,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "alerts" => {
+        K::Alerts => {
             reply.alerts = state
                 .alerts
                 .iter()
@@ -325,7 +307,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "onprem-servers" => {
+        K::OnpremServers => {
             reply.onprem_servers = state
                 .onprem_servers
                 .values()
@@ -333,7 +315,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .map(|s| onprem_report(state, s))
                 .collect();
         }
-        "onprem-policy" => {
+        K::OnpremPolicy => {
             reply.onprem_policy = Some(v1::OnpremPolicy {
                 baseline: baseline_to_wire(state),
                 stages: state.schedule().render(),
@@ -350,7 +332,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 .to_owned(),
             });
         }
-        "onprem-pauses" => {
+        K::OnpremPauses => {
             use moat_shared::onprem::{pause_days_used, Pause, PAUSE_DAYS_PER_YEAR};
             let now = read_now(state);
             let year = moat_shared::time::civil_from_days(moat_shared::time::day_of_ms(now)).0;
@@ -379,8 +361,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 paused_until_ms: list.iter().find(|p| p.covers(now)).map_or(0, |p| p.end_ms),
             });
         }
-        "clock" => {}
-        "alert-contacts" => {
+        K::Clock => {}
+        K::AlertContacts => {
             reply.alert_contacts = state
                 .alert_contacts
                 .iter()
@@ -401,7 +383,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 from: state.alert_transport.from.clone(),
             });
         }
-        "tls-report" => {
+        K::TlsReport => {
             let days = if r.days == 0 { 7 } else { i64::from(r.days) };
             let today = moat_shared::time::day_of_ms(read_now(state));
             let first = moat_shared::time::day_string(today - days + 1);
@@ -449,7 +431,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        "counters" => {
+        K::Counters => {
             reply.counters = state
                 .counters
                 .iter()
@@ -472,7 +454,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest) -> v1::ReadReply {
                 })
                 .collect();
         }
-        _ => {}
+        K::Unspecified => {}
     }
     reply
 }
