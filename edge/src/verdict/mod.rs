@@ -398,8 +398,12 @@ pub(crate) mod testkit {
         (reply, counter)
     }
 
-    /// Asserts a table of `(case, denial, reply, counter)` rows.
-    pub fn check(rows: &[(&str, Option<Denial>, Option<&str>, Option<&str>)]) {
+    /// One table row: the case, the denial its inputs gave, the expected reply line (untagged)
+    /// and counter (`scope key name`); `None` for none.
+    pub type Row<'a> = (&'a str, Option<Denial>, Option<&'a str>, Option<&'a str>);
+
+    /// Asserts a table of rows.
+    pub fn check(rows: &[Row<'_>]) {
         for (case, denial, reply, counter) in rows {
             match (denial, reply) {
                 (None, None) => {}
