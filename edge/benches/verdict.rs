@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use moat_edge::session::command::Address;
-use moat_edge::verdict::{self, Client, RcptVerdict};
+use moat_edge::verdict::{self, Client};
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, tenant_to_wire};
 use moat_proto::v1;
 use moat_shared::{
@@ -195,14 +195,11 @@ const SITUATIONS: [Situation; 5] = [
 /// The verdicts of one session: its connectors, MAIL, one RCPT.
 fn decide(snap: &PolicySnapshot, case: &Case, now_ms: i64) -> bool {
     let client = Client::new(snap, case.ip, &case.certs, case.tls);
-    if verdict::mail(snap, &client, now_ms).is_some() {
+    if verdict::connector::restricted(snap, &client, now_ms).is_err() {
         return false;
     }
     let from = (!case.from.domain.is_empty()).then_some(&case.from);
-    matches!(
-        verdict::recipient(snap, &client, from, &case.rcpt),
-        RcptVerdict::Accept(_)
-    )
+    verdict::relay::recipient(snap, &client, from, &case.rcpt).is_ok()
 }
 
 /// SplitMix64: the random tenants and numbers.

@@ -14,8 +14,12 @@
 //! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
 //! - [`auth`]: SMTP AUTH password checks and the failure throttle.
 //! - [`mailauth`]: SPF, DKIM and DMARC checks of connector mail, counted for detection.
-//! - [`session`]: the sans-IO SMTP machine and its tokio driver.
-//! - [`verdict`]: pure policy decisions over a snapshot: connectors, relay, restrictions.
+//! - [`session`]: the sans-IO SMTP machine and its tokio driver (bytes, time and counting).
+//! - [`verdict`]: every policy decision, pure over a snapshot, a refusal being a typed
+//!   [`verdict::Denial`] that gives its reply and its counter: [`verdict::connector`]
+//!   (restricted and Partner connectors), [`verdict::relay`] (tenant attribution and relay),
+//!   [`verdict::submission`] (restricted users, send-as), [`verdict::tls`] (legacy TLS and the
+//!   speed bump), [`verdict::onprem`] (out-of-date Exchange servers).
 //! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
 //! - [`control`]: the link to the control plane: policy watch and counter reports.

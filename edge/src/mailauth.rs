@@ -16,7 +16,7 @@ use mail_auth::{
 };
 
 use crate::control::Counters;
-use moat_shared::signal;
+use moat_shared::signal::{self, ConnectorCounter};
 
 /// What is checked of one delivered message.
 #[derive(Debug)]
@@ -83,10 +83,10 @@ impl Checker {
             .auth
             .verify_spf(SpfParameters::verify_mail_from(ip, helo, host, &sender))
             .await;
-        let add = |name: &str| counters.add(signal::CONNECTOR, connector, name, 1);
-        add("auth-checked");
+        let add = |c: ConnectorCounter| counters.add(signal::CONNECTOR, connector, c.as_str(), 1);
+        add(ConnectorCounter::AuthChecked);
         if matches!(spf.result(), SpfResult::Fail | SpfResult::SoftFail) {
-            add("spf-fail");
+            add(ConnectorCounter::SpfFail);
         }
         let Some(message) = message.and_then(AuthenticatedMessage::parse) else {
             return;
@@ -96,7 +96,7 @@ impl Checker {
             .iter()
             .any(|d| matches!(d.result(), DkimResult::Fail(_)))
         {
-            add("dkim-fail");
+            add(ConnectorCounter::DkimFail);
         }
         let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_owned();
         let dmarc = self
@@ -116,7 +116,7 @@ impl Checker {
             && *dmarc.spf_result() != DmarcResult::Pass
             && *dmarc.dkim_result() != DmarcResult::Pass
         {
-            add("dmarc-fail");
+            add(ConnectorCounter::DmarcFail);
         }
     }
 }

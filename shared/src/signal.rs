@@ -13,11 +13,100 @@ pub const TLS_LEGACY: &str = "tls-legacy";
 pub const USER: &str = "user";
 /// Recipients accepted for an authenticated user.
 pub const RECIPIENTS: &str = "recipients";
-/// Scope of inbound connectors: key = `tenant/name`, names `sessions`, `messages`,
-/// `recipients`, `bytes`, `relay` (relayed recipients), `relay-refused`, `unprovisioned`
-/// (messages whose MAIL FROM domain is not the tenant's), `mismatch` (header From domain differs
-/// from MAIL FROM's), `nexthop-4xx`, `nexthop-5xx`.
+/// Scope of inbound connectors: key = `tenant/name`, name = a [`ConnectorCounter`].
 pub const CONNECTOR: &str = "connector";
+
+macro_rules! counters {
+    ($(#[$enum_doc:meta])* $enum:ident { $($(#[$doc:meta])* $name:ident = $wire:literal,)* }) => {
+        $(#[$enum_doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $enum {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl $enum {
+            /// Every counter, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$name),*];
+
+            /// The counter's name on the wire (and in `moat admin counters list`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$name => $wire,)*
+                }
+            }
+
+            /// The counter a wire name stands for; `None` for a name no edge sends.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($wire => Some(Self::$name),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $enum {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+counters! {
+    /// The counters an edge reports per inbound connector ([`CONNECTOR`] scope, key
+    /// `tenant/name`); the control plane's detectors read some of them.
+    ConnectorCounter {
+        /// Sessions that had a recipient accepted through the connector (once per session).
+        Sessions = "sessions",
+        /// Messages the next hop accepted.
+        Messages = "messages",
+        /// Recipients of those messages.
+        Recipients = "recipients",
+        /// Content octets of those messages.
+        Bytes = "bytes",
+        /// Relayed recipients (outside every accepted domain) of those messages.
+        Relay = "relay",
+        /// Recipients refused `550 5.7.64` by the relay rules, counted against the first
+        /// connector the client matched.
+        RelayRefused = "relay-refused",
+        /// Messages whose MAIL FROM domain is not an accepted domain of the connector's tenant.
+        Unprovisioned = "unprovisioned",
+        /// Messages whose header From domain differs from the MAIL FROM domain.
+        Mismatch = "mismatch",
+        /// Messages the next hop refused with a 4xx.
+        Nexthop4xx = "nexthop-4xx",
+        /// Messages the next hop refused with a 5xx.
+        Nexthop5xx = "nexthop-5xx",
+        /// Messages refused `450 4.7.230`: an out-of-date on-premises Exchange server in a
+        /// throttled minute.
+        OnpremThrottled = "onprem-throttled",
+        /// Messages refused `550 5.7.230`: an out-of-date on-premises Exchange server in a
+        /// blocked minute.
+        OnpremBlocked = "onprem-blocked",
+        /// Messages whose SPF, DKIM and DMARC were checked.
+        AuthChecked = "auth-checked",
+        /// Checked messages whose SPF failed (fail or softfail).
+        SpfFail = "spf-fail",
+        /// Checked messages with a failing DKIM signature.
+        DkimFail = "dkim-fail",
+        /// Checked messages whose DMARC failed.
+        DmarcFail = "dmarc-fail",
+    }
+}
+
+counters! {
+    /// The SMTP AUTH outcomes an edge reports ([`AUTH`] scope, key `-`).
+    AuthCounter {
+        /// Wrong login or password.
+        Failures = "failures",
+        /// A login refused by the failure throttle.
+        Throttled = "throttled",
+        /// A legacy-TLS session refused by the speed bump (at AUTH, or at MAIL without AUTH).
+        SpeedBump = "speed-bump",
+        /// A user refused on a legacy listener: its tenant does not allow legacy TLS clients.
+        LegacyRefused = "legacy-refused",
+    }
+}
 /// Scope of on-premises Exchange sightings: key = the connector `tenant/name`, name =
 /// `server|build` (see [`onprem_server`]), value = messages.
 pub const ONPREM: &str = "onprem";
@@ -27,8 +116,7 @@ pub fn onprem_server(server: &str, build: &str) -> String {
     format!("{}|{}", clean(server), clean(build))
 }
 
-/// Scope of SMTP AUTH outcomes on an edge: key = `-`, name = `failures`, `throttled`,
-/// `speed-bump` or `legacy-refused`.
+/// Scope of SMTP AUTH outcomes on an edge: key = `-`, name = an [`AuthCounter`].
 pub const AUTH: &str = "auth";
 
 /// Whether a counter counts sessions or messages.
@@ -99,5 +187,21 @@ mod tests {
         );
         assert_eq!(split("bogus|a|b|c"), None);
         assert_eq!(split("sessions|a"), None);
+    }
+
+    #[test]
+    fn counter_names_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ConnectorCounter::ALL {
+            assert_eq!(ConnectorCounter::parse(c.as_str()), Some(*c));
+            assert!(seen.insert(c.as_str()), "{c:?}");
+        }
+        for c in AuthCounter::ALL {
+            assert_eq!(AuthCounter::parse(c.as_str()), Some(*c));
+        }
+        assert_eq!(ConnectorCounter::RelayRefused.as_str(), "relay-refused");
+        assert_eq!(ConnectorCounter::Nexthop4xx.as_str(), "nexthop-4xx");
+        assert_eq!(ConnectorCounter::parse("relay_refused"), None);
+        assert_eq!(AuthCounter::SpeedBump.as_str(), "speed-bump");
     }
 }

@@ -255,6 +255,106 @@ fn relay_matrix() {
     );
 }
 
+/// A connector counter's total in `moat admin counters list`, 0 when absent.
+fn counter_total(counters: &Value, key: &str, name: &str) -> u64 {
+    counters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["key"] == key && c["name"] == name)
+        .and_then(|c| c["total"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Issue 16, fix 1: each refusal is counted by its reason. A client matching an OnPremises
+/// connector by IP sends MAIL FROM a domain a Partner connector of the recipient's tenant
+/// restricts to another IP: it gets `550 5.7.51`, which is not a relay refusal, so the
+/// OnPremises connector's `relay-refused` does not move; a real relay refusal from the same
+/// client afterwards does count, once.
+#[test]
+fn a_partner_refusal_is_not_counted_as_a_relay_refusal() {
+    let dir = TempDir::new("partner-count");
+    let dev = Dev::start_in(&dir.0, None, ANY_PORTS);
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "onprem",
+        "--type",
+        "on-premises",
+        "--sender-ip",
+        "127.0.0.2",
+    ]);
+    dev.admin_applied(&[
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "partner",
+        "--type",
+        "partner",
+        "--sender-ip",
+        "127.0.0.9",
+        "--sender-domain",
+        "fabrikam.test",
+        "--restrict-domains-to-ip",
+    ]);
+    let server = dev.edge_listener(0, "mx");
+    runtime().block_on(async {
+        let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
+            .await
+            .expect("connect");
+        c.cmd("EHLO onprem.example.test").await.expect("ehlo");
+        for i in 0..3 {
+            let r = send(
+                &mut c,
+                &format!("s{i}@fabrikam.test"),
+                "alice@example.test",
+                "a@fabrikam.test",
+            )
+            .await
+            .expect("send");
+            assert!(
+                r.starts_with("550 5.7.51 TenantInboundAttribution;"),
+                "partner-scoped domain from the on-premises IP: {r}"
+            );
+        }
+        // Then one real relay refusal, after the Partner refusals: once it is counted, they
+        // would have been too.
+        let r = send(
+            &mut c,
+            "app@foreign.test",
+            "x@remote.test",
+            "app@foreign.test",
+        )
+        .await
+        .expect("send");
+        assert!(r.starts_with("550 5.7.64"), "relay: {r}");
+        let _ = c.cmd("QUIT").await;
+    });
+    let t0 = Instant::now();
+    let counters = loop {
+        let counters = dev.admin(&["counters", "list"]);
+        if counter_total(&counters, "example.test/onprem", "relay-refused") >= 1
+            || t0.elapsed() > Duration::from_secs(15)
+        {
+            break counters;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        counter_total(&counters, "example.test/onprem", "relay-refused"),
+        1,
+        "only the relay refusal counts: {counters}"
+    );
+    assert_eq!(
+        counter_total(&counters, "example.test/partner", "relay-refused"),
+        0,
+        "{counters}"
+    );
+}
+
 /// Messages from `source` through `server`, `n` of them, MAIL FROM in `from_domain`; returns the
 /// replies.
 async fn burst(server: &str, source: &str, n: usize, from_domain: &str) -> Vec<String> {

@@ -1,5 +1,7 @@
 //! The tokio driver: connects a [`Session`] to its socket, the TLS upgrade, the policy and the
-//! next hop. All protocol decisions are the machine's; this loop only moves bytes and waits.
+//! next hop. It only moves bytes, keeps time and counts: protocol decisions are the machine's
+//! ([`super::machine`]), policy decisions the verdict's ([`crate::verdict`]), whose
+//! [`Denial`]s the driver counts by [`Denial::counter`] and answers with [`Denial::reply`].
 
 use std::io;
 use std::pin::Pin;
@@ -7,11 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use moat_shared::exchange::{Class, Sighting};
-use moat_shared::onprem::Minute;
-use moat_shared::signal::{self, Unit};
-use moat_shared::submission::speed_bump_refuses;
-use moat_shared::{EntityKind, PolicyHandle, PolicySnapshot, TenantId};
+use moat_shared::exchange::Sighting;
+use moat_shared::signal::{self, AuthCounter, ConnectorCounter, Unit};
+use moat_shared::submission::speed_bump_draw;
+use moat_shared::{PolicyHandle, PolicySnapshot, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -27,7 +28,7 @@ use crate::headers::HeaderFrom;
 use crate::legacy::{self, Hello, LegacyEngine};
 use crate::relay::{NextHop, Txn};
 use crate::tls::Certificates;
-use crate::verdict::{self, RcptVerdict};
+use crate::verdict::{self, Counted, Denial, Sender};
 
 /// A client connection, before or after TLS.
 pub enum Io {
@@ -242,12 +243,10 @@ impl Tracking {
         if self.connector.is_none() {
             if let Some(c) = &a.connector {
                 self.connector = Some(c.clone());
-                // On-premises Exchange servers are judged in OnPremises connectors' mail, or
-                // in every connector's when the cluster widened the scope.
-                self.onprem = a.onprem || snapshot.onprem().all_connectors;
+                self.onprem = verdict::onprem::judged(snapshot, a);
                 if !self.counted.contains(c) {
                     self.counted.push(c.clone());
-                    shared.counters.add(signal::CONNECTOR, c, "sessions", 1);
+                    count(shared, c, ConnectorCounter::Sessions, 1);
                 }
             }
         }
@@ -256,33 +255,29 @@ impl Tracking {
     /// Counts the message the next hop answered with `r`.
     fn delivered(&mut self, shared: &Shared, snapshot: &PolicySnapshot, r: &Reply) {
         let Some(c) = &self.connector else { return };
-        let add = |name: &str, v: u64| shared.counters.add(signal::CONNECTOR, c, name, v);
+        let add = |counter, v: u64| count(shared, c, counter, v);
         if !r.is_positive() {
             add(
                 if r.is_transient() {
-                    "nexthop-4xx"
+                    ConnectorCounter::Nexthop4xx
                 } else {
-                    "nexthop-5xx"
+                    ConnectorCounter::Nexthop5xx
                 },
                 1,
             );
             return;
         }
-        add("messages", 1);
-        add("recipients", self.rcpts);
-        add("bytes", self.bytes);
-        add("relay", self.relayed);
+        add(ConnectorCounter::Messages, 1);
+        add(ConnectorCounter::Recipients, self.rcpts);
+        add(ConnectorCounter::Bytes, self.bytes);
+        add(ConnectorCounter::Relay, self.relayed);
         let from = self.from.as_ref().map(|a| a.domain.to_ascii_lowercase());
         if let Some(from) = &from {
-            let tenant = c.split_once('/').and_then(|(t, _)| TenantId::new(t).ok());
-            let provisioned = tenant
-                .and_then(|t| snapshot.tenant_for_domain(from).map(|owner| owner.id == t))
-                .unwrap_or(false);
-            if !provisioned {
-                add("unprovisioned", 1);
+            if !verdict::relay::provisioned(snapshot, c, from) {
+                add(ConnectorCounter::Unprovisioned, 1);
             }
             if self.header_from.domain().is_some_and(|h| h != *from) {
-                add("mismatch", 1);
+                add(ConnectorCounter::Mismatch, 1);
             }
         }
     }
@@ -311,12 +306,7 @@ impl Tracking {
         let Some(c) = &self.connector else { return };
         let name = signal::onprem_server(&s.server, &s.build.to_string());
         shared.counters.add(signal::ONPREM, c, &name, 1);
-        let rules = snapshot.onprem();
-        if rules.baseline.classify(&s.build) == Class::Compliant
-            && rules
-                .enforced
-                .contains_key(&(tenant.clone(), s.server.to_ascii_lowercase()))
-        {
+        if verdict::onprem::ends_enforcement(snapshot, tenant, s) {
             shared.counters.send_now();
         }
     }
@@ -345,48 +335,50 @@ fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &st
     }
 }
 
-fn is_legacy_session(facts: &SessionFacts) -> bool {
-    facts
-        .tls
-        .as_ref()
-        .is_some_and(|t| legacy::is_legacy(&t.version))
+/// Adds `v` to the connector counter `counter` of `connector` (`tenant/name`).
+fn count(shared: &Shared, connector: &str, counter: ConnectorCounter, v: u64) {
+    shared
+        .counters
+        .add(signal::CONNECTOR, connector, counter.as_str(), v);
 }
 
-/// The speed bump's verdict on this session now.
-fn speed_bump(shared: &Shared, snapshot: &PolicySnapshot, facts: &SessionFacts) -> bool {
-    let refused = shared.legacy_rule == LegacyTls::SpeedBump
-        && is_legacy_session(facts)
-        && speed_bump_refuses(&facts.id, snapshot.speed_bump_percent(snapshot.now_ms()));
-    if refused {
-        shared.counters.add(signal::AUTH, "-", "speed-bump", 1);
-        tracing::info!(session = %facts.id, "legacy TLS session refused by the speed bump");
+/// What the legacy-TLS rules need of this session: the listener's rule, its TLS version and
+/// its speed bump draw.
+fn legacy(shared: &Shared, facts: &SessionFacts) -> verdict::tls::Legacy {
+    verdict::tls::Legacy {
+        rule: shared.legacy_rule,
+        legacy: facts
+            .tls
+            .as_ref()
+            .is_some_and(|t| legacy::is_legacy(&t.version)),
+        draw: speed_bump_draw(&facts.id),
     }
-    refused
 }
 
-/// What the life cycle of an out-of-date on-premises Exchange server says of its message now:
-/// `450 4.7.230` in a throttled minute, `550 5.7.230` in a blocked one, nothing otherwise.
-fn onprem_refusal(snapshot: &PolicySnapshot, tenant: &TenantId, s: &Sighting) -> Option<Reply> {
-    let rules = snapshot.onprem();
-    let (minute, e) = rules.verdict(tenant, &s.server, &s.build, snapshot.now_ms())?;
-    let service = rules.service();
-    match minute {
-        Minute::Open => None,
-        Minute::Throttled => Some(Reply::with_text(
-            reply::ONPREM_THROTTLED,
-            format!(
-                "Connecting Exchange server version is out-of-date; connection to {service} throttled for {} mins/hr.",
-                e.throttle
-            ),
-        )),
-        Minute::Blocked => Some(Reply::with_text(
-            reply::ONPREM_BLOCKED,
-            format!(
-                "Connecting Exchange server version is out-of-date; connection to {service} blocked for {} mins/hr.",
-                e.block
-            ),
-        )),
+/// Counts a refusal by its reason and gives its reply.
+fn deny(shared: &Shared, facts: &SessionFacts, denial: &Denial) -> Reply {
+    match denial.counter() {
+        Some(Counted::Connector { connector, counter }) => count(shared, connector, counter, 1),
+        Some(Counted::Auth(counter)) => {
+            shared.counters.add(signal::AUTH, "-", counter.as_str(), 1);
+        }
+        None => {}
     }
+    match denial {
+        Denial::SpeedBump { .. } => {
+            tracing::info!(session = %facts.id, "legacy TLS session refused by the speed bump");
+        }
+        Denial::OnpremThrottled { .. } | Denial::OnpremBlocked { .. } => {
+            let action = if matches!(denial, Denial::OnpremBlocked { .. }) {
+                "blocked"
+            } else {
+                "throttled"
+            };
+            metrics::counter!("moat_edge_onprem_refusals_total", "action" => action).increment(1);
+        }
+        _ => tracing::debug!(session = %facts.id, ?denial, "policy refusal"),
+    }
+    denial.reply()
 }
 
 /// Checks a login and the rules of the listener on who may log in over which TLS version.
@@ -403,7 +395,9 @@ async fn authenticate(
         .throttle
         .blocked(ip, &login, std::time::Instant::now())
     {
-        shared.counters.add(signal::AUTH, "-", "throttled", 1);
+        shared
+            .counters
+            .add(signal::AUTH, "-", AuthCounter::Throttled.as_str(), 1);
         tracing::info!(session = %facts.id, %login, "AUTH throttled");
         return reply::AUTH_THROTTLED.into();
     }
@@ -417,78 +411,26 @@ async fn authenticate(
         shared
             .throttle
             .failed(ip, &login, std::time::Instant::now());
-        shared.counters.add(signal::AUTH, "-", "failures", 1);
+        shared
+            .counters
+            .add(signal::AUTH, "-", AuthCounter::Failures.as_str(), 1);
         tracing::info!(session = %facts.id, %login, "AUTH failed");
         return reply::AUTH_FAILED.into();
     };
     shared.throttle.succeeded(&login);
     track.attribute(shared, facts, &user.tenant, &user.address);
-    let r = match shared.legacy_rule {
-        LegacyTls::OptIn
-            if !snapshot
-                .tenant(&user.tenant)
-                .is_some_and(|t| t.allow_legacy_tls_clients) =>
-        {
-            shared.counters.add(signal::AUTH, "-", "legacy-refused", 1);
-            reply::LEGACY_TLS_NOT_ALLOWED.into()
-        }
-        _ if speed_bump(shared, &snapshot, facts) => reply::LEGACY_TLS_SPEED_BUMP.into(),
-        _ => reply::AUTH_OK.into(),
+    let verdict = verdict::tls::at_auth(
+        &snapshot,
+        &legacy(shared, facts),
+        &user.tenant,
+        snapshot.now_ms(),
+    );
+    let r = match verdict {
+        Ok(()) => reply::AUTH_OK.into(),
+        Err(denial) => deny(shared, facts, &denial),
     };
     tracing::info!(session = %facts.id, %login, reply = %Reply::summary(&r), "AUTH");
     r
-}
-
-/// The connectors the session's client matches.
-fn client<'a>(snapshot: &'a PolicySnapshot, facts: &'a SessionFacts) -> verdict::Client<'a> {
-    let certs: &[String] = facts
-        .tls
-        .as_ref()
-        .map_or(&[], |t| t.client_domains.as_slice());
-    verdict::Client::new(snapshot, facts.peer.ip(), certs, facts.tls.is_some())
-}
-
-/// A refused relay recipient counts against the connectors the client matched, if any.
-fn count_refused_relay(shared: &Shared, snapshot: &PolicySnapshot, facts: &SessionFacts) {
-    let c = client(snapshot, facts);
-    if let Some(first) = c.by_cert.iter().chain(c.by_ip.iter()).next() {
-        let key = verdict::connector_key(first);
-        shared
-            .counters
-            .add(signal::CONNECTOR, &key, "relay-refused", 1);
-    }
-}
-
-/// The policy on MAIL: restricted connectors, the speed bump of listeners without AUTH, and
-/// for authenticated users restrictions and whom they may send as.
-fn mail_policy(shared: &Shared, facts: &SessionFacts, envelope: &Envelope) -> Option<Reply> {
-    let snapshot = shared.policy.load();
-    let Some(login) = &facts.auth else {
-        if let Some(r) = verdict::mail(&snapshot, &client(&snapshot, facts), snapshot.now_ms()) {
-            return Some(r);
-        }
-        return speed_bump(shared, &snapshot, facts).then(|| reply::LEGACY_TLS_SPEED_BUMP.into());
-    };
-    let Some(user) = snapshot.user(login) else {
-        // Deleted since it logged in.
-        return Some(reply::AUTH_REQUIRED.into());
-    };
-    if snapshot
-        .restriction(
-            EntityKind::User,
-            &user.tenant,
-            &user.address,
-            snapshot.now_ms(),
-        )
-        .is_some()
-    {
-        return Some(reply::RESTRICTED_USER.into());
-    }
-    let from = envelope.from.as_ref().map(ToString::to_string);
-    if !from.is_some_and(|f| user.may_send_as(&f)) {
-        return Some(reply::SEND_AS_DENIED.into());
-    }
-    None
 }
 
 /// Drives `session` over `io` until it ends. Any transaction still open at the end is
@@ -547,9 +489,18 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                     track.open(envelope.from.clone());
                     // The next hop is chosen, and its transaction opened, at the first accepted
                     // recipient: relay goes to the outbound next hop, the rest inbound.
-                    let r = match mail_policy(shared, session.facts(), &envelope) {
-                        Some(r) => r,
-                        None => {
+                    let snapshot = shared.policy.load();
+                    let facts = session.facts();
+                    let verdict = verdict::mail(
+                        &snapshot,
+                        &Sender::of(&snapshot, facts),
+                        envelope.from.as_ref(),
+                        &legacy(shared, facts),
+                        snapshot.now_ms(),
+                    );
+                    let r = match verdict {
+                        Err(denial) => deny(shared, facts, &denial),
+                        Ok(()) => {
                             track.envelope = Some(envelope);
                             reply::SENDER_OK.into()
                         }
@@ -559,25 +510,11 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                 Action::AddRecipient(to) => {
                     let snapshot = shared.policy.load();
                     let facts = session.facts();
-                    // An authenticated user may send anywhere (submission is relay).
-                    let verdict = match facts.auth {
-                        Some(_) => RcptVerdict::Accept(verdict::Accepted {
-                            relay: snapshot.tenant_for_domain(&to.domain).is_none(),
-                            ..Default::default()
-                        }),
-                        None => {
-                            let client = client(&snapshot, facts);
-                            verdict::recipient(&snapshot, &client, track.from.as_ref(), &to)
-                        }
-                    };
+                    let sender = Sender::of(&snapshot, facts);
+                    let verdict = verdict::recipient(&snapshot, &sender, track.from.as_ref(), &to);
                     let r = match verdict {
-                        RcptVerdict::Deny(r) => {
-                            if r.code == reply::RELAY_DENIED.code {
-                                count_refused_relay(shared, &snapshot, facts);
-                            }
-                            r
-                        }
-                        RcptVerdict::Accept(accepted) => {
+                        Err(denial) => deny(shared, facts, &denial),
+                        Ok(accepted) => {
                             if let Some(t) = &accepted.tenant {
                                 track.attribute(shared, facts, t, "");
                             }
@@ -645,13 +582,16 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                     // or blocked minute has its next-hop transaction abandoned.
                     let snapshot = shared.policy.load();
                     let sighting = track.sighting();
-                    let refusal = sighting
-                        .as_ref()
-                        .and_then(|(t, s)| onprem_refusal(&snapshot, t, s));
+                    let refusal = match (&sighting, &track.connector) {
+                        (Some((t, s)), Some(c)) => {
+                            verdict::onprem::refusal(&snapshot, c, t, s, snapshot.now_ms()).err()
+                        }
+                        _ => None,
+                    };
                     let r: Reply = match (txn.take(), &refusal) {
                         (Some(t), Some(refused)) => {
                             t.abort().await;
-                            refused.clone()
+                            deny(shared, session.facts(), refused)
                         }
                         (Some(t), None) => {
                             let r = t.finish().await;
@@ -666,7 +606,13 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                             }
                             r
                         }
-                        (None, _) => reply::LOCAL_ERROR.into(),
+                        (None, refused) => {
+                            // No next-hop transaction to abandon; a refusal is still counted.
+                            if let Some(refused) = refused {
+                                deny(shared, session.facts(), refused);
+                            }
+                            reply::LOCAL_ERROR.into()
+                        }
                     };
                     if let Some(t0) = track.started.take() {
                         metrics::histogram!(
@@ -679,18 +625,8 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                     if let Some((tenant, s)) = &sighting {
                         track.sighted(shared, &snapshot, tenant, s);
                     }
-                    match (&refusal, &track.connector) {
-                        (Some(refused), Some(c)) => {
-                            let (name, action) = if refused.code == reply::ONPREM_BLOCKED.code {
-                                ("onprem-blocked", "blocked")
-                            } else {
-                                ("onprem-throttled", "throttled")
-                            };
-                            shared.counters.add(signal::CONNECTOR, c, name, 1);
-                            metrics::counter!("moat_edge_onprem_refusals_total", "action" => action)
-                                .increment(1);
-                        }
-                        _ => track.delivered(shared, &snapshot, &r),
+                    if refusal.is_none() {
+                        track.delivered(shared, &snapshot, &r);
                     }
                     if let (true, Some(checker), Some(connector)) =
                         (r.is_positive(), &shared.checker, &track.connector)

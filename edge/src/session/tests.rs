@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::reply::{self, Reply};
 use super::{Action, Session, SessionConfig, SessionFacts, TlsFacts};
-use crate::verdict::{self, RcptVerdict};
+use crate::verdict;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -87,9 +87,9 @@ impl Harness {
                         &[],
                         false,
                     );
-                    let r = match verdict::recipient(&self.snapshot, &client, None, &to) {
-                        RcptVerdict::Accept(_) => reply::RECIPIENT_OK.into(),
-                        RcptVerdict::Deny(r) => r,
+                    let r = match verdict::relay::recipient(&self.snapshot, &client, None, &to) {
+                        Ok(_) => reply::RECIPIENT_OK.into(),
+                        Err(denial) => denial.reply(),
                     };
                     self.session.resolve(r, Self::now());
                 }

@@ -1,0 +1,171 @@
+//! Connector rules: a restricted connector is refused `550 5.7.711` at MAIL; a Partner connector
+//! of the recipient's tenant that scopes the sender's domain refuses it from outside its IP
+//! addresses or certificate (`550 5.7.51`); a connector requiring TLS refuses clear text
+//! (`451 4.7.10`).
+
+use moat_shared::{Connector, ConnectorKind, EntityKind, PolicySnapshot};
+
+use super::{connector_key, Client, Denial};
+
+/// MAIL: refuses a client that matches a restricted connector (the first one, certificate
+/// matches first).
+pub fn restricted(
+    snapshot: &PolicySnapshot,
+    client: &Client<'_>,
+    now_ms: i64,
+) -> Result<(), Denial> {
+    match client.all().find(|c| {
+        snapshot
+            .restriction(EntityKind::Connector, &c.tenant, &c.name, now_ms)
+            .is_some()
+    }) {
+        Some(c) => Err(Denial::ConnectorRestricted {
+            connector: connector_key(c),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// RCPT of inbound mail: the Partner connectors of the recipient's tenant in `scoped` (those
+/// that scope the sender's domain `from_domain`) apply their restrictions, wherever the client
+/// came from.
+pub fn partner(
+    client: &Client<'_>,
+    scoped: &[&Connector],
+    from_domain: &str,
+) -> Result<(), Denial> {
+    for c in scoped {
+        let by_ip = client.by_ip.iter().any(|m| std::ptr::eq(*m, *c));
+        let by_cert = client.by_cert.iter().any(|m| std::ptr::eq(*m, *c));
+        if (c.restrict_domains_to_ip_addresses && !by_ip)
+            || (c.restrict_domains_to_certificate && !by_cert)
+        {
+            return Err(Denial::PartnerRestricted {
+                connector: connector_key(c),
+                sender_domain: from_domain.to_owned(),
+                ip: client.ip,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// RCPT of inbound mail: TLS is required when the connector the client came `through`, or a
+/// scoped Partner connector, requires it (a scoped connector of another kind only when the
+/// client matches it).
+pub fn require_tls(
+    client: &Client<'_>,
+    through: Option<&Connector>,
+    scoped: &[&Connector],
+) -> Result<(), Denial> {
+    if client.tls {
+        return Ok(());
+    }
+    match through
+        .into_iter()
+        .chain(scoped.iter().copied())
+        .find(|c| c.require_tls && (client.matches(c) || c.kind == ConnectorKind::Partner))
+    {
+        Some(c) => Err(Denial::ConnectorRequiresTls {
+            connector: connector_key(c),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{relay, Denial};
+    use super::*;
+    use moat_shared::{RestrictedEntity, TenantId};
+
+    fn with_restricted(name: &str) -> PolicySnapshot {
+        let snap = snapshot();
+        let restricted = RestrictedEntity {
+            tenant: TenantId::new("contoso").unwrap(),
+            kind: EntityKind::Connector,
+            name: name.into(),
+            reason: "test".into(),
+            since_ms: 0,
+            until_ms: Some(1_000),
+        };
+        PolicySnapshot::new(2, snap.tenants().to_vec())
+            .unwrap()
+            .with_connectors(snap.connectors().to_vec())
+            .unwrap()
+            .with_submission(vec![], vec![restricted], vec![])
+            .unwrap()
+    }
+
+    fn rcpt(ip: &str, tls: bool, from: &str, to: &str) -> Option<Denial> {
+        let snap = snapshot();
+        let client = Client::new(&snap, ip.parse().unwrap(), &[], tls);
+        relay::recipient(&snap, &client, Some(&addr(from)), &addr(to)).err()
+    }
+
+    /// One row per reply of the connector rules: (case, inputs -> denial, reply, counter).
+    #[test]
+    fn connector_rules_table() {
+        let snap = with_restricted("onprem");
+        let at = |ip: &str, now: i64| {
+            let c = Client::new(&snap, ip.parse().unwrap(), &[], false);
+            restricted(&snap, &c, now).err()
+        };
+        check(&[
+            (
+                "restricted connector, matched by IP",
+                at("192.0.2.9", 0),
+                Some("550 5.7.711 Access denied, bad inbound connector. AS(2204)"),
+                None,
+            ),
+            ("restriction expired", at("192.0.2.9", 1_000), None, None),
+            ("no connector matched", at("203.0.113.1", 0), None, None),
+            (
+                "partner-scoped domain from outside the partner's IP",
+                rcpt("192.0.2.9", true, "a@fabrikam.test", "u@contoso.test"),
+                Some("550 5.7.51 TenantInboundAttribution; Rejecting. The sender's domain must arrive through the recipient's partner connector"),
+                None,
+            ),
+            (
+                "partner-scoped domain from the partner's IP in clear text",
+                rcpt("198.51.100.7", false, "a@fabrikam.test", "u@contoso.test"),
+                Some("451 4.7.10 The recipient's inbound connector requires TLS; use STARTTLS"),
+                None,
+            ),
+            (
+                "partner-scoped domain from the partner's IP over TLS",
+                rcpt("198.51.100.7", true, "a@fabrikam.test", "u@contoso.test"),
+                None,
+                None,
+            ),
+            (
+                "another tenant is not bound by contoso's partner connector",
+                rcpt("203.0.113.1", false, "a@fabrikam.test", "u@other.test"),
+                None,
+                None,
+            ),
+        ]);
+        // The denials name what decided them.
+        assert_eq!(
+            at("192.0.2.9", 0),
+            Some(Denial::ConnectorRestricted {
+                connector: "contoso/onprem".into()
+            })
+        );
+        assert_eq!(
+            rcpt("192.0.2.9", true, "a@fabrikam.test", "u@contoso.test"),
+            Some(Denial::PartnerRestricted {
+                connector: "contoso/partner".into(),
+                sender_domain: "fabrikam.test".into(),
+                ip: "192.0.2.9".parse().unwrap(),
+            })
+        );
+        assert_eq!(
+            rcpt("198.51.100.7", false, "a@fabrikam.test", "u@contoso.test"),
+            Some(Denial::ConnectorRequiresTls {
+                connector: "contoso/partner".into()
+            })
+        );
+    }
+}
