@@ -1920,6 +1920,9 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
 }
 
 #[cfg(test)]
+mod compat;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
