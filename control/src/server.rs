@@ -31,8 +31,8 @@ use crate::node::{
     decode_message, encode_message, raft_logger, Core, MemberChange, NodeError, Options,
 };
 use crate::state::{
-    Command, DetectionPolicy, LimitAction, OutboundPolicy, Outcome, Proposal, Role, SignalBatch,
-    State, TokenRecord, User,
+    Command, DetectionPolicy, LimitAction, OutboundPolicy, Outcome, Proposal, RejectionCode, Role,
+    SignalBatch, State, TokenRecord, User,
 };
 use crate::storage::sled::Sled;
 
@@ -611,7 +611,7 @@ impl NodeThread {
                     for r in replies {
                         let _ = r.send(match &outcome.result {
                             Ok(_) => Ok(()),
-                            Err(e) => Err(Refusal::Failed(e.clone())),
+                            Err(e) => Err(Refusal::Failed(e.to_string())),
                         });
                     }
                 }
@@ -1324,11 +1324,11 @@ fn outcome_status(o: Outcome) -> Result<v1::WriteReply, Status> {
             summary,
             secret: String::new(),
         }),
-        Err(e) if e.contains("does not exist") || e.contains("is not accepted by") => {
-            Err(Status::not_found(e))
-        }
-        Err(e) if e.contains("already") || e.contains("exists") => Err(Status::already_exists(e)),
-        Err(e) => Err(Status::failed_precondition(e)),
+        Err(e) => Err(match e.code() {
+            RejectionCode::NotFound => Status::not_found(e.to_string()),
+            RejectionCode::AlreadyExists => Status::already_exists(e.to_string()),
+            RejectionCode::FailedPrecondition => Status::failed_precondition(e.to_string()),
+        }),
     }
 }
 
