@@ -344,8 +344,125 @@ mod tests {
     use moat_shared::signal;
     use moat_shared::{EntityKind, TenantId};
 
+    use super::judge;
     use crate::state::testutil::*;
     use crate::state::*;
+
+    fn window(
+        messages: u64,
+        unprovisioned: u64,
+        mismatch: u64,
+        checked: u64,
+        failed: u64,
+    ) -> WindowCounts {
+        WindowCounts {
+            messages,
+            unprovisioned,
+            mismatch,
+            relay_refused: 0,
+            auth_checked: checked,
+            auth_failed: failed,
+        }
+    }
+
+    #[test]
+    fn judge_fires_the_first_detector_that_applies() {
+        let policy = DetectionPolicy::default();
+        let stats = |current: WindowCounts, intervals: u32, baseline_milli: u64| ConnectorStats {
+            first_seen_ms: 0,
+            window_start_ms: 0,
+            current,
+            intervals,
+            baseline_milli,
+            quiet_until_ms: 0,
+        };
+        // (case, stats, onprem, fired detector)
+        let table = [
+            (
+                "quiet window",
+                stats(window(0, 0, 0, 0, 0), 30, 10_000),
+                true,
+                None,
+            ),
+            (
+                "below the minimum",
+                stats(window(99, 99, 99, 99, 99), 30, 0),
+                true,
+                None,
+            ),
+            (
+                "DMARC failures, even without enough messages",
+                stats(window(10, 0, 0, 100, 50), 0, 0),
+                false,
+                Some("authentication-failures"),
+            ),
+            (
+                "DMARC failures below the share",
+                stats(window(100, 0, 0, 100, 49), 0, 100_000),
+                false,
+                None,
+            ),
+            (
+                "ten times the baseline after warm-up",
+                stats(window(100, 0, 0, 0, 0), 24, 10_000),
+                false,
+                Some("volume-spike"),
+            ),
+            (
+                "ten times the baseline during warm-up",
+                stats(window(100, 0, 0, 0, 0), 23, 10_000),
+                false,
+                None,
+            ),
+            (
+                "an empty baseline counts as one message",
+                stats(window(100, 0, 0, 0, 0), 24, 0),
+                false,
+                Some("volume-spike"),
+            ),
+            (
+                "unprovisioned domains through an OnPremises connector",
+                stats(window(100, 50, 0, 0, 0), 0, 0),
+                true,
+                Some("unprovisioned-domains"),
+            ),
+            (
+                "unprovisioned domains through a partner connector",
+                stats(window(100, 50, 50, 0, 0), 0, 0),
+                false,
+                None,
+            ),
+            (
+                "header From mismatches through an OnPremises connector",
+                stats(window(100, 49, 50, 0, 0), 0, 0),
+                true,
+                Some("from-mismatch"),
+            ),
+        ];
+        for (case, st, onprem, fired) in table {
+            let found = judge(&st, &policy, onprem, 1000);
+            assert_eq!(found.as_ref().map(|f| f.detector), fired, "{case}");
+        }
+        let mut quiet = stats(window(1000, 1000, 0, 0, 0), 0, 0);
+        quiet.quiet_until_ms = 1001;
+        assert_eq!(
+            judge(&quiet, &policy, true, 1000),
+            None,
+            "quiet after an unblock"
+        );
+        assert!(judge(&quiet, &policy, true, 1001).is_some());
+        let f = judge(
+            &stats(window(100, 50, 0, 0, 0), 3, 12_345),
+            &policy,
+            true,
+            0,
+        )
+        .expect("fires");
+        assert_eq!(
+            f.reason(),
+            "unprovisioned-domains: 100 messages this window, baseline 12.345 per window over 3 windows, 50% unprovisioned MAIL FROM domains, 0% header From mismatches, 0 relay refusals, 0 of 0 checked messages failing DMARC"
+        );
+    }
 
     #[test]
     fn a_new_connector_ramping_up_is_not_restricted() {
