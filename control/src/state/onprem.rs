@@ -334,7 +334,7 @@ impl State {
     }
 
     /// Whether applying an entry at `now` would move a server to another stage or start or end
-    /// a pause: the leader proposes a [`Command::Tick`] when it would.
+    /// a pause: the leader proposes a [`super::Command::Tick`] when it would.
     pub fn onprem_due(&self, now: i64) -> bool {
         let schedule = self.schedule();
         self.onprem_servers
