@@ -828,7 +828,11 @@ fn replay(entries: &[Proposal]) -> (State, Vec<String>) {
         let o = s.apply(FIRST_INDEX + i as u64, p);
         texts.push(match o.result {
             Ok(t) => format!("ok: {t}"),
-            Err(e) => format!("err: {e}"),
+            Err(e) => {
+                let text = e.to_string();
+                assert_eq!(e.code(), super::error::tests::by_words(&text), "{text}");
+                format!("err: {text}")
+            }
         });
     }
     for (id, addr) in MEMBERS {
