@@ -4,8 +4,11 @@
 //! - [`storage`]: durable Raft state (log, hard state, conf state, snapshot) behind the
 //!   [`storage::Backend`] trait, with a sled and an in-memory backend, exposed to raft-rs as a
 //!   [`::raft::Storage`].
-//! - [`state`]: the replicated state machine (tenants, domains, connectors, users, tokens,
-//!   restricted entities, detection, alerts, audit log, counters), applied deterministically.
+//! - [`state`]: the replicated state machine, applied deterministically: [`state::State`] and
+//!   its apply in `state/mod.rs`, the log's command format in [`state::command`], typed refusals
+//!   in [`state::error`], and one module per concern ([`state::tenants`], [`state::tokens`],
+//!   [`state::limits`], [`state::counters`], [`state::detection`], [`state::onprem`],
+//!   [`state::alerts`], [`state::audit`]).
 //! - [`mod@raft`]: the raft side of a node: [`raft::node::Core`] (the raft node without I/O:
 //!   ready loop, apply, snapshots), the thread that owns it (requests, housekeeping, publishing),
 //!   the peer transport's sending tasks, and simulated-network tests.

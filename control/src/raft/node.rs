@@ -12,7 +12,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage as _};
 
-use crate::state::{Outcome, Proposal, State};
+use crate::state::{Outcome, Proposal, Rejection, State};
 use crate::storage::{Backend, RaftStore, StoreError};
 
 /// Tuning of a node. Ticks are driven from outside (the node thread ticks every
@@ -420,7 +420,10 @@ impl<B: Backend> Core<B> {
                             self.state.applied = index;
                             Outcome {
                                 index,
-                                result: Err(format!("entry {index} does not decode: {err}")),
+                                result: Err(Rejection::Undecodable {
+                                    index,
+                                    reason: err.to_string(),
+                                }),
                             }
                         }
                     };

@@ -175,7 +175,7 @@ impl NodeThread {
                     for r in replies {
                         let _ = r.send(match &outcome.result {
                             Ok(_) => Ok(()),
-                            Err(e) => Err(Refusal::Failed(e.clone())),
+                            Err(e) => Err(Refusal::Failed(e.to_string())),
                         });
                     }
                 }

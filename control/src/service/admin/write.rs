@@ -16,8 +16,8 @@ use crate::raft::node::MemberChange;
 use crate::raft::Req;
 use crate::service::Shared;
 use crate::state::{
-    Command, DetectionPolicy, LimitAction, OutboundPolicy, Outcome, Proposal, Role, TokenRecord,
-    User,
+    Command, DetectionPolicy, LimitAction, OutboundPolicy, Outcome, Proposal, Rejection,
+    RejectionCode, Role, TokenRecord, User,
 };
 
 /// Carries out one admin write for `who`: checks, authorizes, proposes, waits for the outcome.
@@ -370,8 +370,7 @@ fn random_hex(n: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The reply to a write, from the outcome of its application. The gRPC code is chosen by the
-/// words of the state machine's error message (kept as it was; a typed rejection replaces it).
+/// The reply to a write, from the outcome of its application.
 fn outcome_status(o: Outcome) -> Result<v1::WriteReply, Status> {
     match o.result {
         Ok(summary) => Ok(v1::WriteReply {
@@ -379,10 +378,87 @@ fn outcome_status(o: Outcome) -> Result<v1::WriteReply, Status> {
             summary,
             secret: String::new(),
         }),
-        Err(e) if e.contains("does not exist") || e.contains("is not accepted by") => {
-            Err(Status::not_found(e))
+        Err(e) => Err(rejection_status(&e)),
+    }
+}
+
+/// The gRPC status of a refused write: its code comes from the rejection's variant (through
+/// [`Rejection::code`]), its message is the rejection's text.
+fn rejection_status(e: &Rejection) -> Status {
+    let message = e.to_string();
+    match e.code() {
+        RejectionCode::NotFound => Status::not_found(message),
+        RejectionCode::AlreadyExists => Status::already_exists(message),
+        RejectionCode::FailedPrecondition => Status::failed_precondition(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Kind;
+    use tonic::Code;
+
+    #[test]
+    fn a_refused_write_gets_the_status_of_its_rejection() {
+        let t = TenantId::new("contoso").expect("valid tenant");
+        let d = Domain::new("contoso.example").expect("valid domain");
+        let rows = [
+            (Rejection::not_found(Kind::Tenant, &t), Code::NotFound),
+            (
+                Rejection::DomainNotAccepted {
+                    domain: d.clone(),
+                    tenant: t.clone(),
+                },
+                Code::NotFound,
+            ),
+            (
+                Rejection::UserNotInTenant {
+                    address: "a@contoso.example".into(),
+                    tenant: t.clone(),
+                },
+                Code::NotFound,
+            ),
+            (
+                Rejection::AlreadyExists {
+                    kind: Kind::Token,
+                    name: "ops".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                Rejection::DomainTaken {
+                    domain: d,
+                    owner: t.clone(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                Rejection::Conflict {
+                    subject: Kind::Clock,
+                    reason: "time went backwards".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Rejection::Invalid {
+                    subject: Kind::Tenant,
+                    reason: "a tenant needs a domain".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Rejection::Undecodable {
+                    index: 7,
+                    reason: "eof".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (rejection, code) in rows {
+            let status = rejection_status(&rejection);
+            assert_eq!(status.code(), code, "{rejection:?}");
+            assert_eq!(status.message(), rejection.to_string());
         }
-        Err(e) if e.contains("already") || e.contains("exists") => Err(Status::already_exists(e)),
-        Err(e) => Err(Status::failed_precondition(e)),
     }
 }

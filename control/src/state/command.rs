@@ -1,0 +1,195 @@
+//! The raft log's command format: a [`Proposal`] (who, when, the client's request id) carrying
+//! a [`Command`]. Each committed entry's data is a proposal as JSON.
+//!
+//! Compatibility: the log outlives releases (a node replays entries written by the release
+//! before it, and a snapshot may be taken long after). So variants and fields are only ever
+//! added, a new field with a serde default; nothing is renamed, retyped or removed, and the
+//! `op` tag's kebab-case names stay. Applying an old entry must give the result it gave when
+//! it was written: validation that tightens belongs at proposal time, not at apply.
+//! `state::compat` replays the log a past release wrote and checks the resulting state.
+
+use moat_shared::onprem::Schedule;
+use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AlertContacts, AlertTransport, DetectionPolicy, OutboundPolicy, SignalBatch, TokenRecord, User,
+};
+
+/// A command and who asked for it, as it travels through the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Unix milliseconds, stamped by the leader when it proposed the entry.
+    pub at_ms: i64,
+    /// Who asked: a token name, `edge:<id>`, or `system`.
+    pub actor: String,
+    /// The client's request id, for applying a retried request once.
+    pub request_id: Option<String>,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A change to the state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum Command {
+    /// Create or replace a tenant (its connectors and users stay).
+    PutTenant {
+        /// The tenant.
+        tenant: Tenant,
+    },
+    /// Delete a tenant with its connectors, users, tokens and restrictions.
+    DeleteTenant {
+        /// Which.
+        tenant: TenantId,
+    },
+    /// Add an accepted domain.
+    AddDomain {
+        /// To which tenant.
+        tenant: TenantId,
+        /// The domain.
+        domain: Domain,
+    },
+    /// Remove an accepted domain.
+    RemoveDomain {
+        /// From which tenant.
+        tenant: TenantId,
+        /// The domain.
+        domain: Domain,
+    },
+    /// Create or replace an inbound connector.
+    PutConnector {
+        /// The connector.
+        connector: Connector,
+    },
+    /// Delete an inbound connector.
+    DeleteConnector {
+        /// Its tenant.
+        tenant: TenantId,
+        /// Its name.
+        name: String,
+    },
+    /// Create or replace a user (the password already hashed).
+    PutUser {
+        /// The user.
+        user: User,
+    },
+    /// Delete a user.
+    DeleteUser {
+        /// Its tenant.
+        tenant: TenantId,
+        /// Its address.
+        address: String,
+    },
+    /// Set a tenant's transport config.
+    SetTransportConfig {
+        /// Which tenant.
+        tenant: TenantId,
+        /// `allow-legacy-tls-clients`.
+        allow_legacy_tls_clients: bool,
+    },
+    /// Record an admin token (only its hash).
+    CreateToken {
+        /// The token record.
+        token: TokenRecord,
+    },
+    /// Revoke a token.
+    RevokeToken {
+        /// Its id.
+        id: String,
+    },
+    /// Create or update the tenants of a seed; idempotent.
+    ApplySeed {
+        /// The seed's tenants.
+        tenants: Vec<Tenant>,
+    },
+    /// Replace the legacy-TLS speed bump schedule.
+    SetSpeedBump {
+        /// The steps.
+        steps: Vec<SpeedBumpStep>,
+    },
+    /// Set a tenant's sending limits.
+    SetOutboundPolicy {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The limits.
+        policy: OutboundPolicy,
+    },
+    /// Set the detection settings of a tenant, or the cluster default (`tenant: None`).
+    SetDetectionPolicy {
+        /// Which tenant; `None` for the default.
+        tenant: Option<TenantId>,
+        /// The settings.
+        policy: DetectionPolicy,
+    },
+    /// Set where a tenant's alerts go.
+    SetAlertContacts {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The contacts.
+        contacts: AlertContacts,
+    },
+    /// Set how alert emails are sent.
+    SetAlertTransport {
+        /// The transport.
+        transport: AlertTransport,
+    },
+    /// The leader's report of one delivery attempt.
+    AlertDelivery {
+        /// The alert.
+        alert: u64,
+        /// Its channel.
+        channel: String,
+        /// Its target.
+        target: String,
+        /// `None` when delivered, else why not.
+        error: Option<String>,
+    },
+    /// Lift a restriction.
+    Unblock {
+        /// The tenant.
+        tenant: TenantId,
+        /// Connector or user.
+        kind: EntityKind,
+        /// The connector's name or the user's address.
+        name: String,
+        /// Why, for the audit log.
+        reason: String,
+    },
+    /// Counter deltas from edges, gathered by the leader into one entry.
+    Signals {
+        /// One batch per edge at most.
+        batches: Vec<SignalBatch>,
+    },
+    /// Changes the on-premises Exchange settings; `None` leaves a setting as it is.
+    SetOnpremPolicy {
+        /// The baseline builds.
+        baseline: Option<moat_shared::exchange::Baseline>,
+        /// The stage table.
+        stages: Option<Schedule>,
+        /// The service name in replies.
+        service: Option<String>,
+        /// Whether mail through every connector is judged, not only OnPremises connectors'.
+        #[serde(default)]
+        all_connectors: Option<bool>,
+    },
+    /// Pauses throttling and blocking of a tenant's servers for `days` days from the entry's
+    /// time, within the yearly budget.
+    PauseOnprem {
+        /// Which tenant.
+        tenant: TenantId,
+        /// How long.
+        days: u32,
+        /// Why (for the audit log).
+        reason: String,
+    },
+    /// Moves the cluster clock: from this entry on, the leader stamps entries with the wall
+    /// clock plus `offset_ms`. Only a `moat dev` node proposes it.
+    SetClock {
+        /// The new offset from the wall clock.
+        offset_ms: i64,
+    },
+    /// Lets time act: proposed by the leader when a server's stage or a pause is due to change.
+    /// Applying any entry does the same; this one exists for when nothing else is committed.
+    Tick,
+}

@@ -1,0 +1,283 @@
+//! Signals from edges: each edge's batches applied once (by sequence), the counters they carry
+//! with a minute window, and the TLS usage report (per day, tenant, listener and version, and
+//! the legacy-TLS clients). Deltas for users, connectors and on-premises servers go on to their
+//! concerns.
+
+use std::collections::BTreeSet;
+
+use moat_shared::signal::{self, Unit};
+use moat_shared::time::{day_of_ms, day_string};
+use serde::{Deserialize, Serialize};
+
+use super::State;
+
+/// Days of TLS usage kept for the report.
+const REPORT_DAYS: i64 = 90;
+/// Most legacy-client rows kept; further clients of a day are folded into one `other` row.
+const LEGACY_CLIENTS_MAX: usize = 100_000;
+
+/// One edge's batch of counter deltas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalBatch {
+    /// The edge.
+    pub edge: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// `(scope, key, name, delta)`.
+    pub counters: Vec<(String, String, String, u64)>,
+}
+
+/// A counter: its total and a minute window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Since the counter first appeared.
+    pub total: u64,
+    /// Start of the current minute window (Unix ms, entry time).
+    pub window_start_ms: i64,
+    /// In the current window.
+    pub this_minute: u64,
+    /// In the window before.
+    pub last_minute: u64,
+}
+
+/// Sessions and messages of one report row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// TLS sessions.
+    pub sessions: u64,
+    /// Messages accepted.
+    pub messages: u64,
+}
+
+impl State {
+    /// Applies the batches of edges, each edge's once by its sequence number, then runs the
+    /// detectors on the connectors they counted.
+    pub(super) fn signals(&mut self, index: u64, batches: &[SignalBatch]) -> String {
+        let mut applied = 0;
+        let mut touched = BTreeSet::new();
+        let mut sightings = Vec::new();
+        for b in batches {
+            let last = self.edge_seqs.entry(b.edge.clone()).or_default();
+            if b.seq <= *last {
+                continue;
+            }
+            *last = b.seq;
+            applied += 1;
+            for (scope, key, name, delta) in &b.counters {
+                if scope == signal::CONNECTOR && self.connectors.contains_key(key) {
+                    touched.insert(key.clone());
+                }
+                if scope == signal::ONPREM {
+                    sightings.push((key, name, *delta));
+                    continue;
+                }
+                self.count(index, scope, key, name, *delta);
+            }
+        }
+        // Sightings lose their order in a batch: a server seen with an old and a
+        // compliant build in the same second was being upgraded, so compliant builds
+        // are applied last (and the rest in a fixed order, for determinism).
+        let baseline = self.baseline();
+        sightings.sort_by_key(|(key, name, _)| {
+            let compliant = name
+                .split_once('|')
+                .and_then(|(_, b)| moat_shared::exchange::Build::parse(b))
+                .is_some_and(|b| baseline.classify(&b) == moat_shared::exchange::Class::Compliant);
+            (compliant, (*key).clone(), (*name).clone())
+        });
+        for (key, name, delta) in sightings {
+            self.count(index, signal::ONPREM, key, name, delta);
+        }
+        for key in touched {
+            self.judge_connector(index, &key);
+        }
+        format!("{applied} signal batch(es)")
+    }
+
+    /// Applies one counter delta from an edge.
+    fn count(&mut self, index: u64, scope: &str, key: &str, name: &str, delta: u64) {
+        let now = self.now_ms;
+        let today = day_of_ms(now);
+        match scope {
+            signal::TLS | signal::TLS_LEGACY => {
+                let Some((unit, dims)) = signal::split(name) else {
+                    return;
+                };
+                self.prune_report(today);
+                let day = day_string(today);
+                let (table, mut row) = if scope == signal::TLS {
+                    (
+                        &mut self.tls_usage,
+                        format!("{day}|{key}|{}", dims.join("|")),
+                    )
+                } else {
+                    (
+                        &mut self.legacy_clients,
+                        format!("{day}|{key}|{}", dims.join("|")),
+                    )
+                };
+                if scope == signal::TLS_LEGACY
+                    && table.len() >= LEGACY_CLIENTS_MAX
+                    && !table.contains_key(&row)
+                {
+                    row = format!("{day}|{key}|other||{}", dims[2]);
+                }
+                let t = table.entry(row).or_default();
+                match unit {
+                    Unit::Sessions => t.sessions += delta,
+                    Unit::Messages => t.messages += delta,
+                }
+            }
+            signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            signal::ONPREM if self.connectors.contains_key(key) => {
+                self.count_onprem(index, key, name, delta)
+            }
+            signal::CONNECTOR if self.connectors.contains_key(key) => {
+                self.count_connector(key, name, delta)
+            }
+            _ => add(self.counter(scope, key, name), now, delta),
+        }
+    }
+
+    /// The counter `scope|key|name`, created at zero if new; an existing one is found without
+    /// allocating (the hot path of signal ingestion).
+    pub(super) fn counter(&mut self, scope: &str, key: &str, name: &str) -> &mut Counter {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|k| {
+            k.clear();
+            k.push_str(scope);
+            k.push('|');
+            k.push_str(key);
+            k.push('|');
+            k.push_str(name);
+            if !self.counters.contains_key(k.as_str()) {
+                self.counters.insert(k.clone(), Counter::default());
+            }
+            self.counters.get_mut(k.as_str())
+        })
+        .expect("inserted above")
+    }
+
+    /// Drops report rows older than [`REPORT_DAYS`].
+    fn prune_report(&mut self, today: i64) {
+        let oldest = day_string(today - REPORT_DAYS + 1);
+        for table in [&mut self.tls_usage, &mut self.legacy_clients] {
+            if table.keys().next().is_some_and(|k| *k < oldest) {
+                *table = table.split_off(&oldest);
+            }
+        }
+    }
+}
+
+/// Adds `delta` to a counter, moving its minute window to the one holding `now_ms`.
+pub(super) fn add(c: &mut Counter, now_ms: i64, delta: u64) {
+    let minute = now_ms - now_ms.rem_euclid(60_000);
+    if c.window_start_ms != minute {
+        c.last_minute = if c.window_start_ms == minute - 60_000 {
+            c.this_minute
+        } else {
+            0
+        };
+        c.this_minute = 0;
+        c.window_start_ms = minute;
+    }
+    c.this_minute += delta;
+    c.total += delta;
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_shared::signal::{self, Unit};
+
+    use crate::state::testutil::*;
+    use crate::state::*;
+
+    #[test]
+    fn signals_are_counted_once_per_edge_sequence() {
+        let mut s = State::default();
+        let batch = |seq| SignalBatch {
+            edge: "e1".into(),
+            seq,
+            counters: vec![("tenant".into(), "a".into(), "messages".into(), 5)],
+        };
+        s.apply(
+            1,
+            &p(
+                60_000,
+                Command::Signals {
+                    batches: vec![batch(1)],
+                },
+            ),
+        );
+        s.apply(
+            2,
+            &p(
+                60_001,
+                Command::Signals {
+                    batches: vec![batch(1)],
+                },
+            ),
+        );
+        s.apply(
+            3,
+            &p(
+                125_000,
+                Command::Signals {
+                    batches: vec![batch(2)],
+                },
+            ),
+        );
+        let c = &s.counters["tenant|a|messages"];
+        assert_eq!(c.total, 10);
+        assert_eq!((c.last_minute, c.this_minute), (5, 5));
+        assert_eq!(s.policy_version, 0, "signals do not change policy");
+    }
+
+    #[test]
+    fn tls_usage_is_kept_by_day_tenant_and_version() {
+        let mut s = State::default();
+        let day = 20_415 * 86_400_000;
+        let v10 = signal::tls_usage(Unit::Sessions, "submission", "TLSv1.0", "X");
+        let m10 = signal::tls_usage(Unit::Messages, "submission", "TLSv1.0", "X");
+        let who = signal::legacy_client(Unit::Sessions, "192.0.2.1", "u@a.test", "TLSv1.0");
+        s.apply(
+            1,
+            &p(
+                day,
+                signals(
+                    "e1",
+                    1,
+                    &[
+                        (signal::TLS, "a", &v10, 2),
+                        (signal::TLS, "a", &m10, 3),
+                        (signal::TLS_LEGACY, "a", &who, 2),
+                    ],
+                ),
+            ),
+        );
+        let key = "2025-11-23|a|submission|TLSv1.0|X";
+        assert_eq!(
+            s.tls_usage[key],
+            Tally {
+                sessions: 2,
+                messages: 3
+            }
+        );
+        assert_eq!(
+            s.legacy_clients["2025-11-23|a|192.0.2.1|u@a.test|TLSv1.0"].sessions,
+            2
+        );
+        // 90 days later the first day is gone.
+        s.apply(
+            2,
+            &p(
+                day + 90 * 86_400_000,
+                signals("e1", 2, &[(signal::TLS, "a", &v10, 1)]),
+            ),
+        );
+        assert!(!s.tls_usage.contains_key(key));
+        assert_eq!(s.tls_usage.len(), 1);
+    }
+}

@@ -1,0 +1,439 @@
+//! The replicated state machine.
+//!
+//! Every control node applies the same committed [`Proposal`]s in the same order to a [`State`]
+//! and so holds the same state. [`State::apply`] is deterministic: it reads time only from the
+//! proposal (stamped by the leader that proposed it, and never allowed to go backwards) and
+//! never touches the network, the disk or the local clock. Validation happens here, at apply,
+//! so a proposal that became invalid between proposing and committing (another admin deleted
+//! the tenant meanwhile) fails the same way on every node, with a typed [`Rejection`].
+//!
+//! This module holds the [`State`] (its fields are the snapshot's JSON form) and
+//! [`State::apply`]: retries applied once by request id, the command dispatched to its concern,
+//! the policy version moved when what edges enforce changed, and the change audited. The
+//! concerns, one a module:
+//! - [`command`]: the log's command format ([`Proposal`], [`Command`]) and its compatibility
+//!   rules.
+//! - [`error`]: [`Rejection`], why a command was refused.
+//! - [`tenants`]: tenants, domains, connectors, users, transport config, seeds.
+//! - [`tokens`]: admin tokens.
+//! - [`limits`]: sending limits and usage, the speed bump, unblocking.
+//! - [`counters`]: edges' signal batches, counters, the TLS usage report.
+//! - [`detection`]: connector traffic windows and the detectors ([`detection::judge`]).
+//! - [`onprem`]: on-premises Exchange servers, stages and pauses.
+//! - [`alerts`]: alerts, contacts, transport, deliveries.
+//! - [`audit`]: the audit log.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use moat_shared::onprem::{Schedule, DAY_MS};
+use moat_shared::{Connector, SpeedBumpStep, Tenant, TenantId};
+use serde::{Deserialize, Serialize};
+
+pub mod alerts;
+pub mod audit;
+pub mod command;
+pub mod counters;
+pub mod detection;
+pub mod error;
+pub mod limits;
+pub mod onprem;
+pub mod tenants;
+pub mod tokens;
+
+#[cfg(test)]
+mod compat;
+#[cfg(test)]
+mod testutil;
+
+pub use alerts::{
+    Alert, AlertContacts, AlertTransport, Delivery, DeliveryState, MAX_DELIVERY_ATTEMPTS,
+};
+pub use audit::AuditRecord;
+pub use command::{Command, Proposal};
+pub use counters::{Counter, SignalBatch, Tally};
+pub use detection::{ConnectorStats, DetectionPolicy, WindowCounts};
+pub use error::{Kind, Rejection, RejectionCode};
+pub use limits::{LimitAction, OutboundPolicy, Usage};
+pub use moat_shared::RestrictedEntity as Restricted;
+pub use moat_shared::SubmissionUser as User;
+pub use onprem::{OnpremServer, PauseRecord};
+pub use tokens::{Role, TokenRecord};
+
+/// How long a client request id is remembered for deduplication of retries.
+const REQUEST_ID_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// The whole replicated state. Its JSON form is the raft snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Index of the last applied entry.
+    pub applied: u64,
+    /// Time of the last applied entry; never goes backwards.
+    pub now_ms: i64,
+    /// Index of the last entry that changed what edges enforce (the policy version).
+    pub policy_version: u64,
+    /// Time of that entry.
+    pub policy_changed_ms: i64,
+    /// Tenants by id.
+    pub tenants: BTreeMap<TenantId, Tenant>,
+    /// Connectors by `tenant/name`.
+    pub connectors: BTreeMap<String, Connector>,
+    /// Users by address.
+    pub users: BTreeMap<String, User>,
+    /// Admin tokens by id.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Restricted entities.
+    pub restricted: Vec<Restricted>,
+    /// The newest admin changes.
+    pub audit: VecDeque<AuditRecord>,
+    /// Highest applied signal sequence per edge.
+    pub edge_seqs: BTreeMap<String, u64>,
+    /// Counters by `scope|key|name`.
+    pub counters: BTreeMap<String, Counter>,
+    /// Recently applied client request ids and the index they were applied at.
+    pub requests: BTreeMap<String, (u64, i64)>,
+    /// Control-node addresses learned from membership changes, by raft id.
+    pub members: BTreeMap<u64, String>,
+    /// The legacy-TLS speed bump schedule.
+    #[serde(default)]
+    pub speed_bump: Vec<SpeedBumpStep>,
+    /// Sending limits by tenant (tenants without an entry have the default).
+    #[serde(default)]
+    pub outbound: BTreeMap<TenantId, OutboundPolicy>,
+    /// Recipients per SMTP AUTH user in the current hour and day.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Usage>,
+    /// TLS usage by `day|tenant|listener|version|cipher`.
+    #[serde(default)]
+    pub tls_usage: BTreeMap<String, Tally>,
+    /// Legacy-TLS clients by `day|tenant|ip|user|version`.
+    #[serde(default)]
+    pub legacy_clients: BTreeMap<String, Tally>,
+    /// The newest alerts.
+    #[serde(default)]
+    pub alerts: VecDeque<Alert>,
+    /// On-premises Exchange servers by `tenant|server`.
+    #[serde(default)]
+    pub onprem_servers: BTreeMap<String, OnpremServer>,
+    /// The baseline builds; the built-in default (October 2025 updates) when `None`.
+    #[serde(default)]
+    pub onprem_baseline: Option<moat_shared::exchange::Baseline>,
+    /// The stage table; the reference table when `None`.
+    #[serde(default)]
+    pub onprem_schedule: Option<Schedule>,
+    /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
+    #[serde(default)]
+    pub onprem_service: String,
+    /// Whether mail through every connector is judged (default: OnPremises connectors only).
+    #[serde(default)]
+    pub onprem_all_connectors: bool,
+    /// Pauses of throttling and blocking, by tenant.
+    #[serde(default)]
+    pub onprem_pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
+    /// What the cluster clock is ahead of the wall clock (`moat dev` only).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// Where each tenant's alerts go.
+    #[serde(default)]
+    pub alert_contacts: BTreeMap<TenantId, AlertContacts>,
+    /// How alert emails are sent.
+    #[serde(default)]
+    pub alert_transport: AlertTransport,
+    /// The id the next alert gets.
+    #[serde(default)]
+    pub next_alert_id: u64,
+    /// Detection settings: the cluster default under `*`, tenants' own under their id.
+    #[serde(default)]
+    pub detection: BTreeMap<String, DetectionPolicy>,
+    /// Traffic per connector (`tenant/name`).
+    #[serde(default)]
+    pub connector_stats: BTreeMap<String, ConnectorStats>,
+    /// Set while applying an entry that changed the restricted entities (never replicated).
+    #[serde(skip)]
+    pub restricted_changed: bool,
+    /// Set while applying an entry that changed which servers edges throttle or block.
+    #[serde(skip)]
+    pub onprem_changed: bool,
+}
+
+/// What applying a proposal produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The entry's index.
+    pub index: u64,
+    /// A summary for the caller, or why the command was refused.
+    pub result: Result<String, Rejection>,
+}
+
+impl State {
+    /// Applies the committed entry at `index`.
+    pub fn apply(&mut self, index: u64, p: &Proposal) -> Outcome {
+        self.applied = index;
+        self.now_ms = self.now_ms.max(p.at_ms);
+        let now = self.now_ms;
+        self.requests
+            .retain(|_, (_, at)| now.saturating_sub(*at) < REQUEST_ID_TTL_MS);
+        if let Some(id) = &p.request_id {
+            if let Some((first, _)) = self.requests.get(id) {
+                return Outcome {
+                    index: *first,
+                    result: Ok("already applied".into()),
+                };
+            }
+        }
+        let before = self.restricted.len();
+        self.restricted.retain(|r| r.in_force(now));
+        self.restricted_changed = self.restricted.len() != before;
+        let result = self.run(index, p);
+        self.settle_onprem(index);
+        if std::mem::take(&mut self.restricted_changed)
+            || std::mem::take(&mut self.onprem_changed)
+            || (result.is_ok() && policy_relevant(&p.command))
+        {
+            self.policy_version = index;
+            self.policy_changed_ms = now;
+        }
+        if let Ok(action) = &result {
+            if let Some(id) = &p.request_id {
+                self.requests.insert(id.clone(), (index, now));
+            }
+            if !matches!(
+                p.command,
+                Command::Signals { .. } | Command::AlertDelivery { .. } | Command::Tick
+            ) {
+                self.audit_change(AuditRecord {
+                    index,
+                    at_ms: now,
+                    actor: p.actor.clone(),
+                    action: action.clone(),
+                    tenant: command_tenant(&p.command),
+                });
+            }
+        }
+        Outcome { index, result }
+    }
+
+    /// Runs a command: one method of its concern.
+    fn run(&mut self, index: u64, p: &Proposal) -> Result<String, Rejection> {
+        match &p.command {
+            Command::PutTenant { tenant } => self.put_tenant(tenant),
+            Command::DeleteTenant { tenant } => self.delete_tenant(tenant),
+            Command::AddDomain { tenant, domain } => self.add_domain(tenant, domain),
+            Command::RemoveDomain { tenant, domain } => self.remove_domain(tenant, domain),
+            Command::PutConnector { connector } => self.put_connector(connector),
+            Command::DeleteConnector { tenant, name } => self.delete_connector(tenant, name),
+            Command::PutUser { user } => self.put_user(user),
+            Command::DeleteUser { tenant, address } => self.delete_user(tenant, address),
+            Command::SetTransportConfig {
+                tenant,
+                allow_legacy_tls_clients,
+            } => self.set_transport_config(tenant, *allow_legacy_tls_clients),
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(id),
+            Command::ApplySeed { tenants } => self.apply_seed(tenants),
+            Command::SetSpeedBump { steps } => self.set_speed_bump(steps),
+            Command::SetOutboundPolicy { tenant, policy } => {
+                self.set_outbound_policy(tenant, policy)
+            }
+            Command::SetAlertContacts { tenant, contacts } => {
+                self.set_alert_contacts(tenant, contacts)
+            }
+            Command::SetAlertTransport { transport } => Ok(self.set_alert_transport(transport)),
+            Command::AlertDelivery {
+                alert,
+                channel,
+                target,
+                error,
+            } => self.alert_delivery(*alert, channel, target, error.as_ref()),
+            Command::SetDetectionPolicy { tenant, policy } => {
+                self.set_detection_policy(tenant.as_ref(), policy)
+            }
+            Command::Unblock {
+                tenant,
+                kind,
+                name,
+                reason,
+            } => self.unblock(tenant, *kind, name, reason),
+            Command::SetOnpremPolicy {
+                baseline,
+                stages,
+                service,
+                all_connectors,
+            } => self.set_onprem_policy(
+                index,
+                baseline.as_ref(),
+                stages.as_ref(),
+                service.as_ref(),
+                *all_connectors,
+            ),
+            Command::PauseOnprem {
+                tenant,
+                days,
+                reason,
+            } => self.pause_onprem(&p.actor, tenant, *days, reason),
+            Command::SetClock { offset_ms } => self.set_clock(p.at_ms, *offset_ms),
+            Command::Tick => Ok("tick".into()),
+            Command::Signals { batches } => Ok(self.signals(index, batches)),
+        }
+    }
+
+    /// Moves the cluster clock to `offset_ms` ahead of the wall clock (the entry's time less
+    /// the offset it was stamped with); never backwards.
+    fn set_clock(&mut self, at_ms: i64, offset_ms: i64) -> Result<String, Rejection> {
+        let wall = at_ms - self.clock_offset_ms;
+        let target = wall.saturating_add(offset_ms);
+        if target < self.now_ms {
+            return Err(Rejection::conflict(
+                Kind::Clock,
+                "the cluster clock only moves forward",
+            ));
+        }
+        self.clock_offset_ms = offset_ms;
+        self.now_ms = target;
+        Ok(format!(
+            "cluster clock set {:.2} days ahead of the wall clock",
+            offset_ms as f64 / DAY_MS as f64
+        ))
+    }
+}
+
+/// Whether a successful command changes what edges enforce (the policy version).
+fn policy_relevant(c: &Command) -> bool {
+    !matches!(
+        c,
+        Command::Signals { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::SetOutboundPolicy { .. }
+            | Command::SetDetectionPolicy { .. }
+            | Command::SetAlertContacts { .. }
+            | Command::SetAlertTransport { .. }
+            | Command::AlertDelivery { .. }
+            | Command::PauseOnprem { .. }
+            | Command::Tick
+    )
+}
+
+/// The tenant a command concerns, for the audit log.
+fn command_tenant(c: &Command) -> Option<TenantId> {
+    match c {
+        Command::PutTenant { tenant } => Some(tenant.id.clone()),
+        Command::DeleteTenant { tenant }
+        | Command::AddDomain { tenant, .. }
+        | Command::RemoveDomain { tenant, .. }
+        | Command::DeleteConnector { tenant, .. }
+        | Command::DeleteUser { tenant, .. }
+        | Command::SetTransportConfig { tenant, .. }
+        | Command::SetOutboundPolicy { tenant, .. }
+        | Command::Unblock { tenant, .. } => Some(tenant.clone()),
+        Command::PutConnector { connector } => Some(connector.tenant.clone()),
+        Command::PutUser { user } => Some(user.tenant.clone()),
+        Command::CreateToken { token } => token.tenant.clone(),
+        Command::SetDetectionPolicy { tenant, .. } => tenant.clone(),
+        Command::SetAlertContacts { tenant, .. } => Some(tenant.clone()),
+        Command::PauseOnprem { tenant, .. } => Some(tenant.clone()),
+        Command::SetAlertTransport { .. }
+        | Command::AlertDelivery { .. }
+        | Command::SetOnpremPolicy { .. }
+        | Command::SetClock { .. }
+        | Command::Tick => None,
+        Command::RevokeToken { .. }
+        | Command::ApplySeed { .. }
+        | Command::SetSpeedBump { .. }
+        | Command::Signals { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use crate::state::testutil::*;
+    use crate::state::*;
+
+    #[test]
+    fn a_domain_cannot_move_between_tenants_silently() {
+        let mut s = State::default();
+        let a = s.apply(
+            1,
+            &p(
+                1,
+                Command::PutTenant {
+                    tenant: tenant("a", &["x.test"]),
+                },
+            ),
+        );
+        assert!(a.result.is_ok());
+        let b = s.apply(
+            2,
+            &p(
+                2,
+                Command::PutTenant {
+                    tenant: tenant("b", &["x.test"]),
+                },
+            ),
+        );
+        assert_eq!(
+            b.result.unwrap_err().to_string(),
+            "domain `x.test` is already accepted by `a`"
+        );
+        assert_eq!(s.policy_version, 1);
+        assert_eq!(s.audit.len(), 1);
+    }
+
+    #[test]
+    fn time_never_goes_backwards_and_retries_apply_once() {
+        let mut s = State::default();
+        let mut prop = p(
+            100,
+            Command::PutTenant {
+                tenant: tenant("a", &[]),
+            },
+        );
+        prop.request_id = Some("r1".into());
+        s.apply(1, &prop);
+        prop.at_ms = 50;
+        let again = s.apply(2, &prop);
+        assert_eq!(again.index, 1);
+        assert_eq!(s.now_ms, 100);
+        assert_eq!(s.audit.len(), 1);
+    }
+
+    #[test]
+    fn state_round_trips_through_its_snapshot_form() {
+        let mut s = State::default();
+        s.apply(
+            1,
+            &p(
+                1,
+                Command::PutTenant {
+                    tenant: tenant("a", &["a.test"]),
+                },
+            ),
+        );
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn the_cluster_clock_only_moves_forward() {
+        let mut s = State::default();
+        let day = moat_shared::onprem::DAY_MS;
+        let ok = s.apply(
+            1,
+            &p(
+                1000,
+                Command::SetClock {
+                    offset_ms: 30 * day,
+                },
+            ),
+        );
+        assert!(ok.result.is_ok());
+        assert_eq!(s.now_ms, 1000 + 30 * day);
+        // The next entry is stamped with the new offset; going back is refused.
+        let back = s.apply(2, &p(2000 + 30 * day, Command::SetClock { offset_ms: 0 }));
+        assert_eq!(
+            back.result.unwrap_err().to_string(),
+            "the cluster clock only moves forward"
+        );
+    }
+}

@@ -1,0 +1,616 @@
+//! On-premises Exchange servers seen in tenants' connector mail: their builds against the
+//! baseline, their enforcement cycle walking the stage table by days since detection, the
+//! tenants' pauses within a yearly budget, and the settings (baseline, stages, service name,
+//! scope).
+
+use moat_shared::onprem::{
+    accrued_ms, pause_days_used, Pause, Schedule, Stage, DAY_MS, PAUSE_DAYS_PER_YEAR,
+};
+use moat_shared::time::{day_of_ms, day_string};
+use moat_shared::TenantId;
+use serde::{Deserialize, Serialize};
+
+use super::alerts::Alert;
+use super::error::{Kind, Rejection};
+use super::State;
+
+/// An on-premises Exchange server seen in the Received stamps of a tenant's connector mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnpremServer {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The server's FQDN (the `by` host of its stamp).
+    pub server: String,
+    /// The connector its mail came through (`tenant/name`).
+    pub connector: String,
+    /// The build it last stamped.
+    pub build: moat_shared::exchange::Build,
+    /// That build's class against the baseline when it was seen.
+    pub class: moat_shared::exchange::Class,
+    /// Start of the current enforcement cycle: when the server was first seen out of date
+    /// (entry time); `None` while it is compliant (a compliant build ends the cycle, a later
+    /// out-of-date build starts a new one).
+    pub first_detected_ms: Option<i64>,
+    /// When it was last seen.
+    pub last_seen_ms: i64,
+    /// Messages seen from it.
+    pub messages: u64,
+    /// Its stage in the current cycle (1-based), 0 outside a cycle.
+    #[serde(default)]
+    pub stage: u32,
+    /// When it entered that stage.
+    #[serde(default)]
+    pub stage_since_ms: i64,
+    /// When throttling started in the current cycle.
+    #[serde(default)]
+    pub throttle_enabled_ms: Option<i64>,
+    /// When blocking started in the current cycle.
+    #[serde(default)]
+    pub blocking_enabled_ms: Option<i64>,
+    /// Whether its tenant's pause is in force (as of the last applied entry).
+    #[serde(default)]
+    pub paused: bool,
+    /// When a compliant build last ended a cycle.
+    #[serde(default)]
+    pub remediated_ms: Option<i64>,
+}
+
+impl OnpremServer {
+    /// Whether edges throttle or block it under `schedule`.
+    pub fn enforced(&self, schedule: &Schedule) -> bool {
+        self.first_detected_ms.is_some()
+            && !self.paused
+            && schedule.get(self.stage).is_some_and(|s| s.enforces())
+    }
+}
+
+/// A tenant's pause, with who asked for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// When it runs.
+    pub pause: Pause,
+    /// Who paused.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl State {
+    /// The stage table in force (the reference table unless one was set).
+    pub fn schedule(&self) -> Schedule {
+        self.onprem_schedule.clone().unwrap_or_default()
+    }
+
+    /// The baseline in force (the October 2025 updates unless one was set).
+    pub fn baseline(&self) -> moat_shared::exchange::Baseline {
+        self.onprem_baseline.clone().unwrap_or_default()
+    }
+
+    /// A tenant's pauses.
+    pub fn pauses(&self, tenant: &TenantId) -> Vec<Pause> {
+        self.onprem_pauses
+            .get(tenant)
+            .map(|v| v.iter().map(|p| p.pause).collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes the on-premises Exchange settings; `None` leaves a setting as it is. A new
+    /// baseline judges every known server again.
+    pub(super) fn set_onprem_policy(
+        &mut self,
+        index: u64,
+        baseline: Option<&moat_shared::exchange::Baseline>,
+        stages: Option<&Schedule>,
+        service: Option<&String>,
+        all_connectors: Option<bool>,
+    ) -> Result<String, Rejection> {
+        let mut said = Vec::new();
+        if let Some(all) = all_connectors {
+            self.onprem_all_connectors = all;
+            said.push(format!(
+                "scope {}",
+                if all { "all-connectors" } else { "onpremises" }
+            ));
+        }
+        if let Some(stages) = stages {
+            stages
+                .validate()
+                .map_err(|e| Rejection::invalid(Kind::Onprem, e))?;
+            said.push(format!("stages {}", stages.render()));
+            self.onprem_schedule = Some(stages.clone());
+        }
+        if let Some(service) = service {
+            let service = service.trim();
+            if service.is_empty() || service.len() > 64 || service.contains(['\r', '\n']) {
+                return Err(Rejection::invalid(
+                    Kind::Onprem,
+                    "the service name is one line of 1 to 64 characters",
+                ));
+            }
+            said.push(format!("service name {service}"));
+            self.onprem_service = service.to_owned();
+        }
+        if let Some(baseline) = baseline {
+            if baseline.0.is_empty() {
+                return Err(Rejection::invalid(
+                    Kind::Onprem,
+                    "the baseline needs at least one build",
+                ));
+            }
+            said.push(format!(
+                "baseline {}",
+                baseline
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.onprem_baseline = Some(baseline.clone());
+            self.reclassify_onprem(index);
+        }
+        if said.is_empty() {
+            return Err(Rejection::invalid(Kind::Onprem, "nothing to change"));
+        }
+        Ok(format!("on-premises Exchange: {}", said.join("; ")))
+    }
+
+    /// Pauses throttling and blocking of a tenant's servers for `days` days from the entry's
+    /// time, within the yearly budget.
+    pub(super) fn pause_onprem(
+        &mut self,
+        actor: &str,
+        tenant: &TenantId,
+        days: u32,
+        reason: &str,
+    ) -> Result<String, Rejection> {
+        self.tenant_mut(tenant)?;
+        let now = self.now_ms;
+        if days == 0 || days > PAUSE_DAYS_PER_YEAR {
+            return Err(Rejection::invalid(
+                Kind::Pause,
+                format!("a pause lasts 1 to {PAUSE_DAYS_PER_YEAR} days"),
+            ));
+        }
+        let pauses = self.onprem_pauses.entry(tenant.clone()).or_default();
+        let pause = Pause {
+            start_ms: now,
+            end_ms: now + i64::from(days) * DAY_MS,
+        };
+        let year = pause.year();
+        let list: Vec<Pause> = pauses.iter().map(|p| p.pause).collect();
+        let used = pause_days_used(&list, year);
+        if used + days > PAUSE_DAYS_PER_YEAR {
+            return Err(Rejection::conflict(Kind::Pause, format!(
+                "a {days}-day pause exceeds the yearly budget: {used} of {PAUSE_DAYS_PER_YEAR} days of {year} are used, {} left",
+                PAUSE_DAYS_PER_YEAR - used
+            )));
+        }
+        if let Some(p) = pauses.iter().find(|p| p.pause.covers(now)) {
+            return Err(Rejection::AlreadyPaused {
+                tenant: tenant.clone(),
+                until: day_string(day_of_ms(p.pause.end_ms)),
+            });
+        }
+        pauses.push(PauseRecord {
+            pause,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+        });
+        self.onprem_changed = true;
+        Ok(format!(
+            "throttling and blocking of {tenant}'s on-premises servers paused for {days} day(s) until {} ({} of {PAUSE_DAYS_PER_YEAR} days of {year} left){}",
+            day_string(day_of_ms(pause.end_ms)),
+            PAUSE_DAYS_PER_YEAR - used - days,
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            }
+        ))
+    }
+
+    /// Records a sighting of an on-premises Exchange server (`server|build`) through the
+    /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
+    /// the tenant's admins when a cycle starts.
+    pub(super) fn count_onprem(&mut self, index: u64, key: &str, name: &str, delta: u64) {
+        use moat_shared::exchange::Build;
+        let Some((server, build)) = name.split_once('|') else {
+            return;
+        };
+        let Some(build) = Build::parse(build) else {
+            return;
+        };
+        let Some(tenant) = self.connectors.get(key).map(|c| c.tenant.clone()) else {
+            return;
+        };
+        let class = self.baseline().classify(&build);
+        let now = self.now_ms;
+        let entry = self
+            .onprem_servers
+            .entry(format!("{tenant}|{server}"))
+            .or_insert_with(|| OnpremServer {
+                tenant: tenant.clone(),
+                server: server.to_owned(),
+                connector: key.to_owned(),
+                build,
+                class,
+                first_detected_ms: None,
+                last_seen_ms: now,
+                messages: 0,
+                stage: 0,
+                stage_since_ms: now,
+                throttle_enabled_ms: None,
+                blocking_enabled_ms: None,
+                paused: false,
+                remediated_ms: None,
+            });
+        entry.build = build;
+        entry.class = class;
+        entry.connector = key.to_owned();
+        entry.last_seen_ms = now;
+        entry.messages += delta;
+        self.observe_onprem(index, &format!("{tenant}|{server}"));
+    }
+
+    /// Starts or ends a server's cycle by its class: an out-of-date build outside a cycle starts
+    /// one at stage 1 (a regression after remediation starts a new cycle from day 0); a compliant
+    /// build ends the cycle at once. Alerts the tenant's admins either way.
+    fn observe_onprem(&mut self, index: u64, key: &str) {
+        use moat_shared::exchange::Class;
+        let now = self.now_ms;
+        let schedule = self.schedule();
+        let Some(srv) = self.onprem_servers.get_mut(key) else {
+            return;
+        };
+        let out_of_date = matches!(srv.class, Class::Unsupported | Class::Unpatched);
+        let was_enforced = srv.enforced(&schedule);
+        let event = if out_of_date && srv.first_detected_ms.is_none() {
+            srv.first_detected_ms = Some(now);
+            srv.stage = 1;
+            srv.stage_since_ms = now;
+            srv.throttle_enabled_ms = None;
+            srv.blocking_enabled_ms = None;
+            Some((
+                "medium",
+                "Out-of-date Exchange server detected",
+                format!(
+                    "{} sends with {} build {} ({}) through connector {}; stage 1 (report only) until day {}",
+                    srv.server,
+                    srv.build.product().name(),
+                    srv.build,
+                    srv.class.as_str(),
+                    srv.connector,
+                    schedule.get(2).map_or(0, |s| s.from_day)
+                ),
+            ))
+        } else if srv.class == Class::Compliant && srv.first_detected_ms.is_some() {
+            srv.first_detected_ms = None;
+            srv.stage = 0;
+            srv.stage_since_ms = now;
+            srv.remediated_ms = Some(now);
+            Some((
+                "low",
+                "Exchange server remediated",
+                format!(
+                    "{} now sends with compliant build {}; its mail is no longer throttled or blocked",
+                    srv.server, srv.build
+                ),
+            ))
+        } else {
+            None
+        };
+        if srv.enforced(&schedule) != was_enforced {
+            self.onprem_changed = true;
+        }
+        if let Some((severity, title, detail)) = event {
+            let tenant = srv.tenant.clone();
+            self.onprem_event(index, tenant, severity, title, detail);
+        }
+    }
+
+    /// Judges every known server again (the baseline changed).
+    pub(super) fn reclassify_onprem(&mut self, index: u64) {
+        let baseline = self.baseline();
+        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        for key in keys {
+            if let Some(srv) = self.onprem_servers.get_mut(&key) {
+                srv.class = baseline.classify(&srv.build);
+            }
+            self.observe_onprem(index, &key);
+        }
+    }
+
+    /// Where a server in a cycle should be at `now`: its stage by accrued days and whether its
+    /// tenant's pause is in force.
+    fn onprem_target(&self, srv: &OnpremServer, schedule: &Schedule, now: i64) -> (u32, bool) {
+        let Some(first) = srv.first_detected_ms else {
+            return (srv.stage, srv.paused);
+        };
+        let pauses = self.pauses(&srv.tenant);
+        let days = accrued_ms(first, now, &pauses) / DAY_MS;
+        let stage = schedule.stage_at(u32::try_from(days).unwrap_or(u32::MAX));
+        (stage, pauses.iter().any(|p| p.covers(now)))
+    }
+
+    /// Whether applying an entry at `now` would move a server to another stage or start or end
+    /// a pause: the leader proposes a [`super::Command::Tick`] when it would.
+    pub fn onprem_due(&self, now: i64) -> bool {
+        let schedule = self.schedule();
+        self.onprem_servers
+            .values()
+            .filter(|s| s.first_detected_ms.is_some())
+            .any(|s| self.onprem_target(s, &schedule, now) != (s.stage, s.paused))
+    }
+
+    /// Moves every server in a cycle to its stage at the entry's time, alerting at each stage
+    /// change; marks the snapshot changed when what edges enforce changed.
+    pub(super) fn settle_onprem(&mut self, index: u64) {
+        let now = self.now_ms;
+        if !self.onprem_due(now) {
+            return;
+        }
+        let schedule = self.schedule();
+        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        for key in keys {
+            let Some(srv) = self.onprem_servers.get(&key) else {
+                continue;
+            };
+            let (stage, paused) = self.onprem_target(srv, &schedule, now);
+            if (stage, paused) == (srv.stage, srv.paused) {
+                continue;
+            }
+            let Some(srv) = self.onprem_servers.get_mut(&key) else {
+                continue;
+            };
+            let was_enforced = srv.enforced(&schedule);
+            srv.paused = paused;
+            let mut event = None;
+            if stage != srv.stage {
+                srv.stage = stage;
+                srv.stage_since_ms = now;
+                let st = schedule.get(stage).copied().unwrap_or(Stage {
+                    from_day: 0,
+                    throttle: 0,
+                    block: 0,
+                });
+                if st.throttle > 0 {
+                    srv.throttle_enabled_ms.get_or_insert(now);
+                }
+                if st.block > 0 {
+                    srv.blocking_enabled_ms.get_or_insert(now);
+                }
+                let what = match (st.throttle, st.block) {
+                    (0, 0) => "report only".to_owned(),
+                    (t, 0) => format!("throttled {t} minutes an hour"),
+                    (0, 60) | (_, 60) => "all mail blocked".to_owned(),
+                    (0, b) => format!("blocked {b} minutes an hour"),
+                    (t, b) => format!("blocked {b} and throttled {t} minutes an hour"),
+                };
+                event = Some((
+                    if st.block > 0 { "high" } else { "medium" },
+                    format!("Out-of-date Exchange server at stage {stage}"),
+                    format!(
+                        "{} (build {}) is at stage {stage}: {what}{}",
+                        srv.server,
+                        srv.build,
+                        if paused { " once the pause ends" } else { "" }
+                    ),
+                ));
+            }
+            // A new stage of an enforced server changes its minutes too.
+            if was_enforced || srv.enforced(&schedule) {
+                self.onprem_changed = true;
+            }
+            if let Some((severity, title, detail)) = event {
+                let tenant = srv.tenant.clone();
+                self.onprem_event(index, tenant, severity, &title, detail);
+            }
+        }
+    }
+
+    /// Audits and alerts an on-premises server event.
+    fn onprem_event(
+        &mut self,
+        index: u64,
+        tenant: TenantId,
+        severity: &str,
+        title: &str,
+        detail: String,
+    ) {
+        let now = self.now_ms;
+        self.audit_system(index, tenant.clone(), format!("{title}: {detail}"));
+        self.alert(Alert {
+            at_ms: now,
+            tenant,
+            severity: severity.into(),
+            title: title.into(),
+            detail,
+            id: 0,
+            deliveries: Vec::new(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_shared::signal;
+    use moat_shared::TenantId;
+
+    use crate::state::testutil::*;
+    use crate::state::*;
+
+    #[test]
+    fn onprem_servers_start_and_end_their_cycle_by_build() {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let t0 = s.now_ms + 1000;
+        let seen = |build: &str| {
+            let name = signal::onprem_server("exch16.corp.local", build);
+            Command::Signals {
+                batches: vec![SignalBatch {
+                    edge: "e9".into(),
+                    seq: 0,
+                    counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
+                }],
+            }
+        };
+        let mut seq = 0;
+        let mut apply = |s: &mut State, at: i64, build: &str| {
+            seq += 1;
+            let mut c = seen(build);
+            if let Command::Signals { batches } = &mut c {
+                batches[0].seq = seq;
+            }
+            s.apply(1000 + seq, &p(at, c));
+        };
+        apply(&mut s, t0, "15.1.2507.44");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
+        assert_eq!(srv.first_detected_ms, Some(t0));
+        assert_eq!(
+            s.alerts.back().unwrap().title,
+            "Out-of-date Exchange server detected"
+        );
+        // Seen again later: the cycle keeps its start.
+        apply(&mut s, t0 + 100_000_000, "15.1.2507.44");
+        assert_eq!(
+            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            Some(t0)
+        );
+        // Remediated, then regressed: a new cycle.
+        apply(&mut s, t0 + 200_000_000, "15.1.2507.61");
+        assert_eq!(
+            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            None
+        );
+        apply(&mut s, t0 + 300_000_000, "15.0.1497.48");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.first_detected_ms, Some(t0 + 300_000_000));
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unsupported);
+        let titles: Vec<&str> = s.alerts.iter().map(|a| a.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "Out-of-date Exchange server detected",
+                "Exchange server remediated",
+                "Out-of-date Exchange server detected"
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_walk_the_stages_by_days_since_detection() {
+        const DAY: i64 = moat_shared::onprem::DAY_MS;
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        let key = "a|exch16.corp.local";
+        let mut index = 6000;
+        let mut tick = |s: &mut State, day: i64| {
+            index += 1;
+            let before = s.policy_version;
+            s.apply(index, &p(t0 + day * DAY, Command::Tick));
+            (s.onprem_servers[key].stage, s.policy_version != before)
+        };
+        assert!(!s.onprem_due(t0 + 29 * DAY));
+        assert!(s.onprem_due(t0 + 30 * DAY));
+        assert_eq!(tick(&mut s, 1), (1, false));
+        // Stage 2 is the first that refuses mail: the snapshot changes.
+        assert_eq!(tick(&mut s, 31), (2, true));
+        assert_eq!(
+            s.alerts.back().unwrap().title,
+            "Out-of-date Exchange server at stage 2"
+        );
+        assert_eq!(tick(&mut s, 45), (3, true));
+        let srv = &s.onprem_servers[key];
+        assert_eq!(srv.throttle_enabled_ms, Some(t0 + 31 * DAY));
+        assert_eq!(srv.blocking_enabled_ms, None);
+        // Paused at day 45 for 10 days: no enforcement, and the clock of the cycle stops.
+        let paused = s.apply(
+            7000,
+            &p(
+                t0 + 45 * DAY,
+                Command::PauseOnprem {
+                    tenant: TenantId::new("a").unwrap(),
+                    days: 10,
+                    reason: "patching".into(),
+                },
+            ),
+        );
+        assert!(paused.result.is_ok(), "{paused:?}");
+        assert!(s.onprem_servers[key].paused);
+        assert!(!s.onprem_servers[key].enforced(&Schedule::default()));
+        assert_eq!(s.policy_version, 7000);
+        // Day 56: 46 days accrued, still stage 3, enforced again.
+        assert_eq!(tick(&mut s, 56), (3, true));
+        assert!(!s.onprem_servers[key].paused);
+        // 81 more days this year would exceed the 90-day budget.
+        let refused = s.apply(
+            7001,
+            &p(
+                t0 + 57 * DAY,
+                Command::PauseOnprem {
+                    tenant: TenantId::new("a").unwrap(),
+                    days: 81,
+                    reason: "more".into(),
+                },
+            ),
+        );
+        let why = refused.result.unwrap_err().to_string();
+        assert!(
+            why.contains("80 left") || why.contains("yearly budget"),
+            "{why}"
+        );
+        assert_eq!(tick(&mut s, 71), (5, true));
+        assert!(s.onprem_servers[key].blocking_enabled_ms.is_some());
+        assert_eq!(tick(&mut s, 101), (8, true));
+        assert_eq!(s.alerts.back().unwrap().severity, "high");
+    }
+
+    #[test]
+    fn a_raised_baseline_makes_a_compliant_server_unpatched() {
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        // Remediate with the October 2025 update, then raise the baseline above it.
+        let name = signal::onprem_server("exch16.corp.local", "15.1.2507.61");
+        s.apply(
+            5001,
+            &p(
+                t0 + 1000,
+                Command::Signals {
+                    batches: vec![SignalBatch {
+                        edge: "e9".into(),
+                        seq: 2,
+                        counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
+                    }],
+                },
+            ),
+        );
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(
+            (srv.first_detected_ms, srv.remediated_ms),
+            (None, Some(t0 + 1000))
+        );
+        let baseline = moat_shared::exchange::Baseline(
+            ["15.1.2507.66", "15.2.1748.42"]
+                .iter()
+                .filter_map(|b| moat_shared::exchange::Build::parse(b))
+                .collect(),
+        );
+        let r = s.apply(
+            5002,
+            &p(
+                t0 + 2000,
+                Command::SetOnpremPolicy {
+                    baseline: Some(baseline),
+                    stages: None,
+                    service: None,
+                    all_connectors: None,
+                },
+            ),
+        );
+        assert!(r.result.is_ok(), "{r:?}");
+        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
+        assert_eq!(srv.first_detected_ms, Some(t0 + 2000));
+    }
+}

@@ -1,0 +1,88 @@
+//! Admin tokens: their roles and stored records (a hash, never the token), created and revoked
+//! through the log.
+
+use moat_shared::TenantId;
+use serde::{Deserialize, Serialize};
+
+use super::error::{Kind, Rejection};
+use super::State;
+
+/// What an admin token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything.
+    Operator,
+    /// Read and change one tenant's objects.
+    TenantAdmin,
+    /// Read everything, change nothing.
+    Reader,
+}
+
+impl Role {
+    /// The name used in tools.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::TenantAdmin => "tenant-admin",
+            Self::Reader => "reader",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "operator" => Some(Self::Operator),
+            "tenant-admin" => Some(Self::TenantAdmin),
+            "reader" => Some(Self::Reader),
+            _ => None,
+        }
+    }
+}
+
+/// A stored admin token: its SHA-256 hash, never the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public identifier (the token's prefix).
+    pub id: String,
+    /// A label for audit records.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// For tenant admins, the tenant.
+    pub tenant: Option<TenantId>,
+    /// Hex SHA-256 of the full token.
+    pub sha256: String,
+    /// When it was created (entry time).
+    pub created_ms: i64,
+}
+
+impl State {
+    /// Records a token; its time is the entry's.
+    pub(super) fn create_token(&mut self, token: &TokenRecord) -> Result<String, Rejection> {
+        if let Some(t) = &token.tenant {
+            if !self.tenants.contains_key(t) {
+                return Err(Rejection::not_found(Kind::Tenant, t));
+            }
+        }
+        if self.tokens.contains_key(&token.id) {
+            return Err(Rejection::AlreadyExists {
+                kind: Kind::Token,
+                name: token.id.clone(),
+            });
+        }
+        let mut token = token.clone();
+        token.created_ms = self.now_ms;
+        let summary = format!("token {} ({}) created", token.name, token.role.as_str());
+        self.tokens.insert(token.id.clone(), token);
+        Ok(summary)
+    }
+
+    /// Forgets a token.
+    pub(super) fn revoke_token(&mut self, id: &str) -> Result<String, Rejection> {
+        match self.tokens.remove(id) {
+            Some(t) => Ok(format!("token {} revoked", t.name)),
+            None => Err(Rejection::not_found(Kind::Token, id)),
+        }
+    }
+}
