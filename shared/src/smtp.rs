@@ -457,7 +457,8 @@ mod tests {
     /// Every way of cutting a pipelined stream in three gives the same replies.
     #[test]
     fn replies_split_at_any_byte_boundaries_read_the_same() {
-        let stream: &[u8] = b"220 mx\r\n250-mx\n250-SIZE 10\r\n250 OK\r\n550 5.1.1 no\r\nbad\r\n354 go\r\n";
+        let stream: &[u8] =
+            b"220 mx\r\n250-mx\n250-SIZE 10\r\n250 OK\r\n550 5.1.1 no\r\nbad\r\n354 go\r\n";
         let whole = read_all(&[stream]);
         assert_eq!(whole.len(), 5);
         for i in 0..=stream.len() {
