@@ -324,7 +324,8 @@ impl Conn {
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, String> {
-        let mut chunk = [0; 4096];
+        // On the heap: a session's future would otherwise carry the buffer while idle.
+        let mut chunk = vec![0; 4096];
         let reply = loop {
             if let Some(r) = self.replies.next_reply().map_err(|e| e.to_string())? {
                 break r;
