@@ -9,10 +9,10 @@
 //! sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`; any 2xx is delivered. A receiver
 //! recomputes the HMAC and rejects old timestamps to stop replays.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use std::sync::{Arc, OnceLock};
-
+use moat_shared::smtp::{self, ReplyReader};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -224,11 +224,11 @@ async fn post<S: AsyncRead + AsyncWrite + Unpin>(io: S, request: &str) -> Result
 /// Sends the alert by SMTP to `to` through `smtp` (`host:port`), envelope sender `<>`.
 pub async fn email(smtp: &str, from: &str, to: &str, a: &Alert, date: &str) -> Result<(), String> {
     let attempt = async {
-        let tcp = TcpStream::connect(smtp)
+        let mut io = TcpStream::connect(smtp)
             .await
             .map_err(|e| format!("connect {smtp}: {e}"))?;
-        let mut io = BufReader::new(tcp);
-        expect(&mut io, "220").await?;
+        let mut replies = ReplyReader::new();
+        expect(&mut io, &mut replies, "220").await?;
         let message = format!(
             "From: {from}\r\nTo: <{to}>\r\nSubject: [{}] {}\r\nDate: {date}\r\n\
              Message-ID: <alert-{}-{}@moat>\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -248,27 +248,16 @@ pub async fn email(smtp: &str, from: &str, to: &str, a: &Alert, date: &str) -> R
             (format!("RCPT TO:<{to}>"), "25"),
             ("DATA".to_owned(), "354"),
         ] {
-            io.get_mut()
-                .write_all(format!("{line}\r\n").as_bytes())
+            io.write_all(format!("{line}\r\n").as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
-            expect(&mut io, want).await?;
+            expect(&mut io, &mut replies, want).await?;
         }
-        let mut stuffed = String::new();
-        for l in message.split("\r\n") {
-            if l.starts_with('.') {
-                stuffed.push('.');
-            }
-            stuffed.push_str(l);
-            stuffed.push_str("\r\n");
-        }
-        stuffed.push_str(".\r\n");
-        io.get_mut()
-            .write_all(stuffed.as_bytes())
+        io.write_all(&smtp::stuff(message.as_bytes()))
             .await
             .map_err(|e| e.to_string())?;
-        expect(&mut io, "250").await?;
-        let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+        expect(&mut io, &mut replies, "250").await?;
+        let _ = io.write_all(b"QUIT\r\n").await;
         Ok(())
     };
     tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
@@ -277,21 +266,26 @@ pub async fn email(smtp: &str, from: &str, to: &str, a: &Alert, date: &str) -> R
 }
 
 /// Reads one SMTP reply; fails unless its code starts with `want`.
-async fn expect(io: &mut BufReader<TcpStream>, want: &str) -> Result<(), String> {
-    loop {
-        let mut line = String::new();
-        let n = io.read_line(&mut line).await.map_err(|e| e.to_string())?;
+async fn expect(io: &mut TcpStream, replies: &mut ReplyReader, want: &str) -> Result<(), String> {
+    let mut chunk = [0; 1024];
+    let reply = loop {
+        if let Some(r) = replies.next_reply().map_err(|e| format!("SMTP: {e}"))? {
+            break r;
+        }
+        let n = io.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err("connection closed".into());
+            break replies
+                .finish()
+                .map_err(|e| format!("SMTP: {e}"))?
+                .ok_or("connection closed")?;
         }
-        if line.as_bytes().get(3) == Some(&b'-') {
-            continue;
-        }
-        return if line.starts_with(want) {
-            Ok(())
-        } else {
-            Err(format!("SMTP: {}", line.trim_end()))
-        };
+        replies.feed(&chunk[..n]);
+    };
+    let last = reply.last_line();
+    if last.starts_with(want) {
+        Ok(())
+    } else {
+        Err(format!("SMTP: {}", last.trim_end()))
     }
 }
 
@@ -431,6 +425,64 @@ mod tests {
                 "{head}"
             );
             assert!(body.contains("\"id\":7"), "{body}");
+        }
+    }
+
+    /// The email is one SMTP session: multi-line replies are read whole, the content arrives
+    /// dot-stuffed and terminated once, and a refusal is an error quoting the reply's last line.
+    #[tokio::test]
+    async fn email_sends_stuffed_content_and_quotes_a_refusal() {
+        use tokio::net::TcpListener;
+        let mut alert = test_alert();
+        alert.detail = "line one\r\n.dot line".into();
+        for (rcpt, want) in [
+            ("250 2.1.5 ok\r\n", Ok(())),
+            (
+                "550-5.1.1 no such\r\n550 5.1.1 user here \r\n",
+                Err("SMTP: 550 5.1.1 user here".to_owned()),
+            ),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = l.accept().await.unwrap();
+                let mut io = BufReader::new(tcp);
+                io.get_mut().write_all(b"220 mx.test\r\n").await.unwrap();
+                let mut data = String::new();
+                loop {
+                    let mut line = String::new();
+                    if io.read_line(&mut line).await.unwrap() == 0 {
+                        return data;
+                    }
+                    let answer = match &line.to_ascii_uppercase()[..4] {
+                        "EHLO" => "250-mx.test\r\n250 8BITMIME\r\n",
+                        "RCPT" => rcpt,
+                        "DATA" => {
+                            io.get_mut().write_all(b"354 go ahead\r\n").await.unwrap();
+                            loop {
+                                let mut l = String::new();
+                                io.read_line(&mut l).await.unwrap();
+                                if l == ".\r\n" {
+                                    break;
+                                }
+                                data.push_str(&l);
+                            }
+                            "250 2.0.0 queued\r\n"
+                        }
+                        "QUIT" => "221 bye\r\n",
+                        _ => "250 2.1.0 ok\r\n",
+                    };
+                    io.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+            let got = email(&addr, "moat@x.test", "admin@t.test", &alert, "today").await;
+            assert_eq!(got, want);
+            let data = server.await.unwrap();
+            if want.is_ok() {
+                assert!(data.starts_with("From: moat@x.test\r\n"), "{data}");
+                assert!(data.contains("\r\nline one\r\n..dot line\r\n"), "{data}");
+                assert!(data.ends_with("}\r\n"), "{data}");
+            }
         }
     }
 

@@ -15,6 +15,8 @@
 //!   to bootstrap a control-plane cluster).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
 //! - [`signal`]: the names of the counters edges report.
+//! - [`smtp`]: the client side of SMTP, sans-IO: the reply reader and the dot-stuffer that the
+//!   edge's relay, the alert email, `moat bench` and the e2e test client share.
 //! - [`time`]: Unix milliseconds and calendar dates, UTC.
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
 //!   snapshot and writers publish a new one.
@@ -29,6 +31,7 @@ pub mod onprem;
 pub mod policy;
 pub mod seed;
 pub mod signal;
+pub mod smtp;
 pub mod submission;
 pub mod time;
 

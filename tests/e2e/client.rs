@@ -4,11 +4,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use moat_shared::smtp::ReplyReader;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Dot-stuffs a message and appends the terminator (the one the relay uses).
+pub use moat_shared::smtp::stuff;
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -49,7 +53,9 @@ fn tls_builder(
 }
 
 pub struct Client {
-    io: BufReader<Box<dyn Stream>>,
+    io: Box<dyn Stream>,
+    /// Bytes read that no whole reply has used yet.
+    replies: ReplyReader,
     /// The server's leaf certificate, once TLS is up.
     pub peer_cert: Option<Vec<u8>>,
 }
@@ -58,10 +64,7 @@ impl Client {
     /// Connects and reads the greeting; returns it too.
     pub async fn connect(addr: &str) -> std::io::Result<(Self, String)> {
         let tcp = TcpStream::connect(addr).await?;
-        let mut c = Self {
-            io: BufReader::new(Box::new(tcp)),
-            peer_cert: None,
-        };
+        let mut c = Self::from_stream(tcp);
         let greeting = c.reply().await?;
         Ok((c, greeting))
     }
@@ -86,31 +89,36 @@ impl Client {
     /// Wraps a connected stream without reading anything.
     pub fn from_stream(tcp: TcpStream) -> Self {
         Self {
-            io: BufReader::new(Box::new(tcp)),
+            io: Box::new(tcp),
+            replies: ReplyReader::new(),
             peer_cert: None,
         }
     }
 
-    /// Reads one whole reply (all lines joined with `\n`).
+    /// Reads one whole reply (all lines, trailing white space trimmed, joined with `\n`).
     pub async fn reply(&mut self) -> std::io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.io.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let mut chunk = [0; 4096];
+        let reply = loop {
+            if let Some(r) = self.replies.next_reply().map_err(std::io::Error::other)? {
+                break r;
             }
-            all.push_str(line.trim_end());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
+            let n = self.io.read(&mut chunk).await?;
+            if n == 0 {
+                break self
+                    .replies
+                    .finish()
+                    .map_err(std::io::Error::other)?
+                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
             }
-            all.push('\n');
-        }
+            self.replies.feed(&chunk[..n]);
+        };
+        let lines: Vec<&str> = reply.lines.iter().map(|l| l.trim_end()).collect();
+        Ok(lines.join("\n"))
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let io = self.io.get_mut();
-        io.write_all(bytes).await?;
-        io.flush().await
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
     }
 
     /// Sends a command line and returns the reply.
@@ -125,10 +133,9 @@ impl Client {
         expect(r.contains("STARTTLS"), &r)?;
         let r = self.cmd("STARTTLS").await?;
         expect(r.starts_with("220 "), &r)?;
-        let io = self.io.into_inner();
         let name = ServerName::try_from("localhost").expect("name");
         let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, io)
+            .connect(name, self.io)
             .await?;
         let peer_cert = stream
             .get_ref()
@@ -137,7 +144,8 @@ impl Client {
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
         let mut c = Self {
-            io: BufReader::new(Box::new(stream)),
+            io: Box::new(stream),
+            replies: ReplyReader::new(),
             peer_cert,
         };
         let r = c.cmd("EHLO client.test").await?;
@@ -172,21 +180,6 @@ impl Client {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
-}
-
-/// Dot-stuffs a CRLF message and appends the terminator.
-pub fn stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
-    let mut line_start = true;
-    for &b in message {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 /// Turns an unexpected reply into an error (a panic inside a load task would hang its peers).

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use moat_shared::smtp::{DotStuffer, ReplyReader};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -17,11 +18,6 @@ use crate::config::{NextHopTls, RemoteHop};
 use crate::session::command::{Address, BodyType};
 use crate::session::reply::{self, Reply};
 use crate::session::Envelope;
-
-/// Longest reply line accepted from a next hop.
-const MAX_REPLY_LINE: usize = 4096;
-/// Most lines in one reply.
-const MAX_REPLY_LINES: usize = 100;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -108,7 +104,8 @@ impl Remote {
             .map_err(|e| unavailable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn {
-            io: BufReader::new(Box::new(tcp)),
+            io: Box::new(tcp),
+            replies: ReplyReader::new(),
             timeout: self.timeout,
         };
         let greeting = conn.read_reply().await.map_err(unavailable)?;
@@ -134,15 +131,14 @@ impl Remote {
                 return Err(unavailable(format!("STARTTLS refused: {}", r.summary())));
             }
             // The next hop must not have sent anything after its 220.
-            if !conn.io.buffer().is_empty() {
+            if conn.replies.has_pending() {
                 return Err(unavailable("data after STARTTLS reply".into()));
             }
-            let io = conn.io.into_inner();
             let tls = TlsConnector::from(Arc::clone(&self.tls))
-                .connect(self.server_name.clone(), io)
+                .connect(self.server_name.clone(), conn.io)
                 .await
                 .map_err(|e| unavailable(format!("TLS handshake: {e}")))?;
-            conn.io = BufReader::new(Box::new(tls));
+            conn.io = Box::new(tls);
             ext = conn
                 .hello(&self.helo, self.lmtp)
                 .await
@@ -182,8 +178,7 @@ impl Remote {
             conn,
             lmtp: self.lmtp,
             accepted: 0,
-            line_start: true,
-            tail: [0, 0],
+            stuffer: DotStuffer::new(),
             failed: None,
         })
     }
@@ -194,8 +189,7 @@ pub struct RemoteTxn {
     conn: Conn,
     lmtp: bool,
     accepted: usize,
-    line_start: bool,
-    tail: [u8; 2],
+    stuffer: DotStuffer,
     failed: Option<String>,
 }
 
@@ -237,18 +231,7 @@ impl RemoteTxn {
             return;
         }
         let mut out = Vec::with_capacity(content.len() + 64);
-        for &b in content {
-            if self.line_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            self.line_start = b == b'\n';
-        }
-        self.tail = match content {
-            [.., a, b] => [*a, *b],
-            [b] => [self.tail[1], *b],
-            [] => self.tail,
-        };
+        self.stuffer.push(content, &mut out);
         if let Err(e) = self.conn.write(&out).await {
             self.failed = Some(e);
         }
@@ -259,12 +242,7 @@ impl RemoteTxn {
         if let Some(e) = self.failed.take() {
             return hop_failure("body", e);
         }
-        let end: &[u8] = if self.tail == *b"\r\n" {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        };
-        if let Err(e) = self.conn.write(end).await {
+        if let Err(e) = self.conn.write(self.stuffer.finish()).await {
             return hop_failure("end of data", e);
         }
         // RFC 5321 4.5.3.2.6 gives the server ten minutes for the final reply.
@@ -301,18 +279,20 @@ impl RemoteTxn {
 
     /// Drops the connection: a next hop discards a transaction that never saw its end.
     pub async fn abort(mut self) {
-        let _ = self.conn.io.get_mut().shutdown().await;
+        let _ = self.conn.io.shutdown().await;
     }
 }
 
 struct Conn {
-    io: BufReader<Box<dyn Stream>>,
+    io: Box<dyn Stream>,
+    /// Bytes read from the next hop that no complete reply has used yet.
+    replies: ReplyReader,
     timeout: Duration,
 }
 
 impl Conn {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let io = self.io.get_mut();
+        let io = &mut self.io;
         timeout(self.timeout, async {
             io.write_all(bytes).await?;
             io.flush().await
@@ -344,58 +324,29 @@ impl Conn {
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, String> {
-        let mut code = 0;
-        let mut lines = Vec::new();
-        loop {
-            let mut line = Vec::new();
-            let n = (&mut self.io)
-                .take(MAX_REPLY_LINE as u64)
-                .read_until(b'\n', &mut line)
-                .await
-                .map_err(|e| e.to_string())?;
+        // On the heap: a session's future would otherwise carry the buffer while idle.
+        let mut chunk = vec![0; 4096];
+        let reply = loop {
+            if let Some(r) = self.replies.next_reply().map_err(|e| e.to_string())? {
+                break r;
+            }
+            let n = self.io.read(&mut chunk).await.map_err(|e| e.to_string())?;
             if n == 0 {
-                return Err("connection closed".into());
+                break self
+                    .replies
+                    .finish()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("connection closed")?;
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let parsed = text
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c));
-            let Some(c) = parsed else {
-                return Err(format!("malformed reply line `{text}`"));
-            };
-            if code != 0 && c != code {
-                return Err("reply code changed within a multi-line reply".into());
-            }
-            code = c;
-            lines.push(text.get(4..).unwrap_or("").to_owned());
-            if text.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-            if lines.len() > MAX_REPLY_LINES {
-                return Err("reply too long".into());
-            }
-        }
-        // Split off the enhanced status code when the first line carries one.
-        let mut status = String::new();
-        if let Some((first, rest)) = lines[0].split_once(' ') {
-            let is_status = first.split('.').count() == 3
-                && first
-                    .split('.')
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-            if is_status {
-                status = first.to_owned();
-                let rest = rest.to_owned();
-                for l in &mut lines {
-                    if let Some(r) = l.strip_prefix(&format!("{status} ")) {
-                        *l = r.to_owned();
-                    }
-                }
-                lines[0] = rest;
-            }
-        }
-        Ok(Reply::relayed(code, status, lines))
+            self.replies.feed(&chunk[..n]);
+        };
+        // The enhanced status code, when the first line carries one, goes apart.
+        let status = reply.enhanced().unwrap_or_default().to_owned();
+        Ok(Reply::relayed(
+            reply.code,
+            status,
+            reply.texts_without_enhanced(),
+        ))
     }
 }
 
