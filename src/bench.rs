@@ -202,7 +202,7 @@ struct Endpoints {
     /// Edges' status URLs.
     edges: Vec<String>,
     /// The control plane, as an operator with the admin certificate.
-    admin: crate::admin::Target,
+    admin: crate::client::Target,
     /// The internal PKI's CA and an edge certificate.
     edge_tls: Option<moat_proto::mtls::InternalTls>,
 }
@@ -230,7 +230,7 @@ impl Endpoints {
         };
         Ok(Self {
             edges,
-            admin: crate::admin::dev_target(data).map_err(anyhow::Error::msg)?,
+            admin: crate::client::dev_target(data).map_err(anyhow::Error::msg)?,
             edge_tls,
         })
     }
@@ -248,7 +248,7 @@ async fn propagation(data: &std::path::Path, writes: usize) -> anyhow::Result<se
             sender_ip_addresses: vec![format!("198.51.100.{}/32", i % 250)],
             ..Default::default()
         });
-        let index = crate::admin::write_op_index(&admin, op)
+        let index = crate::client::write_op_index(&admin, op)
             .await
             .map_err(anyhow::Error::msg)?;
         let acked = Instant::now();
@@ -325,7 +325,7 @@ async fn signals(
             sender_ip_addresses: vec![format!("198.18.{}.{}/32", i / 250, i % 250)],
             ..Default::default()
         });
-        crate::admin::write_op_index(&admin, op)
+        crate::client::write_op_index(&admin, op)
             .await
             .map_err(anyhow::Error::msg)?;
     }
@@ -422,7 +422,7 @@ async fn signals(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let batches = latencies.len();
-    let committed = crate::admin::read_op(
+    let committed = crate::client::read_op(
         &admin,
         moat_proto::ReadRequest {
             kind: "counters".into(),

@@ -300,7 +300,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let password = ensure_secret(&data.join("demo-password"), "", 12)?;
     // The first write waits for the cluster's first election; a loaded machine starting
     // several nodes may take longer than one admin call's retry budget.
-    let target = crate::admin::Target {
+    let target = crate::client::Target {
         endpoints: control_addrs
             .iter()
             .map(|a| format!("https://{a}"))
@@ -310,7 +310,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     loop {
-        let r = crate::admin::put_user(&target, "example.test", DEMO_USER, &password).await;
+        let r = crate::client::put_user(&target, "example.test", DEMO_USER, &password).await;
         match r {
             Ok(()) => break,
             Err(e) if started.elapsed() > std::time::Duration::from_secs(90) => {
@@ -369,7 +369,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 webhook_secret: String::new(),
             }),
         ] {
-            crate::admin::write_op(&target, op)
+            crate::client::write_op(&target, op)
                 .await
                 .map_err(|e| anyhow::anyhow!("setting up alerts: {e}"))?;
         }
@@ -675,7 +675,7 @@ fn ensure_secret(path: &Path, prefix: &str, bytes: usize) -> anyhow::Result<Stri
             return Ok(t.trim().to_owned());
         }
     }
-    let secret = format!("{prefix}{}", crate::admin::random_hex(bytes));
+    let secret = format!("{prefix}{}", crate::client::random_hex(bytes));
     std::fs::write(path, &secret)?;
     Ok(secret)
 }

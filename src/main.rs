@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod cert;
+mod client;
 mod control;
 mod dev;
 
