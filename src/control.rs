@@ -208,7 +208,7 @@ pub fn status_routes(control: &Control) -> moat_edge::status::Routes {
     let record = control.record_metrics();
     moat_edge::status::Routes {
         readiness: control.readiness(),
-        metrics: crate::metrics().map(|render| -> moat_edge::status::Metrics {
+        metrics: crate::process::metrics().map(|render| -> moat_edge::status::Metrics {
             Arc::new(move || {
                 record();
                 render()
@@ -245,6 +245,6 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         tracing::info!(node = id, "status port on {addr}");
         tokio::spawn(moat_edge::status::serve(listener, status_routes(&control)));
     }
-    control.run(crate::shutdown_signal()).await?;
+    control.run(crate::process::shutdown_signal()).await?;
     Ok(())
 }

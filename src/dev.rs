@@ -323,7 +323,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Edge 1, here.
     let policy = PolicyHandle::new(Default::default());
     let (link, counters) =
-        crate::start_control_link(&control_addrs, Some(edge_tls), &cfg.node_id, &policy);
+        crate::edge::start_control_link(&control_addrs, Some(edge_tls), &cfg.node_id, &policy);
     let node = cfg.node_id.clone();
     let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
     let status_addr = status_listener.local_addr()?.to_string();
@@ -348,7 +348,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(moat_edge::status::serve(
         status_listener,
-        probe.routes(crate::metrics()),
+        probe.routes(crate::process::metrics()),
     ));
     let mut listeners = serde_json::Map::new();
     for (l, addr) in edge.listeners() {
@@ -553,7 +553,7 @@ key = {internal_key:?}
     println!("  swaks --to alice@example.test --server {mx} --tls");
     println!("Stop with Ctrl-C.");
 
-    edge.run(crate::shutdown_signal()).await;
+    edge.run(crate::process::shutdown_signal()).await;
     children.stop();
     let _ = std::fs::remove_file(&path);
     Ok(())
