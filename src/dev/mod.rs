@@ -7,20 +7,34 @@
 //! `DIR/mail/`. Control node 1 and edge 1 run inside this process; `--nodes N` and `--edges M`
 //! add the others as child processes (`moat control`, `moat edge`), each with its own data
 //! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
+//!
+//! Layout: this file holds the options and the start-up sequence; [`endpoints`] the shape of
+//! `endpoints.json`, [`children`] the child processes and their ports, [`secrets`] the token,
+//! passwords and certificates made on first start.
 
-use std::path::{Path, PathBuf};
+mod children;
+mod endpoints;
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
+use moat_control::server::{Control, ControlConfig};
 use moat_edge::config::{
     LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsConfig, TlsVersion,
 };
 use moat_edge::{Edge, EdgeConfig, EdgeError};
-use std::collections::BTreeMap;
-
-use moat_control::server::{Control, ControlConfig};
 use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
-use serde::Serialize;
+
+pub(crate) use children::edge_version;
+use children::{free_port, Children};
+use endpoints::{
+    AdminEndpoints, AdminTls, ControlEndpoints, Demo, EdgeEndpoints, Endpoints, InternalTlsFiles,
+    TlsEndpoints,
+};
+use secrets::{ensure_certificates, ensure_secret, ensure_token};
 
 /// Options of `moat dev`.
 #[derive(clap::Args, Debug)]
@@ -53,73 +67,6 @@ pub struct DevArgs {
     /// gRPC port of control node 1; node N uses this plus N-1 (0: any free ports).
     #[arg(long, default_value_t = 7400)]
     control_port: u16,
-}
-
-/// The shape of `DIR/endpoints.json`; documented in the README.
-#[derive(Serialize)]
-struct Endpoints {
-    edges: Vec<EdgeEndpoints>,
-    control: Vec<ControlEndpoints>,
-    admin: AdminEndpoints,
-    tls: TlsEndpoints,
-    internal_tls: InternalTlsFiles,
-    maildir: Option<PathBuf>,
-    demo: Demo,
-}
-
-#[derive(Serialize)]
-struct EdgeEndpoints {
-    id: String,
-    pid: u32,
-    listeners: serde_json::Map<String, serde_json::Value>,
-    status: String,
-    metrics: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ControlEndpoints {
-    id: u64,
-    pid: u32,
-    address: String,
-    /// `/healthz`, `/readyz`, `/metrics`.
-    status: String,
-    data: PathBuf,
-}
-
-#[derive(Serialize)]
-struct AdminEndpoints {
-    endpoint: String,
-    endpoints: Vec<String>,
-    token: String,
-    /// The admin certificate `moat admin --data DIR` uses.
-    tls: AdminTls,
-}
-
-#[derive(Serialize)]
-struct AdminTls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// The internal PKI's CA and an edge certificate (for `moat bench signals`).
-#[derive(Serialize)]
-struct InternalTlsFiles {
-    ca: PathBuf,
-    edge_cert: PathBuf,
-    edge_key: PathBuf,
-}
-
-#[derive(Serialize)]
-struct TlsEndpoints {
-    ca: PathBuf,
-}
-
-#[derive(Serialize)]
-struct Demo {
-    tenant: String,
-    user: String,
-    password: String,
 }
 
 /// The demo SMTP AUTH user `moat dev` creates.
@@ -557,166 +504,4 @@ key = {internal_key:?}
     children.stop();
     let _ = std::fs::remove_file(&path);
     Ok(())
-}
-
-/// Child processes, stopped with SIGTERM (and reaped) when `moat dev` stops.
-#[derive(Default)]
-struct Children(Vec<std::process::Child>);
-
-impl Children {
-    fn spawn(&mut self, mut cmd: std::process::Command, log: &Path) -> anyhow::Result<u32> {
-        let log = std::fs::File::create(log)?;
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a child process")?;
-        let pid = child.id();
-        self.0.push(child);
-        Ok(pid)
-    }
-
-    /// Waits until the child `pid` answers on `status` (true) or exits (false, and it is
-    /// forgotten).
-    async fn comes_up(&mut self, pid: u32, status: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(status).await.is_ok() {
-                return true;
-            }
-            if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
-                if matches!(self.0[i].try_wait(), Ok(Some(_))) {
-                    let _ = self.0.remove(i).wait();
-                    return false;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    fn stop(&mut self) {
-        for c in &self.0 {
-            let _ = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("kill -TERM {}", c.id()))
-                .status();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-        self.0.clear();
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The policy version an edge enforces, from its `/readyz` (0 when it has none or is down).
-pub(crate) async fn edge_version(status: &str) -> u64 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect(status).await else {
-        return 0;
-    };
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["policy"]["version"].as_u64())
-        .unwrap_or(0)
-}
-
-/// A loopback port for a child process to bind a moment later. It is taken below the kernel's
-/// ephemeral range: a port from `bind(0)` comes from that range, the same one outgoing
-/// connections (the nodes' own raft and watch connections) take their source ports from, and
-/// one of them can hold it by the time the child binds. No port is handed out twice.
-fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let base = low.saturating_sub(10_000).max(1024);
-    let span = low.saturating_sub(base).max(1);
-    let start = std::process::id().wrapping_mul(7919) % span;
-    for _ in 0..span {
-        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    // Nothing free below the range: any port the kernel gives.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The operator token of this data directory, created on first start.
-fn ensure_token(path: &Path) -> anyhow::Result<String> {
-    ensure_secret(path, "moat_dev_", 24)
-}
-
-/// A random secret of `bytes` random bytes (in hex) kept in `path`, created on first start.
-fn ensure_secret(path: &Path, prefix: &str, bytes: usize) -> anyhow::Result<String> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_owned());
-        }
-    }
-    let secret = format!("{prefix}{}", crate::client::random_hex(bytes));
-    std::fs::write(path, &secret)?;
-    Ok(secret)
-}
-
-/// Returns (CA, certificate, key) paths, creating them on first start.
-fn ensure_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    let ca_path = dir.join("ca.pem");
-    let cert_path = dir.join("server.pem");
-    let key_path = dir.join("server-key.pem");
-    if ca_path.exists() && cert_path.exists() && key_path.exists() {
-        return Ok((ca_path, cert_path, key_path));
-    }
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Moat dev CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-
-    std::fs::write(&ca_path, ca_cert.pem())?;
-    std::fs::write(dir.join("ca-key.pem"), ca_key.serialize_pem())?;
-    std::fs::write(&cert_path, cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    Ok((ca_path, cert_path, key_path))
 }
