@@ -63,6 +63,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// The exit code `moat admin` ends with.
     pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Self::Refused(_) => 1,
@@ -73,6 +74,7 @@ impl Failure {
         }
     }
 
+    /// Writes the failure (and a hint where one helps) to standard error.
     pub(crate) fn report(&self) {
         match self {
             Self::Refused(m) | Self::Usage(m) | Self::Unreachable(m) | Self::Other(m) => {
@@ -97,17 +99,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
-pub(crate) const TOKEN_HINT: &str =
-    "check --token (or MOAT_TOKEN, or the token in DIR/endpoints.json); \
+/// What to check when the token is refused.
+const TOKEN_HINT: &str = "check --token (or MOAT_TOKEN, or the token in DIR/endpoints.json); \
     an operator can create one with `moat admin token create`";
 
-pub(crate) const TLS_HINT: &str =
-    "admin calls need mutual TLS: pass --tls-ca, --tls-cert and --tls-key (or \
+/// What admin calls need when the certificate is missing or refused.
+const TLS_HINT: &str = "admin calls need mutual TLS: pass --tls-ca, --tls-cert and --tls-key (or \
     MOAT_TLS_CA, MOAT_TLS_CERT, MOAT_TLS_KEY) with a moat-admin certificate from the cluster's CA \
     (`moat cert issue --role admin`); `moat dev` lists its own in DIR/endpoints.json";
 
-pub(crate) const ROLE_HINT: &str =
-    "the token's role does not allow this: readers cannot change anything, \
+/// What a token of too small a role can do instead.
+const ROLE_HINT: &str = "the token's role does not allow this: readers cannot change anything, \
     and tenant-admin tokens only reach their own tenant (pass --tenant)";
 
 impl From<Status> for Failure {
@@ -483,6 +485,8 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A client of `endpoints` (normalised URLs, tried in order) with a bearer `token`;
+    /// refuses a token that cannot be an HTTP header.
     pub(crate) fn new(
         endpoints: Vec<String>,
         token: &str,
@@ -586,6 +590,7 @@ impl Client {
         }
     }
 
+    /// One write on the leader, with a fresh request id kept across retries.
     pub(crate) async fn write(&self, op: Op) -> Result<WriteReply, Failure> {
         let msg = WriteRequest {
             request_id: new_request_id(),
@@ -598,6 +603,7 @@ impl Client {
         .await
     }
 
+    /// One read (on the leader unless `stale_ok`).
     pub(crate) async fn read(&self, msg: ReadRequest) -> Result<ReadReply, Failure> {
         self.call(|mut c| {
             let req = self.request(msg.clone());
@@ -606,6 +612,7 @@ impl Client {
         .await
     }
 
+    /// The contacted node's view of the cluster.
     pub(crate) async fn cluster(&self) -> Result<ClusterStatus, Failure> {
         self.call(|mut c| {
             let req = self.request(ClusterRequest {});
