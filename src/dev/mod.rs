@@ -9,10 +9,11 @@
 //! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
 //!
 //! Layout: this file holds the options and the start-up sequence; [`endpoints`] the shape of
-//! `endpoints.json`, [`children`] the child processes and their ports, [`secrets`] the token,
+//! `endpoints.json`, [`edge_config`] edge 1's settings with their dev defaults, [`children`] the child processes and their ports, [`secrets`] the token,
 //! passwords and certificates made on first start.
 
 mod children;
+mod edge_config;
 mod endpoints;
 mod secrets;
 
@@ -21,15 +22,13 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use moat_control::server::{Control, ControlConfig};
-use moat_edge::config::{
-    LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsConfig, TlsVersion,
-};
-use moat_edge::{Edge, EdgeConfig, EdgeError};
+use moat_edge::{Edge, EdgeError};
 use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
 
 pub(crate) use children::edge_version;
 use children::{free_port, Children};
+use edge_config::edge_config;
 use endpoints::{
     AdminEndpoints, AdminTls, ControlEndpoints, Demo, EdgeEndpoints, Endpoints, InternalTlsFiles,
     TlsEndpoints,
@@ -89,64 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (control_tls, edge_tls, admin_tls) =
         (load(&pki.control)?, load(&pki.edge)?, load(&pki.admin)?);
 
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            EdgeConfig::parse(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => EdgeConfig::default(),
-    };
-    if args
-        .config
-        .as_ref()
-        .is_none_or(|_| cfg.node_id == EdgeConfig::default().node_id)
-    {
-        cfg.node_id = "edge-1".into();
-    }
-    if cfg.tls.is_none() {
-        // Client certificates issued by the dev CA match connectors by certificate name; a
-        // client without one is served all the same.
-        cfg.tls = Some(TlsConfig {
-            cert,
-            key,
-            client_ca: Some(ca.clone()),
-            reload_interval: std::time::Duration::from_secs(5),
-        });
-    }
-    if cfg.listeners.is_empty() {
-        let at = |kind, port| ListenerConfig {
-            kind,
-            name: None,
-            address: ([127, 0, 0, 1], port).into(),
-            proxy_protocol: false,
-            tls: None,
-            tls_min_version: TlsVersion::Tls12,
-            legacy_tls: LegacyTls::SpeedBump,
-            limits: Default::default(),
-        };
-        cfg.listeners = vec![
-            at(ListenerKind::Mx, args.mx_port),
-            at(ListenerKind::Submission, args.submission_port),
-            at(ListenerKind::Smtps, args.smtps_port),
-            ListenerConfig {
-                name: Some("legacy-submission".into()),
-                tls_min_version: TlsVersion::Tls10,
-                legacy_tls: LegacyTls::OptIn,
-                ..at(ListenerKind::Submission, args.legacy_port)
-            },
-        ];
-    }
-    let maildir = data.join("mail");
-    if cfg.next_hop.is_none() {
-        cfg.next_hop = Some(NextHopConfig::Maildir {
-            path: maildir.clone(),
-        });
-    }
-    let maildir = match &cfg.next_hop {
-        Some(NextHopConfig::Maildir { path }) => Some(path.clone()),
-        _ => None,
-    };
+    let (cfg, maildir) = edge_config(&args, &data, &ca, cert, key)?;
 
     // The control plane: node 1 here, the others as children.
     let token = ensure_token(&data.join("admin-token"))?;
