@@ -90,7 +90,13 @@ fn admin_without_a_control_plane_exits_unreachable() {
     assert!(stderr.contains("--endpoint"), "{stderr}");
 
     // An endpoint nobody listens on: retried for the budget, then unreachable.
-    let endpoint = format!("127.0.0.1:{}", free_port());
+    // On a loopback IP of its own: no other test's process can be listening there.
+    let endpoint = format!(
+        "127.0.{}.{}:{}",
+        1 + std::process::id() % 250,
+        2 + free_port() % 250,
+        free_port()
+    );
     let started = Instant::now();
     let out = moat_in(
         &dir,
@@ -118,10 +124,17 @@ fn admin_without_a_control_plane_exits_unreachable() {
 #[test]
 fn control_takes_every_setting_from_its_file_and_logs_plain_text_to_a_pipe() {
     let dir = TempDir::new("cli-control-file");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let status = format!("127.0.0.1:{}", free_port());
+    // Addresses on a loopback IP of this test's own, so that no port another test's process
+    // takes on 127.0.0.1 in the meantime can be mistaken for this node's.
+    let ip = format!(
+        "127.0.{}.{}",
+        1 + std::process::id() % 250,
+        2 + free_port() % 250
+    );
+    let listen = format!("{ip}:{}", free_port());
+    let status = format!("{ip}:{}", free_port());
     // Peer 2 never answers: node 1 cannot elect a leader.
-    let absent = format!("127.0.0.1:{}", free_port());
+    let absent = format!("{ip}:{}", free_port());
     let file = dir.0.join("control.toml");
     std::fs::write(
         &file,
@@ -143,7 +156,7 @@ fn control_takes_every_setting_from_its_file_and_logs_plain_text_to_a_pipe() {
         .spawn()
         .expect("spawn moat control");
     let mut stderr = child.stderr.take().expect("stderr");
-    let child = Killed(child);
+    let mut child = Killed(child);
     // Drain the pipe as the node writes, so a full pipe never blocks it.
     let logs = std::thread::spawn(move || {
         let mut text = Vec::new();
@@ -159,6 +172,10 @@ fn control_takes_every_setting_from_its_file_and_logs_plain_text_to_a_pipe() {
             if let Some(reason) = v["reason"].as_str() {
                 break reason.to_owned();
             }
+        }
+        if let Ok(Some(exit)) = child.0.try_wait() {
+            let logs = String::from_utf8_lossy(&logs.join().expect("log reader")).into_owned();
+            panic!("moat control exited ({exit}):\n{logs}");
         }
         assert!(
             Instant::now() < deadline,
