@@ -56,7 +56,8 @@ pub(crate) enum Failure {
     Usage(String),
     /// Authentication or authorization failed (exit 3).
     Auth { message: String, hint: &'static str },
-    /// No node could serve the request in time (exit 4).
+    /// No control plane was given or found, or no node could serve the request in time
+    /// (exit 4).
     Unreachable(String),
     /// Anything else (exit 5).
     Other(String),

@@ -70,8 +70,8 @@ const GLOBAL: &str = "Global options";
 ///
 /// Exit codes: 0 success; 1 the control plane refused the request (invalid, not found,
 /// failed precondition, already exists); 2 usage error; 3 authentication or authorization
-/// failed (check the token and its role); 4 the control plane was unreachable or unavailable
-/// after retries; 5 anything else.
+/// failed (check the token and its role); 4 no control plane was given or found, or it was
+/// unreachable or unavailable after retries; 5 anything else.
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// Control-plane address, `http://host:port` or `host:port`; several may be given
