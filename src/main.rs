@@ -10,7 +10,7 @@
 //! - [`control`]: `moat control`, its configuration (flags and TOML file) and status port.
 //! - [`edge`]: `moat edge`, its configuration, seed or control-plane link, status port.
 //! - [`dev`]: `moat dev`, the whole system on one machine.
-//! - [`bench`]: `moat bench`, load generators and a discarding sink.
+//! - [`bench`](mod@bench): `moat bench`, load generators and a discarding sink.
 //! - [`cert`]: `moat cert`, the internal PKI.
 //! - [`process`]: logging, the Prometheus recorder and the shutdown signal.
 

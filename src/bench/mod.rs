@@ -11,10 +11,10 @@
 //! The generator lives in the `moat` binary rather than a crate of its own: it reuses the
 //! TLS stack the binary already links, and the build budget has no room for another crate.
 //!
-//! Layout: this file holds the grammar and the dispatch; [`smtp`] the load generator (and the
-//! reply reader and statistics the others share), [`sink`] the sink, [`control`] the
+//! Layout: this file holds the grammar and the dispatch; [`smtp`](mod@smtp) the load generator (and the
+//! reply reader and statistics the others share), [`sink`](mod@sink) the sink, [`control`] the
 //! control-plane benchmarks (policy propagation, signal ingestion), [`tls`] the TLS library
-//! alone, [`idle`] the memory cost of idle sessions.
+//! alone, [`idle`](mod@idle) the memory cost of idle sessions.
 
 mod control;
 mod idle;

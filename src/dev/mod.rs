@@ -9,7 +9,7 @@
 //! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
 //!
 //! Layout: this file holds the options and the start-up sequence; [`endpoints`] the shape of
-//! `endpoints.json`, [`edge_config`] edge 1's settings with their dev defaults, [`children`] the child processes and their ports, [`secrets`] the token,
+//! `endpoints.json`, [`edge_config`](mod@edge_config) edge 1's settings with their dev defaults, [`children`] the child processes and their ports, [`secrets`] the token,
 //! passwords and certificates made on first start.
 
 mod children;
