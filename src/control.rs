@@ -12,17 +12,45 @@ use moat_control::server::{Control, ControlConfig};
 use moat_shared::Seed;
 use serde::Deserialize;
 
-/// Options of `moat control`. Every flag can also be set in the `--config` TOML file (same
-/// names, kebab-case; `peer` as a table `[peers]` of `id = "host:port"`); flags win.
-#[derive(clap::Args, Debug, Default)]
+/// Options of `moat control`, from the command line and from the `--config` TOML file: one
+/// struct serves both, so every flag can be set in the file under the same name (kebab-case);
+/// `peer` is a table there, `[peers]` with `ID = "HOST:PORT"`. A flag wins over the file; a
+/// `--peer` adds to the file's peers (the flag's address wins for the same id).
+///
+/// A file setting everything (every key is optional; the defaults are those of the flags):
+///
+/// ```toml
+/// id = 1
+/// listen = "0.0.0.0:7400"              # default 127.0.0.1:7400
+/// advertise = "cp-1.example:7400"      # default: the listen address
+/// join = false
+/// data = "/var/lib/moat"               # default ./moat-control-ID
+/// seed = "/etc/moat/tenants.toml"
+/// admin-token-file = "/etc/moat/token" # default: $MOAT_ADMIN_TOKEN
+/// snapshot-every = 10000
+/// dev-clock = false
+/// status-listen = "0.0.0.0:9400"       # default: no status port
+/// unready-after = 5                    # seconds
+/// tls-ca = "/etc/moat/tls/ca.pem"
+/// tls-cert = "/etc/moat/tls/control.pem"
+/// tls-key = "/etc/moat/tls/control-key.pem"
+///
+/// [peers]
+/// 1 = "cp-1.example:7400"
+/// 2 = "cp-2.example:7400"
+/// 3 = "cp-3.example:7400"
+/// ```
+#[derive(clap::Args, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ControlArgs {
-    /// TOML file with the same settings as the flags.
+    /// TOML file with the same settings as the flags (flags win).
     #[arg(long)]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// This node's raft id (1 or more, unique in the cluster, never reused).
     #[arg(long)]
     id: Option<u64>,
-    /// Address gRPC listens on.
+    /// Address gRPC listens on [default: 127.0.0.1:7400].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Address other nodes and tools reach this node at (default: the listen address).
@@ -31,11 +59,13 @@ pub struct ControlArgs {
     /// A founding member, `ID=HOST:PORT`; repeat for each (this node included). Without any, a
     /// cluster of one.
     #[arg(long = "peer", value_parser = parse_peer)]
+    #[serde(default, deserialize_with = "peer_table")]
     peers: Vec<(u64, String)>,
     /// Start empty and wait to be added with `moat admin cluster add-node`.
     #[arg(long)]
+    #[serde(default)]
     join: bool,
-    /// Data directory.
+    /// Data directory [default: ./moat-control-ID].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Seed (TOML) to apply once the cluster has a leader (idempotent).
@@ -50,13 +80,14 @@ pub struct ControlArgs {
     /// Let `moat admin dev clock set` move the cluster clock ahead (tests and demos only; a
     /// node without it refuses). `moat dev` passes it to its nodes.
     #[arg(long, hide = true)]
+    #[serde(default)]
     dev_clock: bool,
     /// Serve `/healthz`, `/readyz` and `/metrics` on this address.
     #[arg(long, value_name = "ADDR")]
-    status_listen: Option<std::net::SocketAddr>,
-    /// `/readyz` turns unready after this many seconds without a known leader.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    unready_after: u64,
+    status_listen: Option<SocketAddr>,
+    /// `/readyz` turns unready after this many seconds without a known leader [default: 5].
+    #[arg(long, value_name = "SECS")]
+    unready_after: Option<u64>,
     /// The cluster's internal CA (PEM): gRPC is then served over mutual TLS, every caller
     /// needs a certificate from it, and peers are called with `--tls-cert`. Without the three
     /// `--tls-*` files gRPC is plaintext and admin calls are refused.
@@ -70,23 +101,60 @@ pub struct ControlArgs {
     tls_key: Option<PathBuf>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ControlFile {
-    id: Option<u64>,
-    listen: Option<SocketAddr>,
-    advertise: Option<String>,
-    #[serde(default)]
-    peers: BTreeMap<String, String>,
-    #[serde(default)]
-    join: bool,
-    data: Option<PathBuf>,
-    seed: Option<PathBuf>,
-    admin_token_file: Option<PathBuf>,
-    snapshot_every: Option<u64>,
-    tls_ca: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
+/// `/readyz` turns unready after this many seconds without a known leader, unless told
+/// otherwise.
+const UNREADY_AFTER_SECS: u64 = 5;
+
+/// The file's `[peers]` table, `ID = "HOST:PORT"`, checked like `--peer`.
+fn peer_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(u64, String)>, D::Error> {
+    let table = BTreeMap::<String, String>::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(k, v)| parse_peer(&format!("{k}={v}")).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+impl ControlArgs {
+    /// These flags over `file`'s settings: a flag given wins; `--peer`s add to the file's peers.
+    fn over(self, file: ControlArgs) -> ControlArgs {
+        let mut peers = self.peers;
+        for (id, addr) in file.peers {
+            if !peers.iter().any(|(p, _)| *p == id) {
+                peers.push((id, addr));
+            }
+        }
+        ControlArgs {
+            config: self.config,
+            id: self.id.or(file.id),
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            peers,
+            join: self.join || file.join,
+            data: self.data.or(file.data),
+            seed: self.seed.or(file.seed),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            dev_clock: self.dev_clock || file.dev_clock,
+            status_listen: self.status_listen.or(file.status_listen),
+            unready_after: self.unready_after.or(file.unready_after),
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+        }
+    }
+
+    /// The flags over the `--config` file's settings, when there is one (read once: the
+    /// result names no file any more).
+    fn with_file(mut self) -> anyhow::Result<ControlArgs> {
+        let Some(p) = self.config.take() else {
+            return Ok(self);
+        };
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let file: ControlArgs =
+            toml::from_str(&text).with_context(|| format!("in {}", p.display()))?;
+        Ok(self.over(file))
+    }
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
@@ -103,33 +171,19 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
     Ok((id, addr.trim().to_owned()))
 }
 
-/// Builds the node configuration from flags and the optional file.
+/// Builds the node configuration from the flags over the `--config` file's settings.
 pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
-    let file: ControlFile = match &args.config {
-        Some(p) => toml::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("in {}", p.display()))?,
-        None => ControlFile::default(),
-    };
+    let args = args.with_file()?;
     let id = args
         .id
-        .or(file.id)
         .context("--id is required (this node's raft id, 1 or more)")?;
     if id == 0 {
         bail!("--id must be 1 or more");
     }
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| ([127, 0, 0, 1], 7400).into());
-    let advertise = args.advertise.or(file.advertise);
+    let listen = args.listen.unwrap_or_else(|| ([127, 0, 0, 1], 7400).into());
+    let advertise = args.advertise;
     let mut peers: BTreeMap<u64, String> = args.peers.into_iter().collect();
-    for (k, v) in file.peers {
-        let (pid, addr) = parse_peer(&format!("{k}={v}")).map_err(anyhow::Error::msg)?;
-        peers.entry(pid).or_insert(addr);
-    }
-    let join = args.join || file.join;
+    let join = args.join;
     if join && !peers.is_empty() {
         bail!("--join and --peer exclude each other: a joining node learns the cluster from its leader");
     }
@@ -143,9 +197,8 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
     }
     let data = args
         .data
-        .or(file.data)
         .unwrap_or_else(|| PathBuf::from(format!("./moat-control-{id}")));
-    let seed = match args.seed.or(file.seed) {
+    let seed = match args.seed {
         Some(p) => Seed::parse(
             &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
         )
@@ -153,7 +206,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         .with_context(|| format!("in {}", p.display()))?,
         None => Vec::new(),
     };
-    let admin_token = match args.admin_token_file.or(file.admin_token_file) {
+    let admin_token = match args.admin_token_file {
         Some(p) => Some(
             std::fs::read_to_string(&p)
                 .with_context(|| format!("reading {}", p.display()))?
@@ -164,11 +217,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
-    let tls = match (
-        args.tls_ca.or(file.tls_ca),
-        args.tls_cert.or(file.tls_cert),
-        args.tls_key.or(file.tls_key),
-    ) {
+    let tls = match (args.tls_ca, args.tls_cert, args.tls_key) {
         (None, None, None) => None,
         (Some(ca), Some(cert), Some(key)) => {
             let tls = moat_proto::mtls::InternalTls::load(&ca, &cert, &key)?;
@@ -184,7 +233,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         _ => bail!("tls-ca, tls-cert and tls-key go together: set all three or none"),
     };
     let mut options = Options::default();
-    if let Some(n) = args.snapshot_every.or(file.snapshot_every) {
+    if let Some(n) = args.snapshot_every {
         options.snapshot_every = n;
     }
     Ok(ControlConfig {
@@ -198,7 +247,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         tick: Duration::from_millis(100),
         options,
         dev_clock: args.dev_clock,
-        unready_after: Duration::from_secs(args.unready_after),
+        unready_after: Duration::from_secs(args.unready_after.unwrap_or(UNREADY_AFTER_SECS)),
         tls,
     })
 }
@@ -208,7 +257,7 @@ pub fn status_routes(control: &Control) -> moat_edge::status::Routes {
     let record = control.record_metrics();
     moat_edge::status::Routes {
         readiness: control.readiness(),
-        metrics: crate::metrics().map(|render| -> moat_edge::status::Metrics {
+        metrics: crate::process::metrics().map(|render| -> moat_edge::status::Metrics {
             Arc::new(move || {
                 record();
                 render()
@@ -219,6 +268,7 @@ pub fn status_routes(control: &Control) -> moat_edge::status::Routes {
 
 /// Runs `moat control` until SIGTERM/SIGINT.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let args = args.with_file()?;
     let status_listen = args.status_listen;
     let cfg = config(args)?;
     let id = cfg.id;
@@ -245,6 +295,122 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         tracing::info!(node = id, "status port on {addr}");
         tokio::spawn(moat_edge::status::serve(listener, status_routes(&control)));
     }
-    control.run(crate::shutdown_signal()).await?;
+    control.run(crate::process::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        control: ControlArgs,
+    }
+
+    fn flags(args: &[&str]) -> ControlArgs {
+        let mut all = vec!["moat-control"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all) {
+            Ok(c) => c.control,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A file in a fresh directory, removed on drop.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(tag: &str, text: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("moat-control-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("control.toml");
+            std::fs::write(&path, text).expect("write");
+            Self(path)
+        }
+        fn arg(&self) -> &str {
+            self.0.to_str().expect("utf-8 path")
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_can_be_set_in_the_file() {
+        let f = File::new(
+            "all",
+            "id = 3\nlisten = \"127.0.0.1:7403\"\nadvertise = \"cp-3:7403\"\n\
+             data = \"/tmp/moat-c3\"\nsnapshot-every = 77\ndev-clock = true\n\
+             status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\n\
+             [peers]\n3 = \"cp-3:7403\"\n4 = \"cp-4:7404\"\n",
+        );
+        let args = flags(&["--config", f.arg()]).with_file().expect("file");
+        assert_eq!(args.status_listen, Some(([127, 0, 0, 1], 9403).into()));
+        assert!(args.config.is_none());
+        let cfg = config(args).expect("config");
+        assert_eq!(cfg.id, 3);
+        assert_eq!(cfg.listen, ([127, 0, 0, 1], 7403).into());
+        assert_eq!(cfg.advertise.as_deref(), Some("cp-3:7403"));
+        assert_eq!(cfg.data, PathBuf::from("/tmp/moat-c3"));
+        assert_eq!(cfg.options.snapshot_every, 77);
+        assert!(cfg.dev_clock);
+        assert_eq!(cfg.unready_after, Duration::from_secs(9));
+        assert_eq!(
+            cfg.peers,
+            BTreeMap::from([(3, "cp-3:7403".into()), (4, "cp-4:7404".into())])
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let f = File::new(
+            "over",
+            "id = 1\nstatus-listen = \"127.0.0.1:9401\"\nunready-after = 9\n\n\
+             [peers]\n1 = \"a:1\"\n2 = \"b:2\"\n",
+        );
+        let args = flags(&[
+            "--config",
+            f.arg(),
+            "--status-listen",
+            "127.0.0.1:9501",
+            "--unready-after",
+            "2",
+            "--peer",
+            "2=c:3",
+        ])
+        .with_file()
+        .expect("file");
+        assert_eq!(args.status_listen, Some(([127, 0, 0, 1], 9501).into()));
+        let cfg = config(args).expect("config");
+        assert_eq!(cfg.unready_after, Duration::from_secs(2));
+        assert_eq!(
+            cfg.peers,
+            BTreeMap::from([(1, "a:1".into()), (2, "c:3".into())])
+        );
+        let cfg = config(flags(&["--id", "1"])).expect("config");
+        assert_eq!(cfg.unready_after, Duration::from_secs(UNREADY_AFTER_SECS));
+        assert_eq!(cfg.listen, ([127, 0, 0, 1], 7400).into());
+        assert_eq!(cfg.peers, BTreeMap::from([(1, "127.0.0.1:7400".into())]));
+    }
+
+    #[test]
+    fn the_file_refuses_unknown_keys_and_bad_peers() {
+        let f = File::new("unknown", "id = 1\nstatus_listen = \"127.0.0.1:1\"\n");
+        let err = format!("{:#}", config(flags(&["--config", f.arg()])).unwrap_err());
+        assert!(err.contains("status_listen"), "{err}");
+        let f = File::new("config-key", "config = \"other.toml\"\n");
+        assert!(config(flags(&["--config", f.arg()])).is_err());
+        let f = File::new("peer", "id = 1\n[peers]\n0 = \"a:1\"\n");
+        let err = format!("{:#}", config(flags(&["--config", f.arg()])).unwrap_err());
+        assert!(err.contains("node ids start at 1"), "{err}");
+    }
 }

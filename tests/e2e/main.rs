@@ -6,6 +6,7 @@
 //! inspects the maildir sink.
 
 mod bench;
+mod cli;
 mod client;
 mod cluster;
 mod connectors;

@@ -7,20 +7,33 @@
 //! `DIR/mail/`. Control node 1 and edge 1 run inside this process; `--nodes N` and `--edges M`
 //! add the others as child processes (`moat control`, `moat edge`), each with its own data
 //! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
+//!
+//! Layout: this file holds the options and the start-up sequence; [`endpoints`] the shape of
+//! `endpoints.json`, [`edge_config`](mod@edge_config) edge 1's settings with their dev defaults, [`children`] the child processes and their ports, [`secrets`] the token,
+//! passwords and certificates made on first start.
 
-use std::path::{Path, PathBuf};
+mod children;
+mod edge_config;
+mod endpoints;
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use moat_edge::config::{
-    LegacyTls, ListenerConfig, ListenerKind, NextHopConfig, TlsConfig, TlsVersion,
-};
-use moat_edge::{Edge, EdgeConfig, EdgeError};
-use std::collections::BTreeMap;
-
 use moat_control::server::{Control, ControlConfig};
+use moat_edge::{Edge, EdgeError};
 use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
-use serde::Serialize;
+
+pub(crate) use children::edge_version;
+use children::{free_port, Children};
+use edge_config::edge_config;
+use endpoints::{
+    AdminEndpoints, AdminTls, ControlEndpoints, Demo, EdgeEndpoints, Endpoints, InternalTlsFiles,
+    TlsEndpoints,
+};
+use secrets::{ensure_certificates, ensure_secret, ensure_token};
 
 /// Options of `moat dev`.
 #[derive(clap::Args, Debug)]
@@ -55,73 +68,6 @@ pub struct DevArgs {
     control_port: u16,
 }
 
-/// The shape of `DIR/endpoints.json`; documented in the README.
-#[derive(Serialize)]
-struct Endpoints {
-    edges: Vec<EdgeEndpoints>,
-    control: Vec<ControlEndpoints>,
-    admin: AdminEndpoints,
-    tls: TlsEndpoints,
-    internal_tls: InternalTlsFiles,
-    maildir: Option<PathBuf>,
-    demo: Demo,
-}
-
-#[derive(Serialize)]
-struct EdgeEndpoints {
-    id: String,
-    pid: u32,
-    listeners: serde_json::Map<String, serde_json::Value>,
-    status: String,
-    metrics: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ControlEndpoints {
-    id: u64,
-    pid: u32,
-    address: String,
-    /// `/healthz`, `/readyz`, `/metrics`.
-    status: String,
-    data: PathBuf,
-}
-
-#[derive(Serialize)]
-struct AdminEndpoints {
-    endpoint: String,
-    endpoints: Vec<String>,
-    token: String,
-    /// The admin certificate `moat admin --data DIR` uses.
-    tls: AdminTls,
-}
-
-#[derive(Serialize)]
-struct AdminTls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// The internal PKI's CA and an edge certificate (for `moat bench signals`).
-#[derive(Serialize)]
-struct InternalTlsFiles {
-    ca: PathBuf,
-    edge_cert: PathBuf,
-    edge_key: PathBuf,
-}
-
-#[derive(Serialize)]
-struct TlsEndpoints {
-    ca: PathBuf,
-}
-
-#[derive(Serialize)]
-struct Demo {
-    tenant: String,
-    user: String,
-    password: String,
-}
-
 /// The demo SMTP AUTH user `moat dev` creates.
 const DEMO_USER: &str = "demo@example.test";
 
@@ -142,64 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (control_tls, edge_tls, admin_tls) =
         (load(&pki.control)?, load(&pki.edge)?, load(&pki.admin)?);
 
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            EdgeConfig::parse(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => EdgeConfig::default(),
-    };
-    if args
-        .config
-        .as_ref()
-        .is_none_or(|_| cfg.node_id == EdgeConfig::default().node_id)
-    {
-        cfg.node_id = "edge-1".into();
-    }
-    if cfg.tls.is_none() {
-        // Client certificates issued by the dev CA match connectors by certificate name; a
-        // client without one is served all the same.
-        cfg.tls = Some(TlsConfig {
-            cert,
-            key,
-            client_ca: Some(ca.clone()),
-            reload_interval: std::time::Duration::from_secs(5),
-        });
-    }
-    if cfg.listeners.is_empty() {
-        let at = |kind, port| ListenerConfig {
-            kind,
-            name: None,
-            address: ([127, 0, 0, 1], port).into(),
-            proxy_protocol: false,
-            tls: None,
-            tls_min_version: TlsVersion::Tls12,
-            legacy_tls: LegacyTls::SpeedBump,
-            limits: Default::default(),
-        };
-        cfg.listeners = vec![
-            at(ListenerKind::Mx, args.mx_port),
-            at(ListenerKind::Submission, args.submission_port),
-            at(ListenerKind::Smtps, args.smtps_port),
-            ListenerConfig {
-                name: Some("legacy-submission".into()),
-                tls_min_version: TlsVersion::Tls10,
-                legacy_tls: LegacyTls::OptIn,
-                ..at(ListenerKind::Submission, args.legacy_port)
-            },
-        ];
-    }
-    let maildir = data.join("mail");
-    if cfg.next_hop.is_none() {
-        cfg.next_hop = Some(NextHopConfig::Maildir {
-            path: maildir.clone(),
-        });
-    }
-    let maildir = match &cfg.next_hop {
-        Some(NextHopConfig::Maildir { path }) => Some(path.clone()),
-        _ => None,
-    };
+    let (cfg, maildir) = edge_config(&args, &data, &ca, cert, key)?;
 
     // The control plane: node 1 here, the others as children.
     let token = ensure_token(&data.join("admin-token"))?;
@@ -300,7 +189,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let password = ensure_secret(&data.join("demo-password"), "", 12)?;
     // The first write waits for the cluster's first election; a loaded machine starting
     // several nodes may take longer than one admin call's retry budget.
-    let target = crate::admin::Target {
+    let target = crate::client::Target {
         endpoints: control_addrs
             .iter()
             .map(|a| format!("https://{a}"))
@@ -310,7 +199,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     loop {
-        let r = crate::admin::put_user(&target, "example.test", DEMO_USER, &password).await;
+        let r = crate::client::put_user(&target, "example.test", DEMO_USER, &password).await;
         match r {
             Ok(()) => break,
             Err(e) if started.elapsed() > std::time::Duration::from_secs(90) => {
@@ -323,7 +212,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Edge 1, here.
     let policy = PolicyHandle::new(Default::default());
     let (link, counters) =
-        crate::start_control_link(&control_addrs, Some(edge_tls), &cfg.node_id, &policy);
+        crate::edge::start_control_link(&control_addrs, Some(edge_tls), &cfg.node_id, &policy);
     let node = cfg.node_id.clone();
     let status_listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
     let status_addr = status_listener.local_addr()?.to_string();
@@ -348,7 +237,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(moat_edge::status::serve(
         status_listener,
-        probe.routes(crate::metrics()),
+        probe.routes(crate::process::metrics()),
     ));
     let mut listeners = serde_json::Map::new();
     for (l, addr) in edge.listeners() {
@@ -369,7 +258,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 webhook_secret: String::new(),
             }),
         ] {
-            crate::admin::write_op(&target, op)
+            crate::client::write_op(&target, op)
                 .await
                 .map_err(|e| anyhow::anyhow!("setting up alerts: {e}"))?;
         }
@@ -553,170 +442,8 @@ key = {internal_key:?}
     println!("  swaks --to alice@example.test --server {mx} --tls");
     println!("Stop with Ctrl-C.");
 
-    edge.run(crate::shutdown_signal()).await;
+    edge.run(crate::process::shutdown_signal()).await;
     children.stop();
     let _ = std::fs::remove_file(&path);
     Ok(())
-}
-
-/// Child processes, stopped with SIGTERM (and reaped) when `moat dev` stops.
-#[derive(Default)]
-struct Children(Vec<std::process::Child>);
-
-impl Children {
-    fn spawn(&mut self, mut cmd: std::process::Command, log: &Path) -> anyhow::Result<u32> {
-        let log = std::fs::File::create(log)?;
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a child process")?;
-        let pid = child.id();
-        self.0.push(child);
-        Ok(pid)
-    }
-
-    /// Waits until the child `pid` answers on `status` (true) or exits (false, and it is
-    /// forgotten).
-    async fn comes_up(&mut self, pid: u32, status: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(status).await.is_ok() {
-                return true;
-            }
-            if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
-                if matches!(self.0[i].try_wait(), Ok(Some(_))) {
-                    let _ = self.0.remove(i).wait();
-                    return false;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    fn stop(&mut self) {
-        for c in &self.0 {
-            let _ = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("kill -TERM {}", c.id()))
-                .status();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-        self.0.clear();
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The policy version an edge enforces, from its `/readyz` (0 when it has none or is down).
-pub(crate) async fn edge_version(status: &str) -> u64 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect(status).await else {
-        return 0;
-    };
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return 0;
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["policy"]["version"].as_u64())
-        .unwrap_or(0)
-}
-
-/// A loopback port for a child process to bind a moment later. It is taken below the kernel's
-/// ephemeral range: a port from `bind(0)` comes from that range, the same one outgoing
-/// connections (the nodes' own raft and watch connections) take their source ports from, and
-/// one of them can hold it by the time the child binds. No port is handed out twice.
-fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let base = low.saturating_sub(10_000).max(1024);
-    let span = low.saturating_sub(base).max(1);
-    let start = std::process::id().wrapping_mul(7919) % span;
-    for _ in 0..span {
-        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    // Nothing free below the range: any port the kernel gives.
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The operator token of this data directory, created on first start.
-fn ensure_token(path: &Path) -> anyhow::Result<String> {
-    ensure_secret(path, "moat_dev_", 24)
-}
-
-/// A random secret of `bytes` random bytes (in hex) kept in `path`, created on first start.
-fn ensure_secret(path: &Path, prefix: &str, bytes: usize) -> anyhow::Result<String> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_owned());
-        }
-    }
-    let secret = format!("{prefix}{}", crate::admin::random_hex(bytes));
-    std::fs::write(path, &secret)?;
-    Ok(secret)
-}
-
-/// Returns (CA, certificate, key) paths, creating them on first start.
-fn ensure_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
-    let ca_path = dir.join("ca.pem");
-    let cert_path = dir.join("server.pem");
-    let key_path = dir.join("server-key.pem");
-    if ca_path.exists() && cert_path.exists() && key_path.exists() {
-        return Ok((ca_path, cert_path, key_path));
-    }
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Moat dev CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-
-    std::fs::write(&ca_path, ca_cert.pem())?;
-    std::fs::write(dir.join("ca-key.pem"), ca_key.serialize_pem())?;
-    std::fs::write(&cert_path, cert.pem())?;
-    std::fs::write(&key_path, key.serialize_pem())?;
-    Ok((ca_path, cert_path, key_path))
 }

@@ -1,0 +1,40 @@
+//! `moat admin audit`: the audit log of admin changes.
+
+use serde_json::{json, Value};
+
+use super::render::{cell, fmt_time};
+use super::{Ctx, ListCmd};
+use crate::client::Failure;
+
+impl Ctx {
+    pub(super) async fn audit(&self, cmd: ListCmd) -> Result<(), Failure> {
+        let ListCmd::List { tenant } = cmd;
+        let reply = self.read("audit", tenant.as_deref(), None).await?;
+        let rows = reply.audit.iter().map(audit_row).collect();
+        let objects = reply.audit.iter().map(audit_json).collect();
+        self.list(AUDIT_HEADERS, rows, objects);
+        Ok(())
+    }
+}
+
+pub(super) const AUDIT_HEADERS: &[&str] = &["INDEX", "TIME", "ACTOR", "TENANT", "ACTION"];
+
+pub(super) fn audit_row(a: &moat_proto::AuditRecord) -> Vec<String> {
+    vec![
+        a.index.to_string(),
+        fmt_time(a.at_ms),
+        cell(&a.actor),
+        cell(&a.tenant),
+        cell(&a.action),
+    ]
+}
+
+pub(super) fn audit_json(a: &moat_proto::AuditRecord) -> Value {
+    json!({
+        "index": a.index,
+        "at-ms": a.at_ms,
+        "actor": a.actor,
+        "action": a.action,
+        "tenant": a.tenant,
+    })
+}

@@ -1,0 +1,419 @@
+//! `moat admin`: a kubectl-like client of the control plane's gRPC `Admin` service.
+//!
+//! Commands name a resource, then a verb (`moat admin connector list --tenant t`). Calls go
+//! through [`crate::client`], which finds the control plane (flags, environment, or a `moat dev`
+//! data directory's `endpoints.json`), follows the leader and retries.
+//!
+//! This file holds the top-level grammar (global options, the resource list), the exit codes
+//! and the dispatch; each resource has a file with its subcommands, handler, renderers and
+//! tests:
+//!
+//! - [`tenant`], [`domain`], [`connector`], [`user`], [`transport_config`], [`token`]:
+//!   the objects of the policy.
+//! - [`audit`], [`counters`], [`report`], [`alerts`]: what the cluster recorded.
+//! - [`restricted`], [`tls`], [`outbound_policy`], [`detection`], [`onprem`]: enforcement and
+//!   its settings.
+//! - [`cluster`], [`dev`]: membership, and the development clock.
+//! - [`render`]: tables, JSON, cells and times shared by the renderers.
+//!
+//! `apply` (a seed file) is handled here.
+
+mod alerts;
+mod audit;
+mod cluster;
+mod connector;
+mod counters;
+mod detection;
+mod dev;
+mod domain;
+mod onprem;
+mod outbound_policy;
+mod render;
+mod report;
+mod restricted;
+mod tenant;
+mod tls;
+mod token;
+mod transport_config;
+mod user;
+
+use std::io::{BufRead as _, Read as _};
+use std::path::PathBuf;
+
+use moat_proto::write_request::Op;
+use moat_proto::{ReadReply, ReadRequest};
+use serde_json::{json, Value};
+
+use crate::client::{resolve_target, Client, Failure, TargetFlags};
+use alerts::AlertsCmd;
+use cluster::ClusterCmd;
+use connector::ConnectorCmd;
+use detection::DetectionCmd;
+use dev::DevCmd;
+use domain::DomainCmd;
+use onprem::OnpremCmd;
+use outbound_policy::OutboundPolicyCmd;
+use render::{out, print_json, render_table};
+use report::ReportCmd;
+use restricted::RestrictedCmd;
+use tenant::TenantCmd;
+use tls::{speed_bump_steps, SpeedBumpCmd, TlsCmd};
+use token::TokenCmd;
+use transport_config::TransportConfigCmd;
+use user::UserCmd;
+
+/// The help heading of the options every `moat admin` command takes, so that a subcommand's
+/// own flags stand apart in its `--help`.
+const GLOBAL: &str = "Global options";
+
+/// Options of `moat admin`.
+///
+/// Exit codes: 0 success; 1 the control plane refused the request (invalid, not found,
+/// failed precondition, already exists); 2 usage error; 3 authentication or authorization
+/// failed (check the token and its role); 4 no control plane was given or found, or it was
+/// unreachable or unavailable after retries; 5 anything else.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Control-plane address, `http://host:port` or `host:port`; several may be given
+    /// separated by commas [env: MOAT_ENDPOINT].
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Admin token [env: MOAT_TOKEN].
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "T")]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, help_heading = GLOBAL, value_enum, default_value = "table")]
+    output: Output,
+    /// Serve reads from the contacted node without a ReadIndex round (may be stale).
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    stale_ok: bool,
+    /// The cluster's internal CA (PEM) [env: MOAT_TLS_CA]. Control nodes refuse admin calls
+    /// without mutual TLS.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// An admin certificate (common name `moat-admin`) [env: MOAT_TLS_CERT].
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key [env: MOAT_TLS_KEY].
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// A `moat dev` data directory whose `endpoints.json` names the control plane.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DIR", default_value = "./moat-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Resource,
+}
+
+impl AdminArgs {
+    /// The flags that say where the control plane is.
+    fn target_flags(&self) -> TargetFlags<'_> {
+        TargetFlags {
+            endpoint: &self.endpoint,
+            token: &self.token,
+            tls_ca: &self.tls_ca,
+            tls_cert: &self.tls_cert,
+            tls_key: &self.tls_key,
+            data: &self.data,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Resource {
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Accepted domains of tenants.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Inbound connectors.
+    #[command(subcommand)]
+    Connector(ConnectorCmd),
+    /// Submission users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Per-tenant transport settings.
+    #[command(subcommand)]
+    TransportConfig(TransportConfigCmd),
+    /// Admin tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of admin changes.
+    #[command(subcommand)]
+    Audit(ListCmd),
+    /// Counters reported by edges.
+    #[command(subcommand)]
+    Counters(ListCmd),
+    /// Connectors and users blocked by the control plane.
+    #[command(subcommand)]
+    Restricted(RestrictedCmd),
+    /// Legacy TLS (1.0/1.1) controls.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+    /// Reports built from what edges observed.
+    #[command(subcommand)]
+    Report(ReportCmd),
+    /// Alerts raised for tenants' admins, where they go and how they are sent.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+    /// Per-tenant sending limits of SMTP AUTH users.
+    #[command(subcommand)]
+    OutboundPolicy(OutboundPolicyCmd),
+    /// How the control plane judges connectors (suspicious-activity detection).
+    #[command(subcommand)]
+    Detection(DetectionCmd),
+    /// Out-of-date on-premises Exchange servers: baseline, stages, pauses.
+    #[command(subcommand)]
+    Onprem(OnpremCmd),
+    /// Control-plane membership and status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Development aids of a `moat dev` cluster (refused by production clusters).
+    #[command(subcommand)]
+    Dev(DevCmd),
+    /// Apply a seed file (the TOML format of `moat dev` / `moat control --seed`).
+    Apply {
+        /// The seed file; `-` reads standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ListCmd {
+    /// List them.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// Runs one admin command; returns the process exit code.
+pub async fn run(args: AdminArgs) -> i32 {
+    match run_inner(args).await {
+        Ok(()) => 0,
+        Err(f) => {
+            f.report();
+            f.exit_code()
+        }
+    }
+}
+
+async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
+    // Read and check local inputs before contacting anyone, so a bad file or argument fails
+    // fast.
+    check_local(&args.command)?;
+    let input = local_input(&args.command)?;
+    let (endpoints, token, tls) = resolve_target(args.target_flags())?;
+    let client = Client::new(endpoints, &token, tls)?;
+    let ctx = Ctx {
+        client,
+        output: args.output,
+        stale_ok: args.stale_ok,
+    };
+    ctx.execute(args.command, input).await
+}
+
+/// Checks what clap cannot: arguments with a syntax of their own.
+fn check_local(cmd: &Resource) -> Result<(), Failure> {
+    if let Resource::Tls(TlsCmd::SpeedBump(SpeedBumpCmd::Set { steps })) = cmd {
+        speed_bump_steps(steps)?;
+    }
+    Ok(())
+}
+
+/// Reads what a command needs from files or standard input.
+fn local_input(cmd: &Resource) -> Result<Option<String>, Failure> {
+    match cmd {
+        Resource::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Failure::Other(format!("reading standard input: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| Failure::Other(format!("reading {}: {e}", file.display())))?
+            };
+            Ok(Some(text))
+        }
+        Resource::User(UserCmd::Create {
+            password_stdin: true,
+            ..
+        }) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| Failure::Other(format!("reading the password: {e}")))?;
+            let pw = line.trim_end_matches(['\n', '\r']).to_string();
+            if pw.is_empty() {
+                return Err(Failure::Other(
+                    "no password on standard input (--password-stdin)".into(),
+                ));
+            }
+            Ok(Some(pw))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What every resource's handler needs: the client, the output format, read staleness.
+struct Ctx {
+    client: Client,
+    output: Output,
+    stale_ok: bool,
+}
+
+impl Ctx {
+    fn read_req(&self, kind: &str, tenant: Option<&str>, name: Option<&str>) -> ReadRequest {
+        ReadRequest {
+            kind: kind.to_string(),
+            tenant: tenant.unwrap_or_default().to_string(),
+            name: name.unwrap_or_default().to_string(),
+            stale_ok: self.stale_ok,
+            days: 0,
+        }
+    }
+
+    async fn read(
+        &self,
+        kind: &str,
+        tenant: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<ReadReply, Failure> {
+        self.client.read(self.read_req(kind, tenant, name)).await
+    }
+
+    async fn write(&self, op: Op) -> Result<(), Failure> {
+        let reply = self.client.write(op).await?;
+        match self.output {
+            Output::Json => print_json(&json!({"index": reply.index, "summary": reply.summary})),
+            Output::Table => out(&reply.summary),
+        }
+        Ok(())
+    }
+
+    /// Prints a list as a table or a JSON array.
+    fn list(&self, headers: &[&str], rows: Vec<Vec<String>>, objects: Vec<Value>) {
+        match self.output {
+            Output::Json => print_json(&Value::Array(objects)),
+            Output::Table if rows.is_empty() => eprintln!("No resources found."),
+            Output::Table => out(render_table(headers, &rows).trim_end()),
+        }
+    }
+
+    /// Prints one object as a one-row table or a JSON object.
+    fn one(&self, headers: &[&str], row: Vec<String>, object: Value) {
+        match self.output {
+            Output::Json => print_json(&object),
+            Output::Table => out(render_table(headers, &[row]).trim_end()),
+        }
+    }
+
+    async fn execute(&self, cmd: Resource, input: Option<String>) -> Result<(), Failure> {
+        match cmd {
+            Resource::Tenant(c) => self.tenant(c).await,
+            Resource::Domain(c) => self.domain(c).await,
+            Resource::Connector(c) => self.connector(c).await,
+            Resource::User(c) => self.user(c, input).await,
+            Resource::TransportConfig(c) => self.transport_config(c).await,
+            Resource::Token(c) => self.token(c).await,
+            Resource::Audit(c) => self.audit(c).await,
+            Resource::Counters(c) => self.counters(c).await,
+            Resource::Restricted(c) => self.restricted(c).await,
+            Resource::Tls(TlsCmd::SpeedBump(c)) => self.speed_bump(c).await,
+            Resource::Report(c) => self.report(c).await,
+            Resource::Onprem(c) => self.onprem(c).await,
+            Resource::Dev(c) => self.dev(c).await,
+            Resource::Alerts(c) => self.alerts(c).await,
+            Resource::OutboundPolicy(c) => self.outbound_policy(c).await,
+            Resource::Detection(c) => self.detection(c).await,
+            Resource::Cluster(c) => self.cluster(c).await,
+            Resource::Apply { .. } => {
+                let toml = input.unwrap_or_default();
+                self.write(Op::ApplySeed(moat_proto::Seed { toml })).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[derive(clap::Parser, Debug)]
+struct TestCli {
+    #[command(subcommand)]
+    cmd: TestCmd,
+}
+
+#[cfg(test)]
+#[derive(clap::Subcommand, Debug)]
+enum TestCmd {
+    Admin(AdminArgs),
+}
+
+/// Parses `moat admin ARGS...` (for the resources' tests).
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<AdminArgs, clap::Error> {
+    use clap::Parser as _;
+    let mut all = vec!["moat", "admin"];
+    all.extend_from_slice(args);
+    TestCli::try_parse_from(all).map(|c| match c.cmd {
+        TestCmd::Admin(a) => a,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let a = parse(&[
+            "connector",
+            "list",
+            "--tenant",
+            "t",
+            "-o",
+            "json",
+            "--endpoint",
+            "h:1",
+            "--stale-ok",
+        ])
+        .unwrap();
+        assert_eq!(a.output, Output::Json);
+        assert_eq!(a.endpoint.as_deref(), Some("h:1"));
+        assert!(a.stale_ok);
+        assert!(parse(&["user", "create", "--tenant", "t", "a@t"]).is_err());
+        assert!(parse(&["token", "create", "--role", "tenant-admin", "--name", "n"]).is_err());
+        assert!(parse(&[
+            "transport-config",
+            "set",
+            "--tenant",
+            "t",
+            "--allow-legacy-tls-clients",
+            "true"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "connector",
+            "create",
+            "--tenant",
+            "t",
+            "c",
+            "--type",
+            "on-premises"
+        ])
+        .is_ok());
+        assert!(parse(&["apply", "-f", "seed.toml"]).is_ok());
+    }
+}

@@ -1,0 +1,388 @@
+//! `moat admin onprem`: out-of-date on-premises Exchange servers: the baseline, the stages, pauses,
+//! and the rows of the on-premises server report.
+
+use moat_proto::write_request::Op;
+use moat_shared::time::day_string;
+use serde_json::{json, Value};
+
+use super::render::{cell, fmt_time, list_cell, out, print_json, render_table};
+use super::{Ctx, Output};
+use crate::client::Failure;
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum OnpremCmd {
+    /// The baseline: the oldest acceptable build of each line.
+    #[command(subcommand)]
+    Baseline(BaselineCmd),
+    /// The stage table and the service name in replies.
+    #[command(subcommand)]
+    Policy(OnpremPolicyCmd),
+    /// Pause throttling and blocking of a tenant's servers (up to 90 days per calendar year,
+    /// in one or more pauses); the servers resume at the stage they reached.
+    Pause {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// How many days, from now.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=90))]
+        days: u32,
+        /// Why (kept in the audit log).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+    /// A tenant's pauses and what is left of this year's budget.
+    Pauses {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum BaselineCmd {
+    /// Show the baseline.
+    Show,
+    /// Replace the baseline (every known server is judged again at once).
+    Set {
+        /// Builds such as `15.1.2507.61` (short form) or `15.01.2507.061` (long form).
+        #[arg(required = true, value_name = "BUILD")]
+        builds: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum OnpremPolicyCmd {
+    /// Show the stage table and the service name.
+    Show,
+    /// Change the stage table or the service name.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)
+        .args(["stages", "service_name", "scope"])))]
+    Set {
+        /// `FROM-DAY:THROTTLE:BLOCK,...` in stage order, e.g. the default
+        /// `0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60`.
+        #[arg(long, value_name = "TABLE")]
+        stages: Option<String>,
+        /// The service named in `4.7.230` / `5.7.230` replies.
+        #[arg(long, value_name = "NAME")]
+        service_name: Option<String>,
+        /// Whose Received stamps are judged: mail through OnPremises connectors only, or
+        /// through every connector.
+        #[arg(long, value_parser = ["onpremises", "all-connectors"])]
+        scope: Option<String>,
+    },
+}
+
+impl Ctx {
+    pub(super) async fn onprem(&self, cmd: OnpremCmd) -> Result<(), Failure> {
+        match cmd {
+            OnpremCmd::Baseline(BaselineCmd::Show) => {
+                let reply = self.read("onprem-policy", None, None).await?;
+                let p = reply.onprem_policy.unwrap_or_default();
+                let catalog = moat_shared::exchange::catalog(moat_shared::exchange::CATALOG_CSV);
+                let rows: Vec<(String, String, String)> = p
+                    .baseline
+                    .iter()
+                    .map(|b| {
+                        let entry = moat_shared::exchange::Build::parse(b)
+                            .and_then(|build| catalog.iter().find(|e| e.build == build));
+                        (
+                            b.clone(),
+                            entry.map_or("-".into(), |e| e.product.clone()),
+                            entry.map_or("-".into(), |e| e.update.clone()),
+                        )
+                    })
+                    .collect();
+                self.list(
+                    &["BUILD", "PRODUCT", "UPDATE"],
+                    rows.iter()
+                        .map(|(b, p, u)| vec![b.clone(), p.clone(), u.clone()])
+                        .collect(),
+                    rows.iter()
+                        .map(|(b, p, u)| json!({"build": b, "product": p, "update": u}))
+                        .collect(),
+                );
+                Ok(())
+            }
+            OnpremCmd::Baseline(BaselineCmd::Set { builds }) => {
+                let builds = builds
+                    .iter()
+                    .map(|b| {
+                        moat_shared::exchange::Build::parse(b)
+                            .map(|b| b.to_string())
+                            .ok_or_else(|| {
+                                Failure::Usage(format!(
+                                    "`{b}` is not an Exchange build (e.g. 15.1.2507.61)"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.write(Op::SetOnpremPolicy(moat_proto::OnpremPolicy {
+                    baseline: builds,
+                    ..Default::default()
+                }))
+                .await
+            }
+            OnpremCmd::Policy(OnpremPolicyCmd::Show) => {
+                let reply = self.read("onprem-policy", None, None).await?;
+                let p = reply.onprem_policy.unwrap_or_default();
+                let stages = moat_shared::onprem::Schedule::parse(&p.stages).unwrap_or_default();
+                let rows = stages
+                    .0
+                    .iter()
+                    .enumerate()
+                    .map(|(i, st)| {
+                        vec![
+                            (i + 1).to_string(),
+                            st.from_day.to_string(),
+                            st.throttle.to_string(),
+                            st.block.to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                match self.output {
+                    Output::Json => print_json(&json!({
+                        "service": p.service,
+                        "scope": p.scope,
+                        "stages": stages.0.iter().enumerate().map(|(i, st)| json!({
+                            "stage": i + 1,
+                            "from-day": st.from_day,
+                            "throttle-minutes": st.throttle,
+                            "block-minutes": st.block,
+                        })).collect::<Vec<_>>(),
+                    })),
+                    Output::Table => {
+                        out(&format!("service name: {}", p.service));
+                        out(&format!("scope: {}", p.scope));
+                        out(
+                            render_table(&["STAGE", "FROM-DAY", "THROTTLE/HR", "BLOCK/HR"], &rows)
+                                .trim_end(),
+                        );
+                    }
+                }
+                Ok(())
+            }
+            OnpremCmd::Policy(OnpremPolicyCmd::Set {
+                stages,
+                service_name,
+                scope,
+            }) => {
+                if let Some(st) = &stages {
+                    moat_shared::onprem::Schedule::parse(st)
+                        .map_err(|e| Failure::Usage(format!("invalid --stages: {e}")))?;
+                }
+                self.write(Op::SetOnpremPolicy(moat_proto::OnpremPolicy {
+                    baseline: Vec::new(),
+                    stages: stages.unwrap_or_default(),
+                    service: service_name.unwrap_or_default(),
+                    scope: scope.unwrap_or_default(),
+                }))
+                .await
+            }
+            OnpremCmd::Pause {
+                tenant,
+                days,
+                reason,
+            } => {
+                self.write(Op::PauseOnprem(moat_proto::OnpremPause {
+                    tenant,
+                    days,
+                    reason,
+                }))
+                .await
+            }
+            OnpremCmd::Pauses { tenant } => {
+                let reply = self.read("onprem-pauses", Some(&tenant), None).await?;
+                let p = reply.onprem_pauses.unwrap_or_default();
+                let pauses: Vec<Value> = p
+                    .pauses
+                    .iter()
+                    .map(|x| {
+                        json!({
+                            "start": fmt_time(x.start_ms),
+                            "end": fmt_time(x.end_ms),
+                            "days": x.days,
+                            "actor": x.actor,
+                            "reason": x.reason,
+                        })
+                    })
+                    .collect();
+                match self.output {
+                    Output::Json => print_json(&json!({
+                        "tenant": p.tenant,
+                        "year": p.year,
+                        "days-used": p.days_used,
+                        "days-left": p.days_left,
+                        "paused-until": (p.paused_until_ms != 0).then(|| fmt_time(p.paused_until_ms)),
+                        "pauses": pauses,
+                    })),
+                    Output::Table => {
+                        out(&format!(
+                            "{}: {} of {} pause days used in {}, {} left{}",
+                            p.tenant,
+                            p.days_used,
+                            p.days_used + p.days_left,
+                            p.year,
+                            p.days_left,
+                            if p.paused_until_ms != 0 {
+                                format!("; paused until {}", fmt_time(p.paused_until_ms))
+                            } else {
+                                String::new()
+                            }
+                        ));
+                        let rows: Vec<Vec<String>> = p
+                            .pauses
+                            .iter()
+                            .map(|x| {
+                                vec![
+                                    fmt_time(x.start_ms),
+                                    fmt_time(x.end_ms),
+                                    x.days.to_string(),
+                                    cell(&x.actor),
+                                    cell(&x.reason),
+                                ]
+                            })
+                            .collect();
+                        if !rows.is_empty() {
+                            out(
+                                render_table(&["START", "END", "DAYS", "BY", "REASON"], &rows)
+                                    .trim_end(),
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+pub(super) const ONPREM_HEADERS: &[&str] = &[
+    "TENANT",
+    "SERVER",
+    "BUILD",
+    "PRODUCT",
+    "CLASS",
+    "STATUS",
+    "FIRST-DETECTED",
+    "STAGE",
+    "THROTTLE/HR",
+    "BLOCK/HR",
+    "NEXT-STAGE",
+    "RECOMMENDED",
+    "PAUSED-UNTIL",
+];
+
+/// What a report row amounts to: remediated, compliant, paused, report-only, throttled,
+/// blocking (some minutes) or blocked (all of them).
+pub(super) fn onprem_status(r: &moat_proto::OnpremServerReport) -> &'static str {
+    if r.first_detected_ms == 0 {
+        return if r.remediated_ms != 0 {
+            "remediated"
+        } else if r.class == "compliant" {
+            "compliant"
+        } else {
+            "not-judged"
+        };
+    }
+    if r.paused {
+        "paused"
+    } else if r.block >= 60 {
+        "blocked"
+    } else if r.block > 0 {
+        "blocking"
+    } else if r.throttle > 0 {
+        "throttled"
+    } else {
+        "report-only"
+    }
+}
+
+pub(super) fn onprem_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
+    let next = if r.next_stage == 0 {
+        "-".to_owned()
+    } else {
+        format!(
+            "{} ({}/{}) {}",
+            r.next_stage,
+            r.next_throttle,
+            r.next_block,
+            day_string(r.next_stage_ms.div_euclid(86_400_000))
+        )
+    };
+    let when = |ms: i64| {
+        if ms == 0 {
+            "-".to_owned()
+        } else {
+            day_string(ms.div_euclid(86_400_000))
+        }
+    };
+    vec![
+        cell(&r.tenant),
+        cell(&r.server),
+        cell(&r.build),
+        cell(&r.product),
+        cell(&r.class),
+        onprem_status(r).to_owned(),
+        when(r.first_detected_ms),
+        if r.stage == 0 {
+            "-".into()
+        } else {
+            r.stage.to_string()
+        },
+        r.throttle.to_string(),
+        r.block.to_string(),
+        next,
+        list_cell(&r.recommended),
+        when(r.paused_until_ms),
+    ]
+}
+
+pub(super) fn onprem_json(r: &moat_proto::OnpremServerReport) -> Value {
+    let t = |ms: i64| (ms != 0).then(|| fmt_time(ms));
+    json!({
+        "tenant": r.tenant,
+        "server": r.server,
+        "build": r.build,
+        "product": r.product,
+        "class": r.class,
+        "status": onprem_status(r),
+        "connector": r.connector,
+        "first-detected": t(r.first_detected_ms),
+        "first-detected-ms": r.first_detected_ms,
+        "stage": r.stage,
+        "throttle-minutes": r.throttle,
+        "block-minutes": r.block,
+        "throttle-enabled": t(r.throttle_enabled_ms),
+        "blocking-enabled": t(r.blocking_enabled_ms),
+        "next-stage": (r.next_stage != 0).then_some(r.next_stage),
+        "next-stage-throttle-minutes": r.next_throttle,
+        "next-stage-block-minutes": r.next_block,
+        "next-stage-start": t(r.next_stage_ms),
+        "recommended": r.recommended,
+        "paused": r.paused,
+        "paused-until": t(r.paused_until_ms),
+        "remediated": t(r.remediated_ms),
+        "last-seen": t(r.last_seen_ms),
+        "messages": r.messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::super::parse;
+
+    #[test]
+    fn onprem_commands_parse() {
+        assert!(parse(&["onprem", "baseline", "show"]).is_ok());
+        assert!(parse(&["onprem", "baseline", "set"]).is_err());
+        assert!(parse(&["onprem", "baseline", "set", "15.1.2507.61"]).is_ok());
+        assert!(parse(&["onprem", "policy", "set"]).is_err());
+        assert!(parse(&["onprem", "policy", "set", "--scope", "everything"]).is_err());
+        assert!(parse(&["onprem", "policy", "set", "--service-name", "Contoso"]).is_ok());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "91"]).is_err());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "0"]).is_err());
+        assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "30"]).is_ok());
+        assert!(parse(&["onprem", "pauses", "--tenant", "t"]).is_ok());
+    }
+}

@@ -1,0 +1,107 @@
+//! `moat admin token`: admin tokens and their roles; a new secret is shown once.
+
+use moat_proto::write_request::Op;
+use serde_json::json;
+
+use super::render::{cell, fmt_time, out, print_json};
+use super::{Ctx, Output};
+use crate::client::Failure;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Everything.
+    Operator,
+    /// Read and change one tenant's objects.
+    TenantAdmin,
+    /// Read everything, change nothing.
+    Reader,
+}
+
+impl Role {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::TenantAdmin => "tenant-admin",
+            Self::Reader => "reader",
+        }
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum TokenCmd {
+    /// List tokens (never their secrets).
+    List,
+    /// Create a token; its secret is shown once.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The tenant of a tenant-admin token.
+        #[arg(long, required_if_eq("role", "tenant-admin"))]
+        tenant: Option<String>,
+        /// A label for audit records.
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+impl Ctx {
+    pub(super) async fn token(&self, cmd: TokenCmd) -> Result<(), Failure> {
+        match cmd {
+            TokenCmd::List => {
+                let reply = self.read("token", None, None).await?;
+                let rows = reply
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            cell(&t.id),
+                            cell(&t.name),
+                            cell(&t.role),
+                            cell(&t.tenant),
+                            fmt_time(t.created_ms),
+                        ]
+                    })
+                    .collect();
+                let objects = reply
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        json!({"id": t.id, "name": t.name, "role": t.role, "tenant": t.tenant,
+                            "created-ms": t.created_ms})
+                    })
+                    .collect();
+                self.list(&["ID", "NAME", "ROLE", "TENANT", "CREATED"], rows, objects);
+                Ok(())
+            }
+            TokenCmd::Create { role, tenant, name } => {
+                let op = Op::CreateToken(moat_proto::TokenSpec {
+                    role: role.as_str().to_string(),
+                    tenant: tenant.unwrap_or_default(),
+                    name,
+                });
+                let reply = self.client.write(op).await?;
+                match self.output {
+                    Output::Json => print_json(&json!({
+                        "index": reply.index,
+                        "summary": reply.summary,
+                        "secret": reply.secret,
+                    })),
+                    Output::Table => {
+                        // The secret alone on stdout, so `$(moat admin token create ...)` works.
+                        eprintln!("{}", reply.summary);
+                        out(&reply.secret);
+                        eprintln!("Save this token now: it will not be shown again.");
+                    }
+                }
+                Ok(())
+            }
+            TokenCmd::Revoke { id } => self.write(Op::RevokeToken(id)).await,
+        }
+    }
+}
