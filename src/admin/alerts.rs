@@ -1,6 +1,7 @@
 //! `moat admin alerts`: alerts raised for tenants' admins, their contacts and the alert transport.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::{json, Value};
 
 use super::render::{cell, fmt_time, list_cell};
@@ -68,14 +69,16 @@ impl Ctx {
     pub(super) async fn alerts(&self, cmd: AlertsCmd) -> Result<(), Failure> {
         match cmd {
             AlertsCmd::List { tenant } => {
-                let reply = self.read("alerts", tenant.as_deref(), None).await?;
+                let reply = self.read(ReadKind::Alerts, tenant.as_deref(), None).await?;
                 let rows = reply.alerts.iter().map(alert_row).collect();
                 let objects = reply.alerts.iter().map(alert_json).collect();
                 self.list(ALERT_HEADERS, rows, objects);
                 Ok(())
             }
             AlertsCmd::Contacts(ContactsCmd::Get { tenant }) => {
-                let reply = self.read("alert-contacts", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::AlertContacts, tenant.as_deref(), None)
+                    .await?;
                 let rows = reply
                     .alert_contacts
                     .iter()
@@ -111,7 +114,7 @@ impl Ctx {
                 .await
             }
             AlertsCmd::Transport(TransportCmd::Get) => {
-                let reply = self.read("alert-contacts", None, None).await?;
+                let reply = self.read(ReadKind::AlertContacts, None, None).await?;
                 let t = reply.alert_transport.unwrap_or_default();
                 self.one(
                     &["SMTP", "FROM"],

@@ -1,5 +1,6 @@
 //! `moat admin audit`: the audit log of admin changes.
 
+use moat_proto::ReadKind;
 use serde_json::{json, Value};
 
 use super::render::{cell, fmt_time};
@@ -9,7 +10,7 @@ use crate::client::Failure;
 impl Ctx {
     pub(super) async fn audit(&self, cmd: ListCmd) -> Result<(), Failure> {
         let ListCmd::List { tenant } = cmd;
-        let reply = self.read("audit", tenant.as_deref(), None).await?;
+        let reply = self.read(ReadKind::Audit, tenant.as_deref(), None).await?;
         let rows = reply.audit.iter().map(audit_row).collect();
         let objects = reply.audit.iter().map(audit_json).collect();
         self.list(AUDIT_HEADERS, rows, objects);

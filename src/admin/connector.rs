@@ -1,6 +1,7 @@
 //! `moat admin connector`: inbound connectors (Partner and OnPremises), their table and JSON forms.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use moat_proto::{Connector, ConnectorKind};
 use serde_json::{json, Value};
 
@@ -78,14 +79,18 @@ impl Ctx {
     pub(super) async fn connector(&self, cmd: ConnectorCmd) -> Result<(), Failure> {
         match cmd {
             ConnectorCmd::List { tenant } => {
-                let reply = self.read("connector", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::Connector, tenant.as_deref(), None)
+                    .await?;
                 let rows = reply.connectors.iter().map(connector_row).collect();
                 let objects = reply.connectors.iter().map(connector_json).collect();
                 self.list(CONNECTOR_HEADERS, rows, objects);
                 Ok(())
             }
             ConnectorCmd::Get { tenant, name } => {
-                let reply = self.read("connector", Some(&tenant), Some(&name)).await?;
+                let reply = self
+                    .read(ReadKind::Connector, Some(&tenant), Some(&name))
+                    .await?;
                 let c = reply
                     .connectors
                     .iter()

@@ -1,5 +1,6 @@
 //! `moat admin counters`: the counters edges report.
 
+use moat_proto::ReadKind;
 use serde_json::{json, Value};
 
 use super::render::cell;
@@ -9,7 +10,9 @@ use crate::client::Failure;
 impl Ctx {
     pub(super) async fn counters(&self, cmd: ListCmd) -> Result<(), Failure> {
         let ListCmd::List { tenant } = cmd;
-        let reply = self.read("counters", tenant.as_deref(), None).await?;
+        let reply = self
+            .read(ReadKind::Counters, tenant.as_deref(), None)
+            .await?;
         let rows = reply.counters.iter().map(counter_row).collect();
         let objects = reply.counters.iter().map(counter_json).collect();
         self.list(COUNTER_HEADERS, rows, objects);

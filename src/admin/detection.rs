@@ -1,5 +1,6 @@
 //! `moat admin detection`: how the control plane judges connectors (suspicious-activity detection).
 
+use moat_proto::ReadKind;
 use std::time::Duration;
 
 use moat_proto::write_request::Op;
@@ -50,7 +51,9 @@ impl Ctx {
     pub(super) async fn detection(&self, cmd: DetectionCmd) -> Result<(), Failure> {
         match cmd {
             DetectionCmd::Get { tenant } => {
-                let reply = self.read("detection", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::Detection, tenant.as_deref(), None)
+                    .await?;
                 let rows = reply.detection.iter().map(detection_row).collect();
                 let objects = reply.detection.iter().map(detection_json).collect();
                 self.list(DETECTION_HEADERS, rows, objects);
@@ -66,7 +69,9 @@ impl Ctx {
                 mismatch_percent,
                 auth_fail_percent,
             } => {
-                let reply = self.read("detection", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::Detection, tenant.as_deref(), None)
+                    .await?;
                 let want = tenant.clone().unwrap_or_default();
                 let current = reply
                     .detection

@@ -1,6 +1,7 @@
 //! `moat admin dev`: development aids of a `moat dev` cluster (the cluster clock).
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::json;
 
 use super::render::{fmt_time, out, print_json};
@@ -34,7 +35,7 @@ pub(super) enum ClockCmd {
 impl Ctx {
     pub(super) async fn dev(&self, cmd: DevCmd) -> Result<(), Failure> {
         let DevCmd::Clock(cmd) = cmd;
-        let reply = self.read("clock", None, None).await?;
+        let reply = self.read(ReadKind::Clock, None, None).await?;
         match cmd {
             ClockCmd::Show => {
                 match self.output {

@@ -1,6 +1,7 @@
 //! `moat admin domain`: the accepted domains of tenants.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::json;
 
 use super::render::cell;
@@ -37,7 +38,7 @@ impl Ctx {
     pub(super) async fn domain(&self, cmd: DomainCmd) -> Result<(), Failure> {
         match cmd {
             DomainCmd::List { tenant } => {
-                let reply = self.read("domain", tenant.as_deref(), None).await?;
+                let reply = self.read(ReadKind::Domain, tenant.as_deref(), None).await?;
                 let pairs: Vec<(&str, &str)> = reply
                     .tenants
                     .iter()

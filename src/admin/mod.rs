@@ -41,7 +41,7 @@ use std::io::{BufRead as _, Read as _};
 use std::path::PathBuf;
 
 use moat_proto::write_request::Op;
-use moat_proto::{ReadReply, ReadRequest};
+use moat_proto::{ReadKind, ReadReply, ReadRequest};
 use serde_json::{json, Value};
 
 use crate::client::{resolve_target, Client, Failure, TargetFlags};
@@ -276,19 +276,18 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn read_req(&self, kind: &str, tenant: Option<&str>, name: Option<&str>) -> ReadRequest {
+    fn read_req(&self, kind: ReadKind, tenant: Option<&str>, name: Option<&str>) -> ReadRequest {
         ReadRequest {
-            kind: kind.to_string(),
             tenant: tenant.unwrap_or_default().to_string(),
             name: name.unwrap_or_default().to_string(),
             stale_ok: self.stale_ok,
-            days: 0,
+            ..ReadRequest::of(kind)
         }
     }
 
     async fn read(
         &self,
-        kind: &str,
+        kind: ReadKind,
         tenant: Option<&str>,
         name: Option<&str>,
     ) -> Result<ReadReply, Failure> {

@@ -2,6 +2,7 @@
 //! and the rows of the on-premises server report.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use moat_shared::time::day_string;
 use serde_json::{json, Value};
 
@@ -76,7 +77,7 @@ impl Ctx {
     pub(super) async fn onprem(&self, cmd: OnpremCmd) -> Result<(), Failure> {
         match cmd {
             OnpremCmd::Baseline(BaselineCmd::Show) => {
-                let reply = self.read("onprem-policy", None, None).await?;
+                let reply = self.read(ReadKind::OnpremPolicy, None, None).await?;
                 let p = reply.onprem_policy.unwrap_or_default();
                 let catalog = moat_shared::exchange::catalog(moat_shared::exchange::CATALOG_CSV);
                 let rows: Vec<(String, String, String)> = p
@@ -123,7 +124,7 @@ impl Ctx {
                 .await
             }
             OnpremCmd::Policy(OnpremPolicyCmd::Show) => {
-                let reply = self.read("onprem-policy", None, None).await?;
+                let reply = self.read(ReadKind::OnpremPolicy, None, None).await?;
                 let p = reply.onprem_policy.unwrap_or_default();
                 let stages = moat_shared::onprem::Schedule::parse(&p.stages).unwrap_or_default();
                 let rows = stages
@@ -191,7 +192,9 @@ impl Ctx {
                 .await
             }
             OnpremCmd::Pauses { tenant } => {
-                let reply = self.read("onprem-pauses", Some(&tenant), None).await?;
+                let reply = self
+                    .read(ReadKind::OnpremPauses, Some(&tenant), None)
+                    .await?;
                 let p = reply.onprem_pauses.unwrap_or_default();
                 let pauses: Vec<Value> = p
                     .pauses

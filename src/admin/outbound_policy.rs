@@ -1,6 +1,7 @@
 //! `moat admin outbound-policy`: per-tenant sending limits of SMTP AUTH users.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::{json, Value};
 
 use super::render::cell;
@@ -42,7 +43,7 @@ impl Ctx {
     pub(super) async fn outbound_policy(&self, cmd: OutboundPolicyCmd) -> Result<(), Failure> {
         match cmd {
             OutboundPolicyCmd::Get { tenant: None } => {
-                let reply = self.read("outbound-policy", None, None).await?;
+                let reply = self.read(ReadKind::OutboundPolicy, None, None).await?;
                 let rows = reply.outbound.iter().map(outbound_row).collect();
                 let objects = reply.outbound.iter().map(outbound_json).collect();
                 self.list(OUTBOUND_HEADERS, rows, objects);
@@ -51,7 +52,9 @@ impl Ctx {
             OutboundPolicyCmd::Get {
                 tenant: Some(tenant),
             } => {
-                let reply = self.read("outbound-policy", Some(&tenant), None).await?;
+                let reply = self
+                    .read(ReadKind::OutboundPolicy, Some(&tenant), None)
+                    .await?;
                 let p = find_outbound(&reply.outbound, &tenant)?;
                 self.one(OUTBOUND_HEADERS, outbound_row(p), outbound_json(p));
                 Ok(())
@@ -69,7 +72,9 @@ impl Ctx {
                 let current = if all_given {
                     None
                 } else {
-                    let reply = self.read("outbound-policy", Some(&tenant), None).await?;
+                    let reply = self
+                        .read(ReadKind::OutboundPolicy, Some(&tenant), None)
+                        .await?;
                     reply.outbound.into_iter().find(|p| p.tenant == tenant)
                 };
                 let policy = merge_outbound(

@@ -1,6 +1,7 @@
 //! `moat admin report`: reports built from what edges observed (TLS usage, legacy TLS clients,
 //! on-premises servers).
 
+use moat_proto::ReadKind;
 use moat_proto::ReadReply;
 use serde_json::{json, Value};
 
@@ -34,7 +35,7 @@ impl Ctx {
     pub(super) async fn report(&self, cmd: ReportCmd) -> Result<(), Failure> {
         match cmd {
             ReportCmd::Tls { tenant, days } => {
-                let mut req = self.read_req("tls-report", tenant.as_deref(), None);
+                let mut req = self.read_req(ReadKind::TlsReport, tenant.as_deref(), None);
                 req.days = days;
                 let reply = self.client.read(req).await?;
                 match self.output {
@@ -44,7 +45,9 @@ impl Ctx {
                 Ok(())
             }
             ReportCmd::OnpremServers { tenant } => {
-                let reply = self.read("onprem-servers", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::OnpremServers, tenant.as_deref(), None)
+                    .await?;
                 let rows = reply.onprem_servers.iter().map(onprem_row).collect();
                 let objects = reply.onprem_servers.iter().map(onprem_json).collect();
                 self.list(ONPREM_HEADERS, rows, objects);

@@ -1,6 +1,7 @@
 //! `moat admin restricted`: connectors and users the control plane blocked, and unblocking them.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::{json, Value};
 
 use super::render::{cell, fmt_time};
@@ -35,7 +36,9 @@ impl Ctx {
     pub(super) async fn restricted(&self, cmd: RestrictedCmd) -> Result<(), Failure> {
         match cmd {
             RestrictedCmd::List { tenant } => {
-                let reply = self.read("restricted", tenant.as_deref(), None).await?;
+                let reply = self
+                    .read(ReadKind::Restricted, tenant.as_deref(), None)
+                    .await?;
                 let rows = reply.restricted.iter().map(restricted_row).collect();
                 let objects = reply.restricted.iter().map(restricted_json).collect();
                 self.list(RESTRICTED_HEADERS, rows, objects);
@@ -50,7 +53,7 @@ impl Ctx {
                 let (tenant, name) = match tenant {
                     Some(t) => (t, name),
                     None => {
-                        let reply = self.read("restricted", None, None).await?;
+                        let reply = self.read(ReadKind::Restricted, None, None).await?;
                         find_restricted(&reply.restricted, &kind, &name)?
                     }
                 };

@@ -1,6 +1,7 @@
 //! `moat admin tenant`: list, show, create and delete tenants.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use moat_proto::Tenant;
 use serde_json::{json, Value};
 
@@ -39,14 +40,14 @@ impl Ctx {
     pub(super) async fn tenant(&self, cmd: TenantCmd) -> Result<(), Failure> {
         match cmd {
             TenantCmd::List => {
-                let reply = self.read("tenant", None, None).await?;
+                let reply = self.read(ReadKind::Tenant, None, None).await?;
                 let rows = reply.tenants.iter().map(tenant_row).collect();
                 let objects = reply.tenants.iter().map(tenant_json).collect();
                 self.list(TENANT_HEADERS, rows, objects);
                 Ok(())
             }
             TenantCmd::Get { name } => {
-                let reply = self.read("tenant", None, Some(&name)).await?;
+                let reply = self.read(ReadKind::Tenant, None, Some(&name)).await?;
                 let t = find_tenant(&reply.tenants, &name)?;
                 self.one(TENANT_HEADERS, tenant_row(t), tenant_json(t));
                 Ok(())

@@ -1,6 +1,7 @@
 //! `moat admin tls`: legacy TLS (1.0/1.1) controls, the speed-bump schedule.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use moat_shared::time::day_string;
 use serde_json::json;
 
@@ -34,7 +35,7 @@ impl Ctx {
     pub(super) async fn speed_bump(&self, cmd: SpeedBumpCmd) -> Result<(), Failure> {
         let steps = match cmd {
             SpeedBumpCmd::Get => {
-                let reply = self.read("speed-bump", None, None).await?;
+                let reply = self.read(ReadKind::SpeedBump, None, None).await?;
                 let rows = reply
                     .speed_bump
                     .iter()

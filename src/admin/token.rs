@@ -1,6 +1,7 @@
 //! `moat admin token`: admin tokens and their roles; a new secret is shown once.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::json;
 
 use super::render::{cell, fmt_time, out, print_json};
@@ -54,7 +55,7 @@ impl Ctx {
     pub(super) async fn token(&self, cmd: TokenCmd) -> Result<(), Failure> {
         match cmd {
             TokenCmd::List => {
-                let reply = self.read("token", None, None).await?;
+                let reply = self.read(ReadKind::Token, None, None).await?;
                 let rows = reply
                     .tokens
                     .iter()

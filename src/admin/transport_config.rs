@@ -1,6 +1,7 @@
 //! `moat admin transport-config`: per-tenant transport settings (legacy TLS clients).
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::json;
 
 use super::render::cell;
@@ -31,7 +32,9 @@ impl Ctx {
     pub(super) async fn transport_config(&self, cmd: TransportConfigCmd) -> Result<(), Failure> {
         match cmd {
             TransportConfigCmd::Get { tenant } => {
-                let reply = self.read("transport-config", Some(&tenant), None).await?;
+                let reply = self
+                    .read(ReadKind::TransportConfig, Some(&tenant), None)
+                    .await?;
                 let t = find_tenant(&reply.tenants, &tenant)?;
                 self.one(
                     &["TENANT", "ALLOW-LEGACY-TLS-CLIENTS"],

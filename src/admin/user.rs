@@ -1,6 +1,7 @@
 //! `moat admin user`: SMTP AUTH (submission) users.
 
 use moat_proto::write_request::Op;
+use moat_proto::ReadKind;
 use serde_json::json;
 
 use super::render::{cell, list_cell};
@@ -47,7 +48,7 @@ impl Ctx {
     pub(super) async fn user(&self, cmd: UserCmd, input: Option<String>) -> Result<(), Failure> {
         match cmd {
             UserCmd::List { tenant } => {
-                let reply = self.read("user", tenant.as_deref(), None).await?;
+                let reply = self.read(ReadKind::User, tenant.as_deref(), None).await?;
                 let rows = reply
                     .users
                     .iter()

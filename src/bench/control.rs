@@ -234,9 +234,8 @@ pub(super) async fn signals(
     let committed = crate::client::read_op(
         &admin,
         moat_proto::ReadRequest {
-            kind: "counters".into(),
             tenant: "example.test".into(),
-            ..Default::default()
+            ..moat_proto::ReadRequest::of(moat_proto::ReadKind::Counters)
         },
     )
     .await
