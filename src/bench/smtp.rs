@@ -3,11 +3,12 @@
 //! and latency statistics the other benchmarks share.
 
 use anyhow::Context as _;
+use moat_shared::smtp::{self, Reply, ReplyReader};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::{Mode, SmtpArgs};
@@ -101,33 +102,32 @@ pub(super) fn tls_config(a: &SmtpArgs) -> anyhow::Result<Arc<rustls::ClientConfi
     Ok(Arc::new(config))
 }
 
-/// Reads one (possibly multi-line) reply; returns its code and text.
-pub(super) async fn reply<R: AsyncRead + Unpin>(
-    r: &mut BufReader<R>,
-) -> Result<(u16, String), String> {
-    let mut text = String::new();
+/// Reads one (possibly multi-line) reply, line by line: what follows it stays in the buffer
+/// for the next call (pipelined replies) or is dropped at STARTTLS with the `BufReader`.
+pub(super) async fn reply<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Reply, String> {
+    let mut replies = ReplyReader::new();
+    let mut line = Vec::new();
     loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        line.clear();
+        let n = (&mut *r)
+            .take(smtp::MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err("connection closed".into());
+            return replies
+                .finish()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "connection closed".to_owned());
         }
-        text.push_str(&line);
-        let b = line.as_bytes();
-        if b.len() < 4 || b[3] != b'-' {
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("not a reply: {line:?}"))?;
-            return Ok((code, text));
+        replies.feed(&line);
+        if let Some(reply) = replies.next_reply().map_err(|e| e.to_string())? {
+            return Ok(reply);
         }
     }
 }
 
-pub(super) async fn command<S: Io>(
-    s: &mut BufReader<S>,
-    line: &str,
-) -> Result<(u16, String), String> {
+pub(super) async fn command<S: Io>(s: &mut BufReader<S>, line: &str) -> Result<Reply, String> {
     s.get_mut()
         .write_all(line.as_bytes())
         .await
@@ -136,13 +136,11 @@ pub(super) async fn command<S: Io>(
 }
 
 /// The reply's code and enhanced code, e.g. `250 2.6.0`.
-pub(super) fn code_key(code: u16, text: &str) -> String {
-    let enhanced = text
-        .get(4..)
-        .and_then(|t| t.split_whitespace().next())
-        .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
-        .unwrap_or("");
-    format!("{code} {enhanced}").trim().to_owned()
+pub(super) fn code_key(r: &Reply) -> String {
+    match r.enhanced() {
+        Some(e) => format!("{} {e}", r.code),
+        None => r.code.to_string(),
+    }
 }
 
 /// The message each client sends: headers and a body padded to `size` bytes.
@@ -153,8 +151,7 @@ pub(super) fn message(size: usize) -> Vec<u8> {
     while m.len() + line.len() <= size {
         m.extend_from_slice(line);
     }
-    m.extend_from_slice(b".\r\n");
-    m
+    smtp::stuff(&m)
 }
 
 pub(super) struct Shared {
@@ -263,17 +260,17 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
         }
         _ => BufReader::new(Box::new(tcp)),
     };
-    let (code, text) = reply(&mut s).await?;
-    if code != 220 {
-        *tally.replies.entry(code_key(code, &text)).or_default() += 1;
+    let r = reply(&mut s).await?;
+    if r.code != 220 {
+        *tally.replies.entry(code_key(&r)).or_default() += 1;
         return Ok(());
     }
     command(&mut s, "EHLO bench.test\r\n").await?;
     tally.connect.push(micros(t0.elapsed()));
     if let (Mode::Starttls, Some(tls)) = (a.mode, &shared.tls) {
-        let (code, text) = command(&mut s, "STARTTLS\r\n").await?;
-        if code != 220 {
-            *tally.replies.entry(code_key(code, &text)).or_default() += 1;
+        let r = command(&mut s, "STARTTLS\r\n").await?;
+        if r.code != 220 {
+            *tally.replies.entry(code_key(&r)).or_default() += 1;
             return Ok(());
         }
         let h = Instant::now();
@@ -291,9 +288,9 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
         let (user, password) = creds.split_once(':').unwrap_or((creds.as_str(), ""));
         let token =
             base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        let (code, text) = command(&mut s, &format!("AUTH PLAIN {token}\r\n")).await?;
-        if code != 235 {
-            *tally.replies.entry(code_key(code, &text)).or_default() += 1;
+        let r = command(&mut s, &format!("AUTH PLAIN {token}\r\n")).await?;
+        if r.code != 235 {
+            *tally.replies.entry(code_key(&r)).or_default() += 1;
             return Ok(());
         }
     }
@@ -316,9 +313,9 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
             .map_err(|e| e.to_string())?;
         let mut refused = None;
         for _ in 0..3 {
-            let (code, text) = reply(&mut s).await?;
-            if refused.is_none() && code >= 400 {
-                refused = Some(code_key(code, &text));
+            let r = reply(&mut s).await?;
+            if refused.is_none() && !r.is_positive() {
+                refused = Some(code_key(&r));
             }
         }
         if let Some(k) = refused {
@@ -330,10 +327,10 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
             .write_all(&shared.message)
             .await
             .map_err(|e| e.to_string())?;
-        let (code, text) = reply(&mut s).await?;
+        let r = reply(&mut s).await?;
         tally.transaction.push(micros(t.elapsed()));
-        *tally.replies.entry(code_key(code, &text)).or_default() += 1;
-        if code == 250 {
+        *tally.replies.entry(code_key(&r)).or_default() += 1;
+        if r.code == 250 {
             tally.messages += 1;
         }
     }
