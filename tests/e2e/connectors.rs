@@ -3,6 +3,8 @@
 //! detection of a flooding connector with its restriction on both edges, unblocking, and
 //! connectors that must not be restricted.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -64,7 +66,7 @@ fn client_cert(ca: &DevCa, name: &str) -> (String, String, String) {
 /// `DIR/hook-ca.pem` for the control plane to trust. Returns the URL, the requests as they
 /// come (head lines, body) and the receiver process.
 fn https_webhook(
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> (
     String,
     std::sync::mpsc::Receiver<(Vec<String>, String)>,
@@ -117,132 +119,147 @@ fn https_webhook(
 }
 
 /// One message; returns the first non-250 reply, or the final reply.
-async fn send(c: &mut Client, from: &str, to: &str, header_from: &str) -> std::io::Result<String> {
+async fn send(c: &mut Client, from: &str, to: &str, header_from: &str) -> String {
     let msg = stuff(
         format!("From: <{header_from}>\r\nTo: <{to}>\r\nSubject: connector test\r\n\r\nbody\r\n")
             .as_bytes(),
     );
-    let r = c.send_stuffed(from, to, &msg).await?;
+    let r = c.send_stuffed(from, to, &msg).await.expect("send");
     if !r.starts_with("250") {
-        c.cmd("RSET").await?;
+        c.cmd("RSET").await.expect("send");
     }
-    Ok(r)
+    r
+}
+
+/// [`send`] (MAIL FROM, RCPT TO, header From) whose reply must start with `want`; `what` says
+/// which case failed.
+async fn send_expecting(
+    c: &mut Client,
+    (from, to, header_from): (&str, &str, &str),
+    want: &str,
+    what: &str,
+) {
+    let r = send(c, from, to, header_from).await;
+    assert!(r.starts_with(want), "{what}: {r}");
+}
+
+/// A client connected to `server` from `source` that has said `EHLO helo`.
+async fn client_from(server: &str, source: &str, helo: &str) -> Client {
+    let (mut c, _) = Client::connect_from(server, source).await.expect("connect");
+    c.cmd(&format!("EHLO {helo}")).await.expect("ehlo");
+    c
+}
+
+/// A client connected to `server` that presented `chain` and `key` over STARTTLS (`what` is
+/// the expectation when that fails).
+async fn client_with_cert(dev: &Dev, server: &str, chain: &str, key: &str, what: &str) -> Client {
+    let (c, _) = Client::connect(server).await.expect("connect");
+    c.starttls(tls_config_with_client_cert(&dev.ca(), chain, key))
+        .await
+        .expect(what)
+}
+
+/// `moat dev` arguments for two edges (edge 2 a child process), every listener on a free port.
+fn two_edges() -> Vec<&'static str> {
+    let mut args = ANY_PORTS.to_vec();
+    args.extend(["--edges", "2"]);
+    args
+}
+
+/// Creates connector `name` of type `kind` for tenant example.test with `rules` (its sender
+/// flags), and waits for every edge to enforce it.
+fn create_connector(dev: &Dev, name: &str, kind: &str, rules: &[&str]) {
+    let mut args = vec!["connector", "create", "--tenant", "example.test", name];
+    args.extend(["--type", kind]);
+    args.extend(rules);
+    dev.admin_applied(&args);
+}
+
+/// An OnPremises connector `name` of example.test for mail from `ip`.
+fn onprem_connector(dev: &Dev, name: &str, ip: &str) {
+    create_connector(dev, name, "on-premises", &["--sender-ip", ip]);
+}
+
+/// Starts the client script `script` with `--port-file PORT_FILE` and `args`, and waits (10 s at
+/// most) for the port it writes there; `what` names it in the failure.
+fn start_with_port_file(
+    script: &str,
+    port_file: &Path,
+    args: &[&OsStr],
+    what: &str,
+) -> (Killed, String) {
+    let child = std::process::Command::new("python3")
+        .arg(crate::harness::clients_dir().join(script))
+        .arg("--port-file")
+        .arg(port_file)
+        .args(args)
+        .spawn()
+        .expect("python3");
+    let child = Killed(child);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(p) = std::fs::read_to_string(port_file) {
+            return (child, p);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Acceptance 1: the relay matrix through both edges, with real TLS client certificates.
 #[test]
 fn relay_matrix() {
     let dir = TempDir::new("relay");
-    let mut args = ANY_PORTS.to_vec();
-    args.extend(["--edges", "2"]);
-    let dev = Dev::start_in(&dir.0, None, &args);
+    let dev = Dev::start_in(&dir.0, None, &two_edges());
     let ca = DevCa::load(&dev);
     let (chain, leaf_only, key) = client_cert(&ca, "mail.example.test");
-    dev.admin_applied(&[
-        "connector",
-        "create",
-        "--tenant",
-        "example.test",
-        "onprem-ip",
-        "--type",
-        "on-premises",
-        "--sender-ip",
-        "127.0.0.2",
-    ]);
-    dev.admin_applied(&[
-        "connector",
-        "create",
-        "--tenant",
-        "example.test",
-        "onprem-cert",
-        "--type",
-        "on-premises",
-        "--tls-cert-name",
-        "*.example.test",
-    ]);
+    onprem_connector(&dev, "onprem-ip", "127.0.0.2");
+    let cert_rule = ["--tls-cert-name", "*.example.test"];
+    create_connector(&dev, "onprem-cert", "on-premises", &cert_rule);
     for edge in [0, 1] {
         let server = dev.edge_listener(edge, "mx");
         let tag = format!("edge{edge}");
         runtime().block_on(async {
             // Certificate route: an accepted certificate domain relays even the null sender.
-            let (c, _) = Client::connect(&server).await.expect("connect");
-            let mut c = c
-                .starttls(tls_config_with_client_cert(&dev.ca(), &chain, &key))
-                .await
-                .expect("tls with a client certificate");
-            let r = send(
-                &mut c,
-                "",
-                &format!("ndr-{tag}@remote.test"),
-                "mailer-daemon@example.test",
-            )
-            .await
-            .expect("send");
-            assert!(r.starts_with("250"), "cert route, null sender: {r}");
+            let mut c =
+                client_with_cert(&dev, &server, &chain, &key, "tls with a client certificate")
+                    .await;
+            let ndr = format!("ndr-{tag}@remote.test");
+            let msg = ("", ndr.as_str(), "mailer-daemon@example.test");
+            send_expecting(&mut c, msg, "250", "cert route, null sender").await;
 
             // The same certificate without its intermediate: no match, so no relay.
-            let (c, _) = Client::connect(&server).await.expect("connect");
-            let mut c = c
-                .starttls(tls_config_with_client_cert(&dev.ca(), &leaf_only, &key))
-                .await
-                .expect("tls with an incomplete chain");
-            let r = send(&mut c, "", "x@remote.test", "a@example.test")
-                .await
-                .expect("send");
-            assert!(r.starts_with("550 5.7.64"), "missing intermediate: {r}");
+            let mut c = client_with_cert(
+                &dev,
+                &server,
+                &leaf_only,
+                &key,
+                "tls with an incomplete chain",
+            )
+            .await;
+            let msg = ("", "x@remote.test", "a@example.test");
+            send_expecting(&mut c, msg, "550 5.7.64", "missing intermediate").await;
 
             // IP route with an accepted MAIL FROM.
-            let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
-                .await
-                .expect("connect");
-            c.cmd("EHLO onprem.example.test").await.expect("ehlo");
-            let r = send(
-                &mut c,
-                "app@example.test",
-                &format!("ip-{tag}@remote.test"),
-                "app@example.test",
-            )
-            .await
-            .expect("send");
-            assert!(r.starts_with("250"), "IP route, accepted MAIL FROM: {r}");
+            let mut c = client_from(&server, "127.0.0.2", "onprem.example.test").await;
+            let ip = format!("ip-{tag}@remote.test");
+            let msg = ("app@example.test", ip.as_str(), "app@example.test");
+            send_expecting(&mut c, msg, "250", "IP route, accepted MAIL FROM").await;
             // IP route with a foreign MAIL FROM: the accepted header From does not help.
-            let r = send(
-                &mut c,
-                "app@foreign.test",
-                "x@remote.test",
-                "ceo@example.test",
-            )
-            .await
-            .expect("send");
-            assert!(
-                r.starts_with("550 5.7.64 TenantAttribution; Relay Access Denied"),
-                "IP route, foreign MAIL FROM: {r}"
-            );
+            let msg = ("app@foreign.test", "x@remote.test", "ceo@example.test");
+            let denied = "550 5.7.64 TenantAttribution; Relay Access Denied";
+            send_expecting(&mut c, msg, denied, "IP route, foreign MAIL FROM").await;
             // Inbound mail for an accepted domain is not relay.
-            let r = send(
-                &mut c,
-                "app@foreign.test",
-                "alice@example.test",
-                "x@foreign.test",
-            )
-            .await
-            .expect("send");
-            assert!(r.starts_with("250"), "inbound: {r}");
+            let msg = ("app@foreign.test", "alice@example.test", "x@foreign.test");
+            send_expecting(&mut c, msg, "250", "inbound").await;
 
             // An address no connector covers cannot relay, whatever the MAIL FROM.
-            let (mut c, _) = Client::connect_from(&server, "127.0.0.3")
-                .await
-                .expect("connect");
-            c.cmd("EHLO stranger.test").await.expect("ehlo");
-            let r = send(
-                &mut c,
-                "app@example.test",
-                "x@remote.test",
-                "app@example.test",
-            )
-            .await
-            .expect("send");
-            assert!(r.starts_with("550 5.7.64"), "unmatched IP: {r}");
+            let mut c = client_from(&server, "127.0.0.3", "stranger.test").await;
+            let msg = ("app@example.test", "x@remote.test", "app@example.test");
+            send_expecting(&mut c, msg, "550 5.7.64", "unmatched IP").await;
         });
         let relayed =
             |who: &str| dev.messages_with_header(&format!("To: <{who}-{tag}@remote.test>"));
@@ -266,6 +283,21 @@ fn counter_total(counters: &Value, key: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `moat admin counters list` once connector `key`'s counter `name` has reached `at_least`
+/// (counts reach the leader with each edge's next report), or as it is after 15 s: the
+/// caller's assertions then say what is missing.
+fn counters_once(dev: &Dev, key: &str, name: &str, at_least: u64) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let counters = dev.admin(&["counters", "list"]);
+        if counter_total(&counters, key, name) >= at_least || t0.elapsed() > Duration::from_secs(15)
+        {
+            return counters;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Issue 16, fix 1: each refusal is counted by its reason. A client matching an OnPremises
 /// connector by IP sends MAIL FROM a domain a Partner connector of the recipient's tenant
 /// restricts to another IP: it gets `550 5.7.51`, which is not a relay refusal, so the
@@ -275,74 +307,31 @@ fn counter_total(counters: &Value, key: &str, name: &str) -> u64 {
 fn a_partner_refusal_is_not_counted_as_a_relay_refusal() {
     let dir = TempDir::new("partner-count");
     let dev = Dev::start_in(&dir.0, None, ANY_PORTS);
-    dev.admin_applied(&[
-        "connector",
-        "create",
-        "--tenant",
-        "example.test",
-        "onprem",
-        "--type",
-        "on-premises",
-        "--sender-ip",
-        "127.0.0.2",
-    ]);
-    dev.admin_applied(&[
-        "connector",
-        "create",
-        "--tenant",
-        "example.test",
-        "partner",
-        "--type",
-        "partner",
+    onprem_connector(&dev, "onprem", "127.0.0.2");
+    let partner_rules = [
         "--sender-ip",
         "127.0.0.9",
         "--sender-domain",
         "fabrikam.test",
         "--restrict-domains-to-ip",
-    ]);
+    ];
+    create_connector(&dev, "partner", "partner", &partner_rules);
     let server = dev.edge_listener(0, "mx");
     runtime().block_on(async {
-        let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
-            .await
-            .expect("connect");
-        c.cmd("EHLO onprem.example.test").await.expect("ehlo");
+        let mut c = client_from(&server, "127.0.0.2", "onprem.example.test").await;
         for i in 0..3 {
-            let r = send(
-                &mut c,
-                &format!("s{i}@fabrikam.test"),
-                "alice@example.test",
-                "a@fabrikam.test",
-            )
-            .await
-            .expect("send");
-            assert!(
-                r.starts_with("550 5.7.51 TenantInboundAttribution;"),
-                "partner-scoped domain from the on-premises IP: {r}"
-            );
+            let from = format!("s{i}@fabrikam.test");
+            let msg = (from.as_str(), "alice@example.test", "a@fabrikam.test");
+            let why = "partner-scoped domain from the on-premises IP";
+            send_expecting(&mut c, msg, "550 5.7.51 TenantInboundAttribution;", why).await;
         }
         // Then one real relay refusal, after the Partner refusals: once it is counted, they
         // would have been too.
-        let r = send(
-            &mut c,
-            "app@foreign.test",
-            "x@remote.test",
-            "app@foreign.test",
-        )
-        .await
-        .expect("send");
-        assert!(r.starts_with("550 5.7.64"), "relay: {r}");
+        let msg = ("app@foreign.test", "x@remote.test", "app@foreign.test");
+        send_expecting(&mut c, msg, "550 5.7.64", "relay").await;
         let _ = c.cmd("QUIT").await;
     });
-    let t0 = Instant::now();
-    let counters = loop {
-        let counters = dev.admin(&["counters", "list"]);
-        if counter_total(&counters, "example.test/onprem", "relay-refused") >= 1
-            || t0.elapsed() > Duration::from_secs(15)
-        {
-            break counters;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let counters = counters_once(&dev, "example.test/onprem", "relay-refused", 1);
     assert_eq!(
         counter_total(&counters, "example.test/onprem", "relay-refused"),
         1,
@@ -358,16 +347,11 @@ fn a_partner_refusal_is_not_counted_as_a_relay_refusal() {
 /// Messages from `source` through `server`, `n` of them, MAIL FROM in `from_domain`; returns the
 /// replies.
 async fn burst(server: &str, source: &str, n: usize, from_domain: &str) -> Vec<String> {
-    let (mut c, _) = Client::connect_from(server, source).await.expect("connect");
-    c.cmd("EHLO sender.test").await.expect("ehlo");
+    let mut c = client_from(server, source, "sender.test").await;
     let mut out = Vec::new();
     for i in 0..n {
         let from = format!("s{i}@{from_domain}");
-        out.push(
-            send(&mut c, &from, "alice@example.test", &from)
-                .await
-                .expect("send"),
-        );
+        out.push(send(&mut c, &from, "alice@example.test", &from).await);
     }
     let _ = c.cmd("QUIT").await;
     out
@@ -381,15 +365,13 @@ async fn burst(server: &str, source: &str, n: usize, from_domain: &str) -> Vec<S
 #[test]
 fn flooding_connector_is_restricted_everywhere_and_unblocked() {
     let dir = TempDir::new("flood");
-    let mut args = ANY_PORTS.to_vec();
-    args.extend(["--edges", "2"]);
     // Alerts go to an https webhook (Python's http.server behind OpenSSL, with a certificate
     // from a CA of the test's own that `moat dev` trusts through SSL_CERT_FILE) and, by email,
     // to the admin mailbox.
     let (hook_url, hook_rx, _hook) = https_webhook(&dir.0);
     let data = dir.0.join("data");
     let mut cmd = moat();
-    cmd.arg("dev").arg("--data").arg(&data).args(&args);
+    cmd.arg("dev").arg("--data").arg(&data).args(two_edges());
     cmd.env("SSL_CERT_FILE", dir.0.join("hook-ca.pem"));
     let dev = Dev::spawn(cmd, data);
     dev.admin(&[
@@ -409,17 +391,7 @@ fn flooding_connector_is_restricted_everywhere_and_unblocked() {
         ("steady", "127.0.0.4"),
         ("ramp", "127.0.0.5"),
     ] {
-        dev.admin_applied(&[
-            "connector",
-            "create",
-            "--tenant",
-            "example.test",
-            name,
-            "--type",
-            "on-premises",
-            "--sender-ip",
-            ip,
-        ]);
+        onprem_connector(&dev, name, ip);
     }
     // A webhook that could never be delivered is refused when it is set, with the reason.
     for (url, why) in [
@@ -638,46 +610,17 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
     let dir = TempDir::new("smarthost");
     let port_file = dir.0.join("port");
     let spool = dir.0.join("spool");
-    let mut hop = std::process::Command::new("python3")
-        .arg(crate::harness::clients_dir().join("fake_next_hop.py"))
-        .arg("--port-file")
-        .arg(&port_file)
-        .arg("--spool")
-        .arg(&spool)
-        .spawn()
-        .expect("python3");
-    let t0 = Instant::now();
-    let port = loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "smarthost did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let spool_args = [OsStr::new("--spool"), spool.as_os_str()];
+    let (_hop, port) =
+        start_with_port_file("fake_next_hop.py", &port_file, &spool_args, "smarthost");
     let config = format!(
         "[outbound-next-hop]\nkind = \"smtp\"\naddress = \"127.0.0.1:{port}\"\nstarttls = \"none\"\n"
     );
     let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
-    dev.admin_applied(&[
-        "connector",
-        "create",
-        "--tenant",
-        "example.test",
-        "onprem",
-        "--type",
-        "on-premises",
-        "--sender-ip",
-        "127.0.0.2",
-    ]);
+    onprem_connector(&dev, "onprem", "127.0.0.2");
     let server = dev.edge_listener(0, "mx");
     runtime().block_on(async {
-        let (mut c, _) = Client::connect_from(&server, "127.0.0.2")
-            .await
-            .expect("connect");
-        c.cmd("EHLO onprem.example.test").await.expect("ehlo");
+        let mut c = client_from(&server, "127.0.0.2", "onprem.example.test").await;
         assert!(c
             .cmd("MAIL FROM:<app@example.test>")
             .await
@@ -693,15 +636,8 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
             .expect("body");
         let r = c.reply().await.expect("final");
         assert!(r.starts_with("250"), "{r}");
-        let r = send(
-            &mut c,
-            "app@example.test",
-            "alice@example.test",
-            "app@example.test",
-        )
-        .await
-        .expect("send");
-        assert!(r.starts_with("250"), "{r}");
+        let msg = ("app@example.test", "alice@example.test", "app@example.test");
+        send_expecting(&mut c, msg, "250", "inbound, in its own transaction").await;
     });
     let spooled: Vec<String> = std::fs::read_dir(&spool)
         .map(|d| {
@@ -720,8 +656,6 @@ fn relay_goes_to_the_smarthost_and_inbound_to_the_mailboxes() {
         1,
         "only the inbound message is in the maildir"
     );
-    let _ = hop.kill();
-    let _ = hop.wait();
 }
 
 /// With `[authentication] checks = true` and a local DNS server holding the tenant's SPF and
@@ -733,24 +667,8 @@ fn failing_dmarc_restricts_a_connector() {
     let port_file = dir.0.join("dns-port");
     let zone = r#"{"example.test": {"TXT": ["v=spf1 ip4:127.0.0.2 -all"]},
                    "_dmarc.example.test": {"TXT": ["v=DMARC1; p=reject"]}}"#;
-    let mut dns = std::process::Command::new("python3")
-        .arg(crate::harness::clients_dir().join("dns_stub.py"))
-        .arg("--port-file")
-        .arg(&port_file)
-        .args(["--zone", zone])
-        .spawn()
-        .expect("python3");
-    let t0 = Instant::now();
-    let port = loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "DNS stub did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let zone_args = [OsStr::new("--zone"), OsStr::new(zone)];
+    let (_dns, port) = start_with_port_file("dns_stub.py", &port_file, &zone_args, "DNS stub");
     let config = format!("[authentication]\nchecks = true\ndns = \"127.0.0.1:{port}\"\n");
     let dev = Dev::start_in(&dir.0, Some(&config), ANY_PORTS);
     dev.admin(&[
@@ -762,17 +680,7 @@ fn failing_dmarc_restricts_a_connector() {
         "10",
     ]);
     for (name, ip) in [("good", "127.0.0.2"), ("spoof", "127.0.0.6")] {
-        dev.admin_applied(&[
-            "connector",
-            "create",
-            "--tenant",
-            "example.test",
-            name,
-            "--type",
-            "on-premises",
-            "--sender-ip",
-            ip,
-        ]);
+        onprem_connector(&dev, name, ip);
     }
     let server = dev.edge_listener(0, "mx");
     runtime().block_on(async {
@@ -803,32 +711,12 @@ fn failing_dmarc_restricts_a_connector() {
             .starts_with("authentication-failures: "),
         "{list:?}"
     );
-    let get = |counters: &Value, key: &str, name: &str| {
-        counters
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["key"] == key && c["name"] == name)
-            .and_then(|c| c["total"].as_u64())
-            .unwrap_or(0)
-    };
     // The good connector's checks run after its 250s and reach the leader with the edge's next
     // report: wait until all twelve are in, then the total must be exactly twelve.
-    let t0 = Instant::now();
-    let counters = loop {
-        let counters = dev.admin(&["counters", "list"]);
-        if get(&counters, "example.test/good", "auth-checked") >= 12
-            || t0.elapsed() > Duration::from_secs(15)
-        {
-            break counters;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let get = |key: &str, name: &str| get(&counters, key, name);
+    let counters = counters_once(&dev, "example.test/good", "auth-checked", 12);
+    let get = |key: &str, name: &str| counter_total(&counters, key, name);
     assert!(get("example.test/spoof", "spf-fail") >= 10, "{counters}");
     assert!(get("example.test/spoof", "dmarc-fail") >= 10, "{counters}");
     assert_eq!(get("example.test/good", "auth-checked"), 12, "{counters}");
     assert_eq!(get("example.test/good", "spf-fail"), 0, "{counters}");
-    let _ = dns.kill();
-    let _ = dns.wait();
 }
