@@ -3,7 +3,7 @@
 //! [`judge`] over a connector's stats and settings. A detector that fires restricts the
 //! connector and alerts its tenant's admins.
 
-use moat_shared::signal;
+use moat_shared::signal::{self, ConnectorCounter};
 use moat_shared::{EntityKind, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -224,14 +224,31 @@ impl State {
             return;
         };
         roll(st, &policy, now);
-        match name {
-            "messages" => st.current.messages += delta,
-            "unprovisioned" => st.current.unprovisioned += delta,
-            "mismatch" => st.current.mismatch += delta,
-            "relay-refused" => st.current.relay_refused += delta,
-            "auth-checked" => st.current.auth_checked += delta,
-            "dmarc-fail" => st.current.auth_failed += delta,
-            _ => {}
+        // A name this node does not know (an edge of an older or newer release may send one)
+        // is kept in the counters table above and rolls the window like any other, but feeds
+        // no detector: the same as before counter names were typed.
+        let Some(counter) = ConnectorCounter::parse(name) else {
+            return;
+        };
+        let w = &mut st.current;
+        match counter {
+            ConnectorCounter::Messages => w.messages += delta,
+            ConnectorCounter::Unprovisioned => w.unprovisioned += delta,
+            ConnectorCounter::Mismatch => w.mismatch += delta,
+            ConnectorCounter::RelayRefused => w.relay_refused += delta,
+            ConnectorCounter::AuthChecked => w.auth_checked += delta,
+            ConnectorCounter::DmarcFail => w.auth_failed += delta,
+            // Reported for `moat admin counters`, not read by any detector.
+            ConnectorCounter::Sessions
+            | ConnectorCounter::Recipients
+            | ConnectorCounter::Bytes
+            | ConnectorCounter::Relay
+            | ConnectorCounter::Nexthop4xx
+            | ConnectorCounter::Nexthop5xx
+            | ConnectorCounter::OnpremThrottled
+            | ConnectorCounter::OnpremBlocked
+            | ConnectorCounter::SpfFail
+            | ConnectorCounter::DkimFail => {}
         }
     }
 
@@ -462,6 +479,22 @@ mod tests {
             f.reason(),
             "unprovisioned-domains: 100 messages this window, baseline 12.345 per window over 3 windows, 50% unprovisioned MAIL FROM domains, 0% header From mismatches, 0 relay refusals, 0 of 0 checked messages failing DMARC"
         );
+    }
+
+    #[test]
+    fn an_unknown_connector_counter_is_kept_but_feeds_no_detector() {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let now = s.now_ms;
+        let before = s.connector_stats["a/onprem"].current;
+        let odd = [
+            (signal::CONNECTOR, "a/onprem", "relay_refused", 7),
+            (signal::CONNECTOR, "a/onprem", "relay-refused", 2),
+        ];
+        s.apply(50_000, &p(now, signals("e9", 1, &odd)));
+        assert_eq!(s.counters["connector|a/onprem|relay_refused"].total, 7);
+        let after = s.connector_stats["a/onprem"].current;
+        assert_eq!(after.relay_refused, before.relay_refused + 2);
+        assert_eq!(after.messages, before.messages);
     }
 
     #[test]
