@@ -4,7 +4,8 @@
 //! control plane will replicate, and the validated conversions into them.
 //!
 //! Layout:
-//! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
+//! - [`ids`]: identifiers ([`TenantId`], [`Domain`], [`ConnectorId`]), apart from the snapshot.
+//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`].
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
@@ -24,6 +25,7 @@
 pub mod connector;
 pub mod exchange;
 pub mod handle;
+pub mod ids;
 pub mod matching;
 pub mod onprem;
 pub mod policy;
@@ -34,6 +36,12 @@ pub mod time;
 
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
-pub use policy::{Domain, DomainError, PolicySnapshot, Tenant, TenantId};
+pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
+pub use policy::{PolicySnapshot, Tenant};
 pub use seed::{Seed, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
+
+/// The hash maps of a snapshot and its indexes. Their keys come from the control plane
+/// (trusted) and the lookups with what a client sent cannot add keys, so a fast hash
+/// (foldhash, randomly seeded per process) serves instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use moat_shared::signal::{self, Unit};
 use moat_shared::time::{day_of_ms, day_string};
+use moat_shared::ConnectorId;
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -86,29 +87,33 @@ impl State {
             *last = b.seq;
             applied += 1;
             for (scope, key, name, delta) in &b.counters {
-                if scope == signal::CONNECTOR && self.directory.connectors.contains_key(key) {
-                    touched.insert(key.clone());
-                }
+                let connector = match scope.as_str() {
+                    signal::CONNECTOR | signal::ONPREM => self.known_connector(key),
+                    _ => None,
+                };
                 if scope == signal::ONPREM {
-                    sightings.push((key, name, *delta));
+                    sightings.push((key, name, *delta, connector));
                     continue;
                 }
-                self.count(index, scope, key, name, *delta);
+                if let Some(c) = connector.as_ref().filter(|_| scope == signal::CONNECTOR) {
+                    touched.insert(c.clone());
+                }
+                self.count(index, scope, key, connector.as_ref(), name, *delta);
             }
         }
         // Sightings lose their order in a batch: a server seen with an old and a
         // compliant build in the same second was being upgraded, so compliant builds
         // are applied last (and the rest in a fixed order, for determinism).
         let baseline = self.onprem.baseline();
-        sightings.sort_by_key(|(key, name, _)| {
+        sightings.sort_by_key(|(key, name, _, _)| {
             let compliant = name
                 .split_once('|')
                 .and_then(|(_, b)| moat_shared::exchange::Build::parse(b))
                 .is_some_and(|b| baseline.classify(&b) == moat_shared::exchange::Class::Compliant);
             (compliant, (*key).clone(), (*name).clone())
         });
-        for (key, name, delta) in sightings {
-            self.count(index, signal::ONPREM, key, name, delta);
+        for (key, name, delta, connector) in sightings {
+            self.count(index, signal::ONPREM, key, connector.as_ref(), name, delta);
         }
         for key in touched {
             self.judge_connector(index, &key);
@@ -116,21 +121,33 @@ impl State {
         format!("{applied} signal batch(es)")
     }
 
-    /// Applies one counter delta from an edge.
-    fn count(&mut self, index: u64, scope: &str, key: &str, name: &str, delta: u64) {
+    /// The connector a counter's key names, if it is one the directory holds.
+    fn known_connector(&self, key: &str) -> Option<ConnectorId> {
+        ConnectorId::parse(key)
+            .ok()
+            .filter(|c| self.directory.connectors.contains_key(c))
+    }
+
+    /// Applies one counter delta from an edge; `connector` is the known connector `key` names
+    /// (see [`State::known_connector`]).
+    fn count(
+        &mut self,
+        index: u64,
+        scope: &str,
+        key: &str,
+        connector: Option<&ConnectorId>,
+        name: &str,
+        delta: u64,
+    ) {
         let now = self.now_ms;
         let today = day_of_ms(now);
-        match scope {
-            signal::TLS | signal::TLS_LEGACY => {
+        match (scope, connector) {
+            (signal::TLS | signal::TLS_LEGACY, _) => {
                 self.tls_report.count(today, scope, key, name, delta)
             }
-            signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
-            signal::ONPREM if self.directory.connectors.contains_key(key) => {
-                self.count_onprem(index, key, name, delta)
-            }
-            signal::CONNECTOR if self.directory.connectors.contains_key(key) => {
-                self.count_connector(key, name, delta)
-            }
+            (signal::USER, _) if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            (signal::ONPREM, Some(c)) => self.count_onprem(index, c, name, delta),
+            (signal::CONNECTOR, Some(c)) => self.count_connector(c, name, delta),
             _ => add(self.counters.counter(scope, key, name), now, delta),
         }
     }

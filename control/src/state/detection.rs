@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use moat_shared::signal::{self, ConnectorCounter};
-use moat_shared::{EntityKind, TenantId};
+use moat_shared::{ConnectorId, EntityKind, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
@@ -22,9 +22,9 @@ pub struct Detection {
     /// Detection settings: the cluster default under `*`, tenants' own under their id.
     #[serde(default, rename = "detection")]
     pub policies: BTreeMap<String, DetectionPolicy>,
-    /// Traffic per connector (`tenant/name`).
+    /// Traffic per connector.
     #[serde(default, rename = "connector_stats")]
-    pub stats: BTreeMap<String, ConnectorStats>,
+    pub stats: BTreeMap<ConnectorId, ConnectorStats>,
 }
 
 /// How the control plane judges a connector (per tenant, or the cluster default).
@@ -218,20 +218,19 @@ impl Detection {
     }
 
     /// The detection settings that apply to a connector (`tenant/name`).
-    pub fn policy_for(&self, connector: &str) -> DetectionPolicy {
-        let tenant = connector.split_once('/').map_or("", |(t, _)| t);
+    pub fn policy_for(&self, connector: &ConnectorId) -> DetectionPolicy {
         self.policies
-            .get(tenant)
+            .get(connector.tenant.as_str())
             .or_else(|| self.policies.get("*"))
             .copied()
             .unwrap_or_default()
     }
 
-    /// Counts a delta of a known connector (`tenant/name`) into its window at `now`.
-    fn count(&mut self, now: i64, key: &str, name: &str, delta: u64) {
+    /// Counts a delta of a known connector into its window at `now`.
+    fn count(&mut self, now: i64, key: &ConnectorId, name: &str, delta: u64) {
         let policy = self.policy_for(key);
         if !self.stats.contains_key(key) {
-            self.stats.insert(key.to_owned(), Default::default());
+            self.stats.insert(key.clone(), Default::default());
         }
         let Some(st) = self.stats.get_mut(key) else {
             return;
@@ -267,19 +266,19 @@ impl Detection {
 }
 
 impl State {
-    /// Counts a delta of a known connector (`tenant/name`) into its counter and its window.
-    pub(super) fn count_connector(&mut self, key: &str, name: &str, delta: u64) {
+    /// Counts a delta of a known connector into its counter (keyed by its text) and its
+    /// window.
+    pub(super) fn count_connector(&mut self, key: &ConnectorId, name: &str, delta: u64) {
         let now = self.now_ms;
-        add(
-            self.counters.counter(signal::CONNECTOR, key, name),
-            now,
-            delta,
-        );
+        let counter = self
+            .counters
+            .counter(signal::CONNECTOR, &key.to_string(), name);
+        add(counter, now, delta);
         self.detection.count(now, key, name, delta);
     }
 
     /// Runs the detectors on a connector's current window; restricts it when one fires.
-    pub(super) fn judge_connector(&mut self, index: u64, key: &str) {
+    pub(super) fn judge_connector(&mut self, index: u64, key: &ConnectorId) {
         let Some(connector) = self.directory.connectors.get(key) else {
             return;
         };
@@ -391,6 +390,11 @@ mod tests {
     use super::judge;
     use crate::state::testutil::*;
     use crate::state::*;
+
+    /// The connector `simulate` creates.
+    fn onprem() -> moat_shared::ConnectorId {
+        "a/onprem".parse().expect("a connector id")
+    }
 
     fn window(
         messages: u64,
@@ -512,7 +516,7 @@ mod tests {
     fn an_unknown_connector_counter_is_kept_but_feeds_no_detector() {
         let (mut s, _) = simulate(1, |_| 1, |_| 0);
         let now = s.now_ms;
-        let before = s.detection.stats["a/onprem"].current;
+        let before = s.detection.stats[&onprem()].current;
         let odd = [
             (signal::CONNECTOR, "a/onprem", "relay_refused", 7),
             (signal::CONNECTOR, "a/onprem", "relay-refused", 2),
@@ -522,7 +526,7 @@ mod tests {
             s.counters.table["connector|a/onprem|relay_refused"].total,
             7
         );
-        let after = s.detection.stats["a/onprem"].current;
+        let after = s.detection.stats[&onprem()].current;
         assert_eq!(after.relay_refused, before.relay_refused + 2);
         assert_eq!(after.messages, before.messages);
     }
@@ -532,14 +536,14 @@ mod tests {
         // Two days, growing from 1 to 200 messages a minute, hour by hour.
         let (s, at) = simulate(48 * 60, |m| 1 + (m as u64 / 60) * 4, |_| 0);
         assert_eq!(at, None, "{:?}", s.restricted);
-        assert!(s.detection.stats["a/onprem"].intervals >= 47);
+        assert!(s.detection.stats[&onprem()].intervals >= 47);
     }
 
     #[test]
     fn a_steady_high_volume_connector_is_not_restricted() {
         let (s, at) = simulate(72 * 60, |_| 500, |_| 0);
         assert_eq!(at, None, "{:?}", s.restricted);
-        let b = s.detection.stats["a/onprem"].baseline_milli / 1000;
+        let b = s.detection.stats[&onprem()].baseline_milli / 1000;
         assert!((29_000..=30_000).contains(&b), "baseline {b}");
     }
 

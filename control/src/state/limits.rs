@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use moat_shared::submission::normalise_schedule;
 use moat_shared::time::day_of_ms;
-use moat_shared::{EntityKind, SpeedBumpStep, TenantId};
+use moat_shared::{ConnectorId, EntityKind, SpeedBumpStep, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
@@ -175,7 +175,7 @@ impl State {
                 self.limits.usage.remove(name);
             }
             EntityKind::Connector => {
-                let key = Self::connector_key(tenant, name);
+                let key = ConnectorId::new(tenant.clone(), name);
                 let interval = self.detection.policy_for(&key).interval_ms;
                 let now = self.now_ms;
                 if let Some(st) = self.detection.stats.get_mut(&key) {

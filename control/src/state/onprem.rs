@@ -9,7 +9,7 @@ use moat_shared::onprem::{
     accrued_ms, pause_days_used, Pause, Schedule, Stage, DAY_MS, PAUSE_DAYS_PER_YEAR,
 };
 use moat_shared::time::{day_of_ms, day_string};
-use moat_shared::TenantId;
+use moat_shared::{ConnectorId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
@@ -48,8 +48,8 @@ pub struct OnpremServer {
     pub tenant: TenantId,
     /// The server's FQDN (the `by` host of its stamp).
     pub server: String,
-    /// The connector its mail came through (`tenant/name`).
-    pub connector: String,
+    /// The connector its mail came through.
+    pub connector: ConnectorId,
     /// The build it last stamped.
     pub build: moat_shared::exchange::Build,
     /// That build's class against the baseline when it was seen.
@@ -264,7 +264,7 @@ impl State {
     /// Records a sighting of an on-premises Exchange server (`server|build`) through the
     /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
     /// the tenant's admins when a cycle starts.
-    pub(super) fn count_onprem(&mut self, index: u64, key: &str, name: &str, delta: u64) {
+    pub(super) fn count_onprem(&mut self, index: u64, key: &ConnectorId, name: &str, delta: u64) {
         use moat_shared::exchange::Build;
         let Some((server, build)) = name.split_once('|') else {
             return;
@@ -284,7 +284,7 @@ impl State {
             .or_insert_with(|| OnpremServer {
                 tenant: tenant.clone(),
                 server: server.to_owned(),
-                connector: key.to_owned(),
+                connector: key.clone(),
                 build,
                 class,
                 first_detected_ms: None,
@@ -299,7 +299,7 @@ impl State {
             });
         entry.build = build;
         entry.class = class;
-        entry.connector = key.to_owned();
+        entry.connector = key.clone();
         entry.last_seen_ms = now;
         entry.messages += delta;
         self.observe_onprem(index, &format!("{tenant}|{server}"));

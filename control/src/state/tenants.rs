@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use moat_shared::{Connector, Domain, EntityKind, Tenant, TenantId};
+use moat_shared::{Connector, ConnectorId, Domain, EntityKind, Tenant, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Kind, Rejection};
@@ -15,18 +15,13 @@ use super::{State, User};
 pub struct Directory {
     /// Tenants by id.
     pub tenants: BTreeMap<TenantId, Tenant>,
-    /// Connectors by `tenant/name`.
-    pub connectors: BTreeMap<String, Connector>,
+    /// Connectors by id (`tenant/name` in the JSON form).
+    pub connectors: BTreeMap<ConnectorId, Connector>,
     /// Users by address.
     pub users: BTreeMap<String, User>,
 }
 
 impl State {
-    /// The key a connector is stored under.
-    pub fn connector_key(tenant: &TenantId, name: &str) -> String {
-        format!("{tenant}/{name}")
-    }
-
     /// Deletes a tenant with everything it owns, in every part.
     pub(super) fn delete_tenant(&mut self, tenant: &TenantId) -> Result<String, Rejection> {
         let d = &mut self.directory;
@@ -53,7 +48,7 @@ impl State {
         tenant: &TenantId,
         name: &str,
     ) -> Result<String, Rejection> {
-        let key = Self::connector_key(tenant, name);
+        let key = ConnectorId::new(tenant.clone(), name);
         if self.directory.connectors.remove(&key).is_none() {
             return Err(Rejection::not_found(Kind::Connector, key));
         }
@@ -181,7 +176,7 @@ impl Directory {
         if !self.tenants.contains_key(&connector.tenant) {
             return Err(Rejection::not_found(Kind::Tenant, &connector.tenant));
         }
-        let key = State::connector_key(&connector.tenant, &connector.name);
+        let key = connector.id();
         let verb = match self.connectors.insert(key.clone(), connector.clone()) {
             Some(_) => "updated",
             None => "created",

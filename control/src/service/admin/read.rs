@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire};
 use moat_proto::v1;
 use moat_shared::time::now_ms;
-use moat_shared::TenantId;
+use moat_shared::{ConnectorId, TenantId};
 use tokio::sync::oneshot;
 use tonic::Status;
 
@@ -128,7 +128,7 @@ fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremSer
         build: s.build.to_string(),
         product: s.build.product().name().to_owned(),
         class: baseline.classify(&s.build).as_str().to_owned(),
-        connector: s.connector.clone(),
+        connector: s.connector.to_string(),
         first_detected_ms: s.first_detected_ms.unwrap_or(0),
         stage: s.stage,
         throttle: stage.map_or(0, |x| u32::from(x.throttle)),
@@ -456,10 +456,9 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                     let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
                     let owned = r.tenant.is_empty()
                         || (scope == "tenant" && key == r.tenant)
-                        || (scope == "connector"
-                            && key
-                                .strip_prefix(r.tenant.as_str())
-                                .is_some_and(|k| k.starts_with('/')));
+                        || (scope == moat_shared::signal::CONNECTOR
+                            && ConnectorId::parse(key)
+                                .is_ok_and(|c| c.tenant.as_str() == r.tenant));
                     owned.then(|| v1::CounterTotal {
                         scope: scope.into(),
                         key: key.into(),
