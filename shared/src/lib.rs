@@ -15,6 +15,7 @@
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
+//! - [`role`]: [`Role`], what an admin token may do.
 //! - [`signal`]: the names of the counters edges report.
 //! - [`time`]: Unix milliseconds and calendar dates, UTC.
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod matching;
 pub mod onprem;
 pub mod policy;
+pub mod role;
 pub mod seed;
 pub mod signal;
 pub mod submission;
@@ -38,6 +40,7 @@ pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
 pub use policy::{PolicySnapshot, Tenant};
+pub use role::Role;
 pub use seed::{Seed, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
 

@@ -28,7 +28,7 @@ pub struct Counters {
 }
 
 /// The TLS usage report part of the state: per day, tenant, listener and version, and the
-/// legacy-TLS clients, kept [`REPORT_DAYS`] days.
+/// legacy-TLS clients, kept 90 days.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsReport {
     /// TLS usage by `day|tenant|listener|version|cipher`.

@@ -1,8 +1,10 @@
-//! Admin tokens: their roles and stored records (a hash, never the token), created and revoked
-//! through the log.
+//! Admin tokens: their stored records (a hash, never the token), created and revoked through
+//! the log. Their [`Role`] is defined in `moat_shared` (re-exported here and at
+//! `crate::state::Role`), so the control plane and `moat admin` share one definition.
 
 use std::collections::BTreeMap;
 
+pub use moat_shared::Role;
 use moat_shared::TenantId;
 use serde::{Deserialize, Serialize};
 
@@ -15,39 +17,6 @@ pub struct Tokens {
     /// Admin tokens by id.
     #[serde(rename = "tokens")]
     pub records: BTreeMap<String, TokenRecord>,
-}
-
-/// What an admin token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Everything.
-    Operator,
-    /// Read and change one tenant's objects.
-    TenantAdmin,
-    /// Read everything, change nothing.
-    Reader,
-}
-
-impl Role {
-    /// The name used in tools.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::TenantAdmin => "tenant-admin",
-            Self::Reader => "reader",
-        }
-    }
-
-    /// Parses a role name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "operator" => Some(Self::Operator),
-            "tenant-admin" => Some(Self::TenantAdmin),
-            "reader" => Some(Self::Reader),
-            _ => None,
-        }
-    }
 }
 
 /// A stored admin token: its SHA-256 hash, never the token.
