@@ -8,7 +8,7 @@
 //!   its apply in `state/mod.rs`, the log's command format in [`state::command`], typed refusals
 //!   in [`state::error`], and one module per concern ([`state::tenants`], [`state::tokens`],
 //!   [`state::limits`], [`state::counters`], [`state::detection`], [`state::onprem`],
-//!   [`state::alerts`], [`state::audit`]).
+//!   [`state::alerts`], [`state::audit`]), each defining its part of the state.
 //! - [`mod@raft`]: the raft side of a node: [`raft::node::Core`] (the raft node without I/O:
 //!   ready loop, apply, snapshots), the thread that owns it (requests, housekeeping, publishing),
 //!   the peer transport's sending tasks, and simulated-network tests.

@@ -15,11 +15,21 @@ pub fn policy_snapshot(state: &State) -> v1::PolicySnapshot {
     v1::PolicySnapshot {
         version: state.policy_version,
         changed_at_ms: state.policy_changed_ms,
-        tenants: state.tenants.values().map(tenant_to_wire).collect(),
-        connectors: state.connectors.values().map(connector_to_wire).collect(),
+        tenants: state
+            .directory
+            .tenants
+            .values()
+            .map(tenant_to_wire)
+            .collect(),
+        connectors: state
+            .directory
+            .connectors
+            .values()
+            .map(connector_to_wire)
+            .collect(),
         restricted: state.restricted.iter().map(restricted_to_wire).collect(),
-        users: state.users.values().map(user_to_wire).collect(),
-        speed_bump: state.speed_bump.iter().map(step_to_wire).collect(),
+        users: state.directory.users.values().map(user_to_wire).collect(),
+        speed_bump: state.limits.speed_bump.iter().map(step_to_wire).collect(),
         onprem: Some(onprem_rules(state)),
         clock_offset_ms: state.clock_offset_ms,
     }
@@ -31,9 +41,10 @@ fn onprem_rules(state: &State) -> v1::OnpremRules {
     v1::OnpremRules {
         baseline: baseline_to_wire(state),
         enforced: {
-            let schedule = state.schedule();
+            let schedule = state.onprem.schedule();
             state
-                .onprem_servers
+                .onprem
+                .servers
                 .values()
                 .filter(|s| s.enforced(&schedule))
                 .filter_map(|s| {
@@ -48,12 +59,18 @@ fn onprem_rules(state: &State) -> v1::OnpremRules {
                 })
                 .collect()
         },
-        service: state.onprem_service.clone(),
-        all_connectors: state.onprem_all_connectors,
+        service: state.onprem.service.clone(),
+        all_connectors: state.onprem.all_connectors,
     }
 }
 
 /// The baseline builds (the built-in default when none is set), as the wire carries them.
 pub fn baseline_to_wire(state: &State) -> Vec<String> {
-    state.baseline().0.iter().map(ToString::to_string).collect()
+    state
+        .onprem
+        .baseline()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }

@@ -17,12 +17,13 @@ use mail_auth::{
 
 use crate::control::Counters;
 use moat_shared::signal::{self, ConnectorCounter};
+use moat_shared::ConnectorId;
 
 /// What is checked of one delivered message.
 #[derive(Debug)]
 pub struct Delivered {
-    /// Its connector, `tenant/name`.
-    pub connector: String,
+    /// Its connector.
+    pub connector: ConnectorId,
     /// The client's address.
     pub ip: IpAddr,
     /// The client's EHLO name.
@@ -83,7 +84,8 @@ impl Checker {
             .auth
             .verify_spf(SpfParameters::verify_mail_from(ip, helo, host, &sender))
             .await;
-        let add = |c: ConnectorCounter| counters.add(signal::CONNECTOR, connector, c.as_str(), 1);
+        let key = connector.to_string();
+        let add = |c: ConnectorCounter| counters.add(signal::CONNECTOR, &key, c.as_str(), 1);
         add(ConnectorCounter::AuthChecked);
         if matches!(spf.result(), SpfResult::Fail | SpfResult::SoftFail) {
             add(ConnectorCounter::SpfFail);

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, DomainError, TenantId};
+use crate::{ConnectorId, Domain, DomainError, TenantId};
 
 /// Partner or OnPremises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -168,6 +168,11 @@ pub enum ConnectorError {
 }
 
 impl Connector {
+    /// The connector's id (`tenant/name`).
+    pub fn id(&self) -> ConnectorId {
+        ConnectorId::new(self.tenant.clone(), self.name.clone())
+    }
+
     /// Checks a connector name: 1 to 64 printable characters without `/`.
     pub fn valid_name(name: &str) -> Result<(), ConnectorError> {
         let ok = !name.is_empty()

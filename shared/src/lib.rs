@@ -4,7 +4,8 @@
 //! control plane will replicate, and the validated conversions into them.
 //!
 //! Layout:
-//! - [`policy`]: tenants, accepted domains and the immutable, versioned [`PolicySnapshot`].
+//! - [`ids`]: identifiers ([`TenantId`], [`Domain`], [`ConnectorId`]), apart from the snapshot.
+//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`].
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
@@ -14,6 +15,7 @@
 //! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
 //!   to bootstrap a control-plane cluster).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
+//! - [`role`]: [`Role`], what an admin token may do.
 //! - [`signal`]: the names of the counters edges report.
 //! - [`smtp`]: the client side of SMTP, sans-IO: the reply reader and the dot-stuffer that the
 //!   edge's relay, the alert email, `moat bench` and the e2e test client share.
@@ -26,9 +28,11 @@
 pub mod connector;
 pub mod exchange;
 pub mod handle;
+pub mod ids;
 pub mod matching;
 pub mod onprem;
 pub mod policy;
+pub mod role;
 pub mod seed;
 pub mod signal;
 pub mod smtp;
@@ -37,6 +41,13 @@ pub mod time;
 
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
-pub use policy::{Domain, DomainError, PolicySnapshot, Tenant, TenantId};
+pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
+pub use policy::{PolicySnapshot, Tenant};
+pub use role::Role;
 pub use seed::{Seed, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
+
+/// The hash maps of a snapshot and its indexes. Their keys come from the control plane
+/// (trusted) and the lookups with what a client sent cannot add keys, so a fast hash
+/// (foldhash, randomly seeded per process) serves instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -11,8 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::policy::FastMap;
-use crate::{Connector, Domain};
+use crate::{Connector, Domain, FastMap};
 
 /// An index over a list of connectors; lookups return positions in that list, each at most
 /// once, in ascending order. Disabled connectors are not indexed.

@@ -4,154 +4,10 @@
 //! version. Edges decide every verdict against one snapshot and record its version, so two edges
 //! holding the same version take the same decision.
 
-use std::borrow::{Borrow, Cow};
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::submission::{speed_bump_percent, EntityKind, RestrictedEntity, SpeedBumpStep};
-use crate::{Connector, SubmissionUser};
-
-/// The hash maps of a snapshot. Their keys come from the control plane (trusted) and the
-/// lookups with what a client sent cannot add keys, so a fast hash (foldhash, randomly seeded
-/// per process) serves instead of SipHash.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A tenant's identifier: its primary name, lowercase (for example `example.test`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TenantId(String);
-
-impl TryFrom<String> for TenantId {
-    type Error = DomainError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(&s)
-    }
-}
-
-impl From<TenantId> for String {
-    fn from(t: TenantId) -> Self {
-        t.0
-    }
-}
-
-impl TryFrom<String> for Domain {
-    type Error = DomainError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(&s)
-    }
-}
-
-impl From<Domain> for String {
-    fn from(d: Domain) -> Self {
-        d.0
-    }
-}
-
-impl TenantId {
-    /// Validates and normalises a tenant identifier: 1 to 64 characters of `[a-z0-9.-]`.
-    pub fn new(raw: &str) -> Result<Self, DomainError> {
-        let id = raw.trim().to_ascii_lowercase();
-        let ok = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if ok {
-            Ok(Self(id))
-        } else {
-            Err(DomainError::BadTenantId(raw.to_owned()))
-        }
-    }
-
-    /// The identifier as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A DNS domain name, validated and normalised to lowercase without a trailing dot.
-///
-/// Internationalised names are accepted in U-label form (UTF-8) as they arrive in SMTPUTF8
-/// sessions; comparison is by the normalised text.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Domain(String);
-
-/// Why a name is not acceptable as a domain or tenant identifier.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DomainError {
-    /// The text is not a syntactically valid domain name.
-    #[error("`{0}` is not a valid domain name (labels of letters, digits and hyphens, at most 63 characters each, 253 in all)")]
-    BadDomain(String),
-    /// The text is not a valid tenant identifier.
-    #[error("`{0}` is not a valid tenant id (1 to 64 characters of a-z, 0-9, `.` and `-`)")]
-    BadTenantId(String),
-}
-
-impl Domain {
-    /// Validates a domain name per RFC 5321 section 4.1.2 (`sub-domain *("." sub-domain)`),
-    /// allowing UTF-8 labels (RFC 6531).
-    pub fn new(raw: &str) -> Result<Self, DomainError> {
-        let name = raw.strip_suffix('.').unwrap_or(raw).to_lowercase();
-        let bad = || DomainError::BadDomain(raw.to_owned());
-        if name.is_empty() || name.len() > 253 {
-            return Err(bad());
-        }
-        for label in name.split('.') {
-            let valid = !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
-            if !valid {
-                return Err(bad());
-            }
-        }
-        Ok(Self(name))
-    }
-
-    /// The normalised name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `raw` as a [`Domain`] would hold it (lowercase, no trailing dot), for a lookup in a map
-    /// keyed by domains: borrowed when it already is, which is the common case. Not validated:
-    /// an invalid name finds nothing.
-    pub fn lookup_key(raw: &str) -> Cow<'_, str> {
-        let name = raw.strip_suffix('.').unwrap_or(raw);
-        if name
-            .bytes()
-            .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
-        {
-            Cow::Owned(name.to_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        }
-    }
-}
-
-// A domain hashes and compares as its name, so maps keyed by domains are searched by `&str`.
-impl Borrow<str> for Domain {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Domain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::{Connector, Domain, FastMap, SubmissionUser, TenantId};
 
 /// One tenant: an organisation whose mail Moat receives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,10 +113,7 @@ impl PolicySnapshot {
                 return Err(SnapshotError::UnknownTenant(c.tenant.clone()));
             }
             if !seen.insert((&c.tenant, &c.name)) {
-                return Err(SnapshotError::DuplicateConnector(format!(
-                    "{}/{}",
-                    c.tenant, c.name
-                )));
+                return Err(SnapshotError::DuplicateConnector(c.id().to_string()));
             }
         }
         self.connector_index = crate::matching::ConnectorIndex::new(&connectors);

@@ -13,7 +13,8 @@ pub const TLS_LEGACY: &str = "tls-legacy";
 pub const USER: &str = "user";
 /// Recipients accepted for an authenticated user.
 pub const RECIPIENTS: &str = "recipients";
-/// Scope of inbound connectors: key = `tenant/name`, name = a [`ConnectorCounter`].
+/// Scope of inbound connectors: key = a [`ConnectorId`](crate::ConnectorId)'s text
+/// (`tenant/name`), name = a [`ConnectorCounter`].
 pub const CONNECTOR: &str = "connector";
 
 macro_rules! counters {
@@ -107,7 +108,8 @@ counters! {
         LegacyRefused = "legacy-refused",
     }
 }
-/// Scope of on-premises Exchange sightings: key = the connector `tenant/name`, name =
+/// Scope of on-premises Exchange sightings: key = the [`ConnectorId`](crate::ConnectorId)'s
+/// text (`tenant/name`), name =
 /// `server|build` (see [`onprem_server`]), value = messages.
 pub const ONPREM: &str = "onprem";
 

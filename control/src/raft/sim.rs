@@ -148,6 +148,7 @@ impl Net {
     fn tenants(&self, id: u64) -> Vec<String> {
         self.nodes[&id]
             .state()
+            .directory
             .tenants
             .keys()
             .map(|t| t.to_string())
@@ -341,7 +342,12 @@ fn reads_wait_for_the_commit_index() {
             let out = core.process().expect("process");
             if id == follower && out.readable.contains(&rid) {
                 readable = true;
-                assert!(core.state().tenants.keys().any(|t| t.as_str() == "r.test"));
+                assert!(core
+                    .state()
+                    .directory
+                    .tenants
+                    .keys()
+                    .any(|t| t.as_str() == "r.test"));
             }
             msgs.extend(out.messages);
         }

@@ -280,7 +280,7 @@ impl NodeThread {
         if self
             .last_tick
             .is_none_or(|t| now.duration_since(t) > Duration::from_millis(500))
-            && self.core.state().onprem_due(cluster_now)
+            && self.core.state().onprem.due(cluster_now)
         {
             self.last_tick = Some(now);
             let p = Proposal {
@@ -294,7 +294,7 @@ impl NodeThread {
         if !self.seed.is_empty() {
             let state = self.core.state();
             let done = self.seed.iter().all(|t| {
-                state.tenants.get(&t.id).is_some_and(|have| {
+                state.directory.tenants.get(&t.id).is_some_and(|have| {
                     t.accepted_domains
                         .iter()
                         .all(|d| have.accepted_domains.contains(d))
@@ -384,17 +384,18 @@ impl NodeThread {
             self.policy_tx.send_replace(Arc::new(snap));
         }
         if self.published_applied != state.applied
-            && self.published_tokens.as_ref() != Some(&state.tokens)
+            && self.published_tokens.as_ref() != Some(&state.tokens.records)
         {
             let map = state
                 .tokens
+                .records
                 .values()
                 .map(|t| (t.sha256.clone(), t.clone()))
                 .collect();
             if let Ok(mut w) = self.tokens.write() {
                 *w = map;
             }
-            self.published_tokens = Some(state.tokens.clone());
+            self.published_tokens = Some(state.tokens.records.clone());
         }
         if self.published_applied != state.applied {
             record_state(state);
@@ -443,7 +444,7 @@ fn record_state(state: &State) {
         metrics::gauge!("moat_control_restricted_entities", "kind" => kind.as_str()).set(n as f64);
     }
     let mut stages = [0usize; 9];
-    for s in state.onprem_servers.values() {
+    for s in state.onprem.servers.values() {
         let stage = if s.first_detected_ms.is_some() {
             s.stage.min(8) as usize
         } else {
@@ -456,6 +457,7 @@ fn record_state(state: &State) {
     }
     let undelivered = state
         .alerts
+        .records
         .iter()
         .flat_map(|a| &a.deliveries)
         .filter(|d| d.state == crate::state::DeliveryState::Failed)

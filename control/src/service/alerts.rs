@@ -25,6 +25,7 @@ type DeliveryWork = (
 fn pending_deliveries(state: &State) -> Vec<DeliveryWork> {
     state
         .alerts
+        .records
         .iter()
         .flat_map(|a| {
             a.deliveries
@@ -35,11 +36,12 @@ fn pending_deliveries(state: &State) -> Vec<DeliveryWork> {
                         a.clone(),
                         d.clone(),
                         state
-                            .alert_contacts
+                            .alert_routing
+                            .contacts
                             .get(&a.tenant)
                             .cloned()
                             .unwrap_or_default(),
-                        state.alert_transport.clone(),
+                        state.alert_routing.transport.clone(),
                     )
                 })
         })

@@ -1,11 +1,38 @@
 //! Alerts for tenants' admins: the records, where each tenant's alerts go, how alert emails
 //! leave the cluster, and the leader's reports of each delivery attempt.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use moat_shared::TenantId;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Kind, Rejection};
+use super::tenants::Directory;
 use super::State;
+
+/// The alerts part of the state: the newest alerts with their deliveries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alerts {
+    /// The newest alerts, oldest first.
+    #[serde(default, rename = "alerts")]
+    pub records: VecDeque<Alert>,
+}
+
+/// The part of the state that says where alerts go: each tenant's contacts, the transport of
+/// alert emails, and the id the next alert gets. (A part of its own, apart from [`Alerts`],
+/// because its fields come later in the snapshot's JSON.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// Where each tenant's alerts go.
+    #[serde(default, rename = "alert_contacts")]
+    pub contacts: BTreeMap<TenantId, AlertContacts>,
+    /// How alert emails are sent.
+    #[serde(default, rename = "alert_transport")]
+    pub transport: AlertTransport,
+    /// The id the next alert gets.
+    #[serde(default, rename = "next_alert_id")]
+    pub next_id: u64,
+}
 
 /// How many alerts are kept.
 const ALERTS_KEEP: usize = 10_000;
@@ -83,14 +110,15 @@ pub struct AlertTransport {
     pub from: String,
 }
 
-impl State {
+impl Routing {
     /// Sets where a tenant's alerts go.
-    pub(super) fn set_alert_contacts(
+    pub(super) fn set_contacts(
         &mut self,
+        directory: &Directory,
         tenant: &TenantId,
         contacts: &AlertContacts,
     ) -> Result<String, Rejection> {
-        self.tenant_mut(tenant)?;
+        directory.require(tenant)?;
         // The full check is at proposal (`alerts::WebhookUrl::parse`); apply never
         // refuses what an older version accepted, so replicas replaying an old log
         // agree.
@@ -107,7 +135,7 @@ impl State {
                 "alert emails must be addresses",
             ));
         }
-        self.alert_contacts.insert(tenant.clone(), contacts.clone());
+        self.contacts.insert(tenant.clone(), contacts.clone());
         Ok(format!(
             "alert contacts of {tenant}: {} email(s){}",
             contacts.emails.len(),
@@ -120,22 +148,25 @@ impl State {
     }
 
     /// Sets how alert emails are sent.
-    pub(super) fn set_alert_transport(&mut self, transport: &AlertTransport) -> String {
-        self.alert_transport = transport.clone();
+    pub(super) fn set_transport(&mut self, transport: &AlertTransport) -> String {
+        self.transport = transport.clone();
         format!("alert emails go through {}", transport.smtp)
     }
+}
 
-    /// Records one delivery attempt the leader made; a settled delivery stays as it is.
-    pub(super) fn alert_delivery(
+impl Alerts {
+    /// Records one delivery attempt the leader made at `now` (the entry's time); a settled
+    /// delivery stays as it is.
+    pub(super) fn delivery(
         &mut self,
+        now: i64,
         alert: u64,
         channel: &str,
         target: &str,
         error: Option<&String>,
     ) -> Result<String, Rejection> {
-        let now = self.now_ms;
         let d = self
-            .alerts
+            .records
             .iter_mut()
             .find(|a| a.id == alert)
             .and_then(|a| {
@@ -167,12 +198,14 @@ impl State {
             d.state, d.attempts
         ))
     }
+}
 
+impl State {
     /// Raises an alert: gives it the next id and one pending delivery per contact of its
     /// tenant, and keeps the newest [`ALERTS_KEEP`].
     pub(super) fn alert(&mut self, mut a: Alert) {
-        self.next_alert_id += 1;
-        a.id = self.next_alert_id;
+        self.alert_routing.next_id += 1;
+        a.id = self.alert_routing.next_id;
         let pending = |channel: &str, target: &str| Delivery {
             channel: channel.into(),
             target: target.into(),
@@ -181,7 +214,7 @@ impl State {
             last_error: String::new(),
             at_ms: a.at_ms,
         };
-        if let Some(c) = self.alert_contacts.get(&a.tenant) {
+        if let Some(c) = self.alert_routing.contacts.get(&a.tenant) {
             if !c.webhook_url.is_empty() {
                 a.deliveries.push(pending("webhook", &c.webhook_url));
             }
@@ -189,9 +222,9 @@ impl State {
                 a.deliveries.push(pending("email", e));
             }
         }
-        self.alerts.push_back(a);
-        while self.alerts.len() > ALERTS_KEEP {
-            self.alerts.pop_front();
+        self.alerts.records.push_back(a);
+        while self.alerts.records.len() > ALERTS_KEEP {
+            self.alerts.records.pop_front();
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The audit log: the newest admin changes and system events, with who made them.
 
+use std::collections::VecDeque;
+
 use moat_shared::TenantId;
 use serde::{Deserialize, Serialize};
-
-use super::State;
 
 /// How many audit records are kept (older ones are dropped first, when an admin change is
 /// applied).
@@ -24,13 +24,22 @@ pub struct AuditRecord {
     pub tenant: Option<TenantId>,
 }
 
-impl State {
-    /// Records a system event (detection, limits, on-premises servers) at the entry's time.
-    /// The log is trimmed to [`AUDIT_KEEP`] only when an admin change is recorded, as always.
-    pub(super) fn audit_system(&mut self, index: u64, tenant: TenantId, action: String) {
-        self.audit.push_back(AuditRecord {
+/// The audit part of the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// The newest admin changes and system events, oldest first.
+    #[serde(rename = "audit")]
+    pub records: VecDeque<AuditRecord>,
+}
+
+impl Audit {
+    /// Records a system event (detection, limits, on-premises servers) at the entry's time
+    /// `at_ms`. The log is trimmed to [`AUDIT_KEEP`] only when an admin change is recorded, as
+    /// always.
+    pub(super) fn system(&mut self, index: u64, at_ms: i64, tenant: TenantId, action: String) {
+        self.records.push_back(AuditRecord {
             index,
-            at_ms: self.now_ms,
+            at_ms,
             actor: "system".into(),
             action,
             tenant: Some(tenant),
@@ -38,10 +47,10 @@ impl State {
     }
 
     /// Records an admin change and trims the log to [`AUDIT_KEEP`].
-    pub(super) fn audit_change(&mut self, record: AuditRecord) {
-        self.audit.push_back(record);
-        while self.audit.len() > AUDIT_KEEP {
-            self.audit.pop_front();
+    pub(super) fn change(&mut self, record: AuditRecord) {
+        self.records.push_back(record);
+        while self.records.len() > AUDIT_KEEP {
+            self.records.pop_front();
         }
     }
 }

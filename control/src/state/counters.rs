@@ -3,10 +3,11 @@
 //! the legacy-TLS clients). Deltas for users, connectors and on-premises servers go on to their
 //! concerns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use moat_shared::signal::{self, Unit};
 use moat_shared::time::{day_of_ms, day_string};
+use moat_shared::ConnectorId;
 use serde::{Deserialize, Serialize};
 
 use super::State;
@@ -15,6 +16,28 @@ use super::State;
 const REPORT_DAYS: i64 = 90;
 /// Most legacy-client rows kept; further clients of a day are folded into one `other` row.
 const LEGACY_CLIENTS_MAX: usize = 100_000;
+
+/// The counters part of the state: what edges reported, each edge's batches applied once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Highest applied signal sequence per edge.
+    pub edge_seqs: BTreeMap<String, u64>,
+    /// Counters by `scope|key|name`.
+    #[serde(rename = "counters")]
+    pub table: BTreeMap<String, Counter>,
+}
+
+/// The TLS usage report part of the state: per day, tenant, listener and version, and the
+/// legacy-TLS clients, kept 90 days.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsReport {
+    /// TLS usage by `day|tenant|listener|version|cipher`.
+    #[serde(default, rename = "tls_usage")]
+    pub usage: BTreeMap<String, Tally>,
+    /// Legacy-TLS clients by `day|tenant|ip|user|version`.
+    #[serde(default)]
+    pub legacy_clients: BTreeMap<String, Tally>,
+}
 
 /// One edge's batch of counter deltas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,36 +80,40 @@ impl State {
         let mut touched = BTreeSet::new();
         let mut sightings = Vec::new();
         for b in batches {
-            let last = self.edge_seqs.entry(b.edge.clone()).or_default();
+            let last = self.counters.edge_seqs.entry(b.edge.clone()).or_default();
             if b.seq <= *last {
                 continue;
             }
             *last = b.seq;
             applied += 1;
             for (scope, key, name, delta) in &b.counters {
-                if scope == signal::CONNECTOR && self.connectors.contains_key(key) {
-                    touched.insert(key.clone());
-                }
+                let connector = match scope.as_str() {
+                    signal::CONNECTOR | signal::ONPREM => self.known_connector(key),
+                    _ => None,
+                };
                 if scope == signal::ONPREM {
-                    sightings.push((key, name, *delta));
+                    sightings.push((key, name, *delta, connector));
                     continue;
                 }
-                self.count(index, scope, key, name, *delta);
+                if let Some(c) = connector.as_ref().filter(|_| scope == signal::CONNECTOR) {
+                    touched.insert(c.clone());
+                }
+                self.count(index, scope, key, connector.as_ref(), name, *delta);
             }
         }
         // Sightings lose their order in a batch: a server seen with an old and a
         // compliant build in the same second was being upgraded, so compliant builds
         // are applied last (and the rest in a fixed order, for determinism).
-        let baseline = self.baseline();
-        sightings.sort_by_key(|(key, name, _)| {
+        let baseline = self.onprem.baseline();
+        sightings.sort_by_key(|(key, name, _, _)| {
             let compliant = name
                 .split_once('|')
                 .and_then(|(_, b)| moat_shared::exchange::Build::parse(b))
                 .is_some_and(|b| baseline.classify(&b) == moat_shared::exchange::Class::Compliant);
             (compliant, (*key).clone(), (*name).clone())
         });
-        for (key, name, delta) in sightings {
-            self.count(index, signal::ONPREM, key, name, delta);
+        for (key, name, delta, connector) in sightings {
+            self.count(index, signal::ONPREM, key, connector.as_ref(), name, delta);
         }
         for key in touched {
             self.judge_connector(index, &key);
@@ -94,51 +121,39 @@ impl State {
         format!("{applied} signal batch(es)")
     }
 
-    /// Applies one counter delta from an edge.
-    fn count(&mut self, index: u64, scope: &str, key: &str, name: &str, delta: u64) {
-        let now = self.now_ms;
-        let today = day_of_ms(now);
-        match scope {
-            signal::TLS | signal::TLS_LEGACY => {
-                let Some((unit, dims)) = signal::split(name) else {
-                    return;
-                };
-                self.prune_report(today);
-                let day = day_string(today);
-                let (table, mut row) = if scope == signal::TLS {
-                    (
-                        &mut self.tls_usage,
-                        format!("{day}|{key}|{}", dims.join("|")),
-                    )
-                } else {
-                    (
-                        &mut self.legacy_clients,
-                        format!("{day}|{key}|{}", dims.join("|")),
-                    )
-                };
-                if scope == signal::TLS_LEGACY
-                    && table.len() >= LEGACY_CLIENTS_MAX
-                    && !table.contains_key(&row)
-                {
-                    row = format!("{day}|{key}|other||{}", dims[2]);
-                }
-                let t = table.entry(row).or_default();
-                match unit {
-                    Unit::Sessions => t.sessions += delta,
-                    Unit::Messages => t.messages += delta,
-                }
-            }
-            signal::USER if name == signal::RECIPIENTS => self.count_user(index, key, delta),
-            signal::ONPREM if self.connectors.contains_key(key) => {
-                self.count_onprem(index, key, name, delta)
-            }
-            signal::CONNECTOR if self.connectors.contains_key(key) => {
-                self.count_connector(key, name, delta)
-            }
-            _ => add(self.counter(scope, key, name), now, delta),
-        }
+    /// The connector a counter's key names, if it is one the directory holds.
+    fn known_connector(&self, key: &str) -> Option<ConnectorId> {
+        ConnectorId::parse(key)
+            .ok()
+            .filter(|c| self.directory.connectors.contains_key(c))
     }
 
+    /// Applies one counter delta from an edge; `connector` is the known connector `key` names
+    /// (see [`State::known_connector`]).
+    fn count(
+        &mut self,
+        index: u64,
+        scope: &str,
+        key: &str,
+        connector: Option<&ConnectorId>,
+        name: &str,
+        delta: u64,
+    ) {
+        let now = self.now_ms;
+        let today = day_of_ms(now);
+        match (scope, connector) {
+            (signal::TLS | signal::TLS_LEGACY, _) => {
+                self.tls_report.count(today, scope, key, name, delta)
+            }
+            (signal::USER, _) if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            (signal::ONPREM, Some(c)) => self.count_onprem(index, c, name, delta),
+            (signal::CONNECTOR, Some(c)) => self.count_connector(c, name, delta),
+            _ => add(self.counters.counter(scope, key, name), now, delta),
+        }
+    }
+}
+
+impl Counters {
     /// The counter `scope|key|name`, created at zero if new; an existing one is found without
     /// allocating (the hot path of signal ingestion).
     pub(super) fn counter(&mut self, scope: &str, key: &str, name: &str) -> &mut Counter {
@@ -152,18 +167,49 @@ impl State {
             k.push_str(key);
             k.push('|');
             k.push_str(name);
-            if !self.counters.contains_key(k.as_str()) {
-                self.counters.insert(k.clone(), Counter::default());
+            if !self.table.contains_key(k.as_str()) {
+                self.table.insert(k.clone(), Counter::default());
             }
-            self.counters.get_mut(k.as_str())
+            self.table.get_mut(k.as_str())
         })
         .expect("inserted above")
     }
+}
+
+impl TlsReport {
+    /// Counts a delta of a [`signal::TLS`] or [`signal::TLS_LEGACY`] counter into today's row;
+    /// a name that does not split is ignored.
+    fn count(&mut self, today: i64, scope: &str, key: &str, name: &str, delta: u64) {
+        let Some((unit, dims)) = signal::split(name) else {
+            return;
+        };
+        self.prune(today);
+        let day = day_string(today);
+        let (table, mut row) = if scope == signal::TLS {
+            (&mut self.usage, format!("{day}|{key}|{}", dims.join("|")))
+        } else {
+            (
+                &mut self.legacy_clients,
+                format!("{day}|{key}|{}", dims.join("|")),
+            )
+        };
+        if scope == signal::TLS_LEGACY
+            && table.len() >= LEGACY_CLIENTS_MAX
+            && !table.contains_key(&row)
+        {
+            row = format!("{day}|{key}|other||{}", dims[2]);
+        }
+        let t = table.entry(row).or_default();
+        match unit {
+            Unit::Sessions => t.sessions += delta,
+            Unit::Messages => t.messages += delta,
+        }
+    }
 
     /// Drops report rows older than [`REPORT_DAYS`].
-    fn prune_report(&mut self, today: i64) {
+    fn prune(&mut self, today: i64) {
         let oldest = day_string(today - REPORT_DAYS + 1);
-        for table in [&mut self.tls_usage, &mut self.legacy_clients] {
+        for table in [&mut self.usage, &mut self.legacy_clients] {
             if table.keys().next().is_some_and(|k| *k < oldest) {
                 *table = table.split_off(&oldest);
             }
@@ -229,7 +275,7 @@ mod tests {
                 },
             ),
         );
-        let c = &s.counters["tenant|a|messages"];
+        let c = &s.counters.table["tenant|a|messages"];
         assert_eq!(c.total, 10);
         assert_eq!((c.last_minute, c.this_minute), (5, 5));
         assert_eq!(s.policy_version, 0, "signals do not change policy");
@@ -259,14 +305,14 @@ mod tests {
         );
         let key = "2025-11-23|a|submission|TLSv1.0|X";
         assert_eq!(
-            s.tls_usage[key],
+            s.tls_report.usage[key],
             Tally {
                 sessions: 2,
                 messages: 3
             }
         );
         assert_eq!(
-            s.legacy_clients["2025-11-23|a|192.0.2.1|u@a.test|TLSv1.0"].sessions,
+            s.tls_report.legacy_clients["2025-11-23|a|192.0.2.1|u@a.test|TLSv1.0"].sessions,
             2
         );
         // 90 days later the first day is gone.
@@ -277,7 +323,7 @@ mod tests {
                 signals("e1", 2, &[(signal::TLS, "a", &v10, 1)]),
             ),
         );
-        assert!(!s.tls_usage.contains_key(key));
-        assert_eq!(s.tls_usage.len(), 1);
+        assert!(!s.tls_report.usage.contains_key(key));
+        assert_eq!(s.tls_report.usage.len(), 1);
     }
 }

@@ -3,14 +3,29 @@
 //! [`judge`] over a connector's stats and settings. A detector that fires restricts the
 //! connector and alerts its tenant's admins.
 
-use moat_shared::signal;
-use moat_shared::{EntityKind, TenantId};
+use std::collections::BTreeMap;
+
+use moat_shared::signal::{self, ConnectorCounter};
+use moat_shared::{ConnectorId, EntityKind, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
 use super::counters::add;
 use super::error::{Kind, Rejection};
+use super::tenants::Directory;
 use super::{Restricted, State};
+
+/// The detection part of the state: the settings and what is known of each connector's
+/// traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Detection settings: the cluster default under `*`, tenants' own under their id.
+    #[serde(default, rename = "detection")]
+    pub policies: BTreeMap<String, DetectionPolicy>,
+    /// Traffic per connector.
+    #[serde(default, rename = "connector_stats")]
+    pub stats: BTreeMap<ConnectorId, ConnectorStats>,
+}
 
 /// How the control plane judges a connector (per tenant, or the cluster default).
 ///
@@ -168,10 +183,11 @@ pub fn judge(
     Some(Finding { detector, figures })
 }
 
-impl State {
+impl Detection {
     /// Sets the detection settings of a tenant, or the cluster default.
-    pub(super) fn set_detection_policy(
+    pub(super) fn set_policy(
         &mut self,
+        directory: &Directory,
         tenant: Option<&TenantId>,
         policy: &DetectionPolicy,
     ) -> Result<String, Rejection> {
@@ -183,12 +199,12 @@ impl State {
         }
         let key = match tenant {
             Some(t) => {
-                self.tenant_mut(t)?;
+                directory.require(t)?;
                 t.to_string()
             }
             None => "*".to_owned(),
         };
-        self.detection.insert(key.clone(), *policy);
+        self.policies.insert(key.clone(), *policy);
         Ok(format!(
             "detection for {key}: interval {} ms, warm-up {} windows, spike x{}, min {} messages, unprovisioned {}%, mismatch {}%, DMARC failures {}%",
             policy.interval_ms,
@@ -202,42 +218,68 @@ impl State {
     }
 
     /// The detection settings that apply to a connector (`tenant/name`).
-    pub(super) fn detection_policy(&self, connector: &str) -> DetectionPolicy {
-        let tenant = connector.split_once('/').map_or("", |(t, _)| t);
-        self.detection
-            .get(tenant)
-            .or_else(|| self.detection.get("*"))
+    pub fn policy_for(&self, connector: &ConnectorId) -> DetectionPolicy {
+        self.policies
+            .get(connector.tenant.as_str())
+            .or_else(|| self.policies.get("*"))
             .copied()
             .unwrap_or_default()
     }
 
-    /// Counts a delta of a known connector (`tenant/name`) into its counter and its window.
-    pub(super) fn count_connector(&mut self, key: &str, name: &str, delta: u64) {
-        let now = self.now_ms;
-        add(self.counter(signal::CONNECTOR, key, name), now, delta);
-        let policy = self.detection_policy(key);
-        if !self.connector_stats.contains_key(key) {
-            self.connector_stats
-                .insert(key.to_owned(), Default::default());
+    /// Counts a delta of a known connector into its window at `now`.
+    fn count(&mut self, now: i64, key: &ConnectorId, name: &str, delta: u64) {
+        let policy = self.policy_for(key);
+        if !self.stats.contains_key(key) {
+            self.stats.insert(key.clone(), Default::default());
         }
-        let Some(st) = self.connector_stats.get_mut(key) else {
+        let Some(st) = self.stats.get_mut(key) else {
             return;
         };
         roll(st, &policy, now);
-        match name {
-            "messages" => st.current.messages += delta,
-            "unprovisioned" => st.current.unprovisioned += delta,
-            "mismatch" => st.current.mismatch += delta,
-            "relay-refused" => st.current.relay_refused += delta,
-            "auth-checked" => st.current.auth_checked += delta,
-            "dmarc-fail" => st.current.auth_failed += delta,
-            _ => {}
+        // A name this node does not know (an edge of an older or newer release may send one)
+        // is kept in the counters table above and rolls the window like any other, but feeds
+        // no detector: the same as before counter names were typed.
+        let Some(counter) = ConnectorCounter::parse(name) else {
+            return;
+        };
+        let w = &mut st.current;
+        match counter {
+            ConnectorCounter::Messages => w.messages += delta,
+            ConnectorCounter::Unprovisioned => w.unprovisioned += delta,
+            ConnectorCounter::Mismatch => w.mismatch += delta,
+            ConnectorCounter::RelayRefused => w.relay_refused += delta,
+            ConnectorCounter::AuthChecked => w.auth_checked += delta,
+            ConnectorCounter::DmarcFail => w.auth_failed += delta,
+            // Reported for `moat admin counters`, not read by any detector.
+            ConnectorCounter::Sessions
+            | ConnectorCounter::Recipients
+            | ConnectorCounter::Bytes
+            | ConnectorCounter::Relay
+            | ConnectorCounter::Nexthop4xx
+            | ConnectorCounter::Nexthop5xx
+            | ConnectorCounter::OnpremThrottled
+            | ConnectorCounter::OnpremBlocked
+            | ConnectorCounter::SpfFail
+            | ConnectorCounter::DkimFail => {}
         }
+    }
+}
+
+impl State {
+    /// Counts a delta of a known connector into its counter (keyed by its text) and its
+    /// window.
+    pub(super) fn count_connector(&mut self, key: &ConnectorId, name: &str, delta: u64) {
+        let now = self.now_ms;
+        let counter = self
+            .counters
+            .counter(signal::CONNECTOR, &key.to_string(), name);
+        add(counter, now, delta);
+        self.detection.count(now, key, name, delta);
     }
 
     /// Runs the detectors on a connector's current window; restricts it when one fires.
-    pub(super) fn judge_connector(&mut self, index: u64, key: &str) {
-        let Some(connector) = self.connectors.get(key) else {
+    pub(super) fn judge_connector(&mut self, index: u64, key: &ConnectorId) {
+        let Some(connector) = self.directory.connectors.get(key) else {
             return;
         };
         let (tenant, name, kind) = (
@@ -258,8 +300,8 @@ impl State {
         {
             return;
         }
-        let policy = self.detection_policy(key);
-        let Some(st) = self.connector_stats.get(key) else {
+        let policy = self.detection.policy_for(key);
+        let Some(st) = self.detection.stats.get(key) else {
             return;
         };
         let Some(finding) = judge(
@@ -281,8 +323,9 @@ impl State {
             until_ms: None,
         });
         self.restricted_changed = true;
-        self.audit_system(
+        self.audit.system(
             index,
+            now,
             tenant.clone(),
             format!("connector {name} restricted: {reason}"),
         );
@@ -347,6 +390,11 @@ mod tests {
     use super::judge;
     use crate::state::testutil::*;
     use crate::state::*;
+
+    /// The connector `simulate` creates.
+    fn onprem() -> moat_shared::ConnectorId {
+        "a/onprem".parse().expect("a connector id")
+    }
 
     fn window(
         messages: u64,
@@ -465,18 +513,37 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_connector_counter_is_kept_but_feeds_no_detector() {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let now = s.now_ms;
+        let before = s.detection.stats[&onprem()].current;
+        let odd = [
+            (signal::CONNECTOR, "a/onprem", "relay_refused", 7),
+            (signal::CONNECTOR, "a/onprem", "relay-refused", 2),
+        ];
+        s.apply(50_000, &p(now, signals("e9", 1, &odd)));
+        assert_eq!(
+            s.counters.table["connector|a/onprem|relay_refused"].total,
+            7
+        );
+        let after = s.detection.stats[&onprem()].current;
+        assert_eq!(after.relay_refused, before.relay_refused + 2);
+        assert_eq!(after.messages, before.messages);
+    }
+
+    #[test]
     fn a_new_connector_ramping_up_is_not_restricted() {
         // Two days, growing from 1 to 200 messages a minute, hour by hour.
         let (s, at) = simulate(48 * 60, |m| 1 + (m as u64 / 60) * 4, |_| 0);
         assert_eq!(at, None, "{:?}", s.restricted);
-        assert!(s.connector_stats["a/onprem"].intervals >= 47);
+        assert!(s.detection.stats[&onprem()].intervals >= 47);
     }
 
     #[test]
     fn a_steady_high_volume_connector_is_not_restricted() {
         let (s, at) = simulate(72 * 60, |_| 500, |_| 0);
         assert_eq!(at, None, "{:?}", s.restricted);
-        let b = s.connector_stats["a/onprem"].baseline_milli / 1000;
+        let b = s.detection.stats[&onprem()].baseline_milli / 1000;
         assert!((29_000..=30_000).contains(&b), "baseline {b}");
     }
 
@@ -509,12 +576,12 @@ mod tests {
             "{}",
             r.reason
         );
-        assert_eq!(s.alerts.len(), 1);
-        assert_eq!(s.alerts[0].title, "Suspicious connector activity");
+        assert_eq!(s.alerts.records.len(), 1);
+        assert_eq!(s.alerts.records[0].title, "Suspicious connector activity");
         assert!(
-            s.alerts[0].detail.contains("192.0.2.0/24"),
+            s.alerts.records[0].detail.contains("192.0.2.0/24"),
             "{}",
-            s.alerts[0].detail
+            s.alerts.records[0].detail
         );
     }
 

@@ -2,15 +2,32 @@
 //! used, the legacy-TLS speed bump schedule, and lifting a restriction (of a user over a limit
 //! or a connector a detector restricted).
 
+use std::collections::BTreeMap;
+
 use moat_shared::submission::normalise_schedule;
 use moat_shared::time::day_of_ms;
-use moat_shared::{EntityKind, SpeedBumpStep, TenantId};
+use moat_shared::{ConnectorId, EntityKind, SpeedBumpStep, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
 use super::detection::WindowCounts;
 use super::error::{Kind, Rejection};
+use super::tenants::Directory;
 use super::{Restricted, State};
+
+/// The sending limits part of the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The legacy-TLS speed bump schedule.
+    #[serde(default)]
+    pub speed_bump: Vec<SpeedBumpStep>,
+    /// Sending limits by tenant (tenants without an entry have the default).
+    #[serde(default)]
+    pub outbound: BTreeMap<TenantId, OutboundPolicy>,
+    /// Recipients per SMTP AUTH user in the current hour and day.
+    #[serde(default)]
+    pub usage: BTreeMap<String, Usage>,
+}
 
 /// What happens to an SMTP AUTH user who goes over a sending limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +102,7 @@ pub struct Usage {
     pub alerted_hour_ms: Option<i64>,
 }
 
-impl State {
+impl Limits {
     /// Replaces the speed bump schedule (sorted; a day given twice is refused).
     pub(super) fn set_speed_bump(&mut self, steps: &[SpeedBumpStep]) -> Result<String, Rejection> {
         let steps = normalise_schedule(steps.to_vec())
@@ -106,10 +123,11 @@ impl State {
     /// Sets a tenant's sending limits.
     pub(super) fn set_outbound_policy(
         &mut self,
+        directory: &Directory,
         tenant: &TenantId,
         policy: &OutboundPolicy,
     ) -> Result<String, Rejection> {
-        self.tenant_mut(tenant)?;
+        directory.require(tenant)?;
         if policy.recipients_per_hour == 0 || policy.recipients_per_day == 0 {
             return Err(Rejection::invalid(
                 Kind::SendingLimits,
@@ -125,6 +143,13 @@ impl State {
         ))
     }
 
+    /// A tenant's sending limits (the default unless set).
+    pub fn policy_for(&self, tenant: &TenantId) -> OutboundPolicy {
+        self.outbound.get(tenant).copied().unwrap_or_default()
+    }
+}
+
+impl State {
     /// Lifts a restriction and forgives the counts that caused it.
     pub(super) fn unblock(
         &mut self,
@@ -147,13 +172,13 @@ impl State {
         // A fresh start: the counts that tripped the limit are forgiven.
         match kind {
             EntityKind::User => {
-                self.usage.remove(name);
+                self.limits.usage.remove(name);
             }
             EntityKind::Connector => {
-                let key = Self::connector_key(tenant, name);
-                let interval = self.detection_policy(&key).interval_ms;
+                let key = ConnectorId::new(tenant.clone(), name);
+                let interval = self.detection.policy_for(&key).interval_ms;
                 let now = self.now_ms;
-                if let Some(st) = self.connector_stats.get_mut(&key) {
+                if let Some(st) = self.detection.stats.get_mut(&key) {
                     st.current = WindowCounts::default();
                     st.quiet_until_ms = now + interval;
                 }
@@ -164,14 +189,15 @@ impl State {
 
     /// Counts recipients of an SMTP AUTH user and restricts the user over a limit.
     pub(super) fn count_user(&mut self, index: u64, address: &str, delta: u64) {
-        let Some(user) = self.users.get(address) else {
+        let Some(user) = self.directory.users.get(address) else {
             return;
         };
         let tenant = user.tenant.clone();
         let now = self.now_ms;
         let hour_start = now - now.rem_euclid(3_600_000);
         let today = day_of_ms(now);
-        let u = self.usage.entry(address.to_owned()).or_default();
+        let policy = self.limits.policy_for(&tenant);
+        let u = self.limits.usage.entry(address.to_owned()).or_default();
         if u.hour_start_ms != hour_start {
             u.hour_start_ms = hour_start;
             u.hour = 0;
@@ -182,7 +208,6 @@ impl State {
         }
         u.hour += delta;
         u.day += delta;
-        let policy = self.outbound.get(&tenant).copied().unwrap_or_default();
         let over = if u.hour > u64::from(policy.recipients_per_hour) {
             format!(
                 "{} recipients this hour, over the limit of {} per hour",
@@ -238,7 +263,8 @@ impl State {
             self.restricted_changed = true;
         }
         let detail = format!("{address}: {over}; {action}");
-        self.audit_system(index, tenant.clone(), format!("user {detail}"));
+        self.audit
+            .system(index, self.now_ms, tenant.clone(), format!("user {detail}"));
         self.alert(Alert {
             at_ms: now,
             tenant,
@@ -281,11 +307,14 @@ mod tests {
             s.policy_version, 6,
             "a restriction changes policy (was {v})"
         );
-        assert_eq!(s.alerts.len(), 1);
-        assert_eq!(s.alerts[0].title, "User restricted from sending email");
+        assert_eq!(s.alerts.records.len(), 1);
+        assert_eq!(
+            s.alerts.records[0].title,
+            "User restricted from sending email"
+        );
         // More traffic does not restrict twice.
         s.apply(7, &p(day + 4000, signals("e1", 3, &rcpts(5))));
-        assert_eq!((s.restricted.len(), s.alerts.len()), (1, 1));
+        assert_eq!((s.restricted.len(), s.alerts.records.len()), (1, 1));
         // The next UTC day, the block lifts by itself at the next entry.
         s.apply(8, &p(20_416 * 86_400_000 + 5, signals("e1", 4, &[])));
         assert!(s.restricted.is_empty());
@@ -326,8 +355,12 @@ mod tests {
         assert_eq!(o.result.unwrap(), "user u@a.test unblocked: checked");
         assert!(s.restricted.is_empty());
         assert_eq!(s.policy_version, 6);
-        assert!(!s.usage.contains_key("u@a.test"));
-        assert!(s.audit.iter().any(|a| a.action.contains("unblocked")));
+        assert!(!s.limits.usage.contains_key("u@a.test"));
+        assert!(s
+            .audit
+            .records
+            .iter()
+            .any(|a| a.action.contains("unblocked")));
     }
 
     #[test]
@@ -342,7 +375,7 @@ mod tests {
         s.apply(5, &p(2_000, signals("e1", 2, &r)));
         s.apply(6, &p(3_600_000 + 1, signals("e1", 3, &r)));
         assert!(s.restricted.is_empty());
-        assert_eq!(s.alerts.len(), 2);
+        assert_eq!(s.alerts.records.len(), 2);
     }
 
     #[test]
@@ -373,6 +406,6 @@ mod tests {
             ),
         );
         assert!(dup.result.is_err());
-        assert_eq!(s.speed_bump.len(), 2);
+        assert_eq!(s.limits.speed_bump.len(), 2);
     }
 }

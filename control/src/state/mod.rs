@@ -7,26 +7,33 @@
 //! so a proposal that became invalid between proposing and committing (another admin deleted
 //! the tenant meanwhile) fails the same way on every node, with a typed [`Rejection`].
 //!
-//! This module holds the [`State`] (its fields are the snapshot's JSON form) and
-//! [`State::apply`]: retries applied once by request id, the command dispatched to its concern,
-//! the policy version moved when what edges enforce changed, and the change audited. The
+//! This module holds the [`State`], made of one part per concern (the parts' fields together
+//! are the snapshot's JSON form), and [`State::apply`]: retries applied once by request id, the
+//! command dispatched to its concern, the policy version moved when what edges enforce changed,
+//! and the change audited. A command that needs only its concern's part runs as a method of
+//! that part; one that reaches across parts (deleting a tenant, counting signals, the
+//! detectors, the on-premises cycle) is a method of [`State`] in its concern's module. The
 //! concerns, one a module:
 //! - [`command`]: the log's command format ([`Proposal`], [`Command`]) and its compatibility
 //!   rules.
 //! - [`error`]: [`Rejection`], why a command was refused.
-//! - [`tenants`]: tenants, domains, connectors, users, transport config, seeds.
-//! - [`tokens`]: admin tokens.
-//! - [`limits`]: sending limits and usage, the speed bump, unblocking.
-//! - [`counters`]: edges' signal batches, counters, the TLS usage report.
-//! - [`detection`]: connector traffic windows and the detectors ([`detection::judge`]).
-//! - [`onprem`]: on-premises Exchange servers, stages and pauses.
-//! - [`alerts`]: alerts, contacts, transport, deliveries.
-//! - [`audit`]: the audit log.
+//! - [`tenants`]: tenants, domains, connectors, users, transport config, seeds
+//!   ([`tenants::Directory`]).
+//! - [`tokens`]: admin tokens ([`tokens::Tokens`]).
+//! - [`limits`]: sending limits and usage, the speed bump, unblocking ([`limits::Limits`]).
+//! - [`counters`]: edges' signal batches, counters ([`counters::Counters`]), the TLS usage
+//!   report ([`counters::TlsReport`]).
+//! - [`detection`]: connector traffic windows and the detectors ([`detection::judge`],
+//!   [`detection::Detection`]).
+//! - [`onprem`]: on-premises Exchange servers, stages and pauses ([`onprem::Onprem`]).
+//! - [`alerts`]: alerts and deliveries ([`alerts::Alerts`]), contacts and transport
+//!   ([`alerts::Routing`]).
+//! - [`audit`]: the audit log ([`audit::Audit`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use moat_shared::onprem::{Schedule, DAY_MS};
-use moat_shared::{Connector, SpeedBumpStep, Tenant, TenantId};
+use moat_shared::onprem::DAY_MS;
+use moat_shared::TenantId;
 use serde::{Deserialize, Serialize};
 
 pub mod alerts;
@@ -63,6 +70,16 @@ pub use tokens::{Role, TokenRecord};
 const REQUEST_ID_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// The whole replicated state. Its JSON form is the raft snapshot.
+///
+/// The state is made of one part per concern, each defined in its module with the methods that
+/// need only that part; [`State`]'s own methods are those that span parts. The parts are
+/// flattened into one JSON object whose fields are those of the state before it had parts, in
+/// the same order, so a snapshot written before reads and re-encodes byte for byte (tested).
+/// That order is why the alerts are two parts ([`alerts::Alerts`] and [`alerts::Routing`]) and
+/// the counters two ([`counters::Counters`] and [`counters::TlsReport`]), and why the fields
+/// that belong to no one concern, or that flattening would not read back (`members`, keyed by
+/// integers), stay at the top between them. Flattening rules out `deny_unknown_fields`; unknown
+/// fields are ignored, as always.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Index of the last applied entry.
@@ -73,80 +90,47 @@ pub struct State {
     pub policy_version: u64,
     /// Time of that entry.
     pub policy_changed_ms: i64,
-    /// Tenants by id.
-    pub tenants: BTreeMap<TenantId, Tenant>,
-    /// Connectors by `tenant/name`.
-    pub connectors: BTreeMap<String, Connector>,
-    /// Users by address.
-    pub users: BTreeMap<String, User>,
-    /// Admin tokens by id.
-    pub tokens: BTreeMap<String, TokenRecord>,
-    /// Restricted entities.
+    /// Tenants, connectors and users.
+    #[serde(flatten)]
+    pub directory: tenants::Directory,
+    /// Admin tokens.
+    #[serde(flatten)]
+    pub tokens: tokens::Tokens,
+    /// Restricted entities: users over a sending limit and connectors a detector restricted
+    /// (written by limits and detection, cleared by unblocking and by deletes).
     pub restricted: Vec<Restricted>,
-    /// The newest admin changes.
-    pub audit: VecDeque<AuditRecord>,
-    /// Highest applied signal sequence per edge.
-    pub edge_seqs: BTreeMap<String, u64>,
-    /// Counters by `scope|key|name`.
-    pub counters: BTreeMap<String, Counter>,
+    /// The newest admin changes and system events.
+    #[serde(flatten)]
+    pub audit: audit::Audit,
+    /// Edges' signal sequences and the counters they reported.
+    #[serde(flatten)]
+    pub counters: counters::Counters,
     /// Recently applied client request ids and the index they were applied at.
     pub requests: BTreeMap<String, (u64, i64)>,
-    /// Control-node addresses learned from membership changes, by raft id.
+    /// Control-node addresses learned from membership changes, by raft id. Kept out of any
+    /// part: a flattened map with integer keys does not read back from JSON.
     pub members: BTreeMap<u64, String>,
-    /// The legacy-TLS speed bump schedule.
-    #[serde(default)]
-    pub speed_bump: Vec<SpeedBumpStep>,
-    /// Sending limits by tenant (tenants without an entry have the default).
-    #[serde(default)]
-    pub outbound: BTreeMap<TenantId, OutboundPolicy>,
-    /// Recipients per SMTP AUTH user in the current hour and day.
-    #[serde(default)]
-    pub usage: BTreeMap<String, Usage>,
-    /// TLS usage by `day|tenant|listener|version|cipher`.
-    #[serde(default)]
-    pub tls_usage: BTreeMap<String, Tally>,
-    /// Legacy-TLS clients by `day|tenant|ip|user|version`.
-    #[serde(default)]
-    pub legacy_clients: BTreeMap<String, Tally>,
+    /// Sending limits, usage and the speed bump.
+    #[serde(flatten)]
+    pub limits: limits::Limits,
+    /// The TLS usage report.
+    #[serde(flatten)]
+    pub tls_report: counters::TlsReport,
     /// The newest alerts.
-    #[serde(default)]
-    pub alerts: VecDeque<Alert>,
-    /// On-premises Exchange servers by `tenant|server`.
-    #[serde(default)]
-    pub onprem_servers: BTreeMap<String, OnpremServer>,
-    /// The baseline builds; the built-in default (October 2025 updates) when `None`.
-    #[serde(default)]
-    pub onprem_baseline: Option<moat_shared::exchange::Baseline>,
-    /// The stage table; the reference table when `None`.
-    #[serde(default)]
-    pub onprem_schedule: Option<Schedule>,
-    /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
-    #[serde(default)]
-    pub onprem_service: String,
-    /// Whether mail through every connector is judged (default: OnPremises connectors only).
-    #[serde(default)]
-    pub onprem_all_connectors: bool,
-    /// Pauses of throttling and blocking, by tenant.
-    #[serde(default)]
-    pub onprem_pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
+    #[serde(flatten)]
+    pub alerts: alerts::Alerts,
+    /// On-premises Exchange servers and their settings.
+    #[serde(flatten)]
+    pub onprem: onprem::Onprem,
     /// What the cluster clock is ahead of the wall clock (`moat dev` only).
     #[serde(default)]
     pub clock_offset_ms: i64,
-    /// Where each tenant's alerts go.
-    #[serde(default)]
-    pub alert_contacts: BTreeMap<TenantId, AlertContacts>,
-    /// How alert emails are sent.
-    #[serde(default)]
-    pub alert_transport: AlertTransport,
-    /// The id the next alert gets.
-    #[serde(default)]
-    pub next_alert_id: u64,
-    /// Detection settings: the cluster default under `*`, tenants' own under their id.
-    #[serde(default)]
-    pub detection: BTreeMap<String, DetectionPolicy>,
-    /// Traffic per connector (`tenant/name`).
-    #[serde(default)]
-    pub connector_stats: BTreeMap<String, ConnectorStats>,
+    /// Where alerts go and how alert emails leave.
+    #[serde(flatten)]
+    pub alert_routing: alerts::Routing,
+    /// Detection settings and connectors' traffic.
+    #[serde(flatten)]
+    pub detection: detection::Detection,
     /// Set while applying an entry that changed the restricted entities (never replicated).
     #[serde(skip)]
     pub restricted_changed: bool,
@@ -200,7 +184,7 @@ impl State {
                 p.command,
                 Command::Signals { .. } | Command::AlertDelivery { .. } | Command::Tick
             ) {
-                self.audit_change(AuditRecord {
+                self.audit.change(AuditRecord {
                     index,
                     at_ms: now,
                     actor: p.actor.clone(),
@@ -215,37 +199,50 @@ impl State {
     /// Runs a command: one method of its concern.
     fn run(&mut self, index: u64, p: &Proposal) -> Result<String, Rejection> {
         match &p.command {
-            Command::PutTenant { tenant } => self.put_tenant(tenant),
+            Command::PutTenant { tenant } => self.directory.put_tenant(tenant),
             Command::DeleteTenant { tenant } => self.delete_tenant(tenant),
-            Command::AddDomain { tenant, domain } => self.add_domain(tenant, domain),
-            Command::RemoveDomain { tenant, domain } => self.remove_domain(tenant, domain),
-            Command::PutConnector { connector } => self.put_connector(connector),
+            Command::AddDomain { tenant, domain } => self.directory.add_domain(tenant, domain),
+            Command::RemoveDomain { tenant, domain } => {
+                self.directory.remove_domain(tenant, domain)
+            }
+            Command::PutConnector { connector } => self.directory.put_connector(connector),
             Command::DeleteConnector { tenant, name } => self.delete_connector(tenant, name),
-            Command::PutUser { user } => self.put_user(user),
+            Command::PutUser { user } => self.directory.put_user(user),
             Command::DeleteUser { tenant, address } => self.delete_user(tenant, address),
             Command::SetTransportConfig {
                 tenant,
                 allow_legacy_tls_clients,
-            } => self.set_transport_config(tenant, *allow_legacy_tls_clients),
-            Command::CreateToken { token } => self.create_token(token),
-            Command::RevokeToken { id } => self.revoke_token(id),
-            Command::ApplySeed { tenants } => self.apply_seed(tenants),
-            Command::SetSpeedBump { steps } => self.set_speed_bump(steps),
+            } => self
+                .directory
+                .set_transport_config(tenant, *allow_legacy_tls_clients),
+            Command::CreateToken { token } => {
+                self.tokens.create(token, &self.directory, self.now_ms)
+            }
+            Command::RevokeToken { id } => self.tokens.revoke(id),
+            Command::ApplySeed { tenants } => self.directory.apply_seed(tenants),
+            Command::SetSpeedBump { steps } => self.limits.set_speed_bump(steps),
             Command::SetOutboundPolicy { tenant, policy } => {
-                self.set_outbound_policy(tenant, policy)
+                self.limits
+                    .set_outbound_policy(&self.directory, tenant, policy)
             }
             Command::SetAlertContacts { tenant, contacts } => {
-                self.set_alert_contacts(tenant, contacts)
+                self.alert_routing
+                    .set_contacts(&self.directory, tenant, contacts)
             }
-            Command::SetAlertTransport { transport } => Ok(self.set_alert_transport(transport)),
+            Command::SetAlertTransport { transport } => {
+                Ok(self.alert_routing.set_transport(transport))
+            }
             Command::AlertDelivery {
                 alert,
                 channel,
                 target,
                 error,
-            } => self.alert_delivery(*alert, channel, target, error.as_ref()),
+            } => self
+                .alerts
+                .delivery(self.now_ms, *alert, channel, target, error.as_ref()),
             Command::SetDetectionPolicy { tenant, policy } => {
-                self.set_detection_policy(tenant.as_ref(), policy)
+                self.detection
+                    .set_policy(&self.directory, tenant.as_ref(), policy)
             }
             Command::Unblock {
                 tenant,
@@ -376,7 +373,7 @@ mod tests {
             "domain `x.test` is already accepted by `a`"
         );
         assert_eq!(s.policy_version, 1);
-        assert_eq!(s.audit.len(), 1);
+        assert_eq!(s.audit.records.len(), 1);
     }
 
     #[test]
@@ -394,7 +391,7 @@ mod tests {
         let again = s.apply(2, &prop);
         assert_eq!(again.index, 1);
         assert_eq!(s.now_ms, 100);
-        assert_eq!(s.audit.len(), 1);
+        assert_eq!(s.audit.records.len(), 1);
     }
 
     #[test]
@@ -435,5 +432,15 @@ mod tests {
             back.result.unwrap_err().to_string(),
             "the cluster clock only moves forward"
         );
+    }
+
+    #[test]
+    fn a_snapshot_of_the_release_before_the_parts_re_encodes_byte_for_byte() {
+        // The parts are flattened into the old field order: a node writes the same bytes as
+        // the release that wrote this snapshot (`compat` checks the values).
+        let old = include_bytes!("testdata/snapshot.json");
+        let s: State = serde_json::from_slice(old).expect("decodes");
+        let again = serde_json::to_vec(&s).expect("encodes");
+        assert!(again == old[..], "re-encoding changed the snapshot's bytes");
     }
 }

@@ -3,16 +3,43 @@
 //! tenants' pauses within a yearly budget, and the settings (baseline, stages, service name,
 //! scope).
 
+use std::collections::BTreeMap;
+
 use moat_shared::onprem::{
     accrued_ms, pause_days_used, Pause, Schedule, Stage, DAY_MS, PAUSE_DAYS_PER_YEAR,
 };
 use moat_shared::time::{day_of_ms, day_string};
-use moat_shared::TenantId;
+use moat_shared::{ConnectorId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::alerts::Alert;
 use super::error::{Kind, Rejection};
 use super::State;
+
+/// The on-premises Exchange part of the state: the servers seen and the settings they are
+/// judged by.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Onprem {
+    /// On-premises Exchange servers by `tenant|server`.
+    #[serde(default, rename = "onprem_servers")]
+    pub servers: BTreeMap<String, OnpremServer>,
+    /// The baseline builds; the built-in default (October 2025 updates) when `None` (see
+    /// [`Onprem::baseline`]).
+    #[serde(default, rename = "onprem_baseline")]
+    pub custom_baseline: Option<moat_shared::exchange::Baseline>,
+    /// The stage table; the reference table when `None` (see [`Onprem::schedule`]).
+    #[serde(default, rename = "onprem_schedule")]
+    pub custom_schedule: Option<Schedule>,
+    /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
+    #[serde(default, rename = "onprem_service")]
+    pub service: String,
+    /// Whether mail through every connector is judged (default: OnPremises connectors only).
+    #[serde(default, rename = "onprem_all_connectors")]
+    pub all_connectors: bool,
+    /// Pauses of throttling and blocking, by tenant.
+    #[serde(default, rename = "onprem_pauses")]
+    pub pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
+}
 
 /// An on-premises Exchange server seen in the Received stamps of a tenant's connector mail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,8 +48,8 @@ pub struct OnpremServer {
     pub tenant: TenantId,
     /// The server's FQDN (the `by` host of its stamp).
     pub server: String,
-    /// The connector its mail came through (`tenant/name`).
-    pub connector: String,
+    /// The connector its mail came through.
+    pub connector: ConnectorId,
     /// The build it last stamped.
     pub build: moat_shared::exchange::Build,
     /// That build's class against the baseline when it was seen.
@@ -75,25 +102,49 @@ pub struct PauseRecord {
     pub reason: String,
 }
 
-impl State {
+impl Onprem {
     /// The stage table in force (the reference table unless one was set).
     pub fn schedule(&self) -> Schedule {
-        self.onprem_schedule.clone().unwrap_or_default()
+        self.custom_schedule.clone().unwrap_or_default()
     }
 
     /// The baseline in force (the October 2025 updates unless one was set).
     pub fn baseline(&self) -> moat_shared::exchange::Baseline {
-        self.onprem_baseline.clone().unwrap_or_default()
+        self.custom_baseline.clone().unwrap_or_default()
     }
 
     /// A tenant's pauses.
-    pub fn pauses(&self, tenant: &TenantId) -> Vec<Pause> {
-        self.onprem_pauses
+    pub fn tenant_pauses(&self, tenant: &TenantId) -> Vec<Pause> {
+        self.pauses
             .get(tenant)
             .map(|v| v.iter().map(|p| p.pause).collect())
             .unwrap_or_default()
     }
 
+    /// Where a server in a cycle should be at `now`: its stage by accrued days and whether its
+    /// tenant's pause is in force.
+    fn target(&self, srv: &OnpremServer, schedule: &Schedule, now: i64) -> (u32, bool) {
+        let Some(first) = srv.first_detected_ms else {
+            return (srv.stage, srv.paused);
+        };
+        let pauses = self.tenant_pauses(&srv.tenant);
+        let days = accrued_ms(first, now, &pauses) / DAY_MS;
+        let stage = schedule.stage_at(u32::try_from(days).unwrap_or(u32::MAX));
+        (stage, pauses.iter().any(|p| p.covers(now)))
+    }
+
+    /// Whether applying an entry at `now` would move a server to another stage or start or end
+    /// a pause: the leader proposes a [`super::Command::Tick`] when it would.
+    pub fn due(&self, now: i64) -> bool {
+        let schedule = self.schedule();
+        self.servers
+            .values()
+            .filter(|s| s.first_detected_ms.is_some())
+            .any(|s| self.target(s, &schedule, now) != (s.stage, s.paused))
+    }
+}
+
+impl State {
     /// Changes the on-premises Exchange settings; `None` leaves a setting as it is. A new
     /// baseline judges every known server again.
     pub(super) fn set_onprem_policy(
@@ -106,7 +157,7 @@ impl State {
     ) -> Result<String, Rejection> {
         let mut said = Vec::new();
         if let Some(all) = all_connectors {
-            self.onprem_all_connectors = all;
+            self.onprem.all_connectors = all;
             said.push(format!(
                 "scope {}",
                 if all { "all-connectors" } else { "onpremises" }
@@ -117,7 +168,7 @@ impl State {
                 .validate()
                 .map_err(|e| Rejection::invalid(Kind::Onprem, e))?;
             said.push(format!("stages {}", stages.render()));
-            self.onprem_schedule = Some(stages.clone());
+            self.onprem.custom_schedule = Some(stages.clone());
         }
         if let Some(service) = service {
             let service = service.trim();
@@ -128,7 +179,7 @@ impl State {
                 ));
             }
             said.push(format!("service name {service}"));
-            self.onprem_service = service.to_owned();
+            self.onprem.service = service.to_owned();
         }
         if let Some(baseline) = baseline {
             if baseline.0.is_empty() {
@@ -146,7 +197,7 @@ impl State {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            self.onprem_baseline = Some(baseline.clone());
+            self.onprem.custom_baseline = Some(baseline.clone());
             self.reclassify_onprem(index);
         }
         if said.is_empty() {
@@ -164,7 +215,7 @@ impl State {
         days: u32,
         reason: &str,
     ) -> Result<String, Rejection> {
-        self.tenant_mut(tenant)?;
+        self.directory.require(tenant)?;
         let now = self.now_ms;
         if days == 0 || days > PAUSE_DAYS_PER_YEAR {
             return Err(Rejection::invalid(
@@ -172,7 +223,7 @@ impl State {
                 format!("a pause lasts 1 to {PAUSE_DAYS_PER_YEAR} days"),
             ));
         }
-        let pauses = self.onprem_pauses.entry(tenant.clone()).or_default();
+        let pauses = self.onprem.pauses.entry(tenant.clone()).or_default();
         let pause = Pause {
             start_ms: now,
             end_ms: now + i64::from(days) * DAY_MS,
@@ -213,7 +264,7 @@ impl State {
     /// Records a sighting of an on-premises Exchange server (`server|build`) through the
     /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
     /// the tenant's admins when a cycle starts.
-    pub(super) fn count_onprem(&mut self, index: u64, key: &str, name: &str, delta: u64) {
+    pub(super) fn count_onprem(&mut self, index: u64, key: &ConnectorId, name: &str, delta: u64) {
         use moat_shared::exchange::Build;
         let Some((server, build)) = name.split_once('|') else {
             return;
@@ -221,18 +272,19 @@ impl State {
         let Some(build) = Build::parse(build) else {
             return;
         };
-        let Some(tenant) = self.connectors.get(key).map(|c| c.tenant.clone()) else {
+        let Some(tenant) = self.directory.connectors.get(key).map(|c| c.tenant.clone()) else {
             return;
         };
-        let class = self.baseline().classify(&build);
+        let class = self.onprem.baseline().classify(&build);
         let now = self.now_ms;
         let entry = self
-            .onprem_servers
+            .onprem
+            .servers
             .entry(format!("{tenant}|{server}"))
             .or_insert_with(|| OnpremServer {
                 tenant: tenant.clone(),
                 server: server.to_owned(),
-                connector: key.to_owned(),
+                connector: key.clone(),
                 build,
                 class,
                 first_detected_ms: None,
@@ -247,7 +299,7 @@ impl State {
             });
         entry.build = build;
         entry.class = class;
-        entry.connector = key.to_owned();
+        entry.connector = key.clone();
         entry.last_seen_ms = now;
         entry.messages += delta;
         self.observe_onprem(index, &format!("{tenant}|{server}"));
@@ -259,8 +311,8 @@ impl State {
     fn observe_onprem(&mut self, index: u64, key: &str) {
         use moat_shared::exchange::Class;
         let now = self.now_ms;
-        let schedule = self.schedule();
-        let Some(srv) = self.onprem_servers.get_mut(key) else {
+        let schedule = self.onprem.schedule();
+        let Some(srv) = self.onprem.servers.get_mut(key) else {
             return;
         };
         let out_of_date = matches!(srv.class, Class::Unsupported | Class::Unpatched);
@@ -311,56 +363,34 @@ impl State {
 
     /// Judges every known server again (the baseline changed).
     pub(super) fn reclassify_onprem(&mut self, index: u64) {
-        let baseline = self.baseline();
-        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        let baseline = self.onprem.baseline();
+        let keys: Vec<String> = self.onprem.servers.keys().cloned().collect();
         for key in keys {
-            if let Some(srv) = self.onprem_servers.get_mut(&key) {
+            if let Some(srv) = self.onprem.servers.get_mut(&key) {
                 srv.class = baseline.classify(&srv.build);
             }
             self.observe_onprem(index, &key);
         }
     }
 
-    /// Where a server in a cycle should be at `now`: its stage by accrued days and whether its
-    /// tenant's pause is in force.
-    fn onprem_target(&self, srv: &OnpremServer, schedule: &Schedule, now: i64) -> (u32, bool) {
-        let Some(first) = srv.first_detected_ms else {
-            return (srv.stage, srv.paused);
-        };
-        let pauses = self.pauses(&srv.tenant);
-        let days = accrued_ms(first, now, &pauses) / DAY_MS;
-        let stage = schedule.stage_at(u32::try_from(days).unwrap_or(u32::MAX));
-        (stage, pauses.iter().any(|p| p.covers(now)))
-    }
-
-    /// Whether applying an entry at `now` would move a server to another stage or start or end
-    /// a pause: the leader proposes a [`super::Command::Tick`] when it would.
-    pub fn onprem_due(&self, now: i64) -> bool {
-        let schedule = self.schedule();
-        self.onprem_servers
-            .values()
-            .filter(|s| s.first_detected_ms.is_some())
-            .any(|s| self.onprem_target(s, &schedule, now) != (s.stage, s.paused))
-    }
-
     /// Moves every server in a cycle to its stage at the entry's time, alerting at each stage
     /// change; marks the snapshot changed when what edges enforce changed.
     pub(super) fn settle_onprem(&mut self, index: u64) {
         let now = self.now_ms;
-        if !self.onprem_due(now) {
+        if !self.onprem.due(now) {
             return;
         }
-        let schedule = self.schedule();
-        let keys: Vec<String> = self.onprem_servers.keys().cloned().collect();
+        let schedule = self.onprem.schedule();
+        let keys: Vec<String> = self.onprem.servers.keys().cloned().collect();
         for key in keys {
-            let Some(srv) = self.onprem_servers.get(&key) else {
+            let Some(srv) = self.onprem.servers.get(&key) else {
                 continue;
             };
-            let (stage, paused) = self.onprem_target(srv, &schedule, now);
+            let (stage, paused) = self.onprem.target(srv, &schedule, now);
             if (stage, paused) == (srv.stage, srv.paused) {
                 continue;
             }
-            let Some(srv) = self.onprem_servers.get_mut(&key) else {
+            let Some(srv) = self.onprem.servers.get_mut(&key) else {
                 continue;
             };
             let was_enforced = srv.enforced(&schedule);
@@ -419,7 +449,12 @@ impl State {
         detail: String,
     ) {
         let now = self.now_ms;
-        self.audit_system(index, tenant.clone(), format!("{title}: {detail}"));
+        self.audit.system(
+            index,
+            self.now_ms,
+            tenant.clone(),
+            format!("{title}: {detail}"),
+        );
         self.alert(Alert {
             at_ms: now,
             tenant,
@@ -434,6 +469,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use moat_shared::onprem::Schedule;
     use moat_shared::signal;
     use moat_shared::TenantId;
 
@@ -464,30 +500,30 @@ mod tests {
             s.apply(1000 + seq, &p(at, c));
         };
         apply(&mut s, t0, "15.1.2507.44");
-        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
         assert_eq!(srv.first_detected_ms, Some(t0));
         assert_eq!(
-            s.alerts.back().unwrap().title,
+            s.alerts.records.back().unwrap().title,
             "Out-of-date Exchange server detected"
         );
         // Seen again later: the cycle keeps its start.
         apply(&mut s, t0 + 100_000_000, "15.1.2507.44");
         assert_eq!(
-            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            s.onprem.servers["a|exch16.corp.local"].first_detected_ms,
             Some(t0)
         );
         // Remediated, then regressed: a new cycle.
         apply(&mut s, t0 + 200_000_000, "15.1.2507.61");
         assert_eq!(
-            s.onprem_servers["a|exch16.corp.local"].first_detected_ms,
+            s.onprem.servers["a|exch16.corp.local"].first_detected_ms,
             None
         );
         apply(&mut s, t0 + 300_000_000, "15.0.1497.48");
-        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(srv.first_detected_ms, Some(t0 + 300_000_000));
         assert_eq!(srv.class, moat_shared::exchange::Class::Unsupported);
-        let titles: Vec<&str> = s.alerts.iter().map(|a| a.title.as_str()).collect();
+        let titles: Vec<&str> = s.alerts.records.iter().map(|a| a.title.as_str()).collect();
         assert_eq!(
             titles,
             [
@@ -509,19 +545,19 @@ mod tests {
             index += 1;
             let before = s.policy_version;
             s.apply(index, &p(t0 + day * DAY, Command::Tick));
-            (s.onprem_servers[key].stage, s.policy_version != before)
+            (s.onprem.servers[key].stage, s.policy_version != before)
         };
-        assert!(!s.onprem_due(t0 + 29 * DAY));
-        assert!(s.onprem_due(t0 + 30 * DAY));
+        assert!(!s.onprem.due(t0 + 29 * DAY));
+        assert!(s.onprem.due(t0 + 30 * DAY));
         assert_eq!(tick(&mut s, 1), (1, false));
         // Stage 2 is the first that refuses mail: the snapshot changes.
         assert_eq!(tick(&mut s, 31), (2, true));
         assert_eq!(
-            s.alerts.back().unwrap().title,
+            s.alerts.records.back().unwrap().title,
             "Out-of-date Exchange server at stage 2"
         );
         assert_eq!(tick(&mut s, 45), (3, true));
-        let srv = &s.onprem_servers[key];
+        let srv = &s.onprem.servers[key];
         assert_eq!(srv.throttle_enabled_ms, Some(t0 + 31 * DAY));
         assert_eq!(srv.blocking_enabled_ms, None);
         // Paused at day 45 for 10 days: no enforcement, and the clock of the cycle stops.
@@ -537,12 +573,12 @@ mod tests {
             ),
         );
         assert!(paused.result.is_ok(), "{paused:?}");
-        assert!(s.onprem_servers[key].paused);
-        assert!(!s.onprem_servers[key].enforced(&Schedule::default()));
+        assert!(s.onprem.servers[key].paused);
+        assert!(!s.onprem.servers[key].enforced(&Schedule::default()));
         assert_eq!(s.policy_version, 7000);
         // Day 56: 46 days accrued, still stage 3, enforced again.
         assert_eq!(tick(&mut s, 56), (3, true));
-        assert!(!s.onprem_servers[key].paused);
+        assert!(!s.onprem.servers[key].paused);
         // 81 more days this year would exceed the 90-day budget.
         let refused = s.apply(
             7001,
@@ -561,9 +597,9 @@ mod tests {
             "{why}"
         );
         assert_eq!(tick(&mut s, 71), (5, true));
-        assert!(s.onprem_servers[key].blocking_enabled_ms.is_some());
+        assert!(s.onprem.servers[key].blocking_enabled_ms.is_some());
         assert_eq!(tick(&mut s, 101), (8, true));
-        assert_eq!(s.alerts.back().unwrap().severity, "high");
+        assert_eq!(s.alerts.records.back().unwrap().severity, "high");
     }
 
     #[test]
@@ -585,7 +621,7 @@ mod tests {
                 },
             ),
         );
-        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(
             (srv.first_detected_ms, srv.remediated_ms),
             (None, Some(t0 + 1000))
@@ -609,7 +645,7 @@ mod tests {
             ),
         );
         assert!(r.result.is_ok(), "{r:?}");
-        let srv = &s.onprem_servers["a|exch16.corp.local"];
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
         assert_eq!(srv.first_detected_ms, Some(t0 + 2000));
     }

@@ -2,15 +2,91 @@
 //! transport config, and the seed that creates tenants at start. A domain belongs to one tenant
 //! at most; deleting a tenant deletes everything it owns.
 
-use moat_shared::{Connector, Domain, EntityKind, Tenant, TenantId};
+use std::collections::BTreeMap;
+
+use moat_shared::{Connector, ConnectorId, Domain, EntityKind, Tenant, TenantId};
+use serde::{Deserialize, Serialize};
 
 use super::error::{Kind, Rejection};
 use super::{State, User};
 
+/// The directory part of the state: who the cluster serves and how they reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// Tenants by id.
+    pub tenants: BTreeMap<TenantId, Tenant>,
+    /// Connectors by id (`tenant/name` in the JSON form).
+    pub connectors: BTreeMap<ConnectorId, Connector>,
+    /// Users by address.
+    pub users: BTreeMap<String, User>,
+}
+
 impl State {
-    /// The key a connector is stored under.
-    pub fn connector_key(tenant: &TenantId, name: &str) -> String {
-        format!("{tenant}/{name}")
+    /// Deletes a tenant with everything it owns, in every part.
+    pub(super) fn delete_tenant(&mut self, tenant: &TenantId) -> Result<String, Rejection> {
+        let d = &mut self.directory;
+        if d.tenants.remove(tenant).is_none() {
+            return Err(Rejection::not_found(Kind::Tenant, tenant));
+        }
+        d.connectors.retain(|_, c| c.tenant != *tenant);
+        d.users.retain(|_, u| u.tenant != *tenant);
+        self.tokens
+            .records
+            .retain(|_, t| t.tenant.as_ref() != Some(tenant));
+        self.restricted.retain(|r| r.tenant != *tenant);
+        self.limits.outbound.remove(tenant);
+        self.onprem.pauses.remove(tenant);
+        self.onprem.servers.retain(|_, s| s.tenant != *tenant);
+        let users = &self.directory.users;
+        self.limits.usage.retain(|a, _| users.contains_key(a));
+        Ok(format!("tenant {tenant} deleted"))
+    }
+
+    /// Deletes a connector with its restriction and its traffic stats.
+    pub(super) fn delete_connector(
+        &mut self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<String, Rejection> {
+        let key = ConnectorId::new(tenant.clone(), name);
+        if self.directory.connectors.remove(&key).is_none() {
+            return Err(Rejection::not_found(Kind::Connector, key));
+        }
+        self.restricted.retain(|r| {
+            !(r.kind == EntityKind::Connector && r.tenant == *tenant && r.name == name)
+        });
+        self.detection.stats.remove(&key);
+        Ok(format!("connector {key} deleted"))
+    }
+
+    /// Deletes a user with its usage and restriction.
+    pub(super) fn delete_user(
+        &mut self,
+        tenant: &TenantId,
+        address: &str,
+    ) -> Result<String, Rejection> {
+        match self.directory.users.get(address) {
+            Some(u) if u.tenant == *tenant => {
+                self.directory.users.remove(address);
+                self.limits.usage.remove(address);
+                self.restricted
+                    .retain(|r| !(r.kind == EntityKind::User && r.name == address));
+                Ok(format!("user {address} deleted"))
+            }
+            _ => Err(Rejection::UserNotInTenant {
+                address: address.to_owned(),
+                tenant: tenant.clone(),
+            }),
+        }
+    }
+}
+
+impl Directory {
+    /// The tenant, or why not.
+    pub(super) fn require(&self, id: &TenantId) -> Result<&Tenant, Rejection> {
+        self.tenants
+            .get(id)
+            .ok_or_else(|| Rejection::not_found(Kind::Tenant, id))
     }
 
     /// The tenant, or why not.
@@ -54,23 +130,6 @@ impl State {
             None => "created",
         };
         Ok(format!("tenant {} {verb}", tenant.id))
-    }
-
-    /// Deletes a tenant with everything it owns.
-    pub(super) fn delete_tenant(&mut self, tenant: &TenantId) -> Result<String, Rejection> {
-        if self.tenants.remove(tenant).is_none() {
-            return Err(Rejection::not_found(Kind::Tenant, tenant));
-        }
-        self.connectors.retain(|_, c| c.tenant != *tenant);
-        self.users.retain(|_, u| u.tenant != *tenant);
-        self.tokens.retain(|_, t| t.tenant.as_ref() != Some(tenant));
-        self.restricted.retain(|r| r.tenant != *tenant);
-        self.outbound.remove(tenant);
-        self.onprem_pauses.remove(tenant);
-        self.onprem_servers.retain(|_, s| s.tenant != *tenant);
-        let users = &self.users;
-        self.usage.retain(|a, _| users.contains_key(a));
-        Ok(format!("tenant {tenant} deleted"))
     }
 
     /// Adds an accepted domain no tenant accepts yet.
@@ -117,29 +176,12 @@ impl State {
         if !self.tenants.contains_key(&connector.tenant) {
             return Err(Rejection::not_found(Kind::Tenant, &connector.tenant));
         }
-        let key = Self::connector_key(&connector.tenant, &connector.name);
+        let key = connector.id();
         let verb = match self.connectors.insert(key.clone(), connector.clone()) {
             Some(_) => "updated",
             None => "created",
         };
         Ok(format!("connector {key} {verb}"))
-    }
-
-    /// Deletes a connector with its restriction and its traffic stats.
-    pub(super) fn delete_connector(
-        &mut self,
-        tenant: &TenantId,
-        name: &str,
-    ) -> Result<String, Rejection> {
-        let key = Self::connector_key(tenant, name);
-        if self.connectors.remove(&key).is_none() {
-            return Err(Rejection::not_found(Kind::Connector, key));
-        }
-        self.restricted.retain(|r| {
-            !(r.kind == EntityKind::Connector && r.tenant == *tenant && r.name == name)
-        });
-        self.connector_stats.remove(&key);
-        Ok(format!("connector {key} deleted"))
     }
 
     /// Creates or replaces a user; an address belongs to one tenant.
@@ -160,27 +202,6 @@ impl State {
             None => "created",
         };
         Ok(format!("user {} {verb}", user.address))
-    }
-
-    /// Deletes a user with its usage and restriction.
-    pub(super) fn delete_user(
-        &mut self,
-        tenant: &TenantId,
-        address: &str,
-    ) -> Result<String, Rejection> {
-        match self.users.get(address) {
-            Some(u) if u.tenant == *tenant => {
-                self.users.remove(address);
-                self.usage.remove(address);
-                self.restricted
-                    .retain(|r| !(r.kind == EntityKind::User && r.name == address));
-                Ok(format!("user {address} deleted"))
-            }
-            _ => Err(Rejection::UserNotInTenant {
-                address: address.to_owned(),
-                tenant: tenant.clone(),
-            }),
-        }
     }
 
     /// Sets a tenant's transport config.

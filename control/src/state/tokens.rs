@@ -1,43 +1,22 @@
-//! Admin tokens: their roles and stored records (a hash, never the token), created and revoked
-//! through the log.
+//! Admin tokens: their stored records (a hash, never the token), created and revoked through
+//! the log. Their [`Role`] is defined in `moat_shared` (re-exported here and at
+//! `crate::state::Role`), so the control plane and `moat admin` share one definition.
 
+use std::collections::BTreeMap;
+
+pub use moat_shared::Role;
 use moat_shared::TenantId;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Kind, Rejection};
-use super::State;
+use super::tenants::Directory;
 
-/// What an admin token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Everything.
-    Operator,
-    /// Read and change one tenant's objects.
-    TenantAdmin,
-    /// Read everything, change nothing.
-    Reader,
-}
-
-impl Role {
-    /// The name used in tools.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::TenantAdmin => "tenant-admin",
-            Self::Reader => "reader",
-        }
-    }
-
-    /// Parses a role name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "operator" => Some(Self::Operator),
-            "tenant-admin" => Some(Self::TenantAdmin),
-            "reader" => Some(Self::Reader),
-            _ => None,
-        }
-    }
+/// The admin tokens part of the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    /// Admin tokens by id.
+    #[serde(rename = "tokens")]
+    pub records: BTreeMap<String, TokenRecord>,
 }
 
 /// A stored admin token: its SHA-256 hash, never the token.
@@ -57,30 +36,33 @@ pub struct TokenRecord {
     pub created_ms: i64,
 }
 
-impl State {
-    /// Records a token; its time is the entry's.
-    pub(super) fn create_token(&mut self, token: &TokenRecord) -> Result<String, Rejection> {
+impl Tokens {
+    /// Records a token of an existing tenant (if a tenant admin's); its time is the entry's.
+    pub(super) fn create(
+        &mut self,
+        token: &TokenRecord,
+        directory: &Directory,
+        now_ms: i64,
+    ) -> Result<String, Rejection> {
         if let Some(t) = &token.tenant {
-            if !self.tenants.contains_key(t) {
-                return Err(Rejection::not_found(Kind::Tenant, t));
-            }
+            directory.require(t)?;
         }
-        if self.tokens.contains_key(&token.id) {
+        if self.records.contains_key(&token.id) {
             return Err(Rejection::AlreadyExists {
                 kind: Kind::Token,
                 name: token.id.clone(),
             });
         }
         let mut token = token.clone();
-        token.created_ms = self.now_ms;
+        token.created_ms = now_ms;
         let summary = format!("token {} ({}) created", token.name, token.role.as_str());
-        self.tokens.insert(token.id.clone(), token);
+        self.records.insert(token.id.clone(), token);
         Ok(summary)
     }
 
     /// Forgets a token.
-    pub(super) fn revoke_token(&mut self, id: &str) -> Result<String, Rejection> {
-        match self.tokens.remove(id) {
+    pub(super) fn revoke(&mut self, id: &str) -> Result<String, Rejection> {
+        match self.records.remove(id) {
             Some(t) => Ok(format!("token {} revoked", t.name)),
             None => Err(Rejection::not_found(Kind::Token, id)),
         }

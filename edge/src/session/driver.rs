@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use moat_shared::exchange::Sighting;
 use moat_shared::signal::{self, AuthCounter, ConnectorCounter, Unit};
 use moat_shared::submission::speed_bump_draw;
-use moat_shared::{PolicyHandle, PolicySnapshot, TenantId};
+use moat_shared::{ConnectorId, PolicyHandle, PolicySnapshot, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -197,11 +197,11 @@ struct Tracking {
     outbound: bool,
     /// The connector (`tenant/name`) the open transaction arrived through, from its first
     /// accepted recipient.
-    connector: Option<String>,
+    connector: Option<ConnectorId>,
     /// Whether the transaction's connector is an OnPremises one.
     onprem: bool,
     /// Connectors whose session this one was already counted in.
-    counted: Vec<String>,
+    counted: Vec<ConnectorId>,
     /// Relayed recipients accepted in the open transaction.
     relayed: u64,
     /// Content octets of the open transaction.
@@ -288,11 +288,7 @@ impl Tracking {
         if !self.onprem {
             return None;
         }
-        let tenant = self
-            .connector
-            .as_deref()
-            .and_then(|c| c.split_once('/'))
-            .and_then(|(t, _)| TenantId::new(t).ok())?;
+        let tenant = self.connector.as_ref()?.tenant.clone();
         Some((
             tenant,
             moat_shared::exchange::sighting(&self.header_from.text())?,
@@ -305,7 +301,9 @@ impl Tracking {
     fn sighted(&self, shared: &Shared, snapshot: &PolicySnapshot, tenant: &TenantId, s: &Sighting) {
         let Some(c) = &self.connector else { return };
         let name = signal::onprem_server(&s.server, &s.build.to_string());
-        shared.counters.add(signal::ONPREM, c, &name, 1);
+        shared
+            .counters
+            .add(signal::ONPREM, &c.to_string(), &name, 1);
         if verdict::onprem::ends_enforcement(snapshot, tenant, s) {
             shared.counters.send_now();
         }
@@ -335,11 +333,14 @@ fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &st
     }
 }
 
-/// Adds `v` to the connector counter `counter` of `connector` (`tenant/name`).
-fn count(shared: &Shared, connector: &str, counter: ConnectorCounter, v: u64) {
-    shared
-        .counters
-        .add(signal::CONNECTOR, connector, counter.as_str(), v);
+/// Adds `v` to the connector counter `counter` of `connector` (keyed `tenant/name`).
+fn count(shared: &Shared, connector: &ConnectorId, counter: ConnectorCounter, v: u64) {
+    shared.counters.add(
+        signal::CONNECTOR,
+        &connector.to_string(),
+        counter.as_str(),
+        v,
+    );
 }
 
 /// What the legacy-TLS rules need of this session: the listener's rule, its TLS version and

@@ -5,7 +5,7 @@
 
 use moat_shared::{Connector, ConnectorKind, EntityKind, PolicySnapshot};
 
-use super::{connector_key, Client, Denial};
+use super::{Client, Denial};
 
 /// MAIL: refuses a client that matches a restricted connector (the first one, certificate
 /// matches first).
@@ -19,9 +19,7 @@ pub fn restricted(
             .restriction(EntityKind::Connector, &c.tenant, &c.name, now_ms)
             .is_some()
     }) {
-        Some(c) => Err(Denial::ConnectorRestricted {
-            connector: connector_key(c),
-        }),
+        Some(c) => Err(Denial::ConnectorRestricted { connector: c.id() }),
         None => Ok(()),
     }
 }
@@ -41,7 +39,7 @@ pub fn partner(
             || (c.restrict_domains_to_certificate && !by_cert)
         {
             return Err(Denial::PartnerRestricted {
-                connector: connector_key(c),
+                connector: c.id(),
                 sender_domain: from_domain.to_owned(),
                 ip: client.ip,
             });
@@ -66,9 +64,7 @@ pub fn require_tls(
         .chain(scoped.iter().copied())
         .find(|c| c.require_tls && (client.matches(c) || c.kind == ConnectorKind::Partner))
     {
-        Some(c) => Err(Denial::ConnectorRequiresTls {
-            connector: connector_key(c),
-        }),
+        Some(c) => Err(Denial::ConnectorRequiresTls { connector: c.id() }),
         None => Ok(()),
     }
 }
@@ -150,13 +146,13 @@ mod tests {
         assert_eq!(
             at("192.0.2.9", 0),
             Some(Denial::ConnectorRestricted {
-                connector: "contoso/onprem".into()
+                connector: cid("contoso/onprem")
             })
         );
         assert_eq!(
             rcpt("192.0.2.9", true, "a@fabrikam.test", "u@contoso.test"),
             Some(Denial::PartnerRestricted {
-                connector: "contoso/partner".into(),
+                connector: cid("contoso/partner"),
                 sender_domain: "fabrikam.test".into(),
                 ip: "192.0.2.9".parse().unwrap(),
             })
@@ -164,7 +160,7 @@ mod tests {
         assert_eq!(
             rcpt("198.51.100.7", false, "a@fabrikam.test", "u@contoso.test"),
             Some(Denial::ConnectorRequiresTls {
-                connector: "contoso/partner".into()
+                connector: cid("contoso/partner")
             })
         );
     }

@@ -28,7 +28,7 @@ pub mod tls;
 use std::net::IpAddr;
 
 use moat_shared::signal::{AuthCounter, ConnectorCounter};
-use moat_shared::{Connector, PolicySnapshot, TenantId};
+use moat_shared::{Connector, ConnectorId, PolicySnapshot, TenantId};
 
 use crate::session::command::Address;
 use crate::session::reply::{self, Reply};
@@ -39,14 +39,14 @@ use crate::session::SessionFacts;
 pub enum Denial {
     /// The client matches a connector the control plane restricted.
     ConnectorRestricted {
-        /// The restricted connector, `tenant/name`.
-        connector: String,
+        /// The restricted connector.
+        connector: ConnectorId,
     },
     /// The sender's domain is scoped by a Partner connector of the recipient's tenant, and the
     /// client is outside that connector's IP addresses or certificate.
     PartnerRestricted {
-        /// The Partner connector, `tenant/name`.
-        connector: String,
+        /// The Partner connector.
+        connector: ConnectorId,
         /// The MAIL FROM domain it scopes.
         sender_domain: String,
         /// The client's address.
@@ -54,14 +54,14 @@ pub enum Denial {
     },
     /// A connector that applies to the recipient requires TLS and the session is in clear text.
     ConnectorRequiresTls {
-        /// The connector, `tenant/name`.
-        connector: String,
+        /// The connector.
+        connector: ConnectorId,
     },
     /// A recipient outside every accepted domain, and the relay rules do not allow it.
     RelayDenied {
         /// The first connector the client matched (certificate first, then IP), which the
         /// refusal is counted against; `None` when it matched none.
-        matched: Option<String>,
+        matched: Option<ConnectorId>,
     },
     /// A TLS 1.0/1.1 session drawn for refusal by the speed bump.
     SpeedBump {
@@ -94,8 +94,8 @@ pub enum Denial {
     },
     /// A message from an out-of-date on-premises Exchange server in a throttled minute.
     OnpremThrottled {
-        /// The connector the message arrived through, `tenant/name`.
-        connector: String,
+        /// The connector the message arrived through.
+        connector: ConnectorId,
         /// The server (the `by` host of its Received stamp).
         server: String,
         /// The build it stamped.
@@ -107,8 +107,8 @@ pub enum Denial {
     },
     /// A message from an out-of-date on-premises Exchange server in a blocked minute.
     OnpremBlocked {
-        /// The connector the message arrived through, `tenant/name`.
-        connector: String,
+        /// The connector the message arrived through.
+        connector: ConnectorId,
         /// The server (the `by` host of its Received stamp).
         server: String,
         /// The build it stamped.
@@ -125,8 +125,8 @@ pub enum Denial {
 pub enum Counted<'a> {
     /// A counter of a connector (`signal::CONNECTOR` scope).
     Connector {
-        /// The connector, `tenant/name`.
-        connector: &'a str,
+        /// The connector.
+        connector: &'a ConnectorId,
         /// Which of its counters.
         counter: ConnectorCounter,
     },
@@ -170,7 +170,7 @@ impl Denial {
     /// `relay-refused` (the relay detector's input).
     pub fn counter(&self) -> Option<Counted<'_>> {
         match self {
-            Self::RelayDenied { matched } => matched.as_deref().map(|c| Counted::Connector {
+            Self::RelayDenied { matched } => matched.as_ref().map(|c| Counted::Connector {
                 connector: c,
                 counter: ConnectorCounter::RelayRefused,
             }),
@@ -199,8 +199,8 @@ impl Denial {
 pub struct Accepted {
     /// The tenant: the recipient's for inbound mail, the relaying tenant for relay.
     pub tenant: Option<TenantId>,
-    /// The connector the mail arrived through (`tenant/name`), if one matched.
-    pub connector: Option<String>,
+    /// The connector the mail arrived through, if one matched.
+    pub connector: Option<ConnectorId>,
     /// Whether the recipient is outside every accepted domain (relay).
     pub relay: bool,
     /// Whether that connector is an OnPremises one (its Exchange build is tracked).
@@ -263,11 +263,6 @@ impl<'a> Client<'a> {
     }
 }
 
-/// The key a connector is known by in counters and restrictions: `tenant/name`.
-pub fn connector_key(c: &Connector) -> String {
-    format!("{}/{}", c.tenant, c.name)
-}
-
 /// Who sends a transaction: a client judged by its connectors (listeners without AUTH), or a
 /// logged-in user.
 #[derive(Debug)]
@@ -326,6 +321,11 @@ pub(crate) mod testkit {
 
     use super::*;
     use moat_shared::{CertName, ConnectorKind, Domain, Tenant};
+
+    /// A connector id from its text.
+    pub fn cid(text: &str) -> ConnectorId {
+        ConnectorId::parse(text).unwrap()
+    }
 
     pub fn tenant(id: &str, domains: &[&str]) -> Tenant {
         Tenant {
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn every_denial_replies_from_the_registry() {
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        let c = || "contoso/onprem".to_owned();
+        let c = || cid("contoso/onprem");
         let rows: Vec<(Denial, reply::Code)> = vec![
             (
                 Denial::ConnectorRestricted { connector: c() },
@@ -465,7 +465,7 @@ mod tests {
             ),
             (
                 Denial::PartnerRestricted {
-                    connector: "contoso/partner".into(),
+                    connector: cid("contoso/partner"),
                     sender_domain: "fabrikam.test".into(),
                     ip,
                 },

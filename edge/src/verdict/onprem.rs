@@ -4,7 +4,7 @@
 
 use moat_shared::exchange::{Class, Sighting};
 use moat_shared::onprem::Minute;
-use moat_shared::{PolicySnapshot, TenantId};
+use moat_shared::{ConnectorId, PolicySnapshot, TenantId};
 
 use super::{Accepted, Denial};
 
@@ -14,11 +14,10 @@ pub fn judged(snapshot: &PolicySnapshot, accepted: &Accepted) -> bool {
     accepted.onprem || snapshot.onprem().all_connectors
 }
 
-/// The message from the server seen in `s`, through `connector` (`tenant/name`) of `tenant`,
-/// at `now_ms`.
+/// The message from the server seen in `s`, through `connector` of `tenant`, at `now_ms`.
 pub fn refusal(
     snapshot: &PolicySnapshot,
-    connector: &str,
+    connector: &ConnectorId,
     tenant: &TenantId,
     s: &Sighting,
     now_ms: i64,
@@ -28,7 +27,7 @@ pub fn refusal(
         return Ok(());
     };
     let (connector, server, build, service) = (
-        connector.to_owned(),
+        connector.clone(),
         s.server.clone(),
         s.build.to_string(),
         rules.service().to_owned(),
@@ -108,7 +107,8 @@ mod tests {
         let plain = snap("");
         let contoso = TenantId::new("contoso").unwrap();
         let old = sighting(SERVER, "15.0.1497.2");
-        let decide = |s: &Sighting, now| refusal(&plain, "contoso/onprem", &contoso, s, now).err();
+        let decide =
+            |s: &Sighting, now| refusal(&plain, &cid("contoso/onprem"), &contoso, s, now).err();
         check(&[
             (
                 "out-of-date server in a throttled minute",
@@ -140,7 +140,7 @@ mod tests {
         let named = snap("Contoso Mail");
         let d = refusal(
             &named,
-            "contoso/onprem",
+            &cid("contoso/onprem"),
             &contoso,
             &old,
             at(Minute::Blocked),
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(
             d,
             Denial::OnpremBlocked {
-                connector: "contoso/onprem".into(),
+                connector: cid("contoso/onprem"),
                 server: SERVER.into(),
                 build: "15.0.1497.2".into(),
                 service: "Contoso Mail".into(),

@@ -5,9 +5,9 @@
 //! tenant, by IP or certificate. The header From never counts. Otherwise `550 5.7.64`, counted
 //! as `relay-refused` against the first connector the client matched.
 
-use moat_shared::{Connector, ConnectorKind, PolicySnapshot, TenantId};
+use moat_shared::{Connector, ConnectorId, ConnectorKind, PolicySnapshot, TenantId};
 
-use super::{connector, connector_key, Accepted, Client, Denial};
+use super::{connector, Accepted, Client, Denial};
 use crate::session::command::Address;
 
 /// Whether `domain` is an accepted domain of `tenant` (a lookup in the snapshot's index).
@@ -55,7 +55,7 @@ pub fn recipient(
         connector::require_tls(client, through, &scoped)?;
         return Ok(Accepted {
             tenant: Some(t.id.clone()),
-            connector: through.map(connector_key),
+            connector: through.map(Connector::id),
             relay: false,
             onprem: through.is_some_and(|c| c.kind == ConnectorKind::OnPremises),
         });
@@ -81,23 +81,20 @@ pub fn recipient(
     match by_cert_domain.or_else(by_from) {
         Some(c) => Ok(Accepted {
             tenant: Some(c.tenant.clone()),
-            connector: Some(connector_key(c)),
+            connector: Some(c.id()),
             relay: true,
             onprem: true,
         }),
         None => Err(Denial::RelayDenied {
-            matched: client.all().next().map(connector_key),
+            matched: client.all().next().map(Connector::id),
         }),
     }
 }
 
 /// Whether `from_domain` (the MAIL FROM domain) is an accepted domain of the tenant of
-/// `connector` (`tenant/name`): a message from elsewhere counts as `unprovisioned`.
-pub fn provisioned(snapshot: &PolicySnapshot, connector: &str, from_domain: &str) -> bool {
-    connector
-        .split_once('/')
-        .and_then(|(t, _)| TenantId::new(t).ok())
-        .is_some_and(|t| accepted_by(snapshot, &t, from_domain))
+/// `connector`: a message from elsewhere counts as `unprovisioned`.
+pub fn provisioned(snapshot: &PolicySnapshot, connector: &ConnectorId, from_domain: &str) -> bool {
+    accepted_by(snapshot, &connector.tenant, from_domain)
 }
 
 #[cfg(test)]
@@ -118,9 +115,9 @@ mod tests {
         recipient(&snap, &client, from.map(addr).as_ref(), &addr(to))
     }
 
-    fn relayed_by(v: &Result<Accepted, Denial>) -> Option<&str> {
+    fn relayed_by(v: &Result<Accepted, Denial>) -> Option<String> {
         match v {
-            Ok(a) if a.relay => a.connector.as_deref(),
+            Ok(a) if a.relay => a.connector.as_ref().map(ToString::to_string),
             _ => None,
         }
     }
@@ -210,7 +207,7 @@ mod tests {
             Some("app@contoso.test"),
             "x@ext.test",
         );
-        assert_eq!(relayed_by(&v), Some("contoso/onprem"));
+        assert_eq!(relayed_by(&v).as_deref(), Some("contoso/onprem"));
         let v = decide(
             "203.0.113.1",
             &["mail.contoso.test"],
@@ -218,12 +215,12 @@ mod tests {
             None,
             "x@ext.test",
         );
-        assert_eq!(relayed_by(&v), Some("contoso/cert"));
+        assert_eq!(relayed_by(&v).as_deref(), Some("contoso/cert"));
         let v = decide("192.0.2.9", &[], false, Some("a@other.test"), "x@ext.test");
         assert_eq!(
             v,
             Err(Denial::RelayDenied {
-                matched: Some("contoso/onprem".into())
+                matched: Some(cid("contoso/onprem"))
             })
         );
     }
@@ -241,7 +238,7 @@ mod tests {
             v,
             Ok(Accepted {
                 tenant: Some(TenantId::new("contoso").unwrap()),
-                connector: Some("contoso/onprem".into()),
+                connector: Some(cid("contoso/onprem")),
                 relay: false,
                 onprem: true,
             })
@@ -268,9 +265,10 @@ mod tests {
     #[test]
     fn provisioned_domains_are_the_connector_tenants() {
         let snap = snapshot();
-        assert!(provisioned(&snap, "contoso/onprem", "contoso.test"));
-        assert!(!provisioned(&snap, "contoso/onprem", "other.test"));
-        assert!(!provisioned(&snap, "contoso/onprem", "ext.test"));
-        assert!(!provisioned(&snap, "bogus", "contoso.test"));
+        let onprem = cid("contoso/onprem");
+        assert!(provisioned(&snap, &onprem, "contoso.test"));
+        assert!(!provisioned(&snap, &onprem, "other.test"));
+        assert!(!provisioned(&snap, &onprem, "ext.test"));
+        assert!(!provisioned(&snap, &cid("bogus/x"), "contoso.test"));
     }
 }

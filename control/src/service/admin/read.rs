@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire};
 use moat_proto::v1;
 use moat_shared::time::now_ms;
-use moat_shared::TenantId;
+use moat_shared::{ConnectorId, TenantId};
 use tokio::sync::oneshot;
 use tonic::Status;
 
@@ -117,9 +117,9 @@ fn read_now(state: &State) -> i64 {
 fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremServerReport {
     use moat_shared::onprem::{accrued_ms, DAY_MS};
     let now = read_now(state);
-    let schedule = state.schedule();
-    let baseline = state.baseline();
-    let pauses = state.pauses(&s.tenant);
+    let schedule = state.onprem.schedule();
+    let baseline = state.onprem.baseline();
+    let pauses = state.onprem.tenant_pauses(&s.tenant);
     let in_force = pauses.iter().find(|p| p.covers(now)).copied();
     let stage = schedule.get(s.stage).copied();
     let mut row = v1::OnpremServerReport {
@@ -128,7 +128,7 @@ fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremSer
         build: s.build.to_string(),
         product: s.build.product().name().to_owned(),
         class: baseline.classify(&s.build).as_str().to_owned(),
-        connector: s.connector.clone(),
+        connector: s.connector.to_string(),
         first_detected_ms: s.first_detected_ms.unwrap_or(0),
         stage: s.stage,
         throttle: stage.map_or(0, |x| u32::from(x.throttle)),
@@ -170,6 +170,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
     match kind {
         K::Tenant | K::Domain | K::TransportConfig => {
             reply.tenants = state
+                .directory
                 .tenants
                 .values()
                 .filter(|t| tenant_ok(&t.id) && (r.name.is_empty() || t.id.as_str() == r.name))
@@ -178,6 +179,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         }
         K::Connector => {
             reply.connectors = state
+                .directory
                 .connectors
                 .values()
                 .filter(|c| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
@@ -186,6 +188,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         }
         K::User => {
             reply.users = state
+                .directory
                 .users
                 .values()
                 .filter(|u| tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name))
@@ -199,6 +202,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::Token => {
             reply.tokens = state
                 .tokens
+                .records
                 .values()
                 .map(|t| v1::Token {
                     id: t.id.clone(),
@@ -212,6 +216,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::Audit => {
             reply.audit = state
                 .audit
+                .records
                 .iter()
                 .rev()
                 .filter(|a| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok))
@@ -235,14 +240,20 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                 .collect();
         }
         K::SpeedBump => {
-            reply.speed_bump = state.speed_bump.iter().map(step_to_wire).collect();
+            reply.speed_bump = state.limits.speed_bump.iter().map(step_to_wire).collect();
         }
         K::Detection => {
-            let default = state.detection.get("*").copied().unwrap_or_default();
+            let default = state
+                .detection
+                .policies
+                .get("*")
+                .copied()
+                .unwrap_or_default();
             reply.detection = std::iter::once((String::new(), default))
                 .chain(
                     state
                         .detection
+                        .policies
                         .iter()
                         .filter(|(k, _)| k.as_str() != "*")
                         .map(|(k, p)| (k.clone(), *p)),
@@ -262,11 +273,12 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         }
         K::OutboundPolicy => {
             reply.outbound = state
+                .directory
                 .tenants
                 .keys()
                 .filter(|t| tenant_ok(t))
                 .map(|t| {
-                    let p = state.outbound.get(t).copied().unwrap_or_default();
+                    let p = state.limits.policy_for(t);
                     v1::OutboundPolicy {
                         tenant: t.to_string(),
                         recipients_per_hour: p.recipients_per_hour,
@@ -279,6 +291,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::Alerts => {
             reply.alerts = state
                 .alerts
+                .records
                 .iter()
                 .filter(|a| tenant_ok(&a.tenant))
                 .map(|a| v1::Alert {
@@ -309,7 +322,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         }
         K::OnpremServers => {
             reply.onprem_servers = state
-                .onprem_servers
+                .onprem
+                .servers
                 .values()
                 .filter(|s| tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name))
                 .map(|s| onprem_report(state, s))
@@ -318,13 +332,13 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::OnpremPolicy => {
             reply.onprem_policy = Some(v1::OnpremPolicy {
                 baseline: baseline_to_wire(state),
-                stages: state.schedule().render(),
-                service: if state.onprem_service.is_empty() {
+                stages: state.onprem.schedule().render(),
+                service: if state.onprem.service.is_empty() {
                     moat_shared::onprem::DEFAULT_SERVICE.to_owned()
                 } else {
-                    state.onprem_service.clone()
+                    state.onprem.service.clone()
                 },
-                scope: if state.onprem_all_connectors {
+                scope: if state.onprem.all_connectors {
                     "all-connectors"
                 } else {
                     "onpremises"
@@ -338,7 +352,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
             let year = moat_shared::time::civil_from_days(moat_shared::time::day_of_ms(now)).0;
             let records = TenantId::new(&r.tenant)
                 .ok()
-                .and_then(|t| state.onprem_pauses.get(&t))
+                .and_then(|t| state.onprem.pauses.get(&t))
                 .cloned()
                 .unwrap_or_default();
             let list: Vec<Pause> = records.iter().map(|p| p.pause).collect();
@@ -364,7 +378,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::Clock => {}
         K::AlertContacts => {
             reply.alert_contacts = state
-                .alert_contacts
+                .alert_routing
+                .contacts
                 .iter()
                 .filter(|(t, _)| tenant_ok(t))
                 .map(|(t, c)| v1::AlertContacts {
@@ -379,8 +394,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                 })
                 .collect();
             reply.alert_transport = Some(v1::AlertTransport {
-                smtp: state.alert_transport.smtp.clone(),
-                from: state.alert_transport.from.clone(),
+                smtp: state.alert_routing.transport.smtp.clone(),
+                from: state.alert_routing.transport.from.clone(),
             });
         }
         K::TlsReport => {
@@ -404,7 +419,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                     })
                     .collect()
             }
-            reply.tls_usage = rows(&state.tls_usage, &first, &r.tenant)
+            reply.tls_usage = rows(&state.tls_report.usage, &first, &r.tenant)
                 .into_iter()
                 .map(
                     |(day, tenant, [listener, version, cipher], t)| v1::TlsUsage {
@@ -418,7 +433,7 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                     },
                 )
                 .collect();
-            reply.legacy_clients = rows(&state.legacy_clients, &first, &r.tenant)
+            reply.legacy_clients = rows(&state.tls_report.legacy_clients, &first, &r.tenant)
                 .into_iter()
                 .map(|(day, tenant, [ip, user, version], t)| v1::LegacyClient {
                     day,
@@ -434,16 +449,16 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         K::Counters => {
             reply.counters = state
                 .counters
+                .table
                 .iter()
                 .filter_map(|(k, c)| {
                     let mut parts = k.splitn(3, '|');
                     let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
                     let owned = r.tenant.is_empty()
                         || (scope == "tenant" && key == r.tenant)
-                        || (scope == "connector"
-                            && key
-                                .strip_prefix(r.tenant.as_str())
-                                .is_some_and(|k| k.starts_with('/')));
+                        || (scope == moat_shared::signal::CONNECTOR
+                            && ConnectorId::parse(key)
+                                .is_ok_and(|c| c.tenant.as_str() == r.tenant));
                     owned.then(|| v1::CounterTotal {
                         scope: scope.into(),
                         key: key.into(),
