@@ -2,29 +2,32 @@
 
 use moat_proto::write_request::Op;
 use moat_proto::ReadKind;
+use moat_shared::Role;
 use serde_json::json;
 
 use super::render::{cell, fmt_time, out, print_json};
 use super::{Ctx, Output};
 use crate::client::Failure;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Role {
-    /// Everything.
-    Operator,
-    /// Read and change one tenant's objects.
-    TenantAdmin,
-    /// Read everything, change nothing.
-    Reader,
-}
+/// A token role on the command line: [`Role`] (defined once, in `moat-shared`) as a clap
+/// value, named and explained by the role itself.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RoleArg(Role);
 
-impl Role {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::TenantAdmin => "tenant-admin",
-            Self::Reader => "reader",
-        }
+/// Every role, in the order `moat-shared` lists them.
+static ROLES: [RoleArg; 3] = [
+    RoleArg(Role::ALL[0]),
+    RoleArg(Role::ALL[1]),
+    RoleArg(Role::ALL[2]),
+];
+
+impl clap::ValueEnum for RoleArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &ROLES
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.as_str()).help(self.0.help()))
     }
 }
 
@@ -36,7 +39,7 @@ pub(super) enum TokenCmd {
     Create {
         /// What the token may do.
         #[arg(long, value_enum)]
-        role: Role,
+        role: RoleArg,
         /// The tenant of a tenant-admin token.
         #[arg(long, required_if_eq("role", "tenant-admin"))]
         tenant: Option<String>,
@@ -82,7 +85,7 @@ impl Ctx {
             }
             TokenCmd::Create { role, tenant, name } => {
                 let op = Op::CreateToken(moat_proto::TokenSpec {
-                    role: role.as_str().to_string(),
+                    role: role.0.as_str().to_string(),
                     tenant: tenant.unwrap_or_default(),
                     name,
                 });
