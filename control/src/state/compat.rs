@@ -15,6 +15,7 @@ use moat_shared::onprem::Schedule;
 use moat_shared::signal::{self, Unit};
 use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId};
 
+use super::testutil::batch;
 use super::*;
 
 /// The index of the first entry (index 1 is the bootstrap snapshot).
@@ -66,424 +67,207 @@ fn user(t: &str, address: &str) -> User {
     }
 }
 
-fn batch(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) -> SignalBatch {
-    SignalBatch {
-        edge: edge.into(),
-        seq,
-        counters: counters
-            .iter()
-            .map(|(s, k, n, v)| (s.to_string(), k.to_string(), n.to_string(), *v))
-            .collect(),
+/// The scenario's entries, each stamped some milliseconds after the one before.
+struct Log {
+    at: i64,
+    out: Vec<Proposal>,
+}
+
+/// The actor of most of the scenario's commands.
+const OP: &str = "operator-token";
+
+impl Log {
+    /// Appends an entry `step` ms after the last one.
+    fn push(&mut self, step: i64, actor: &str, request_id: Option<&str>, command: Command) {
+        self.at += step;
+        self.out.push(Proposal {
+            at_ms: self.at,
+            actor: actor.into(),
+            request_id: request_id.map(Into::into),
+            command,
+        });
+    }
+
+    /// Appends an operator's command a second after the last entry.
+    fn op(&mut self, command: Command) {
+        self.push(1000, OP, None, command);
+    }
+
+    /// Appends a system command a second after the last entry.
+    fn system(&mut self, command: Command) {
+        self.push(1000, "system", None, command);
     }
 }
 
 /// A realistic sequence covering every command, accepted and refused ones.
 fn scenario() -> Vec<Proposal> {
+    use moat_shared::exchange::Baseline;
     use moat_shared::ConnectorKind::{OnPremises, Partner};
     const DAY: i64 = 86_400_000;
-    let t0: i64 = 1_800_000_000_000;
-    let mut at = t0;
-    let mut out = Vec::new();
-    let mut push = |step: i64, actor: &str, request_id: Option<&str>, command: Command| {
-        at += step;
-        out.push(Proposal {
-            at_ms: at,
-            actor: actor.into(),
-            request_id: request_id.map(Into::into),
-            command,
-        });
+    let mut log = Log {
+        at: 1_800_000_000_000,
+        out: Vec::new(),
     };
-    let op = "operator-token";
+    let domain = |d: &str| Domain::new(d).unwrap();
     // Tenants and domains.
-    push(
-        1000,
-        op,
-        Some("req-1"),
-        Command::PutTenant {
-            tenant: tenant("a", &["a.test"]),
-        },
-    );
-    push(
-        1000,
-        op,
-        Some("req-1"),
-        Command::PutTenant {
-            tenant: tenant("a", &["a.test"]),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutTenant {
-            tenant: tenant("b", &["b.test"]),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutTenant {
-            tenant: tenant("b", &["a.test"]),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::AddDomain {
-            tenant: tid("a"),
-            domain: Domain::new("a2.test").unwrap(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::AddDomain {
-            tenant: tid("b"),
-            domain: Domain::new("a2.test").unwrap(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::AddDomain {
-            tenant: tid("zz"),
-            domain: Domain::new("zz.test").unwrap(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::RemoveDomain {
-            tenant: tid("a"),
-            domain: Domain::new("a2.test").unwrap(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::RemoveDomain {
-            tenant: tid("a"),
-            domain: Domain::new("nope.test").unwrap(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::ApplySeed {
-            tenants: vec![
-                tenant("c", &["c.test"]),
-                tenant("a", &["a.test", "a3.test"]),
-            ],
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::ApplySeed {
-            tenants: vec![tenant("c", &["b.test"])],
-        },
-    );
-    // Connectors and users.
-    push(
-        1000,
-        op,
-        None,
-        Command::PutConnector {
-            connector: connector("a", "onprem", OnPremises, "192.0.2.0/24"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutConnector {
-            connector: connector("a", "partner", Partner, "198.51.100.7"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutConnector {
-            connector: connector("b", "relay", OnPremises, "203.0.113.0/28"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutConnector {
-            connector: connector("zz", "x", Partner, "203.0.113.9"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutUser {
-            user: user("a", "u@a.test"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutUser {
-            user: user("a", "v@a.test"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutUser {
-            user: user("b", "u@a.test"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PutUser {
-            user: user("zz", "w@zz.test"),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetTransportConfig {
-            tenant: tid("a"),
-            allow_legacy_tls_clients: true,
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetTransportConfig {
-            tenant: tid("zz"),
-            allow_legacy_tls_clients: true,
-        },
-    );
-    // Tokens.
-    let token = |id: &str, role: Role, t: Option<&str>| TokenRecord {
-        id: id.into(),
-        name: format!("{id}-name"),
-        role,
-        tenant: t.map(tid),
-        sha256: "ab".repeat(32),
-        created_ms: 0,
+    let put_tenant = |id, domains| Command::PutTenant {
+        tenant: tenant(id, domains),
     };
-    push(
-        1000,
-        op,
-        None,
-        Command::CreateToken {
-            token: token("tk1", Role::Operator, None),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::CreateToken {
-            token: token("tk2", Role::TenantAdmin, Some("a")),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::CreateToken {
-            token: token("tk3", Role::Reader, None),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::CreateToken {
-            token: token("tk2", Role::Reader, None),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::CreateToken {
-            token: token("tk4", Role::TenantAdmin, Some("zz")),
-        },
-    );
-    push(1000, op, None, Command::RevokeToken { id: "tk3".into() });
-    push(1000, op, None, Command::RevokeToken { id: "tk3".into() });
+    log.push(1000, OP, Some("req-1"), put_tenant("a", &["a.test"]));
+    log.push(1000, OP, Some("req-1"), put_tenant("a", &["a.test"]));
+    log.op(put_tenant("b", &["b.test"]));
+    log.op(put_tenant("b", &["a.test"]));
+    for (t, d) in [("a", "a2.test"), ("b", "a2.test"), ("zz", "zz.test")] {
+        log.op(Command::AddDomain {
+            tenant: tid(t),
+            domain: domain(d),
+        });
+    }
+    for (t, d) in [("a", "a2.test"), ("a", "nope.test")] {
+        log.op(Command::RemoveDomain {
+            tenant: tid(t),
+            domain: domain(d),
+        });
+    }
+    log.op(Command::ApplySeed {
+        tenants: vec![
+            tenant("c", &["c.test"]),
+            tenant("a", &["a.test", "a3.test"]),
+        ],
+    });
+    log.op(Command::ApplySeed {
+        tenants: vec![tenant("c", &["b.test"])],
+    });
+    // Connectors and users.
+    for (t, name, kind, ip) in [
+        ("a", "onprem", OnPremises, "192.0.2.0/24"),
+        ("a", "partner", Partner, "198.51.100.7"),
+        ("b", "relay", OnPremises, "203.0.113.0/28"),
+        ("zz", "x", Partner, "203.0.113.9"),
+    ] {
+        log.op(Command::PutConnector {
+            connector: connector(t, name, kind, ip),
+        });
+    }
+    for (t, address) in [
+        ("a", "u@a.test"),
+        ("a", "v@a.test"),
+        ("b", "u@a.test"),
+        ("zz", "w@zz.test"),
+    ] {
+        log.op(Command::PutUser {
+            user: user(t, address),
+        });
+    }
+    for t in ["a", "zz"] {
+        log.op(Command::SetTransportConfig {
+            tenant: tid(t),
+            allow_legacy_tls_clients: true,
+        });
+    }
+    // Tokens.
+    for (id, role, t) in [
+        ("tk1", Role::Operator, None),
+        ("tk2", Role::TenantAdmin, Some("a")),
+        ("tk3", Role::Reader, None),
+        ("tk2", Role::Reader, None),
+        ("tk4", Role::TenantAdmin, Some("zz")),
+    ] {
+        log.op(Command::CreateToken {
+            token: TokenRecord {
+                id: id.into(),
+                name: format!("{id}-name"),
+                role,
+                tenant: t.map(tid),
+                sha256: "ab".repeat(32),
+                created_ms: 0,
+            },
+        });
+    }
+    for _ in 0..2 {
+        log.op(Command::RevokeToken { id: "tk3".into() });
+    }
     // Policies.
-    let step = |s: &str| SpeedBumpStep::parse(s).expect("valid step");
-    push(
-        1000,
-        op,
-        None,
-        Command::SetSpeedBump {
-            steps: vec![step("2027-02-01=100"), step("2027-01-01=30")],
+    for steps in [
+        ["2027-02-01=100", "2027-01-01=30"],
+        ["2027-02-01=100", "2027-02-01=30"],
+    ] {
+        log.op(Command::SetSpeedBump {
+            steps: steps
+                .iter()
+                .map(|s| SpeedBumpStep::parse(s).expect("valid step"))
+                .collect(),
+        });
+    }
+    let outbound = |t, recipients_per_hour, action| Command::SetOutboundPolicy {
+        tenant: tid(t),
+        policy: OutboundPolicy {
+            recipients_per_hour,
+            recipients_per_day: 10,
+            action,
         },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetSpeedBump {
-            steps: vec![step("2027-02-01=100"), step("2027-02-01=30")],
-        },
-    );
-    push(
+    };
+    log.push(
         1000,
         "tk2-name",
         None,
-        Command::SetOutboundPolicy {
-            tenant: tid("a"),
-            policy: OutboundPolicy {
-                recipients_per_hour: 3,
-                recipients_per_day: 10,
-                action: LimitAction::BlockForToday,
-            },
-        },
+        outbound("a", 3, LimitAction::BlockForToday),
     );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOutboundPolicy {
-            tenant: tid("b"),
-            policy: OutboundPolicy {
-                recipients_per_hour: 0,
-                recipients_per_day: 10,
-                action: LimitAction::Block,
-            },
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOutboundPolicy {
-            tenant: tid("zz"),
-            policy: OutboundPolicy::default(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetDetectionPolicy {
-            tenant: None,
-            policy: DetectionPolicy::default(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetDetectionPolicy {
-            tenant: Some(tid("a")),
-            policy: DetectionPolicy {
-                interval_ms: 60_000,
-                warmup_intervals: 1,
-                spike_factor: 2,
-                min_messages: 5,
-                unprovisioned_percent: 50,
-                mismatch_percent: 50,
-                auth_fail_percent: 50,
-            },
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetDetectionPolicy {
-            tenant: None,
-            policy: DetectionPolicy {
-                interval_ms: 10,
-                ..DetectionPolicy::default()
-            },
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetDetectionPolicy {
-            tenant: Some(tid("zz")),
-            policy: DetectionPolicy::default(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetAlertContacts {
-            tenant: tid("a"),
+    log.op(outbound("b", 0, LimitAction::Block));
+    log.op(Command::SetOutboundPolicy {
+        tenant: tid("zz"),
+        policy: OutboundPolicy::default(),
+    });
+    let strict = DetectionPolicy {
+        interval_ms: 60_000,
+        warmup_intervals: 1,
+        spike_factor: 2,
+        min_messages: 5,
+        unprovisioned_percent: 50,
+        mismatch_percent: 50,
+        auth_fail_percent: 50,
+    };
+    let fast = DetectionPolicy {
+        interval_ms: 10,
+        ..DetectionPolicy::default()
+    };
+    for (t, policy) in [
+        (None, DetectionPolicy::default()),
+        (Some("a"), strict),
+        (None, fast),
+        (Some("zz"), DetectionPolicy::default()),
+    ] {
+        log.op(Command::SetDetectionPolicy {
+            tenant: t.map(tid),
+            policy,
+        });
+    }
+    for (t, emails, webhook_url, webhook_secret) in [
+        (
+            "a",
+            &["admin@a.test"][..],
+            "https://hooks.a.test/moat",
+            "s3cret",
+        ),
+        ("b", &[], "ftp://x", ""),
+        ("b", &["nobody"], "", ""),
+        ("zz", &[], "", ""),
+    ] {
+        log.op(Command::SetAlertContacts {
+            tenant: tid(t),
             contacts: AlertContacts {
-                emails: vec!["admin@a.test".into()],
-                webhook_url: "https://hooks.a.test/moat".into(),
-                webhook_secret: "s3cret".into(),
+                emails: emails.iter().map(|e| e.to_string()).collect(),
+                webhook_url: webhook_url.into(),
+                webhook_secret: webhook_secret.into(),
             },
+        });
+    }
+    log.op(Command::SetAlertTransport {
+        transport: AlertTransport {
+            smtp: "edge.moat.test:25".into(),
+            from: "alerts@moat.test".into(),
         },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetAlertContacts {
-            tenant: tid("b"),
-            contacts: AlertContacts {
-                emails: vec![],
-                webhook_url: "ftp://x".into(),
-                webhook_secret: String::new(),
-            },
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetAlertContacts {
-            tenant: tid("b"),
-            contacts: AlertContacts {
-                emails: vec!["nobody".into()],
-                webhook_url: String::new(),
-                webhook_secret: String::new(),
-            },
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetAlertContacts {
-            tenant: tid("zz"),
-            contacts: AlertContacts::default(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetAlertTransport {
-            transport: AlertTransport {
-                smtp: "edge.moat.test:25".into(),
-                from: "alerts@moat.test".into(),
-            },
-        },
-    );
+    });
     // Signals: counters, TLS report, a user over its limit, a connector flood, on-prem servers.
     let v10 = signal::tls_usage(
         Unit::Sessions,
@@ -502,243 +286,122 @@ fn scenario() -> Vec<Proposal> {
     let old = signal::onprem_server("exch16.a.local", "15.1.2507.44");
     let old2 = signal::onprem_server("exch19.a.local", "15.0.1497.48");
     let good = signal::onprem_server("exch19.a.local", "15.2.1748.39");
-    push(
+    let signals = |batches| Command::Signals { batches };
+    log.push(
         60_000,
         "system",
         None,
-        Command::Signals {
-            batches: vec![
-                batch(
-                    "edge-1",
-                    1,
-                    &[
-                        ("tenant", "a", "messages", 5),
-                        (signal::TLS, "a", &v10, 2),
-                        (signal::TLS, "a", &m10, 3),
-                        (signal::TLS, "b", &v13, 7),
-                        (signal::TLS_LEGACY, "a", &who, 2),
-                        (signal::USER, "u@a.test", signal::RECIPIENTS, 2),
-                        (signal::CONNECTOR, "a/onprem", "messages", 2),
-                        (signal::CONNECTOR, "a/partner", "messages", 1),
-                        (signal::CONNECTOR, "a/missing", "messages", 1),
-                    ],
-                ),
-                batch(
-                    "edge-2",
-                    1,
-                    &[(signal::USER, "v@a.test", signal::RECIPIENTS, 1)],
-                ),
-            ],
-        },
-    );
-    push(
-        1000,
-        "system",
-        None,
-        Command::Signals {
-            batches: vec![
-                batch("edge-1", 1, &[("tenant", "a", "messages", 100)]),
-                batch(
-                    "edge-2",
-                    2,
-                    &[
-                        (signal::USER, "u@a.test", signal::RECIPIENTS, 2),
-                        (signal::ONPREM, "a/onprem", &old, 4),
-                        (signal::ONPREM, "a/onprem", &old2, 1),
-                        (signal::ONPREM, "a/missing", &old, 1),
-                    ],
-                ),
-            ],
-        },
-    );
-    push(
-        60_000,
-        "system",
-        None,
-        Command::Signals {
-            batches: vec![batch(
+        signals(vec![
+            batch(
                 "edge-1",
-                2,
+                1,
                 &[
-                    ("tenant", "a", "messages", 7),
-                    (signal::CONNECTOR, "a/onprem", "messages", 40),
-                    (signal::CONNECTOR, "a/onprem", "unprovisioned", 30),
-                    (signal::CONNECTOR, "a/onprem", "mismatch", 2),
-                    (signal::CONNECTOR, "a/onprem", "relay-refused", 1),
-                    (signal::CONNECTOR, "a/partner", "auth-checked", 10),
-                    (signal::CONNECTOR, "a/partner", "dmarc-fail", 9),
-                    (signal::ONPREM, "a/onprem", &good, 2),
-                    (signal::ONPREM, "a/onprem", &old2, 1),
+                    ("tenant", "a", "messages", 5),
+                    (signal::TLS, "a", &v10, 2),
+                    (signal::TLS, "a", &m10, 3),
+                    (signal::TLS, "b", &v13, 7),
+                    (signal::TLS_LEGACY, "a", &who, 2),
+                    (signal::USER, "u@a.test", signal::RECIPIENTS, 2),
+                    (signal::CONNECTOR, "a/onprem", "messages", 2),
+                    (signal::CONNECTOR, "a/partner", "messages", 1),
+                    (signal::CONNECTOR, "a/missing", "messages", 1),
                 ],
-            )],
-        },
+            ),
+            batch(
+                "edge-2",
+                1,
+                &[(signal::USER, "v@a.test", signal::RECIPIENTS, 1)],
+            ),
+        ]),
+    );
+    log.system(signals(vec![
+        batch("edge-1", 1, &[("tenant", "a", "messages", 100)]),
+        batch(
+            "edge-2",
+            2,
+            &[
+                (signal::USER, "u@a.test", signal::RECIPIENTS, 2),
+                (signal::ONPREM, "a/onprem", &old, 4),
+                (signal::ONPREM, "a/onprem", &old2, 1),
+                (signal::ONPREM, "a/missing", &old, 1),
+            ],
+        ),
+    ]));
+    log.push(
+        60_000,
+        "system",
+        None,
+        signals(vec![batch(
+            "edge-1",
+            2,
+            &[
+                ("tenant", "a", "messages", 7),
+                (signal::CONNECTOR, "a/onprem", "messages", 40),
+                (signal::CONNECTOR, "a/onprem", "unprovisioned", 30),
+                (signal::CONNECTOR, "a/onprem", "mismatch", 2),
+                (signal::CONNECTOR, "a/onprem", "relay-refused", 1),
+                (signal::CONNECTOR, "a/partner", "auth-checked", 10),
+                (signal::CONNECTOR, "a/partner", "dmarc-fail", 9),
+                (signal::ONPREM, "a/onprem", &good, 2),
+                (signal::ONPREM, "a/onprem", &old2, 1),
+            ],
+        )]),
     );
     // Alert deliveries.
-    push(
-        1000,
-        "system",
-        None,
-        Command::AlertDelivery {
-            alert: 1,
-            channel: "webhook".into(),
-            target: "https://hooks.a.test/moat".into(),
-            error: None,
-        },
-    );
-    push(
-        1000,
-        "system",
-        None,
-        Command::AlertDelivery {
-            alert: 1,
-            channel: "email".into(),
-            target: "admin@a.test".into(),
-            error: Some("connection refused".into()),
-        },
-    );
-    push(
-        1000,
-        "system",
-        None,
-        Command::AlertDelivery {
-            alert: 1,
-            channel: "webhook".into(),
-            target: "https://hooks.a.test/moat".into(),
-            error: None,
-        },
-    );
-    push(
-        1000,
-        "system",
-        None,
-        Command::AlertDelivery {
-            alert: 999,
-            channel: "email".into(),
-            target: "x@a.test".into(),
-            error: None,
-        },
-    );
+    for (alert, channel, target, error) in [
+        (1, "webhook", "https://hooks.a.test/moat", None),
+        (1, "email", "admin@a.test", Some("connection refused")),
+        (1, "webhook", "https://hooks.a.test/moat", None),
+        (999, "email", "x@a.test", None),
+    ] {
+        log.system(Command::AlertDelivery {
+            alert,
+            channel: channel.into(),
+            target: target.into(),
+            error: error.map(Into::into),
+        });
+    }
     // Unblocking.
-    push(
-        1000,
-        op,
-        None,
-        Command::Unblock {
+    for (kind, name, reason) in [
+        (EntityKind::Connector, "partner", "false alarm"),
+        (EntityKind::User, "v@a.test", "why"),
+    ] {
+        log.op(Command::Unblock {
             tenant: tid("a"),
-            kind: EntityKind::Connector,
-            name: "partner".into(),
-            reason: "false alarm".into(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::Unblock {
-            tenant: tid("a"),
-            kind: EntityKind::User,
-            name: "v@a.test".into(),
-            reason: "why".into(),
-        },
-    );
+            kind,
+            name: name.into(),
+            reason: reason.into(),
+        });
+    }
     // On-premises Exchange.
-    push(
-        1000,
-        op,
+    let onprem =
+        |baseline, stages, service: Option<&str>, all_connectors| Command::SetOnpremPolicy {
+            baseline,
+            stages,
+            service: service.map(Into::into),
+            all_connectors,
+        };
+    log.op(onprem(
         None,
-        Command::SetOnpremPolicy {
-            baseline: None,
-            stages: Some(Schedule::default()),
-            service: Some(" Contoso Mail ".into()),
-            all_connectors: Some(true),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOnpremPolicy {
-            baseline: None,
-            stages: None,
-            service: Some(String::new()),
-            all_connectors: None,
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOnpremPolicy {
-            baseline: None,
-            stages: None,
-            service: None,
-            all_connectors: None,
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOnpremPolicy {
-            baseline: Some(moat_shared::exchange::Baseline(vec![])),
-            stages: None,
-            service: None,
-            all_connectors: None,
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::SetOnpremPolicy {
-            baseline: Some(moat_shared::exchange::Baseline::default()),
-            stages: None,
-            service: None,
-            all_connectors: Some(false),
-        },
-    );
-    push(
-        1000,
-        op,
-        Some("pause-1"),
-        Command::PauseOnprem {
-            tenant: tid("a"),
-            days: 5,
-            reason: "patching".into(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PauseOnprem {
-            tenant: tid("a"),
-            days: 2,
-            reason: String::new(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PauseOnprem {
-            tenant: tid("a"),
-            days: 0,
-            reason: String::new(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::PauseOnprem {
-            tenant: tid("zz"),
-            days: 1,
-            reason: String::new(),
-        },
-    );
+        Some(Schedule::default()),
+        Some(" Contoso Mail "),
+        Some(true),
+    ));
+    log.op(onprem(None, None, Some(""), None));
+    log.op(onprem(None, None, None, None));
+    log.op(onprem(Some(Baseline(vec![])), None, None, None));
+    log.op(onprem(Some(Baseline::default()), None, None, Some(false)));
+    let pause = |t, days, reason: &str| Command::PauseOnprem {
+        tenant: tid(t),
+        days,
+        reason: reason.into(),
+    };
+    log.push(1000, OP, Some("pause-1"), pause("a", 5, "patching"));
+    log.op(pause("a", 2, ""));
+    log.op(pause("a", 0, ""));
+    log.op(pause("zz", 1, ""));
     // Time: the dev clock moves forward; ticks walk the stages.
-    push(
+    log.push(
         1000,
         "dev",
         None,
@@ -747,77 +410,38 @@ fn scenario() -> Vec<Proposal> {
         },
     );
     // The next entries are stamped with the offset, as the leader does.
-    push(
+    log.push(
         1000 + 10 * DAY,
         "dev",
         None,
         Command::SetClock { offset_ms: 0 },
     );
-    push(25 * DAY, "system", None, Command::Tick);
-    push(10 * DAY, "system", None, Command::Tick);
-    push(
-        1000,
-        op,
-        None,
-        Command::PauseOnprem {
-            tenant: tid("a"),
-            days: 88,
-            reason: "budget".into(),
-        },
-    );
-    push(
-        1000,
-        "system",
-        None,
-        Command::Signals {
-            batches: vec![batch(
-                "edge-1",
-                3,
-                &[(signal::USER, "v@a.test", signal::RECIPIENTS, 50)],
-            )],
-        },
-    );
+    log.push(25 * DAY, "system", None, Command::Tick);
+    log.push(10 * DAY, "system", None, Command::Tick);
+    log.op(pause("a", 88, "budget"));
+    log.system(signals(vec![batch(
+        "edge-1",
+        3,
+        &[(signal::USER, "v@a.test", signal::RECIPIENTS, 50)],
+    )]));
     // Deletions.
-    push(
-        1000,
-        op,
-        None,
-        Command::DeleteConnector {
+    for _ in 0..2 {
+        log.op(Command::DeleteConnector {
             tenant: tid("a"),
             name: "partner".into(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::DeleteConnector {
-            tenant: tid("a"),
-            name: "partner".into(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::DeleteUser {
-            tenant: tid("a"),
-            address: "v@a.test".into(),
-        },
-    );
-    push(
-        1000,
-        op,
-        None,
-        Command::DeleteUser {
-            tenant: tid("b"),
-            address: "u@a.test".into(),
-        },
-    );
-    push(1000, op, None, Command::DeleteTenant { tenant: tid("b") });
-    push(1000, op, None, Command::DeleteTenant { tenant: tid("b") });
-    push(1000, "system", None, Command::Tick);
-    out
+        });
+    }
+    for (t, address) in [("a", "v@a.test"), ("b", "u@a.test")] {
+        log.op(Command::DeleteUser {
+            tenant: tid(t),
+            address: address.into(),
+        });
+    }
+    for _ in 0..2 {
+        log.op(Command::DeleteTenant { tenant: tid("b") });
+    }
+    log.system(Command::Tick);
+    log.out
 }
 
 /// Applies the entries in order from [`FIRST_INDEX`]; returns the state and each result text.

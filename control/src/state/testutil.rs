@@ -23,20 +23,27 @@ pub(super) fn p(at_ms: i64, command: Command) -> Proposal {
     }
 }
 
-pub(super) fn signals(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) -> Command {
-    Command::Signals {
-        batches: vec![SignalBatch {
-            edge: edge.into(),
-            seq,
-            counters: counters
-                .iter()
-                .map(|(s, k, n, v)| (s.to_string(), k.to_string(), n.to_string(), *v))
-                .collect(),
-        }],
+/// One edge's batch of counters `(scope, key, name, delta)`.
+pub(super) fn batch(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) -> SignalBatch {
+    SignalBatch {
+        edge: edge.into(),
+        seq,
+        counters: counters
+            .iter()
+            .map(|(s, k, n, v)| (s.to_string(), k.to_string(), n.to_string(), *v))
+            .collect(),
     }
 }
 
-pub(super) fn with_user(limits: OutboundPolicy) -> State {
+/// A `Signals` command of one batch.
+pub(super) fn signals(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) -> Command {
+    Command::Signals {
+        batches: vec![batch(edge, seq, counters)],
+    }
+}
+
+/// A state with tenant `a` (domain `a.test`), put at index and time 1.
+fn with_tenant() -> State {
     let mut s = State::default();
     s.apply(
         1,
@@ -47,6 +54,11 @@ pub(super) fn with_user(limits: OutboundPolicy) -> State {
             },
         ),
     );
+    s
+}
+
+pub(super) fn with_user(limits: OutboundPolicy) -> State {
+    let mut s = with_tenant();
     let user = User {
         tenant: TenantId::new("a").unwrap(),
         address: "u@a.test".into(),
@@ -75,16 +87,7 @@ pub(super) fn simulate(
     per_minute: impl Fn(i64) -> u64,
     bad: impl Fn(i64) -> u64,
 ) -> (State, Option<i64>) {
-    let mut s = State::default();
-    s.apply(
-        1,
-        &p(
-            1,
-            Command::PutTenant {
-                tenant: tenant("a", &["a.test"]),
-            },
-        ),
-    );
+    let mut s = with_tenant();
     let connector = Connector {
         tenant: TenantId::new("a").unwrap(),
         name: "onprem".into(),
@@ -127,13 +130,7 @@ pub(super) fn simulate(
 pub(super) fn detected_at(t0: i64) -> State {
     let (mut s, _) = simulate(1, |_| 1, |_| 0);
     let name = signal::onprem_server("exch16.corp.local", "15.1.2507.44");
-    let c = Command::Signals {
-        batches: vec![SignalBatch {
-            edge: "e9".into(),
-            seq: 1,
-            counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
-        }],
-    };
+    let c = signals("e9", 1, &[(signal::ONPREM, "a/onprem", &name, 1)]);
     s.apply(5000, &p(t0, c));
     s
 }
