@@ -9,7 +9,6 @@ use moat_shared::signal::{self, ConnectorCounter};
 use moat_shared::{ConnectorId, EntityKind, TenantId};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::Alert;
 use super::counters::add;
 use super::error::{Kind, Rejection};
 use super::tenants::Directory;
@@ -323,31 +322,22 @@ impl State {
             until_ms: None,
         });
         self.restricted_changed = true;
-        self.audit.system(
-            index,
-            now,
-            tenant.clone(),
-            format!("connector {name} restricted: {reason}"),
-        );
         let cert = cert
             .map(|c| format!(", certificate {c}"))
             .unwrap_or_default();
-        self.alert(Alert {
-            at_ms: now,
+        let ips = if ips.is_empty() {
+            "-".to_owned()
+        } else {
+            ips.join(" ")
+        };
+        self.system_alert(
+            index,
             tenant,
-            severity: "high".into(),
-            title: "Suspicious connector activity".into(),
-            id: 0,
-            deliveries: Vec::new(),
-            detail: format!(
-                "connector {name} (IPs {}{cert}) restricted by {reason}",
-                if ips.is_empty() {
-                    "-".to_owned()
-                } else {
-                    ips.join(" ")
-                }
-            ),
-        });
+            format!("connector {name} restricted: {reason}"),
+            "high",
+            "Suspicious connector activity",
+            format!("connector {name} (IPs {ips}{cert}) restricted by {reason}"),
+        );
     }
 }
 

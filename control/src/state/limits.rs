@@ -9,7 +9,6 @@ use moat_shared::time::day_of_ms;
 use moat_shared::{ConnectorId, EntityKind, SpeedBumpStep, TenantId};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::Alert;
 use super::detection::WindowCounts;
 use super::error::{Kind, Rejection};
 use super::tenants::Directory;
@@ -263,17 +262,14 @@ impl State {
             self.restricted_changed = true;
         }
         let detail = format!("{address}: {over}; {action}");
-        self.audit
-            .system(index, self.now_ms, tenant.clone(), format!("user {detail}"));
-        self.alert(Alert {
-            at_ms: now,
+        self.system_alert(
+            index,
             tenant,
-            severity: "high".into(),
-            title: title.into(),
+            format!("user {detail}"),
+            "high",
+            title,
             detail,
-            id: 0,
-            deliveries: Vec::new(),
-        });
+        );
     }
 }
 

@@ -291,6 +291,30 @@ impl State {
             offset_ms as f64 / DAY_MS as f64
         ))
     }
+
+    /// Records a system event (`action`) in the audit log and raises an alert on it, both at
+    /// the cluster's time.
+    fn system_alert(
+        &mut self,
+        index: u64,
+        tenant: TenantId,
+        action: String,
+        severity: &str,
+        title: &str,
+        detail: String,
+    ) {
+        let now = self.now_ms;
+        self.audit.system(index, now, tenant.clone(), action);
+        self.alert(Alert {
+            at_ms: now,
+            tenant,
+            severity: severity.into(),
+            title: title.into(),
+            detail,
+            id: 0,
+            deliveries: Vec::new(),
+        });
+    }
 }
 
 /// Whether a successful command changes what edges enforce (the policy version).

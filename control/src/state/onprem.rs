@@ -12,7 +12,6 @@ use moat_shared::time::{day_of_ms, day_string};
 use moat_shared::{ConnectorId, TenantId};
 use serde::{Deserialize, Serialize};
 
-use super::alerts::Alert;
 use super::error::{Kind, Rejection};
 use super::State;
 
@@ -448,29 +447,14 @@ impl State {
         title: &str,
         detail: String,
     ) {
-        let now = self.now_ms;
-        self.audit.system(
-            index,
-            self.now_ms,
-            tenant.clone(),
-            format!("{title}: {detail}"),
-        );
-        self.alert(Alert {
-            at_ms: now,
-            tenant,
-            severity: severity.into(),
-            title: title.into(),
-            detail,
-            id: 0,
-            deliveries: Vec::new(),
-        });
+        let action = format!("{title}: {detail}");
+        self.system_alert(index, tenant, action, severity, title, detail);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use moat_shared::onprem::Schedule;
-    use moat_shared::signal;
     use moat_shared::TenantId;
 
     use crate::state::testutil::*;
@@ -480,24 +464,10 @@ mod tests {
     fn onprem_servers_start_and_end_their_cycle_by_build() {
         let (mut s, _) = simulate(1, |_| 1, |_| 0);
         let t0 = s.now_ms + 1000;
-        let seen = |build: &str| {
-            let name = signal::onprem_server("exch16.corp.local", build);
-            Command::Signals {
-                batches: vec![SignalBatch {
-                    edge: "e9".into(),
-                    seq: 0,
-                    counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
-                }],
-            }
-        };
         let mut seq = 0;
         let mut apply = |s: &mut State, at: i64, build: &str| {
             seq += 1;
-            let mut c = seen(build);
-            if let Command::Signals { batches } = &mut c {
-                batches[0].seq = seq;
-            }
-            s.apply(1000 + seq, &p(at, c));
+            s.apply(1000 + seq, &p(at, exchange_seen(seq, build)));
         };
         apply(&mut s, t0, "15.1.2507.44");
         let srv = &s.onprem.servers["a|exch16.corp.local"];
@@ -560,18 +530,13 @@ mod tests {
         let srv = &s.onprem.servers[key];
         assert_eq!(srv.throttle_enabled_ms, Some(t0 + 31 * DAY));
         assert_eq!(srv.blocking_enabled_ms, None);
+        let pause = |days, reason: &str| Command::PauseOnprem {
+            tenant: TenantId::new("a").unwrap(),
+            days,
+            reason: reason.into(),
+        };
         // Paused at day 45 for 10 days: no enforcement, and the clock of the cycle stops.
-        let paused = s.apply(
-            7000,
-            &p(
-                t0 + 45 * DAY,
-                Command::PauseOnprem {
-                    tenant: TenantId::new("a").unwrap(),
-                    days: 10,
-                    reason: "patching".into(),
-                },
-            ),
-        );
+        let paused = s.apply(7000, &p(t0 + 45 * DAY, pause(10, "patching")));
         assert!(paused.result.is_ok(), "{paused:?}");
         assert!(s.onprem.servers[key].paused);
         assert!(!s.onprem.servers[key].enforced(&Schedule::default()));
@@ -580,17 +545,7 @@ mod tests {
         assert_eq!(tick(&mut s, 56), (3, true));
         assert!(!s.onprem.servers[key].paused);
         // 81 more days this year would exceed the 90-day budget.
-        let refused = s.apply(
-            7001,
-            &p(
-                t0 + 57 * DAY,
-                Command::PauseOnprem {
-                    tenant: TenantId::new("a").unwrap(),
-                    days: 81,
-                    reason: "more".into(),
-                },
-            ),
-        );
+        let refused = s.apply(7001, &p(t0 + 57 * DAY, pause(81, "more")));
         let why = refused.result.unwrap_err().to_string();
         assert!(
             why.contains("80 left") || why.contains("yearly budget"),
@@ -607,20 +562,7 @@ mod tests {
         let t0 = 1_800_000_000_000;
         let mut s = detected_at(t0);
         // Remediate with the October 2025 update, then raise the baseline above it.
-        let name = signal::onprem_server("exch16.corp.local", "15.1.2507.61");
-        s.apply(
-            5001,
-            &p(
-                t0 + 1000,
-                Command::Signals {
-                    batches: vec![SignalBatch {
-                        edge: "e9".into(),
-                        seq: 2,
-                        counters: vec![(signal::ONPREM.into(), "a/onprem".into(), name, 1)],
-                    }],
-                },
-            ),
-        );
+        s.apply(5001, &p(t0 + 1000, exchange_seen(2, "15.1.2507.61")));
         let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(
             (srv.first_detected_ms, srv.remediated_ms),

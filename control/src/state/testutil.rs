@@ -126,11 +126,15 @@ pub(super) fn simulate(
     (s, restricted_at)
 }
 
+/// Edge `e9` saw server `exch16.corp.local` of build `build` on connector `a/onprem`.
+pub(super) fn exchange_seen(seq: u64, build: &str) -> Command {
+    let name = signal::onprem_server("exch16.corp.local", build);
+    signals("e9", seq, &[(signal::ONPREM, "a/onprem", &name, 1)])
+}
+
 /// A tenant with an out-of-date server first seen at `t0`.
 pub(super) fn detected_at(t0: i64) -> State {
     let (mut s, _) = simulate(1, |_| 1, |_| 0);
-    let name = signal::onprem_server("exch16.corp.local", "15.1.2507.44");
-    let c = signals("e9", 1, &[(signal::ONPREM, "a/onprem", &name, 1)]);
-    s.apply(5000, &p(t0, c));
+    s.apply(5000, &p(t0, exchange_seen(1, "15.1.2507.44")));
     s
 }
