@@ -414,70 +414,23 @@ mod tests {
             baseline_milli,
             quiet_until_ms: 0,
         };
-        // (case, stats, onprem, fired detector)
+        // (case, window [messages, unprovisioned, mismatch, checked, failed], intervals,
+        // baseline_milli, onprem, fired detector)
+        #[rustfmt::skip]
         let table = [
-            (
-                "quiet window",
-                stats(window(0, 0, 0, 0, 0), 30, 10_000),
-                true,
-                None,
-            ),
-            (
-                "below the minimum",
-                stats(window(99, 99, 99, 99, 99), 30, 0),
-                true,
-                None,
-            ),
-            (
-                "DMARC failures, even without enough messages",
-                stats(window(10, 0, 0, 100, 50), 0, 0),
-                false,
-                Some("authentication-failures"),
-            ),
-            (
-                "DMARC failures below the share",
-                stats(window(100, 0, 0, 100, 49), 0, 100_000),
-                false,
-                None,
-            ),
-            (
-                "ten times the baseline after warm-up",
-                stats(window(100, 0, 0, 0, 0), 24, 10_000),
-                false,
-                Some("volume-spike"),
-            ),
-            (
-                "ten times the baseline during warm-up",
-                stats(window(100, 0, 0, 0, 0), 23, 10_000),
-                false,
-                None,
-            ),
-            (
-                "an empty baseline counts as one message",
-                stats(window(100, 0, 0, 0, 0), 24, 0),
-                false,
-                Some("volume-spike"),
-            ),
-            (
-                "unprovisioned domains through an OnPremises connector",
-                stats(window(100, 50, 0, 0, 0), 0, 0),
-                true,
-                Some("unprovisioned-domains"),
-            ),
-            (
-                "unprovisioned domains through a partner connector",
-                stats(window(100, 50, 50, 0, 0), 0, 0),
-                false,
-                None,
-            ),
-            (
-                "header From mismatches through an OnPremises connector",
-                stats(window(100, 49, 50, 0, 0), 0, 0),
-                true,
-                Some("from-mismatch"),
-            ),
+            ("quiet window",                                           [0, 0, 0, 0, 0],      30, 10_000,  true,  None),
+            ("below the minimum",                                      [99, 99, 99, 99, 99], 30, 0,       true,  None),
+            ("DMARC failures, even without enough messages",           [10, 0, 0, 100, 50],  0,  0,       false, Some("authentication-failures")),
+            ("DMARC failures below the share",                         [100, 0, 0, 100, 49], 0,  100_000, false, None),
+            ("ten times the baseline after warm-up",                   [100, 0, 0, 0, 0],    24, 10_000,  false, Some("volume-spike")),
+            ("ten times the baseline during warm-up",                  [100, 0, 0, 0, 0],    23, 10_000,  false, None),
+            ("an empty baseline counts as one message",                [100, 0, 0, 0, 0],    24, 0,       false, Some("volume-spike")),
+            ("unprovisioned domains through an OnPremises connector",  [100, 50, 0, 0, 0],   0,  0,       true,  Some("unprovisioned-domains")),
+            ("unprovisioned domains through a partner connector",      [100, 50, 50, 0, 0],  0,  0,       false, None),
+            ("header From mismatches through an OnPremises connector", [100, 49, 50, 0, 0],  0,  0,       true,  Some("from-mismatch")),
         ];
-        for (case, st, onprem, fired) in table {
+        for (case, [m, u, mm, checked, failed], intervals, baseline, onprem, fired) in table {
+            let st = stats(window(m, u, mm, checked, failed), intervals, baseline);
             let found = judge(&st, &policy, onprem, 1000);
             assert_eq!(found.as_ref().map(|f| f.detector), fired, "{case}");
         }

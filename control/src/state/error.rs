@@ -261,106 +261,37 @@ pub(crate) mod tests {
     #[test]
     fn each_rejection_keeps_its_text_and_maps_to_its_code() {
         use RejectionCode::*;
+        // (rejection, its text, its code)
+        #[rustfmt::skip]
         let table = [
-            (
-                Rejection::not_found(Kind::Tenant, "a"),
-                "tenant `a` does not exist",
-                NotFound,
-            ),
-            (
-                Rejection::not_found(Kind::Connector, "a/x"),
-                "connector `a/x` does not exist",
-                NotFound,
-            ),
-            (
-                Rejection::not_found(Kind::Token, "t1"),
-                "token `t1` does not exist",
-                NotFound,
-            ),
-            (
-                Rejection::DomainNotAccepted {
-                    domain: dom("x.test"),
-                    tenant: tid("a"),
-                },
-                "domain `x.test` is not accepted by `a`",
-                NotFound,
-            ),
-            (
-                Rejection::UserNotInTenant {
-                    address: "u@a.test".into(),
-                    tenant: tid("b"),
-                },
-                "user `u@a.test` does not exist in `b`",
-                NotFound,
-            ),
-            (
-                Rejection::AlreadyExists {
-                    kind: Kind::Token,
-                    name: "t1".into(),
-                },
-                "token `t1` exists",
-                AlreadyExists,
-            ),
-            (
-                Rejection::DomainTaken {
-                    domain: dom("x.test"),
-                    owner: tid("a"),
-                },
-                "domain `x.test` is already accepted by `a`",
-                AlreadyExists,
-            ),
-            (
-                Rejection::AlreadyPaused {
-                    tenant: tid("a"),
-                    until: "2027-01-20".into(),
-                },
-                "a is already paused until 2027-01-20",
-                AlreadyExists,
-            ),
-            (
-                Rejection::UserOfOtherTenant {
-                    address: "u@a.test".into(),
-                    owner: tid("a"),
-                },
-                "user `u@a.test` belongs to tenant `a`",
-                FailedPrecondition,
-            ),
-            (
-                Rejection::NoDelivery {
-                    alert: 9,
-                    channel: "email".into(),
-                    target: "x@a.test".into(),
-                },
-                "alert 9 has no email delivery to x@a.test",
-                FailedPrecondition,
-            ),
-            (
-                Rejection::NotRestricted {
-                    kind: EntityKind::User,
-                    name: "u@a.test".into(),
-                    tenant: tid("a"),
-                },
-                "user `u@a.test` of `a` is not restricted",
-                FailedPrecondition,
-            ),
-            (
-                Rejection::conflict(Kind::Clock, "the cluster clock only moves forward"),
-                "the cluster clock only moves forward",
-                FailedPrecondition,
-            ),
-            (
-                Rejection::invalid(Kind::Onprem, "nothing to change"),
-                "nothing to change",
-                FailedPrecondition,
-            ),
-            (
-                Rejection::Undecodable {
-                    index: 7,
-                    reason: "EOF".into(),
-                },
-                "entry 7 does not decode: EOF",
-                FailedPrecondition,
-            ),
+            (Rejection::not_found(Kind::Tenant, "a"),
+                "tenant `a` does not exist", NotFound),
+            (Rejection::not_found(Kind::Connector, "a/x"),
+                "connector `a/x` does not exist", NotFound),
+            (Rejection::not_found(Kind::Token, "t1"),
+                "token `t1` does not exist", NotFound),
+            (Rejection::DomainNotAccepted { domain: dom("x.test"), tenant: tid("a") },
+                "domain `x.test` is not accepted by `a`", NotFound),
+            (Rejection::UserNotInTenant { address: "u@a.test".into(), tenant: tid("b") },
+                "user `u@a.test` does not exist in `b`", NotFound),
+            (Rejection::AlreadyExists { kind: Kind::Token, name: "t1".into() },
+                "token `t1` exists", AlreadyExists),
+            (Rejection::DomainTaken { domain: dom("x.test"), owner: tid("a") },
+                "domain `x.test` is already accepted by `a`", AlreadyExists),
+            (Rejection::AlreadyPaused { tenant: tid("a"), until: "2027-01-20".into() },
+                "a is already paused until 2027-01-20", AlreadyExists),
+            (Rejection::UserOfOtherTenant { address: "u@a.test".into(), owner: tid("a") },
+                "user `u@a.test` belongs to tenant `a`", FailedPrecondition),
+            (Rejection::NoDelivery { alert: 9, channel: "email".into(), target: "x@a.test".into() },
+                "alert 9 has no email delivery to x@a.test", FailedPrecondition),
+            (Rejection::NotRestricted { kind: EntityKind::User, name: "u@a.test".into(), tenant: tid("a") },
+                "user `u@a.test` of `a` is not restricted", FailedPrecondition),
+            (Rejection::conflict(Kind::Clock, "the cluster clock only moves forward"),
+                "the cluster clock only moves forward", FailedPrecondition),
+            (Rejection::invalid(Kind::Onprem, "nothing to change"),
+                "nothing to change", FailedPrecondition),
+            (Rejection::Undecodable { index: 7, reason: "EOF".into() },
+                "entry 7 does not decode: EOF", FailedPrecondition),
         ];
         for (rejection, text, code) in table {
             assert_eq!(rejection.to_string(), text);
