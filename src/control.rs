@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use moat_control::node::Options;
-use moat_control::server::{Control, ControlConfig};
+use moat_control::config::ControlConfig;
+use moat_control::raft::node::Options;
+use moat_control::server::Control;
 use moat_shared::Seed;
 use serde::Deserialize;
 

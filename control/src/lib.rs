@@ -20,7 +20,6 @@
 //! - [`config`]: [`config::ControlConfig`], how a node is set up.
 //! - [`server`]: `moat control` as a process ([`server::Control`]): listener, node thread,
 //!   gRPC serving, readiness and metrics.
-//! - [`node`]: the former path of [`raft::node`], kept for the binary.
 
 #![forbid(unsafe_code)]
 
@@ -33,7 +32,6 @@ mod service;
 pub mod state;
 pub mod storage;
 
-pub use self::raft::node;
 /// Describes every metric a control node records (help text and unit).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};

@@ -17,7 +17,7 @@ use moat_proto::v1;
 use moat_shared::time::now_ms;
 use tokio::sync::oneshot;
 
-pub use crate::config::ControlConfig;
+use crate::config::ControlConfig;
 use crate::raft::node::{raft_logger, Core, NodeError};
 use crate::raft::thread::{self, Setup};
 use crate::raft::transport::MAX_MESSAGE;

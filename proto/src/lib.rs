@@ -3,6 +3,13 @@
 //!
 //! The generated types stop at the boundary: edges and control nodes convert them with
 //! [`convert`] as soon as they arrive and never pass them around inside.
+//!
+//! Layout:
+//! - [`v1`] (re-exported at the root): the generated messages and services; this file adds
+//!   [`v1::ReadKind`]'s names and [`v1::ReadRequest::of`], so a read kind is listed once, in
+//!   `moat.proto`.
+//! - [`convert`]: wire types to `moat-shared` types and back, with typed errors.
+//! - [`mtls`]: internal mutual TLS: certificate roles, material checked and renewed from files.
 
 pub mod convert;
 pub mod mtls;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use moat_control::server::{Control, ControlConfig};
+use moat_control::config::ControlConfig;
+use moat_control::server::Control;
 use moat_edge::{Edge, EdgeError};
 use moat_proto::mtls::InternalTls;
 use moat_shared::{PolicyHandle, Seed};
