@@ -10,9 +10,11 @@
 //!   `moat.proto`.
 //! - [`convert`]: wire types to `moat-shared` types and back, with typed errors.
 //! - [`mtls`]: internal mutual TLS: certificate roles, material checked and renewed from files.
+//! - [`paging`]: the opaque page tokens of paginated admin reads.
 
 pub mod convert;
 pub mod mtls;
+pub mod paging;
 
 /// Everything `moat.proto` defines (package `moat.v1`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used)]

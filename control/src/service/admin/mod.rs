@@ -10,6 +10,7 @@ use super::Services;
 use authz::{authenticate, principal_of, Caller, Credentials, Principal};
 
 pub(crate) mod authz;
+mod paging;
 mod read;
 mod write;
 

@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::authz::{authorize, read_scope, Action, Principal};
+use super::paging::{
+    number_bytes, number_key, page, range_after, text_key, Bounds, PAGE_BYTES,
+};
 use crate::publish::baseline_to_wire;
 use crate::raft::{Req, REQUEST_TIMEOUT};
 use crate::service::Shared;
@@ -43,16 +46,23 @@ pub(super) async fn read(
             kinds.join(", ")
         )));
     };
+    let after = moat_proto::paging::decode_page_token(kind, &r.page_token)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let (tx, rx) = oneshot::channel();
     let stale = r.stale_ok;
     shared.send(Req::Read(
         stale,
         Box::new(move |state| {
-            let _ = tx.send(read_reply(state, &r, kind));
+            let bounds = Bounds {
+                after: after.as_deref(),
+                limit: r.limit as usize,
+                budget: PAGE_BYTES,
+            };
+            let _ = tx.send(read_reply(state, &r, kind, bounds));
         }),
     ));
     match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-        Ok(Ok(reply)) => Ok(reply),
+        Ok(Ok(reply)) => reply,
         _ => Err(Status::unavailable(
             "no leader confirmed this read in time; retry, or pass --stale-ok for this replica's view",
         )),
@@ -157,8 +167,17 @@ fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremSer
     row
 }
 
-/// Renders the objects a read asks for, filtered by its tenant and name.
-fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::ReadReply {
+/// Renders the objects a read asks for, filtered by its tenant and name: of a list, the page
+/// `bounds` allow (see [`super::paging`]), with the token of the next when more remain. The
+/// lists paged are those that grow with the estate; the TLS report (two lists, bounded by its
+/// days), the speed bump and detection settings and the on-premises settings come whole.
+fn read_reply(
+    state: &State,
+    r: &v1::ReadRequest,
+    kind: v1::ReadKind,
+    bounds: Bounds<'_>,
+) -> Result<v1::ReadReply, Status> {
+    let mut next: Option<Vec<u8>> = None;
     let tenant_ok = |t: &TenantId| r.tenant.is_empty() || t.as_str() == r.tenant;
     let mut reply = v1::ReadReply {
         applied_index: state.applied,
@@ -169,75 +188,114 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
     use v1::ReadKind as K;
     match kind {
         K::Tenant | K::Domain | K::TransportConfig => {
-            reply.tenants = state
-                .directory
-                .tenants
-                .values()
-                .filter(|t| tenant_ok(&t.id) && (r.name.is_empty() || t.id.as_str() == r.name))
-                .map(tenant_to_wire)
-                .collect();
+            let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
+            let items = range_after(&state.directory.tenants, from)
+                .filter(|(id, _)| tenant_ok(id) && (r.name.is_empty() || id.as_str() == r.name))
+                .map(|(id, t)| (id.as_str().as_bytes().to_vec(), tenant_to_wire(t)));
+            (reply.tenants, next) = page(items, bounds);
         }
         K::Connector => {
-            reply.connectors = state
-                .directory
-                .connectors
-                .values()
-                .filter(|c| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
-                .map(connector_to_wire)
-                .collect();
+            let from = text_key(bounds.after, |k| ConnectorId::parse(k).ok())?;
+            let items = range_after(&state.directory.connectors, from)
+                .filter(|(_, c)| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
+                .map(|(id, c)| (id.to_string().into_bytes(), connector_to_wire(c)));
+            (reply.connectors, next) = page(items, bounds);
         }
         K::User => {
-            reply.users = state
-                .directory
-                .users
-                .values()
-                .filter(|u| tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name))
-                .map(|u| v1::User {
-                    tenant: u.tenant.to_string(),
-                    address: u.address.clone(),
-                    send_as: u.send_as.clone(),
+            let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
+            let items = range_after(&state.directory.users, from)
+                .filter(|(_, u)| {
+                    tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name)
                 })
-                .collect();
+                .map(|(k, u)| {
+                    let user = v1::User {
+                        tenant: u.tenant.to_string(),
+                        address: u.address.clone(),
+                        send_as: u.send_as.clone(),
+                    };
+                    (k.as_bytes().to_vec(), user)
+                });
+            (reply.users, next) = page(items, bounds);
         }
         K::Token => {
-            reply.tokens = state
-                .tokens
-                .records
-                .values()
-                .map(|t| v1::Token {
+            let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
+            let items = range_after(&state.tokens.records, from).map(|(k, t)| {
+                let token = v1::Token {
                     id: t.id.clone(),
                     name: t.name.clone(),
                     role: t.role.as_str().into(),
                     tenant: t.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
                     created_ms: t.created_ms,
-                })
-                .collect();
+                };
+                (k.as_bytes().to_vec(), token)
+            });
+            (reply.tokens, next) = page(items, bounds);
         }
         K::Audit => {
-            reply.audit = state
-                .audit
-                .records
-                .iter()
-                .rev()
-                .filter(|a| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok))
-                .take(1000)
-                .map(|a| v1::AuditRecord {
-                    index: a.index,
-                    at_ms: a.at_ms,
-                    actor: a.actor.clone(),
-                    action: a.action.clone(),
-                    tenant: a.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            // Keyed by raft index and the record's place among that index's records (one entry
+            // may record several system events), so byte order is log order. A request without
+            // a limit or token (as every client before paging sent) gets the latest 1000, as
+            // before; a paged one walks the whole retained log from its oldest record.
+            let records = &state.audit.records;
+            let visible =
+                |a: &&crate::state::AuditRecord| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok);
+            let from = number_key(bounds.after)?;
+            let start = from.map_or(0, |(index, _)| records.partition_point(|a| a.index < index));
+            let after_key = from.map(|(i, n)| number_bytes(i, Some(n)));
+            let latest_only = bounds.limit == 0 && from.is_none();
+            let skip = if latest_only {
+                records.iter().filter(visible).count().saturating_sub(1000)
+            } else {
+                0
+            };
+            let items = records
+                .range(start..)
+                .scan((u64::MAX, 0u32), |(last, n), a| {
+                    if a.index == *last {
+                        *n = n.saturating_add(1);
+                    } else {
+                        (*last, *n) = (a.index, 0);
+                    }
+                    Some((number_bytes(a.index, Some(*n)), a))
                 })
-                .collect();
-            reply.audit.reverse();
+                .filter(|(k, a)| visible(a) && after_key.as_ref().is_none_or(|after| k > after))
+                .skip(skip)
+                .map(|(k, a)| {
+                    let record = v1::AuditRecord {
+                        index: a.index,
+                        at_ms: a.at_ms,
+                        actor: a.actor.clone(),
+                        action: a.action.clone(),
+                        tenant: a.tenant.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                    };
+                    (k, record)
+                });
+            (reply.audit, next) = page(items, bounds);
         }
         K::Restricted => {
-            reply.restricted = state
+            // A list in the order blocks were made; paged in the order of its key (tenant,
+            // kind, name, since), sorted here.
+            let key = |e: &moat_shared::RestrictedEntity| {
+                let mut k = Vec::new();
+                for part in [e.tenant.as_str(), e.kind.as_str(), e.name.as_str()] {
+                    k.extend_from_slice(part.as_bytes());
+                    k.push(0);
+                }
+                k.extend_from_slice(&e.since_ms.to_be_bytes());
+                k
+            };
+            let mut items: Vec<(Vec<u8>, &moat_shared::RestrictedEntity)> = state
                 .restricted
                 .iter()
                 .filter(|e| tenant_ok(&e.tenant) && e.in_force(state.now_ms))
-                .map(restricted_to_wire)
+                .map(|e| (key(e), e))
+                .filter(|(k, _)| bounds.after.is_none_or(|after| k.as_slice() > after))
                 .collect();
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            let items = items
+                .into_iter()
+                .map(|(k, e)| (k, restricted_to_wire(e)));
+            (reply.restricted, next) = page(items, bounds);
         }
         K::SpeedBump => {
             reply.speed_bump = state.limits.speed_bump.iter().map(step_to_wire).collect();
@@ -272,29 +330,30 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                 .collect();
         }
         K::OutboundPolicy => {
-            reply.outbound = state
-                .directory
-                .tenants
-                .keys()
-                .filter(|t| tenant_ok(t))
-                .map(|t| {
+            let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
+            let items = range_after(&state.directory.tenants, from)
+                .filter(|(t, _)| tenant_ok(t))
+                .map(|(t, _)| {
                     let p = state.limits.policy_for(t);
-                    v1::OutboundPolicy {
+                    let policy = v1::OutboundPolicy {
                         tenant: t.to_string(),
                         recipients_per_hour: p.recipients_per_hour,
                         recipients_per_day: p.recipients_per_day,
                         action: p.action.as_str().into(),
-                    }
-                })
-                .collect();
+                    };
+                    (t.as_str().as_bytes().to_vec(), policy)
+                });
+            (reply.outbound, next) = page(items, bounds);
         }
         K::Alerts => {
-            reply.alerts = state
-                .alerts
-                .records
-                .iter()
+            // Keyed by alert id, which grows with each alert raised.
+            let records = &state.alerts.records;
+            let from = number_key(bounds.after)?.map(|(id, _)| id);
+            let start = from.map_or(0, |id| records.partition_point(|a| a.id <= id));
+            let items = records
+                .range(start..)
                 .filter(|a| tenant_ok(&a.tenant))
-                .map(|a| v1::Alert {
+                .map(|a| (number_bytes(a.id, None), v1::Alert {
                     at_ms: a.at_ms,
                     tenant: a.tenant.to_string(),
                     severity: a.severity.clone(),
@@ -317,17 +376,17 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                             last_error: d.last_error.clone(),
                         })
                         .collect(),
-                })
-                .collect();
+                }));
+            (reply.alerts, next) = page(items, bounds);
         }
         K::OnpremServers => {
-            reply.onprem_servers = state
-                .onprem
-                .servers
-                .values()
-                .filter(|s| tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name))
-                .map(|s| onprem_report(state, s))
-                .collect();
+            let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
+            let items = range_after(&state.onprem.servers, from)
+                .filter(|(_, s)| {
+                    tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name)
+                })
+                .map(|(k, s)| (k.as_bytes().to_vec(), onprem_report(state, s)));
+            (reply.onprem_servers, next) = page(items, bounds);
         }
         K::OnpremPolicy => {
             reply.onprem_policy = Some(v1::OnpremPolicy {
@@ -377,12 +436,10 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
         }
         K::Clock => {}
         K::AlertContacts => {
-            reply.alert_contacts = state
-                .alert_routing
-                .contacts
-                .iter()
+            let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
+            let items = range_after(&state.alert_routing.contacts, from)
                 .filter(|(t, _)| tenant_ok(t))
-                .map(|(t, c)| v1::AlertContacts {
+                .map(|(t, c)| (t.as_str().as_bytes().to_vec(), v1::AlertContacts {
                     tenant: t.to_string(),
                     emails: c.emails.clone(),
                     webhook_url: c.webhook_url.clone(),
@@ -391,8 +448,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                     } else {
                         "(set)".into()
                     },
-                })
-                .collect();
+                }));
+            (reply.alert_contacts, next) = page(items, bounds);
             reply.alert_transport = Some(v1::AlertTransport {
                 smtp: state.alert_routing.transport.smtp.clone(),
                 from: state.alert_routing.transport.from.clone(),
@@ -447,11 +504,8 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                 .collect();
         }
         K::Counters => {
-            reply.counters = state
-                .counters
-                .table
-                .iter()
-                .filter_map(|(k, c)| {
+            let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
+            let items = range_after(&state.counters.table, from).filter_map(|(k, c)| {
                     let mut parts = k.splitn(3, '|');
                     let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
                     let owned = r.tenant.is_empty()
@@ -459,17 +513,144 @@ fn read_reply(state: &State, r: &v1::ReadRequest, kind: v1::ReadKind) -> v1::Rea
                         || (scope == moat_shared::signal::CONNECTOR
                             && ConnectorId::parse(key)
                                 .is_ok_and(|c| c.tenant.as_str() == r.tenant));
-                    owned.then(|| v1::CounterTotal {
-                        scope: scope.into(),
-                        key: key.into(),
-                        name: name.into(),
-                        total: c.total,
-                        last_minute: c.last_minute,
+                    owned.then(|| {
+                        let total = v1::CounterTotal {
+                            scope: scope.into(),
+                            key: key.into(),
+                            name: name.into(),
+                            total: c.total,
+                            last_minute: c.last_minute,
+                        };
+                        (k.as_bytes().to_vec(), total)
                     })
-                })
-                .collect();
+                });
+            (reply.counters, next) = page(items, bounds);
         }
         K::Unspecified => {}
     }
-    reply
+    if let Some(key) = next {
+        reply.next_page_token = moat_proto::paging::encode_page_token(kind, &key);
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_shared::{Domain, Tenant};
+
+    fn put(state: &mut State, id: &str) {
+        let id = TenantId::new(id).expect("valid tenant");
+        let tenant = Tenant {
+            accepted_domains: vec![Domain::new(id.as_str()).expect("valid domain")],
+            display_name: id.to_string(),
+            id: id.clone(),
+            allow_legacy_tls_clients: false,
+        };
+        state.directory.tenants.insert(id, tenant);
+    }
+
+    /// Reads every page of tenants with `limit`, running `between` after each page.
+    fn all_pages(
+        state: &mut State,
+        limit: u32,
+        budget: usize,
+        mut between: impl FnMut(&mut State, usize),
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        for n in 0.. {
+            let r = v1::ReadRequest {
+                limit,
+                page_token: token.clone(),
+                ..v1::ReadRequest::of(v1::ReadKind::Tenant)
+            };
+            let after =
+                moat_proto::paging::decode_page_token(v1::ReadKind::Tenant, &token).expect("token");
+            let bounds = Bounds {
+                after: after.as_deref(),
+                limit: limit as usize,
+                budget,
+            };
+            let reply = read_reply(state, &r, v1::ReadKind::Tenant, bounds).expect("read");
+            assert!(limit == 0 || reply.tenants.len() <= limit as usize);
+            seen.extend(reply.tenants.into_iter().map(|t| t.id));
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            token = reply.next_page_token;
+            between(state, n);
+        }
+        seen
+    }
+
+    #[test]
+    fn pages_cover_every_tenant_once_in_key_order() {
+        let mut state = State::default();
+        for i in 0..95 {
+            put(&mut state, &format!("t{i:03}.test"));
+        }
+        let seen = all_pages(&mut state, 10, PAGE_BYTES, |_, _| {});
+        let want: Vec<String> = state.directory.tenants.keys().map(|t| t.to_string()).collect();
+        assert_eq!(seen, want);
+        assert_eq!(all_pages(&mut state, 0, PAGE_BYTES, |_, _| {}), want);
+    }
+
+    #[test]
+    fn pages_resume_by_key_while_others_come_and_go() {
+        let mut state = State::default();
+        for i in 0..100 {
+            put(&mut state, &format!("keep{i:03}.test"));
+        }
+        let seen = all_pages(&mut state, 7, PAGE_BYTES, |s, n| {
+            // Tenants before and after the cursor appear and disappear between pages.
+            put(s, &format!("a{n}.test"));
+            put(s, &format!("zz{n}.test"));
+            s.directory
+                .tenants
+                .remove(&TenantId::new(&format!("a{}.test", n.saturating_sub(1))).expect("id"));
+        });
+        let kept: Vec<&String> = seen.iter().filter(|t| t.starts_with("keep")).collect();
+        assert_eq!(kept.len(), 100, "every tenant that stayed appears once");
+        let mut dedup = seen.clone();
+        dedup.dedup();
+        assert_eq!(dedup, seen, "nothing repeats");
+    }
+
+    #[test]
+    fn a_reply_without_a_limit_stops_at_the_byte_budget() {
+        let mut state = State::default();
+        for i in 0..50 {
+            put(&mut state, &format!("t{i:03}.test"));
+        }
+        let one = tenant_to_wire(state.directory.tenants.values().next().expect("one"));
+        let budget = 10 * (prost::Message::encoded_len(&one) + 8);
+        let seen = all_pages(&mut state, 0, budget, |_, _| {});
+        assert_eq!(seen.len(), 50, "the client that follows tokens still sees all");
+        let bounds = Bounds {
+            after: None,
+            limit: 0,
+            budget,
+        };
+        let r = v1::ReadRequest::of(v1::ReadKind::Tenant);
+        let reply = read_reply(&state, &r, v1::ReadKind::Tenant, bounds).expect("read");
+        assert_eq!(reply.tenants.len(), 10);
+        assert!(!reply.next_page_token.is_empty());
+    }
+
+    #[test]
+    fn a_token_for_another_kind_is_refused() {
+        let token = moat_proto::paging::encode_page_token(v1::ReadKind::Tenant, b"a.test");
+        let e = moat_proto::paging::decode_page_token(v1::ReadKind::User, &token);
+        assert!(e.is_err());
+        let state = State::default();
+        let bounds = Bounds {
+            after: Some(b"not a connector"),
+            limit: 0,
+            budget: PAGE_BYTES,
+        };
+        let r = v1::ReadRequest::of(v1::ReadKind::Connector);
+        let e = read_reply(&state, &r, v1::ReadKind::Connector, bounds).expect_err("bad key");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
 }

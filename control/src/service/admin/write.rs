@@ -329,10 +329,29 @@ pub(super) async fn write(
         request_id: (!w.request_id.is_empty()).then_some(w.request_id),
         command,
     };
+    check_entry_size(&p)?;
     let o = shared.ask(|r| Req::Propose(p, r)).await?;
     let mut reply = outcome_status(o)?;
     reply.secret = secret;
     Ok(reply)
+}
+
+/// The most bytes one proposal may take in the raft log (its JSON form): a log entry stays
+/// bounded, so that replicating, applying and snapshotting never handle one huge entry, and
+/// well under the 4 MB gRPC limit of the peer transport. `moat admin apply` splits a larger
+/// seed into several writes under this bound.
+pub(crate) const MAX_ENTRY_BYTES: usize = 3 << 20;
+
+/// Refuses, with INVALID_ARGUMENT naming the bound, a proposal over [`MAX_ENTRY_BYTES`].
+fn check_entry_size(p: &Proposal) -> Result<(), Status> {
+    let size = serde_json::to_vec(p).map_or(0, |v| v.len());
+    if size > MAX_ENTRY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "this change is {size} bytes in the log, over the limit of {MAX_ENTRY_BYTES} bytes \
+             for one entry; split it (moat admin apply splits a seed by itself)"
+        )));
+    }
+    Ok(())
 }
 
 fn bad(e: impl std::fmt::Display) -> Status {
@@ -398,6 +417,28 @@ mod tests {
     use super::*;
     use crate::state::Kind;
     use tonic::Code;
+
+    #[test]
+    fn a_proposal_over_the_entry_bound_is_refused_with_the_bound() {
+        let tenant = |i: usize| moat_shared::Tenant {
+            id: TenantId::new(&format!("t{i}.example")).expect("valid tenant"),
+            display_name: "x".repeat(200),
+            accepted_domains: Vec::new(),
+            allow_legacy_tls_clients: false,
+        };
+        let proposal = |n: usize| Proposal {
+            at_ms: 0,
+            actor: "op".into(),
+            request_id: None,
+            command: Command::ApplySeed {
+                tenants: (0..n).map(tenant).collect(),
+            },
+        };
+        assert!(check_entry_size(&proposal(100)).is_ok());
+        let e = check_entry_size(&proposal(20_000)).expect_err("over the bound");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(&MAX_ENTRY_BYTES.to_string()), "{e:?}");
+    }
 
     #[test]
     fn a_refused_write_gets_the_status_of_its_rejection() {
