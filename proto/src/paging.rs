@@ -63,7 +63,12 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_any_key() {
-        for key in [&b""[..], b"a", b"contoso.example/inbound", &[0, 255, 7, 128]] {
+        for key in [
+            &b""[..],
+            b"a",
+            b"contoso.example/inbound",
+            &[0, 255, 7, 128],
+        ] {
             let t = encode_page_token(ReadKind::Connector, key);
             assert!(t.is_ascii() && !t.contains(' '), "{t}");
             assert_eq!(
@@ -84,7 +89,16 @@ mod tests {
                 wanted: "user".into()
             })
         );
-        for junk in ["x", "p1.", "p1.1", "p1.1.abc", "p1.1.zz", "p1.one.00", "p2.1.00", "p1.1.é0"] {
+        for junk in [
+            "x",
+            "p1.",
+            "p1.1",
+            "p1.1.abc",
+            "p1.1.zz",
+            "p1.one.00",
+            "p2.1.00",
+            "p1.1.é0",
+        ] {
             assert!(
                 matches!(
                     decode_page_token(ReadKind::Tenant, junk),

@@ -69,34 +69,48 @@ impl Ctx {
     pub(super) async fn alerts(&self, cmd: AlertsCmd) -> Result<(), Failure> {
         match cmd {
             AlertsCmd::List { tenant } => {
-                let reply = self.read(ReadKind::Alerts, tenant.as_deref(), None).await?;
-                let rows = reply.alerts.iter().map(alert_row).collect();
-                let objects = reply.alerts.iter().map(alert_json).collect();
-                self.list(ALERT_HEADERS, rows, objects);
+                self.list_pages(
+                    ReadKind::Alerts,
+                    tenant.as_deref(),
+                    ALERT_HEADERS,
+                    |reply| {
+                        let rows = reply.alerts.iter().map(alert_row).collect();
+                        let objects = reply.alerts.iter().map(alert_json).collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             AlertsCmd::Contacts(ContactsCmd::Get { tenant }) => {
-                let reply = self
-                    .read(ReadKind::AlertContacts, tenant.as_deref(), None)
-                    .await?;
-                let rows = reply
-                    .alert_contacts
-                    .iter()
-                    .map(|c| vec![c.tenant.clone(), list_cell(&c.emails), cell(&c.webhook_url)])
-                    .collect();
-                let objects = reply
-                    .alert_contacts
-                    .iter()
-                    .map(|c| {
-                        json!({
-                            "tenant": c.tenant,
-                            "emails": c.emails,
-                            "webhook": c.webhook_url,
-                            "webhook-secret-set": !c.webhook_secret.is_empty(),
-                        })
-                    })
-                    .collect();
-                self.list(&["TENANT", "EMAILS", "WEBHOOK"], rows, objects);
+                self.list_pages(
+                    ReadKind::AlertContacts,
+                    tenant.as_deref(),
+                    &["TENANT", "EMAILS", "WEBHOOK"],
+                    |reply| {
+                        let rows = reply
+                            .alert_contacts
+                            .iter()
+                            .map(|c| {
+                                vec![c.tenant.clone(), list_cell(&c.emails), cell(&c.webhook_url)]
+                            })
+                            .collect();
+                        let objects = reply
+                            .alert_contacts
+                            .iter()
+                            .map(|c| {
+                                json!({
+                                    "tenant": c.tenant,
+                                    "emails": c.emails,
+                                    "webhook": c.webhook_url,
+                                    "webhook-secret-set": !c.webhook_secret.is_empty(),
+                                })
+                            })
+                            .collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             AlertsCmd::Contacts(ContactsCmd::Set {

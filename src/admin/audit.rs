@@ -10,10 +10,12 @@ use crate::client::Failure;
 impl Ctx {
     pub(super) async fn audit(&self, cmd: ListCmd) -> Result<(), Failure> {
         let ListCmd::List { tenant } = cmd;
-        let reply = self.read(ReadKind::Audit, tenant.as_deref(), None).await?;
-        let rows = reply.audit.iter().map(audit_row).collect();
-        let objects = reply.audit.iter().map(audit_json).collect();
-        self.list(AUDIT_HEADERS, rows, objects);
+        self.list_pages(ReadKind::Audit, tenant.as_deref(), AUDIT_HEADERS, |reply| {
+            let rows = reply.audit.iter().map(audit_row).collect();
+            let objects = reply.audit.iter().map(audit_json).collect();
+            (rows, objects)
+        })
+        .await?;
         Ok(())
     }
 }

@@ -79,12 +79,17 @@ impl Ctx {
     pub(super) async fn connector(&self, cmd: ConnectorCmd) -> Result<(), Failure> {
         match cmd {
             ConnectorCmd::List { tenant } => {
-                let reply = self
-                    .read(ReadKind::Connector, tenant.as_deref(), None)
-                    .await?;
-                let rows = reply.connectors.iter().map(connector_row).collect();
-                let objects = reply.connectors.iter().map(connector_json).collect();
-                self.list(CONNECTOR_HEADERS, rows, objects);
+                self.list_pages(
+                    ReadKind::Connector,
+                    tenant.as_deref(),
+                    CONNECTOR_HEADERS,
+                    |reply| {
+                        let rows = reply.connectors.iter().map(connector_row).collect();
+                        let objects = reply.connectors.iter().map(connector_json).collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             ConnectorCmd::Get { tenant, name } => {

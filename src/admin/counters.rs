@@ -10,12 +10,17 @@ use crate::client::Failure;
 impl Ctx {
     pub(super) async fn counters(&self, cmd: ListCmd) -> Result<(), Failure> {
         let ListCmd::List { tenant } = cmd;
-        let reply = self
-            .read(ReadKind::Counters, tenant.as_deref(), None)
-            .await?;
-        let rows = reply.counters.iter().map(counter_row).collect();
-        let objects = reply.counters.iter().map(counter_json).collect();
-        self.list(COUNTER_HEADERS, rows, objects);
+        self.list_pages(
+            ReadKind::Counters,
+            tenant.as_deref(),
+            COUNTER_HEADERS,
+            |reply| {
+                let rows = reply.counters.iter().map(counter_row).collect();
+                let objects = reply.counters.iter().map(counter_json).collect();
+                (rows, objects)
+            },
+        )
+        .await?;
         Ok(())
     }
 }

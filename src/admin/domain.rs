@@ -38,22 +38,29 @@ impl Ctx {
     pub(super) async fn domain(&self, cmd: DomainCmd) -> Result<(), Failure> {
         match cmd {
             DomainCmd::List { tenant } => {
-                let reply = self.read(ReadKind::Domain, tenant.as_deref(), None).await?;
-                let pairs: Vec<(&str, &str)> = reply
-                    .tenants
-                    .iter()
-                    .flat_map(|t| {
-                        t.accepted_domains
+                self.list_pages(
+                    ReadKind::Domain,
+                    tenant.as_deref(),
+                    &["DOMAIN", "TENANT"],
+                    |reply| {
+                        let pairs: Vec<(&str, &str)> = reply
+                            .tenants
                             .iter()
-                            .map(move |d| (d.as_str(), t.id.as_str()))
-                    })
-                    .collect();
-                let rows = pairs.iter().map(|(d, t)| vec![cell(d), cell(t)]).collect();
-                let objects = pairs
-                    .iter()
-                    .map(|(d, t)| json!({"domain": d, "tenant": t}))
-                    .collect();
-                self.list(&["DOMAIN", "TENANT"], rows, objects);
+                            .flat_map(|t| {
+                                t.accepted_domains
+                                    .iter()
+                                    .map(move |d| (d.as_str(), t.id.as_str()))
+                            })
+                            .collect();
+                        let rows = pairs.iter().map(|(d, t)| vec![cell(d), cell(t)]).collect();
+                        let objects = pairs
+                            .iter()
+                            .map(|(d, t)| json!({"domain": d, "tenant": t}))
+                            .collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             DomainCmd::Add { tenant, domain } => {

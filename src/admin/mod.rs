@@ -16,7 +16,8 @@
 //! - [`cluster`], [`dev`]: membership, and the development clock.
 //! - [`render`]: tables, JSON, cells and times shared by the renderers.
 //!
-//! `apply` (a seed file) is handled here.
+//! `apply` (a seed file, sent in parts under the control plane's entry bound) and the paging
+//! loop every list command shares ([`Ctx::list_pages`]) are handled here.
 
 mod alerts;
 mod audit;
@@ -37,7 +38,7 @@ mod token;
 mod transport_config;
 mod user;
 
-use std::io::{BufRead as _, Read as _};
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
 
 use moat_proto::write_request::Op;
@@ -97,6 +98,14 @@ pub struct AdminArgs {
     /// Its private key [env: MOAT_TLS_KEY].
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// List commands: return one page of at most N items, and print on standard error the
+    /// `--page-token` that continues it. Without it, a list fetches every page (of 1000).
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
+    /// List commands: start after the page a `--limit` run ended with.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "TOKEN")]
+    page_token: Option<String>,
     /// A `moat dev` data directory whose `endpoints.json` names the control plane.
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "DIR", default_value = "./moat-data")]
     data: PathBuf,
@@ -219,6 +228,8 @@ async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
         client,
         output: args.output,
         stale_ok: args.stale_ok,
+        limit: args.limit,
+        page_token: args.page_token.unwrap_or_default(),
     };
     ctx.execute(args.command, input).await
 }
@@ -268,11 +279,82 @@ fn local_input(cmd: &Resource) -> Result<Option<String>, Failure> {
     }
 }
 
-/// What every resource's handler needs: the client, the output format, read staleness.
+/// What every resource's handler needs: the client, the output format, read staleness, and
+/// the paging of lists.
 struct Ctx {
     client: Client,
     output: Output,
     stale_ok: bool,
+    /// `--limit`: one page of this many.
+    limit: Option<u32>,
+    /// `--page-token`: where the first page starts.
+    page_token: String,
+}
+
+/// How many items a list asks for per page when no `--limit` is given.
+const PAGE_SIZE: u32 = 1000;
+
+/// The most TOML text one part of a seed carries: each part is one write and one raft entry,
+/// well under the control plane's entry bound (3 MB) and the 4 MB transport limit.
+const SEED_PART_BYTES: usize = 1 << 20;
+
+/// A JSON array written to stdout an item at a time, formatted as `serde_json`'s pretty
+/// printer formats the whole array, so a list of any size never sits in memory at once.
+struct JsonArray {
+    items: usize,
+}
+
+impl JsonArray {
+    fn item(&mut self, v: &Value) {
+        let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, "{}", if self.items == 0 { "[\n" } else { ",\n" });
+        for (i, line) in text.lines().enumerate() {
+            let _ = write!(stdout, "{}  {line}", if i == 0 { "" } else { "\n" });
+        }
+        self.items += 1;
+    }
+
+    fn end(self) {
+        out(if self.items == 0 { "[]" } else { "\n]" });
+    }
+}
+
+/// Splits a seed into parts of at most about `max` bytes of TOML each, whole tenants per part
+/// and in the file's order; a seed that fits is one part, its text unchanged.
+fn split_seed(text: &str, max: usize) -> Result<Vec<String>, Failure> {
+    if text.len() <= max {
+        return Ok(vec![text.to_owned()]);
+    }
+    // The whole file is checked first, so a bad tenant at its end applies no part.
+    moat_shared::Seed::parse(text)
+        .and_then(moat_shared::Seed::into_tenants)
+        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| Failure::Refused(format!("seed is not valid: {e}")))?;
+    let Some(toml::Value::Array(tenants)) = table.remove("tenant") else {
+        return Ok(vec![text.to_owned()]);
+    };
+    let render = |part: Vec<toml::Value>| {
+        let mut t = toml::Table::new();
+        t.insert("tenant".into(), toml::Value::Array(part));
+        toml::to_string(&t).map_err(|e| Failure::Other(format!("writing a seed part: {e}")))
+    };
+    let mut parts = Vec::new();
+    let (mut part, mut bytes) = (Vec::new(), 0usize);
+    for tenant in tenants {
+        let size = render(vec![tenant.clone()])?.len();
+        if !part.is_empty() && bytes + size > max {
+            parts.push(render(std::mem::take(&mut part))?);
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(tenant);
+    }
+    if !part.is_empty() {
+        parts.push(render(part)?);
+    }
+    Ok(parts)
 }
 
 impl Ctx {
@@ -292,6 +374,87 @@ impl Ctx {
         name: Option<&str>,
     ) -> Result<ReadReply, Failure> {
         self.client.read(self.read_req(kind, tenant, name)).await
+    }
+
+    /// Lists `kind` (of `tenant`) page by page, `render` turning each reply into table rows
+    /// and JSON objects: with `--limit`, one page and the token of the next on standard
+    /// error; without, every page, JSON streamed as pages arrive.
+    async fn list_pages(
+        &self,
+        kind: ReadKind,
+        tenant: Option<&str>,
+        headers: &[&str],
+        render: impl Fn(&ReadReply) -> (Vec<Vec<String>>, Vec<Value>),
+    ) -> Result<(), Failure> {
+        let mut req = self.read_req(kind, tenant, None);
+        req.limit = self.limit.unwrap_or(PAGE_SIZE);
+        req.page_token = self.page_token.clone();
+        let mut table = Vec::new();
+        let mut json = JsonArray { items: 0 };
+        loop {
+            let reply = self.client.read(req.clone()).await?;
+            let (rows, objects) = render(&reply);
+            match self.output {
+                Output::Json => objects.iter().for_each(|o| json.item(o)),
+                Output::Table => table.extend(rows),
+            }
+            let next = reply.next_page_token;
+            if next.is_empty() {
+                break;
+            }
+            if self.limit.is_some() {
+                eprintln!("more: --page-token {next}");
+                break;
+            }
+            if next == req.page_token {
+                return Err(Failure::Other(
+                    "the control plane returned the same page token twice".into(),
+                ));
+            }
+            req.page_token = next;
+        }
+        match self.output {
+            Output::Json => json.end(),
+            Output::Table if table.is_empty() => eprintln!("No resources found."),
+            Output::Table => out(render_table(headers, &table).trim_end()),
+        }
+        Ok(())
+    }
+
+    /// Applies a seed: in one write when it is small, else in parts under the entry bound,
+    /// in order, each its own write (and request id, so a retried part applies once), with
+    /// progress on a terminal. A part refused stops the apply; the parts before it stay
+    /// applied, and applying the file again is harmless (a seed merges).
+    async fn apply(&self, toml: String) -> Result<(), Failure> {
+        let parts = split_seed(&toml, SEED_PART_BYTES)?;
+        if parts.len() == 1 {
+            let toml = parts.into_iter().next().unwrap_or_default();
+            return self.write(Op::ApplySeed(moat_proto::Seed { toml })).await;
+        }
+        let (count, terminal) = (parts.len(), std::io::stderr().is_terminal());
+        let mut last = None;
+        for (i, toml) in parts.into_iter().enumerate() {
+            if terminal {
+                eprint!("\rapplying seed: part {}/{count}", i + 1);
+            }
+            last = Some(
+                self.client
+                    .write(Op::ApplySeed(moat_proto::Seed { toml }))
+                    .await?,
+            );
+        }
+        if terminal {
+            eprintln!();
+        }
+        let index = last.map_or(0, |r| r.index);
+        let summary = format!("seed applied in {count} parts");
+        match self.output {
+            Output::Json => {
+                print_json(&json!({"index": index, "summary": summary, "parts": count}))
+            }
+            Output::Table => out(&summary),
+        }
+        Ok(())
     }
 
     async fn write(&self, op: Op) -> Result<(), Failure> {
@@ -339,10 +502,7 @@ impl Ctx {
             Resource::OutboundPolicy(c) => self.outbound_policy(c).await,
             Resource::Detection(c) => self.detection(c).await,
             Resource::Cluster(c) => self.cluster(c).await,
-            Resource::Apply { .. } => {
-                let toml = input.unwrap_or_default();
-                self.write(Op::ApplySeed(moat_proto::Seed { toml })).await
-            }
+            Resource::Apply { .. } => self.apply(input.unwrap_or_default()).await,
         }
     }
 }

@@ -43,10 +43,12 @@ impl Ctx {
     pub(super) async fn outbound_policy(&self, cmd: OutboundPolicyCmd) -> Result<(), Failure> {
         match cmd {
             OutboundPolicyCmd::Get { tenant: None } => {
-                let reply = self.read(ReadKind::OutboundPolicy, None, None).await?;
-                let rows = reply.outbound.iter().map(outbound_row).collect();
-                let objects = reply.outbound.iter().map(outbound_json).collect();
-                self.list(OUTBOUND_HEADERS, rows, objects);
+                self.list_pages(ReadKind::OutboundPolicy, None, OUTBOUND_HEADERS, |reply| {
+                    let rows = reply.outbound.iter().map(outbound_row).collect();
+                    let objects = reply.outbound.iter().map(outbound_json).collect();
+                    (rows, objects)
+                })
+                .await?;
                 Ok(())
             }
             OutboundPolicyCmd::Get {

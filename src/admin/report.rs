@@ -45,12 +45,17 @@ impl Ctx {
                 Ok(())
             }
             ReportCmd::OnpremServers { tenant } => {
-                let reply = self
-                    .read(ReadKind::OnpremServers, tenant.as_deref(), None)
-                    .await?;
-                let rows = reply.onprem_servers.iter().map(onprem_row).collect();
-                let objects = reply.onprem_servers.iter().map(onprem_json).collect();
-                self.list(ONPREM_HEADERS, rows, objects);
+                self.list_pages(
+                    ReadKind::OnpremServers,
+                    tenant.as_deref(),
+                    ONPREM_HEADERS,
+                    |reply| {
+                        let rows = reply.onprem_servers.iter().map(onprem_row).collect();
+                        let objects = reply.onprem_servers.iter().map(onprem_json).collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
         }

@@ -36,12 +36,17 @@ impl Ctx {
     pub(super) async fn restricted(&self, cmd: RestrictedCmd) -> Result<(), Failure> {
         match cmd {
             RestrictedCmd::List { tenant } => {
-                let reply = self
-                    .read(ReadKind::Restricted, tenant.as_deref(), None)
-                    .await?;
-                let rows = reply.restricted.iter().map(restricted_row).collect();
-                let objects = reply.restricted.iter().map(restricted_json).collect();
-                self.list(RESTRICTED_HEADERS, rows, objects);
+                self.list_pages(
+                    ReadKind::Restricted,
+                    tenant.as_deref(),
+                    RESTRICTED_HEADERS,
+                    |reply| {
+                        let rows = reply.restricted.iter().map(restricted_row).collect();
+                        let objects = reply.restricted.iter().map(restricted_json).collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             RestrictedCmd::Unblock {

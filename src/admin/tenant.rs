@@ -40,10 +40,12 @@ impl Ctx {
     pub(super) async fn tenant(&self, cmd: TenantCmd) -> Result<(), Failure> {
         match cmd {
             TenantCmd::List => {
-                let reply = self.read(ReadKind::Tenant, None, None).await?;
-                let rows = reply.tenants.iter().map(tenant_row).collect();
-                let objects = reply.tenants.iter().map(tenant_json).collect();
-                self.list(TENANT_HEADERS, rows, objects);
+                self.list_pages(ReadKind::Tenant, None, TENANT_HEADERS, |reply| {
+                    let rows = reply.tenants.iter().map(tenant_row).collect();
+                    let objects = reply.tenants.iter().map(tenant_json).collect();
+                    (rows, objects)
+                })
+                .await?;
                 Ok(())
             }
             TenantCmd::Get { name } => {

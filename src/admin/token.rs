@@ -58,21 +58,25 @@ impl Ctx {
     pub(super) async fn token(&self, cmd: TokenCmd) -> Result<(), Failure> {
         match cmd {
             TokenCmd::List => {
-                let reply = self.read(ReadKind::Token, None, None).await?;
-                let rows = reply
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            cell(&t.id),
-                            cell(&t.name),
-                            cell(&t.role),
-                            cell(&t.tenant),
-                            fmt_time(t.created_ms),
-                        ]
-                    })
-                    .collect();
-                let objects = reply
+                self.list_pages(
+                    ReadKind::Token,
+                    None,
+                    &["ID", "NAME", "ROLE", "TENANT", "CREATED"],
+                    |reply| {
+                        let rows = reply
+                            .tokens
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    cell(&t.id),
+                                    cell(&t.name),
+                                    cell(&t.role),
+                                    cell(&t.tenant),
+                                    fmt_time(t.created_ms),
+                                ]
+                            })
+                            .collect();
+                        let objects = reply
                     .tokens
                     .iter()
                     .map(|t| {
@@ -80,7 +84,10 @@ impl Ctx {
                             "created-ms": t.created_ms})
                     })
                     .collect();
-                self.list(&["ID", "NAME", "ROLE", "TENANT", "CREATED"], rows, objects);
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             TokenCmd::Create { role, tenant, name } => {

@@ -48,20 +48,27 @@ impl Ctx {
     pub(super) async fn user(&self, cmd: UserCmd, input: Option<String>) -> Result<(), Failure> {
         match cmd {
             UserCmd::List { tenant } => {
-                let reply = self.read(ReadKind::User, tenant.as_deref(), None).await?;
-                let rows = reply
-                    .users
-                    .iter()
-                    .map(|u| vec![cell(&u.tenant), cell(&u.address), list_cell(&u.send_as)])
-                    .collect();
-                let objects = reply
+                self.list_pages(
+                    ReadKind::User,
+                    tenant.as_deref(),
+                    &["TENANT", "ADDRESS", "SEND-AS"],
+                    |reply| {
+                        let rows = reply
+                            .users
+                            .iter()
+                            .map(|u| vec![cell(&u.tenant), cell(&u.address), list_cell(&u.send_as)])
+                            .collect();
+                        let objects = reply
                     .users
                     .iter()
                     .map(
                         |u| json!({"tenant": u.tenant, "address": u.address, "send-as": u.send_as}),
                     )
                     .collect();
-                self.list(&["TENANT", "ADDRESS", "SEND-AS"], rows, objects);
+                        (rows, objects)
+                    },
+                )
+                .await?;
                 Ok(())
             }
             UserCmd::Create {

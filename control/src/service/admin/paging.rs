@@ -86,7 +86,10 @@ pub(super) fn number_key(after: Option<&[u8]>) -> Result<Option<(u64, u32)>, Sta
         return Ok(None);
     };
     let bad = || Status::invalid_argument("the page token names no item of this list");
-    let hi: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let hi: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
     let lo = match bytes.get(8..) {
         Some([]) | None => 0,
         Some(rest) => u32::from_be_bytes(rest.try_into().map_err(|_| bad())?),

@@ -13,9 +13,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::authz::{authorize, read_scope, Action, Principal};
-use super::paging::{
-    number_bytes, number_key, page, range_after, text_key, Bounds, PAGE_BYTES,
-};
+use super::paging::{number_bytes, number_key, page, range_after, text_key, Bounds, PAGE_BYTES};
 use crate::publish::baseline_to_wire;
 use crate::raft::{Req, REQUEST_TIMEOUT};
 use crate::service::Shared;
@@ -204,9 +202,7 @@ fn read_reply(
         K::User => {
             let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
             let items = range_after(&state.directory.users, from)
-                .filter(|(_, u)| {
-                    tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name)
-                })
+                .filter(|(_, u)| tenant_ok(&u.tenant) && (r.name.is_empty() || u.address == r.name))
                 .map(|(k, u)| {
                     let user = v1::User {
                         tenant: u.tenant.to_string(),
@@ -237,8 +233,9 @@ fn read_reply(
             // a limit or token (as every client before paging sent) gets the latest 1000, as
             // before; a paged one walks the whole retained log from its oldest record.
             let records = &state.audit.records;
-            let visible =
-                |a: &&crate::state::AuditRecord| r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok);
+            let visible = |a: &&crate::state::AuditRecord| {
+                r.tenant.is_empty() || a.tenant.as_ref().is_some_and(tenant_ok)
+            };
             let from = number_key(bounds.after)?;
             let start = from.map_or(0, |(index, _)| records.partition_point(|a| a.index < index));
             let after_key = from.map(|(i, n)| number_bytes(i, Some(n)));
@@ -292,9 +289,7 @@ fn read_reply(
                 .filter(|(k, _)| bounds.after.is_none_or(|after| k.as_slice() > after))
                 .collect();
             items.sort_by(|a, b| a.0.cmp(&b.0));
-            let items = items
-                .into_iter()
-                .map(|(k, e)| (k, restricted_to_wire(e)));
+            let items = items.into_iter().map(|(k, e)| (k, restricted_to_wire(e)));
             (reply.restricted, next) = page(items, bounds);
         }
         K::SpeedBump => {
@@ -353,38 +348,41 @@ fn read_reply(
             let items = records
                 .range(start..)
                 .filter(|a| tenant_ok(&a.tenant))
-                .map(|a| (number_bytes(a.id, None), v1::Alert {
-                    at_ms: a.at_ms,
-                    tenant: a.tenant.to_string(),
-                    severity: a.severity.clone(),
-                    title: a.title.clone(),
-                    detail: a.detail.clone(),
-                    id: a.id,
-                    deliveries: a
-                        .deliveries
-                        .iter()
-                        .map(|d| v1::AlertDelivery {
-                            channel: d.channel.clone(),
-                            target: d.target.clone(),
-                            state: match d.state {
-                                crate::state::DeliveryState::Pending => "pending",
-                                crate::state::DeliveryState::Delivered => "delivered",
-                                crate::state::DeliveryState::Failed => "failed",
-                            }
-                            .into(),
-                            attempts: d.attempts,
-                            last_error: d.last_error.clone(),
-                        })
-                        .collect(),
-                }));
+                .map(|a| {
+                    (
+                        number_bytes(a.id, None),
+                        v1::Alert {
+                            at_ms: a.at_ms,
+                            tenant: a.tenant.to_string(),
+                            severity: a.severity.clone(),
+                            title: a.title.clone(),
+                            detail: a.detail.clone(),
+                            id: a.id,
+                            deliveries: a
+                                .deliveries
+                                .iter()
+                                .map(|d| v1::AlertDelivery {
+                                    channel: d.channel.clone(),
+                                    target: d.target.clone(),
+                                    state: match d.state {
+                                        crate::state::DeliveryState::Pending => "pending",
+                                        crate::state::DeliveryState::Delivered => "delivered",
+                                        crate::state::DeliveryState::Failed => "failed",
+                                    }
+                                    .into(),
+                                    attempts: d.attempts,
+                                    last_error: d.last_error.clone(),
+                                })
+                                .collect(),
+                        },
+                    )
+                });
             (reply.alerts, next) = page(items, bounds);
         }
         K::OnpremServers => {
             let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
             let items = range_after(&state.onprem.servers, from)
-                .filter(|(_, s)| {
-                    tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name)
-                })
+                .filter(|(_, s)| tenant_ok(&s.tenant) && (r.name.is_empty() || s.server == r.name))
                 .map(|(k, s)| (k.as_bytes().to_vec(), onprem_report(state, s)));
             (reply.onprem_servers, next) = page(items, bounds);
         }
@@ -439,16 +437,21 @@ fn read_reply(
             let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
             let items = range_after(&state.alert_routing.contacts, from)
                 .filter(|(t, _)| tenant_ok(t))
-                .map(|(t, c)| (t.as_str().as_bytes().to_vec(), v1::AlertContacts {
-                    tenant: t.to_string(),
-                    emails: c.emails.clone(),
-                    webhook_url: c.webhook_url.clone(),
-                    webhook_secret: if c.webhook_secret.is_empty() {
-                        String::new()
-                    } else {
-                        "(set)".into()
-                    },
-                }));
+                .map(|(t, c)| {
+                    (
+                        t.as_str().as_bytes().to_vec(),
+                        v1::AlertContacts {
+                            tenant: t.to_string(),
+                            emails: c.emails.clone(),
+                            webhook_url: c.webhook_url.clone(),
+                            webhook_secret: if c.webhook_secret.is_empty() {
+                                String::new()
+                            } else {
+                                "(set)".into()
+                            },
+                        },
+                    )
+                });
             (reply.alert_contacts, next) = page(items, bounds);
             reply.alert_transport = Some(v1::AlertTransport {
                 smtp: state.alert_routing.transport.smtp.clone(),
@@ -506,24 +509,23 @@ fn read_reply(
         K::Counters => {
             let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
             let items = range_after(&state.counters.table, from).filter_map(|(k, c)| {
-                    let mut parts = k.splitn(3, '|');
-                    let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
-                    let owned = r.tenant.is_empty()
-                        || (scope == "tenant" && key == r.tenant)
-                        || (scope == moat_shared::signal::CONNECTOR
-                            && ConnectorId::parse(key)
-                                .is_ok_and(|c| c.tenant.as_str() == r.tenant));
-                    owned.then(|| {
-                        let total = v1::CounterTotal {
-                            scope: scope.into(),
-                            key: key.into(),
-                            name: name.into(),
-                            total: c.total,
-                            last_minute: c.last_minute,
-                        };
-                        (k.as_bytes().to_vec(), total)
-                    })
-                });
+                let mut parts = k.splitn(3, '|');
+                let (scope, key, name) = (parts.next()?, parts.next()?, parts.next()?);
+                let owned = r.tenant.is_empty()
+                    || (scope == "tenant" && key == r.tenant)
+                    || (scope == moat_shared::signal::CONNECTOR
+                        && ConnectorId::parse(key).is_ok_and(|c| c.tenant.as_str() == r.tenant));
+                owned.then(|| {
+                    let total = v1::CounterTotal {
+                        scope: scope.into(),
+                        key: key.into(),
+                        name: name.into(),
+                        total: c.total,
+                        last_minute: c.last_minute,
+                    };
+                    (k.as_bytes().to_vec(), total)
+                })
+            });
             (reply.counters, next) = page(items, bounds);
         }
         K::Unspecified => {}
@@ -591,7 +593,12 @@ mod tests {
             put(&mut state, &format!("t{i:03}.test"));
         }
         let seen = all_pages(&mut state, 10, PAGE_BYTES, |_, _| {});
-        let want: Vec<String> = state.directory.tenants.keys().map(|t| t.to_string()).collect();
+        let want: Vec<String> = state
+            .directory
+            .tenants
+            .keys()
+            .map(|t| t.to_string())
+            .collect();
         assert_eq!(seen, want);
         assert_eq!(all_pages(&mut state, 0, PAGE_BYTES, |_, _| {}), want);
     }
@@ -626,7 +633,11 @@ mod tests {
         let one = tenant_to_wire(state.directory.tenants.values().next().expect("one"));
         let budget = 10 * (prost::Message::encoded_len(&one) + 8);
         let seen = all_pages(&mut state, 0, budget, |_, _| {});
-        assert_eq!(seen.len(), 50, "the client that follows tokens still sees all");
+        assert_eq!(
+            seen.len(),
+            50,
+            "the client that follows tokens still sees all"
+        );
         let bounds = Bounds {
             after: None,
             limit: 0,
