@@ -17,6 +17,7 @@ mod limits;
 mod next_hop;
 mod observability;
 mod onprem;
+mod paging;
 mod security;
 mod submission;
 mod tls_proxy;
