@@ -536,6 +536,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_large_seed_splits_into_parts_of_whole_tenants_in_order() {
+        let mut text = String::new();
+        for i in 0..200 {
+            text.push_str(&format!(
+                "[[tenant]]\nid = \"t{i:03}.test\"\naccepted-domains = [\"t{i:03}.test\"]\n"
+            ));
+        }
+        assert_eq!(split_seed(&text, text.len()).unwrap(), vec![text.clone()]);
+        let parts = split_seed(&text, 1000).unwrap();
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        let mut ids = Vec::new();
+        for p in &parts {
+            assert!(p.len() <= 1000, "part of {} bytes", p.len());
+            let seed = moat_shared::Seed::parse(p).unwrap();
+            ids.extend(seed.tenant.into_iter().map(|t| t.id));
+        }
+        let want: Vec<String> = (0..200).map(|i| format!("t{i:03}.test")).collect();
+        assert_eq!(ids, want);
+        // A bad tenant anywhere refuses the whole file before any part is sent.
+        text.push_str("[[tenant]]\nid = \"BAD ID\"\n");
+        assert!(matches!(split_seed(&text, 1000), Err(Failure::Refused(_))));
+    }
+
+    #[test]
     fn global_options_work_after_the_subcommand() {
         let a = parse(&[
             "connector",

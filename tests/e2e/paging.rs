@@ -18,7 +18,9 @@ fn seed(prefix: &str, n: usize, domains: usize, pad: usize) -> String {
     let label = "x".repeat(pad.min(63));
     let mut s = String::new();
     for i in 0..n {
-        s.push_str(&format!("[[tenant]]\nid = \"{prefix}{i:05}.test\"\naccepted-domains = ["));
+        s.push_str(&format!(
+            "[[tenant]]\nid = \"{prefix}{i:05}.test\"\naccepted-domains = ["
+        ));
         for j in 0..domains {
             let mut d = String::new();
             for _ in 0..pad / 64 {
@@ -143,7 +145,10 @@ fn an_import_over_the_old_transport_limit_applies_in_parts() {
     let text = seed("big", n, 10, 192);
     assert!(text.len() > 4 << 20, "seed is only {} bytes", text.len());
     let took = apply(&dev, "big.toml", &text);
-    eprintln!("seed of {} bytes ({n} tenants) applied in {took:?}", text.len());
+    eprintln!(
+        "seed of {} bytes ({n} tenants) applied in {took:?}",
+        text.len()
+    );
 
     let all = tenant_ids(&dev.admin(&["tenant", "list"]));
     let big = all.iter().filter(|t| t.starts_with("big")).count();
