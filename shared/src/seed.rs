@@ -1,18 +1,49 @@
-//! The TOML seed format: tenants and their accepted domains, written by hand.
+//! The TOML seed format: tenants with their accepted domains, inbound connectors and SMTP AUTH
+//! users, written by hand or exported from a provider's old system.
 //!
 //! ```toml
 //! [[tenant]]
 //! id = "example.test"
 //! display-name = "Example (demo)"
 //! accepted-domains = ["example.test", "example.org"]
+//! allow-legacy-tls-clients = false          # optional
+//!
+//! # Inbound connectors of this tenant: the fields of `moat admin connector create`.
+//! [[tenant.connector]]
+//! name = "hq"                                # 1 to 64 printable characters, no `/`
+//! type = "on-premises"                       # or "partner"
+//! sender-ip-addresses = ["192.0.2.0/24"]     # addresses or CIDR ranges
+//! tls-sender-certificate-name = "mail.example.test"   # optional; `*.name` allowed
+//! sender-domains = []                        # Partner: domains in scope, `*` for all
+//! require-tls = false                        # the four flags are optional, false by default
+//! restrict-domains-to-ip-addresses = false
+//! restrict-domains-to-certificate = false
+//! enabled = true                             # optional, true by default
+//!
+//! # SMTP AUTH users of this tenant, as `moat admin user create` stores them.
+//! [[tenant.user]]
+//! address = "alice@example.test"
+//! password-hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$..."   # a PHC string
+//! send-as = ["sales@example.test"]           # optional
 //! ```
 //!
-//! `moat dev` embeds a seed with the demo tenant; `moat edge --seed FILE` loads one. Every
+//! Connectors and users sit inside their tenant's table, so a file split by whole tenants
+//! (`moat admin apply` does that with a large file) keeps each tenant with what it owns. A
+//! connector is checked as `moat admin connector create` checks it (through [`Connector`]'s own
+//! parsers and [`Connector::validate`]); a user as `moat admin user create` checks one (an
+//! address with `@`, lowercased; an address belongs to one tenant). A password is never in a
+//! file: `password-hash` is an argon2id PHC string, which a provider carries over from its old
+//! system, and it must parse as one.
+//!
+//! `moat dev` embeds a seed with the demo tenant; `moat edge --seed FILE` loads one (with its
+//! connectors and users); `moat admin apply -f FILE` sends one to the control plane. Every
 //! problem in a file is reported at once, with the tenant it belongs to.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::{Domain, PolicySnapshot, Tenant, TenantId};
+use crate::{CertName, Connector, Domain, PolicySnapshot, SubmissionUser, Tenant, TenantId};
 
 /// A parsed, not yet validated, seed file.
 #[derive(Debug, Deserialize, Default)]
@@ -38,6 +69,73 @@ pub struct SeedTenant {
     /// Transport config `allow-legacy-tls-clients`.
     #[serde(default)]
     pub allow_legacy_tls_clients: bool,
+    /// The tenant's `[[tenant.connector]]` tables.
+    #[serde(default)]
+    pub connector: Vec<SeedConnector>,
+    /// The tenant's `[[tenant.user]]` tables.
+    #[serde(default)]
+    pub user: Vec<SeedUser>,
+}
+
+/// One `[[tenant.connector]]` table: an inbound connector as `moat admin connector create`
+/// takes it, not yet checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SeedConnector {
+    /// Unique within the tenant.
+    pub name: String,
+    /// `partner` or `on-premises`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Client addresses or CIDR ranges.
+    #[serde(default)]
+    pub sender_ip_addresses: Vec<String>,
+    /// Client certificate subject, `name` or `*.name`.
+    #[serde(default)]
+    pub tls_sender_certificate_name: Option<String>,
+    /// Partner: the sender domains in scope (`*` for all).
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
+    /// Mail through the connector must arrive over TLS.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Partner: senders of `sender-domains` must come from `sender-ip-addresses`.
+    #[serde(default)]
+    pub restrict_domains_to_ip_addresses: bool,
+    /// Partner: senders of `sender-domains` must present `tls-sender-certificate-name`.
+    #[serde(default)]
+    pub restrict_domains_to_certificate: bool,
+    /// A disabled connector matches nothing; enabled unless the file says otherwise.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// One `[[tenant.user]]` table: an SMTP AUTH user, not yet checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SeedUser {
+    /// Login name and default sending address.
+    pub address: String,
+    /// Argon2id PHC string of the password (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
+    pub password_hash: String,
+    /// Further addresses the user may put in `MAIL FROM`.
+    #[serde(default)]
+    pub send_as: Vec<String>,
+}
+
+/// What a valid seed holds: tenants, and the connectors and users of those tenants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedContents {
+    /// The tenants, in the file's order.
+    pub tenants: Vec<Tenant>,
+    /// Every tenant's connectors, each naming its tenant.
+    pub connectors: Vec<Connector>,
+    /// Every tenant's users, each naming its tenant.
+    pub users: Vec<SubmissionUser>,
 }
 
 /// Why a seed could not be loaded.
@@ -49,6 +147,21 @@ pub enum SeedError {
     /// The file parsed but its content is wrong; every problem is listed.
     #[error("seed has {} problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
     Invalid(Vec<String>),
+}
+
+/// Checks that `hash` is an argon2id PHC string with valid parameters and a hash, the form the
+/// control plane stores and the edges verify passwords against.
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    use argon2::password_hash::PasswordHash;
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string ({e})"))?;
+    if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
+        return Err(format!("`{}` is not argon2id", parsed.algorithm));
+    }
+    if parsed.hash.is_none() || parsed.salt.is_none() {
+        return Err("an argon2id PHC string needs a salt and a hash".into());
+    }
+    argon2::Params::try_from(&parsed).map_err(|e| format!("bad argon2id parameters ({e})"))?;
+    Ok(())
 }
 
 impl Seed {
@@ -65,16 +178,29 @@ accepted-domains = ["example.test"]
         Ok(toml::from_str(text)?)
     }
 
-    /// Validates the seed into a snapshot published under `version`.
+    /// Validates the seed into a snapshot published under `version`, with its connectors and
+    /// users.
     pub fn into_snapshot(self, version: u64) -> Result<PolicySnapshot, SeedError> {
-        let tenants = self.into_tenants()?;
-        PolicySnapshot::new(version, tenants).map_err(|e| SeedError::Invalid(vec![e.to_string()]))
+        let c = self.validate()?;
+        PolicySnapshot::new(version, c.tenants)
+            .and_then(|p| p.with_connectors(c.connectors))
+            .and_then(|p| p.with_submission(c.users, Vec::new(), Vec::new()))
+            .map_err(|e| SeedError::Invalid(vec![e.to_string()]))
     }
 
-    /// Validates the seed into its tenants (ids unique, a domain claimed once).
+    /// Validates the seed into its tenants only (ids unique, a domain claimed once); the
+    /// connectors and users are checked too, then left out.
     pub fn into_tenants(self) -> Result<Vec<Tenant>, SeedError> {
+        self.validate().map(|c| c.tenants)
+    }
+
+    /// Validates the whole seed: tenant ids unique, a domain claimed once, connectors as
+    /// `connector create` checks them and unique by name in their tenant, users with an
+    /// address (unique in the file), an argon2id hash and lowercased send-as addresses.
+    pub fn validate(self) -> Result<SeedContents, SeedError> {
         let mut problems = Vec::new();
-        let mut tenants = Vec::new();
+        let mut out = SeedContents::default();
+        let mut addresses: BTreeMap<String, String> = BTreeMap::new();
         for t in self.tenant {
             let id = TenantId::new(&t.id).map_err(|e| problems.push(e.to_string()));
             let mut accepted_domains = Vec::new();
@@ -84,8 +210,54 @@ accepted-domains = ["example.test"]
                     Err(e) => problems.push(format!("tenant `{}`: {e}", t.id)),
                 }
             }
+            let mut names = BTreeSet::new();
+            // A connector of a tenant whose id is bad is still checked, under a stand-in id.
+            let owner = id.clone().ok().or_else(|| TenantId::new("invalid").ok());
+            for c in t.connector {
+                let name = c.name.clone();
+                let mut report = |e: String| {
+                    problems.push(format!("tenant `{}`: connector `{name}`: {e}", t.id))
+                };
+                if !names.insert(name.clone()) {
+                    report("appears twice in the tenant".into());
+                }
+                let built = owner.as_ref().and_then(|o| seed_connector(o, c, &mut report));
+                if let (Ok(_), Some(c)) = (&id, built) {
+                    out.connectors.push(c);
+                }
+            }
+            for u in t.user {
+                let address = u.address.trim().to_lowercase();
+                let mut report =
+                    |e: String| problems.push(format!("tenant `{}`: user `{address}`: {e}", t.id));
+                let mut ok = true;
+                if !address.contains('@') {
+                    report("is not an email address".into());
+                    ok = false;
+                }
+                if let Some(first) = addresses.insert(address.clone(), t.id.clone()) {
+                    report(if first == t.id {
+                        "appears twice in the tenant".into()
+                    } else {
+                        format!("is also a user of tenant `{first}`; an address belongs to one tenant")
+                    });
+                    ok = false;
+                }
+                if let Err(e) = check_password_hash(&u.password_hash) {
+                    report(format!("password-hash: {e}"));
+                    ok = false;
+                }
+                if let (Ok(id), true) = (&id, ok) {
+                    out.users.push(SubmissionUser {
+                        tenant: id.clone(),
+                        address,
+                        password_hash: u.password_hash,
+                        send_as: u.send_as.iter().map(|a| a.trim().to_lowercase()).collect(),
+                    });
+                }
+            }
             if let Ok(id) = id {
-                tenants.push(Tenant {
+                out.tenants.push(Tenant {
                     display_name: t.display_name.unwrap_or_else(|| id.to_string()),
                     id,
                     accepted_domains,
@@ -96,9 +268,83 @@ accepted-domains = ["example.test"]
         if !problems.is_empty() {
             return Err(SeedError::Invalid(problems));
         }
-        PolicySnapshot::new(0, tenants.clone())
+        PolicySnapshot::new(0, out.tenants.clone())
             .map_err(|e| SeedError::Invalid(vec![e.to_string()]))?;
-        Ok(tenants)
+        Ok(out)
+    }
+}
+
+/// Builds one connector of `tenant` with [`Connector`]'s parsers, reporting every bad field;
+/// `None` when any was bad.
+fn seed_connector(
+    tenant: &TenantId,
+    c: SeedConnector,
+    report: &mut impl FnMut(String),
+) -> Option<Connector> {
+    let mut ok = true;
+    let mut check = |r: Result<(), String>| {
+        if let Err(e) = r {
+            report(e);
+            ok = false;
+        }
+    };
+    check(Connector::valid_name(&c.name).map_err(|e| e.to_string()));
+    let kind = c.kind.parse().map_err(|e: crate::ConnectorError| e.to_string());
+    let mut ips = Vec::new();
+    for raw in &c.sender_ip_addresses {
+        check(Connector::parse_ip(raw).map(|n| ips.push(n)).map_err(|e| e.to_string()));
+    }
+    let cert = c.tls_sender_certificate_name.as_deref().map(|n| {
+        CertName::new(n)
+            .map_err(|_| crate::ConnectorError::BadCertName(n.to_owned()).to_string())
+    });
+    let mut sender_domains = Vec::new();
+    for raw in &c.sender_domains {
+        check(
+            Connector::parse_sender_domain(raw)
+                .map(|d| sender_domains.push(d))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let kind = match kind {
+        Ok(k) => Some(k),
+        Err(e) => {
+            check(Err(e));
+            None
+        }
+    };
+    let cert = match cert {
+        None => Some(None),
+        Some(Ok(n)) => Some(Some(n)),
+        Some(Err(e)) => {
+            check(Err(e));
+            None
+        }
+    };
+    let (Some(kind), Some(tls_sender_certificate_name)) = (kind, cert) else {
+        return None;
+    };
+    let connector = Connector {
+        tenant: tenant.clone(),
+        name: c.name,
+        kind,
+        enabled: c.enabled,
+        sender_ip_addresses: ips,
+        tls_sender_certificate_name,
+        sender_domains,
+        require_tls: c.require_tls,
+        restrict_domains_to_ip_addresses: c.restrict_domains_to_ip_addresses,
+        restrict_domains_to_certificate: c.restrict_domains_to_certificate,
+    };
+    match connector.validate() {
+        // The name was reported above already.
+        Err(crate::ConnectorError::BadName(_)) => None,
+        Err(e) => {
+            report(e.to_string());
+            None
+        }
+        Ok(()) if ok => Some(connector),
+        Ok(()) => None,
     }
 }
 
@@ -129,8 +375,172 @@ accepted-domains = ["a..b", "-x.test"]
         assert_eq!(problems.len(), 4, "{problems:?}");
     }
 
+    /// A real argon2id PHC string, as `moat admin user create` stores one.
+    fn hash(password: &str) -> String {
+        use argon2::password_hash::{PasswordHasher as _, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    fn estate(hash: &str) -> String {
+        format!(
+            r#"
+[[tenant]]
+id = "contoso"
+accepted-domains = ["contoso.test"]
+
+[[tenant.connector]]
+name = "hq"
+type = "on-premises"
+sender-ip-addresses = ["192.0.2.7", "198.51.100.0/24"]
+
+[[tenant.connector]]
+name = "fabrikam"
+type = "partner"
+tls-sender-certificate-name = "*.fabrikam.test"
+sender-domains = ["fabrikam.test"]
+require-tls = true
+restrict-domains-to-certificate = true
+enabled = false
+
+[[tenant.user]]
+address = "Alice@Contoso.test"
+password-hash = "{hash}"
+send-as = ["Sales@contoso.test"]
+
+[[tenant]]
+id = "tailspin"
+accepted-domains = ["tailspin.test"]
+[[tenant.user]]
+address = "bob@tailspin.test"
+password-hash = "{hash}"
+"#
+        )
+    }
+
+    #[test]
+    fn connectors_and_users_load_with_their_tenant() {
+        let h = hash("correct horse");
+        let c = Seed::parse(&estate(&h)).unwrap().validate().unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.connectors.len(), 2);
+        let hq = &c.connectors[0];
+        assert_eq!((hq.tenant.as_str(), hq.name.as_str()), ("contoso", "hq"));
+        assert_eq!(hq.kind, crate::ConnectorKind::OnPremises);
+        assert!(hq.enabled);
+        assert_eq!(hq.sender_ip_addresses[0].to_string(), "192.0.2.7/32");
+        let fab = &c.connectors[1];
+        assert_eq!(fab.kind, crate::ConnectorKind::Partner);
+        assert!(!fab.enabled && fab.require_tls && fab.restrict_domains_to_certificate);
+        assert!(fab.tls_sender_certificate_name.as_ref().unwrap().is_wildcard());
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[0].address, "alice@contoso.test");
+        assert_eq!(c.users[0].tenant.as_str(), "contoso");
+        assert_eq!(c.users[0].send_as, vec!["sales@contoso.test".to_owned()]);
+        assert_eq!(c.users[0].password_hash, h);
+        assert_eq!(c.users[1].tenant.as_str(), "tailspin");
+        // The edge's seed-only mode gets them too.
+        let snap = Seed::parse(&estate(&h)).unwrap().into_snapshot(1).unwrap();
+        assert!(snap.user("alice@contoso.test").is_some());
+        assert_eq!(snap.connectors().len(), 2);
+    }
+
+    #[test]
+    fn every_connector_and_user_problem_is_reported_with_its_tenant() {
+        let good = hash("correct horse");
+        let text = format!(
+            r#"
+[[tenant]]
+id = "contoso"
+accepted-domains = ["contoso.test"]
+[[tenant.connector]]
+name = "a/b"
+type = "hybrid"
+sender-ip-addresses = ["300.1.1.1"]
+tls-sender-certificate-name = "bad name"
+sender-domains = ["no domain"]
+[[tenant.connector]]
+name = "nothing"
+type = "partner"
+[[tenant.connector]]
+name = "nothing"
+type = "partner"
+sender-ip-addresses = ["192.0.2.1"]
+[[tenant.user]]
+address = "no-at-sign"
+password-hash = "{good}"
+[[tenant.user]]
+address = "carol@contoso.test"
+password-hash = "hunter2"
+[[tenant.user]]
+address = "dave@contoso.test"
+password-hash = "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$ZGlnZXN0ZGlnZXN0"
+
+[[tenant]]
+id = "tailspin"
+[[tenant.user]]
+address = "erin@contoso.test"
+password-hash = "{good}"
+[[tenant.user]]
+address = "Erin@contoso.test"
+password-hash = "{good}"
+"#
+        );
+        let Err(SeedError::Invalid(problems)) = Seed::parse(&text).unwrap().validate() else {
+            panic!("the seed should be refused");
+        };
+        let has = |needle: &str| {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "no problem mentions {needle:?}: {problems:#?}"
+            );
+        };
+        has("tenant `contoso`: connector `a/b`: `a/b` is not a valid connector name");
+        has("tenant `contoso`: connector `a/b`: `hybrid` is not a connector type");
+        has("tenant `contoso`: connector `a/b`: `300.1.1.1` is not an IP address");
+        has("tenant `contoso`: connector `a/b`: `bad name` is not a certificate domain");
+        has("tenant `contoso`: connector `a/b`: `no domain` is not a sender domain");
+        has("tenant `contoso`: connector `nothing`: connector `nothing` needs sender IP");
+        has("tenant `contoso`: connector `nothing`: appears twice in the tenant");
+        has("tenant `contoso`: user `no-at-sign`: is not an email address");
+        has("tenant `contoso`: user `carol@contoso.test`: password-hash: not a PHC string");
+        has("tenant `contoso`: user `dave@contoso.test`: password-hash: `argon2i` is not argon2id");
+        has("tenant `tailspin`: user `erin@contoso.test`: appears twice in the tenant");
+        assert_eq!(problems.len(), 11, "{problems:#?}");
+    }
+
+    #[test]
+    fn an_address_belongs_to_one_tenant_in_a_file() {
+        let h = hash("correct horse");
+        let text = format!(
+            "[[tenant]]\nid = \"a\"\n[[tenant.user]]\naddress = \"u@x.test\"\npassword-hash = \"{h}\"\n\
+             [[tenant]]\nid = \"b\"\n[[tenant.user]]\naddress = \"U@x.test\"\npassword-hash = \"{h}\"\n"
+        );
+        let Err(SeedError::Invalid(problems)) = Seed::parse(&text).unwrap().validate() else {
+            panic!("the seed should be refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("tenant `b`: user `u@x.test`: is also a user of tenant `a`"));
+    }
+
+    #[test]
+    fn a_password_hash_must_be_a_whole_argon2id_phc_string() {
+        assert!(check_password_hash(&hash("correct horse")).is_ok());
+        assert!(check_password_hash("correct horse").is_err());
+        assert!(check_password_hash("").is_err());
+        assert!(check_password_hash("$argon2id$v=19$m=19456,t=2,p=1").is_err());
+        assert!(check_password_hash("$argon2id$v=19$m=1,t=0,p=1$c2FsdHNhbHQ$ZGlnZXN0").is_err());
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
+        assert!(Seed::parse(
+            "[[tenant]]\nid = \"a\"\n[[tenant.user]]\naddress = \"a@a\"\npassword = \"x\"\n"
+        )
+        .is_err());
         assert!(Seed::parse("[[tenant]]\nid = \"a\"\ndomains = []\n").is_err());
     }
 }
