@@ -44,7 +44,7 @@ pub use handle::PolicyHandle;
 pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
 pub use policy::{PolicySnapshot, Tenant};
 pub use role::Role;
-pub use seed::{Seed, SeedError};
+pub use seed::{Seed, SeedContents, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
 
 /// The hash maps of a snapshot and its indexes. Their keys come from the control plane

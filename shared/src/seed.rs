@@ -221,7 +221,9 @@ accepted-domains = ["example.test"]
                 if !names.insert(name.clone()) {
                     report("appears twice in the tenant".into());
                 }
-                let built = owner.as_ref().and_then(|o| seed_connector(o, c, &mut report));
+                let built = owner
+                    .as_ref()
+                    .and_then(|o| seed_connector(o, c, &mut report));
                 if let (Ok(_), Some(c)) = (&id, built) {
                     out.connectors.push(c);
                 }
@@ -239,7 +241,9 @@ accepted-domains = ["example.test"]
                     report(if first == t.id {
                         "appears twice in the tenant".into()
                     } else {
-                        format!("is also a user of tenant `{first}`; an address belongs to one tenant")
+                        format!(
+                            "is also a user of tenant `{first}`; an address belongs to one tenant"
+                        )
                     });
                     ok = false;
                 }
@@ -289,14 +293,20 @@ fn seed_connector(
         }
     };
     check(Connector::valid_name(&c.name).map_err(|e| e.to_string()));
-    let kind = c.kind.parse().map_err(|e: crate::ConnectorError| e.to_string());
+    let kind = c
+        .kind
+        .parse()
+        .map_err(|e: crate::ConnectorError| e.to_string());
     let mut ips = Vec::new();
     for raw in &c.sender_ip_addresses {
-        check(Connector::parse_ip(raw).map(|n| ips.push(n)).map_err(|e| e.to_string()));
+        check(
+            Connector::parse_ip(raw)
+                .map(|n| ips.push(n))
+                .map_err(|e| e.to_string()),
+        );
     }
     let cert = c.tls_sender_certificate_name.as_deref().map(|n| {
-        CertName::new(n)
-            .map_err(|_| crate::ConnectorError::BadCertName(n.to_owned()).to_string())
+        CertName::new(n).map_err(|_| crate::ConnectorError::BadCertName(n.to_owned()).to_string())
     });
     let mut sender_domains = Vec::new();
     for raw in &c.sender_domains {
@@ -435,7 +445,11 @@ password-hash = "{hash}"
         let fab = &c.connectors[1];
         assert_eq!(fab.kind, crate::ConnectorKind::Partner);
         assert!(!fab.enabled && fab.require_tls && fab.restrict_domains_to_certificate);
-        assert!(fab.tls_sender_certificate_name.as_ref().unwrap().is_wildcard());
+        assert!(fab
+            .tls_sender_certificate_name
+            .as_ref()
+            .unwrap()
+            .is_wildcard());
         assert_eq!(c.users.len(), 2);
         assert_eq!(c.users[0].address, "alice@contoso.test");
         assert_eq!(c.users[0].tenant.as_str(), "contoso");
@@ -523,7 +537,9 @@ password-hash = "{good}"
             panic!("the seed should be refused");
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("tenant `b`: user `u@x.test`: is also a user of tenant `a`"));
+        assert!(
+            problems[0].starts_with("tenant `b`: user `u@x.test`: is also a user of tenant `a`")
+        );
     }
 
     #[test]

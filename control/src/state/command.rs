@@ -103,6 +103,22 @@ pub enum Command {
         /// The seed's tenants.
         tenants: Vec<Tenant>,
     },
+    /// Applies a seed that also holds connectors and users, as one entry: its tenants as
+    /// [`Command::ApplySeed`] does, then each connector and user replaces the one of the same
+    /// name (address) in its tenant. Refused whole if any part would be. A seed of tenants
+    /// alone is still proposed as `ApplySeed`, so a log that never imported objects reads the
+    /// same to an older release; this variant is new rather than fields added to `ApplySeed`, so
+    /// an older release refuses it instead of applying the tenants alone.
+    ImportSeed {
+        /// The seed's tenants.
+        tenants: Vec<Tenant>,
+        /// The connectors of those tenants.
+        #[serde(default)]
+        connectors: Vec<Connector>,
+        /// The users of those tenants (password hashes, never passwords).
+        #[serde(default)]
+        users: Vec<User>,
+    },
     /// Replace the legacy-TLS speed bump schedule.
     SetSpeedBump {
         /// The steps.

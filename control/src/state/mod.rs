@@ -220,6 +220,11 @@ impl State {
             }
             Command::RevokeToken { id } => self.tokens.revoke(id),
             Command::ApplySeed { tenants } => self.directory.apply_seed(tenants),
+            Command::ImportSeed {
+                tenants,
+                connectors,
+                users,
+            } => self.directory.import_seed(tenants, connectors, users),
             Command::SetSpeedBump { steps } => self.limits.set_speed_bump(steps),
             Command::SetOutboundPolicy { tenant, policy } => {
                 self.limits
@@ -359,6 +364,7 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         | Command::Tick => None,
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }
+        | Command::ImportSeed { .. }
         | Command::SetSpeedBump { .. }
         | Command::Signals { .. } => None,
     }

@@ -247,4 +247,230 @@ impl Directory {
             tenants.len()
         ))
     }
+
+    /// Applies a seed with connectors and users, whole or not at all: everything is checked
+    /// before anything changes (domains free, connectors valid and of a tenant of the seed or
+    /// the directory, no address a user of another tenant), then the tenants merge as
+    /// [`Self::apply_seed`] merges them and each connector and user replaces its namesake.
+    pub(super) fn import_seed(
+        &mut self,
+        tenants: &[Tenant],
+        connectors: &[Connector],
+        users: &[User],
+    ) -> Result<String, Rejection> {
+        for t in tenants {
+            self.check_domains_free(t)?;
+        }
+        let known =
+            |id: &TenantId| tenants.iter().any(|t| t.id == *id) || self.tenants.contains_key(id);
+        for c in connectors {
+            c.validate()
+                .map_err(|e| Rejection::invalid(Kind::Connector, e.to_string()))?;
+            if !known(&c.tenant) {
+                return Err(Rejection::not_found(Kind::Tenant, &c.tenant));
+            }
+        }
+        let mut owners: BTreeMap<&str, &TenantId> = BTreeMap::new();
+        for u in users {
+            if !known(&u.tenant) {
+                return Err(Rejection::not_found(Kind::Tenant, &u.tenant));
+            }
+            let owner = self
+                .users
+                .get(&u.address)
+                .map(|e| &e.tenant)
+                .or_else(|| owners.get(u.address.as_str()).copied());
+            if let Some(owner) = owner.filter(|o| **o != u.tenant) {
+                return Err(Rejection::UserOfOtherTenant {
+                    address: u.address.clone(),
+                    owner: owner.clone(),
+                });
+            }
+            owners.insert(&u.address, &u.tenant);
+        }
+        let summary = self.apply_seed(tenants)?;
+        let mut changed = (0, 0);
+        for c in connectors {
+            if self.connectors.insert(c.id(), c.clone()).as_ref() != Some(c) {
+                changed.0 += 1;
+            }
+        }
+        for u in users {
+            if self.users.insert(u.address.clone(), u.clone()).as_ref() != Some(u) {
+                changed.1 += 1;
+            }
+        }
+        Ok(format!(
+            "{summary}; {} connector(s), {} changed; {} user(s), {} changed",
+            connectors.len(),
+            changed.0,
+            users.len(),
+            changed.1
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_shared::{Connector, ConnectorKind, Tenant, TenantId};
+
+    use crate::state::testutil::*;
+    use crate::state::*;
+
+    fn tid(id: &str) -> TenantId {
+        TenantId::new(id).expect("valid tenant id")
+    }
+
+    fn connector(t: &str, name: &str, ip: &str) -> Connector {
+        Connector {
+            tenant: tid(t),
+            name: name.into(),
+            kind: ConnectorKind::OnPremises,
+            enabled: true,
+            sender_ip_addresses: vec![Connector::parse_ip(ip).expect("valid ip")],
+            tls_sender_certificate_name: None,
+            sender_domains: vec![],
+            require_tls: false,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        }
+    }
+
+    fn user(t: &str, address: &str, hash: &str) -> User {
+        User {
+            tenant: tid(t),
+            address: address.into(),
+            password_hash: hash.into(),
+            send_as: vec![],
+        }
+    }
+
+    fn import(tenants: Vec<Tenant>, connectors: Vec<Connector>, users: Vec<User>) -> Command {
+        Command::ImportSeed {
+            tenants,
+            connectors,
+            users,
+        }
+    }
+
+    #[test]
+    fn an_imported_seed_lands_whole_and_reapplies_harmlessly() {
+        let mut s = State::default();
+        let seed = || {
+            import(
+                vec![tenant("a", &["a.test"])],
+                vec![connector("a", "hq", "192.0.2.0/24")],
+                vec![user("a", "u@a.test", "h1")],
+            )
+        };
+        let first = s.apply(1, &p(1, seed()));
+        assert!(first.result.is_ok(), "{first:?}");
+        assert_eq!(
+            s.policy_version, 1,
+            "edges must get the connectors and users"
+        );
+        assert!(s.directory.tenants.contains_key(&tid("a")));
+        assert_eq!(s.directory.connectors.len(), 1);
+        assert_eq!(s.directory.users["u@a.test"].password_hash, "h1");
+        let before = s.directory.clone();
+        let again = s.apply(2, &p(2, seed())).result.expect("re-applied");
+        assert!(
+            again.ends_with("1 connector(s), 0 changed; 1 user(s), 0 changed"),
+            "{again}"
+        );
+        assert_eq!(s.directory, before);
+        // A seed replaces the object of the same name in the tenant.
+        let mut moved = connector("a", "hq", "198.51.100.0/24");
+        moved.enabled = false;
+        s.apply(
+            3,
+            &p(
+                3,
+                import(
+                    vec![tenant("a", &["a.test"])],
+                    vec![moved.clone()],
+                    vec![user("a", "u@a.test", "h2")],
+                ),
+            ),
+        )
+        .result
+        .expect("replaced");
+        assert_eq!(s.directory.connectors[&moved.id()], moved);
+        assert_eq!(s.directory.users["u@a.test"].password_hash, "h2");
+    }
+
+    #[test]
+    fn a_user_of_another_tenant_refuses_the_whole_entry() {
+        let mut s = State::default();
+        s.apply(
+            1,
+            &p(
+                1,
+                import(
+                    vec![tenant("a", &["a.test"])],
+                    vec![],
+                    vec![user("a", "u@a.test", "h")],
+                ),
+            ),
+        )
+        .result
+        .expect("first seed");
+        let refused = s.apply(
+            2,
+            &p(
+                2,
+                import(
+                    vec![tenant("b", &["b.test"])],
+                    vec![connector("b", "hq", "192.0.2.1")],
+                    vec![user("b", "new@b.test", "h"), user("b", "u@a.test", "h")],
+                ),
+            ),
+        );
+        assert!(
+            matches!(
+                &refused.result,
+                Err(Rejection::UserOfOtherTenant { address, owner })
+                    if address == "u@a.test" && *owner == tid("a")
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(s.policy_version, 1);
+        assert!(!s.directory.tenants.contains_key(&tid("b")));
+        assert!(s.directory.connectors.is_empty());
+        assert!(!s.directory.users.contains_key("new@b.test"));
+        assert_eq!(s.directory.users["u@a.test"].tenant, tid("a"));
+        // Two tenants of one seed cannot share an address either.
+        let refused = s.apply(
+            3,
+            &p(
+                3,
+                import(
+                    vec![tenant("b", &[]), tenant("c", &[])],
+                    vec![],
+                    vec![user("b", "x@b.test", "h"), user("c", "x@b.test", "h")],
+                ),
+            ),
+        );
+        assert!(matches!(
+            refused.result,
+            Err(Rejection::UserOfOtherTenant { .. })
+        ));
+        assert!(!s.directory.tenants.contains_key(&tid("b")));
+    }
+
+    #[test]
+    fn an_invalid_connector_refuses_the_whole_entry() {
+        let mut s = State::default();
+        let mut bad = connector("a", "hq", "192.0.2.1");
+        bad.sender_ip_addresses.clear();
+        let refused = s.apply(
+            1,
+            &p(1, import(vec![tenant("a", &["a.test"])], vec![bad], vec![])),
+        );
+        assert!(
+            matches!(refused.result, Err(Rejection::Invalid { .. })),
+            "{refused:?}"
+        );
+        assert!(s.directory.tenants.is_empty());
+    }
 }

@@ -253,10 +253,18 @@ pub(super) async fn write(
         }
         Op::ApplySeed(s) => {
             authorize(who, &Action::Operate("apply a seed"))?;
-            let tenants = Seed::parse(&s.toml)
-                .and_then(Seed::into_tenants)
-                .map_err(bad)?;
-            Command::ApplySeed { tenants }
+            let seed = Seed::parse(&s.toml).and_then(Seed::validate).map_err(bad)?;
+            if seed.connectors.is_empty() && seed.users.is_empty() {
+                Command::ApplySeed {
+                    tenants: seed.tenants,
+                }
+            } else {
+                Command::ImportSeed {
+                    tenants: seed.tenants,
+                    connectors: seed.connectors,
+                    users: seed.users,
+                }
+            }
         }
         Op::SetOnpremPolicy(o) => {
             authorize(
