@@ -560,6 +560,45 @@ mod tests {
     }
 
     #[test]
+    fn a_split_keeps_each_tenant_with_its_connectors_and_users() {
+        use argon2::password_hash::{PasswordHasher as _, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let hash = argon2::Argon2::default()
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        let mut text = String::new();
+        for i in 0..60 {
+            text.push_str(&format!(
+                "[[tenant]]\nid = \"t{i:02}\"\naccepted-domains = [\"t{i:02}.test\"]\n\
+                 [[tenant.connector]]\nname = \"hq\"\ntype = \"on-premises\"\n\
+                 sender-ip-addresses = [\"10.0.{i}.0/24\"]\n\
+                 [[tenant.connector]]\nname = \"partner\"\ntype = \"partner\"\n\
+                 tls-sender-certificate-name = \"*.p{i}.test\"\n\
+                 [[tenant.user]]\naddress = \"a@t{i:02}.test\"\npassword-hash = \"{hash}\"\n\
+                 [[tenant.user]]\naddress = \"b@t{i:02}.test\"\npassword-hash = \"{hash}\"\n"
+            ));
+        }
+        let whole = moat_shared::Seed::parse(&text).unwrap().validate().unwrap();
+        let parts = split_seed(&text, 2000).unwrap();
+        assert!(parts.len() > 5, "{} parts", parts.len());
+        let mut joined = moat_shared::SeedContents::default();
+        for p in &parts {
+            let c = moat_shared::Seed::parse(p).unwrap().validate().unwrap();
+            for t in &c.tenants {
+                let of = |n: usize| (n, t.id.clone());
+                let conns = c.connectors.iter().filter(|x| x.tenant == t.id).count();
+                let users = c.users.iter().filter(|x| x.tenant == t.id).count();
+                assert_eq!((of(conns), of(users)), (of(2), of(2)));
+            }
+            joined.tenants.extend(c.tenants);
+            joined.connectors.extend(c.connectors);
+            joined.users.extend(c.users);
+        }
+        assert_eq!(joined, whole);
+    }
+
+    #[test]
     fn global_options_work_after_the_subcommand() {
         let a = parse(&[
             "connector",
