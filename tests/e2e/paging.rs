@@ -163,3 +163,130 @@ fn an_import_over_the_old_transport_limit_applies_in_parts() {
         .count();
     assert_eq!(count, n * 10);
 }
+
+/// A provider's estate from a file: a seed with a tenant, an OnPremises connector and a user
+/// (an argon2id hash carried over from an old system) lands in one write; the connector and
+/// user are listed, the user can AUTH and send on the submission listener, mail from the
+/// connector's address relays, applying the file again changes nothing, and a seed that gives
+/// the user's address to another tenant is refused whole.
+#[test]
+fn a_seed_imports_connectors_and_users() {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+
+    let dev = Dev::start(None);
+    let password = "imported-from-the-old-system";
+    let salt = SaltString::encode_b64(b"seed-e2e-salt-16").expect("salt");
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string();
+    let text = format!(
+        r#"
+[[tenant]]
+id = "fabrikam.test"
+display-name = "Fabrikam (imported)"
+accepted-domains = ["fabrikam.test"]
+
+[[tenant.connector]]
+name = "hq"
+type = "on-premises"
+sender-ip-addresses = ["127.0.0.2"]
+
+[[tenant.user]]
+address = "Alice@Fabrikam.test"
+password-hash = "{hash}"
+send-as = ["sales@fabrikam.test"]
+"#
+    );
+    let path = dev.data.with_extension("estate.toml");
+    std::fs::write(&path, &text).expect("write seed");
+    let path = path.to_str().expect("path");
+    dev.admin_applied(&["apply", "-f", path]);
+
+    let connectors = dev.admin(&["connector", "list", "--tenant", "fabrikam.test"]);
+    let hq = &connectors.as_array().expect("array")[0];
+    assert_eq!(hq["name"], "hq", "{connectors}");
+    assert_eq!(hq["type"], "on-premises", "{connectors}");
+    assert_eq!(hq["enabled"], true, "{connectors}");
+    assert_eq!(hq["sender-ip-addresses"][0], "127.0.0.2/32", "{connectors}");
+    let users = dev.admin(&["user", "list", "--tenant", "fabrikam.test"]);
+    assert_eq!(users.as_array().map(Vec::len), Some(1), "{users}");
+    assert_eq!(users[0]["address"], "alice@fabrikam.test", "{users}");
+    assert_eq!(users[0]["send-as"][0], "sales@fabrikam.test", "{users}");
+
+    // Again: harmless, nothing changes.
+    let again = dev.admin(&["apply", "-f", path]);
+    let summary = again["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("1 connector(s), 0 changed; 1 user(s), 0 changed"),
+        "{again}"
+    );
+
+    // The imported hash authenticates, on the edge's submission listener.
+    let (ok, out, err) = run(std::process::Command::new("python3")
+        .arg(crate::harness::clients_dir().join("submit.py"))
+        .arg("--ca")
+        .arg(dev.ca())
+        .args(["--server", &dev.edge_listener(0, "submission")])
+        .args(["--user", "alice@fabrikam.test", "--password", password])
+        .args(["--from", "sales@fabrikam.test", "--to", "bob@example.test"]));
+    assert!(ok, "submit.py failed:\n{out}\n{err}");
+    let session: serde_json::Value = serde_json::from_str(out.trim()).expect("json line");
+    assert_eq!(session["auth"][0], 235, "{session}");
+    assert_eq!(session["data"][0], 250, "{session}");
+
+    // The connector's address relays for its tenant.
+    let mx = dev.edge_listener(0, "mx");
+    let reply = crate::harness::runtime().block_on(async {
+        let (mut c, _) = crate::client::Client::connect_from(&mx, "127.0.0.2")
+            .await
+            .expect("connect");
+        c.cmd("EHLO hq.fabrikam.test").await.expect("ehlo");
+        let msg = crate::client::stuff(
+            b"From: <app@fabrikam.test>\r\nTo: <seeded@remote.test>\r\nSubject: relay\r\n\r\nbody\r\n",
+        );
+        c.send_stuffed("app@fabrikam.test", "seeded@remote.test", &msg)
+            .await
+            .expect("send")
+    });
+    assert!(
+        reply.starts_with("250"),
+        "relay from the seeded connector: {reply}"
+    );
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while dev
+        .messages_with_header("To: <seeded@remote.test>")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the relayed message was not delivered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Another tenant cannot take the address; nothing of that seed applies.
+    let stolen = format!(
+        "[[tenant]]\nid = \"tailspin.test\"\n\
+         [[tenant.connector]]\nname = \"hq\"\ntype = \"partner\"\nsender-ip-addresses = [\"192.0.2.1\"]\n\
+         [[tenant.user]]\naddress = \"alice@fabrikam.test\"\npassword-hash = \"{hash}\"\n"
+    );
+    let stolen_path = dev.data.with_extension("stolen.toml");
+    std::fs::write(&stolen_path, stolen).expect("write seed");
+    let (ok, out, err) = admin(&dev, &["apply", "-f", stolen_path.to_str().expect("path")]);
+    assert!(!ok, "a seed taking another tenant's user applied:\n{out}");
+    assert!(
+        err.contains("user `alice@fabrikam.test` belongs to tenant `fabrikam.test`"),
+        "{err}"
+    );
+    let tenants = tenant_ids(&dev.admin(&["tenant", "list"]));
+    assert!(!tenants.iter().any(|t| t == "tailspin.test"), "{tenants:?}");
+    let users = dev.admin(&["user", "list"]);
+    let alice = users
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|u| u["address"] == "alice@fabrikam.test")
+        .expect("alice");
+    assert_eq!(alice["tenant"], "fabrikam.test");
+}
