@@ -203,7 +203,21 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         Some(p) => Seed::parse(
             &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
         )
-        .and_then(Seed::into_tenants)
+        .and_then(Seed::validate)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            // The bootstrap seed is proposed again at every start until its tenants exist;
+            // connectors and users proposed that way would overwrite later changes (a new
+            // password) at each restart, so they are applied once, with `moat admin apply`.
+            if c.connectors.is_empty() && c.users.is_empty() {
+                Ok(c.tenants)
+            } else {
+                bail!(
+                    "--seed bootstraps tenants only; apply a seed with connectors or users \
+                     with `moat admin apply -f FILE`"
+                )
+            }
+        })
         .with_context(|| format!("in {}", p.display()))?,
         None => Vec::new(),
     };

@@ -12,8 +12,8 @@
 //! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages, pauses, and which
 //!   minutes of an hour are throttled or blocked.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
-//! - [`seed`]: the TOML seed format that bootstraps a snapshot (used by `moat dev` and, later,
-//!   to bootstrap a control-plane cluster).
+//! - [`seed`]: the TOML seed format: tenants with their connectors and users (used by
+//!   `moat dev`, `moat edge --seed`, `moat control --seed` and `moat admin apply`).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
 //! - [`role`]: [`Role`], what an admin token may do.
 //! - [`signal`]: the names of the counters edges report.

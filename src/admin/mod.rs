@@ -188,7 +188,8 @@ enum Resource {
     /// Development aids of a `moat dev` cluster (refused by production clusters).
     #[command(subcommand)]
     Dev(DevCmd),
-    /// Apply a seed file (the TOML format of `moat dev` / `moat control --seed`).
+    /// Apply a seed file (the TOML format of `moat dev` / `moat control --seed`): tenants, and
+    /// each tenant's `[[tenant.connector]]` and `[[tenant.user]]` tables.
     Apply {
         /// The seed file; `-` reads standard input.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
@@ -320,8 +321,9 @@ impl JsonArray {
     }
 }
 
-/// Splits a seed into parts of at most about `max` bytes of TOML each, whole tenants per part
-/// and in the file's order; a seed that fits is one part, its text unchanged.
+/// Splits a seed into parts of at most about `max` bytes of TOML each, whole tenants (with
+/// their nested connectors and users) per part and in the file's order; a seed that fits is
+/// one part, its text unchanged.
 fn split_seed(text: &str, max: usize) -> Result<Vec<String>, Failure> {
     if text.len() <= max {
         return Ok(vec![text.to_owned()]);
