@@ -57,10 +57,7 @@ pub(super) fn range_after<K: Ord, V>(
     map: &BTreeMap<K, V>,
     from: Option<K>,
 ) -> std::collections::btree_map::Range<'_, K, V> {
-    match from {
-        Some(k) => map.range((Bound::Excluded(k), Bound::Unbounded)),
-        None => map.range::<K, _>(..),
-    }
+    range_from(map, from.map(Bound::Excluded))
 }
 
 /// The page's resume key as a map key of a text-keyed list: `None` for the first page, an
@@ -77,6 +74,14 @@ pub(super) fn text_key<K>(
         .and_then(parse)
         .map(Some)
         .ok_or_else(|| Status::invalid_argument("the page token names no item of this list"))
+}
+
+/// The entries of `map` from `start` on (all of them when `start` is `None`), in key order.
+pub(super) fn range_from<K: Ord, V>(
+    map: &BTreeMap<K, V>,
+    start: Option<Bound<K>>,
+) -> std::collections::btree_map::Range<'_, K, V> {
+    map.range((start.unwrap_or(Bound::Unbounded), Bound::Unbounded))
 }
 
 /// The resume key of a list keyed by numbers (`u64` big-endian, then an optional `u32`), so

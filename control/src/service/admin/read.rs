@@ -4,6 +4,7 @@
 //! cluster view from what the node thread publishes.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire};
 use moat_proto::v1;
@@ -13,7 +14,9 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::authz::{authorize, read_scope, Action, Principal};
-use super::paging::{number_bytes, number_key, page, range_after, text_key, Bounds, PAGE_BYTES};
+use super::paging::{
+    number_bytes, number_key, page, range_after, range_from, text_key, Bounds, PAGE_BYTES,
+};
 use crate::publish::baseline_to_wire;
 use crate::raft::{Req, REQUEST_TIMEOUT};
 use crate::service::Shared;
@@ -183,18 +186,35 @@ fn read_reply(
         clock_offset_ms: state.clock_offset_ms,
         ..Default::default()
     };
+    // The one tenant a scoped read asks for, when its text is a tenant id as written: maps
+    // keyed by tenant are then read from that tenant's entries only, not scanned whole.
+    let scope = TenantId::new(&r.tenant)
+        .ok()
+        .filter(|t| !r.tenant.is_empty() && t.as_str() == r.tenant);
     use v1::ReadKind as K;
     match kind {
         K::Tenant | K::Domain | K::TransportConfig => {
             let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
-            let items = range_after(&state.directory.tenants, from)
+            let start = from
+                .map(Bound::Excluded)
+                .or(scope.clone().map(Bound::Included));
+            let items = range_from(&state.directory.tenants, start)
+                .skip_while(|(id, _)| scope.as_ref().is_some_and(|t| id != &t))
+                .take_while(|(id, _)| scope.as_ref().is_none_or(|t| id == &t))
                 .filter(|(id, _)| tenant_ok(id) && (r.name.is_empty() || id.as_str() == r.name))
                 .map(|(id, t)| (id.as_str().as_bytes().to_vec(), tenant_to_wire(t)));
             (reply.tenants, next) = page(items, bounds);
         }
         K::Connector => {
             let from = text_key(bounds.after, |k| ConnectorId::parse(k).ok())?;
-            let items = range_after(&state.directory.connectors, from)
+            // A tenant's connectors are one run of the map (ids order as `tenant/name`), which
+            // starts at the tenant with an empty name.
+            let start = from.map(Bound::Excluded).or(scope
+                .as_ref()
+                .map(|t| Bound::Included(ConnectorId::new(t.clone(), ""))));
+            let items = range_from(&state.directory.connectors, start)
+                .skip_while(|(id, _)| scope.as_ref().is_some_and(|t| id.tenant != *t))
+                .take_while(|(id, _)| scope.as_ref().is_none_or(|t| id.tenant == *t))
                 .filter(|(_, c)| tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
                 .map(|(id, c)| (id.to_string().into_bytes(), connector_to_wire(c)));
             (reply.connectors, next) = page(items, bounds);
@@ -647,6 +667,70 @@ mod tests {
         let reply = read_reply(&state, &r, v1::ReadKind::Tenant, bounds).expect("read");
         assert_eq!(reply.tenants.len(), 10);
         assert!(!reply.next_page_token.is_empty());
+    }
+
+    #[test]
+    fn a_tenant_scoped_read_gets_exactly_that_tenants_objects_page_by_page() {
+        let mut state = State::default();
+        // `a-b` and `a.b` sort around `a`'s connectors as text (`a-b/`, `a.b/`, `a/`, `ab/`).
+        for tenant in ["a", "a-b", "a.b", "ab", "b"] {
+            put(&mut state, &format!("{tenant}.test"));
+            for n in 0..12 {
+                let c = moat_shared::Connector {
+                    tenant: TenantId::new(&format!("{tenant}.test")).expect("id"),
+                    name: format!("c{n:02}"),
+                    kind: moat_shared::ConnectorKind::OnPremises,
+                    enabled: true,
+                    sender_ip_addresses: vec![],
+                    tls_sender_certificate_name: None,
+                    sender_domains: vec![],
+                    require_tls: false,
+                    restrict_domains_to_ip_addresses: false,
+                    restrict_domains_to_certificate: false,
+                };
+                state.directory.connectors.insert(c.id(), c);
+            }
+        }
+        for tenant in ["a.test", "a-b.test", "ab.test", "b.test"] {
+            let (mut seen, mut token) = (Vec::new(), String::new());
+            loop {
+                let r = v1::ReadRequest {
+                    tenant: tenant.into(),
+                    limit: 5,
+                    page_token: token.clone(),
+                    ..v1::ReadRequest::of(v1::ReadKind::Connector)
+                };
+                let after = moat_proto::paging::decode_page_token(v1::ReadKind::Connector, &token)
+                    .expect("token");
+                let bounds = Bounds {
+                    after: after.as_deref(),
+                    limit: 5,
+                    budget: PAGE_BYTES,
+                };
+                let reply = read_reply(&state, &r, v1::ReadKind::Connector, bounds).expect("read");
+                seen.extend(reply.connectors.into_iter().map(|c| (c.tenant, c.name)));
+                if reply.next_page_token.is_empty() {
+                    break;
+                }
+                token = reply.next_page_token;
+            }
+            let want: Vec<(String, String)> = (0..12)
+                .map(|n| (tenant.to_owned(), format!("c{n:02}")))
+                .collect();
+            assert_eq!(seen, want, "{tenant}");
+            let r = v1::ReadRequest {
+                tenant: tenant.into(),
+                ..v1::ReadRequest::of(v1::ReadKind::Tenant)
+            };
+            let bounds = Bounds {
+                after: None,
+                limit: 0,
+                budget: PAGE_BYTES,
+            };
+            let reply = read_reply(&state, &r, v1::ReadKind::Tenant, bounds).expect("read");
+            let ids: Vec<String> = reply.tenants.into_iter().map(|t| t.id).collect();
+            assert_eq!(ids, [tenant], "{tenant}");
+        }
     }
 
     #[test]
