@@ -278,59 +278,39 @@ accepted-domains = ["example.test"]
     }
 }
 
-/// Builds one connector of `tenant` with [`Connector`]'s parsers, reporting every bad field;
-/// `None` when any was bad.
+/// Builds one connector of `tenant` with [`Connector`]'s parsers, reporting every bad field
+/// (and, when the fields parse far enough to build it, every rule it breaks); `None` when
+/// anything was bad.
 fn seed_connector(
     tenant: &TenantId,
     c: SeedConnector,
     report: &mut impl FnMut(String),
 ) -> Option<Connector> {
-    let mut ok = true;
-    let mut check = |r: Result<(), String>| {
+    let mut bad = false;
+    let mut keep = |r: Result<(), crate::ConnectorError>| {
         if let Err(e) = r {
-            report(e);
-            ok = false;
+            report(e.to_string());
+            bad = true;
         }
     };
-    check(Connector::valid_name(&c.name).map_err(|e| e.to_string()));
-    let kind = c
-        .kind
-        .parse()
-        .map_err(|e: crate::ConnectorError| e.to_string());
-    let mut ips = Vec::new();
+    keep(Connector::valid_name(&c.name).map(drop));
+    let mut sender_ip_addresses = Vec::new();
     for raw in &c.sender_ip_addresses {
-        check(
-            Connector::parse_ip(raw)
-                .map(|n| ips.push(n))
-                .map_err(|e| e.to_string()),
-        );
+        keep(Connector::parse_ip(raw).map(|n| sender_ip_addresses.push(n)));
     }
-    let cert = c.tls_sender_certificate_name.as_deref().map(|n| {
-        CertName::new(n).map_err(|_| crate::ConnectorError::BadCertName(n.to_owned()).to_string())
-    });
     let mut sender_domains = Vec::new();
     for raw in &c.sender_domains {
-        check(
-            Connector::parse_sender_domain(raw)
-                .map(|d| sender_domains.push(d))
-                .map_err(|e| e.to_string()),
-        );
+        keep(Connector::parse_sender_domain(raw).map(|d| sender_domains.push(d)));
     }
-    let kind = match kind {
-        Ok(k) => Some(k),
-        Err(e) => {
-            check(Err(e));
-            None
-        }
-    };
-    let cert = match cert {
-        None => Some(None),
-        Some(Ok(n)) => Some(Some(n)),
-        Some(Err(e)) => {
-            check(Err(e));
-            None
-        }
-    };
+    let mut kind = None;
+    keep(c.kind.parse().map(|k| kind = Some(k)));
+    // `Some(None)`: no certificate name; `None`: a bad one.
+    let mut cert = Some(None);
+    if let Some(n) = c.tls_sender_certificate_name.as_deref() {
+        cert = None;
+        let parsed = CertName::new(n).map_err(|_| crate::ConnectorError::BadCertName(n.into()));
+        keep(parsed.map(|n| cert = Some(Some(n))));
+    }
     let (Some(kind), Some(tls_sender_certificate_name)) = (kind, cert) else {
         return None;
     };
@@ -339,7 +319,7 @@ fn seed_connector(
         name: c.name,
         kind,
         enabled: c.enabled,
-        sender_ip_addresses: ips,
+        sender_ip_addresses,
         tls_sender_certificate_name,
         sender_domains,
         require_tls: c.require_tls,
@@ -347,14 +327,13 @@ fn seed_connector(
         restrict_domains_to_certificate: c.restrict_domains_to_certificate,
     };
     match connector.validate() {
-        // The name was reported above already.
+        // A bad name was reported above already.
         Err(crate::ConnectorError::BadName(_)) => None,
         Err(e) => {
             report(e.to_string());
             None
         }
-        Ok(()) if ok => Some(connector),
-        Ok(()) => None,
+        Ok(()) => (!bad).then_some(connector),
     }
 }
 
