@@ -255,7 +255,13 @@ impl Tracking {
     /// Counts the message the next hop answered with `r`.
     fn delivered(&mut self, shared: &Shared, snapshot: &PolicySnapshot, r: &Reply) {
         let Some(c) = &self.connector else { return };
-        let add = |counter, v: u64| count(shared, c, counter, v);
+        // One key for the message's several counters.
+        let key = c.to_string();
+        let add = |counter: ConnectorCounter, v: u64| {
+            shared
+                .counters
+                .add(signal::CONNECTOR, &key, counter.as_str(), v)
+        };
         if !r.is_positive() {
             add(
                 if r.is_transient() {
