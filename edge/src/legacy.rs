@@ -17,6 +17,7 @@ use openssl::ssl::{
     Ssl, SslAcceptor, SslFiletype, SslMethod, SslOptions, SslRef, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509Name;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
@@ -170,8 +171,18 @@ pub async fn peek_hello(tcp: &TcpStream, limit: Duration) -> Result<Hello, Strin
             return Ok(h);
         }
         if n == seen {
-            // Part of the record is here and peek would return it again at once: wait a
-            // little for the rest instead of spinning.
+            // Part of the record is here and peek would return it again at once. A client
+            // that has gone (FIN after a partial record) is seen through the socket's
+            // read-closed readiness, since peek never reports it: its session ends now
+            // rather than at the deadline. Otherwise wait a little for the rest instead of
+            // spinning.
+            let ready = tokio::time::timeout_at(deadline, tcp.ready(Interest::READABLE))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_owned())?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            if ready.is_read_closed() {
+                return Err("connection closed during the TLS handshake".into());
+            }
             tokio::time::sleep_until(
                 deadline.min(tokio::time::Instant::now() + Duration::from_millis(5)),
             )
@@ -384,6 +395,38 @@ mod tests {
         assert_eq!(r, Err("TLS handshake timed out".to_owned()));
         let _ = release.send(());
         client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_partial_hello_then_close_ends_at_once() {
+        // Found by the adversarial suite: peek never reports the end of the stream behind
+        // unread bytes, so a client that sent part of a ClientHello and closed held its
+        // per-IP slot until the handshake deadline.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.shutdown().await.unwrap();
+            c
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let started = std::time::Instant::now();
+        let r = peek_hello(&tcp, Duration::from_secs(30)).await;
+        assert_eq!(
+            r,
+            Err("connection closed during the TLS handshake".to_owned())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(client.await.unwrap());
     }
 
     #[test]
