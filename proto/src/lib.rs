@@ -9,10 +9,12 @@
 //!   [`v1::ReadKind`]'s names and [`v1::ReadRequest::of`], so a read kind is listed once, in
 //!   `moat.proto`.
 //! - [`convert`]: wire types to `moat-shared` types and back, with typed errors.
+//! - [`digest`]: the order-independent digest of a policy that edges and control nodes compare.
 //! - [`mtls`]: internal mutual TLS: certificate roles, material checked and renewed from files.
 //! - [`paging`]: the opaque page tokens of paginated admin reads.
 
 pub mod convert;
+pub mod digest;
 pub mod mtls;
 pub mod paging;
 
