@@ -178,6 +178,7 @@ async fn watch_once(
     let hello = v1::WatchRequest {
         edge_id: edge_id.to_owned(),
         applied_version: policy.load().version(),
+        ..Default::default()
     };
     let _ = tx.send(hello).await;
     let mut stream = tokio::time::timeout(
@@ -221,6 +222,7 @@ async fn watch_once(
         let ack = v1::WatchRequest {
             edge_id: edge_id.to_owned(),
             applied_version: policy.load().version(),
+            ..Default::default()
         };
         let _ = tx.send(ack).await;
     }

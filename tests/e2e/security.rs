@@ -162,8 +162,15 @@ fn unauthorized_calls_are_refused() {
         let hello = moat_proto::WatchRequest {
             edge_id: "intruder".into(),
             applied_version: 0,
+            ..Default::default()
         };
-        let r = policy.watch(tokio_stream::iter(vec![hello])).await;
+        let r = policy.watch(tokio_stream::iter(vec![hello.clone()])).await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied)
+        );
+        // Nor the incremental stream.
+        let r = policy.sync(tokio_stream::iter(vec![hello])).await;
         assert_eq!(
             r.map(|_| ()).map_err(|s| s.code()),
             Err(Code::PermissionDenied)

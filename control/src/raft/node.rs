@@ -12,6 +12,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage as _};
 
+use crate::publish::{Published, Publisher};
 use crate::state::{Outcome, Proposal, Rejection, State};
 use crate::storage::{Backend, RaftStore, StoreError};
 
@@ -126,6 +127,8 @@ pub struct Core<B: Backend> {
     snapshot_every: u64,
     snapshot_index: u64,
     reads: Vec<(u64, u64)>,
+    /// The policy edges enforce, one step per entry that changes it.
+    publisher: Publisher,
 }
 
 impl<B: Backend> Core<B> {
@@ -164,13 +167,15 @@ impl<B: Backend> Core<B> {
         }
         let snap = store.snapshot(0, 0)?;
         let snapshot_index = snap.get_metadata().index;
-        let state = if snap.get_data().is_empty() {
+        let mut state = if snap.get_data().is_empty() {
             State::default()
         } else {
             let mut s: State = serde_json::from_slice(snap.get_data())?;
             s.applied = snapshot_index;
             s
         };
+        let mut publisher = Publisher::default();
+        publisher.reset(&mut state);
         let config = Config {
             id,
             election_tick: options.election_ticks,
@@ -192,6 +197,7 @@ impl<B: Backend> Core<B> {
             snapshot_every: options.snapshot_every.max(1),
             snapshot_index,
             reads: Vec::new(),
+            publisher,
         })
     }
 
@@ -203,6 +209,11 @@ impl<B: Backend> Core<B> {
     /// The state machine as of the last applied entry.
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The policy as published to edges: the newest version and the recent steps.
+    pub fn published(&self) -> &Published {
+        self.publisher.published()
     }
 
     /// Whether this node is the leader.
@@ -343,6 +354,7 @@ impl<B: Backend> Core<B> {
                 let mut s: State = serde_json::from_slice(snap.get_data())?;
                 s.applied = snap.get_metadata().index;
                 self.state = s;
+                self.publisher.reset(&mut self.state);
                 self.snapshot_index = snap.get_metadata().index;
                 out.policy_changed = true;
                 out.members_changed = true;
@@ -413,7 +425,10 @@ impl<B: Backend> Core<B> {
                         Ok(p) => {
                             let before = self.state.policy_version;
                             let o = self.state.apply(index, &p);
-                            out.policy_changed |= self.state.policy_version != before;
+                            if self.state.policy_version != before {
+                                self.publisher.step(&mut self.state);
+                                out.policy_changed = true;
+                            }
                             o
                         }
                         Err(err) => {

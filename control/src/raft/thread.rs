@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use moat_proto::mtls::InternalTls;
-use moat_proto::v1;
 use moat_shared::time::now_ms;
 use moat_shared::{EntityKind, Tenant};
 use raft::eraftpb::{Message, MessageType};
@@ -21,7 +20,7 @@ use tokio::sync::watch;
 use super::node::{Core, MemberChange};
 use super::transport::Peers;
 use super::{ReadFn, Refusal, Reply, Req, View, REQUEST_TIMEOUT};
-use crate::publish::policy_snapshot;
+use crate::publish::Published;
 use crate::state::{Command, Outcome, Proposal, SignalBatch, State, TokenRecord};
 use crate::storage::sled::Sled;
 
@@ -53,8 +52,8 @@ pub(crate) struct Setup {
 pub(crate) struct Started {
     /// Requests to the thread.
     pub(crate) tx: std_mpsc::Sender<Req>,
-    /// The current policy snapshot.
-    pub(crate) policy: watch::Receiver<Arc<v1::PolicySnapshot>>,
+    /// The published policy: the newest version and the recent steps.
+    pub(crate) policy: watch::Receiver<Arc<Published>>,
     /// Raft status and addresses.
     pub(crate) view: watch::Receiver<View>,
     /// The admin tokens.
@@ -65,7 +64,7 @@ pub(crate) struct Started {
 /// the peer tasks run on it.
 pub(crate) fn spawn(core: Core<Sled>, setup: Setup) -> std::io::Result<Started> {
     let (tx, rx) = std_mpsc::channel();
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(v1::PolicySnapshot::default()));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(core.published().clone()));
     let (view_tx, view_rx) = watch::channel(View::default());
     let tokens: Tokens = Arc::new(RwLock::new(HashMap::new()));
     let id = core.id();
@@ -121,7 +120,7 @@ struct NodeThread {
     last_tick: Option<Instant>,
     seed: Vec<Tenant>,
     last_seed_attempt: Option<Instant>,
-    policy_tx: watch::Sender<Arc<v1::PolicySnapshot>>,
+    policy_tx: watch::Sender<Arc<Published>>,
     view_tx: watch::Sender<View>,
     tokens: Tokens,
     published_tokens: Option<BTreeMap<String, TokenRecord>>,
@@ -379,9 +378,10 @@ impl NodeThread {
 
     fn publish(&mut self, policy_changed: bool) {
         let state = self.core.state();
-        if policy_changed || self.policy_tx.borrow().version != state.policy_version {
-            let snap = policy_snapshot(state);
-            self.policy_tx.send_replace(Arc::new(snap));
+        if policy_changed || self.policy_tx.borrow().stamp.version != state.policy_version {
+            // O(1): the view and the history are persistent maps.
+            self.policy_tx
+                .send_replace(Arc::new(self.core.published().clone()));
         }
         if self.published_applied != state.applied
             && self.published_tokens.as_ref() != Some(&state.tokens.records)

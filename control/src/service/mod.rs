@@ -1,7 +1,7 @@
 //! The gRPC services a control node serves, and what they share.
 //!
 //! One [`Services`] value implements the four services, each in its own file: [`raft`] (peers'
-//! raft messages in), [`policy`] (the snapshot stream edges watch), [`signal`] (edges' counter
+//! raft messages in), [`policy`] (the policy streams edges watch), [`signal`] (edges' counter
 //! batches) and [`admin`] (writes, reads and the cluster view for `moat admin`). They reach the
 //! node thread through [`Shared`]: [`Shared::ask`] sends a request and turns a refusal into a
 //! gRPC status with a leader hint; what the thread publishes (policy, raft view, tokens) is read
@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moat_proto::mtls::{caller_role, Role as CertRole};
-use moat_proto::v1;
 use tokio::sync::{oneshot, watch};
 use tonic::{Request, Status};
 
@@ -33,6 +32,33 @@ pub(crate) struct EdgeSeen {
     pub(crate) applied: u64,
     /// When the edge was last heard from (watch or signal).
     pub(crate) last_seen_ms: i64,
+    /// The digest it reported for that version (0: none, an edge of the previous release).
+    pub(crate) digest: u64,
+    /// Its digest against this node's for that version.
+    pub(crate) agreement: Agreement,
+}
+
+/// Whether an edge enforces the policy this node published at the version it reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Agreement {
+    /// Same digest.
+    Match,
+    /// Different digest: the edge enforces something else (it resyncs by itself).
+    Mismatch,
+    /// No digest to compare: the edge reported none, or this node no longer holds that
+    /// version's.
+    Unknown,
+}
+
+impl Agreement {
+    /// The word `moat admin cluster status` shows.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Agreement::Match => "match",
+            Agreement::Mismatch => "mismatch",
+            Agreement::Unknown => "unknown",
+        }
+    }
 }
 
 /// What every service shares: the way to the node thread and what the thread publishes.
@@ -41,8 +67,8 @@ pub(crate) struct Shared {
     pub(crate) id: u64,
     /// Requests to the node thread.
     pub(crate) node: NodeTx,
-    /// The current policy snapshot.
-    pub(crate) policy: watch::Receiver<Arc<v1::PolicySnapshot>>,
+    /// The published policy: the newest version, its view and the recent steps.
+    pub(crate) policy: watch::Receiver<Arc<crate::publish::Published>>,
     /// Raft status and addresses.
     pub(crate) view: watch::Receiver<View>,
     /// The admin tokens, by SHA-256.

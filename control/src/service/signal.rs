@@ -31,8 +31,14 @@ impl v1::signal_server::Signal for Services {
             let e = edges.entry(b.edge_id.clone()).or_insert(EdgeSeen {
                 applied: 0,
                 last_seen_ms: 0,
+                digest: 0,
+                agreement: super::Agreement::Unknown,
             });
-            e.applied = e.applied.max(b.policy_version);
+            // An edge that reports digests says its version on the policy stream, with the
+            // digest that goes with it; the batch's version would part them.
+            if e.digest == 0 {
+                e.applied = e.applied.max(b.policy_version);
+            }
             e.last_seen_ms = now_ms();
         }
         let batch = SignalBatch {

@@ -169,8 +169,17 @@ impl State {
         self.restricted_changed = self.restricted.len() != before;
         let result = self.run(index, p);
         self.settle_onprem(index);
+        let onprem_changed = std::mem::take(&mut self.onprem_changed);
+        if onprem_changed
+            || matches!(
+                p.command,
+                Command::DeleteTenant { .. } | Command::SetOnpremPolicy { .. }
+            )
+        {
+            self.directory.touch_onprem();
+        }
         if std::mem::take(&mut self.restricted_changed)
-            || std::mem::take(&mut self.onprem_changed)
+            || onprem_changed
             || (result.is_ok() && policy_relevant(&p.command))
         {
             self.policy_version = index;

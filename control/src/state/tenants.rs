@@ -1,8 +1,13 @@
 //! The directory: tenants, their accepted domains, inbound connectors, SMTP AUTH users and
 //! transport config, and the seed that creates tenants at start. A domain belongs to one tenant
 //! at most; deleting a tenant deletes everything it owns.
+//!
+//! Two things ride along that are never replicated: an index of accepted domains to their
+//! tenant (rebuilt when the state is read, so that checking a domain is a lookup and not a scan
+//! of every tenant), and the keys that changed since the policy was last published
+//! ([`Touched`]), from which the publisher builds the change edges receive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use moat_shared::{Connector, ConnectorId, Domain, EntityKind, Tenant, TenantId};
 use serde::{Deserialize, Serialize};
@@ -11,7 +16,8 @@ use super::error::{Kind, Rejection};
 use super::{State, User};
 
 /// The directory part of the state: who the cluster serves and how they reach it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Directory {
     /// Tenants by id.
     pub tenants: BTreeMap<TenantId, Tenant>,
@@ -19,17 +25,102 @@ pub struct Directory {
     pub connectors: BTreeMap<ConnectorId, Connector>,
     /// Users by address.
     pub users: BTreeMap<String, User>,
+    /// Accepted domain to the tenant that accepts it (derived from `tenants`).
+    #[serde(skip_serializing)]
+    domains: BTreeMap<Domain, TenantId>,
+    /// Keys changed since the publisher last took them.
+    #[serde(skip_serializing)]
+    touched: Touched,
+}
+
+/// Equal when the replicated parts are: the index follows from them and what was touched
+/// is the publisher's business.
+impl PartialEq for Directory {
+    fn eq(&self, other: &Self) -> bool {
+        self.tenants == other.tenants
+            && self.connectors == other.connectors
+            && self.users == other.users
+    }
+}
+
+impl Eq for Directory {}
+
+/// The directory as the snapshot stores it: the derived parts are rebuilt on reading.
+#[derive(Deserialize)]
+struct Stored {
+    tenants: BTreeMap<TenantId, Tenant>,
+    connectors: BTreeMap<ConnectorId, Connector>,
+    users: BTreeMap<String, User>,
+}
+
+impl From<Stored> for Directory {
+    fn from(s: Stored) -> Self {
+        let domains = s
+            .tenants
+            .values()
+            .flat_map(|t| t.accepted_domains.iter().map(|d| (d.clone(), t.id.clone())))
+            .collect();
+        Directory {
+            tenants: s.tenants,
+            connectors: s.connectors,
+            users: s.users,
+            domains,
+            touched: Touched::default(),
+        }
+    }
+}
+
+/// Tenants, connectors and users changed (created, replaced or deleted) since the publisher
+/// last took the set. Recording a key that did not change costs a redundant upsert, never a
+/// wrong policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Tenant ids.
+    pub tenants: BTreeSet<TenantId>,
+    /// Connector ids.
+    pub connectors: BTreeSet<ConnectorId>,
+    /// User addresses.
+    pub users: BTreeSet<String>,
+    /// Which on-premises servers edges throttle or block may have changed.
+    pub onprem: bool,
+}
+
+impl Touched {
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+            && self.connectors.is_empty()
+            && self.users.is_empty()
+            && !self.onprem
+    }
 }
 
 impl State {
     /// Deletes a tenant with everything it owns, in every part.
     pub(super) fn delete_tenant(&mut self, tenant: &TenantId) -> Result<String, Rejection> {
         let d = &mut self.directory;
-        if d.tenants.remove(tenant).is_none() {
+        let Some(gone) = d.tenants.remove(tenant) else {
             return Err(Rejection::not_found(Kind::Tenant, tenant));
+        };
+        for domain in &gone.accepted_domains {
+            d.domains.remove(domain);
         }
-        d.connectors.retain(|_, c| c.tenant != *tenant);
-        d.users.retain(|_, u| u.tenant != *tenant);
+        d.touched.tenants.insert(tenant.clone());
+        let touched = &mut d.touched;
+        d.connectors.retain(|id, c| {
+            let keep = c.tenant != *tenant;
+            if !keep {
+                touched.connectors.insert(id.clone());
+            }
+            keep
+        });
+        d.users.retain(|address, u| {
+            let keep = u.tenant != *tenant;
+            if !keep {
+                touched.users.insert(address.clone());
+            }
+            keep
+        });
         self.tokens
             .records
             .retain(|_, t| t.tenant.as_ref() != Some(tenant));
@@ -52,6 +143,7 @@ impl State {
         if self.directory.connectors.remove(&key).is_none() {
             return Err(Rejection::not_found(Kind::Connector, key));
         }
+        self.directory.touched.connectors.insert(key.clone());
         self.restricted.retain(|r| {
             !(r.kind == EntityKind::Connector && r.tenant == *tenant && r.name == name)
         });
@@ -68,6 +160,7 @@ impl State {
         match self.directory.users.get(address) {
             Some(u) if u.tenant == *tenant => {
                 self.directory.users.remove(address);
+                self.directory.touched.users.insert(address.to_owned());
                 self.limits.usage.remove(address);
                 self.restricted
                     .retain(|r| !(r.kind == EntityKind::User && r.name == address));
@@ -98,10 +191,17 @@ impl Directory {
 
     /// The tenant that accepts a domain.
     fn domain_owner(&self, domain: &Domain) -> Option<&TenantId> {
-        self.tenants
-            .values()
-            .find(|t| t.accepted_domains.contains(domain))
-            .map(|t| &t.id)
+        self.domains.get(domain)
+    }
+
+    /// Records that the enforced on-premises servers may have changed.
+    pub(super) fn touch_onprem(&mut self) {
+        self.touched.onprem = true;
+    }
+
+    /// Takes the keys changed since the last call.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
     }
 
     /// Refuses domains of `tenant` that another tenant accepts.
@@ -125,8 +225,19 @@ impl Directory {
         let mut tenant = tenant.clone();
         tenant.accepted_domains.sort();
         tenant.accepted_domains.dedup();
+        for d in &tenant.accepted_domains {
+            self.domains.insert(d.clone(), tenant.id.clone());
+        }
+        self.touched.tenants.insert(tenant.id.clone());
         let verb = match self.tenants.insert(tenant.id.clone(), tenant.clone()) {
-            Some(_) => "updated",
+            Some(old) => {
+                for d in &old.accepted_domains {
+                    if !tenant.accepted_domains.contains(d) {
+                        self.domains.remove(d);
+                    }
+                }
+                "updated"
+            }
             None => "created",
         };
         Ok(format!("tenant {} {verb}", tenant.id))
@@ -147,6 +258,8 @@ impl Directory {
         let t = self.tenant_mut(tenant)?;
         t.accepted_domains.push(domain.clone());
         t.accepted_domains.sort();
+        self.domains.insert(domain.clone(), tenant.clone());
+        self.touched.tenants.insert(tenant.clone());
         Ok(format!("domain {domain} added to {tenant}"))
     }
 
@@ -165,6 +278,8 @@ impl Directory {
                 tenant: tenant.clone(),
             });
         }
+        self.domains.remove(domain);
+        self.touched.tenants.insert(tenant.clone());
         Ok(format!("domain {domain} removed from {tenant}"))
     }
 
@@ -177,6 +292,7 @@ impl Directory {
             return Err(Rejection::not_found(Kind::Tenant, &connector.tenant));
         }
         let key = connector.id();
+        self.touched.connectors.insert(key.clone());
         let verb = match self.connectors.insert(key.clone(), connector.clone()) {
             Some(_) => "updated",
             None => "created",
@@ -197,6 +313,7 @@ impl Directory {
                 });
             }
         }
+        self.touched.users.insert(user.address.clone());
         let verb = match self.users.insert(user.address.clone(), user.clone()) {
             Some(_) => "updated",
             None => "created",
@@ -212,6 +329,7 @@ impl Directory {
     ) -> Result<String, Rejection> {
         let t = self.tenant_mut(tenant)?;
         t.allow_legacy_tls_clients = allow_legacy_tls_clients;
+        self.touched.tenants.insert(tenant.clone());
         Ok(format!(
             "transport config of {tenant}: allow-legacy-tls-clients = {allow_legacy_tls_clients}"
         ))
@@ -219,8 +337,17 @@ impl Directory {
 
     /// Creates or updates the tenants of a seed: names and domains are added, never removed.
     pub(super) fn apply_seed(&mut self, tenants: &[Tenant]) -> Result<String, Rejection> {
+        let mut claimed: BTreeMap<&Domain, &TenantId> = BTreeMap::new();
         for t in tenants {
             self.check_domains_free(t)?;
+            for d in &t.accepted_domains {
+                if let Some(first) = claimed.insert(d, &t.id).filter(|first| **first != t.id) {
+                    return Err(Rejection::DomainTaken {
+                        domain: d.clone(),
+                        owner: first.clone(),
+                    });
+                }
+            }
         }
         let mut changed = 0;
         for t in tenants {
@@ -235,11 +362,13 @@ impl Directory {
             for d in &t.accepted_domains {
                 if !entry.accepted_domains.contains(d) {
                     entry.accepted_domains.push(d.clone());
+                    self.domains.insert(d.clone(), t.id.clone());
                 }
             }
             entry.accepted_domains.sort();
             if *entry != before {
                 changed += 1;
+                self.touched.tenants.insert(t.id.clone());
             }
         }
         Ok(format!(
@@ -261,8 +390,8 @@ impl Directory {
         for t in tenants {
             self.check_domains_free(t)?;
         }
-        let known =
-            |id: &TenantId| tenants.iter().any(|t| t.id == *id) || self.tenants.contains_key(id);
+        let in_seed: BTreeSet<&TenantId> = tenants.iter().map(|t| &t.id).collect();
+        let known = |id: &TenantId| in_seed.contains(id) || self.tenants.contains_key(id);
         for c in connectors {
             c.validate()
                 .map_err(|e| Rejection::invalid(Kind::Connector, e.to_string()))?;
@@ -293,11 +422,13 @@ impl Directory {
         for c in connectors {
             if self.connectors.insert(c.id(), c.clone()).as_ref() != Some(c) {
                 changed.0 += 1;
+                self.touched.connectors.insert(c.id());
             }
         }
         for u in users {
             if self.users.insert(u.address.clone(), u.clone()).as_ref() != Some(u) {
                 changed.1 += 1;
+                self.touched.users.insert(u.address.clone());
             }
         }
         Ok(format!(

@@ -99,6 +99,8 @@ pub(super) fn cluster(shared: &Shared, who: &Principal) -> Result<v1::ClusterSta
                     applied_version: s.applied,
                     watching: shared.id,
                     last_seen_ms: s.last_seen_ms,
+                    digest: s.digest,
+                    agreement: s.agreement.as_str().into(),
                 })
                 .collect()
         })
