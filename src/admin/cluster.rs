@@ -68,8 +68,20 @@ pub(super) fn cluster_json(s: &ClusterStatus) -> Value {
             "applied-version": e.applied_version,
             "watching": e.watching,
             "last-seen-ms": e.last_seen_ms,
+            "digest": format!("{:016x}", e.digest),
+            "agreement": agreement(e),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Whether the edge enforces what the control plane published at its version; an edge or a
+/// node of the previous release says nothing, which reads as `unknown`.
+fn agreement(e: &moat_proto::EdgeStatus) -> &str {
+    if e.agreement.is_empty() {
+        "unknown"
+    } else {
+        &e.agreement
+    }
 }
 
 pub(super) fn render_cluster(s: &ClusterStatus, now_ms: i64) -> String {
@@ -116,15 +128,24 @@ pub(super) fn render_cluster(s: &ClusterStatus, now_ms: i64) -> String {
                 vec![
                     cell(&e.edge_id),
                     e.applied_version.to_string(),
+                    agreement(e).to_owned(),
                     e.watching.to_string(),
                     fmt_ago(now_ms, e.last_seen_ms),
                 ]
             })
             .collect();
         out.push_str(&render_table(
-            &["EDGE", "APPLIED-VERSION", "WATCHING", "LAST-SEEN"],
+            &["EDGE", "APPLIED-VERSION", "POLICY", "WATCHING", "LAST-SEEN"],
             &rows,
         ));
+        let disagreeing = s.edges.iter().filter(|e| e.agreement == "mismatch").count();
+        if disagreeing > 0 {
+            let _ = writeln!(
+                out,
+                "\n{disagreeing} edge(s) enforce a policy whose digest differs from this node's \
+                 for the same version; they resync by themselves"
+            );
+        }
     }
     out
 }
@@ -159,16 +180,21 @@ mod tests {
                 applied_version: 8,
                 watching: 1,
                 last_seen_ms: 7_000,
+                digest: 0xab,
+                agreement: "match".into(),
             }],
             snapshot_index: 4,
         };
         let text = render_cluster(&s, 10_000);
         assert!(text.contains("Leader:         2 (127.0.0.1:7002)\n"));
         assert!(text.contains("ID  ADDRESS         ROLE\n1   127.0.0.1:7001  voter\n"));
-        assert!(text.contains("EDGE    APPLIED-VERSION  WATCHING  LAST-SEEN\n"));
-        assert!(text.contains("edge-1  8                1         3s ago\n"));
+        assert!(text.contains("EDGE    APPLIED-VERSION  POLICY  WATCHING  LAST-SEEN\n"));
+        assert!(text.contains("edge-1  8                match   1         3s ago\n"));
+        assert!(!text.contains("differs"));
         let v = cluster_json(&s);
         assert_eq!(v["leader-id"], 2);
         assert_eq!(v["edges"][0]["edge-id"], "edge-1");
+        assert_eq!(v["edges"][0]["digest"], "00000000000000ab");
+        assert_eq!(v["edges"][0]["agreement"], "match");
     }
 }
