@@ -690,6 +690,16 @@ fn nodes_join_and_leave_while_the_cluster_commits() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // It was brought up to date by a snapshot, sent in chunks on a stream of its own.
+    let chunked = (0..3).any(|i| {
+        let (_, m) = http_status(&c.nodes[i].status, "/metrics");
+        m.lines().any(|l| {
+            l.starts_with("moat_control_raft_snapshots_sent_total{")
+                && l.contains("transfer=\"chunked\"")
+                && l.contains("result=\"ok\"")
+        })
+    });
+    assert!(chunked, "no node sent a chunked snapshot");
     let gone = (1..=3).find(|&n| n != leader).expect("a follower");
     c.admin_ok(&["cluster", "remove-node", &gone.to_string()]);
     c.kill_node(gone, "TERM");

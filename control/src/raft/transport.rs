@@ -1,7 +1,10 @@
 //! Peer transport, sending side: one tokio task per peer takes the raft messages the node
 //! thread queues for it, batches them and sends them over the Raft gRPC service, and tells the
-//! node thread when a peer is unreachable or a snapshot arrived. The receiving side is the Raft
-//! service (`service/raft.rs`), which hands each message to the node thread.
+//! node thread when a peer is unreachable or a snapshot arrived. A state-machine snapshot goes
+//! on a task and a stream of its own, in [`CHUNK`]-sized pieces with no overall deadline, so
+//! that a large one does not hold up the heartbeats behind it (a peer of the previous release
+//! gets it in one message instead). The receiving side is the Raft service
+//! (`service/raft.rs`), which hands each message to the node thread.
 
 use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
@@ -11,13 +14,23 @@ use moat_proto::mtls::InternalTls;
 use moat_proto::v1;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 
 use super::node::encode_message;
 use super::Req;
 
-/// Largest gRPC message accepted or sent (raft snapshots of a large state travel in one
-/// message).
+/// Largest gRPC message accepted or sent (a snapshot for a peer of the previous release
+/// travels in one message).
 pub(crate) const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// Largest state-machine snapshot accepted in chunks.
+pub(crate) const MAX_SNAPSHOT: usize = 4 * 1024 * 1024 * 1024;
+
+/// The size of one piece of a snapshot on the wire.
+const CHUNK: usize = 1024 * 1024;
+
+/// How long one piece of a snapshot may take before the transfer is given up.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The sending tasks toward peers, one per peer and address.
 pub(crate) struct Peers {
@@ -120,26 +133,34 @@ async fn peer_task(
                 Err(_) => break,
             }
         }
-        let snapshot = batch
-            .iter()
-            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let (snapshots, rest): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        for m in snapshots {
+            tokio::spawn(send_snapshot(
+                from,
+                from_address.clone(),
+                to,
+                addr.clone(),
+                tls.clone(),
+                m,
+                node.clone(),
+            ));
+        }
+        let batch = rest;
+        if batch.is_empty() {
+            continue;
+        }
         let req = v1::RaftBatch {
             from,
             from_address: from_address.clone(),
             messages: batch.iter().map(encode_message).collect(),
         };
         match client.send(req).await {
-            Ok(_) => {
-                if snapshot {
-                    let _ = node.send(Req::SnapshotDone(to, true));
-                }
-            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(to, error = %e, "raft peer unreachable");
                 let _ = node.send(Req::Unreachable(to));
-                if snapshot {
-                    let _ = node.send(Req::SnapshotDone(to, false));
-                }
                 // Do not spin on a dead peer; raft will resend.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while rx.try_recv().is_ok() {}
@@ -149,4 +170,127 @@ async fn peer_task(
             }
         }
     }
+}
+
+/// Sends one snapshot to `to` in chunks on a connection of its own, and tells the node thread
+/// how it went. A peer that does not know `SendSnapshot` gets it in one `Send`.
+async fn send_snapshot(
+    from: u64,
+    from_address: String,
+    to: u64,
+    addr: String,
+    tls: Option<InternalTls>,
+    m: Message,
+    node: std_mpsc::Sender<Req>,
+) {
+    let (transfer, ok) = match chunked(from, &from_address, &addr, tls.as_ref(), &m).await {
+        Ok(()) => ("chunked", true),
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            tracing::info!(
+                to,
+                "peer of the previous release: snapshot sent in one message"
+            );
+            (
+                "whole",
+                whole(from, &from_address, &addr, tls.as_ref(), &m).await,
+            )
+        }
+        Err(e) => {
+            tracing::warn!(to, error = %e, "snapshot transfer failed; raft will retry");
+            ("chunked", false)
+        }
+    };
+    metrics::counter!(
+        "moat_control_raft_snapshots_sent_total",
+        "transfer" => transfer,
+        "result" => if ok { "ok" } else { "failed" }
+    )
+    .increment(1);
+    if !ok {
+        let _ = node.send(Req::Unreachable(to));
+    }
+    let _ = node.send(Req::SnapshotDone(to, ok));
+}
+
+fn snapshot_client(
+    addr: &str,
+    tls: Option<&InternalTls>,
+) -> Result<v1::raft_client::RaftClient<tonic::transport::Channel>, tonic::Status> {
+    let e = moat_proto::mtls::endpoint(addr, tls)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(
+        v1::raft_client::RaftClient::new(e.connect_timeout(Duration::from_secs(1)).connect_lazy())
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+}
+
+async fn chunked(
+    from: u64,
+    from_address: &str,
+    addr: &str,
+    tls: Option<&InternalTls>,
+    m: &Message,
+) -> Result<(), tonic::Status> {
+    let mut client = snapshot_client(addr, tls)?;
+    let data = m.get_snapshot().get_data().to_vec();
+    let mut head = m.clone();
+    head.mut_snapshot().set_data(Default::default());
+    let (tx, rx) = mpsc::channel::<v1::SnapshotChunk>(4);
+    let total = data.len();
+    let feeder = tokio::spawn(async move {
+        let mut first = Some(v1::SnapshotChunk {
+            from,
+            from_address: String::new(),
+            message: encode_message(&head),
+            total: total as u64,
+            data: Vec::new(),
+        });
+        let mut at = 0;
+        loop {
+            let end = (at + CHUNK).min(total);
+            let mut c = first.take().unwrap_or_default();
+            c.data = data[at..end].to_vec();
+            // A stalled peer: give up rather than hold the snapshot for ever.
+            match tokio::time::timeout(CHUNK_TIMEOUT, tx.send(c)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            at = end;
+            if at >= total {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map({
+        let from_address = from_address.to_owned();
+        move |mut c| {
+            if !c.message.is_empty() {
+                c.from_address = from_address.clone();
+            }
+            c
+        }
+    });
+    let sent = client.send_snapshot(stream).await;
+    feeder.abort();
+    sent.map(|_| ())
+}
+
+async fn whole(
+    from: u64,
+    from_address: &str,
+    addr: &str,
+    tls: Option<&InternalTls>,
+    m: &Message,
+) -> bool {
+    let Ok(mut client) = snapshot_client(addr, tls) else {
+        return false;
+    };
+    client
+        .send(v1::RaftBatch {
+            from,
+            from_address: from_address.to_owned(),
+            messages: vec![encode_message(m)],
+        })
+        .await
+        .is_ok()
 }
