@@ -29,6 +29,7 @@ use serde::Deserialize;
 /// seed = "/etc/moat/tenants.toml"
 /// admin-token-file = "/etc/moat/token" # default: $MOAT_ADMIN_TOKEN
 /// snapshot-every = 10000
+/// policy-history = 4096                # policy changes kept for edges that reconnect
 /// dev-clock = false
 /// status-listen = "0.0.0.0:9400"       # default: no status port
 /// unready-after = 5                    # seconds
@@ -78,6 +79,10 @@ pub struct ControlArgs {
     /// Take a raft snapshot and compact the log every N applied entries.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Keep the last N policy changes, so that an edge that reconnects gets what it missed
+    /// rather than a full snapshot [default: 4096].
+    #[arg(long, value_name = "N")]
+    policy_history: Option<usize>,
     /// Let `moat admin dev clock set` move the cluster clock ahead (tests and demos only; a
     /// node without it refuses). `moat dev` passes it to its nodes.
     #[arg(long, hide = true)]
@@ -135,6 +140,7 @@ impl ControlArgs {
             seed: self.seed.or(file.seed),
             admin_token_file: self.admin_token_file.or(file.admin_token_file),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            policy_history: self.policy_history.or(file.policy_history),
             dev_clock: self.dev_clock || file.dev_clock,
             status_listen: self.status_listen.or(file.status_listen),
             unready_after: self.unready_after.or(file.unready_after),
@@ -251,6 +257,9 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
     if let Some(n) = args.snapshot_every {
         options.snapshot_every = n;
     }
+    if let Some(n) = args.policy_history {
+        options.policy_history = n;
+    }
     Ok(ControlConfig {
         id,
         listen,
@@ -364,7 +373,7 @@ mod tests {
         let f = File::new(
             "all",
             "id = 3\nlisten = \"127.0.0.1:7403\"\nadvertise = \"cp-3:7403\"\n\
-             data = \"/tmp/moat-c3\"\nsnapshot-every = 77\ndev-clock = true\n\
+             data = \"/tmp/moat-c3\"\nsnapshot-every = 77\npolicy-history = 12\ndev-clock = true\n\
              status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\n\
              [peers]\n3 = \"cp-3:7403\"\n4 = \"cp-4:7404\"\n",
         );
@@ -377,6 +386,7 @@ mod tests {
         assert_eq!(cfg.advertise.as_deref(), Some("cp-3:7403"));
         assert_eq!(cfg.data, PathBuf::from("/tmp/moat-c3"));
         assert_eq!(cfg.options.snapshot_every, 77);
+        assert_eq!(cfg.options.policy_history, 12);
         assert!(cfg.dev_clock);
         assert_eq!(cfg.unready_after, Duration::from_secs(9));
         assert_eq!(

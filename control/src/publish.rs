@@ -31,7 +31,7 @@ use crate::state::State;
 /// Largest part of an update or a full snapshot, encoded: well under the 4 MB gRPC limit.
 pub const PART_BYTES: usize = 1024 * 1024;
 
-/// Most updates kept for edges that reconnect.
+/// Most updates kept for edges that reconnect, unless configured otherwise.
 pub const HISTORY_STEPS: usize = 4096;
 
 /// Most bytes of updates kept for edges that reconnect.
@@ -261,18 +261,33 @@ pub struct Step {
     bytes: usize,
 }
 
-/// Recent steps by version, bounded by [`HISTORY_STEPS`] and [`HISTORY_BYTES`].
-#[derive(Clone, Debug, Default)]
+/// Recent steps by version, bounded by a number of steps and by [`HISTORY_BYTES`].
+#[derive(Clone, Debug)]
 pub struct History {
     steps: RedBlackTreeMapSync<u64, Step>,
     bytes: usize,
+    max_steps: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new(HISTORY_STEPS)
+    }
 }
 
 impl History {
+    fn new(max_steps: usize) -> Self {
+        History {
+            steps: RedBlackTreeMapSync::new_sync(),
+            bytes: 0,
+            max_steps: max_steps.max(1),
+        }
+    }
+
     fn push(&mut self, version: u64, step: Step) {
         self.bytes += step.bytes;
         self.steps.insert_mut(version, step);
-        while self.steps.size() > HISTORY_STEPS
+        while self.steps.size() > self.max_steps
             || (self.bytes > HISTORY_BYTES && self.steps.size() > 1)
         {
             let Some((&oldest, s)) = self.steps.first() else {
@@ -339,6 +354,17 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher that keeps `history` steps for edges that reconnect.
+    pub fn new(history: usize) -> Self {
+        Publisher {
+            current: Published {
+                history: History::new(history),
+                ..Published::default()
+            },
+            book: DigestBook::default(),
+        }
+    }
+
     /// What is published now (cheap to clone).
     pub fn published(&self) -> &Published {
         &self.current
@@ -388,7 +414,7 @@ impl Publisher {
                 digest: self.book.digest(),
             },
             view,
-            history: History::default(),
+            history: History::new(self.current.history.max_steps),
         };
     }
 

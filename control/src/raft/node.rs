@@ -26,6 +26,8 @@ pub struct Options {
     pub heartbeat_ticks: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_every: u64,
+    /// Policy steps kept for edges that reconnect (older ones get a full snapshot).
+    pub policy_history: usize,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
+            policy_history: crate::publish::HISTORY_STEPS,
         }
     }
 }
@@ -174,7 +177,7 @@ impl<B: Backend> Core<B> {
             s.applied = snapshot_index;
             s
         };
-        let mut publisher = Publisher::default();
+        let mut publisher = Publisher::new(options.policy_history);
         publisher.reset(&mut state);
         let config = Config {
             id,
