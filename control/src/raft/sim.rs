@@ -23,6 +23,7 @@ fn options() -> Options {
         election_ticks: 10,
         heartbeat_ticks: 2,
         snapshot_every: 5,
+        ..Options::default()
     }
 }
 
