@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`ids`]: identifiers ([`TenantId`], [`Domain`], [`ConnectorId`]), apart from the snapshot.
-//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`].
+//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`], and the
+//!   [`PolicyChange`]s that derive one snapshot from another at the cost of the change.
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
@@ -42,12 +43,14 @@ pub mod time;
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
-pub use policy::{PolicySnapshot, Tenant};
+pub use policy::{OnpremSettings, PolicyChange, PolicySnapshot, SnapshotError, Tenant};
 pub use role::Role;
 pub use seed::{Seed, SeedContents, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
 
-/// The hash maps of a snapshot and its indexes. Their keys come from the control plane
-/// (trusted) and the lookups with what a client sent cannot add keys, so a fast hash
-/// (foldhash, randomly seeded per process) serves instead of SipHash.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The persistent maps of a snapshot (a hash array mapped trie, shared between the versions
+/// derived from one another): cloning one is O(1), and inserting or removing a key copies only
+/// the nodes on its path, leaving the map it was cloned from as it was. Their keys come from the
+/// control plane (trusted) and the lookups with what a client sent cannot add keys, so a fast
+/// hash (foldhash, randomly seeded per process) serves instead of SipHash.
+pub type PersistentMap<K, V> = rpds::HashTrieMapSync<K, V, foldhash::fast::RandomState>;
