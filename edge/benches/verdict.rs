@@ -242,7 +242,7 @@ fn main() {
     let build = started.elapsed();
     let footprint = HEAP.allocated().saturating_sub(before);
     drop(decoded);
-    assert_eq!(snapshot.connectors().len(), tenants * PER_TENANT);
+    assert_eq!(snapshot.connector_count(), tenants * PER_TENANT);
 
     let handle = PolicyHandle::new(snapshot);
     let next = moat_proto::convert::snapshot_from_wire(&{
@@ -322,7 +322,7 @@ fn main() {
     println!(
         r#"verdict-bench: {{"tenants":{tenants},"accepted_domains":{},"connectors":{},"restricted":{},"wire_bytes":{},"snapshot_heap_bytes":{footprint},"encode_ms":{:.1},"decode_ms":{:.1},"build_ms":{:.1},"publish_us":{:.1},"drop_previous_ms":{:.1},"verdicts":[{}]}}"#,
         tenants * PER_TENANT,
-        snap.connectors().len(),
+        snap.connector_count(),
         snap.restricted_count(EntityKind::Connector),
         bytes.len(),
         ms(encode),
