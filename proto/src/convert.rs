@@ -3,7 +3,8 @@
 use moat_shared::time::{day_string, parse_day};
 use moat_shared::{
     CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind, OnpremSettings,
-    PolicyChange, PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
+    PolicyChange, PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser,
+    Tenant as DTenant, TenantId,
 };
 
 use moat_shared::exchange::{Baseline, Build};

@@ -80,7 +80,11 @@ fn add(hits: &mut Hits, c: &Arc<Connector>) {
 }
 
 /// Inserts `c` under `key` of `map`, in place where the map's nodes are not shared.
-fn link<K: Eq + std::hash::Hash + Clone>(map: &mut PersistentMap<K, Hits>, key: K, c: &Arc<Connector>) {
+fn link<K: Eq + std::hash::Hash + Clone>(
+    map: &mut PersistentMap<K, Hits>,
+    key: K,
+    c: &Arc<Connector>,
+) {
     match map.get_mut(&key) {
         Some(hits) => add(hits, c),
         None => map.insert_mut(key, vec![Arc::clone(c)]),
@@ -88,7 +92,11 @@ fn link<K: Eq + std::hash::Hash + Clone>(map: &mut PersistentMap<K, Hits>, key: 
 }
 
 /// Removes `c` from under `key` of `map`, and the key once it holds nothing.
-fn unlink<K: Eq + std::hash::Hash + Clone>(map: &mut PersistentMap<K, Hits>, key: &K, c: &Connector) {
+fn unlink<K: Eq + std::hash::Hash + Clone>(
+    map: &mut PersistentMap<K, Hits>,
+    key: &K,
+    c: &Connector,
+) {
     let empty = match map.get(key) {
         None => return,
         Some(hits) if !hits.iter().any(|h| same(h, c)) => return,
@@ -154,11 +162,19 @@ impl ConnectorIndex {
             match net {
                 IpNet::V4(n) => {
                     let len = n.prefix_len();
-                    link(by_len(&mut self.v4, len), mask4(u32::from(n.addr()), len), c);
+                    link(
+                        by_len(&mut self.v4, len),
+                        mask4(u32::from(n.addr()), len),
+                        c,
+                    );
                 }
                 IpNet::V6(n) => {
                     let len = n.prefix_len();
-                    link(by_len(&mut self.v6, len), mask6(u128::from(n.addr()), len), c);
+                    link(
+                        by_len(&mut self.v6, len),
+                        mask6(u128::from(n.addr()), len),
+                        c,
+                    );
                 }
             }
         }
@@ -360,8 +376,17 @@ mod tests {
     fn the_index_agrees_with_a_scan() {
         let make = |i: u32, shift: u32| {
             let net = format!("10.{}.{}.0/{}", (i + shift) % 7, i % 11, 16 + i % 17);
-            let cert = format!("{}h{}.example", if i % 2 == 0 { "*." } else { "" }, i % 13);
-            connector(&format!("{i:03}"), &[&net], Some(&cert), (i + shift) % 5 != 0)
+            let cert = format!(
+                "{}h{}.example",
+                if i.is_multiple_of(2) { "*." } else { "" },
+                i % 13
+            );
+            connector(
+                &format!("{i:03}"),
+                &[&net],
+                Some(&cert),
+                !(i + shift).is_multiple_of(5),
+            )
         };
         let mut cs: Vec<Arc<Connector>> = (0..300).map(|i| make(i, 0)).collect();
         let mut idx = ConnectorIndex::new(&cs);
@@ -379,14 +404,14 @@ mod tests {
         // goes; the index derived so agrees with a scan, and the one it came from is intact.
         let before = idx.clone();
         for i in 0..300u32 {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 idx.remove(&cs[i as usize]);
                 cs[i as usize] = make(i, 1);
                 idx.insert(&cs[i as usize]);
             }
         }
         for i in (0..300u32).rev() {
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 idx.remove(&cs.remove(i as usize));
             }
         }

@@ -343,3 +343,6 @@ impl PolicySnapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
