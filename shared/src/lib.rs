@@ -13,6 +13,8 @@
 //! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages, pauses, and which
 //!   minutes of an hour are throttled or blocked.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
+//! - [`persistent`]: [`PersistentMap`], the map snapshots are made of: a changed copy costs the
+//!   change, and reads cost about what a hash table's do.
 //! - [`seed`]: the TOML seed format: tenants with their connectors and users (used by
 //!   `moat dev`, `moat edge --seed`, `moat control --seed` and `moat admin apply`).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
@@ -32,6 +34,7 @@ pub mod handle;
 pub mod ids;
 pub mod matching;
 pub mod onprem;
+pub mod persistent;
 pub mod policy;
 pub mod role;
 pub mod seed;
@@ -43,14 +46,8 @@ pub mod time;
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
+pub use persistent::PersistentMap;
 pub use policy::{OnpremSettings, PolicyChange, PolicySnapshot, SnapshotError, Tenant};
 pub use role::Role;
 pub use seed::{Seed, SeedContents, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
-
-/// The persistent maps of a snapshot (a hash array mapped trie, shared between the versions
-/// derived from one another): cloning one is O(1), and inserting or removing a key copies only
-/// the nodes on its path, leaving the map it was cloned from as it was. Their keys come from the
-/// control plane (trusted) and the lookups with what a client sent cannot add keys, so a fast
-/// hash (foldhash, randomly seeded per process) serves instead of SipHash.
-pub type PersistentMap<K, V> = rpds::HashTrieMapSync<K, V, foldhash::fast::RandomState>;

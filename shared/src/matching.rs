@@ -7,9 +7,8 @@
 //! - Certificate: `contoso.com` is looked up exactly; `*.contoso.com` is keyed by `contoso.com`
 //!   and found by probing the name and each of its parent domains.
 //!
-//! The maps are persistent ([`crate::PersistentMap`]): adding or removing one connector copies
-//! the few trie nodes on its keys' paths and shares everything else with the index it was
-//! derived from, so a policy change costs the edge O(change x log n) and the snapshot sessions
+//! The maps are persistent ([`crate::PersistentMap`]): adding or removing one connector sets
+//! its few keys in an overlay and shares everything else with the index it was derived from, so a policy change costs the edge O(change x log n) and the snapshot sessions
 //! still hold keeps its index intact. Each key holds the (few) connectors sharing it, ordered by
 //! id: changing one of them copies that small list.
 

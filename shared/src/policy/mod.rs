@@ -8,13 +8,14 @@
 //! Layout: this file holds the snapshot and its queries; [`change`] the change type and how it is
 //! applied.
 //!
-//! Every map of a snapshot is a persistent map ([`crate::PersistentMap`], from `rpds`), chosen
-//! for structural sharing: cloning a snapshot is O(1), and each key a change sets or removes
-//! copies one path of O(log n) nodes. So a change costs the edge work proportional to the change
-//! (not to the estate), and the snapshot that sessions still hold stays valid and unchanged
-//! while the next one is published beside it (sharded copy-on-write would copy whole shards per
-//! change, and `im` is unmaintained). When a map is not shared (a snapshot built from scratch)
-//! the same calls update it in place.
+//! Every map of a snapshot is a [`crate::PersistentMap`]: a frozen hash table shared by the
+//! snapshots derived from the one that built it, under a persistent overlay (`rpds`, chosen for
+//! structural sharing: cloning is O(1), and each key a change sets or removes copies one path of
+//! O(log n) nodes). So a change costs the edge work proportional to the change, not to the
+//! estate, and the snapshot that sessions still hold stays valid and unchanged while the next
+//! one is published beside it; lookups stay close to a plain hash table's, which the trie alone
+//! does not (see [`crate::persistent`]). A snapshot built from nothing writes its tables in
+//! place.
 
 mod change;
 
