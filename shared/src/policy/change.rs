@@ -164,7 +164,7 @@ impl PolicySnapshot {
         }
         let tenant = Arc::clone(&entry.tenant);
         for d in &tenant.accepted_domains {
-            if self.by_domain.get(d) == Some(id) {
+            if self.by_domain.get(d).is_some_and(|t| t.id == *id) {
                 self.by_domain.remove_mut(d);
             }
         }
@@ -174,7 +174,8 @@ impl PolicySnapshot {
 
     /// Creates or replaces tenants. Domains move in two passes (first every domain the
     /// upserted tenants no longer list is released, then the new ones are claimed), so one
-    /// change may move a domain from one tenant to another in either order.
+    /// change may move a domain from one tenant to another in either order. Every domain of an
+    /// upserted tenant is set again, to lead to its new version: O(its domains).
     fn upsert_tenants(&mut self, tenants: &[Tenant]) -> Result<(), SnapshotError> {
         let mut ids = HashSet::new();
         for t in tenants {
@@ -194,13 +195,14 @@ impl PolicySnapshot {
             for d in old.iter().flat_map(|o| &o.accepted_domains) {
                 if new.contains(d) {
                     held.insert(d);
-                } else if self.by_domain.get(d) == Some(&t.id) {
+                } else if self.by_domain.get(d).is_some_and(|h| h.id == t.id) {
                     self.by_domain.remove_mut(d);
                 }
             }
             kept.push(held);
         }
         for (t, held) in tenants.iter().zip(&kept) {
+            let tenant = Arc::new(t.clone());
             let mut claimed = HashSet::new();
             for d in &t.accepted_domains {
                 if !claimed.insert(d) {
@@ -210,19 +212,18 @@ impl PolicySnapshot {
                         second: t.id.clone(),
                     });
                 }
-                if held.contains(d) {
-                    continue;
+                if !held.contains(d) {
+                    if let Some(first) = self.by_domain.get(d) {
+                        return Err(SnapshotError::DomainClaimedTwice {
+                            domain: d.clone(),
+                            first: first.id.clone(),
+                            second: t.id.clone(),
+                        });
+                    }
                 }
-                if let Some(first) = self.by_domain.get(d) {
-                    return Err(SnapshotError::DomainClaimedTwice {
-                        domain: d.clone(),
-                        first: first.clone(),
-                        second: t.id.clone(),
-                    });
-                }
-                self.by_domain.insert_mut(d.clone(), t.id.clone());
+                // A held domain too: it now leads to the tenant's new version.
+                self.by_domain.insert_mut(d.clone(), Arc::clone(&tenant));
             }
-            let tenant = Arc::new(t.clone());
             match self.tenants.get_mut(&t.id) {
                 Some(entry) => entry.tenant = tenant,
                 None => self.tenants.insert_mut(

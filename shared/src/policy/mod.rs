@@ -67,8 +67,9 @@ pub struct PolicySnapshot {
     version: u64,
     /// Tenants by id.
     tenants: PersistentMap<TenantId, TenantEntry>,
-    /// Accepted domain to the tenant that accepts it.
-    by_domain: PersistentMap<Domain, TenantId>,
+    /// Accepted domain to the tenant that accepts it (the tenant itself, so that the relay
+    /// rules' walks up a name cost one lookup per name).
+    by_domain: PersistentMap<Domain, Arc<Tenant>>,
     /// Every inbound connector, by id.
     connectors: PersistentMap<ConnectorId, Arc<Connector>>,
     /// The enabled connectors by IP network and certificate name.
@@ -136,13 +137,13 @@ impl PolicySnapshot {
     }
 
     /// The tenant that accepts mail for `domain` and its Partner connectors that scope sender
-    /// domains (ordered by id): what an inbound verdict needs, from two lookups.
+    /// domains (ordered by id): what an inbound verdict needs.
     pub fn inbound(
         &self,
         domain: &str,
     ) -> Option<(&Tenant, impl Iterator<Item = &Connector> + '_)> {
-        let id = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
-        let entry = self.tenants.get(id)?;
+        let tenant = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
+        let entry = self.tenants.get(&tenant.id)?;
         Some((&*entry.tenant, entry.scopes.iter().map(|c| &**c)))
     }
 
@@ -249,8 +250,9 @@ impl PolicySnapshot {
     /// The tenant that accepts mail for `domain`, if any. Exact match on the normalised name:
     /// a subdomain of an accepted domain is not accepted unless listed itself.
     pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
-        let id = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
-        self.tenant(id)
+        self.by_domain
+            .get(Domain::lookup_key(domain).as_ref())
+            .map(|t| &**t)
     }
 }
 
