@@ -5,7 +5,7 @@
 //! nothing (`reset`). Edges decide every verdict against one snapshot and record its version, so
 //! two edges holding the same version take the same decision.
 //!
-//! Layout: this file holds the snapshot and its queries; [`change`] the change type and how it is
+//! Layout: this file holds the snapshot and its queries; `change.rs` the change type and how it is
 //! applied.
 //!
 //! Every map of a snapshot is a [`crate::PersistentMap`]: a frozen hash table shared by the
