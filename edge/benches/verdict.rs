@@ -9,7 +9,10 @@
 //!   its own, clients and tenants drawn at random so caches do not flatter the result);
 //! - the snapshot's wire size, the heap it occupies (live bytes, by a counting allocator), and
 //!   the time of each step of a swap: decode, build the indexes, publish, drop the previous
-//!   snapshot.
+//!   snapshot;
+//! - the time to derive the next snapshot from a one-connector change (a block and a connector
+//!   upsert, as `PolicySnapshot::apply` does on an edge that watches changes), and the heap
+//!   that new snapshot adds beside the one it shares structure with.
 //!
 //! The figures are printed as one JSON object on a line starting with `verdict-bench:`.
 //! Under `cargo test --benches` (CI) it runs once on a snapshot a hundred times smaller, to
@@ -25,8 +28,8 @@ use moat_edge::verdict::{self, Client};
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, tenant_to_wire};
 use moat_proto::v1;
 use moat_shared::{
-    CertName, Connector, ConnectorKind, Domain, EntityKind, PolicyHandle, PolicySnapshot,
-    RestrictedEntity, Tenant, TenantId,
+    CertName, Connector, ConnectorKind, Domain, EntityKind, PolicyChange, PolicyHandle,
+    PolicySnapshot, RestrictedEntity, Tenant, TenantId,
 };
 use prost::Message;
 
@@ -242,7 +245,40 @@ fn main() {
     let build = started.elapsed();
     let footprint = HEAP.allocated().saturating_sub(before);
     drop(decoded);
-    assert_eq!(snapshot.connectors().len(), tenants * PER_TENANT);
+    assert_eq!(snapshot.connector_count(), tenants * PER_TENANT);
+
+    // One change: a connector is blocked and another one moves to a new address.
+    let mut moved = snapshot
+        .connectors()
+        .find(|c| c.kind == ConnectorKind::OnPremises && !c.sender_ip_addresses.is_empty())
+        .expect("a connector")
+        .clone();
+    moved.sender_ip_addresses = vec![Connector::parse_ip("192.0.2.99").expect("ip")];
+    let change = PolicyChange {
+        version: snapshot.version() + 1,
+        connectors: vec![moved.clone()],
+        restricted: vec![RestrictedEntity {
+            tenant: moved.tenant.clone(),
+            kind: EntityKind::Connector,
+            name: moved.name.clone(),
+            reason: "bench".into(),
+            since_ms: 0,
+            until_ms: None,
+        }],
+        ..Default::default()
+    };
+    let before = HEAP.allocated();
+    let started = Instant::now();
+    let changed = snapshot.apply(&change).expect("valid change");
+    let apply = started.elapsed();
+    let apply_heap = HEAP.allocated().saturating_sub(before);
+    assert_eq!(
+        changed
+            .connectors_by_ip("192.0.2.99".parse().expect("ip"))
+            .len(),
+        1
+    );
+    drop(changed);
 
     let handle = PolicyHandle::new(snapshot);
     let next = moat_proto::convert::snapshot_from_wire(&{
@@ -320,14 +356,15 @@ fn main() {
         ));
     }
     println!(
-        r#"verdict-bench: {{"tenants":{tenants},"accepted_domains":{},"connectors":{},"restricted":{},"wire_bytes":{},"snapshot_heap_bytes":{footprint},"encode_ms":{:.1},"decode_ms":{:.1},"build_ms":{:.1},"publish_us":{:.1},"drop_previous_ms":{:.1},"verdicts":[{}]}}"#,
+        r#"verdict-bench: {{"tenants":{tenants},"accepted_domains":{},"connectors":{},"restricted":{},"wire_bytes":{},"snapshot_heap_bytes":{footprint},"encode_ms":{:.1},"decode_ms":{:.1},"build_ms":{:.1},"apply_change_us":{:.1},"apply_change_heap_bytes":{apply_heap},"publish_us":{:.1},"drop_previous_ms":{:.1},"verdicts":[{}]}}"#,
         tenants * PER_TENANT,
-        snap.connectors().len(),
+        snap.connector_count(),
         snap.restricted_count(EntityKind::Connector),
         bytes.len(),
         ms(encode),
         ms(decode),
         ms(build),
+        apply.as_secs_f64() * 1e6,
         publish.as_secs_f64() * 1e6,
         ms(drop_previous),
         rows.join(",")

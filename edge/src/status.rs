@@ -65,9 +65,9 @@ impl Probe {
             "next_hop": {"reachable": hop_up, "detail": self.next_hop.detail()},
             "policy": {
                 "version": version,
-                "tenants": snap.tenants().len(),
-                "connectors": snap.connectors().len(),
-                "onprem_enforced": snap.onprem().enforced.len(),
+                "tenants": snap.tenant_count(),
+                "connectors": snap.connector_count(),
+                "onprem_enforced": snap.onprem().enforced.size(),
             },
         });
         if let Some(link) = &self.link {
@@ -125,7 +125,7 @@ impl Probe {
                 .set(snap.restricted_count(kind) as f64);
         }
         metrics::gauge!("moat_edge_onprem_enforced_servers")
-            .set(snap.onprem().enforced.len() as f64);
+            .set(snap.onprem().enforced.size() as f64);
         metrics::gauge!("moat_edge_next_hop_up").set(f64::from(u8::from(self.next_hop.is_up())));
     }
 

@@ -2,12 +2,13 @@
 
 use moat_shared::time::{day_string, parse_day};
 use moat_shared::{
-    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind, PolicySnapshot,
-    RestrictedEntity, SpeedBumpStep, SubmissionUser, Tenant as DTenant, TenantId,
+    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind, OnpremSettings,
+    PolicyChange, PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser,
+    Tenant as DTenant, TenantId,
 };
 
 use moat_shared::exchange::{Baseline, Build};
-use moat_shared::onprem::{Enforced, Rules};
+use moat_shared::onprem::Enforced;
 
 use crate::v1;
 
@@ -119,7 +120,8 @@ pub fn connector_from_wire(c: &v1::Connector) -> Result<DConnector, Invalid> {
     Ok(connector)
 }
 
-/// The domain snapshot an edge enforces, from the wire.
+/// The domain snapshot an edge enforces, from the wire: a change from an empty policy with the
+/// whole contents, applied.
 pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Invalid> {
     let tenants = s
         .tenants
@@ -153,12 +155,21 @@ pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Inva
         .iter()
         .map(step_from_wire)
         .collect::<Result<Vec<_>, _>>()?;
-    let onprem = onprem_from_wire(s.onprem.as_ref().cloned().unwrap_or_default())?;
-    PolicySnapshot::new(s.version, tenants)
-        .and_then(|p| p.with_connectors(connectors))
-        .and_then(|p| p.with_submission(users, restricted, speed_bump))
-        .map(|p| p.with_onprem(onprem, s.clock_offset_ms))
-        .map_err(invalid)
+    let (onprem, enforced) = onprem_from_wire(s.onprem.as_ref().cloned().unwrap_or_default())?;
+    PolicySnapshot::from_change(&PolicyChange {
+        version: s.version,
+        reset: true,
+        tenants,
+        connectors,
+        users,
+        restricted,
+        enforced,
+        speed_bump: Some(speed_bump),
+        onprem: Some(onprem),
+        clock_offset_ms: Some(s.clock_offset_ms),
+        ..Default::default()
+    })
+    .map_err(invalid)
 }
 
 /// Parses baseline builds; fails on the first that is not a build.
@@ -170,7 +181,11 @@ pub fn baseline_from_wire(builds: &[String]) -> Result<Baseline, Invalid> {
         .map(Baseline)
 }
 
-fn onprem_from_wire(o: v1::OnpremRules) -> Result<Rules, Invalid> {
+/// The on-premises settings and the enforced servers (by tenant and lowercase FQDN), from the
+/// wire.
+type Onprem = (OnpremSettings, Vec<((TenantId, String), Enforced)>);
+
+fn onprem_from_wire(o: v1::OnpremRules) -> Result<Onprem, Invalid> {
     let enforced = o
         .enforced
         .iter()
@@ -189,16 +204,16 @@ fn onprem_from_wire(o: v1::OnpremRules) -> Result<Rules, Invalid> {
             ))
         })
         .collect::<Result<_, Invalid>>()?;
-    Ok(Rules {
+    let settings = OnpremSettings {
         baseline: if o.baseline.is_empty() {
             Baseline::default()
         } else {
             baseline_from_wire(&o.baseline)?
         },
-        enforced,
         service: o.service,
         all_connectors: o.all_connectors,
-    })
+    };
+    Ok((settings, enforced))
 }
 
 /// Wire user (with its password hash, for edges) from a domain user.

@@ -5,13 +5,16 @@
 //!
 //! Layout:
 //! - [`ids`]: identifiers ([`TenantId`], [`Domain`], [`ConnectorId`]), apart from the snapshot.
-//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`].
+//! - [`policy`]: tenants and the immutable, versioned [`PolicySnapshot`], and the
+//!   [`PolicyChange`]s that derive one snapshot from another at the cost of the change.
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
 //! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages, pauses, and which
 //!   minutes of an hour are throttled or blocked.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
+//! - [`persistent`]: [`PersistentMap`], the map snapshots are made of: a changed copy costs the
+//!   change, and reads cost about what a hash table's do.
 //! - [`seed`]: the TOML seed format: tenants with their connectors and users (used by
 //!   `moat dev`, `moat edge --seed`, `moat control --seed` and `moat admin apply`).
 //! - [`submission`]: SMTP AUTH users, restricted entities and the legacy-TLS speed bump.
@@ -31,6 +34,7 @@ pub mod handle;
 pub mod ids;
 pub mod matching;
 pub mod onprem;
+pub mod persistent;
 pub mod policy;
 pub mod role;
 pub mod seed;
@@ -42,12 +46,8 @@ pub mod time;
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
 pub use handle::PolicyHandle;
 pub use ids::{ConnectorId, ConnectorIdError, Domain, DomainError, TenantId};
-pub use policy::{PolicySnapshot, Tenant};
+pub use persistent::PersistentMap;
+pub use policy::{OnpremSettings, PolicyChange, PolicySnapshot, SnapshotError, Tenant};
 pub use role::Role;
 pub use seed::{Seed, SeedContents, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
-
-/// The hash maps of a snapshot and its indexes. Their keys come from the control plane
-/// (trusted) and the lookups with what a client sent cannot add keys, so a fast hash
-/// (foldhash, randomly seeded per process) serves instead of SipHash.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -5,12 +5,10 @@
 //! Everything here is a pure function of its arguments, so the control plane (which commits
 //! stage changes) and every edge (which places minutes) agree without talking to each other.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::{Baseline, Build, Class};
-use crate::TenantId;
+use crate::{PersistentMap, TenantId};
 
 use crate::time::{civil_from_days, day_of_ms, days_from_civil};
 
@@ -293,8 +291,9 @@ impl Enforced {
 pub struct Rules {
     /// The baseline.
     pub baseline: Baseline,
-    /// Enforced servers by (tenant, lowercase FQDN).
-    pub enforced: HashMap<(TenantId, String), Enforced>,
+    /// Enforced servers by (tenant, lowercase FQDN). Persistent, as the snapshot's other maps:
+    /// a change of one server's stage costs the edge one path of the map, not a copy of it.
+    pub enforced: PersistentMap<(TenantId, String), Enforced>,
     /// The service name in `4.7.230` / `5.7.230` replies (default `Moat`).
     pub service: String,
     /// Whether mail through every connector is judged (by default only OnPremises

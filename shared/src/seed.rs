@@ -182,10 +182,15 @@ accepted-domains = ["example.test"]
     /// users.
     pub fn into_snapshot(self, version: u64) -> Result<PolicySnapshot, SeedError> {
         let c = self.validate()?;
-        PolicySnapshot::new(version, c.tenants)
-            .and_then(|p| p.with_connectors(c.connectors))
-            .and_then(|p| p.with_submission(c.users, Vec::new(), Vec::new()))
-            .map_err(|e| SeedError::Invalid(vec![e.to_string()]))
+        PolicySnapshot::from_change(&crate::PolicyChange {
+            version,
+            reset: true,
+            tenants: c.tenants,
+            connectors: c.connectors,
+            users: c.users,
+            ..Default::default()
+        })
+        .map_err(|e| SeedError::Invalid(vec![e.to_string()]))
     }
 
     /// Validates the seed into its tenants only (ids unique, a domain claimed once); the
@@ -438,7 +443,7 @@ password-hash = "{hash}"
         // The edge's seed-only mode gets them too.
         let snap = Seed::parse(&estate(&h)).unwrap().into_snapshot(1).unwrap();
         assert!(snap.user("alice@contoso.test").is_some());
-        assert_eq!(snap.connectors().len(), 2);
+        assert_eq!(snap.connector_count(), 2);
     }
 
     #[test]

@@ -86,12 +86,12 @@ mod tests {
             since_ms: 0,
             until_ms: Some(1_000),
         };
-        PolicySnapshot::new(2, snap.tenants().to_vec())
-            .unwrap()
-            .with_connectors(snap.connectors().to_vec())
-            .unwrap()
-            .with_submission(vec![], vec![restricted], vec![])
-            .unwrap()
+        snap.apply(&moat_shared::PolicyChange {
+            version: 2,
+            restricted: vec![restricted],
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     fn rcpt(ip: &str, tls: bool, from: &str, to: &str) -> Option<Denial> {

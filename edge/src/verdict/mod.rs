@@ -364,15 +364,16 @@ pub(crate) mod testkit {
         partner.sender_domains = vec!["fabrikam.test".into()];
         partner.restrict_domains_to_ip_addresses = true;
         partner.require_tls = true;
-        PolicySnapshot::new(
-            1,
-            vec![
+        PolicySnapshot::from_change(&moat_shared::PolicyChange {
+            version: 1,
+            reset: true,
+            tenants: vec![
                 tenant("contoso", &["contoso.test"]),
                 tenant("other", &["other.test"]),
             ],
-        )
-        .unwrap()
-        .with_connectors(vec![onprem, cert, partner])
+            connectors: vec![onprem, cert, partner],
+            ..Default::default()
+        })
         .unwrap()
     }
 

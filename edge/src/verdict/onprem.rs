@@ -67,24 +67,30 @@ mod tests {
     use super::super::testkit::*;
     use super::*;
     use moat_shared::exchange::Build;
-    use moat_shared::onprem::{minutes, Enforced, Rules};
+    use moat_shared::onprem::{minutes, Enforced};
+    use moat_shared::{OnpremSettings, PolicyChange};
 
     const SERVER: &str = "exch1.contoso.test";
 
     fn snap(service: &str) -> PolicySnapshot {
-        let mut rules = Rules {
-            service: service.into(),
-            ..Default::default()
-        };
-        rules.enforced.insert(
-            (TenantId::new("contoso").unwrap(), SERVER.into()),
-            Enforced {
-                stage: 1,
-                throttle: 20,
-                block: 10,
-            },
-        );
-        snapshot().with_onprem(rules, 0)
+        snapshot()
+            .apply(&PolicyChange {
+                version: 2,
+                onprem: Some(OnpremSettings {
+                    service: service.into(),
+                    ..Default::default()
+                }),
+                enforced: vec![(
+                    (TenantId::new("contoso").unwrap(), SERVER.into()),
+                    Enforced {
+                        stage: 1,
+                        throttle: 20,
+                        block: 10,
+                    },
+                )],
+                ..Default::default()
+            })
+            .unwrap()
     }
 
     fn sighting(server: &str, build: &str) -> Sighting {
@@ -187,13 +193,16 @@ mod tests {
         };
         assert!(judged(&snap, &through(true)));
         assert!(!judged(&snap, &through(false)));
-        let wide = snapshot().with_onprem(
-            Rules {
-                all_connectors: true,
+        let wide = snapshot()
+            .apply(&PolicyChange {
+                version: 2,
+                onprem: Some(OnpremSettings {
+                    all_connectors: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
-            },
-            0,
-        );
+            })
+            .unwrap();
         assert!(judged(&wide, &through(false)));
     }
 }

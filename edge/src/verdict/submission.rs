@@ -69,17 +69,19 @@ mod tests {
             since_ms: 0,
             until_ms: None,
         };
-        PolicySnapshot::new(2, base.tenants().to_vec())
-            .unwrap()
-            .with_submission(
-                vec![
-                    user("alice@contoso.test", &["sales@contoso.test"]),
-                    user("bad@contoso.test", &[]),
-                ],
-                vec![restricted],
-                vec![],
-            )
-            .unwrap()
+        // The base's tenants only (no connectors), with users and a restriction.
+        PolicySnapshot::from_change(&moat_shared::PolicyChange {
+            version: 2,
+            reset: true,
+            tenants: base.tenants().cloned().collect(),
+            users: vec![
+                user("alice@contoso.test", &["sales@contoso.test"]),
+                user("bad@contoso.test", &[]),
+            ],
+            restricted: vec![restricted],
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     /// One row per submission reply: (case, inputs -> denial, reply, counter).

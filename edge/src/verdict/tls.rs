@@ -65,14 +65,14 @@ mod tests {
     fn snap() -> PolicySnapshot {
         let mut contoso = tenant("contoso", &["contoso.test"]);
         contoso.allow_legacy_tls_clients = true;
-        PolicySnapshot::new(1, vec![contoso, tenant("other", &["other.test"])])
-            .unwrap()
-            .with_submission(
-                vec![],
-                vec![],
-                vec![SpeedBumpStep::parse("1970-01-01=30").unwrap()],
-            )
-            .unwrap()
+        PolicySnapshot::from_change(&moat_shared::PolicyChange {
+            version: 1,
+            reset: true,
+            tenants: vec![contoso, tenant("other", &["other.test"])],
+            speed_bump: Some(vec![SpeedBumpStep::parse("1970-01-01=30").unwrap()]),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     /// One row per legacy-TLS reply: (case, inputs -> denial, reply, counter).

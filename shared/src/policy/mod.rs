@@ -1,13 +1,33 @@
 //! Tenants, accepted domains and the policy snapshot.
 //!
-//! A [`PolicySnapshot`] is immutable once built: a change produces a new snapshot with a higher
-//! version. Edges decide every verdict against one snapshot and record its version, so two edges
-//! holding the same version take the same decision.
+//! A [`PolicySnapshot`] is immutable once built: a [`PolicyChange`] derives a new snapshot with a
+//! higher version ([`PolicySnapshot::apply`]), and a full snapshot is a change that starts from
+//! nothing (`reset`). Edges decide every verdict against one snapshot and record its version, so
+//! two edges holding the same version take the same decision.
+//!
+//! Layout: this file holds the snapshot and its queries; `change.rs` the change type and how it is
+//! applied.
+//!
+//! Every map of a snapshot is a [`crate::PersistentMap`]: a frozen hash table shared by the
+//! snapshots derived from the one that built it, under a persistent overlay (`rpds`, chosen for
+//! structural sharing: cloning is O(1), and each key a change sets or removes copies one path of
+//! O(log n) nodes). So a change costs the edge work proportional to the change, not to the
+//! estate, and the snapshot that sessions still hold stays valid and unchanged while the next
+//! one is published beside it; lookups stay close to a plain hash table's, which the trie alone
+//! does not (see [`crate::persistent`]). A snapshot built from nothing writes its tables in
+//! place.
+
+mod change;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use change::{OnpremSettings, PolicyChange};
+
+use crate::matching::ConnectorIndex;
 use crate::submission::{speed_bump_percent, EntityKind, RestrictedEntity, SpeedBumpStep};
-use crate::{Connector, Domain, FastMap, SubmissionUser, TenantId};
+use crate::{Connector, ConnectorId, Domain, PersistentMap, SubmissionUser, TenantId};
 
 /// One tenant: an organisation whose mail Moat receives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,78 +44,85 @@ pub struct Tenant {
     pub allow_legacy_tls_clients: bool,
 }
 
+/// A tenant as the snapshot holds it: the tenant, what refers to it (so a change can tell
+/// whether it may be deleted), and its Partner connectors that scope sender domains.
+#[derive(Clone, Debug)]
+struct TenantEntry {
+    tenant: Arc<Tenant>,
+    /// How many connectors of the tenant the snapshot has.
+    connectors: usize,
+    /// How many SMTP AUTH users of the tenant the snapshot has.
+    users: usize,
+    /// Its enabled Partner connectors that scope sender domains, ordered by id: what an
+    /// inbound verdict needs besides the tenant.
+    scopes: Vec<Arc<Connector>>,
+}
+
+/// The restrictions on one tenant's connector or user: at most one per kind.
+type Restrictions = Vec<RestrictedEntity>;
+
 /// The complete, immutable policy an edge enforces, with the version it was published under.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySnapshot {
     version: u64,
-    tenants: Vec<Tenant>,
-    connectors: Vec<Connector>,
-    /// Connectors by IP network and certificate name.
-    connector_index: crate::matching::ConnectorIndex,
-    /// Each tenant's Partner connectors that scope sender domains, as positions.
-    partner_scopes: Vec<Vec<u32>>,
-    /// Accepted domain to index into `tenants`.
-    by_domain: FastMap<Domain, usize>,
-    /// Tenant id to index into `tenants`.
-    by_id: FastMap<TenantId, usize>,
-    /// SMTP AUTH users by address.
-    users: FastMap<String, SubmissionUser>,
-    /// Blocked connectors and users.
-    /// Tenant → name → restrictions (at most one per kind): looked up without building a key.
-    restricted: FastMap<TenantId, FastMap<String, Vec<RestrictedEntity>>>,
+    /// Tenants by id.
+    tenants: PersistentMap<TenantId, TenantEntry>,
+    /// Accepted domain to the tenant that accepts it (the tenant itself, so that the relay
+    /// rules' walks up a name cost one lookup per name).
+    by_domain: PersistentMap<Domain, Arc<Tenant>>,
+    /// Every inbound connector, by id.
+    connectors: PersistentMap<ConnectorId, Arc<Connector>>,
+    /// The enabled connectors by IP network and certificate name.
+    connector_index: ConnectorIndex,
+    /// SMTP AUTH users by (lowercase) address.
+    users: PersistentMap<String, SubmissionUser>,
+    /// Blocked connectors and users: tenant → name → restrictions, looked up without building
+    /// a key.
+    restricted: PersistentMap<TenantId, PersistentMap<String, Restrictions>>,
+    /// How many restrictions of each kind (connector, user) `restricted` holds.
+    restricted_counts: [usize; 2],
     /// The legacy-TLS speed bump schedule, by day.
-    speed_bump: Vec<SpeedBumpStep>,
+    speed_bump: Arc<Vec<SpeedBumpStep>>,
     /// Out-of-date Exchange servers being throttled or blocked, and the baseline.
     onprem: crate::onprem::Rules,
     /// What the cluster clock is ahead of the wall clock (only ever non-zero under `moat dev`).
     clock_offset_ms: i64,
 }
 
+/// The slot of a kind in [`PolicySnapshot::restricted_counts`].
+fn kind_slot(kind: EntityKind) -> usize {
+    match kind {
+        EntityKind::Connector => 0,
+        EntityKind::User => 1,
+    }
+}
+
 impl PolicySnapshot {
-    /// Builds a snapshot; fails if one domain is claimed by two tenants or a tenant id repeats.
+    /// A snapshot of just these tenants (a convenience over [`PolicySnapshot::from_change`]);
+    /// fails if one domain is claimed by two tenants or a tenant id repeats.
     pub fn new(version: u64, tenants: Vec<Tenant>) -> Result<Self, SnapshotError> {
-        let mut by_domain = FastMap::default();
-        let mut ids = FastMap::default();
-        for (i, tenant) in tenants.iter().enumerate() {
-            if ids.insert(tenant.id.clone(), i).is_some() {
-                return Err(SnapshotError::DuplicateTenant(tenant.id.clone()));
-            }
-            for domain in &tenant.accepted_domains {
-                if let Some(prev) = by_domain.insert(domain.clone(), i) {
-                    return Err(SnapshotError::DomainClaimedTwice {
-                        domain: domain.clone(),
-                        first: tenants[prev].id.clone(),
-                        second: tenant.id.clone(),
-                    });
-                }
-            }
-        }
-        Ok(Self {
+        Self::from_change(&PolicyChange {
             version,
+            reset: true,
             tenants,
-            connectors: Vec::new(),
-            connector_index: Default::default(),
-            partner_scopes: Vec::new(),
-            by_domain,
-            by_id: ids,
-            users: FastMap::default(),
-            restricted: FastMap::default(),
-            speed_bump: Vec::new(),
-            onprem: Default::default(),
-            clock_offset_ms: 0,
+            ..Default::default()
         })
     }
 
-    /// Adds the on-premises Exchange rules and the cluster clock's offset.
-    pub fn with_onprem(mut self, rules: crate::onprem::Rules, clock_offset_ms: i64) -> Self {
-        self.onprem = rules;
-        self.clock_offset_ms = clock_offset_ms;
-        self
+    /// The snapshot a change describes on its own, starting from an empty policy (what a full
+    /// snapshot from the control plane becomes).
+    pub fn from_change(change: &PolicyChange) -> Result<Self, SnapshotError> {
+        Self::default().apply(change)
     }
 
     /// The on-premises Exchange rules.
     pub fn onprem(&self) -> &crate::onprem::Rules {
         &self.onprem
+    }
+
+    /// What the cluster clock is ahead of the wall clock, in milliseconds.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
     }
 
     /// Now on the cluster clock: the wall clock plus the offset a `moat dev` cluster may set.
@@ -104,107 +131,44 @@ impl PolicySnapshot {
         crate::time::now_ms().saturating_add(self.clock_offset_ms)
     }
 
-    /// Adds the inbound connectors; fails if one names an unknown tenant or repeats a name
-    /// within its tenant.
-    pub fn with_connectors(mut self, connectors: Vec<Connector>) -> Result<Self, SnapshotError> {
-        let mut seen = std::collections::HashSet::new();
-        for c in &connectors {
-            if !self.by_id.contains_key(&c.tenant) {
-                return Err(SnapshotError::UnknownTenant(c.tenant.clone()));
-            }
-            if !seen.insert((&c.tenant, &c.name)) {
-                return Err(SnapshotError::DuplicateConnector(c.id().to_string()));
-            }
-        }
-        self.connector_index = crate::matching::ConnectorIndex::new(&connectors);
-        // By tenant position, so an inbound verdict finds them from the recipient's domain
-        // without another lookup.
-        self.partner_scopes = vec![Vec::new(); self.tenants.len()];
-        for (i, c) in connectors.iter().enumerate() {
-            if c.enabled && c.kind == crate::ConnectorKind::Partner && !c.sender_domains.is_empty()
-            {
-                if let Some(&t) = self.by_id.get(&c.tenant) {
-                    self.partner_scopes[t].push(i as u32);
-                }
-            }
-        }
-        self.connectors = connectors;
-        Ok(self)
-    }
-
-    /// The enabled connectors whose `sender-ip-addresses` contain `ip`.
+    /// The enabled connectors whose `sender-ip-addresses` contain `ip`, ordered by id.
     pub fn connectors_by_ip(&self, ip: std::net::IpAddr) -> Vec<&Connector> {
-        self.connector_index
-            .by_ip(ip)
-            .into_iter()
-            .map(|i| &self.connectors[i as usize])
-            .collect()
-    }
-
-    /// A tenant's enabled Partner connectors that scope sender domains, by tenant position.
-    fn scopes_at(&self, tenant: usize) -> impl Iterator<Item = &Connector> + '_ {
-        self.partner_scopes
-            .get(tenant)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.connectors[i as usize])
+        self.connector_index.by_ip(ip)
     }
 
     /// The tenant that accepts mail for `domain` and its Partner connectors that scope sender
-    /// domains: what an inbound verdict needs, from one lookup.
+    /// domains (ordered by id): what an inbound verdict needs.
     pub fn inbound(
         &self,
         domain: &str,
     ) -> Option<(&Tenant, impl Iterator<Item = &Connector> + '_)> {
-        let &t = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
-        Some((&self.tenants[t], self.scopes_at(t)))
+        let tenant = self.by_domain.get(Domain::lookup_key(domain).as_ref())?;
+        let entry = self.tenants.get(&tenant.id)?;
+        Some((&*entry.tenant, entry.scopes.iter().map(|c| &**c)))
     }
 
-    /// The enabled connectors whose certificate name covers one of these (validated) names.
+    /// The enabled connectors whose certificate name covers one of these (validated) names,
+    /// ordered by id.
     pub fn connectors_by_certificate(&self, domains: &[String]) -> Vec<&Connector> {
         if domains.is_empty() {
             return Vec::new();
         }
-        self.connector_index
-            .by_certificate(domains)
-            .into_iter()
-            .map(|i| &self.connectors[i as usize])
-            .collect()
-    }
-
-    /// Adds the client-submission policy: SMTP AUTH users (each of a known tenant), restricted
-    /// entities and the speed bump schedule.
-    pub fn with_submission(
-        mut self,
-        users: Vec<SubmissionUser>,
-        restricted: Vec<RestrictedEntity>,
-        speed_bump: Vec<SpeedBumpStep>,
-    ) -> Result<Self, SnapshotError> {
-        for u in users {
-            if !self.by_id.contains_key(&u.tenant) {
-                return Err(SnapshotError::UnknownTenant(u.tenant));
-            }
-            self.users.insert(u.address.clone(), u);
-        }
-        self.restricted.clear();
-        for r in restricted {
-            let same = self
-                .restricted
-                .entry(r.tenant.clone())
-                .or_default()
-                .entry(r.name.clone())
-                .or_default();
-            same.retain(|o| o.kind != r.kind);
-            same.push(r);
-        }
-        self.speed_bump = crate::submission::normalise_schedule(speed_bump)
-            .map_err(SnapshotError::BadSchedule)?;
-        Ok(self)
+        self.connector_index.by_certificate(domains)
     }
 
     /// The SMTP AUTH user with this login (case-insensitive).
     pub fn user(&self, address: &str) -> Option<&SubmissionUser> {
         self.users.get(&address.to_lowercase())
+    }
+
+    /// Every SMTP AUTH user, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = &SubmissionUser> + '_ {
+        self.users.values()
+    }
+
+    /// How many SMTP AUTH users the snapshot has.
+    pub fn user_count(&self) -> usize {
+        self.users.size()
     }
 
     /// The restriction in force at `now_ms` on a tenant's connector or user, if any.
@@ -215,7 +179,7 @@ impl PolicySnapshot {
         name: &str,
         now_ms: i64,
     ) -> Option<&RestrictedEntity> {
-        if self.restricted.is_empty() {
+        if self.restricted_counts[kind_slot(kind)] == 0 {
             return None;
         }
         self.restricted
@@ -225,14 +189,17 @@ impl PolicySnapshot {
             .find(|r| r.kind == kind && r.in_force(now_ms))
     }
 
-    /// How many entities of a kind are restricted (in force or not).
-    pub fn restricted_count(&self, kind: EntityKind) -> usize {
+    /// Every restriction (in force or not), in no particular order.
+    pub fn restrictions(&self) -> impl Iterator<Item = &RestrictedEntity> + '_ {
         self.restricted
             .values()
             .flat_map(|names| names.values())
             .flatten()
-            .filter(|r| r.kind == kind)
-            .count()
+    }
+
+    /// How many entities of a kind are restricted (in force or not).
+    pub fn restricted_count(&self, kind: EntityKind) -> usize {
+        self.restricted_counts[kind_slot(kind)]
     }
 
     /// The speed bump schedule, by day.
@@ -245,9 +212,19 @@ impl PolicySnapshot {
         speed_bump_percent(&self.speed_bump, now_ms)
     }
 
-    /// Every inbound connector.
-    pub fn connectors(&self) -> &[Connector] {
-        &self.connectors
+    /// Every inbound connector, in no particular order.
+    pub fn connectors(&self) -> impl Iterator<Item = &Connector> + '_ {
+        self.connectors.values().map(|c| &**c)
+    }
+
+    /// How many inbound connectors the snapshot has.
+    pub fn connector_count(&self) -> usize {
+        self.connectors.size()
+    }
+
+    /// The connector with this id.
+    pub fn connector(&self, id: &ConnectorId) -> Option<&Connector> {
+        self.connectors.get(id).map(|c| &**c)
     }
 
     /// The version this snapshot was published under; 0 means "no policy yet".
@@ -255,14 +232,19 @@ impl PolicySnapshot {
         self.version
     }
 
-    /// Every tenant, in the order they were given.
-    pub fn tenants(&self) -> &[Tenant] {
-        &self.tenants
+    /// Every tenant, in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> + '_ {
+        self.tenants.values().map(|e| &*e.tenant)
+    }
+
+    /// How many tenants the snapshot has.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.size()
     }
 
     /// The tenant with this id.
     pub fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
-        self.by_id.get(id).map(|&i| &self.tenants[i])
+        self.tenants.get(id).map(|e| &*e.tenant)
     }
 
     /// The tenant that accepts mail for `domain`, if any. Exact match on the normalised name:
@@ -270,7 +252,7 @@ impl PolicySnapshot {
     pub fn tenant_for_domain(&self, domain: &str) -> Option<&Tenant> {
         self.by_domain
             .get(Domain::lookup_key(domain).as_ref())
-            .map(|&i| &self.tenants[i])
+            .map(|t| &**t)
     }
 }
 
@@ -289,6 +271,16 @@ pub enum SnapshotError {
     /// Two tenants share one id.
     #[error("tenant `{0}` is defined twice")]
     DuplicateTenant(TenantId),
+    /// A change deletes a tenant that still has connectors or users.
+    #[error("tenant `{tenant}` still has {connectors} connector(s) and {users} user(s)")]
+    TenantInUse {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its connectors left.
+        connectors: usize,
+        /// Its users left.
+        users: usize,
+    },
     /// Two tenants claim one accepted domain.
     #[error("domain `{domain}` is accepted by both `{first}` and `{second}`")]
     DomainClaimedTwice {
