@@ -565,10 +565,12 @@ fn split(stamp: Stamp, u: v1::PolicyUpdate, out: &mut Vec<v1::PolicyUpdate>) {
             }
         )*};
     }
+    // In the order the parts must apply: an edge refuses a part that deletes a tenant whose
+    // connectors or users are still there, or that adds a connector of a tenant it lacks.
     carry!(
-        deleted_tenants,
         deleted_connectors,
         deleted_users,
+        deleted_tenants,
         unrestricted,
         unenforced,
         tenants,

@@ -1,9 +1,12 @@
 //! The edge's link to the control plane: it watches policy and reports counters.
 //!
-//! - [`watch`] keeps one `Policy.Watch` stream open to some control node (any node serves
-//!   snapshots from its applied state), publishes each snapshot into the [`PolicyHandle`] and
-//!   reports the version it applied. When the stream breaks it moves to the next node with
-//!   backoff. With no node reachable the edge keeps enforcing the snapshot it has (fail
+//! - [`watch`] keeps one `Policy.Sync` stream open to some control node (any node serves the
+//!   policy from its applied state): a full snapshot in parts when the edge holds nothing, then
+//!   each change, applied by a [`Follower`] at the cost of the change and published into the
+//!   [`PolicyHandle`]; the edge reports each version it enforces with its digest. When the
+//!   stream breaks it moves to the next node with backoff and resumes from the version it
+//!   holds. A node of the previous release (no `Sync`) is watched with `Policy.Watch`, whole
+//!   snapshots. With no node reachable the edge keeps enforcing the snapshot it has (fail
 //!   static); [`LinkStatus`] says for how long.
 //! - [`report`] sends the [`Counters`] gathered since the last batch about once a second. A
 //!   batch keeps its sequence number and content until the leader acknowledges it as
@@ -16,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moat_proto::convert::snapshot_from_wire;
+use prost::Message as _;
+
+use crate::sync::Follower;
 use moat_proto::mtls::InternalTls;
 use moat_proto::v1;
 use moat_shared::time::now_ms;
@@ -143,8 +149,28 @@ pub async fn watch(
     status: Arc<LinkStatus>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut follower = Follower::new();
     for addr in endpoints.iter().cycle() {
-        match watch_once(addr, tls.as_ref(), &edge_id, &policy, &status).await {
+        let synced = sync_once(
+            addr,
+            tls.as_ref(),
+            &edge_id,
+            &policy,
+            &status,
+            &mut follower,
+        )
+        .await;
+        let ended = match synced {
+            Err(Ended::Unimplemented) => {
+                // A node of the previous release: whole snapshots, which the follower's book
+                // does not follow.
+                follower.invalidate();
+                watch_once(addr, tls.as_ref(), &edge_id, &policy, &status).await
+            }
+            Err(Ended::Error(e)) => Err(e),
+            Ok(()) => Ok(()),
+        };
+        match ended {
             Ok(()) => tracing::warn!(control = %addr, "policy stream ended"),
             Err(e) => tracing::warn!(control = %addr, "policy stream: {e}"),
         }
@@ -154,6 +180,128 @@ pub async fn watch(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Why a `Sync` stream ended.
+enum Ended {
+    /// The node does not serve `Sync` (the previous release).
+    Unimplemented,
+    /// Anything else, in words.
+    Error(String),
+}
+
+impl From<String> for Ended {
+    fn from(e: String) -> Self {
+        Ended::Error(e)
+    }
+}
+
+/// One `Sync` stream with one node, until it breaks.
+async fn sync_once(
+    addr: &str,
+    tls: Option<&InternalTls>,
+    edge_id: &str,
+    policy: &PolicyHandle,
+    status: &LinkStatus,
+    follower: &mut Follower,
+) -> Result<(), Ended> {
+    let channel = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        endpoint(addr, tls).map_err(|e| e.to_string())?.connect(),
+    )
+    .await
+    .map_err(|_| "cannot connect: timed out".to_owned())?
+    .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = v1::policy_client::PolicyClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let _ = tx
+        .send(follower.hello(edge_id, policy.load().version()))
+        .await;
+    let opened = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| "no answer to the sync request".to_owned())?;
+    let mut stream = match opened {
+        Ok(s) => s.into_inner(),
+        Err(e) if e.code() == tonic::Code::Unimplemented => return Err(Ended::Unimplemented),
+        Err(e) => return Err(Ended::Error(e.message().to_owned())),
+    };
+    status.connected.store(true, Ordering::Relaxed);
+    status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+    tracing::info!(control = %addr, full = follower.needs_full(), "syncing policy");
+    let started = std::time::Instant::now();
+    while let Some(part) = stream.message().await.map_err(|e| e.message().to_owned())? {
+        status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        let kind = if part.reset || follower.needs_full() {
+            "full"
+        } else {
+            "change"
+        };
+        metrics::counter!("moat_edge_policy_parts_total", "kind" => kind).increment(1);
+        metrics::counter!("moat_edge_policy_bytes_total", "kind" => kind)
+            .increment(part.encoded_len() as u64);
+        let current = policy.load();
+        // A part of a full snapshot holds thousands of objects: not on a worker that also
+        // runs SMTP sessions. The follower travels to the blocking thread and back.
+        let t0 = std::time::Instant::now();
+        let owned = std::mem::take(follower);
+        let (back, received) = tokio::task::spawn_blocking(move || {
+            let mut f = owned;
+            let r = f.receive(&current, &part);
+            (f, r)
+        })
+        .await
+        .map_err(|e| format!("applying a policy update failed: {e}"))?;
+        *follower = back;
+        metrics::histogram!("moat_edge_policy_apply_seconds", "kind" => kind)
+            .record(t0.elapsed().as_secs_f64());
+        let completed = match received {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(why) => {
+                metrics::counter!("moat_edge_policy_resyncs_total", "reason" => why.reason())
+                    .increment(1);
+                tracing::error!(
+                    "{why}; keeping the policy enforced now and asking for a full snapshot"
+                );
+                return Err(Ended::Error(why.to_string()));
+            }
+        };
+        let version = completed.snapshot.version();
+        let full = completed.full;
+        let previous = policy.load();
+        let published = if full {
+            policy.replace(completed.snapshot)
+        } else {
+            policy.publish(completed.snapshot)
+        };
+        if !published {
+            // Older than what the edge enforces: this node is behind; take the policy from it
+            // again once it has caught up.
+            follower.invalidate();
+            return Err(Ended::Error(format!(
+                "the node sent version {version}, older than the {} enforced here",
+                previous.version()
+            )));
+        }
+        retire(previous);
+        status
+            .policy_changed_ms
+            .store(completed.changed_at_ms, Ordering::Relaxed);
+        if full {
+            tracing::info!(
+                version,
+                seconds = started.elapsed().as_secs_f64(),
+                "policy applied from a full snapshot"
+            );
+        } else {
+            tracing::debug!(version, "policy change applied");
+        }
+        let _ = tx.send(follower.ack(edge_id, version)).await;
+    }
+    Ok(())
 }
 
 async fn watch_once(

@@ -22,7 +22,8 @@
 //!   speed bump), [`verdict::onprem`] (out-of-date Exchange servers).
 //! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
-//! - [`control`]: the link to the control plane: policy watch and counter reports.
+//! - [`control`]: the link to the control plane: policy stream and counter reports.
+//! - [`sync`]: the policy stream's parts applied to the snapshot, checked by digest.
 //! - [`status`]: `/healthz` and `/readyz` on the status port.
 
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod sync;
 pub mod tls;
 pub mod verdict;
 

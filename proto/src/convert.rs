@@ -2,8 +2,8 @@
 
 use moat_shared::time::{day_string, parse_day};
 use moat_shared::{
-    CertName, Connector as DConnector, ConnectorKind as DKind, Domain, EntityKind, OnpremSettings,
-    PolicyChange, PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser,
+    CertName, Connector as DConnector, ConnectorId, ConnectorKind as DKind, Domain, EntityKind,
+    OnpremSettings, PolicyChange, PolicySnapshot, RestrictedEntity, SpeedBumpStep, SubmissionUser,
     Tenant as DTenant, TenantId,
 };
 
@@ -136,14 +136,7 @@ pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Inva
     let users = s
         .users
         .iter()
-        .map(|u| {
-            Ok(SubmissionUser {
-                tenant: TenantId::new(&u.tenant).map_err(invalid)?,
-                address: u.address.to_lowercase(),
-                password_hash: u.password_hash.clone(),
-                send_as: u.send_as.iter().map(|a| a.to_lowercase()).collect(),
-            })
-        })
+        .map(user_from_wire)
         .collect::<Result<Vec<_>, Invalid>>()?;
     let restricted = s
         .restricted
@@ -170,6 +163,73 @@ pub fn snapshot_from_wire(s: &v1::PolicySnapshot) -> Result<PolicySnapshot, Inva
         ..Default::default()
     })
     .map_err(invalid)
+}
+
+/// A user from the wire, with addresses lowercased.
+fn user_from_wire(u: &v1::SubmissionUser) -> Result<SubmissionUser, Invalid> {
+    Ok(SubmissionUser {
+        tenant: TenantId::new(&u.tenant).map_err(invalid)?,
+        address: u.address.to_lowercase(),
+        password_hash: u.password_hash.clone(),
+        send_as: u.send_as.iter().map(|a| a.to_lowercase()).collect(),
+    })
+}
+
+/// One part of a `Sync` update as a [`PolicyChange`], every object validated.
+pub fn change_from_wire(u: &v1::PolicyUpdate) -> Result<PolicyChange, Invalid> {
+    fn all<W, D>(items: &[W], f: impl Fn(&W) -> Result<D, Invalid>) -> Result<Vec<D>, Invalid> {
+        items.iter().map(f).collect()
+    }
+    let tenant_id = |t: &String| TenantId::new(t).map_err(invalid);
+    let (onprem, enforced) = match &u.onprem {
+        Some(o) => {
+            let (settings, _) = onprem_from_wire(v1::OnpremRules {
+                enforced: Vec::new(),
+                ..o.clone()
+            })?;
+            (Some(settings), Vec::new())
+        }
+        None => (None, Vec::new()),
+    };
+    let mut enforced: Vec<_> = enforced;
+    if !u.enforced.is_empty() {
+        let (_, list) = onprem_from_wire(v1::OnpremRules {
+            enforced: u.enforced.clone(),
+            ..Default::default()
+        })?;
+        enforced = list;
+    }
+    Ok(PolicyChange {
+        version: u.version,
+        reset: u.reset,
+        tenants: all(&u.tenants, tenant_from_wire)?,
+        deleted_tenants: all(&u.deleted_tenants, tenant_id)?,
+        connectors: all(&u.connectors, connector_from_wire)?,
+        deleted_connectors: all(&u.deleted_connectors, |c| {
+            ConnectorId::parse(c).map_err(invalid)
+        })?,
+        users: all(&u.users, user_from_wire)?,
+        deleted_users: u.deleted_users.iter().map(|a| a.to_lowercase()).collect(),
+        restricted: all(&u.restricted, restricted_from_wire)?,
+        unrestricted: all(&u.unrestricted, |r| {
+            Ok((
+                EntityKind::parse(&r.kind)
+                    .ok_or_else(|| Invalid(format!("`{}` is not an entity kind", r.kind)))?,
+                tenant_id(&r.tenant)?,
+                r.name.clone(),
+            ))
+        })?,
+        enforced,
+        unenforced: all(&u.unenforced, |e| {
+            Ok((tenant_id(&e.tenant)?, e.server.to_ascii_lowercase()))
+        })?,
+        speed_bump: match &u.speed_bump {
+            Some(s) => Some(all(&s.steps, step_from_wire)?),
+            None => None,
+        },
+        onprem,
+        clock_offset_ms: u.clock_offset_ms,
+    })
 }
 
 /// Parses baseline builds; fails on the first that is not a build.

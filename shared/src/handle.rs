@@ -42,6 +42,21 @@ impl PolicyHandle {
         });
         next.version() > prev.version()
     }
+
+    /// Publishes `next` if its version is no lower than the current one: a full snapshot that
+    /// corrects the policy at the version the edge already enforces (after a digest mismatch)
+    /// replaces it. Returns whether it did.
+    pub fn replace(&self, next: PolicySnapshot) -> bool {
+        let next = Arc::new(next);
+        let prev = self.current.rcu(|cur| {
+            if next.version() >= cur.version() {
+                Arc::clone(&next)
+            } else {
+                Arc::clone(cur)
+            }
+        });
+        next.version() >= prev.version()
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +68,10 @@ mod tests {
         let h = PolicyHandle::new(PolicySnapshot::new(1, vec![]).unwrap());
         assert!(h.publish(PolicySnapshot::new(5, vec![]).unwrap()));
         assert!(!h.publish(PolicySnapshot::new(4, vec![]).unwrap()));
+        assert_eq!(h.load().version(), 5);
+        assert!(!h.publish(PolicySnapshot::new(5, vec![]).unwrap()));
+        assert!(h.replace(PolicySnapshot::new(5, vec![]).unwrap()));
+        assert!(!h.replace(PolicySnapshot::new(4, vec![]).unwrap()));
         assert_eq!(h.load().version(), 5);
     }
 }
