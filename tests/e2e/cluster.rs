@@ -10,31 +10,38 @@ use crate::harness::{free_port, moat, run, runtime, Dev, Pki, TempDir, ANY_PORTS
 
 const TOKEN: &str = "moat_test_operator_token";
 
-struct Node {
-    id: u64,
-    address: String,
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) address: String,
     /// `/healthz`, `/readyz`, `/metrics`.
-    status: String,
+    pub(crate) status: String,
     data: PathBuf,
     child: Option<Child>,
 }
 
-struct EdgeProc {
-    mx: String,
-    status: String,
+pub(crate) struct EdgeProc {
+    pub(crate) mx: String,
+    pub(crate) status: String,
     child: Child,
 }
 
 /// Control nodes and edges as child processes; everything is killed on drop.
-struct Cluster {
-    dir: TempDir,
-    pki: Pki,
-    nodes: Vec<Node>,
-    edges: Vec<EdgeProc>,
+pub(crate) struct Cluster {
+    pub(crate) dir: TempDir,
+    pub(crate) pki: Pki,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) edges: Vec<EdgeProc>,
+    /// Flags every node is started with besides the usual ones.
+    extra: Vec<String>,
 }
 
 impl Cluster {
-    fn start(nodes: u64) -> Self {
+    pub(crate) fn start(nodes: u64) -> Self {
+        Self::start_with(nodes, &[])
+    }
+
+    /// Starts `nodes` nodes, each with `extra` flags as well.
+    pub(crate) fn start_with(nodes: u64, extra: &[&str]) -> Self {
         let dir = TempDir::new("cluster");
         std::fs::write(dir.0.join("token"), TOKEN).expect("token");
         std::fs::write(
@@ -57,6 +64,7 @@ impl Cluster {
             dir,
             nodes,
             edges: Vec::new(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         for i in 0..c.nodes.len() {
             c.start_node(i);
@@ -97,7 +105,8 @@ impl Cluster {
             .arg(&n.status)
             .arg("--unready-after")
             .arg("1")
-            .args(self.pki.control_args());
+            .args(self.pki.control_args())
+            .args(&self.extra);
         for p in &peers {
             cmd.arg("--peer").arg(p);
         }
@@ -151,7 +160,7 @@ impl Cluster {
     }
 
     /// Starts an edge watching every node; returns its index.
-    fn start_edge(&mut self) -> usize {
+    pub(crate) fn start_edge(&mut self) -> usize {
         let i = self.edges.len();
         // A port free a moment ago may be taken by a parallel test before the edge binds it:
         // an edge that exits at once is started again on other ports.
@@ -200,14 +209,14 @@ impl Cluster {
     }
 
     /// `moat admin` with this cluster's admin certificate.
-    fn admin_cmd(&self) -> std::process::Command {
+    pub(crate) fn admin_cmd(&self) -> std::process::Command {
         let mut cmd = moat();
         cmd.arg("admin");
         self.pki.admin_env(&mut cmd);
         cmd
     }
 
-    fn admin(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn admin(&self, args: &[&str]) -> (i32, String, String) {
         let out = self
             .admin_cmd()
             .arg("--endpoint")
@@ -224,24 +233,39 @@ impl Cluster {
         )
     }
 
-    fn admin_ok(&self, args: &[&str]) -> String {
+    /// `moat admin --stale-ok` against one node only.
+    pub(crate) fn admin_on(&self, address: &str, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .admin_cmd()
+            .args(["--endpoint", address, "--token", TOKEN, "--stale-ok"])
+            .args(args)
+            .output()
+            .expect("moat admin");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub(crate) fn admin_ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.admin(args);
         assert_eq!(code, 0, "moat admin {args:?}: {out}{err}");
         out
     }
 
-    fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn admin_json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
         let out = self.admin_ok(&a);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.admin_json(&["cluster", "status"])
     }
 
-    fn wait_for_leader(&self, not: Option<u64>, within: Duration) -> (u64, Duration) {
+    pub(crate) fn wait_for_leader(&self, not: Option<u64>, within: Duration) -> (u64, Duration) {
         let t0 = Instant::now();
         while t0.elapsed() < within {
             let (code, out, _) = self.admin(&["cluster", "status", "-o", "json", "--stale-ok"]);
@@ -258,7 +282,7 @@ impl Cluster {
         panic!("no leader within {within:?}");
     }
 
-    fn kill_node(&mut self, id: u64, signal: &str) {
+    pub(crate) fn kill_node(&mut self, id: u64, signal: &str) {
         let n = self.nodes.iter_mut().find(|n| n.id == id).expect("node");
         if let Some(mut c) = n.child.take() {
             let _ = Command::new("sh")

@@ -18,6 +18,7 @@ mod next_hop;
 mod observability;
 mod onprem;
 mod paging;
+mod policy;
 mod security;
 mod submission;
 mod tls_proxy;
