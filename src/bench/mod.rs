@@ -13,11 +13,13 @@
 //!
 //! Layout: this file holds the grammar and the dispatch; [`smtp`](mod@smtp) the load generator (and the
 //! reply reader and statistics the others share), [`sink`](mod@sink) the sink, [`control`] the
-//! control-plane benchmarks (policy propagation, signal ingestion), [`tls`] the TLS library
+//! control-plane benchmarks (policy propagation, signal ingestion), [`policy`](mod@policy) the
+//! population benchmark of issue 17, [`tls`] the TLS library
 //! alone, [`idle`](mod@idle) the memory cost of idle sessions.
 
 mod control;
 mod idle;
+mod policy;
 mod sink;
 mod smtp;
 mod tls;
@@ -26,6 +28,7 @@ use std::net::SocketAddr;
 
 use control::{propagation, signals};
 use idle::idle;
+use policy::policy;
 use sink::sink;
 use smtp::smtp;
 use tls::tls_handshakes;
@@ -51,6 +54,11 @@ enum BenchCmd {
         #[arg(long, default_value_t = 50)]
         writes: usize,
     },
+    /// Issue 17's population (or a part of it) loaded into a running `moat dev` cluster: load
+    /// time and leader changes, a one-connector change's propagation to every edge, bytes and
+    /// edge CPU per change, an edge's resync from scratch, resident memory; prints a JSON
+    /// report.
+    Policy(policy::PolicyArgs),
     /// Signal ingestion on a running `moat dev` cluster: simulated edges send counter batches
     /// to the leader as fast as it acknowledges them; reports counter deltas committed per
     /// second, the time from send to commit (the counters' staleness), and checks the
@@ -186,6 +194,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration,
         } => {
             let report = signals(&data, edges, deltas, connectors, duration).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        BenchCmd::Policy(a) => {
+            let report = policy(a).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

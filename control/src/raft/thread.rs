@@ -92,6 +92,7 @@ pub(crate) fn spawn(core: Core<Sled>, setup: Setup) -> std::io::Result<Started> 
         tokens: Arc::clone(&tokens),
         published_tokens: None,
         published_applied: u64::MAX,
+        recorded: (u64::MAX, Instant::now()),
         tick: setup.tick,
     };
     std::thread::Builder::new()
@@ -125,6 +126,8 @@ struct NodeThread {
     tokens: Tokens,
     published_tokens: Option<BTreeMap<String, TokenRecord>>,
     published_applied: u64,
+    /// The applied index the state gauges were last set at, and when.
+    recorded: (u64, Instant),
     tick: Duration,
 }
 
@@ -397,7 +400,13 @@ impl NodeThread {
             }
             self.published_tokens = Some(state.tokens.records.clone());
         }
-        if self.published_applied != state.applied {
+        // The gauges walk the restrictions, the servers and the alerts: at each policy change,
+        // otherwise at most once a second (the loop comes back here at every tick), not at
+        // every entry of a busy log.
+        if self.recorded.0 != state.applied
+            && (policy_changed || self.recorded.1.elapsed() >= Duration::from_secs(1))
+        {
+            self.recorded = (state.applied, Instant::now());
             record_state(state);
         }
         self.published_applied = state.applied;
