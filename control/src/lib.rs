@@ -62,6 +62,27 @@ pub fn describe_metrics() {
         "moat_control_policy_version",
         "Version of the policy snapshot"
     );
+    describe_counter!(
+        "moat_control_policy_parts_sent_total",
+        "Policy update parts sent to edges, by kind (change, or full for a full snapshot)"
+    );
+    describe_counter!(
+        "moat_control_policy_bytes_sent_total",
+        Unit::Bytes,
+        "Encoded bytes of policy update parts sent to edges, by kind (change, full)"
+    );
+    describe_counter!(
+        "moat_control_policy_full_snapshots_total",
+        "Full policy snapshots sent to edges (an edge that held nothing, asked to resync, or was older than the history)"
+    );
+    describe_gauge!(
+        "moat_control_edges_policy_mismatch",
+        "Edges watching this node whose policy digest differs from this node's at the same version"
+    );
+    describe_counter!(
+        "moat_control_raft_snapshots_sent_total",
+        "State-machine snapshots sent to followers, by transfer (chunked, whole) and result"
+    );
     describe_gauge!(
         "moat_control_restricted_entities",
         "Restricted connectors and users, by kind"

@@ -101,6 +101,24 @@ pub fn describe_metrics() {
         "moat_edge_control_connected",
         "1 while a policy stream from a control node is open"
     );
+    describe_counter!(
+        "moat_edge_policy_parts_total",
+        "Policy update parts received, by kind (change, or full for a full snapshot)"
+    );
+    describe_counter!(
+        "moat_edge_policy_bytes_total",
+        Unit::Bytes,
+        "Encoded bytes of policy update parts received, by kind (change, full)"
+    );
+    describe_histogram!(
+        "moat_edge_policy_apply_seconds",
+        Unit::Seconds,
+        "Time to apply one policy update part to the snapshot, by kind (change, full)"
+    );
+    describe_counter!(
+        "moat_edge_policy_resyncs_total",
+        "Full snapshots asked for after a part did not apply or a digest differed, by reason (invalid, refused, digest)"
+    );
     describe_gauge!(
         "moat_edge_restricted_entities",
         "Restricted connectors and users in the enforced snapshot, by kind"
