@@ -132,6 +132,10 @@ pub struct Core<B: Backend> {
     reads: Vec<(u64, u64)>,
     /// The policy edges enforce, one step per entry that changes it.
     publisher: Publisher,
+    /// A snapshot being written on its own thread: its index once done.
+    snapshot_job: Option<std::sync::mpsc::Receiver<Result<u64, NodeError>>>,
+    /// A snapshot is due as soon as the one being written is done (membership changed).
+    snapshot_wanted: bool,
 }
 
 impl<B: Backend> Core<B> {
@@ -201,6 +205,8 @@ impl<B: Backend> Core<B> {
             snapshot_index,
             reads: Vec::new(),
             publisher,
+            snapshot_job: None,
+            snapshot_wanted: false,
         })
     }
 
@@ -391,25 +397,57 @@ impl<B: Backend> Core<B> {
             }
             !ready
         });
+        if let Some(job) = &self.snapshot_job {
+            match job.try_recv() {
+                Ok(done) => {
+                    self.snapshot_job = None;
+                    self.snapshot_index = self.snapshot_index.max(done?);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.snapshot_job = None,
+            }
+        }
         // A node that was just added can only install a snapshot whose configuration names it,
         // so membership changes are followed by a fresh snapshot.
-        if out.members_changed || applied >= self.snapshot_index + self.snapshot_every {
-            self.take_snapshot()?;
+        self.snapshot_wanted |= out.members_changed;
+        if self.snapshot_wanted || applied >= self.snapshot_index + self.snapshot_every {
+            self.begin_snapshot();
         }
         Ok(out)
     }
 
-    /// Serialises the state machine at the applied index and compacts the log behind it.
-    pub fn take_snapshot(&mut self) -> Result<(), NodeError> {
+    /// Starts serialising the state machine at the applied index and compacting the log behind
+    /// it, on a thread of its own: the node thread pays for a copy of the state, not for its
+    /// encoding and writing (seconds at a provider's size, longer than an election timeout).
+    /// One at a time; the finished one is taken up by [`Core::process`].
+    fn begin_snapshot(&mut self) {
         let index = self.state.applied;
-        if index <= self.snapshot_index {
-            return Ok(());
+        if self.snapshot_job.is_some() || index <= self.snapshot_index {
+            return;
         }
-        let data = serde_json::to_vec(&self.state)?;
+        self.snapshot_wanted = false;
+        let state = self.state.clone();
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        self.raw.store().compact_with_snapshot(index, &cs, data)?;
-        self.snapshot_index = index;
-        Ok(())
+        let store = self.raw.store().clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let done = serde_json::to_vec(&state)
+                    .map_err(NodeError::from)
+                    .and_then(|data| {
+                        drop(state);
+                        store
+                            .compact_with_snapshot(index, &cs, data)
+                            .map_err(NodeError::from)
+                    })
+                    .map(|()| index);
+                let _ = tx.send(done);
+            });
+        match spawned {
+            Ok(_) => self.snapshot_job = Some(rx),
+            Err(e) => tracing::warn!("no thread for a snapshot ({e}); trying again later"),
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), NodeError> {

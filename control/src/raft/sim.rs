@@ -264,6 +264,14 @@ fn a_follower_behind_the_compacted_log_gets_a_snapshot() {
             .expect("propose");
         net.tick(1);
     }
+    // Snapshots are written on a thread of their own and taken up by a later round.
+    let t0 = std::time::Instant::now();
+    while net.nodes[&leader].status().snapshot_index < 15
+        && t0.elapsed() < std::time::Duration::from_secs(5)
+    {
+        net.tick(1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let status = net.nodes[&leader].status();
     assert!(
         status.snapshot_index >= 15,

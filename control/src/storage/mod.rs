@@ -18,11 +18,17 @@
 //! Every method that changes state writes one batch, so a crash leaves either the old or the new
 //! state, never a mixture (the log never has a hole, a snapshot never comes without its
 //! truncation record).
+//!
+//! A [`RaftStore`] is cheap to clone (the backend and the bounds are shared), so that a
+//! state-machine snapshot is written and the log compacted on a thread of its own while the
+//! node thread goes on appending: compaction moves the log's start forward in memory before it
+//! deletes, and a read that finds entries gone behind it reports them compacted, as raft
+//! expects, not missing.
 
 pub mod memory;
 pub mod sled;
 
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -67,7 +73,7 @@ impl From<StoreError> for raft::Error {
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// An ordered key-value store with atomic, durable batches.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + 'static {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `ops` atomically; when this returns `Ok`, they survive a crash of the process.
@@ -126,8 +132,21 @@ struct Bounds {
 
 /// Raft's durable state over a [`Backend`].
 pub struct RaftStore<B: Backend> {
-    backend: B,
-    bounds: RwLock<Bounds>,
+    backend: Arc<B>,
+    bounds: Arc<RwLock<Bounds>>,
+    /// Held while the log's start moves (compaction, snapshot install), so the two never
+    /// interleave.
+    start: Arc<Mutex<()>>,
+}
+
+impl<B: Backend> Clone for RaftStore<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: Arc::clone(&self.backend),
+            bounds: Arc::clone(&self.bounds),
+            start: Arc::clone(&self.start),
+        }
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for RaftStore<B> {
@@ -160,12 +179,13 @@ impl<B: Backend> RaftStore<B> {
             .unwrap_or(trunc_index)
             .max(trunc_index);
         Ok(Self {
-            backend,
-            bounds: RwLock::new(Bounds {
+            backend: Arc::new(backend),
+            bounds: Arc::new(RwLock::new(Bounds {
                 trunc_index,
                 trunc_term,
                 last,
-            }),
+            })),
+            start: Arc::new(Mutex::new(())),
         })
     }
 
@@ -175,6 +195,12 @@ impl<B: Backend> RaftStore<B> {
 
     fn set_bounds(&self, b: Bounds) {
         *self.bounds.write().unwrap_or_else(|p| p.into_inner()) = b;
+    }
+
+    /// Changes the bounds under the lock (a compaction on another thread and the node
+    /// thread's appends each change their own part).
+    fn update_bounds(&self, f: impl FnOnce(&mut Bounds)) {
+        f(&mut self.bounds.write().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Appends entries from a `Ready`, replacing any conflicting suffix of the log.
@@ -201,7 +227,7 @@ impl<B: Backend> RaftStore<B> {
         }
         self.backend.write(ops)?;
         b.last = entries.last().map_or(b.last, |e| e.index);
-        self.set_bounds(b);
+        self.update_bounds(|now| now.last = b.last);
         Ok(())
     }
 
@@ -243,6 +269,7 @@ impl<B: Backend> RaftStore<B> {
 
     /// Installs a snapshot received from the leader: the log is replaced by it.
     pub fn apply_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let _start = self.start.lock().unwrap_or_else(|p| p.into_inner());
         let meta = snapshot.get_metadata();
         let b = self.bounds();
         if meta.index < b.trunc_index {
@@ -278,6 +305,7 @@ impl<B: Backend> RaftStore<B> {
         conf_state: &ConfState,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let _start = self.start.lock().unwrap_or_else(|p| p.into_inner());
         let b = self.bounds();
         if index <= b.trunc_index {
             return Ok(());
@@ -296,16 +324,18 @@ impl<B: Backend> RaftStore<B> {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(conf_state.clone());
+        let encoded = encode(&snapshot)?;
+        // The start moves first: from now on readers are told these entries are compacted,
+        // before they are gone.
+        self.update_bounds(|now| {
+            now.trunc_index = index;
+            now.trunc_term = term;
+        });
         self.backend.write(vec![
             Op::DeleteRange(entry_key(0), entry_key(index + 1)),
-            Op::Put(SNAP.to_vec(), encode(&snapshot)?),
+            Op::Put(SNAP.to_vec(), encoded),
             Op::Put(TRUNC.to_vec(), pair(index, term)),
         ])?;
-        self.set_bounds(Bounds {
-            trunc_index: index,
-            trunc_term: term,
-            last: b.last,
-        });
         Ok(())
     }
 
@@ -348,6 +378,10 @@ impl<B: Backend> raft::Storage for RaftStore<B> {
             out.push(decode::<Entry>(&k, &v)?);
         }
         if out.len() as u64 != high - low {
+            if low <= self.bounds().trunc_index {
+                // Compacted while we read.
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
             return Err(StoreError::Corrupt {
                 key: format!("e[{low}..{high})"),
                 reason: format!("{} entries found", out.len()),
@@ -372,7 +406,16 @@ impl<B: Backend> raft::Storage for RaftStore<B> {
         let key = entry_key(idx);
         match self.backend.get(&key)? {
             Some(v) => Ok(decode::<Entry>(&key, &v)?.term),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
+            None => {
+                let b = self.bounds();
+                if idx == b.trunc_index {
+                    Ok(b.trunc_term)
+                } else if idx < b.trunc_index {
+                    Err(raft::Error::Store(StorageError::Compacted))
+                } else {
+                    Err(raft::Error::Store(StorageError::Unavailable))
+                }
+            }
         }
     }
 

@@ -305,3 +305,42 @@ fn sled_survives_kill_9() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compaction_on_another_thread_reads_as_compacted_never_as_missing() {
+    // A snapshot is written and the log compacted on a thread of its own while the node thread
+    // reads and appends: a read behind the moving start must say "compacted" (raft then sends
+    // a snapshot), never report a hole (raft panics on that).
+    let s = RaftStore::open(Memory::default()).unwrap();
+    let all: Vec<Entry> = (1..=2000).map(|i| entry(i, 1)).collect();
+    s.append(&all).unwrap();
+    let cs = ConfState {
+        voters: vec![1],
+        ..Default::default()
+    };
+    let compactor = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for index in (100..=1900).step_by(100) {
+                s.compact_with_snapshot(index, &cs, vec![7; 64]).unwrap();
+            }
+        })
+    };
+    let mut next = 2001;
+    while !compactor.is_finished() {
+        for lo in [1, 500, 1000, 1500, 1950] {
+            match s.entries(lo, 2000, None, GetEntriesContext::empty(false)) {
+                Ok(es) => assert_eq!(es.len() as u64, 2000 - lo),
+                Err(e) => assert!(compacted(Err::<(), _>(e))),
+            }
+            let t = s.term(lo);
+            assert!(t.is_ok() || compacted(t), "term({lo})");
+        }
+        s.append(&[entry(next, 1)]).unwrap();
+        next += 1;
+    }
+    compactor.join().unwrap();
+    assert_eq!(s.first_index().unwrap(), 1901);
+    assert_eq!(s.last_index().unwrap(), next - 1);
+    assert_eq!(terms(&s, 1901, 1903), vec![1, 1]);
+}
