@@ -80,7 +80,7 @@ impl Cluster {
             .expect("log")
     }
 
-    fn start_node(&mut self, i: usize) {
+    pub(crate) fn start_node(&mut self, i: usize) {
         let peers: Vec<String> = self
             .nodes
             .iter()

@@ -413,4 +413,34 @@ fn a_population_under_random_changes_agrees_on_every_edge() {
             assert_eq!(r.starts_with("250"), expect, "edge {e}, {d}: {r}");
         }
     }
+    // The whole control plane killed and started again replays its snapshots and logs to the
+    // same state, and the edges agree with it again.
+    let tenants = c
+        .admin_json(&["tenant", "list"])
+        .as_array()
+        .map_or(0, Vec::len);
+    for id in 1..=3 {
+        c.kill_node(id, "KILL");
+    }
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_for_leader(None, Duration::from_secs(30));
+    assert_eq!(
+        c.admin_json(&["tenant", "list"])
+            .as_array()
+            .map_or(0, Vec::len),
+        tenants
+    );
+    let domains_again = c
+        .admin_json(&["domain", "list"])
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(domains_again, accepted.len());
+    let v2 = control_version(&c);
+    assert!(v2 >= v);
+    for &e in &edges {
+        wait_edge_version(&c.edges[e].status, v2, Duration::from_secs(120));
+        wait_agreement(&c, &format!("edge-{e}"), v2);
+    }
 }
