@@ -100,6 +100,7 @@ impl Control {
             tokens: started.tokens,
             admin_token_sha: cfg.admin_token.as_deref().map(sha256_hex),
             edges: Mutex::new(BTreeMap::new()),
+            peer_log_versions: Mutex::new(BTreeMap::new()),
             dev_clock: cfg.dev_clock,
             unready_after: cfg.unready_after,
             mtls: cfg.tls.is_some(),

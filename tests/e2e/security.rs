@@ -182,8 +182,19 @@ fn unauthorized_calls_are_refused() {
                 from: 99,
                 from_address: "127.0.0.1:1".into(),
                 messages: vec![],
+                log_version: 2,
             })
             .await;
+        assert_eq!(
+            r.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied)
+        );
+        // Nor snapshots.
+        let chunk = moat_proto::SnapshotChunk {
+            from: 99,
+            ..Default::default()
+        };
+        let r = raft.send_snapshot(tokio_stream::iter(vec![chunk])).await;
         assert_eq!(
             r.map(|_| ()).map_err(|s| s.code()),
             Err(Code::PermissionDenied)

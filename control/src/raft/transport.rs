@@ -155,6 +155,7 @@ async fn peer_task(
             from,
             from_address: from_address.clone(),
             messages: batch.iter().map(encode_message).collect(),
+            log_version: crate::state::command::LOG_VERSION,
         };
         match client.send(req).await {
             Ok(_) => {}
@@ -290,6 +291,7 @@ async fn whole(
             from,
             from_address: from_address.to_owned(),
             messages: vec![encode_message(m)],
+            log_version: crate::state::command::LOG_VERSION,
         })
         .await
         .is_ok()

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) admin_token_sha: Option<String>,
     /// Edges heard from, by edge id.
     pub(crate) edges: Mutex<BTreeMap<String, EdgeSeen>>,
+    /// The log version each peer said it applies in its last raft batch, by raft id.
+    pub(crate) peer_log_versions: Mutex<BTreeMap<u64, u32>>,
     /// Whether `set-clock` is accepted (`moat dev` only).
     pub(crate) dev_clock: bool,
     /// How long without a leader before the node turns unready and ends policy watches.

@@ -18,6 +18,9 @@ impl v1::raft_server::Raft for Services {
         self.shared
             .require(&req, &[CertRole::Control], "the raft service")?;
         let batch = req.into_inner();
+        if let Ok(mut seen) = self.shared.peer_log_versions.lock() {
+            seen.insert(batch.from, batch.log_version.max(1));
+        }
         for b in &batch.messages {
             match decode_message(b) {
                 Some(m) => self

@@ -7,6 +7,12 @@
 //! `op` tag's kebab-case names stay. Applying an old entry must give the result it gave when
 //! it was written: validation that tightens belongs at proposal time, not at apply.
 //! `state::compat` replays the log a past release wrote and checks the resulting state.
+//!
+//! A node cannot apply a variant newer than its release. So each release says which log
+//! version it applies ([`LOG_VERSION`], sent with every raft batch), each command which one it
+//! needs ([`Command::log_version`]), and the leader proposes a command only once every voter
+//! has said it applies that version: during a rolling upgrade the new command is refused with
+//! a clear error rather than split the replicas.
 
 use moat_shared::onprem::Schedule;
 use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId};
@@ -15,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::{
     AlertContacts, AlertTransport, DetectionPolicy, OutboundPolicy, SignalBatch, TokenRecord, User,
 };
+
+/// The newest log version this release applies: 1 is every command of the releases before
+/// [`Command::ImportSeed`], 2 adds it.
+pub const LOG_VERSION: u32 = 2;
 
 /// A command and who asked for it, as it travels through the log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -208,4 +218,14 @@ pub enum Command {
     /// Lets time act: proposed by the leader when a server's stage or a pause is due to change.
     /// Applying any entry does the same; this one exists for when nothing else is committed.
     Tick,
+}
+
+impl Command {
+    /// The log version a node needs to apply this command.
+    pub fn log_version(&self) -> u32 {
+        match self {
+            Command::ImportSeed { .. } => 2,
+            _ => 1,
+        }
+    }
 }

@@ -20,6 +20,56 @@ use crate::state::{
     RejectionCode, Role, TokenRecord, User,
 };
 
+/// Refuses a command some voter of an older release could not apply: proposed anyway, it
+/// would apply on the new nodes and be refused on the old ones, splitting the replicas. Only
+/// the leader proposes, and it hears from every voter it has reached.
+fn check_log_version(shared: &Shared, command: &Command) -> Result<(), Status> {
+    let needed = command.log_version();
+    if needed <= 1 {
+        return Ok(());
+    }
+    let voters = shared
+        .view
+        .borrow()
+        .status
+        .as_ref()
+        .map(|s| s.voters.clone())
+        .unwrap_or_default();
+    let seen = shared
+        .peer_log_versions
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    let behind = behind(needed, &voters, shared.id, &seen);
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let list = behind
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Status::failed_precondition(format!(
+        "node(s) {list} run an older release (or have not been heard from) and cannot apply \
+         a seed with connectors or users; finish the upgrade of every node first, or import \
+         tenants alone"
+    )))
+}
+
+/// The voters other than `me` not known to apply log version `needed`.
+fn behind(
+    needed: u32,
+    voters: &[u64],
+    me: u64,
+    seen: &std::collections::BTreeMap<u64, u32>,
+) -> Vec<u64> {
+    voters
+        .iter()
+        .copied()
+        .filter(|v| *v != me && seen.get(v).copied().unwrap_or(0) < needed)
+        .collect()
+}
+
 /// Carries out one admin write for `who`: checks, authorizes, proposes, waits for the outcome.
 pub(super) async fn write(
     shared: &Shared,
@@ -338,6 +388,7 @@ pub(super) async fn write(
         command,
     };
     check_entry_size(&p)?;
+    check_log_version(shared, &p.command)?;
     let o = shared.ask(|r| Req::Propose(p, r)).await?;
     let mut reply = outcome_status(o)?;
     reply.secret = secret;
@@ -509,5 +560,25 @@ mod tests {
             assert_eq!(status.code(), code, "{rejection:?}");
             assert_eq!(status.message(), rejection.to_string());
         }
+    }
+
+    #[test]
+    fn a_command_waits_for_every_voter_to_apply_its_log_version() {
+        let seen: std::collections::BTreeMap<u64, u32> = [(2, 2), (3, 1)].into();
+        // Node 3 said version 1 (or an old release that says nothing, recorded as 1); node 4
+        // has not been heard from; node 1 is this one.
+        assert_eq!(super::behind(2, &[1, 2, 3, 4], 1, &seen), vec![3, 4]);
+        assert!(super::behind(1, &[1, 2, 3], 1, &seen).is_empty());
+        assert!(super::behind(2, &[1], 1, &seen).is_empty(), "a single node");
+        assert_eq!(
+            Command::ImportSeed {
+                tenants: vec![],
+                connectors: vec![],
+                users: vec![],
+            }
+            .log_version(),
+            2
+        );
+        assert_eq!(Command::ApplySeed { tenants: vec![] }.log_version(), 1);
     }
 }
