@@ -230,7 +230,7 @@ async fn sync_once(
     };
     status.connected.store(true, Ordering::Relaxed);
     status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
-    tracing::info!(control = %addr, full = follower.needs_full(), "syncing policy");
+    tracing::info!(control = %addr, full = follower.needs_full(), "watching policy");
     let started = std::time::Instant::now();
     while let Some(part) = stream.message().await.map_err(|e| e.message().to_owned())? {
         status.last_contact_ms.store(now_ms(), Ordering::Relaxed);
