@@ -236,7 +236,10 @@ mod tests {
     #[test]
     fn auth_lockout_names_round_trip() {
         assert_eq!(auth_lockout("u@a.test"), "auth-lockout:u@a.test");
-        assert_eq!(auth_lockout_subject("auth-lockout:192.0.2.1"), Some("192.0.2.1"));
+        assert_eq!(
+            auth_lockout_subject("auth-lockout:192.0.2.1"),
+            Some("192.0.2.1")
+        );
         assert_eq!(auth_lockout_subject("u@a.test"), None);
     }
 }

@@ -305,7 +305,12 @@ impl State {
         };
         let now = self.now_ms;
         let limits = &mut self.limits;
-        let by_login = bump_failures(&mut limits.auth_login_failures, login.to_owned(), now, delta);
+        let by_login = bump_failures(
+            &mut limits.auth_login_failures,
+            login.to_owned(),
+            now,
+            delta,
+        );
         // An address that does not parse is not counted (an edge sends its text form).
         let by_ip = ip.parse::<std::net::IpAddr>().ok().and_then(|ip| {
             bump_failures(
@@ -582,7 +587,10 @@ mod tests {
     fn fail(s: &mut State, index: u64, (edge, seq, at, login, ip, n): Failed) {
         let o = s.apply(
             index,
-            &p(at, signals(edge, seq, &[(signal::AUTH_FAILURE, login, ip, n)])),
+            &p(
+                at,
+                signals(edge, seq, &[(signal::AUTH_FAILURE, login, ip, n)]),
+            ),
         );
         assert!(o.result.is_ok(), "{o:?}");
     }
@@ -601,19 +609,28 @@ mod tests {
         let cases: &[(&str, &[Failed], &[&str], usize)] = &[
             (
                 "3 on one edge and 2 on another lock the login",
-                &[("e1", 1, M, "u@a.test", IP, 3), ("e2", 1, 2 * M, "u@a.test", IP, 2)],
+                &[
+                    ("e1", 1, M, "u@a.test", IP, 3),
+                    ("e2", 1, 2 * M, "u@a.test", IP, 2),
+                ],
                 &["auth-lockout:u@a.test"],
                 1,
             ),
             (
                 "4 across the cluster do not",
-                &[("e1", 1, M, "u@a.test", IP, 2), ("e2", 1, 2 * M, "u@a.test", IP, 2)],
+                &[
+                    ("e1", 1, M, "u@a.test", IP, 2),
+                    ("e2", 1, 2 * M, "u@a.test", IP, 2),
+                ],
                 &[],
                 0,
             ),
             (
                 "failures further apart than the window start over",
-                &[("e1", 1, M, "u@a.test", IP, 4), ("e2", 1, 17 * M, "u@a.test", IP, 1)],
+                &[
+                    ("e1", 1, M, "u@a.test", IP, 4),
+                    ("e2", 1, 17 * M, "u@a.test", IP, 1),
+                ],
                 &[],
                 0,
             ),
@@ -629,13 +646,19 @@ mod tests {
             ),
             (
                 "a login that names no user in an accepted domain is locked alike, unalerted",
-                &[("e1", 1, M, "nobody@a.test", IP, 3), ("e2", 1, M, "nobody@a.test", IP, 2)],
+                &[
+                    ("e1", 1, M, "nobody@a.test", IP, 3),
+                    ("e2", 1, M, "nobody@a.test", IP, 2),
+                ],
                 &["auth-lockout:nobody@a.test"],
                 0,
             ),
             (
                 "a login of no tenant is not counted",
-                &[("e1", 1, M, "x@elsewhere.test", IP, 9), ("e2", 1, M, "bogus", IP, 9)],
+                &[
+                    ("e1", 1, M, "x@elsewhere.test", IP, 9),
+                    ("e2", 1, M, "bogus", IP, 9),
+                ],
                 &[],
                 0,
             ),
@@ -669,7 +692,10 @@ mod tests {
             ),
             (
                 "an edge's batch applied twice counts once",
-                &[("e1", 1, M, "u@a.test", IP, 3), ("e1", 1, 2 * M, "u@a.test", IP, 3)],
+                &[
+                    ("e1", 1, M, "u@a.test", IP, 3),
+                    ("e1", 1, 2 * M, "u@a.test", IP, 3),
+                ],
                 &[],
                 0,
             ),
@@ -685,7 +711,11 @@ mod tests {
                 assert_eq!(r.kind, EntityKind::User, "{what}");
                 assert_eq!(r.tenant, TenantId::new("a").unwrap(), "{what}");
                 assert_eq!(r.until_ms, Some(r.since_ms + AUTH_LOCKOUT_MS), "{what}");
-                assert!(r.reason.ends_with("SMTP AUTH locked out"), "{what}: {}", r.reason);
+                assert!(
+                    r.reason.ends_with("SMTP AUTH locked out"),
+                    "{what}: {}",
+                    r.reason
+                );
             }
         }
     }
@@ -717,7 +747,18 @@ mod tests {
         assert!(s.restricted.is_empty());
         assert_eq!(s.policy_version, 7);
         // Counts whose window passed are dropped at the next failure counted.
-        fail(&mut s, 8, ("e1", 3, t + 2 * AUTH_FAILURE_WINDOW_MS, "w@a.test", "192.0.2.2", 1));
+        fail(
+            &mut s,
+            8,
+            (
+                "e1",
+                3,
+                t + 2 * AUTH_FAILURE_WINDOW_MS,
+                "w@a.test",
+                "192.0.2.2",
+                1,
+            ),
+        );
         assert_eq!(
             s.limits.auth_login_failures.keys().collect::<Vec<_>>(),
             ["w@a.test"]
@@ -743,16 +784,24 @@ mod tests {
             fail(&mut s, 5, ("e1", 2, 20, "v@a.test", "192.0.2.1", 3));
             assert_eq!(lockouts(&s), ["auth-lockout:u@a.test"]);
             let o = s.apply(6, &p(30, unblock(name)));
-            assert_eq!(o.result.unwrap(), format!("user {name} unblocked: password reset"));
+            assert_eq!(
+                o.result.unwrap(),
+                format!("user {name} unblocked: password reset")
+            );
             assert!(s.restricted.is_empty(), "{name}");
             assert_eq!(s.policy_version, 6, "{name}");
-            assert!(!s.limits.auth_login_failures.contains_key("u@a.test"), "{name}");
+            assert!(
+                !s.limits.auth_login_failures.contains_key("u@a.test"),
+                "{name}"
+            );
             assert_eq!(
-                s.limits.auth_ip_failures["a|192.0.2.1"].count,
-                8,
+                s.limits.auth_ip_failures["a|192.0.2.1"].count, 8,
                 "lifting a login's lockout does not forgive the address"
             );
-            assert!(s.limits.auth_login_failures.contains_key("v@a.test"), "others keep theirs");
+            assert!(
+                s.limits.auth_login_failures.contains_key("v@a.test"),
+                "others keep theirs"
+            );
         }
         // Unblocking the address forgives its count; a user's sending block and its lockout
         // are two restrictions, and unblocking the user lifts both.
@@ -762,11 +811,22 @@ mod tests {
             action: LimitAction::Block,
         });
         for (i, login) in ["v1@a.test", "v2@a.test"].iter().enumerate() {
-            fail(&mut s, 4 + i as u64, ("e1", 1 + i as u64, 10, login, "192.0.2.7", 5));
+            fail(
+                &mut s,
+                4 + i as u64,
+                ("e1", 1 + i as u64, 10, login, "192.0.2.7", 5),
+            );
         }
         s.apply(
             6,
-            &p(20, signals("e2", 1, &[(signal::USER, "u@a.test", signal::RECIPIENTS, 2)])),
+            &p(
+                20,
+                signals(
+                    "e2",
+                    1,
+                    &[(signal::USER, "u@a.test", signal::RECIPIENTS, 2)],
+                ),
+            ),
         );
         fail(&mut s, 7, ("e1", 3, 30, "u@a.test", "192.0.2.8", 5));
         assert_eq!(
@@ -779,10 +839,16 @@ mod tests {
                 "u@a.test"
             ]
         );
-        assert!(s.apply(8, &p(40, unblock("auth-lockout:192.0.2.7"))).result.is_ok());
+        assert!(s
+            .apply(8, &p(40, unblock("auth-lockout:192.0.2.7")))
+            .result
+            .is_ok());
         assert!(!s.limits.auth_ip_failures.contains_key("a|192.0.2.7"));
         assert!(s.apply(9, &p(50, unblock("u@a.test"))).result.is_ok());
-        assert_eq!(lockouts(&s), ["auth-lockout:v1@a.test", "auth-lockout:v2@a.test"]);
+        assert_eq!(
+            lockouts(&s),
+            ["auth-lockout:v1@a.test", "auth-lockout:v2@a.test"]
+        );
         assert!(s.apply(10, &p(60, unblock("u@a.test"))).result.is_err());
     }
 
