@@ -5,9 +5,15 @@
 //! milliseconds of CPU, so it runs on the blocking pool. A login that names no user is checked
 //! against a fixed hash all the same, so the reply time does not tell which logins exist.
 //!
-//! The throttle is per edge: after `max-failures-per-ip` failures from one address, or
-//! `max-failures-per-user` for one login, within `failure-window` of each other, AUTH is
-//! answered `454 4.7.0` without looking at the password until the window passes.
+//! Two throttles, both answering AUTH `454 4.7.0` without looking at the password:
+//! - [`Throttle`], immediate and per edge: after `max-failures-per-ip` failures from one
+//!   address, or `max-failures-per-user` for one login, within `failure-window` of each other,
+//!   until the window passes.
+//! - The cluster-wide lockout: each failure of a login that belongs to a tenant (see
+//!   [`login_tenant`]) is reported as a [`signal::AUTH_FAILURE`] counter; the control plane adds
+//!   up every edge's and locks the login, or the address for that tenant's logins, out with a
+//!   temporary user restriction named [`signal::auth_lockout`], which reaches every edge with
+//!   the policy ([`locked_out`]) within a signal round.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
-use moat_shared::SubmissionUser;
+use moat_shared::signal;
+use moat_shared::{EntityKind, PolicySnapshot, SubmissionUser, TenantId};
 
 use crate::config::AuthLimits;
 
@@ -46,6 +53,45 @@ pub fn verify(user: Option<&SubmissionUser>, password: &str) -> bool {
         .verify_password(password.as_bytes(), &parsed)
         .is_ok()
         && user.is_some()
+}
+
+/// The tenant a login belongs to: its user's, or for a login that names no user, the tenant
+/// that accepts its domain (so that a login that exists and one that does not are locked out
+/// alike). `None` for a login of no tenant: it is neither reported nor locked cluster-wide.
+pub fn login_tenant<'a>(snapshot: &'a PolicySnapshot, login: &str) -> Option<&'a TenantId> {
+    if let Some(user) = snapshot.user(login) {
+        return Some(&user.tenant);
+    }
+    let (_, domain) = login.rsplit_once('@')?;
+    snapshot.tenant_for_domain(domain).map(|t| &t.id)
+}
+
+/// The client address as failures are counted and locked out: IPv4-mapped IPv6 addresses as
+/// the IPv4 address they carry.
+pub fn client_address(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// Whether the control plane has locked `login`, or the client address `ip` for the login's
+/// tenant, out of SMTP AUTH at `now_ms` (a restriction named [`signal::auth_lockout`]).
+pub fn locked_out(snapshot: &PolicySnapshot, login: &str, ip: IpAddr, now_ms: i64) -> bool {
+    if snapshot.restricted_count(EntityKind::User) == 0 {
+        return false;
+    }
+    let Some(tenant) = login_tenant(snapshot, login) else {
+        return false;
+    };
+    let locked = |subject: &str| {
+        snapshot
+            .restriction(
+                EntityKind::User,
+                tenant,
+                &signal::auth_lockout(subject),
+                now_ms,
+            )
+            .is_some()
+    };
+    locked(login) || locked(&client_address(ip).to_string())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +183,70 @@ mod tests {
         assert!(verify(Some(&user), "s3cret"));
         assert!(!verify(Some(&user), "S3cret"));
         assert!(!verify(None, "s3cret"));
+    }
+
+    #[test]
+    fn cluster_lockouts_refuse_the_login_or_the_address_in_its_tenant() {
+        use moat_shared::{Domain, RestrictedEntity, Tenant};
+        let a = TenantId::new("a").unwrap();
+        let lockout = |subject: &str, until_ms| RestrictedEntity {
+            tenant: a.clone(),
+            kind: EntityKind::User,
+            name: signal::auth_lockout(subject),
+            reason: "failed logins".into(),
+            since_ms: 0,
+            until_ms: Some(until_ms),
+        };
+        let snap = PolicySnapshot::from_change(&moat_shared::PolicyChange {
+            version: 1,
+            reset: true,
+            tenants: vec![Tenant {
+                id: a.clone(),
+                display_name: "a".into(),
+                accepted_domains: vec![Domain::new("a.test").unwrap()],
+                allow_legacy_tls_clients: false,
+            }],
+            users: vec![SubmissionUser {
+                tenant: a.clone(),
+                address: "u@a.test".into(),
+                password_hash: String::new(),
+                send_as: vec![],
+            }],
+            restricted: vec![
+                lockout("u@a.test", 1_000),
+                lockout("nobody@a.test", 1_000),
+                lockout("192.0.2.9", 1_000),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let bad: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        let cases = [
+            ("u@a.test", ip, 999, true, "a locked user"),
+            ("u@a.test", ip, 1_000, false, "the lockout has ended"),
+            (
+                "nobody@a.test",
+                ip,
+                0,
+                true,
+                "a locked login that names no user",
+            ),
+            ("v@a.test", ip, 0, false, "another login of the tenant"),
+            (
+                "v@a.test",
+                bad,
+                0,
+                true,
+                "a locked address, for the tenant's logins",
+            ),
+            ("x@elsewhere.test", bad, 0, false, "a login of no tenant"),
+        ];
+        for (login, ip, now, locked, what) in cases {
+            assert_eq!(locked_out(&snap, login, ip, now), locked, "{what}");
+        }
+        assert_eq!(login_tenant(&snap, "nobody@a.test"), Some(&a));
+        assert_eq!(login_tenant(&snap, "nobody"), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   balancer.
 //! - [`tls`]: rustls server settings, certificate reload, client-certificate facts.
 //! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
-//! - [`auth`]: SMTP AUTH password checks and the failure throttle.
+//! - [`auth`]: SMTP AUTH password checks, the per-edge failure throttle and the cluster-wide
+//!   lockout check.
 //! - [`mailauth`]: SPF, DKIM and DMARC checks of connector mail, counted for detection.
 //! - [`session`]: the sans-IO SMTP machine and its tokio driver (bytes, time and counting).
 //! - [`verdict`]: every policy decision, pure over a snapshot, a refusal being a typed

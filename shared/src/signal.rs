@@ -100,8 +100,10 @@ counters! {
     AuthCounter {
         /// Wrong login or password.
         Failures = "failures",
-        /// A login refused by the failure throttle.
+        /// A login refused by the edge's own failure throttle.
         Throttled = "throttled",
+        /// A login refused by a cluster-wide lockout (see [`AUTH_FAILURE`]).
+        LockedOut = "locked-out",
         /// A legacy-TLS session refused by the speed bump (at AUTH, or at MAIL without AUTH).
         SpeedBump = "speed-bump",
         /// A user refused on a legacy listener: its tenant does not allow legacy TLS clients.
@@ -120,6 +122,29 @@ pub fn onprem_server(server: &str, build: &str) -> String {
 
 /// Scope of SMTP AUTH outcomes on an edge: key = `-`, name = an [`AuthCounter`].
 pub const AUTH: &str = "auth";
+
+/// Scope of failed SMTP AUTH logins, counted cluster-wide: key = the login (lower case), name =
+/// the client's IP address, value = failures. Edges report only logins that name a user or an
+/// address in a tenant's accepted domain (the others belong to no tenant and cannot be locked
+/// out). The control plane counts them per login and per (tenant, address) and locks out what
+/// goes over its threshold with a user restriction named by [`auth_lockout`].
+pub const AUTH_FAILURE: &str = "auth-failure";
+
+/// What starts the name of a cluster-wide AUTH lockout (a user restriction whose name is not a
+/// user's address).
+pub const AUTH_LOCKOUT_PREFIX: &str = "auth-lockout:";
+
+/// The name of the user restriction that locks `subject` (a login, or a client IP address in
+/// its text form) out of SMTP AUTH in a tenant: `auth-lockout:<subject>`.
+pub fn auth_lockout(subject: &str) -> String {
+    format!("{AUTH_LOCKOUT_PREFIX}{subject}")
+}
+
+/// The login or address a restriction name locks out of SMTP AUTH; `None` for a restriction of
+/// something else.
+pub fn auth_lockout_subject(name: &str) -> Option<&str> {
+    name.strip_prefix(AUTH_LOCKOUT_PREFIX)
+}
 
 /// Whether a counter counts sessions or messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,5 +230,16 @@ mod tests {
         assert_eq!(ConnectorCounter::Nexthop4xx.as_str(), "nexthop-4xx");
         assert_eq!(ConnectorCounter::parse("relay_refused"), None);
         assert_eq!(AuthCounter::SpeedBump.as_str(), "speed-bump");
+        assert_eq!(AuthCounter::LockedOut.as_str(), "locked-out");
+    }
+
+    #[test]
+    fn auth_lockout_names_round_trip() {
+        assert_eq!(auth_lockout("u@a.test"), "auth-lockout:u@a.test");
+        assert_eq!(
+            auth_lockout_subject("auth-lockout:192.0.2.1"),
+            Some("192.0.2.1")
+        );
+        assert_eq!(auth_lockout_subject("u@a.test"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! the README test, which runs the README's command as written), reads `endpoints.json`, and
 //! inspects the maildir sink.
 
+mod auth_throttle;
 mod bench;
 mod cli;
 mod client;

@@ -1,7 +1,7 @@
 //! Signals from edges: each edge's batches applied once (by sequence), the counters they carry
 //! with a minute window, and the TLS usage report (per day, tenant, listener and version, and
-//! the legacy-TLS clients). Deltas for users, connectors and on-premises servers go on to their
-//! concerns.
+//! the legacy-TLS clients). Deltas for users, failed logins, connectors and on-premises servers
+//! go on to their concerns.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -79,6 +79,7 @@ impl State {
         let mut applied = 0;
         let mut touched = BTreeSet::new();
         let mut sightings = Vec::new();
+        let mut auth_failures = false;
         for b in batches {
             let last = self.counters.edge_seqs.entry(b.edge.clone()).or_default();
             if b.seq <= *last {
@@ -95,6 +96,7 @@ impl State {
                     sightings.push((key, name, *delta, connector));
                     continue;
                 }
+                auth_failures |= scope == signal::AUTH_FAILURE;
                 if let Some(c) = connector.as_ref().filter(|_| scope == signal::CONNECTOR) {
                     touched.insert(c.clone());
                 }
@@ -117,6 +119,9 @@ impl State {
         }
         for key in touched {
             self.judge_connector(index, &key);
+        }
+        if auth_failures {
+            self.prune_auth_failures();
         }
         format!("{applied} signal batch(es)")
     }
@@ -146,6 +151,7 @@ impl State {
                 self.tls_report.count(today, scope, key, name, delta)
             }
             (signal::USER, _) if name == signal::RECIPIENTS => self.count_user(index, key, delta),
+            (signal::AUTH_FAILURE, _) => self.count_auth_failure(index, key, name, delta),
             (signal::ONPREM, Some(c)) => self.count_onprem(index, c, name, delta),
             (signal::CONNECTOR, Some(c)) => self.count_connector(c, name, delta),
             _ => add(self.counters.counter(scope, key, name), now, delta),

@@ -20,7 +20,8 @@
 //! - [`tenants`]: tenants, domains, connectors, users, transport config, seeds
 //!   ([`tenants::Directory`]).
 //! - [`tokens`]: admin tokens ([`tokens::Tokens`]).
-//! - [`limits`]: sending limits and usage, the speed bump, unblocking ([`limits::Limits`]).
+//! - [`limits`]: sending limits and usage, the cluster-wide SMTP AUTH lockout, the speed bump,
+//!   unblocking ([`limits::Limits`]).
 //! - [`counters`]: edges' signal batches, counters ([`counters::Counters`]), the TLS usage
 //!   report ([`counters::TlsReport`]).
 //! - [`detection`]: connector traffic windows and the detectors ([`detection::judge`],

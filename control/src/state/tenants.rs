@@ -190,7 +190,7 @@ impl Directory {
     }
 
     /// The tenant that accepts a domain.
-    fn domain_owner(&self, domain: &Domain) -> Option<&TenantId> {
+    pub(super) fn domain_owner(&self, domain: &Domain) -> Option<&TenantId> {
         self.domains.get(domain)
     }
 

@@ -409,6 +409,13 @@ async fn authenticate(
         return reply::AUTH_THROTTLED.into();
     }
     let snapshot = shared.policy.load();
+    if auth::locked_out(&snapshot, &login, ip, snapshot.now_ms()) {
+        shared
+            .counters
+            .add(signal::AUTH, "-", AuthCounter::LockedOut.as_str(), 1);
+        tracing::info!(session = %facts.id, %login, "AUTH locked out cluster-wide");
+        return reply::AUTH_THROTTLED.into();
+    }
     let user = snapshot.user(&login).cloned();
     let checked = user.clone();
     let ok = tokio::task::spawn_blocking(move || auth::verify(checked.as_ref(), &password.0))
@@ -421,6 +428,13 @@ async fn authenticate(
         shared
             .counters
             .add(signal::AUTH, "-", AuthCounter::Failures.as_str(), 1);
+        // Counted across the cluster too, when the login belongs to a tenant.
+        if auth::login_tenant(&snapshot, &login).is_some() {
+            let client = auth::client_address(ip).to_string();
+            shared
+                .counters
+                .add(signal::AUTH_FAILURE, &login, &client, 1);
+        }
         tracing::info!(session = %facts.id, %login, "AUTH failed");
         return reply::AUTH_FAILED.into();
     };
