@@ -87,17 +87,24 @@ pub(super) fn find_restricted(
         .filter(|r| {
             r.kind == kind
                 && if kind == "user" {
-                    r.name.to_lowercase() == wanted.to_lowercase()
+                    // A user's sending block, or its AUTH lockout across the cluster.
+                    let name = r.name.to_lowercase();
+                    let subject = moat_shared::signal::auth_lockout_subject(&name);
+                    name == wanted.to_lowercase() || subject == Some(wanted.to_lowercase().as_str())
                 } else {
                     r.name == wanted
                 }
         })
         .collect();
-    match matches[..] {
-        [] => Err(Failure::Refused(format!(
+    let mut tenants: Vec<&str> = matches.iter().map(|r| r.tenant.as_str()).collect();
+    tenants.dedup();
+    match (&matches[..], &tenants[..]) {
+        ([], _) => Err(Failure::Refused(format!(
             "{kind} {wanted} is not restricted"
         ))),
-        [r] => Ok((r.tenant.clone(), r.name.clone())),
+        ([r], _) => Ok((r.tenant.clone(), r.name.clone())),
+        // A sending block and a lockout of one user: unblocking the user lifts both.
+        (_, [t]) => Ok(((*t).to_owned(), wanted.to_owned())),
         _ => {
             let tenants: Vec<&str> = matches.iter().map(|r| r.tenant.as_str()).collect();
             Err(Failure::Refused(format!(
@@ -177,6 +184,19 @@ mod tests {
         ];
         assert_eq!(
             find_restricted(&list, "user", "Bob@A.test").unwrap(),
+            ("a.test".to_string(), "bob@a.test".to_string())
+        );
+        // A cluster-wide AUTH lockout is found by the user's address; with a sending block
+        // beside it, unblocking the user lifts both.
+        let mut locked = list.clone();
+        locked.push(entity("c.test", "user", "auth-lockout:eve@c.test"));
+        assert_eq!(
+            find_restricted(&locked, "user", "eve@c.test").unwrap(),
+            ("c.test".to_string(), "auth-lockout:eve@c.test".to_string())
+        );
+        locked.push(entity("a.test", "user", "auth-lockout:bob@a.test"));
+        assert_eq!(
+            find_restricted(&locked, "user", "bob@a.test").unwrap(),
             ("a.test".to_string(), "bob@a.test".to_string())
         );
         let missing = find_restricted(&list, "user", "x@a.test").unwrap_err();
