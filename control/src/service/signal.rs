@@ -49,6 +49,7 @@ impl v1::signal_server::Signal for Services {
                 .into_iter()
                 .map(|c| (c.scope, c.key, c.name, c.value))
                 .collect(),
+            onprem_evidence: Vec::new(),
         };
         let urgent = b.urgent;
         metrics::counter!("moat_control_signal_batches_total").increment(1);
