@@ -357,7 +357,13 @@ pub(super) const EVIDENCE_HEADERS: &[&str] = &[
 /// One row of `moat admin onprem servers`: the server, where its build came from, and its
 /// exemption (`by ACTOR: REASON`).
 pub(super) fn evidence_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
-    let t = |ms: i64| if ms == 0 { "-".to_owned() } else { fmt_time(ms) };
+    let t = |ms: i64| {
+        if ms == 0 {
+            "-".to_owned()
+        } else {
+            fmt_time(ms)
+        }
+    };
     vec![
         cell(&r.tenant),
         cell(&r.server),
@@ -497,7 +503,16 @@ mod tests {
         assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "30"]).is_ok());
         assert!(parse(&["onprem", "pauses", "--tenant", "t"]).is_ok());
         assert!(parse(&["onprem", "exempt", "--tenant", "t", "exch1.corp"]).is_err());
-        assert!(parse(&["onprem", "exempt", "--tenant", "t", "exch1.corp", "--reason", "r"]).is_ok());
+        assert!(parse(&[
+            "onprem",
+            "exempt",
+            "--tenant",
+            "t",
+            "exch1.corp",
+            "--reason",
+            "r"
+        ])
+        .is_ok());
         assert!(parse(&["onprem", "unexempt", "--tenant", "t", "exch1.corp"]).is_ok());
         assert!(parse(&["onprem", "servers"]).is_ok());
         assert!(parse(&["onprem", "servers", "--tenant", "t"]).is_ok());

@@ -491,7 +491,10 @@ fn evidence_and_an_exempt_server() {
         "{row}"
     );
     assert_eq!(row["connector"], "example.test/onprem", "{row}");
-    assert!(row["first-seen"].is_string() && row["last-seen"].is_string(), "{row}");
+    assert!(
+        row["first-seen"].is_string() && row["last-seen"].is_string(),
+        "{row}"
+    );
     assert_eq!(row["exempt"], false, "{row}");
 
     // Exempt one of the two; a reason is required.
@@ -514,11 +517,17 @@ fn evidence_and_an_exempt_server() {
     ]);
     let row = server_row(&dev, SERVER);
     assert_eq!(row["exempt"], true, "{row}");
-    assert_eq!(row["exempt-reason"], "pickup folder mail carries an old build");
+    assert_eq!(
+        row["exempt-reason"],
+        "pickup folder mail carries an old build"
+    );
     let audit = dev
         .admin(&["audit", "list", "--tenant", "example.test"])
         .to_string();
-    assert!(audit.contains("exempt from throttling and blocking"), "{audit}");
+    assert!(
+        audit.contains("exempt from throttling and blocking"),
+        "{audit}"
+    );
 
     // Day 91: every minute blocked, for the unexempted server only.
     set_clock(&dev, next_hour(t0 + 91 * DAY_MS) + 10_000);
@@ -527,12 +536,20 @@ fn evidence_and_an_exempt_server() {
     assert_eq!(row["status"], "exempt", "{row}");
     let t = Instant::now();
     while enforced_on_edges(&dev) != [1, 1] {
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", enforced_on_edges(&dev));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            enforced_on_edges(&dev)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for edge in 0..2 {
         let r = send(&dev, edge, SERVER, OLD);
-        assert!(r.starts_with("250"), "edge {}: exempt server refused: {r}", edge + 1);
+        assert!(
+            r.starts_with("250"),
+            "edge {}: exempt server refused: {r}",
+            edge + 1
+        );
         let r = send(&dev, edge, OTHER, OLD);
         assert!(r.starts_with("550 5.7.230"), "edge {}: {r}", edge + 1);
     }
@@ -541,7 +558,11 @@ fn evidence_and_an_exempt_server() {
     dev.admin_applied(&["onprem", "unexempt", "--tenant", "example.test", SERVER]);
     let t = Instant::now();
     while enforced_on_edges(&dev) != [2, 2] {
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", enforced_on_edges(&dev));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            enforced_on_edges(&dev)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for edge in 0..2 {

@@ -313,7 +313,9 @@ impl State {
             .onprem
             .servers
             .get_mut(&format!("{tenant}|{server}"))
-            .ok_or_else(|| Rejection::not_found(Kind::OnpremServer, format!("{tenant}/{server}")))?;
+            .ok_or_else(|| {
+                Rejection::not_found(Kind::OnpremServer, format!("{tenant}/{server}"))
+            })?;
         let was_enforced = srv.enforced(&schedule);
         srv.exempt = Some(Exemption {
             actor: actor.to_owned(),
@@ -739,7 +741,10 @@ mod tests {
         let before = s.policy_version;
         let r = s.apply(
             5004,
-            &p(t0 + 31 * DAY, exempt("EXCH16.corp.local.", "pickup folder stamps an old build")),
+            &p(
+                t0 + 31 * DAY,
+                exempt("EXCH16.corp.local.", "pickup folder stamps an old build"),
+            ),
         );
         assert!(r.result.is_ok(), "{r:?}");
         assert_ne!(s.policy_version, before);
@@ -764,7 +769,15 @@ mod tests {
         assert_eq!(s.policy_version, 5006);
         let again = s.apply(5007, &p(t0 + 71 * DAY, un));
         assert!(again.result.unwrap_err().to_string().contains("not exempt"));
-        assert_eq!(Command::ExemptOnprem { tenant, server: String::new(), reason: String::new() }.log_version(), 3);
+        assert_eq!(
+            Command::ExemptOnprem {
+                tenant,
+                server: String::new(),
+                reason: String::new()
+            }
+            .log_version(),
+            3
+        );
     }
 
     #[test]
@@ -772,14 +785,26 @@ mod tests {
         let (mut s, _) = simulate(1, |_| 1, |_| 0);
         let t0 = s.now_ms + 1000;
         let name = moat_shared::signal::onprem_server("exch16.corp.local", "15.1.2507.44");
-        let mut b = batch("e9", 1, &[(moat_shared::signal::ONPREM, "a/onprem", &name, 1)]);
-        let line = format!("Received: from x by exch16.corp.local with Microsoft SMTP Server id 15.1.2507.44; {}", "x".repeat(600));
+        let mut b = batch(
+            "e9",
+            1,
+            &[(moat_shared::signal::ONPREM, "a/onprem", &name, 1)],
+        );
+        let line = format!(
+            "Received: from x by exch16.corp.local with Microsoft SMTP Server id 15.1.2507.44; {}",
+            "x".repeat(600)
+        );
         b.onprem_evidence = vec![("a/onprem".into(), name.clone(), line)];
         s.apply(1000, &p(t0, Command::Signals { batches: vec![b] }));
         let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(srv.first_seen_ms, Some(t0));
-        assert!(srv.received.starts_with("Received: from x by exch16.corp.local"));
-        assert_eq!(srv.received.len(), moat_shared::exchange::MAX_EVIDENCE_BYTES);
+        assert!(srv
+            .received
+            .starts_with("Received: from x by exch16.corp.local"));
+        assert_eq!(
+            srv.received.len(),
+            moat_shared::exchange::MAX_EVIDENCE_BYTES
+        );
         // A batch without evidence (an older edge) keeps the line; first seen stays.
         s.apply(1001, &p(t0 + 5000, exchange_seen(2, "15.1.2507.44")));
         let srv = &s.onprem.servers["a|exch16.corp.local"];
