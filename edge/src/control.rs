@@ -91,10 +91,15 @@ fn endpoint(addr: &str, tls: Option<&InternalTls>) -> Result<Endpoint, tonic::tr
 /// Most distinct counters held between two reports.
 pub const MAX_COUNTERS: usize = 100_000;
 
+/// Most evidence lines held between two reports (one per on-premises sighting counter).
+pub const MAX_EVIDENCE: usize = 1000;
+
 /// Counter deltas gathered since the last batch, by (scope, key, name).
 #[derive(Debug, Default)]
 pub struct Counters {
     map: Mutex<HashMap<(String, String, String), u64>>,
+    /// The `Received:` line of each on-premises sighting counter, the newest one per counter.
+    evidence: Mutex<HashMap<(String, String), String>>,
     /// Set by [`Counters::send_now`]: the next batch is urgent.
     urgent: AtomicBool,
     wake: tokio::sync::Notify,
@@ -117,11 +122,37 @@ impl Counters {
         }
     }
 
+    /// Keeps `line` as the evidence of the [`moat_shared::signal::ONPREM`] counter `(key, name)`
+    /// for the next batch (the newest line per counter; at most [`MAX_EVIDENCE`] counters).
+    pub fn evidence(&self, key: &str, name: &str, line: &str) {
+        if let Ok(mut m) = self.evidence.lock() {
+            let k = (key.to_owned(), name.to_owned());
+            if m.len() >= MAX_EVIDENCE && !m.contains_key(&k) {
+                return;
+            }
+            m.insert(k, moat_shared::exchange::bound_evidence(line));
+        }
+    }
+
     /// Sends what is counted at once, as an urgent batch the leader commits without waiting
     /// for its batching window (a sighting that ends enforcement).
     pub fn send_now(&self) {
         self.urgent.store(true, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    fn take_evidence(&self) -> Vec<v1::OnpremEvidence> {
+        let Ok(mut m) = self.evidence.lock() else {
+            return Vec::new();
+        };
+        std::mem::take(&mut *m)
+            .into_iter()
+            .map(|((key, name), received)| v1::OnpremEvidence {
+                key,
+                name,
+                received,
+            })
+            .collect()
     }
 
     fn take(&self) -> Vec<v1::CounterDelta> {
@@ -447,6 +478,7 @@ pub async fn report(
                 policy_version: policy.load().version(),
                 counters: deltas,
                 urgent,
+                onprem_evidence: counters.take_evidence(),
             });
         }
         let Some(batch) = pending.clone() else {

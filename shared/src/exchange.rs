@@ -5,7 +5,9 @@
 //! long build); updating it is a data change. Classification follows the products' version
 //! rules: 8.x (2007), 14.x (2010) and 15.0 (2013) are unsupported products; 15.1 is Exchange
 //! 2016, 15.2 below build 2562 Exchange 2019, 15.2 from 2562 Exchange Server SE; 15.20 and
-//! above are Exchange Online's own hops and never an on-premises server.
+//! above are Exchange Online's own hops and never an on-premises server. Neither is a hop
+//! stamped by a host of Microsoft's cloud ([`cloud_host`]): Exchange Online and EOP stamped
+//! 15.0, 15.1 and 15.2 builds from 2015 to 2019, so the build alone cannot tell them apart.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -243,27 +245,95 @@ pub struct Sighting {
     pub build: Build,
 }
 
-/// Finds the newest `Received:` header (the first one in the header section) that carries an
-/// on-premises Exchange stamp (`with Microsoft SMTP Server ... id B` or `with mapi id B`), skipping
-/// Exchange Online's own hops (15.20 and above). `header` is the message's header section (CRLF
-/// or LF lines; folded lines are unfolded).
-pub fn sighting(header: &str) -> Option<Sighting> {
-    received_values(header).find_map(|v| stamp(&v))
+/// The most bytes of a `Received:` line kept as evidence of a sighting (the line is cut at a
+/// character boundary at or below it).
+pub const MAX_EVIDENCE_BYTES: usize = 512;
+
+/// The DNS suffixes of Microsoft's own mail cloud: a `Received:` stamp whose `by` host lies
+/// under one of them was written by Exchange Online or Exchange Online Protection, never by an
+/// on-premises server, whatever build it names. Sources: `docs/exchange-sources.md`.
+pub const CLOUD_SUFFIXES: &[&str] = &[
+    // Worldwide: `*.outlook.com` (with `*.protection.outlook.com`, `*.prod.outlook.com`,
+    // `*.mail.protection.outlook.com`) and `*.office365.com`.
+    "outlook.com",
+    "office365.com",
+    // The service's internal forest names, seen in stamps of its own hops.
+    "exchangelabs.com",
+    // GCC High and DoD: `*.protection.office365.us` (and `outlook.office365.us`), DoD's
+    // `*.protection.apps.mil`.
+    "office365.us",
+    "protection.apps.mil",
+    // Office 365 operated by 21Vianet: `*.partner.outlook.cn`, MX
+    // `*.mail.protection.partner.outlook.cn`.
+    "partner.outlook.cn",
+    // Microsoft Cloud Deutschland (2016-2021): `*.protection.outlook.de`.
+    "outlook.de",
+];
+
+/// Whether `host` (a stamp's `by` host) belongs to Microsoft's mail cloud: it is one of
+/// [`CLOUD_SUFFIXES`] or lies under one, compared case-insensitively on label boundaries
+/// (`evil-outlook.com` is not under `outlook.com`).
+pub fn cloud_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    CLOUD_SUFFIXES.iter().any(|suffix| {
+        host == *suffix
+            || host
+                .strip_suffix(suffix)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
 }
 
-/// The values of the `Received:` headers, unfolded, in order.
-fn received_values(header: &str) -> impl Iterator<Item = String> + '_ {
-    let mut out: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
+/// Finds the newest `Received:` header (the first one in the header section) that carries an
+/// on-premises Exchange stamp (`with Microsoft SMTP Server ... id B` or `with mapi id B`), skipping
+/// Exchange Online's own hops: those stamped by a host of Microsoft's cloud ([`cloud_host`]),
+/// whatever their build, and any with a 15.20+ build. `header` is the message's header section
+/// (CRLF or LF lines; folded lines are unfolded).
+pub fn sighting(header: &str) -> Option<Sighting> {
+    evidence(header).map(|(s, _)| s)
+}
+
+/// As [`sighting`], with the `Received:` line the build came from as evidence: the field as
+/// received, unfolded (CR and LF removed), other control characters replaced by spaces, and
+/// bounded by [`bound_evidence`].
+pub fn evidence(header: &str) -> Option<(Sighting, String)> {
+    received_fields(header)
+        .into_iter()
+        .find_map(|(raw, value)| stamp(&value).map(|s| (s, bound_evidence(&raw))))
+}
+
+/// A `Received:` line made safe to keep and show: CR and LF removed, other control characters
+/// replaced by spaces, cut to at most [`MAX_EVIDENCE_BYTES`] bytes at a character boundary.
+pub fn bound_evidence(line: &str) -> String {
+    let mut out = String::with_capacity(line.len().min(MAX_EVIDENCE_BYTES));
+    for ch in line.chars() {
+        let ch = match ch {
+            '\r' | '\n' => continue,
+            c if c.is_control() => ' ',
+            c => c,
+        };
+        if out.len() + ch.len_utf8() > MAX_EVIDENCE_BYTES {
+            break;
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The `Received:` fields in order: each as received (name included, unfolded by removing the
+/// line breaks) and its value normalized (folds joined by one space, trimmed).
+fn received_fields(header: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
     for line in header.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some(c) = &mut current {
-                c.push(' ');
-                c.push_str(line.trim());
+            if let Some((raw, value)) = &mut current {
+                raw.push_str(line);
+                value.push(' ');
+                value.push_str(line.trim());
             }
             continue;
         }
@@ -272,14 +342,14 @@ fn received_values(header: &str) -> impl Iterator<Item = String> + '_ {
         }
         if let Some((name, value)) = line.split_once(':') {
             if name.trim().eq_ignore_ascii_case("received") {
-                current = Some(value.trim().to_owned());
+                current = Some((line.to_owned(), value.trim().to_owned()));
             }
         }
     }
     if let Some(c) = current {
         out.push(c);
     }
-    out.into_iter()
+    out
 }
 
 /// The on-premises Exchange stamp of one `Received:` value, if it has one.
@@ -315,7 +385,7 @@ fn stamp(value: &str) -> Option<Sighting> {
     }
     let by = words.iter().position(|w| *w == "by")?;
     let server = words.get(by + 1)?.trim_end_matches('.').to_owned();
-    if server.is_empty() || by > with {
+    if server.is_empty() || by > with || cloud_host(&server) {
         return None;
     }
     Some(Sighting { server, build })

@@ -1,5 +1,6 @@
 //! `moat admin onprem`: out-of-date on-premises Exchange servers: the baseline, the stages, pauses,
-//! and the rows of the on-premises server report.
+//! exemptions of single servers, the servers with their evidence, and the rows of the
+//! on-premises server report.
 
 use moat_proto::write_request::Op;
 use moat_proto::ReadKind;
@@ -36,6 +37,34 @@ pub(super) enum OnpremCmd {
         /// The tenant.
         #[arg(long)]
         tenant: String,
+    },
+    /// Exempt one server of a tenant: it stays in the report and walks its stages, but its
+    /// mail is never throttled or blocked (for a server whose stamp is wrong, e.g. pickup-folder
+    /// mail carrying an old build). Audited; `unexempt` ends it.
+    Exempt {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The server's FQDN, as `moat admin onprem servers` shows it.
+        server: String,
+        /// Why (required; shown in the server list and kept in the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// End a server's exemption: it is throttled or blocked again at the stage it reached.
+    Unexempt {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The server's FQDN.
+        server: String,
+    },
+    /// The servers seen, with their evidence: the `Received:` line the build came from, when
+    /// first and last seen, through which connector, and any exemption with its reason.
+    Servers {
+        /// Only this tenant's servers (required for tenant admins).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -191,6 +220,43 @@ impl Ctx {
                 }))
                 .await
             }
+            OnpremCmd::Exempt {
+                tenant,
+                server,
+                reason,
+            } => {
+                if reason.trim().is_empty() {
+                    return Err(Failure::Usage("an exemption needs a --reason".into()));
+                }
+                self.write(Op::ExemptOnprem(moat_proto::OnpremExemption {
+                    tenant,
+                    server,
+                    reason,
+                }))
+                .await
+            }
+            OnpremCmd::Unexempt { tenant, server } => {
+                self.write(Op::UnexemptOnprem(moat_proto::OnpremExemption {
+                    tenant,
+                    server,
+                    reason: String::new(),
+                }))
+                .await
+            }
+            OnpremCmd::Servers { tenant } => {
+                self.list_pages(
+                    ReadKind::OnpremServers,
+                    tenant.as_deref(),
+                    EVIDENCE_HEADERS,
+                    |reply| {
+                        let rows = reply.onprem_servers.iter().map(evidence_row).collect();
+                        let objects = reply.onprem_servers.iter().map(onprem_json).collect();
+                        (rows, objects)
+                    },
+                )
+                .await?;
+                Ok(())
+            }
             OnpremCmd::Pauses { tenant } => {
                 let reply = self
                     .read(ReadKind::OnpremPauses, Some(&tenant), None)
@@ -275,9 +341,52 @@ pub(super) const ONPREM_HEADERS: &[&str] = &[
     "PAUSED-UNTIL",
 ];
 
-/// What a report row amounts to: remediated, compliant, paused, report-only, throttled,
-/// blocking (some minutes) or blocked (all of them).
+/// The columns of `moat admin onprem servers`.
+pub(super) const EVIDENCE_HEADERS: &[&str] = &[
+    "TENANT",
+    "SERVER",
+    "BUILD",
+    "STATUS",
+    "CONNECTOR",
+    "FIRST-SEEN",
+    "LAST-SEEN",
+    "EXEMPT",
+    "RECEIVED",
+];
+
+/// One row of `moat admin onprem servers`: the server, where its build came from, and its
+/// exemption (`by ACTOR: REASON`).
+pub(super) fn evidence_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
+    let t = |ms: i64| {
+        if ms == 0 {
+            "-".to_owned()
+        } else {
+            fmt_time(ms)
+        }
+    };
+    vec![
+        cell(&r.tenant),
+        cell(&r.server),
+        cell(&r.build),
+        onprem_status(r).to_owned(),
+        cell(&r.connector),
+        t(r.first_seen_ms),
+        t(r.last_seen_ms),
+        if r.exempt {
+            cell(&format!("by {}: {}", r.exempt_actor, r.exempt_reason))
+        } else {
+            "-".to_owned()
+        },
+        cell(&r.received),
+    ]
+}
+
+/// What a report row amounts to: remediated, compliant, exempt (reported, never enforced),
+/// paused, report-only, throttled, blocking (some minutes) or blocked (all of them).
 pub(super) fn onprem_status(r: &moat_proto::OnpremServerReport) -> &'static str {
+    if r.exempt && r.first_detected_ms != 0 {
+        return "exempt";
+    }
     if r.first_detected_ms == 0 {
         return if r.remediated_ms != 0 {
             "remediated"
@@ -366,7 +475,13 @@ pub(super) fn onprem_json(r: &moat_proto::OnpremServerReport) -> Value {
         "paused-until": t(r.paused_until_ms),
         "remediated": t(r.remediated_ms),
         "last-seen": t(r.last_seen_ms),
+        "first-seen": t(r.first_seen_ms),
         "messages": r.messages,
+        "received": (!r.received.is_empty()).then_some(&r.received),
+        "exempt": r.exempt,
+        "exempt-reason": r.exempt.then_some(&r.exempt_reason),
+        "exempt-by": r.exempt.then_some(&r.exempt_actor),
+        "exempt-since": t(r.exempt_at_ms),
     })
 }
 
@@ -387,5 +502,19 @@ mod tests {
         assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "0"]).is_err());
         assert!(parse(&["onprem", "pause", "--tenant", "t", "--days", "30"]).is_ok());
         assert!(parse(&["onprem", "pauses", "--tenant", "t"]).is_ok());
+        assert!(parse(&["onprem", "exempt", "--tenant", "t", "exch1.corp"]).is_err());
+        assert!(parse(&[
+            "onprem",
+            "exempt",
+            "--tenant",
+            "t",
+            "exch1.corp",
+            "--reason",
+            "r"
+        ])
+        .is_ok());
+        assert!(parse(&["onprem", "unexempt", "--tenant", "t", "exch1.corp"]).is_ok());
+        assert!(parse(&["onprem", "servers"]).is_ok());
+        assert!(parse(&["onprem", "servers", "--tenant", "t"]).is_ok());
     }
 }

@@ -458,3 +458,115 @@ fn pauses_and_a_raised_baseline() {
         "only the second message counts"
     );
 }
+
+/// `moat admin onprem servers`' row of `server`.
+fn server_row(dev: &Dev, server: &str) -> Value {
+    let rows = dev.admin(&["onprem", "servers", "--tenant", "example.test"]);
+    rows.as_array()
+        .and_then(|r| r.iter().find(|x| x["server"] == server))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Issue 18 part 2: each server's evidence (the Received line its build came from, first and
+/// last seen, the connector) in `moat admin onprem servers`; an exempt server is reported but
+/// its mail gets through in a blocked hour while another server with the same build is refused
+/// `550 5.7.230`; the exemption is audited with its actor, and ending it blocks the server
+/// again on both edges.
+#[test]
+fn evidence_and_an_exempt_server() {
+    const OTHER: &str = "exch2.corp.example.test";
+    let (_dir, dev) = start("onprem-exempt");
+    let t0 = cluster_now(&dev);
+    for server in [SERVER, OTHER] {
+        let r = send(&dev, 0, server, OLD);
+        assert!(r.starts_with("250"), "{r}");
+        wait_report(&dev, server, |r| r["stage"] == 1);
+    }
+    // The evidence: the line as received, unfolded, and where and when it was seen.
+    let row = server_row(&dev, SERVER);
+    assert_eq!(
+        row["received"].as_str().unwrap_or_default(),
+        format!("Received: from {SERVER} (10.0.0.5) by {SERVER} (10.0.0.5) with Microsoft SMTP Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id {OLD}; Tue, 24 Nov 2026 10:00:00 +0000"),
+        "{row}"
+    );
+    assert_eq!(row["connector"], "example.test/onprem", "{row}");
+    assert!(
+        row["first-seen"].is_string() && row["last-seen"].is_string(),
+        "{row}"
+    );
+    assert_eq!(row["exempt"], false, "{row}");
+
+    // Exempt one of the two; a reason is required.
+    let (ok, _, err) = crate::harness::run(
+        crate::harness::moat()
+            .args(["admin", "--data"])
+            .arg(&dev.data)
+            .args(["onprem", "exempt", "--tenant", "example.test", SERVER]),
+    );
+    assert!(!ok, "an exemption without a reason was accepted: {err}");
+    // Not enforced yet (stage 1): nothing for the edges to apply.
+    dev.admin(&[
+        "onprem",
+        "exempt",
+        "--tenant",
+        "example.test",
+        SERVER,
+        "--reason",
+        "pickup folder mail carries an old build",
+    ]);
+    let row = server_row(&dev, SERVER);
+    assert_eq!(row["exempt"], true, "{row}");
+    assert_eq!(
+        row["exempt-reason"],
+        "pickup folder mail carries an old build"
+    );
+    let audit = dev
+        .admin(&["audit", "list", "--tenant", "example.test"])
+        .to_string();
+    assert!(
+        audit.contains("exempt from throttling and blocking"),
+        "{audit}"
+    );
+
+    // Day 91: every minute blocked, for the unexempted server only.
+    set_clock(&dev, next_hour(t0 + 91 * DAY_MS) + 10_000);
+    wait_report(&dev, OTHER, |r| r["stage"] == 8);
+    let row = wait_report(&dev, SERVER, |r| r["stage"] == 8);
+    assert_eq!(row["status"], "exempt", "{row}");
+    let t = Instant::now();
+    while enforced_on_edges(&dev) != [1, 1] {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            enforced_on_edges(&dev)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for edge in 0..2 {
+        let r = send(&dev, edge, SERVER, OLD);
+        assert!(
+            r.starts_with("250"),
+            "edge {}: exempt server refused: {r}",
+            edge + 1
+        );
+        let r = send(&dev, edge, OTHER, OLD);
+        assert!(r.starts_with("550 5.7.230"), "edge {}: {r}", edge + 1);
+    }
+
+    // Unexempted: blocked again on both edges.
+    dev.admin_applied(&["onprem", "unexempt", "--tenant", "example.test", SERVER]);
+    let t = Instant::now();
+    while enforced_on_edges(&dev) != [2, 2] {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            enforced_on_edges(&dev)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for edge in 0..2 {
+        let r = send(&dev, edge, SERVER, OLD);
+        assert!(r.starts_with("550 5.7.230"), "edge {}: {r}", edge + 1);
+    }
+}

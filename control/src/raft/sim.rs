@@ -303,6 +303,14 @@ fn membership_changes_one_node_at_a_time() {
         .propose_member_change(&MemberChange::Add(4, "127.0.0.1:9".into()))
         .expect("add");
     net.tick(20);
+    // The joiner needs a snapshot naming it, written on a thread of its own: wait for it.
+    let t0 = std::time::Instant::now();
+    while (1..=4).any(|id| net.nodes[&id].status().voters != [1, 2, 3, 4])
+        && t0.elapsed() < std::time::Duration::from_secs(5)
+    {
+        net.tick(1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     for id in 1..=4 {
         assert_eq!(
             net.nodes[&id].status().voters,

@@ -12,6 +12,9 @@ use super::{EdgeSeen, Services};
 use crate::raft::Req;
 use crate::state::SignalBatch;
 
+/// Most evidence lines taken from one batch (one per sighting counter; an edge sends far fewer).
+const MAX_EVIDENCE: usize = 1000;
+
 #[tonic::async_trait]
 impl v1::signal_server::Signal for Services {
     async fn report(
@@ -49,6 +52,23 @@ impl v1::signal_server::Signal for Services {
                 .into_iter()
                 .map(|c| (c.scope, c.key, c.name, c.value))
                 .collect(),
+            // Carried only once every voter applies log version 3: an older replica would drop
+            // it and its report would differ from the others'.
+            onprem_evidence: if crate::service::admin::write::voters_apply(&self.shared, 3) {
+                b.onprem_evidence
+                    .into_iter()
+                    .take(MAX_EVIDENCE)
+                    .map(|e| {
+                        (
+                            e.key,
+                            e.name,
+                            moat_shared::exchange::bound_evidence(&e.received),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         let urgent = b.urgent;
         metrics::counter!("moat_control_signal_batches_total").increment(1);

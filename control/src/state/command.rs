@@ -23,8 +23,10 @@ use super::{
 };
 
 /// The newest log version this release applies: 1 is every command of the releases before
-/// [`Command::ImportSeed`], 2 adds it.
-pub const LOG_VERSION: u32 = 2;
+/// [`Command::ImportSeed`], 2 adds it, 3 adds [`Command::ExemptOnprem`] and
+/// [`Command::UnexemptOnprem`] (and the evidence lines of signal batches, which the leader
+/// carries only once every voter applies 3, so that replicas keep the same report).
+pub const LOG_VERSION: u32 = 3;
 
 /// A command and who asked for it, as it travels through the log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -209,6 +211,23 @@ pub enum Command {
         /// Why (for the audit log).
         reason: String,
     },
+    /// Exempts one on-premises server of a tenant from throttling and blocking (it is still
+    /// reported); an exemption in force gets the new reason.
+    ExemptOnprem {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The server's FQDN, as the report names it.
+        server: String,
+        /// Why (required; kept with the exemption and in the audit log).
+        reason: String,
+    },
+    /// Ends the exemption of one on-premises server of a tenant.
+    UnexemptOnprem {
+        /// Which tenant.
+        tenant: TenantId,
+        /// The server's FQDN.
+        server: String,
+    },
     /// Moves the cluster clock: from this entry on, the leader stamps entries with the wall
     /// clock plus `offset_ms`. Only a `moat dev` node proposes it.
     SetClock {
@@ -225,6 +244,7 @@ impl Command {
     pub fn log_version(&self) -> u32 {
         match self {
             Command::ImportSeed { .. } => 2,
+            Command::ExemptOnprem { .. } | Command::UnexemptOnprem { .. } => 3,
             _ => 1,
         }
     }

@@ -48,6 +48,11 @@ pub struct SignalBatch {
     pub seq: u64,
     /// `(scope, key, name, delta)`.
     pub counters: Vec<(String, String, String, u64)>,
+    /// Evidence of on-premises sightings in `counters`: `(key, name, line)`, the `Received:`
+    /// line the [`signal::ONPREM`] counter `(key, name)` was read from. Empty from edges of
+    /// earlier releases, and left out of the log then, so such an entry reads as it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub onprem_evidence: Vec<(String, String, String)>,
 }
 
 /// A counter: its total and a minute window.
@@ -93,7 +98,12 @@ impl State {
                     _ => None,
                 };
                 if scope == signal::ONPREM {
-                    sightings.push((key, name, *delta, connector));
+                    let line = b
+                        .onprem_evidence
+                        .iter()
+                        .find(|(k, n, _)| k == key && n == name)
+                        .map(|(_, _, line)| line.as_str());
+                    sightings.push((key, name, *delta, connector, line));
                     continue;
                 }
                 auth_failures |= scope == signal::AUTH_FAILURE;
@@ -107,15 +117,19 @@ impl State {
         // compliant build in the same second was being upgraded, so compliant builds
         // are applied last (and the rest in a fixed order, for determinism).
         let baseline = self.onprem.baseline();
-        sightings.sort_by_key(|(key, name, _, _)| {
+        sightings.sort_by_key(|(key, name, _, _, _)| {
             let compliant = name
                 .split_once('|')
                 .and_then(|(_, b)| moat_shared::exchange::Build::parse(b))
                 .is_some_and(|b| baseline.classify(&b) == moat_shared::exchange::Class::Compliant);
             (compliant, (*key).clone(), (*name).clone())
         });
-        for (key, name, delta, connector) in sightings {
-            self.count(index, signal::ONPREM, key, connector.as_ref(), name, delta);
+        for (key, name, delta, connector, line) in sightings {
+            if let Some(c) = &connector {
+                self.count_onprem(index, c, name, delta, line);
+            } else {
+                self.count(index, signal::ONPREM, key, None, name, delta);
+            }
         }
         for key in touched {
             self.judge_connector(index, &key);
@@ -152,7 +166,7 @@ impl State {
             }
             (signal::USER, _) if name == signal::RECIPIENTS => self.count_user(index, key, delta),
             (signal::AUTH_FAILURE, _) => self.count_auth_failure(index, key, name, delta),
-            (signal::ONPREM, Some(c)) => self.count_onprem(index, c, name, delta),
+            (signal::ONPREM, Some(c)) => self.count_onprem(index, c, name, delta, None),
             (signal::CONNECTOR, Some(c)) => self.count_connector(c, name, delta),
             _ => add(self.counters.counter(scope, key, name), now, delta),
         }
@@ -253,6 +267,7 @@ mod tests {
             edge: "e1".into(),
             seq,
             counters: vec![("tenant".into(), "a".into(), "messages".into(), 5)],
+            onprem_evidence: Vec::new(),
         };
         s.apply(
             1,

@@ -37,6 +37,8 @@ pub enum Kind {
     Onprem,
     /// A pause of on-premises enforcement.
     Pause,
+    /// An on-premises Exchange server seen in a tenant's mail.
+    OnpremServer,
     /// The cluster clock.
     Clock,
     /// A raft log entry.
@@ -60,6 +62,7 @@ impl Kind {
             Self::Restriction => "restriction",
             Self::Onprem => "on-premises Exchange",
             Self::Pause => "pause",
+            Self::OnpremServer => "on-premises Exchange server",
             Self::Clock => "clock",
             Self::Entry => "entry",
         }

@@ -282,6 +282,12 @@ impl State {
                 days,
                 reason,
             } => self.pause_onprem(&p.actor, tenant, *days, reason),
+            Command::ExemptOnprem {
+                tenant,
+                server,
+                reason,
+            } => self.exempt_onprem(&p.actor, tenant, server, reason),
+            Command::UnexemptOnprem { tenant, server } => self.unexempt_onprem(tenant, server),
             Command::SetClock { offset_ms } => self.set_clock(p.at_ms, *offset_ms),
             Command::Tick => Ok("tick".into()),
             Command::Signals { batches } => Ok(self.signals(index, batches)),
@@ -345,6 +351,8 @@ fn policy_relevant(c: &Command) -> bool {
             | Command::SetAlertTransport { .. }
             | Command::AlertDelivery { .. }
             | Command::PauseOnprem { .. }
+            | Command::ExemptOnprem { .. }
+            | Command::UnexemptOnprem { .. }
             | Command::Tick
     )
 }
@@ -366,7 +374,9 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         Command::CreateToken { token } => token.tenant.clone(),
         Command::SetDetectionPolicy { tenant, .. } => tenant.clone(),
         Command::SetAlertContacts { tenant, .. } => Some(tenant.clone()),
-        Command::PauseOnprem { tenant, .. } => Some(tenant.clone()),
+        Command::PauseOnprem { tenant, .. }
+        | Command::ExemptOnprem { tenant, .. }
+        | Command::UnexemptOnprem { tenant, .. } => Some(tenant.clone()),
         Command::SetAlertTransport { .. }
         | Command::AlertDelivery { .. }
         | Command::SetOnpremPolicy { .. }

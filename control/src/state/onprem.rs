@@ -1,7 +1,8 @@
 //! On-premises Exchange servers seen in tenants' connector mail: their builds against the
 //! baseline, their enforcement cycle walking the stage table by days since detection, the
-//! tenants' pauses within a yearly budget, and the settings (baseline, stages, service name,
-//! scope).
+//! tenants' pauses within a yearly budget, the exemptions of single servers (reported, never
+//! throttled or blocked), the evidence of each sighting (the `Received:` line, first and last
+//! seen, the connector), and the settings (baseline, stages, service name, scope).
 
 use std::collections::BTreeMap;
 
@@ -79,13 +80,40 @@ pub struct OnpremServer {
     /// When a compliant build last ended a cycle.
     #[serde(default)]
     pub remediated_ms: Option<i64>,
+    /// When it was first seen with evidence (entry time): edges of this release send the
+    /// `Received:` line with each sighting, and the first such sighting sets this. `None` for a
+    /// server only seen by older edges: a log of the release before replays to the state it
+    /// wrote, and its snapshot re-encodes to the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_ms: Option<i64>,
+    /// The `Received:` line its build was last read from, as the edge received it (unfolded,
+    /// sanitized, at most [`moat_shared::exchange::MAX_EVIDENCE_BYTES`] bytes); empty when no
+    /// edge sent one (an edge of an older release).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub received: String,
+    /// The exemption in force: the server is reported, walks its stages, and is never throttled
+    /// or blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exempt: Option<Exemption>,
+}
+
+/// Why an on-premises server is exempt from throttling and blocking, and who said so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exemption {
+    /// Who exempted it.
+    pub actor: String,
+    /// Why (required: an exemption is a decision someone must be able to explain later).
+    pub reason: String,
+    /// When (entry time).
+    pub at_ms: i64,
 }
 
 impl OnpremServer {
-    /// Whether edges throttle or block it under `schedule`.
+    /// Whether edges throttle or block it under `schedule`: never while it is exempt.
     pub fn enforced(&self, schedule: &Schedule) -> bool {
         self.first_detected_ms.is_some()
             && !self.paused
+            && self.exempt.is_none()
             && schedule.get(self.stage).is_some_and(|s| s.enforces())
     }
 }
@@ -260,10 +288,97 @@ impl State {
         ))
     }
 
+    /// Exempts `server` of `tenant` from throttling and blocking (it stays in the report and
+    /// walks its stages). The server must have been seen; an exemption in force is replaced
+    /// (a new reason), so that the audit log keeps each decision.
+    pub(super) fn exempt_onprem(
+        &mut self,
+        actor: &str,
+        tenant: &TenantId,
+        server: &str,
+        reason: &str,
+    ) -> Result<String, Rejection> {
+        self.directory.require(tenant)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 512 || reason.contains(['\r', '\n']) {
+            return Err(Rejection::invalid(
+                Kind::OnpremServer,
+                "an exemption needs a reason: one line of 1 to 512 characters",
+            ));
+        }
+        let server = server.trim().trim_end_matches('.').to_ascii_lowercase();
+        let schedule = self.onprem.schedule();
+        let now = self.now_ms;
+        let srv = self
+            .onprem
+            .servers
+            .get_mut(&format!("{tenant}|{server}"))
+            .ok_or_else(|| {
+                Rejection::not_found(Kind::OnpremServer, format!("{tenant}/{server}"))
+            })?;
+        let was_enforced = srv.enforced(&schedule);
+        srv.exempt = Some(Exemption {
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            at_ms: now,
+        });
+        if was_enforced {
+            self.onprem_changed = true;
+        }
+        Ok(format!(
+            "on-premises server {server} of {tenant} exempt from throttling and blocking (build {}, {}): {reason}",
+            srv.build,
+            srv.class.as_str()
+        ))
+    }
+
+    /// Ends the exemption of `server` of `tenant`: from this entry on it is enforced at the
+    /// stage its cycle reached.
+    pub(super) fn unexempt_onprem(
+        &mut self,
+        tenant: &TenantId,
+        server: &str,
+    ) -> Result<String, Rejection> {
+        self.directory.require(tenant)?;
+        let server = server.trim().trim_end_matches('.').to_ascii_lowercase();
+        let schedule = self.onprem.schedule();
+        let name = format!("{tenant}/{server}");
+        let srv = self
+            .onprem
+            .servers
+            .get_mut(&format!("{tenant}|{server}"))
+            .ok_or_else(|| Rejection::not_found(Kind::OnpremServer, &name))?;
+        if srv.exempt.take().is_none() {
+            return Err(Rejection::conflict(
+                Kind::OnpremServer,
+                format!("{name} is not exempt"),
+            ));
+        }
+        let enforced = srv.enforced(&schedule);
+        if enforced {
+            self.onprem_changed = true;
+        }
+        Ok(format!(
+            "on-premises server {server} of {tenant} no longer exempt{}",
+            if enforced {
+                format!(": throttled or blocked at stage {}", srv.stage)
+            } else {
+                String::new()
+            }
+        ))
+    }
+
     /// Records a sighting of an on-premises Exchange server (`server|build`) through the
     /// connector `key`: classifies the build, starts or ends its enforcement cycle, and alerts
     /// the tenant's admins when a cycle starts.
-    pub(super) fn count_onprem(&mut self, index: u64, key: &ConnectorId, name: &str, delta: u64) {
+    pub(super) fn count_onprem(
+        &mut self,
+        index: u64,
+        key: &ConnectorId,
+        name: &str,
+        delta: u64,
+        received: Option<&str>,
+    ) {
         use moat_shared::exchange::Build;
         let Some((server, build)) = name.split_once('|') else {
             return;
@@ -295,7 +410,15 @@ impl State {
                 blocking_enabled_ms: None,
                 paused: false,
                 remediated_ms: None,
+                first_seen_ms: None,
+                received: String::new(),
+                exempt: None,
             });
+        if let Some(line) = received.filter(|l| !l.is_empty()) {
+            // Bounded again: the edge is trusted to send a line, not its size.
+            entry.received = moat_shared::exchange::bound_evidence(line);
+            entry.first_seen_ms.get_or_insert(now);
+        }
         entry.build = build;
         entry.class = class;
         entry.connector = key.clone();
@@ -590,5 +713,106 @@ mod tests {
         let srv = &s.onprem.servers["a|exch16.corp.local"];
         assert_eq!(srv.class, moat_shared::exchange::Class::Unpatched);
         assert_eq!(srv.first_detected_ms, Some(t0 + 2000));
+    }
+
+    #[test]
+    fn an_exempt_server_is_reported_but_never_enforced() {
+        const DAY: i64 = moat_shared::onprem::DAY_MS;
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        let key = "a|exch16.corp.local";
+        let tenant = TenantId::new("a").unwrap();
+        s.apply(5001, &p(t0 + 31 * DAY, Command::Tick));
+        assert!(s.onprem.servers[key].enforced(&Schedule::default()));
+        // No reason, or an unknown server: refused.
+        let exempt = |server: &str, reason: &str| Command::ExemptOnprem {
+            tenant: tenant.clone(),
+            server: server.into(),
+            reason: reason.into(),
+        };
+        let r = s.apply(5002, &p(t0 + 31 * DAY, exempt("exch16.corp.local", " ")));
+        assert!(r.result.unwrap_err().to_string().contains("reason"));
+        let r = s.apply(5003, &p(t0 + 31 * DAY, exempt("nope.corp.local", "x")));
+        assert_eq!(
+            r.result.unwrap_err().code(),
+            crate::state::RejectionCode::NotFound
+        );
+        // Exempted: no longer enforced, the snapshot changes, the audit log names the actor.
+        let before = s.policy_version;
+        let r = s.apply(
+            5004,
+            &p(
+                t0 + 31 * DAY,
+                exempt("EXCH16.corp.local.", "pickup folder stamps an old build"),
+            ),
+        );
+        assert!(r.result.is_ok(), "{r:?}");
+        assert_ne!(s.policy_version, before);
+        let srv = &s.onprem.servers[key];
+        assert!(!srv.enforced(&Schedule::default()));
+        assert_eq!(srv.exempt.as_ref().unwrap().actor, "test");
+        let audit = s.audit.records.back().unwrap();
+        assert_eq!(audit.actor, "test");
+        assert!(audit.action.contains("exempt"), "{}", audit.action);
+        // It still walks its stages, and stays out of enforcement.
+        s.apply(5005, &p(t0 + 71 * DAY, Command::Tick));
+        assert_eq!(s.onprem.servers[key].stage, 6);
+        assert!(!s.onprem.servers[key].enforced(&Schedule::default()));
+        // Unexempted: enforced again at the stage it reached.
+        let un = Command::UnexemptOnprem {
+            tenant: tenant.clone(),
+            server: "exch16.corp.local".into(),
+        };
+        let r = s.apply(5006, &p(t0 + 71 * DAY, un.clone()));
+        assert!(r.result.unwrap().contains("stage 6"));
+        assert!(s.onprem.servers[key].enforced(&Schedule::default()));
+        assert_eq!(s.policy_version, 5006);
+        let again = s.apply(5007, &p(t0 + 71 * DAY, un));
+        assert!(again.result.unwrap_err().to_string().contains("not exempt"));
+        assert_eq!(
+            Command::ExemptOnprem {
+                tenant,
+                server: String::new(),
+                reason: String::new()
+            }
+            .log_version(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_sighting_keeps_its_received_line_and_first_seen_time() {
+        let (mut s, _) = simulate(1, |_| 1, |_| 0);
+        let t0 = s.now_ms + 1000;
+        let name = moat_shared::signal::onprem_server("exch16.corp.local", "15.1.2507.44");
+        let mut b = batch(
+            "e9",
+            1,
+            &[(moat_shared::signal::ONPREM, "a/onprem", &name, 1)],
+        );
+        let line = format!(
+            "Received: from x by exch16.corp.local with Microsoft SMTP Server id 15.1.2507.44; {}",
+            "x".repeat(600)
+        );
+        b.onprem_evidence = vec![("a/onprem".into(), name.clone(), line)];
+        s.apply(1000, &p(t0, Command::Signals { batches: vec![b] }));
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
+        assert_eq!(srv.first_seen_ms, Some(t0));
+        assert!(srv
+            .received
+            .starts_with("Received: from x by exch16.corp.local"));
+        assert_eq!(
+            srv.received.len(),
+            moat_shared::exchange::MAX_EVIDENCE_BYTES
+        );
+        // A batch without evidence (an older edge) keeps the line; first seen stays.
+        s.apply(1001, &p(t0 + 5000, exchange_seen(2, "15.1.2507.44")));
+        let srv = &s.onprem.servers["a|exch16.corp.local"];
+        assert_eq!((srv.first_seen_ms, srv.last_seen_ms), (Some(t0), t0 + 5000));
+        assert!(!srv.received.is_empty());
+        // The snapshot form round-trips.
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, s);
     }
 }

@@ -290,26 +290,31 @@ impl Tracking {
 
     /// The on-premises Exchange server that sent the open transaction's message, from its
     /// Received stamp, when the message came through an OnPremises connector.
-    fn sighting(&self) -> Option<(TenantId, Sighting)> {
+    fn sighting(&self) -> Option<(TenantId, Sighting, String)> {
         if !self.onprem {
             return None;
         }
         let tenant = self.connector.as_ref()?.tenant.clone();
-        Some((
-            tenant,
-            moat_shared::exchange::sighting(&self.header_from.text())?,
-        ))
+        let (s, line) = moat_shared::exchange::evidence(&self.header_from.text())?;
+        Some((tenant, s, line))
     }
 
     /// Reports a sighting: the control plane classifies the build and runs the server's life
     /// cycle. A compliant build from a server edges are enforcing is sent at once, so that
     /// enforcement ends on every edge within the second.
-    fn sighted(&self, shared: &Shared, snapshot: &PolicySnapshot, tenant: &TenantId, s: &Sighting) {
+    fn sighted(
+        &self,
+        shared: &Shared,
+        snapshot: &PolicySnapshot,
+        tenant: &TenantId,
+        s: &Sighting,
+        line: &str,
+    ) {
         let Some(c) = &self.connector else { return };
         let name = signal::onprem_server(&s.server, &s.build.to_string());
-        shared
-            .counters
-            .add(signal::ONPREM, &c.to_string(), &name, 1);
+        let key = c.to_string();
+        shared.counters.add(signal::ONPREM, &key, &name, 1);
+        shared.counters.evidence(&key, &name, line);
         if verdict::onprem::ends_enforcement(snapshot, tenant, s) {
             shared.counters.send_now();
         }
@@ -604,7 +609,7 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                     let snapshot = shared.policy.load();
                     let sighting = track.sighting();
                     let refusal = match (&sighting, &track.connector) {
-                        (Some((t, s)), Some(c)) => {
+                        (Some((t, s, _)), Some(c)) => {
                             verdict::onprem::refusal(&snapshot, c, t, s, snapshot.now_ms()).err()
                         }
                         _ => None,
@@ -643,8 +648,8 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                         .record(t0.elapsed().as_secs_f64());
                     }
                     tracing::info!(session = %id, reply = %r.summary(), "message");
-                    if let Some((tenant, s)) = &sighting {
-                        track.sighted(shared, &snapshot, tenant, s);
+                    if let Some((tenant, s, line)) = &sighting {
+                        track.sighted(shared, &snapshot, tenant, s, line);
                     }
                     if refusal.is_none() {
                         track.delivered(shared, &snapshot, &r);

@@ -12,7 +12,7 @@ use authz::{authenticate, principal_of, Caller, Credentials, Principal};
 pub(crate) mod authz;
 mod paging;
 mod read;
-mod write;
+pub(crate) mod write;
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for Services {

@@ -158,6 +158,20 @@ fn onprem_report(state: &State, s: &crate::state::OnpremServer) -> v1::OnpremSer
         remediated_ms: s.remediated_ms.unwrap_or(0),
         last_seen_ms: s.last_seen_ms,
         messages: s.messages,
+        received: s.received.clone(),
+        first_seen_ms: s.first_seen_ms.unwrap_or(0),
+        exempt: s.exempt.is_some(),
+        exempt_reason: s
+            .exempt
+            .as_ref()
+            .map(|e| e.reason.clone())
+            .unwrap_or_default(),
+        exempt_actor: s
+            .exempt
+            .as_ref()
+            .map(|e| e.actor.clone())
+            .unwrap_or_default(),
+        exempt_at_ms: s.exempt.as_ref().map_or(0, |e| e.at_ms),
         ..Default::default()
     };
     if let (Some(first), Some(next)) = (s.first_detected_ms, schedule.get(s.stage + 1)) {

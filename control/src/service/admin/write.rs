@@ -49,11 +49,35 @@ fn check_log_version(shared: &Shared, command: &Command) -> Result<(), Status> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let what = match command {
+        Command::ImportSeed { .. } => {
+            "a seed with connectors or users; finish the upgrade of every node first, or import \
+             tenants alone"
+        }
+        _ => "this change; finish the upgrade of every node first",
+    };
     Err(Status::failed_precondition(format!(
         "node(s) {list} run an older release (or have not been heard from) and cannot apply \
-         a seed with connectors or users; finish the upgrade of every node first, or import \
-         tenants alone"
+         {what}"
     )))
+}
+
+/// Whether every voter (this node included) is known to apply log version `needed`: what the
+/// leader checks before it carries data only that version reads (signal batches' evidence).
+pub(crate) fn voters_apply(shared: &Shared, needed: u32) -> bool {
+    let voters = shared
+        .view
+        .borrow()
+        .status
+        .as_ref()
+        .map(|s| s.voters.clone())
+        .unwrap_or_default();
+    let seen = shared
+        .peer_log_versions
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    behind(needed, &voters, shared.id, &seen).is_empty()
 }
 
 /// The voters other than `me` not known to apply log version `needed`.
@@ -351,6 +375,26 @@ pub(super) async fn write(
                 tenant,
                 days: o.days,
                 reason: o.reason,
+            }
+        }
+        Op::ExemptOnprem(o) => {
+            let tenant = tenant_id(&o.tenant)?;
+            authorize(who, &Action::Change(&tenant))?;
+            if o.reason.trim().is_empty() {
+                return Err(bad("an exemption needs a reason (--reason)"));
+            }
+            Command::ExemptOnprem {
+                tenant,
+                server: o.server,
+                reason: o.reason,
+            }
+        }
+        Op::UnexemptOnprem(o) => {
+            let tenant = tenant_id(&o.tenant)?;
+            authorize(who, &Action::Change(&tenant))?;
+            Command::UnexemptOnprem {
+                tenant,
+                server: o.server,
             }
         }
         Op::SetClock(at_ms) => {
