@@ -116,6 +116,25 @@ fn edges_follow_changes_and_resume_from_their_version_when_a_node_dies() {
     let bytes = counter(&m1, "moat_edge_policy_bytes_total", "kind=\"change\"")
         - counter(&m0, "moat_edge_policy_bytes_total", "kind=\"change\"");
     assert!(bytes < 5.0 * 10_000.0, "{bytes} bytes for five changes");
+    // An import with connectors sent to a follower goes to the leader, which checks that every
+    // voter applies it (a follower cannot tell: it hears only from the leader).
+    let (leader, _) = c.wait_for_leader(None, Duration::from_secs(20));
+    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
+    let seed = c.dir.0.join("small.toml");
+    std::fs::write(
+        &seed,
+        "[[tenant]]\nid = \"imp.test\"\naccepted-domains = [\"imp.test\"]\n\
+         [[tenant.connector]]\nname = \"hq\"\ntype = \"on-premises\"\n\
+         sender-ip-addresses = [\"192.0.2.9/32\"]\n",
+    )
+    .expect("seed");
+    let (code, out, err) = c.admin_on(
+        &follower.address.clone(),
+        &["apply", "-f", seed.to_str().expect("path")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v = control_version(&c);
+    wait_edge_version(&c.edges[e].status, v, Duration::from_secs(20));
     let watched = wait_agreement(&c, "edge-0", v);
     // The node the edge watches dies; the edge moves on and resumes from its version.
     c.kill_node(watched, "KILL");

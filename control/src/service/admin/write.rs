@@ -28,13 +28,18 @@ fn check_log_version(shared: &Shared, command: &Command) -> Result<(), Status> {
     if needed <= 1 {
         return Ok(());
     }
-    let voters = shared
+    let (leader, voters) = shared
         .view
         .borrow()
         .status
         .as_ref()
-        .map(|s| s.voters.clone())
+        .map(|s| (s.leader, s.voters.clone()))
         .unwrap_or_default();
+    if leader != shared.id {
+        // A follower hears only from the leader: it proposes nothing anyway, and refuses the
+        // write with the leader's address, where the client retries and this check is made.
+        return Ok(());
+    }
     let seen = shared
         .peer_log_versions
         .lock()
