@@ -13,6 +13,7 @@ mod connectors;
 mod harness;
 
 mod delivery;
+mod fidelity;
 mod limits;
 mod next_hop;
 mod observability;
