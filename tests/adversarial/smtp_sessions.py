@@ -170,6 +170,18 @@ def header_fields(msg: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
+def delivered_fields(msg: bytes) -> list[tuple[str, bytes]]:
+    """The header fields of a file the maildir sink delivered, after the `Return-Path:` it
+    writes first (checked: one, first, an angle-bracketed path)."""
+    fields = header_fields(msg)
+    check(bool(fields) and fields[0][0] == "Return-Path",
+          f"first field {fields[0][0] if fields else None!r}, expected Return-Path")
+    check(re.fullmatch(rb" <[^<>\r\n]*>", fields[0][1]) is not None,
+          f"Return-Path value {fields[0][1]!r}")
+    check(all(n != "Return-Path" for n, _ in fields[1:]), "more than one Return-Path")
+    return fields[1:]
+
+
 def received_problems(raw: bytes, utf8: bool = False) -> list[str]:
     """RFC 5322 3.6.7: received = "Received:" *received-token ";" date-time CRLF, folded with
     CRLF WSP. Checks the top-level structure a parser relies on: one ';' outside comments and
@@ -584,13 +596,13 @@ def _():
     c.cmd("QUIT", "221")
     c.close()
     msg = one_message(m, rcpt)
-    names = [n for n, _ in header_fields(msg)]
+    names = [n for n, _ in delivered_fields(msg)]
     check(names == ["Received", "From", "To", "Subject"],
           f"header fields {names} (injected or missing?)")
     check(b"X-Injected" not in msg and b"ORCPT" not in msg and b"ENVID" not in msg,
           f"parameter text in the message: {header_block(msg)!r}")
-    p = received_problems(header_fields(msg)[0][1])
-    check(not p, f"Received header malformed: {p}: {header_fields(msg)[0][1]!r}")
+    p = received_problems(delivered_fields(msg)[0][1])
+    check(not p, f"Received header malformed: {p}: {delivered_fields(msg)[0][1]!r}")
 
 
 def helo_received_case(tag: str, helo: str):
@@ -612,7 +624,7 @@ def helo_received_case(tag: str, helo: str):
         check_reply(c.reply(T), "250 2.6.0", "end of data")
         c.close()
         msg = one_message(m, rcpt)
-        f = header_fields(msg)
+        f = delivered_fields(msg)
         check(f[0][0] == "Received", f"first field {f[0][0]}")
         p = received_problems(f[0][1])
         check(not p, f"Received header malformed: {p}: Received:{f[0][1].decode('latin-1')!r}")
@@ -644,7 +656,7 @@ def _():
     c.send(b"Subject: ascii\r\n\r\nx\r\n.\r\n")
     check_reply(c.reply(T), "250 2.6.0", "end of data")
     c.close()
-    f = header_fields(one_message(m, rcpt))
+    f = delivered_fields(one_message(m, rcpt))
     p = received_problems(f[0][1], utf8=False)
     check(not p, f"Received header: {p}: Received:{f[0][1]!r}")
 
@@ -664,7 +676,7 @@ def _():
     check(len(dirs) == 1, f"mailbox of the quoted local part: {dirs}")
     msgs = list((dirs[0] / "new").glob("*"))
     check(len(msgs) == 1, f"{len(msgs)} messages")
-    f = header_fields(msgs[0].read_bytes())
+    f = delivered_fields(msgs[0].read_bytes())
     p = received_problems(f[0][1])
     check(not p, f"Received header malformed: {p}: {f[0][1]!r}")
 
@@ -799,7 +811,7 @@ def _():
     check_reply(c.reply(T), "250 2.6.0", "end of data")
     c.close()
     msg = one_message(m, "utf8-j%C3%B6rg")
-    f = header_fields(msg)
+    f = delivered_fields(msg)
     check(b"with UTF8SMTP" in f[0][1], f"Received does not say UTF8SMTP: {f[0][1]!r}")
     p = received_problems(f[0][1], utf8=True)
     check(not p, f"Received malformed: {p}")

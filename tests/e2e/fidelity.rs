@@ -36,3 +36,39 @@ fn a_reply_relayed_through_a_moat_next_hop_is_tagged_once() {
     assert_eq!(last.matches("Message accepted").count(), 1, "{last}");
     assert_eq!(hop.messages_with_header("Subject: tagged once").len(), 1);
 }
+
+/// The maildir next hop writes `Return-Path:` first, as an MTA delivering to a mailbox does: the
+/// envelope sender, and `<>` for the null sender (a bounce).
+#[test]
+fn delivered_files_carry_the_envelope_sender_as_return_path() {
+    let dev = Dev::start(None);
+    let mx = dev.listener("mx");
+    runtime().block_on(async move {
+        let (mut c, _) = crate::client::Client::connect(&mx).await.expect("connect");
+        c.cmd("EHLO c.test").await.expect("ehlo");
+        for (from, id) in [
+            ("bob@sender.test", "<rp-sender@e2e>"),
+            ("", "<rp-null@e2e>"),
+        ] {
+            let body = format!("Message-Id: {id}\r\nSubject: rp\r\n\r\nhi\r\n.\r\n");
+            let r = c
+                .send_stuffed(from, "alice@example.test", body.as_bytes())
+                .await
+                .expect("send");
+            assert!(r.starts_with("250 2.6.0"), "{r}");
+        }
+    });
+    for (id, want) in [
+        (
+            "<rp-sender@e2e>",
+            "Return-Path: <bob@sender.test>\r\nReceived: from ",
+        ),
+        ("<rp-null@e2e>", "Return-Path: <>\r\nReceived: from "),
+    ] {
+        let stored = dev.messages_with_header(&format!("Message-Id: {id}"));
+        assert_eq!(stored.len(), 1, "{id}");
+        let text = String::from_utf8_lossy(&stored[0]);
+        assert!(text.starts_with(want), "{text}");
+        assert_eq!(text.matches("Return-Path:").count(), 1, "{text}");
+    }
+}

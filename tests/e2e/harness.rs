@@ -382,9 +382,19 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The message without the `Received:` header Moat prepends (the first header and its folded
-/// continuation lines).
+/// The delivered message without the `Return-Path:` line the maildir sink writes first
+/// (asserted there, with an angle-bracketed path).
+pub fn strip_return_path(msg: &[u8]) -> &[u8] {
+    assert!(msg.starts_with(b"Return-Path: <"), "no Return-Path first");
+    let end = find(msg, b"\r\n").expect("Return-Path line") + 2;
+    assert!(msg[..end].ends_with(b">\r\n"), "Return-Path not closed");
+    &msg[end..]
+}
+
+/// The delivered message without the `Return-Path:` line and the `Received:` header Moat
+/// prepends (the first header and its folded continuation lines).
 pub fn strip_received(msg: &[u8]) -> &[u8] {
+    let msg = strip_return_path(msg);
     assert!(
         msg.starts_with(b"Received: from "),
         "no Received header first"
