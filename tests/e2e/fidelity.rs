@@ -72,3 +72,117 @@ fn delivered_files_carry_the_envelope_sender_as_return_path() {
         assert_eq!(text.matches("Return-Path:").count(), 1, "{text}");
     }
 }
+
+/// The suite `openssl s_client` negotiated, offering `args` (its `-cipher`/`-ciphersuites`
+/// order), over STARTTLS.
+fn negotiated(server: &str, ca: &std::path::Path, args: &str) -> String {
+    let (_, out, err) = crate::harness::run(std::process::Command::new("sh").arg("-c").arg(
+        format!(
+            "echo QUIT | timeout 10 openssl s_client -brief -starttls smtp -connect {server} -CAfile {} {args} 2>&1",
+            ca.display()
+        ),
+    ));
+    let out = format!("{out}{err}");
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Ciphersuite: "))
+        .unwrap_or_else(|| panic!("no suite negotiated with {args}:\n{out}"))
+        .trim()
+        .to_owned()
+}
+
+/// The server's preference wins over the client's: a client listing ChaCha20, then AES-256, then
+/// AES-128 gets AES-128-GCM (TLS 1.3 and 1.2) or AES-128-CBC (TLS 1.0 on the legacy listener);
+/// one offering only ChaCha20 and AES-256, in that order, gets AES-256. The `Received:` header
+/// names the TLS 1.3 suite by its IANA name.
+#[test]
+fn the_server_chooses_the_cheapest_strong_suite_and_names_it_by_iana_name() {
+    let dev = Dev::start(None);
+    let mx = dev.listener("mx");
+    let ca = dev.ca();
+    let tls13 = "-tls1_3 -ciphersuites";
+    assert_eq!(
+        negotiated(
+            &mx,
+            &ca,
+            &format!(
+                "{tls13} TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+            )
+        ),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    assert_eq!(
+        negotiated(
+            &mx,
+            &ca,
+            &format!("{tls13} TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384")
+        ),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    let tls12 = "-tls1_2 -cipher";
+    let both = |kinds: &[&str]| {
+        kinds
+            .iter()
+            .flat_map(|k| [format!("ECDHE-ECDSA-{k}"), format!("ECDHE-RSA-{k}")])
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let suite = negotiated(
+        &mx,
+        &ca,
+        &format!(
+            "{tls12} {}",
+            both(&[
+                "CHACHA20-POLY1305",
+                "AES256-GCM-SHA384",
+                "AES128-GCM-SHA256"
+            ])
+        ),
+    );
+    assert!(suite.ends_with("-AES128-GCM-SHA256"), "{suite}");
+    let suite = negotiated(
+        &mx,
+        &ca,
+        &format!(
+            "{tls12} {}",
+            both(&["CHACHA20-POLY1305", "AES256-GCM-SHA384"])
+        ),
+    );
+    assert!(suite.ends_with("-AES256-GCM-SHA384"), "{suite}");
+    let legacy = dev.edge_listener(0, "legacy-submission");
+    let suite = negotiated(
+        &legacy,
+        &ca,
+        &format!(
+            "-tls1 -cipher {}:@SECLEVEL=0",
+            both(&["AES256-SHA", "AES128-SHA"])
+        ),
+    );
+    assert!(suite.ends_with("-AES128-SHA"), "{suite}");
+
+    // A TLS 1.3 session's Received header: the IANA name, never rustls's `TLS13_` one.
+    let mx = dev.listener("mx");
+    let ca = dev.ca();
+    let r = runtime().block_on(async move {
+        let (c, _) = crate::client::Client::connect(&mx).await.expect("connect");
+        let mut c = c
+            .starttls(crate::client::tls_config(&ca))
+            .await
+            .expect("starttls");
+        c.send_stuffed(
+            "s@example.test",
+            "alice@example.test",
+            b"Message-Id: <iana@e2e>\r\n\r\nhi\r\n.\r\n",
+        )
+        .await
+        .expect("send")
+    });
+    assert!(r.starts_with("250 2.6.0"), "{r}");
+    let stored = dev.messages_with_header("Message-Id: <iana@e2e>");
+    assert_eq!(stored.len(), 1);
+    let text = String::from_utf8_lossy(&stored[0]);
+    assert!(
+        text.contains("(version=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256)"),
+        "{text}"
+    );
+    assert!(!text.contains("TLS13_"), "{text}");
+}

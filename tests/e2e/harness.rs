@@ -158,8 +158,13 @@ impl Drop for Killed {
     }
 }
 
+/// The `moat` binary cargo built for this test, or `MOAT_BIN` when set (a private copy, when
+/// several checkouts share one target directory and rebuild it under each other).
 pub fn moat() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
+    match std::env::var_os("MOAT_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_moat")),
+    }
 }
 
 impl Dev {

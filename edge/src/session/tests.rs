@@ -108,7 +108,7 @@ impl Harness {
                     self.upgrades += 1;
                     self.session.tls_established(TlsFacts {
                         version: "TLSv1.3".into(),
-                        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                        cipher: "TLS_AES_128_GCM_SHA256".into(),
                         client_domains: vec![],
                     });
                 }
@@ -273,7 +273,7 @@ fn starttls_discards_pipelined_commands() {
     assert!(h.delivered[0].starts_with(b"Received: from again.test"));
     assert!(String::from_utf8_lossy(&h.delivered[0]).contains("with ESMTPS id"));
     assert!(String::from_utf8_lossy(&h.delivered[0])
-        .contains("(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"));
+        .contains("(version=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256)"));
 }
 
 #[test]
