@@ -186,3 +186,34 @@ fn the_server_chooses_the_cheapest_strong_suite_and_names_it_by_iana_name() {
     );
     assert!(!text.contains("TLS13_"), "{text}");
 }
+
+/// `moat dev` keeps every private key and secret it writes readable by its owner only (0600),
+/// in directories it created 0700; certificates stay readable.
+#[test]
+fn moat_dev_writes_private_keys_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dev = Dev::start(None);
+    let mode = |rel: &str| {
+        std::fs::metadata(dev.data.join(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for key in [
+        "tls/ca-key.pem",
+        "tls/server-key.pem",
+        "tls/internal/ca-key.pem",
+        "tls/internal/control-key.pem",
+        "tls/internal/edge-key.pem",
+        "tls/internal/admin-key.pem",
+        "admin-token",
+        "demo-password",
+    ] {
+        assert_eq!(mode(key), 0o600, "{key}");
+    }
+    for dir in ["tls", "tls/internal"] {
+        assert_eq!(mode(dir), 0o700, "{dir}");
+    }
+    assert_eq!(mode("tls/ca.pem") & 0o400, 0o400);
+}
