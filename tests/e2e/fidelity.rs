@@ -217,3 +217,143 @@ fn moat_dev_writes_private_keys_owner_only() {
     }
     assert_eq!(mode("tls/ca.pem") & 0o400, 0o400);
 }
+
+/// What the client sends on a raw connection in one write, and every reply until the server
+/// closes (or a second passes quietly).
+fn raw_session(addr: &str, greet_first: bool, writes: &[&[u8]]) -> Vec<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut read_some = |s: &mut std::net::TcpStream, got: &mut Vec<u8>| -> bool {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    };
+    if greet_first {
+        while !got.ends_with(b"\r\n") {
+            assert!(read_some(&mut s, &mut got), "no greeting");
+        }
+    }
+    for w in writes {
+        s.write_all(w).expect("write");
+        // Each write waits for the replies it asked for (a legal client), except the last.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .expect("timeout");
+    while read_some(&mut s, &mut got) {}
+    String::from_utf8_lossy(&got)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Unauthenticated pipelining where the client must wait is refused as Postfix's
+/// `smtpd_forbid_unauth_pipelining` does (`554 5.5.0`, closed, nothing delivered): commands after
+/// EHLO, content before the 354, a transaction before the greeting. Legal RFC 2920 groups
+/// work, smtplib and swaks work, and a listener with `forbid-unauth-pipelining = false` serves
+/// the same input in order.
+#[test]
+fn unauthenticated_pipelining_where_the_client_must_wait_is_refused() {
+    const SYNC: &str = "554 5.5.0 Error: SMTP protocol synchronization [edge-1]";
+    let dev = Dev::start(None);
+    let mx = dev.listener("mx");
+    let r = raw_session(
+        &mx,
+        true,
+        &[b"EHLO c.test\r\nMAIL FROM:<a@client.test>\r\n"],
+    );
+    assert_eq!(r.last().map(String::as_str), Some(SYNC), "{r:?}");
+    assert_eq!(r.len(), 2, "{r:?}");
+    let content_before_354: &[u8] = b"MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nMessage-Id: <early354@e2e>\r\n\r\nx\r\n.\r\nQUIT\r\n";
+    let r = raw_session(&mx, true, &[b"EHLO c.test\r\n", content_before_354]);
+    assert_eq!(r.last().map(String::as_str), Some(SYNC), "{r:?}");
+    assert!(!r.iter().any(|l| l.starts_with("354")), "{r:?}");
+    // A whole transaction before the greeting: refused before or right after it.
+    let early: &[u8] = b"EHLO early.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nMessage-Id: <early@e2e>\r\n\r\nx\r\n.\r\nQUIT\r\n";
+    let r = raw_session(&mx, false, &[early]);
+    assert_eq!(r.last().map(String::as_str), Some(SYNC), "{r:?}");
+    assert!(r.len() <= 2, "{r:?}");
+    // Legal pipelining: a MAIL/RCPT/NOOP/DATA group, content after the 354, QUIT after the dot.
+    let r = raw_session(
+        &mx,
+        true,
+        &[
+            b"EHLO c.test\r\n",
+            b"MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nNOOP\r\nDATA\r\n",
+            b"Message-Id: <legal@e2e>\r\n\r\nx\r\n.\r\nQUIT\r\n",
+        ],
+    );
+    assert!(r.iter().any(|l| l.starts_with("250 2.6.0")), "{r:?}");
+    assert!(r.last().is_some_and(|l| l.starts_with("221 ")), "{r:?}");
+    // swaks waits for each reply.
+    let (ok, out, err) = crate::harness::run(std::process::Command::new("swaks").args([
+        "--server",
+        &mx,
+        "--to",
+        "alice@example.test",
+        "--from",
+        "s@example.test",
+        "--header",
+        "Message-Id: <swaks@e2e>",
+    ]));
+    assert!(ok, "{out}{err}");
+    // smtplib (its sendmail) too.
+    let script = format!(
+        "import smtplib\nh, p = '{mx}'.rsplit(':', 1)\ns = smtplib.SMTP(h, int(p))\ns.sendmail('s@example.test', ['alice@example.test'], b'Message-Id: <smtplib@e2e>\\r\\n\\r\\nx\\r\\n')\ns.quit()\n"
+    );
+    let (ok, out, err) =
+        crate::harness::run(std::process::Command::new("python3").args(["-c", &script]));
+    assert!(ok, "{out}{err}");
+    for id in ["<legal@e2e>", "<swaks@e2e>", "<smtplib@e2e>"] {
+        assert_eq!(
+            dev.messages_with_header(&format!("Message-Id: {id}")).len(),
+            1,
+            "{id}"
+        );
+    }
+    for id in ["<early354@e2e>", "<early@e2e>"] {
+        assert!(dev
+            .messages_with_header(&format!("Message-Id: {id}"))
+            .is_empty());
+    }
+
+    // The listener setting off: the same input is served in order.
+    let lenient = Dev::start(Some(
+        "[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[listener.limits]\nforbid-unauth-pipelining = false\n",
+    ));
+    let mx = lenient.listener("mx");
+    let r = raw_session(&mx, false, &[early]);
+    assert!(r.iter().any(|l| l.starts_with("250 2.6.0")), "{r:?}");
+    assert!(r.last().is_some_and(|l| l.starts_with("221 ")), "{r:?}");
+    assert_eq!(
+        lenient
+            .messages_with_header("Message-Id: <early@e2e>")
+            .len(),
+        1
+    );
+    // And STARTTLS with a pipelined NOOP: the NOOP is discarded, never answered inside TLS.
+    let (ok, out, err) = crate::harness::run(
+        std::process::Command::new("python3")
+            .arg(crate::harness::clients_dir().join("smuggle.py"))
+            .arg("--ca")
+            .arg(lenient.ca())
+            .args(["--server", &mx])
+            .args(["--to", "alice@example.test", "--quiet", "1"]),
+    );
+    assert!(ok, "smuggle.py failed:\n{out}\n{err}");
+    let injection = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["case"] == "starttls-injection")
+        .expect("injection case");
+    assert_eq!(injection["tls_handshake"], "ok", "{injection}");
+    assert_eq!(injection["noop_answered_in_tls"], false, "{injection}");
+}

@@ -97,6 +97,12 @@ codes! {
     BAD_DATA_ENDING = 521 "5.5.2" "Message refused: bare <CR>, bare <LF> or NUL in message content; lines must end with <CRLF>";
     /// Recipient domain accepted by no tenant (the relay rules of later issues may allow it).
     RELAY_DENIED = 550 "5.7.64" "TenantAttribution; Relay Access Denied";
+    /// Input sent where the client must wait for a reply (before the greeting, or after a
+    /// command that ends a pipelined group), by an unauthenticated client: the session is
+    /// closed. Postfix's exact reply for its `smtpd_forbid_unauth_pipelining` (Postfix 3.9
+    /// and later, on by default; postconf(5)), which logs "improper command pipelining after
+    /// CMD".
+    PROTOCOL_SYNC = 554 "5.5.0" "Error: SMTP protocol synchronization";
     /// Too many protocol errors in one session.
     TOO_MANY_ERRORS = 421 "4.7.0" "Too many errors, closing connection";
     /// The edge-wide session limit is reached.
