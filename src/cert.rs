@@ -8,6 +8,7 @@
 //!   also carries the DNS name `moat-control`, which clients verify, and serves as both server
 //!   and client.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -94,7 +95,9 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+/// Writes a private key or other secret readable by its owner only (mode 0600, also when the
+/// file existed with a wider mode).
+pub(crate) fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -104,8 +107,28 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
     f.write_all(pem.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Restricts an existing private file to its owner (0600): keys written by older versions with
+/// a wider mode are tightened when they are reused.
+pub(crate) fn restrict(path: &Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (directories that hold private keys);
+/// existing directories keep their mode.
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn validity(params: &mut CertificateParams, days: u32) {
@@ -124,7 +147,7 @@ pub fn create_ca(dir: &Path, days: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_private_dir(dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -240,6 +263,13 @@ pub fn dev_pki(dir: &Path) -> anyhow::Result<DevPki> {
         .iter()
         .all(|(c, k)| c.exists() && k.exists());
     if ca.exists() && complete {
+        for (_, key) in [&pki.control, &pki.edge, &pki.admin] {
+            restrict(key)?;
+        }
+        let ca_key = dir.join("ca-key.pem");
+        if ca_key.exists() {
+            restrict(&ca_key)?;
+        }
         return Ok(pki);
     }
     if !ca.exists() {

@@ -21,6 +21,11 @@
 //! idle-timeout = "5m"             # waiting for a command (RFC 5321 4.5.3.2.7)
 //! command-timeout = "5m"          # one command line, from its first byte to its CRLF
 //! data-timeout = "3m"             # waiting for the next DATA/BDAT block (4.5.3.2.6)
+//! forbid-unauth-pipelining = true # 554 5.5.0 and close when an unauthenticated client sends
+//!                                 # before the greeting, or after a command that ends a
+//!                                 # pipelined group (EHLO, HELO, DATA, STARTTLS, AUTH, QUIT,
+//!                                 # VRFY, EXPN) before its reply, as Postfix's
+//!                                 # smtpd_forbid_unauth_pipelining
 //!
 //! [auth]                          # SMTP AUTH failure throttle, per edge
 //! max-failures-per-ip = 10        # then 454 4.7.0 for every AUTH from that address
@@ -42,7 +47,8 @@
 //! # tls = { cert = "...", key = "...", client-ca = "..." }   # this listener only
 //! [listener.limits]               # optional; keys left out take [limits]
 //! max-message-size = 157286400    # also: max-recipients, max-errors, max-sessions,
-//!                                 # max-sessions-per-ip, idle-, command-, data-timeout
+//!                                 # max-sessions-per-ip, idle-, command-, data-timeout,
+//!                                 # forbid-unauth-pipelining
 //!
 //! [next-hop]
 //! kind = "smtp"                   # smtp | lmtp | maildir
@@ -189,6 +195,10 @@ pub struct Limits {
     /// How long to wait for the next block of message content.
     #[serde(deserialize_with = "duration")]
     pub data_timeout: Duration,
+    /// Refuse input an unauthenticated client sends where RFC 5321 and RFC 2920 make it wait
+    /// for a reply (before the greeting; after EHLO, HELO, DATA, STARTTLS, AUTH, QUIT, VRFY or
+    /// EXPN) with `554 5.5.0` and close, as Postfix's `smtpd_forbid_unauth_pipelining`.
+    pub forbid_unauth_pipelining: bool,
 }
 
 impl Default for Limits {
@@ -203,6 +213,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            forbid_unauth_pipelining: true,
         }
     }
 }
@@ -361,6 +372,8 @@ pub struct ListenerLimits {
     /// Overrides `data-timeout`.
     #[serde(default, deserialize_with = "opt_duration")]
     pub data_timeout: Option<Duration>,
+    /// Overrides `forbid-unauth-pipelining`.
+    pub forbid_unauth_pipelining: Option<bool>,
 }
 
 impl ListenerLimits {
@@ -376,6 +389,9 @@ impl ListenerLimits {
             idle_timeout: self.idle_timeout.unwrap_or(base.idle_timeout),
             command_timeout: self.command_timeout.unwrap_or(base.command_timeout),
             data_timeout: self.data_timeout.unwrap_or(base.data_timeout),
+            forbid_unauth_pipelining: self
+                .forbid_unauth_pipelining
+                .unwrap_or(base.forbid_unauth_pipelining),
         }
     }
 }
@@ -514,6 +530,38 @@ limits = { max-message-size = 1000, data-timeout = "10s" }
         assert_eq!(l.data_timeout, Duration::from_secs(10));
         assert_eq!(l.max_recipients, 50);
         assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unauthenticated_pipelining_is_forbidden_unless_a_listener_allows_it() {
+        let c = EdgeConfig::parse(
+            r#"
+[[listener]]
+kind = "mx"
+address = "127.0.0.1:25"
+[[listener]]
+kind = "mx"
+name = "lenient"
+address = "127.0.0.1:2526"
+limits = { forbid-unauth-pipelining = false }
+"#,
+        )
+        .unwrap();
+        assert!(c.limits.forbid_unauth_pipelining);
+        assert!(
+            c.listeners[0]
+                .limits
+                .over(&c.limits)
+                .forbid_unauth_pipelining
+        );
+        assert!(
+            !c.listeners[1]
+                .limits
+                .over(&c.limits)
+                .forbid_unauth_pipelining
+        );
+        let off = EdgeConfig::parse("[limits]\nforbid-unauth-pipelining = false\n").unwrap();
+        assert!(!off.limits.forbid_unauth_pipelining);
     }
 
     #[test]

@@ -26,9 +26,11 @@ use crate::session::TlsFacts;
 use crate::tls::TlsError;
 
 /// The suites offered to TLS 1.0/1.1 clients: ECDHE with AES-CBC and SHA-1 MACs, the only
-/// forward-secret suites those versions have. `@SECLEVEL=0` lets OpenSSL 3 negotiate them.
-pub const LEGACY_CIPHERS: &str = "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:\
-                                  ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0";
+/// forward-secret suites those versions have. `@SECLEVEL=0` lets OpenSSL 3 negotiate them. In
+/// the server's order of preference (`CIPHER_SERVER_PREFERENCE`), cheapest first as for rustls
+/// (`crate::tls::SUITE_ORDER`): AES-128 before AES-256.
+pub const LEGACY_CIPHERS: &str = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:\
+                                  ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:@SECLEVEL=0";
 
 /// What a ClientHello offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

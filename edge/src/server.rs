@@ -259,6 +259,7 @@ impl BoundEdge {
                 max_errors: limits.max_errors.max(1),
                 max_line: limits.max_line.max(512),
                 command_timeout: limits.command_timeout,
+                forbid_unauth_pipelining: limits.forbid_unauth_pipelining,
             };
             let listener = Listener {
                 sessions: l

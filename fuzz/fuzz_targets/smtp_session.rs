@@ -72,6 +72,7 @@ fuzz_target!(|bytes: &[u8]| {
         max_errors: 10,
         max_line: 512,
         command_timeout: Duration::from_secs(60),
+        forbid_unauth_pipelining: flags & 8 != 0,
     };
     let facts = SessionFacts {
         id: "f1".into(),

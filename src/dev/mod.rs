@@ -74,8 +74,8 @@ const DEMO_USER: &str = "demo@example.test";
 
 /// Runs `moat dev` until SIGINT/SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating {}", args.data.display()))?;
+    // The data directory holds the operator token and the CA's key: owner only when created.
+    crate::cert::create_private_dir(&args.data)?;
     let data = args
         .data
         .canonicalize()

@@ -10,7 +10,8 @@ without it). The script starts three `moat dev` instances (all ports 0, temporar
 directories, process groups killed at the end):
 
 - A: default settings (maildir sink), for most cases;
-- B: short timeouts (idle 6 s, command 3 s, data 3 s) for the slowloris cases;
+- B: short timeouts (idle 6 s, command 3 s, data 3 s) for the slowloris cases, and
+  `forbid-unauth-pipelining = false`, for the cases that show the setting off;
 - C: an SMTP next hop (a small sink in this script) instead of the maildir, to see what Moat
   actually relays (dot-stuffing of DATA and BDAT content);
 - D: an mx listener and a legacy-submission listener (tls-min-version 1.0) limited to 3
@@ -168,6 +169,18 @@ def header_fields(msg: bytes) -> list[tuple[str, bytes]]:
             check(bool(sep), f"header line without a colon: {line!r}")
             fields.append((name.decode("latin-1"), value))
     return fields
+
+
+def delivered_fields(msg: bytes) -> list[tuple[str, bytes]]:
+    """The header fields of a file the maildir sink delivered, after the `Return-Path:` it
+    writes first (checked: one, first, an angle-bracketed path)."""
+    fields = header_fields(msg)
+    check(bool(fields) and fields[0][0] == "Return-Path",
+          f"first field {fields[0][0] if fields else None!r}, expected Return-Path")
+    check(re.fullmatch(rb" <[^<>\r\n]*>", fields[0][1]) is not None,
+          f"Return-Path value {fields[0][1]!r}")
+    check(all(n != "Return-Path" for n, _ in fields[1:]), "more than one Return-Path")
+    return fields[1:]
 
 
 def received_problems(raw: bytes, utf8: bool = False) -> list[str]:
@@ -476,9 +489,38 @@ INJECTED = (b"EHLO injected.test\r\nMAIL FROM:<inj@attacker.test>\r\n"
             b"Subject: injected\r\n\r\ninjected\r\n.\r\n")
 
 
-@case("STARTTLS injection (mx): commands pipelined after STARTTLS are discarded")
+SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
+
+
+@case("STARTTLS injection (mx): commands pipelined after STARTTLS -> 554 5.5.0, closed, "
+      "no TLS, nothing delivered")
 def _():
     m = ENV.a
+    before = all_new(m)
+    c = greet(m)
+    c.send(b"STARTTLS\r\n" + INJECTED)
+    check_reply(c.reply(T), SYNC, "STARTTLS with commands pipelined after it")
+    assert_closed(c, T, "after 554")
+    c.close()
+    assert_nothing_delivered(m, ["starttls-inj"], before, settle=1.0)
+
+
+@case("STARTTLS injection (submission): a pipelined AUTH -> 554 5.5.0, closed")
+def _():
+    m = ENV.a
+    demo = m.ep["demo"]
+    creds = b64encode(b"\0" + demo["user"].encode() + b"\0" + demo["password"].encode())
+    c = greet(m, "submission")
+    c.send(b"STARTTLS\r\nEHLO injected.test\r\nAUTH PLAIN " + creds + b"\r\n")
+    check_reply(c.reply(T), SYNC, "STARTTLS with AUTH pipelined after it")
+    assert_closed(c, T, "after 554")
+    c.close()
+
+
+@case("STARTTLS injection (mx), forbid-unauth-pipelining off: commands pipelined after "
+      "STARTTLS are discarded", "B")
+def _():
+    m = ENV.b
     before = all_new(m)
     c = greet(m)
     c.send(b"STARTTLS\r\n" + INJECTED)
@@ -500,9 +542,10 @@ def _():
     assert_nothing_delivered(m, ["starttls-inj"], before, settle=1.0)
 
 
-@case("STARTTLS injection (submission): a pipelined AUTH with valid credentials is discarded")
+@case("STARTTLS injection (submission), forbid-unauth-pipelining off: a pipelined AUTH with "
+      "valid credentials is discarded", "B")
 def _():
-    m = ENV.a
+    m = ENV.b
     demo = m.ep["demo"]
     creds = b64encode(b"\0" + demo["user"].encode() + b"\0" + demo["password"].encode())
     c = greet(m, "submission")
@@ -584,13 +627,13 @@ def _():
     c.cmd("QUIT", "221")
     c.close()
     msg = one_message(m, rcpt)
-    names = [n for n, _ in header_fields(msg)]
+    names = [n for n, _ in delivered_fields(msg)]
     check(names == ["Received", "From", "To", "Subject"],
           f"header fields {names} (injected or missing?)")
     check(b"X-Injected" not in msg and b"ORCPT" not in msg and b"ENVID" not in msg,
           f"parameter text in the message: {header_block(msg)!r}")
-    p = received_problems(header_fields(msg)[0][1])
-    check(not p, f"Received header malformed: {p}: {header_fields(msg)[0][1]!r}")
+    p = received_problems(delivered_fields(msg)[0][1])
+    check(not p, f"Received header malformed: {p}: {delivered_fields(msg)[0][1]!r}")
 
 
 def helo_received_case(tag: str, helo: str):
@@ -612,7 +655,7 @@ def helo_received_case(tag: str, helo: str):
         check_reply(c.reply(T), "250 2.6.0", "end of data")
         c.close()
         msg = one_message(m, rcpt)
-        f = header_fields(msg)
+        f = delivered_fields(msg)
         check(f[0][0] == "Received", f"first field {f[0][0]}")
         p = received_problems(f[0][1])
         check(not p, f"Received header malformed: {p}: Received:{f[0][1].decode('latin-1')!r}")
@@ -644,7 +687,7 @@ def _():
     c.send(b"Subject: ascii\r\n\r\nx\r\n.\r\n")
     check_reply(c.reply(T), "250 2.6.0", "end of data")
     c.close()
-    f = header_fields(one_message(m, rcpt))
+    f = delivered_fields(one_message(m, rcpt))
     p = received_problems(f[0][1], utf8=False)
     check(not p, f"Received header: {p}: Received:{f[0][1]!r}")
 
@@ -664,7 +707,7 @@ def _():
     check(len(dirs) == 1, f"mailbox of the quoted local part: {dirs}")
     msgs = list((dirs[0] / "new").glob("*"))
     check(len(msgs) == 1, f"{len(msgs)} messages")
-    f = header_fields(msgs[0].read_bytes())
+    f = delivered_fields(msgs[0].read_bytes())
     p = received_problems(f[0][1])
     check(not p, f"Received header malformed: {p}: {f[0][1]!r}")
 
@@ -799,7 +842,7 @@ def _():
     check_reply(c.reply(T), "250 2.6.0", "end of data")
     c.close()
     msg = one_message(m, "utf8-j%C3%B6rg")
-    f = header_fields(msg)
+    f = delivered_fields(msg)
     check(b"with UTF8SMTP" in f[0][1], f"Received does not say UTF8SMTP: {f[0][1]!r}")
     p = received_problems(f[0][1], utf8=True)
     check(not p, f"Received malformed: {p}")
@@ -1253,14 +1296,50 @@ def _():
 # 9. Pipelining abuse
 
 
-@case("early talker: a whole transaction sent before the greeting is served in order "
-      "(Moat does not reject early talkers)")
+def replies(c: Client, n: int) -> list[Reply]:
+    """`n` replies, each given the full reply timeout (a delivery's fsyncs can be slow), then
+    whatever else arrives within a second: a correct server sends exactly `n`."""
+    out = []
+    for _ in range(n):
+        r = c.reply(T)
+        if r is None:
+            return out
+        out.append(r)
+    return out + c.replies_until_quiet(1.0)
+
+
+
+
+EARLY = (b"EHLO early.test\r\nMAIL FROM:<early@client.test>\r\n"
+         b"RCPT TO:<early@example.test>\r\nDATA\r\nSubject: early\r\n\r\nx\r\n.\r\nQUIT\r\n")
+
+
+@case("early talker: a whole transaction sent before the greeting -> 554 5.5.0 (before or "
+      "right after the 220), closed, nothing delivered (Postfix's smtpd_forbid_unauth_pipelining)")
 def _():
     m = ENV.a
     before = all_new(m)
     c = Client.connect(m.addr("mx"))
-    c.send(b"EHLO early.test\r\nMAIL FROM:<early@client.test>\r\n"
-           b"RCPT TO:<early@example.test>\r\nDATA\r\nSubject: early\r\n\r\nx\r\n.\r\nQUIT\r\n")
+    c.send(EARLY)
+    # Bytes already there when the greeting is due replace it; bytes that arrive just after it
+    # are refused at EHLO, which must end its group.
+    got = [r.text for r in replies(c, 1)]
+    if len(got) == 1 and got[0].startswith("220 "):
+        got.append(check_reply(c.reply(T), SYNC, "EHLO with more pipelined after it").text)
+    check(bool(got) and got[-1].startswith(SYNC)
+          and (len(got) == 1 or (len(got) == 2 and got[0].startswith("220 "))),
+          f"replies {got}")
+    assert_closed(c, T, "after 554")
+    c.close()
+    assert_nothing_delivered(m, ["early"], before)
+
+
+@case("early talker, forbid-unauth-pipelining off: served in order", "B")
+def _():
+    m = ENV.b
+    before = all_new(m)
+    c = Client.connect(m.addr("mx"))
+    c.send(EARLY)
     want = ["220 ", "250-", "250 2.1.0", "250 2.1.5", "354 ", "250 2.6.0", "221 2.0.0"]
     got = []
     for w in want:
@@ -1272,6 +1351,43 @@ def _():
     c.close()
     one_message(m, "early")
     check(all_new(m) == before + 1, "not exactly one message")
+
+
+@case("pipelining: content before the 354 -> 554 5.5.0 after MAIL/RCPT, nothing delivered")
+def _():
+    m = ENV.a
+    before = all_new(m)
+    c = greet(m)
+    c.send(b"MAIL FROM:<p@client.test>\r\nRCPT TO:<pre354@example.test>\r\nDATA\r\n"
+           b"Subject: too early\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    codes = [r.text[:9] for r in replies(c, 3)]
+    check(codes == ["250 2.1.0", "250 2.1.5", "554 5.5.0"], f"replies {codes}")
+    assert_closed(c, T, "after 554")
+    c.close()
+    assert_nothing_delivered(m, ["pre354"], before)
+
+
+@case("pipelining: a legal RFC 2920 group (MAIL/RCPT/NOOP/RSET/.../DATA), content after the "
+      "354, the next transaction right after the dot -> two messages")
+def _():
+    m = ENV.a
+    before = all_new(m)
+    c = greet(m)
+    c.send(b"MAIL FROM:<p@client.test>\r\nRSET\r\nNOOP\r\nMAIL FROM:<p@client.test>\r\n"
+           b"RCPT TO:<legal-pipe@example.test>\r\nDATA\r\n")
+    codes = [r.text[:9] for r in replies(c, 6)]
+    check(codes == ["250 2.1.0", "250 2.0.0", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354 Start"],
+          f"replies {codes}")
+    c.send(b"Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<p@client.test>\r\n"
+           b"RCPT TO:<legal-pipe@example.test>\r\nDATA\r\n")
+    codes = [r.text[:9] for r in replies(c, 4)]
+    check(codes == ["250 2.6.0", "250 2.1.0", "250 2.1.5", "354 Start"], f"replies {codes}")
+    c.send(b"Subject: two\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    codes = [r.text[:9] for r in replies(c, 2)]
+    check(codes == ["250 2.6.0", "221 2.0.0"], f"replies {codes}")
+    c.close()
+    check(len(new_msgs(m, "legal-pipe")) == 2, "not two messages")
+    check(all_new(m) == before + 2, f"{all_new(m) - before} messages")
 
 
 @case("pipelining: 1000 NOOPs in one write -> 1000 x 250 2.0.0 in order")
@@ -1290,18 +1406,6 @@ def _():
     c.close()
 
 
-def replies(c: Client, n: int) -> list[Reply]:
-    """`n` replies, each given the full reply timeout (a delivery's fsyncs can be slow), then
-    whatever else arrives within a second: a correct server sends exactly `n`."""
-    out = []
-    for _ in range(n):
-        r = c.reply(T)
-        if r is None:
-            return out
-        out.append(r)
-    return out + c.replies_until_quiet(1.0)
-
-
 @case("pipelining: 30 bad commands in one write -> 19 x 500, then 421 4.7.0, closed")
 def _():
     m = ENV.a
@@ -1314,9 +1418,28 @@ def _():
     c.close()
 
 
-@case("pipelining: three transactions with content in one write -> three messages")
+@case("pipelining: three transactions with content in one write -> 554 5.5.0 at the first "
+      "DATA, nothing delivered")
 def _():
     m = ENV.a
+    before = all_new(m)
+    c = greet(m)
+    data = b""
+    for i in range(3):
+        data += (b"MAIL FROM:<p@client.test>\r\nRCPT TO:<pipe3-%d@example.test>\r\nDATA\r\n"
+                 b"Subject: pipelined %d\r\n\r\nbody\r\n.\r\n" % (i, i))
+    c.send(data + b"QUIT\r\n")
+    codes = [r.text[:9] for r in replies(c, 3)]
+    check(codes == ["250 2.1.0", "250 2.1.5", "554 5.5.0"], f"replies {codes}")
+    assert_closed(c, T, "after 554")
+    c.close()
+    assert_nothing_delivered(m, [f"pipe3-{i}" for i in range(3)], before)
+
+
+@case("pipelining, forbid-unauth-pipelining off: three transactions with content in one write "
+      "-> three messages", "B")
+def _():
+    m = ENV.b
     before = all_new(m)
     c = greet(m)
     data = b""
@@ -1592,7 +1715,7 @@ def main() -> int:
     instances = {
         "A": MoatDev("a"),
         "B": MoatDev("b", '[limits]\nidle-timeout = "6s"\ncommand-timeout = "3s"\n'
-                          'data-timeout = "3s"\n'),
+                          'data-timeout = "3s"\nforbid-unauth-pipelining = false\n'),
         "C": MoatDev("c", f'[next-hop]\nkind = "smtp"\naddress = "127.0.0.1:{ENV.sink.port}"\n'
                           f'starttls = "none"\ntimeout = "30s"\n'),
         "D": MoatDev("d", '[limits]\nidle-timeout = "6s"\n\n'

@@ -158,8 +158,13 @@ impl Drop for Killed {
     }
 }
 
+/// The `moat` binary cargo built for this test, or `MOAT_BIN` when set (a private copy, when
+/// several checkouts share one target directory and rebuild it under each other).
 pub fn moat() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
+    match std::env::var_os("MOAT_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_moat")),
+    }
 }
 
 impl Dev {
@@ -382,9 +387,19 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The message without the `Received:` header Moat prepends (the first header and its folded
-/// continuation lines).
+/// The delivered message without the `Return-Path:` line the maildir sink writes first
+/// (asserted there, with an angle-bracketed path).
+pub fn strip_return_path(msg: &[u8]) -> &[u8] {
+    assert!(msg.starts_with(b"Return-Path: <"), "no Return-Path first");
+    let end = find(msg, b"\r\n").expect("Return-Path line") + 2;
+    assert!(msg[..end].ends_with(b">\r\n"), "Return-Path not closed");
+    &msg[end..]
+}
+
+/// The delivered message without the `Return-Path:` line and the `Received:` header Moat
+/// prepends (the first header and its folded continuation lines).
 pub fn strip_received(msg: &[u8]) -> &[u8] {
+    let msg = strip_return_path(msg);
     assert!(
         msg.starts_with(b"Received: from "),
         "no Received header first"

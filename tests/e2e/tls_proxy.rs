@@ -283,7 +283,8 @@ fn proxy_protocol_carries_the_client_address() {
     let stored = dev.messages_with_header("Message-Id: <proxy@e2e>");
     assert_eq!(stored.len(), 1);
     assert!(
-        String::from_utf8_lossy(&stored[0]).starts_with("Received: from via.lb ([203.0.113.9])")
+        String::from_utf8_lossy(crate::harness::strip_return_path(&stored[0]))
+            .starts_with("Received: from via.lb ([203.0.113.9])")
     );
 }
 

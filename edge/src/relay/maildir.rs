@@ -5,7 +5,8 @@
 //! path outside the root. A message is written once into the first recipient's `tmp/`,
 //! `fsync`ed, hard-linked into every recipient's `new/` (each directory `fsync`ed), and the
 //! `tmp/` name removed: a reader never sees a partial message, and once `250` is sent the
-//! message is on disk.
+//! message is on disk. The file starts with `Return-Path: <sender>` (`<>` for the null sender),
+//! as an MTA delivering to a mailbox writes it (RFC 5321 section 4.4).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +48,8 @@ impl Maildir {
         }
     }
 
-    /// Starts a transaction.
-    pub fn open(&self) -> MaildirTxn {
+    /// Starts a transaction for a message from `from` (`None`: the null sender `<>`).
+    pub fn open(&self, from: Option<&Address>) -> MaildirTxn {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -63,6 +64,7 @@ impl Maildir {
         MaildirTxn {
             root: self.root.clone(),
             name,
+            return_path: return_path(from),
             boxes: Vec::new(),
             file: None,
             failed: None,
@@ -90,11 +92,22 @@ pub fn mailbox_dir(root: &Path, to: &Address) -> PathBuf {
     root.join(domain).join(local)
 }
 
+/// The `Return-Path:` header a delivering MTA puts first (RFC 5321 section 4.4): the envelope
+/// sender, `<>` for the null sender, so the mailbox keeps where bounces go.
+pub fn return_path(from: Option<&Address>) -> String {
+    match from {
+        Some(a) => format!("Return-Path: <{a}>\r\n"),
+        None => "Return-Path: <>\r\n".to_owned(),
+    }
+}
+
 /// A message being written.
 #[derive(Debug)]
 pub struct MaildirTxn {
     root: PathBuf,
     name: String,
+    /// The `Return-Path:` line written first.
+    return_path: String,
     boxes: Vec<PathBuf>,
     file: Option<(PathBuf, tokio::io::BufWriter<tokio::fs::File>)>,
     failed: Option<std::io::Error>,
@@ -125,7 +138,9 @@ impl MaildirTxn {
                 .create_new(true)
                 .open(&path)
                 .await?;
-            Ok::<_, std::io::Error>((path, tokio::io::BufWriter::with_capacity(256 * 1024, f)))
+            let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, f);
+            w.write_all(self.return_path.as_bytes()).await?;
+            Ok::<_, std::io::Error>((path, w))
         }
         .await;
         match result {
@@ -246,5 +261,36 @@ mod tests {
             mailbox_dir(root, &a("josé")),
             Path::new("/r/x.test/jos%C3%A9")
         );
+    }
+
+    #[tokio::test]
+    async fn delivered_files_start_with_the_return_path() {
+        let root = std::env::temp_dir().join(format!("moat-maildir-rp-{}", std::process::id()));
+        let sink = Maildir::new(root.clone());
+        let to = Address {
+            local: "alice".into(),
+            domain: "x.test".into(),
+        };
+        let from = Address {
+            local: "bob".into(),
+            domain: "y.test".into(),
+        };
+        for (sender, want) in [
+            (Some(&from), "Return-Path: <bob@y.test>\r\n"),
+            (None, "Return-Path: <>\r\n"),
+        ] {
+            let mut txn = sink.open(sender);
+            assert!(txn.rcpt(&to).is_positive());
+            assert_eq!(txn.start_body().await.code, 354);
+            txn.body(b"Subject: x\r\n\r\nhi\r\n").await;
+            let name = txn.name.clone();
+            assert_eq!(txn.finish().await.code, 250);
+            let file = std::fs::read(mailbox_dir(&root, &to).join("new").join(name)).expect("file");
+            assert_eq!(
+                String::from_utf8_lossy(&file),
+                format!("{want}Subject: x\r\n\r\nhi\r\n")
+            );
+        }
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -54,7 +54,7 @@ impl NextHop {
     pub async fn open(&self, envelope: &Envelope) -> Result<Txn, Reply> {
         match self {
             Self::Remote(r) => r.open(envelope).await.map(Txn::Remote),
-            Self::Maildir(m) => Ok(Txn::Maildir(m.open())),
+            Self::Maildir(m) => Ok(Txn::Maildir(m.open(envelope.from.as_ref()))),
         }
     }
 }

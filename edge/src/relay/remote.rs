@@ -261,10 +261,7 @@ impl RemoteTxn {
                 }
                 Ok(r) => {
                     if worst.is_none() && !self.lmtp {
-                        worst = Some(Reply::with_text(
-                            reply::MESSAGE_ACCEPTED,
-                            format!("Message accepted for delivery ({})", r.lines.join(" ")),
-                        ));
+                        worst = Some(accepted(&r));
                     }
                 }
                 Err(e) => return hop_failure("end of data", e),
@@ -280,6 +277,18 @@ impl RemoteTxn {
     /// Drops the connection: a next hop discards a transaction that never saw its end.
     pub async fn abort(mut self) {
         let _ = self.conn.io.shutdown().await;
+    }
+}
+
+/// The final reply for a message an SMTP next hop accepted: `250 2.6.0` (the edge's contract for
+/// "handed over") with the next hop's text relayed once, not nested in the edge's own text (a
+/// Moat next hop would otherwise give `Message accepted for delivery (Message accepted ...)`).
+fn accepted(next_hop: &Reply) -> Reply {
+    let text = next_hop.lines.join(" ");
+    if text.trim().is_empty() {
+        reply::MESSAGE_ACCEPTED.into()
+    } else {
+        Reply::with_text(reply::MESSAGE_ACCEPTED, text)
     }
 }
 
@@ -411,5 +420,31 @@ impl ServerCertVerifier for Unauthenticated {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_hops_acceptance_is_relayed_once_and_tagged_once() {
+        let hop = Reply::relayed(
+            250,
+            "2.6.0".into(),
+            vec!["Message accepted for delivery (1.M2.edge-1) [edge-1]".into()],
+        );
+        let mut out = Vec::new();
+        accepted(&hop).render("edge-1", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "250 2.6.0 Message accepted for delivery (1.M2.edge-1) [edge-1]\r\n"
+        );
+        let mut out = Vec::new();
+        accepted(&Reply::relayed(250, String::new(), vec![String::new()])).render("e", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "250 2.6.0 Message accepted for delivery [e]\r\n"
+        );
     }
 }

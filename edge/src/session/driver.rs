@@ -493,6 +493,13 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
     let mut shutdown = shared.shutdown.clone();
     let id = session.facts().id.clone();
     let mut track = Tracking::default();
+    // Bytes already there before the greeting is sent: an early talker (RFC 5321 section 3.1
+    // makes the client wait for the greeting), refused when the listener forbids
+    // unauthenticated pipelining. A zero timeout polls the read once without waiting.
+    if let Ok(Ok(n @ 1..)) = timeout(Duration::ZERO, io.read_buf(&mut buf)).await {
+        session.talked_early(&buf[..n]);
+        buf.clear();
+    }
     loop {
         while let Some(action) = session.poll(SystemTime::now()) {
             match action {

@@ -37,6 +37,9 @@ pub struct SessionConfig {
     pub max_line: usize,
     /// Longest time one command line may take to arrive, however slowly its bytes trickle in.
     pub command_timeout: Duration,
+    /// Close an unauthenticated session that sends where it must wait for a reply
+    /// ([`reply::PROTOCOL_SYNC`]; see [`Session::talked_early`]).
+    pub forbid_unauth_pipelining: bool,
 }
 
 /// What the driver must do next.
@@ -189,6 +192,53 @@ impl Session {
         if self.state != State::Closed {
             self.buf.extend_from_slice(bytes);
         }
+    }
+
+    /// Bytes that arrived before the greeting was sent. With `forbid_unauth_pipelining` the
+    /// greeting is replaced by [`reply::PROTOCOL_SYNC`] and the session closed (RFC 5321
+    /// section 3.1: the client waits for the greeting); otherwise they are served in order.
+    pub fn talked_early(&mut self, bytes: &[u8]) {
+        if self.cfg.forbid_unauth_pipelining && !bytes.is_empty() {
+            tracing::info!(
+                session = %self.facts.id,
+                "improper command pipelining after CONNECT: {:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(100)])
+            );
+            self.out.clear();
+            self.close_with(reply::PROTOCOL_SYNC.into());
+        } else {
+            self.receive(bytes);
+        }
+    }
+
+    /// Whether `cmd`, from an unauthenticated client, came with input after it that the client
+    /// should have held back until the reply: RFC 2920 section 3.1 makes EHLO, DATA, VRFY, EXPN
+    /// and QUIT (and RFC 3207/4954 STARTTLS and AUTH, HELO as EHLO) the last command of a
+    /// group. NOOP, which RFC 2920 lists too, is left out: it changes nothing, and clients
+    /// pipeline it as a keep-alive. Postfix answers such input with `554 5.5.0 Error: SMTP
+    /// protocol synchronization` and hangs up; so does Moat.
+    fn out_of_sync(&mut self, cmd: &Command) -> bool {
+        let ends_group = match cmd {
+            Command::Ehlo(_) => "EHLO",
+            Command::Helo(_) => "HELO",
+            Command::Data => "DATA",
+            Command::StartTls => "STARTTLS",
+            Command::Auth(..) => "AUTH",
+            Command::Quit => "QUIT",
+            Command::Vrfy => "VRFY",
+            Command::Expn => "EXPN",
+            _ => return false,
+        };
+        if !self.cfg.forbid_unauth_pipelining || self.facts.auth.is_some() || self.buf.is_empty() {
+            return false;
+        }
+        tracing::info!(
+            session = %self.facts.id,
+            "improper command pipelining after {ends_group}: {:?}",
+            String::from_utf8_lossy(&self.buf[..self.buf.len().min(100)])
+        );
+        self.close_with(reply::PROTOCOL_SYNC.into());
+        true
     }
 
     /// Whether the session is reading message content (the DATA-block timeout applies).
@@ -387,6 +437,7 @@ impl Session {
             return true;
         }
         match command::parse(body) {
+            Ok(cmd) if self.out_of_sync(&cmd) => {}
             Ok(cmd) => self.handle(cmd),
             Err(code) => self.error(code.into()),
         }

@@ -36,7 +36,7 @@ pub struct SessionFacts {
 pub struct TlsFacts {
     /// Protocol version, e.g. `TLSv1.3`.
     pub version: String,
-    /// Cipher suite, IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    /// Cipher suite, IANA name, e.g. `TLS_AES_256_GCM_SHA384` (see `tls::iana_name`).
     pub cipher: String,
     /// The validated client certificate's DNS names (SAN dNSName entries, else the CN).
     pub client_domains: Vec<String>,

@@ -97,6 +97,12 @@ codes! {
     BAD_DATA_ENDING = 521 "5.5.2" "Message refused: bare <CR>, bare <LF> or NUL in message content; lines must end with <CRLF>";
     /// Recipient domain accepted by no tenant (the relay rules of later issues may allow it).
     RELAY_DENIED = 550 "5.7.64" "TenantAttribution; Relay Access Denied";
+    /// Input sent where the client must wait for a reply (before the greeting, or after a
+    /// command that ends a pipelined group), by an unauthenticated client: the session is
+    /// closed. Postfix's exact reply for its `smtpd_forbid_unauth_pipelining` (Postfix 3.9
+    /// and later, on by default; postconf(5)), which logs "improper command pipelining after
+    /// CMD".
+    PROTOCOL_SYNC = 554 "5.5.0" "Error: SMTP protocol synchronization";
     /// Too many protocol errors in one session.
     TOO_MANY_ERRORS = 421 "4.7.0" "Too many errors, closing connection";
     /// The edge-wide session limit is reached.
@@ -196,10 +202,20 @@ impl Reply {
     }
 
     /// A reply from parts, for replies relayed from a next hop.
+    ///
+    /// The reply is relayed once and tagged once: a node tag the next hop put at the end of its
+    /// last line (` [edge-2]`, when the next hop is itself a Moat edge) is dropped, so the client
+    /// sees one tag, the one of the edge it talks to, instead of `Recipient OK [edge-2] [edge-1]`.
     pub fn relayed(code: u16, status: String, lines: Vec<String>) -> Self {
         let mut lines: Vec<Cow<'static, str>> = lines.into_iter().map(Cow::Owned).collect();
-        if lines.is_empty() {
-            lines.push(Cow::Borrowed(""));
+        match lines.last_mut() {
+            Some(last) => {
+                let kept = without_node_tag(last).len();
+                if kept < last.len() {
+                    last.to_mut().truncate(kept);
+                }
+            }
+            None => lines.push(Cow::Borrowed("")),
         }
         Self {
             code,
@@ -270,9 +286,67 @@ impl Reply {
     }
 }
 
+/// `text` without a trailing node tag (` [name]`, as [`Reply::render`] appends one): a bracketed
+/// word of node-name characters at the very end, after a space.
+pub fn without_node_tag(text: &str) -> &str {
+    let Some(open) = text.strip_suffix(']').and_then(|t| t.rfind(" [")) else {
+        return text;
+    };
+    let name = &text[open + 2..text.len() - 1];
+    let is_tag = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if is_tag {
+        text[..open].trim_end()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn relayed_line(code: u16, status: &str, lines: &[&str], node: &str) -> String {
+        let mut out = Vec::new();
+        Reply::relayed(
+            code,
+            status.into(),
+            lines.iter().map(|l| l.to_string()).collect(),
+        )
+        .render(node, &mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn a_relayed_reply_carries_one_node_tag() {
+        // A Moat next hop tagged with the same name, or another one: one tag, this edge's.
+        assert_eq!(
+            relayed_line(250, "2.1.5", &["Recipient OK [edge-1]"], "edge-1"),
+            "250 2.1.5 Recipient OK [edge-1]\r\n"
+        );
+        assert_eq!(
+            relayed_line(250, "2.1.5", &["Recipient OK [edge-2.example]"], "edge-1"),
+            "250 2.1.5 Recipient OK [edge-1]\r\n"
+        );
+        // A next hop without a tag: its text as it is, tagged once.
+        assert_eq!(
+            relayed_line(550, "5.1.1", &["no such user"], "edge-1"),
+            "550 5.1.1 no such user [edge-1]\r\n"
+        );
+        // Brackets that are not a tag stay.
+        assert_eq!(
+            relayed_line(250, "2.0.0", &["Ok [queued as 1 2]"], "e"),
+            "250 2.0.0 Ok [queued as 1 2] [e]\r\n"
+        );
+        assert_eq!(
+            relayed_line(250, "2.0.0", &["Hello [192.0.2.1]", "Ok []"], "e"),
+            "250-2.0.0 Hello [192.0.2.1]\r\n250 2.0.0 Ok [] [e]\r\n"
+        );
+        assert_eq!(without_node_tag("[edge-1]"), "[edge-1]");
+    }
 
     #[test]
     fn renders_with_node_tag() {

@@ -22,6 +22,8 @@ fn config() -> SessionConfig {
         max_errors: 10,
         max_line: 512,
         command_timeout: Duration::from_secs(60),
+        // The dialogues below pipeline freely; `protocol_synchronization` turns it on.
+        forbid_unauth_pipelining: false,
     }
 }
 
@@ -108,7 +110,7 @@ impl Harness {
                     self.upgrades += 1;
                     self.session.tls_established(TlsFacts {
                         version: "TLSv1.3".into(),
-                        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                        cipher: "TLS_AES_128_GCM_SHA256".into(),
                         client_domains: vec![],
                     });
                 }
@@ -273,7 +275,7 @@ fn starttls_discards_pipelined_commands() {
     assert!(h.delivered[0].starts_with(b"Received: from again.test"));
     assert!(String::from_utf8_lossy(&h.delivered[0]).contains("with ESMTPS id"));
     assert!(String::from_utf8_lossy(&h.delivered[0])
-        .contains("(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"));
+        .contains("(version=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256)"));
 }
 
 #[test]
@@ -695,4 +697,112 @@ fn mx_listeners_do_not_offer_auth() {
     let r = h.send(b"EHLO c\r\n");
     assert!(!r.iter().any(|l| l.contains("AUTH")), "{r:?}");
     h.cmd("AUTH PLAIN", "502 5.5.1");
+}
+
+/// Unauthenticated pipelining where the client must wait (Postfix's
+/// `smtpd_forbid_unauth_pipelining`): `554 5.5.0` and close; legal RFC 2920 groups still work.
+#[test]
+fn protocol_synchronization() {
+    let strict = || {
+        Harness::new(SessionConfig {
+            forbid_unauth_pipelining: true,
+            ..config()
+        })
+    };
+    const SYNC: &str = "554 5.5.0 Error: SMTP protocol synchronization [edge-t]";
+    // Commands after EHLO in the same write.
+    let mut h = strict();
+    assert_eq!(
+        h.send(b"EHLO c.test\r\nMAIL FROM:<a@client.test>\r\n"),
+        vec![SYNC]
+    );
+    assert!(h.closed);
+    // Message content before the 354.
+    let mut h = strict();
+    h.send(b"EHLO c.test\r\n");
+    let r = h.send(
+        b"MAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n",
+    );
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(
+        r[0].starts_with("250 2.1.0") && r[1].starts_with("250 2.1.5"),
+        "{r:?}"
+    );
+    assert_eq!(r[2], SYNC);
+    assert!(h.closed && h.delivered.is_empty());
+    // STARTTLS, QUIT, HELO with input after them.
+    for (first, then) in [
+        (&b"STARTTLS\r\n"[..], &b"EHLO x\r\n"[..]),
+        (b"QUIT\r\n", b"NOOP\r\n"),
+        (b"HELO c.test\r\n", b"NOOP\r\n"),
+    ] {
+        let mut h = strict();
+        h.send(b"EHLO c.test\r\n");
+        assert_eq!(h.send(&[first, then].concat()), vec![SYNC]);
+        assert!(h.closed && h.upgrades == 0);
+    }
+    // Before the greeting.
+    let mut h = Harness::new(SessionConfig {
+        forbid_unauth_pipelining: true,
+        ..config()
+    });
+    h.replies.clear();
+    let mut h2 = {
+        let facts = SessionFacts {
+            id: "s2".into(),
+            peer: "192.0.2.7:4000".parse().unwrap(),
+            local: "192.0.2.1:25".parse().unwrap(),
+            listener: "mx".into(),
+            tls: None,
+            helo: None,
+            auth: None,
+        };
+        Session::new(
+            SessionConfig {
+                forbid_unauth_pipelining: true,
+                ..config()
+            },
+            facts,
+        )
+    };
+    h2.talked_early(b"EHLO early.test\r\n");
+    let mut actions = Vec::new();
+    while let Some(a) = h2.poll(Harness::now()) {
+        actions.push(a);
+    }
+    assert_eq!(
+        actions,
+        vec![Action::Send(reply::PROTOCOL_SYNC.into()), Action::Close]
+    );
+    // Legal groups: MAIL/RCPT/RSET/NOOP pipelined, DATA last; content after the 354; the next
+    // transaction pipelined right after the final dot.
+    let r = h.send(b"EHLO c.test\r\n");
+    assert!(r[0].starts_with("250-"), "{r:?}");
+    let r = h.send(
+        b"NOOP\r\nMAIL FROM:<a@client.test>\r\nRSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nNOOP\r\nDATA\r\n",
+    );
+    assert_eq!(r.len(), 7, "{r:?}");
+    assert!(r[6].starts_with("354"), "{r:?}");
+    let r = h.send(b"Subject: x\r\n\r\nx\r\n.\r\nMAIL FROM:<b@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n");
+    assert!(
+        r[0].starts_with("250 2.6.0") && r[3].starts_with("354"),
+        "{r:?}"
+    );
+    let r = h.send(b"Subject: y\r\n\r\ny\r\n.\r\nQUIT\r\n");
+    assert!(
+        r[0].starts_with("250 2.6.0") && r[1].starts_with("221"),
+        "{r:?}"
+    );
+    assert_eq!(h.delivered.len(), 2);
+}
+
+/// With the setting off, an early talker and content before the 354 are served in order.
+#[test]
+fn pipelining_allowed_when_the_listener_says_so() {
+    let mut h = Harness::new(config());
+    let r = h.send(
+        b"EHLO c.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(r.len(), 6, "{r:?}");
+    assert_eq!(h.delivered.len(), 1);
 }
