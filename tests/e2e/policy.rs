@@ -425,7 +425,9 @@ fn a_population_under_random_changes_agrees_on_every_edge() {
         .collect();
     sample.extend(deleted.iter().take(4).map(|t| format!("d1.p{t}.test")));
     for &e in &edges {
-        assert_eq!(policy_version(&c.edges[e].status), v);
+        // The version may have moved since (counters the probes below cause can restrict or
+        // lift); the domains, which only admins change, have not.
+        assert!(policy_version(&c.edges[e].status) >= v);
         for d in &sample {
             let r = rcpt(&c.edges[e].mx, d);
             let expect = accepted.contains(d);
