@@ -59,7 +59,13 @@ pub fn partner(
 pub fn partner_text(name: &str, restrict_to_ip: bool, restrict_to_certificate: bool) -> String {
     let name: String = name
         .chars()
-        .map(|ch| if ch == ' ' || ch.is_ascii_graphic() { ch } else { '?' })
+        .map(|ch| {
+            if ch == ' ' || ch.is_ascii_graphic() {
+                ch
+            } else {
+                '?'
+            }
+        })
         .collect();
     let settings = match (restrict_to_ip, restrict_to_certificate) {
         (true, true) => "RestrictDomainsToIPAddresses and RestrictDomainsToCertificate",
