@@ -42,25 +42,90 @@ impl Stage {
 pub struct Schedule(pub Vec<Stage>);
 
 impl Default for Schedule {
-    /// The reference table: report only for 30 days, then throttling that rises every ten
-    /// days, blocking from day 60, everything blocked from day 90.
+    /// The best-sourced table ([`REFERENCE`]): report only for 30 days, throttling that rises
+    /// every ten days, throttling with blocking from day 60, blocking only (rising) from day 70,
+    /// everything blocked from day 90.
     fn default() -> Self {
-        let s = |from_day, throttle, block| Stage {
+        Self(REFERENCE.iter().map(|r| r.stage).collect())
+    }
+}
+
+/// Where the default stage table comes from: Microsoft's announcement of the transport-based
+/// enforcement system (the Exchange Team blog, "Throttling and Blocking Email from Persistently
+/// Vulnerable Exchange Servers to Exchange Online", 2023) and its stage table as public write-ups
+/// reproduce it; `docs/exchange-sources.md` lists the pages.
+pub const REFERENCE_SOURCE: &str = "Exchange Team blog, 2023: transport-based enforcement stages";
+
+/// The link to [`REFERENCE_SOURCE`].
+pub const REFERENCE_URL: &str = "https://techcommunity.microsoft.com/t5/exchange-team-blog/throttling-and-blocking-email-from-persistently-vulnerable/bc-p/4125100";
+
+/// One stage of the reference table, with which of its cells a public source confirms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReferenceStage {
+    /// The stage.
+    pub stage: Stage,
+    /// Whether a source gives the stage's throttled minutes (a stage that sources describe as
+    /// blocking only counts as confirmed at 0).
+    pub throttle_confirmed: bool,
+    /// Whether a source gives the stage's blocked minutes.
+    pub block_confirmed: bool,
+}
+
+const fn reference(from_day: u32, throttle: u8, block: u8) -> ReferenceStage {
+    ReferenceStage {
+        stage: Stage {
             from_day,
             throttle,
             block,
-        };
-        Self(vec![
-            s(0, 0, 0),
-            s(30, 5, 0),
-            s(40, 10, 0),
-            s(50, 20, 0),
-            s(60, 30, 5),
-            s(70, 30, 10),
-            s(80, 30, 20),
-            s(90, 0, 60),
-        ])
+        },
+        throttle_confirmed: true,
+        block_confirmed: true,
     }
+}
+
+/// The reference table, stage 1 first. Stages 6 and 7 throttle 0: the sources describe them as
+/// blocking only (the table before issue 18 throttled 30 minutes there, which no source gives).
+pub const REFERENCE: [ReferenceStage; 8] = [
+    reference(0, 0, 0),
+    reference(30, 5, 0),
+    reference(40, 10, 0),
+    reference(50, 20, 0),
+    reference(60, 30, 5),
+    reference(70, 0, 10),
+    reference(80, 0, 20),
+    reference(90, 0, 60),
+];
+
+/// Whether a cell of a stage table is what a source says or an operator's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provenance {
+    /// The value of the reference table at the same stage, given by [`REFERENCE_SOURCE`].
+    Confirmed,
+    /// A value no source gives: set by the operator (or a stage beyond the reference table).
+    Unsourced,
+}
+
+impl Provenance {
+    /// How `moat admin` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Unsourced => "operator's choice",
+        }
+    }
+}
+
+/// The provenance of one stage's cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StageProvenance {
+    /// Of `from_day`.
+    pub from_day: Provenance,
+    /// Of the throttled minutes.
+    pub throttle: Provenance,
+    /// Of the blocked minutes.
+    pub block: Provenance,
 }
 
 impl Schedule {
@@ -94,6 +159,41 @@ impl Schedule {
             ));
         }
         Ok(())
+    }
+
+    /// Which cells of the table a source confirms: a cell is confirmed when the reference table
+    /// has the same stage (same number, same first day) with the same value there and a source
+    /// gives that value.
+    pub fn provenance(&self) -> Vec<StageProvenance> {
+        let mark = |ok: bool| {
+            if ok {
+                Provenance::Confirmed
+            } else {
+                Provenance::Unsourced
+            }
+        };
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, st)| match REFERENCE.get(i) {
+                // A stage moved to other days is another stage: none of its cells is sourced.
+                Some(r) => {
+                    let same = r.stage.from_day == st.from_day;
+                    StageProvenance {
+                        from_day: mark(same),
+                        throttle: mark(
+                            same && r.throttle_confirmed && r.stage.throttle == st.throttle,
+                        ),
+                        block: mark(same && r.block_confirmed && r.stage.block == st.block),
+                    }
+                }
+                None => StageProvenance {
+                    from_day: Provenance::Unsourced,
+                    throttle: Provenance::Unsourced,
+                    block: Provenance::Unsourced,
+                },
+            })
+            .collect()
     }
 
     /// The stage number (1-based) reached after `days` days.
@@ -354,6 +454,56 @@ mod tests {
         assert_eq!(s.get(8).unwrap().block, 60);
         assert_eq!(s.get(0), None);
         assert_eq!(Schedule::parse(&s.render()).unwrap(), s);
+        assert_eq!(
+            s.render(),
+            "0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:0:10,80:0:20,90:0:60"
+        );
+        // Stages 6 and 7 block only, as the sources describe them.
+        assert_eq!(
+            (s.get(6).unwrap().throttle, s.get(6).unwrap().block),
+            (0, 10)
+        );
+        assert_eq!(
+            (s.get(7).unwrap().throttle, s.get(7).unwrap().block),
+            (0, 20)
+        );
+    }
+
+    #[test]
+    fn provenance_marks_what_a_source_gives() {
+        let all = |p: &StageProvenance| {
+            [p.from_day, p.throttle, p.block]
+                .iter()
+                .all(|x| *x == Provenance::Confirmed)
+        };
+        assert!(Schedule::default().provenance().iter().all(all));
+        // The table before issue 18: stages 6 and 7 throttled 30 minutes, which no source gives.
+        let old = Schedule::parse("0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60")
+            .unwrap();
+        let p = old.provenance();
+        for (i, st) in p.iter().enumerate() {
+            let want = if i == 5 || i == 6 {
+                Provenance::Unsourced
+            } else {
+                Provenance::Confirmed
+            };
+            assert_eq!(st.throttle, want, "stage {}", i + 1);
+            assert_eq!(
+                (st.from_day, st.block),
+                (Provenance::Confirmed, Provenance::Confirmed)
+            );
+        }
+        // A shorter, operator-made table: changed cells and moved stages are unsourced.
+        let p =
+            Schedule::parse("0:0:0,10:5:0,30:5:0,40:10:0,50:20:0,60:30:5,70:0:10,80:0:20,90:0:60")
+                .unwrap()
+                .provenance();
+        assert_eq!(p[0].from_day, Provenance::Confirmed);
+        assert_eq!(p[1].from_day, Provenance::Unsourced);
+        assert_eq!(p[1].throttle, Provenance::Unsourced);
+        assert_eq!(p[2].throttle, Provenance::Unsourced);
+        assert!(p[8..].iter().all(|x| x.block == Provenance::Unsourced));
+        assert_eq!(Provenance::Unsourced.label(), "operator's choice");
     }
 
     #[test]

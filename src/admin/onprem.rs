@@ -82,14 +82,15 @@ pub(super) enum BaselineCmd {
 
 #[derive(clap::Subcommand, Debug)]
 pub(super) enum OnpremPolicyCmd {
-    /// Show the stage table and the service name.
+    /// Show the stage table and the service name; each cell says whether a public source
+    /// confirms it or it is an operator's choice.
     Show,
     /// Change the stage table or the service name.
     #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)
         .args(["stages", "service_name", "scope"])))]
     Set {
         /// `FROM-DAY:THROTTLE:BLOCK,...` in stage order, e.g. the default
-        /// `0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60`.
+        /// `0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:0:10,80:0:20,90:0:60`.
         #[arg(long, value_name = "TABLE")]
         stages: Option<String>,
         /// The service named in `4.7.230` / `5.7.230` replies.
@@ -156,37 +157,39 @@ impl Ctx {
                 let reply = self.read(ReadKind::OnpremPolicy, None, None).await?;
                 let p = reply.onprem_policy.unwrap_or_default();
                 let stages = moat_shared::onprem::Schedule::parse(&p.stages).unwrap_or_default();
-                let rows = stages
-                    .0
-                    .iter()
-                    .enumerate()
-                    .map(|(i, st)| {
-                        vec![
-                            (i + 1).to_string(),
-                            st.from_day.to_string(),
-                            st.throttle.to_string(),
-                            st.block.to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
+                let provenance = stages.provenance();
                 match self.output {
                     Output::Json => print_json(&json!({
                         "service": p.service,
                         "scope": p.scope,
-                        "stages": stages.0.iter().enumerate().map(|(i, st)| json!({
-                            "stage": i + 1,
-                            "from-day": st.from_day,
-                            "throttle-minutes": st.throttle,
-                            "block-minutes": st.block,
-                        })).collect::<Vec<_>>(),
+                        "source": {
+                            "name": moat_shared::onprem::REFERENCE_SOURCE,
+                            "url": moat_shared::onprem::REFERENCE_URL,
+                        },
+                        "stages": stages.0.iter().zip(&provenance).enumerate()
+                            .map(|(i, (st, pv))| stage_json(i, st, pv))
+                            .collect::<Vec<_>>(),
                     })),
                     Output::Table => {
+                        let rows = stages
+                            .0
+                            .iter()
+                            .zip(&provenance)
+                            .enumerate()
+                            .map(|(i, (st, pv))| stage_row(i, st, pv))
+                            .collect::<Vec<_>>();
                         out(&format!("service name: {}", p.service));
                         out(&format!("scope: {}", p.scope));
                         out(
                             render_table(&["STAGE", "FROM-DAY", "THROTTLE/HR", "BLOCK/HR"], &rows)
                                 .trim_end(),
                         );
+                        out(&format!(
+                            "confirmed: the value a public source gives ({}, {}); operator's \
+                             choice: a value no source gives",
+                            moat_shared::onprem::REFERENCE_SOURCE,
+                            moat_shared::onprem::REFERENCE_URL
+                        ));
                     }
                 }
                 Ok(())
@@ -356,6 +359,41 @@ pub(super) const EVIDENCE_HEADERS: &[&str] = &[
 
 /// One row of `moat admin onprem servers`: the server, where its build came from, and its
 /// exemption (`by ACTOR: REASON`).
+/// One row of `onprem policy show`: each cell with whether a source confirms it.
+fn stage_row(
+    i: usize,
+    st: &moat_shared::onprem::Stage,
+    pv: &moat_shared::onprem::StageProvenance,
+) -> Vec<String> {
+    let marked = |v: String, p: moat_shared::onprem::Provenance| format!("{v} ({})", p.label());
+    vec![
+        (i + 1).to_string(),
+        marked(st.from_day.to_string(), pv.from_day),
+        marked(st.throttle.to_string(), pv.throttle),
+        marked(st.block.to_string(), pv.block),
+    ]
+}
+
+/// One stage of `onprem policy show -o json`: the values, and per cell `confirmed` or
+/// `operator's choice`.
+fn stage_json(
+    i: usize,
+    st: &moat_shared::onprem::Stage,
+    pv: &moat_shared::onprem::StageProvenance,
+) -> Value {
+    json!({
+        "stage": i + 1,
+        "from-day": st.from_day,
+        "throttle-minutes": st.throttle,
+        "block-minutes": st.block,
+        "provenance": {
+            "from-day": pv.from_day.label(),
+            "throttle-minutes": pv.throttle.label(),
+            "block-minutes": pv.block.label(),
+        },
+    })
+}
+
 pub(super) fn evidence_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
     let t = |ms: i64| {
         if ms == 0 {
@@ -516,5 +554,41 @@ mod tests {
         assert!(parse(&["onprem", "unexempt", "--tenant", "t", "exch1.corp"]).is_ok());
         assert!(parse(&["onprem", "servers"]).is_ok());
         assert!(parse(&["onprem", "servers", "--tenant", "t"]).is_ok());
+    }
+
+    /// Each cell of the stage table says whether a source confirms it: the default table is
+    /// confirmed throughout; the pre-issue-18 throttling of stages 6 and 7 is not.
+    #[test]
+    fn policy_show_marks_each_cell() {
+        use moat_shared::onprem::Schedule;
+        let old = Schedule::parse("0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60")
+            .unwrap();
+        let pv = old.provenance();
+        assert_eq!(
+            super::stage_row(5, &old.0[5], &pv[5]),
+            [
+                "6",
+                "70 (confirmed)",
+                "30 (operator's choice)",
+                "10 (confirmed)"
+            ]
+        );
+        let v = super::stage_json(5, &old.0[5], &pv[5]);
+        assert_eq!(v["throttle-minutes"], 30);
+        assert_eq!(v["provenance"]["throttle-minutes"], "operator's choice");
+        assert_eq!(v["provenance"]["block-minutes"], "confirmed");
+        let new = Schedule::default();
+        let pv = new.provenance();
+        for (i, st) in new.0.iter().enumerate() {
+            let row = super::stage_row(i, st, &pv[i]);
+            assert!(
+                row[1..].iter().all(|c| c.ends_with("(confirmed)")),
+                "{row:?}"
+            );
+        }
+        assert_eq!(
+            super::stage_row(6, &new.0[6], &pv[6]),
+            ["7", "80 (confirmed)", "0 (confirmed)", "20 (confirmed)"]
+        );
     }
 }

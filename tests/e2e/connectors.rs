@@ -323,7 +323,10 @@ fn a_partner_refusal_is_not_counted_as_a_relay_refusal() {
             let from = format!("s{i}@fabrikam.test");
             let msg = (from.as_str(), "alice@example.test", "a@fabrikam.test");
             let why = "partner-scoped domain from the on-premises IP";
-            send_expecting(&mut c, msg, "550 5.7.51 TenantInboundAttribution;", why).await;
+            let want = "550 5.7.51 TenantInboundAttribution; There is a partner connector \
+                        configured that matched the message's recipient domain. The connector \
+                        \"partner\" had the RestrictDomainsToIPAddresses set";
+            send_expecting(&mut c, msg, want, why).await;
         }
         // Then one real relay refusal, after the Partner refusals: once it is counted, they
         // would have been too.

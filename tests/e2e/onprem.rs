@@ -457,6 +457,47 @@ fn pauses_and_a_raised_baseline() {
         1,
         "only the second message counts"
     );
+
+    // Issue 18: `policy show` says which cells of the stage table a source confirms. The
+    // default is the sourced table (stages 6 and 7 block only); the old 30 throttled minutes
+    // of stages 6 and 7, set by the operator, are marked as the operator's choice.
+    let show = dev.admin(&["onprem", "policy", "show"]);
+    let stage6 = &show["stages"][5];
+    assert_eq!(
+        (&stage6["throttle-minutes"], &stage6["block-minutes"]),
+        (&serde_json::json!(0), &serde_json::json!(10)),
+        "{show}"
+    );
+    for st in show["stages"].as_array().expect("stages") {
+        for cell in ["from-day", "throttle-minutes", "block-minutes"] {
+            assert_eq!(st["provenance"][cell], "confirmed", "{st}");
+        }
+    }
+    assert!(show["source"]["url"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("https://")));
+    let old = "0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60";
+    dev.admin_applied(&["onprem", "policy", "set", "--stages", old]);
+    let show = dev.admin(&["onprem", "policy", "show"]);
+    for (i, st) in show["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .enumerate()
+    {
+        let want = if i == 5 || i == 6 {
+            "operator's choice"
+        } else {
+            "confirmed"
+        };
+        assert_eq!(
+            st["provenance"]["throttle-minutes"],
+            want,
+            "stage {}: {st}",
+            i + 1
+        );
+        assert_eq!(st["provenance"]["block-minutes"], "confirmed", "{st}");
+    }
 }
 
 /// `moat admin onprem servers`' row of `server`.

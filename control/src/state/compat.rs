@@ -383,7 +383,11 @@ fn scenario() -> Vec<Proposal> {
         };
     log.op(onprem(
         None,
-        Some(Schedule::default()),
+        // The default table of that release (issue 18 changed the default since).
+        Some(
+            Schedule::parse("0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60")
+                .expect("valid table"),
+        ),
         Some(" Contoso Mail "),
         Some(true),
     ));

@@ -128,8 +128,10 @@ codes! {
     /// exact text).
     RESTRICTED_CONNECTOR = 550 "5.7.711" "Access denied, bad inbound connector. AS(2204)";
     /// A sender domain scoped by a tenant's Partner connector arrived from outside that
-    /// connector's IP addresses or certificate.
-    PARTNER_RESTRICTED = 550 "5.7.51" "TenantInboundAttribution; Rejecting. The sender's domain must arrive through the recipient's partner connector";
+    /// connector's IP addresses or certificate. Exchange Online's observed text; the reply sent
+    /// names the connector and its restriction(s) in place of "either ... or"
+    /// (`verdict::connector::partner_text`).
+    PARTNER_RESTRICTED = 550 "5.7.51" "TenantInboundAttribution; There is a partner connector configured that matched the message's recipient domain. The connector had either the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set";
     /// The recipient tenant's connector requires TLS and the session is in clear text.
     CONNECTOR_REQUIRES_TLS = 451 "4.7.10" "The recipient's inbound connector requires TLS; use STARTTLS";
     /// AUTH succeeded (RFC 4954).
@@ -155,8 +157,9 @@ codes! {
     /// Exchange Online's 3-digit code is not public; Moat answers `550`, permanent, because only
     /// a change of the tenant's setting helps.
     LEGACY_TLS_NOT_ALLOWED = 550 "5.7.67" "TLS 1.0 and 1.1 are not supported by your organization";
-    /// A user restricted for exceeding its sending limits (Exchange Online's text).
-    RESTRICTED_USER = 550 "5.1.8" "Access denied, bad outbound sender";
+    /// A user restricted for exceeding its sending limits (Exchange Online's text as bounces
+    /// show it, with its `AS(42004)` tag).
+    RESTRICTED_USER = 550 "5.1.8" "Access denied, bad outbound sender AS(42004)";
     /// MAIL FROM an address the authenticated user may not send as (Exchange Online's text).
     SEND_AS_DENIED = 550 "5.7.60" "SMTP; Client does not have permissions to send as this sender";
     /// A message from an out-of-date on-premises Exchange server in one of its throttled minutes

@@ -1,6 +1,7 @@
 //! Connector rules: a restricted connector is refused `550 5.7.711` at MAIL; a Partner connector
 //! of the recipient's tenant that scopes the sender's domain refuses it from outside its IP
-//! addresses or certificate (`550 5.7.51`); a connector requiring TLS refuses clear text
+//! addresses or certificate (`550 5.7.51`, Exchange Online's observed text naming the connector
+//! and its restriction); a connector requiring TLS refuses clear text
 //! (`451 4.7.10`).
 
 use moat_shared::{Connector, ConnectorKind, EntityKind, PolicySnapshot};
@@ -42,10 +43,40 @@ pub fn partner(
                 connector: c.id(),
                 sender_domain: from_domain.to_owned(),
                 ip: client.ip,
+                restrict_to_ip: c.restrict_domains_to_ip_addresses,
+                restrict_to_certificate: c.restrict_domains_to_certificate,
             });
         }
     }
     Ok(())
+}
+
+/// The text of the `550 5.7.51` refusal: Exchange Online's observed wording ("There is a
+/// partner connector configured that matched the message's recipient domain. The connector had
+/// either the RestrictDomainsToIPAddresses or RestrictDomainsToCertificate set"), naming the
+/// connector and the restriction(s) it actually has instead of "either ... or" (see
+/// `docs/exchange-sources.md`). Characters outside printable ASCII in the name are sent as `?`.
+pub fn partner_text(name: &str, restrict_to_ip: bool, restrict_to_certificate: bool) -> String {
+    let name: String = name
+        .chars()
+        .map(|ch| {
+            if ch == ' ' || ch.is_ascii_graphic() {
+                ch
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let settings = match (restrict_to_ip, restrict_to_certificate) {
+        (true, true) => "RestrictDomainsToIPAddresses and RestrictDomainsToCertificate",
+        (false, true) => "RestrictDomainsToCertificate",
+        // A denial is only made with one of them set; IP addresses is the form to fall back on.
+        _ => "RestrictDomainsToIPAddresses",
+    };
+    format!(
+        "TenantInboundAttribution; There is a partner connector configured that matched the \
+         message's recipient domain. The connector \"{name}\" had the {settings} set"
+    )
 }
 
 /// RCPT of inbound mail: TLS is required when the connector the client came `through`, or a
@@ -120,7 +151,7 @@ mod tests {
             (
                 "partner-scoped domain from outside the partner's IP",
                 rcpt("192.0.2.9", true, "a@fabrikam.test", "u@contoso.test"),
-                Some("550 5.7.51 TenantInboundAttribution; Rejecting. The sender's domain must arrive through the recipient's partner connector"),
+                Some("550 5.7.51 TenantInboundAttribution; There is a partner connector configured that matched the message's recipient domain. The connector \"partner\" had the RestrictDomainsToIPAddresses set"),
                 None,
             ),
             (
@@ -155,8 +186,17 @@ mod tests {
                 connector: cid("contoso/partner"),
                 sender_domain: "fabrikam.test".into(),
                 ip: "192.0.2.9".parse().unwrap(),
+                restrict_to_ip: true,
+                restrict_to_certificate: false,
             })
         );
+        // The 5.7.51 text names the connector's restrictions as they are set.
+        assert!(partner_text("p", false, true)
+            .ends_with("The connector \"p\" had the RestrictDomainsToCertificate set"));
+        assert!(partner_text("p q", true, true).ends_with(
+            "The connector \"p q\" had the RestrictDomainsToIPAddresses and RestrictDomainsToCertificate set"
+        ));
+        assert!(partner_text("pé\r\n", true, false).contains("\"p???\""));
         assert_eq!(
             rcpt("198.51.100.7", false, "a@fabrikam.test", "u@contoso.test"),
             Some(Denial::ConnectorRequiresTls {

@@ -51,6 +51,10 @@ pub enum Denial {
         sender_domain: String,
         /// The client's address.
         ip: IpAddr,
+        /// The connector's `restrict-domains-to-ip-addresses` (named in the reply).
+        restrict_to_ip: bool,
+        /// The connector's `restrict-domains-to-certificate` (named in the reply).
+        restrict_to_certificate: bool,
     },
     /// A connector that applies to the recipient requires TLS and the session is in clear text.
     ConnectorRequiresTls {
@@ -139,7 +143,15 @@ impl Denial {
     pub fn reply(&self) -> Reply {
         match self {
             Self::ConnectorRestricted { .. } => reply::RESTRICTED_CONNECTOR.into(),
-            Self::PartnerRestricted { .. } => reply::PARTNER_RESTRICTED.into(),
+            Self::PartnerRestricted {
+                connector,
+                restrict_to_ip,
+                restrict_to_certificate,
+                ..
+            } => Reply::with_text(
+                reply::PARTNER_RESTRICTED,
+                connector::partner_text(&connector.name, *restrict_to_ip, *restrict_to_certificate),
+            ),
             Self::ConnectorRequiresTls { .. } => reply::CONNECTOR_REQUIRES_TLS.into(),
             Self::RelayDenied { .. } => reply::RELAY_DENIED.into(),
             Self::SpeedBump { .. } => reply::LEGACY_TLS_SPEED_BUMP.into(),
@@ -469,6 +481,8 @@ mod tests {
                     connector: cid("contoso/partner"),
                     sender_domain: "fabrikam.test".into(),
                     ip,
+                    restrict_to_ip: true,
+                    restrict_to_certificate: false,
                 },
                 reply::PARTNER_RESTRICTED,
             ),

@@ -118,7 +118,7 @@ mod tests {
             (
                 "restricted user",
                 at("bad@contoso.test", Some("bad@contoso.test")),
-                Some("550 5.1.8 Access denied, bad outbound sender"),
+                Some("550 5.1.8 Access denied, bad outbound sender AS(42004)"),
                 None,
             ),
             (
