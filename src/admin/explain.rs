@@ -861,3 +861,245 @@ fn facts(a: &ExplainArgs) -> Result<Facts, Failure> {
         headers,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_shared::onprem::{minutes, Enforced};
+    use moat_shared::submission::SpeedBumpStep;
+    use moat_shared::{
+        CertName, ConnectorKind, Domain, OnpremSettings, PolicyChange, RestrictedEntity,
+        SubmissionUser, Tenant,
+    };
+
+    const SERVER: &str = "exch1.contoso.test";
+
+    fn tid(id: &str) -> TenantId {
+        TenantId::new(id).unwrap()
+    }
+
+    fn connector(name: &str, kind: ConnectorKind) -> Connector {
+        Connector {
+            tenant: tid("contoso"),
+            name: name.into(),
+            kind,
+            enabled: true,
+            sender_ip_addresses: vec![],
+            tls_sender_certificate_name: None,
+            sender_domains: vec![],
+            require_tls: false,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        }
+    }
+
+    /// contoso: OnPremises by IP (192.0.2.0/24, restricted when `restricted`), OnPremises by
+    /// certificate (`*.contoso.test`), a Partner connector scoping fabrikam.test to
+    /// 198.51.100.7 over TLS; a user; the speed bump at 100%; `exch1` enforced at stage 1.
+    fn snapshot(restricted: bool) -> PolicySnapshot {
+        let mut onprem = connector("onprem", ConnectorKind::OnPremises);
+        onprem.sender_ip_addresses = vec![Connector::parse_ip("192.0.2.0/24").unwrap()];
+        let mut cert = connector("cert", ConnectorKind::OnPremises);
+        cert.tls_sender_certificate_name = Some(CertName::new("*.contoso.test").unwrap());
+        let mut partner = connector("partner", ConnectorKind::Partner);
+        partner.sender_ip_addresses = vec![Connector::parse_ip("198.51.100.7").unwrap()];
+        partner.sender_domains = vec!["fabrikam.test".into()];
+        partner.restrict_domains_to_ip_addresses = true;
+        partner.require_tls = true;
+        let restriction = RestrictedEntity {
+            tenant: tid("contoso"),
+            kind: EntityKind::Connector,
+            name: "onprem".into(),
+            reason: "messages 900 in 5 min, 30x the baseline of 30".into(),
+            since_ms: 0,
+            until_ms: None,
+        };
+        PolicySnapshot::from_change(&PolicyChange {
+            version: 7,
+            reset: true,
+            tenants: vec![Tenant {
+                id: tid("contoso"),
+                display_name: "Contoso".into(),
+                accepted_domains: vec![Domain::new("contoso.test").unwrap()],
+                allow_legacy_tls_clients: false,
+            }],
+            connectors: vec![onprem, cert, partner],
+            users: vec![SubmissionUser {
+                tenant: tid("contoso"),
+                address: "app@contoso.test".into(),
+                password_hash: String::new(),
+                send_as: vec![],
+            }],
+            restricted: if restricted {
+                vec![restriction]
+            } else {
+                vec![]
+            },
+            speed_bump: Some(vec![SpeedBumpStep::parse("1970-01-01=100").unwrap()]),
+            onprem: Some(OnpremSettings::default()),
+            enforced: vec![(
+                (tid("contoso"), SERVER.into()),
+                Enforced {
+                    stage: 1,
+                    throttle: 20,
+                    block: 10,
+                },
+            )],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn facts(ip: &str, from: &str, rcpts: &[&str]) -> Facts {
+        Facts {
+            ip: Some(ip.parse().unwrap()),
+            mail_from: Some(from.into()),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The reply each case ends with: the edge's refusals come from its own verdicts.
+    #[test]
+    fn cases_end_with_the_edges_reply() {
+        let open = snapshot(false);
+        let restricted = snapshot(true);
+        let run = |s: &PolicySnapshot, f: Facts| explain(s, &f, 0, "").unwrap();
+        let cases: Vec<(&str, Explanation, &str)> = vec![
+            (
+                "inbound",
+                run(&open, facts("203.0.113.1", "a@ext.test", &["u@contoso.test"])),
+                "250 2.1.5",
+            ),
+            (
+                "relay by IP",
+                run(&open, facts("192.0.2.9", "app@contoso.test", &["x@ext.test"])),
+                "250 2.1.5",
+            ),
+            (
+                "relay refused",
+                run(&open, facts("192.0.2.9", "app@ext.test", &["x@ext.test"])),
+                "550 5.7.64",
+            ),
+            (
+                "partner",
+                run(&open, facts("192.0.2.9", "a@fabrikam.test", &["u@contoso.test"])),
+                "550 5.7.51",
+            ),
+            (
+                "TLS required",
+                run(&open, facts("198.51.100.7", "a@fabrikam.test", &["u@contoso.test"])),
+                "451 4.7.10",
+            ),
+            (
+                "restricted connector",
+                run(&restricted, facts("192.0.2.9", "app@contoso.test", &["x@ext.test"])),
+                "550 5.7.711",
+            ),
+            (
+                "speed bump",
+                run(
+                    &open,
+                    Facts {
+                        tls_version: Some("TLSv1.0".into()),
+                        ..facts("203.0.113.1", "a@ext.test", &["u@contoso.test"])
+                    },
+                ),
+                "421 4.7.66",
+            ),
+            (
+                "unknown AUTH user",
+                run(
+                    &open,
+                    Facts {
+                        auth_user: Some("nobody@contoso.test".into()),
+                        ..facts("203.0.113.1", "a@ext.test", &["u@contoso.test"])
+                    },
+                ),
+                "535 5.7.8",
+            ),
+            (
+                "send-as",
+                run(
+                    &open,
+                    Facts {
+                        auth_user: Some("App@contoso.test".into()),
+                        tls_version: Some("TLSv1.3".into()),
+                        ..facts("203.0.113.1", "ceo@contoso.test", &["x@ext.test"])
+                    },
+                ),
+                "550 5.7.60",
+            ),
+        ];
+        for (what, e, want) in &cases {
+            assert!(e.reply.starts_with(want), "{what}: {e:#?}");
+        }
+        let restricted = &cases[5].1;
+        assert_eq!(restricted.restrictions.len(), 1);
+        assert!(restricted.restrictions[0].reason.contains("900"));
+        assert_eq!(restricted.policy_version, 7);
+        let refused = &cases[2].1;
+        assert_eq!(refused.connectors[0].why, "network 192.0.2.0/24 contains 192.0.2.9");
+        assert_eq!(
+            refused.steps[1].counters,
+            vec!["connector contoso/onprem relay-refused".to_string()]
+        );
+    }
+
+    /// A certificate name matches the certificate connector and relays; with headers, the
+    /// on-premises server is read and judged at the minute given.
+    #[test]
+    fn certificate_route_and_onprem_server() {
+        let snap = snapshot(false);
+        let hour = minutes(SERVER, 0, 1, 20, 10);
+        let blocked = hour.iter().position(|m| *m == Minute::Blocked).unwrap() as i64 * 60_000;
+        let f = Facts {
+            cert_names: vec!["mail.contoso.test".into()],
+            tls_version: Some("TLSv1.2".into()),
+            headers: Some(format!(
+                "Received: from a.contoso.test (10.0.0.1) by {SERVER} (10.0.0.2) with Microsoft SMTP Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.0.1497.2; Mon, 23 Nov 2026 10:00:03 +0000\r\nSubject: x\r\n\r\n"
+            )),
+            ..facts("203.0.113.1", "", &["x@ext.test"])
+        };
+        let e = explain(&snap, &f, blocked, "").unwrap();
+        assert_eq!(e.connectors[0].matched_by, "certificate");
+        assert_eq!(
+            e.connectors[0].why,
+            "certificate name *.contoso.test covers mail.contoso.test"
+        );
+        let o = e.onprem.as_ref().expect("server read");
+        assert_eq!((o.server.as_str(), o.stage, o.minute.as_str()), (SERVER, 1, "blocked"));
+        assert!(e.reply.starts_with("550 5.7.230"), "{e:#?}");
+        let data = e.steps.last().unwrap();
+        assert_eq!(data.counters, vec!["connector contoso/cert onprem-blocked".to_string()]);
+        // The table names each part.
+        let table = render(&e);
+        for needle in [
+            "CONNECTOR",
+            "contoso/cert",
+            "STEP",
+            "550 5.7.230",
+            "On-premises server exch1.contoso.test build 15.0.1497.2",
+        ] {
+            assert!(table.contains(needle), "{needle} in\n{table}");
+        }
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["steps"][2]["step"], "DATA");
+        assert_eq!(json["onprem"]["minute"], "blocked");
+    }
+
+    #[test]
+    fn inputs_are_read_as_a_session_carries_them() {
+        assert_eq!(address("<>").unwrap(), None);
+        assert_eq!(address("").unwrap(), None);
+        assert_eq!(
+            address("<A@Contoso.Test>").unwrap().unwrap().to_string(),
+            "A@contoso.test"
+        );
+        assert!(address("nobody").is_err());
+        assert_eq!(tls_version("1.0").unwrap().as_deref(), Some("TLSv1.0"));
+        assert_eq!(tls_version("TLSv1.3").unwrap().as_deref(), Some("TLSv1.3"));
+        assert_eq!(tls_version("none").unwrap(), None);
+        assert!(tls_version("1.4").is_err());
+    }
+}
