@@ -314,7 +314,12 @@ fn step(name: &str, argument: &str, r: &Reply, rule: String, counters: Vec<Strin
     Step {
         step: name.into(),
         argument: argument.into(),
-        outcome: if r.is_positive() { "accepted" } else { "refused" }.into(),
+        outcome: if r.is_positive() {
+            "accepted"
+        } else {
+            "refused"
+        }
+        .into(),
         code: r.code,
         enhanced: r.status.to_string(),
         reply: r.summary(),
@@ -339,7 +344,11 @@ fn refused(snapshot: &PolicySnapshot, name: &str, argument: &str, d: &Denial) ->
 
 /// Parses an address as a session would carry it: `local@domain`, angle brackets allowed.
 fn address(text: &str) -> Result<Option<Address>, String> {
-    let t = text.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    let t = text
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
     if t.is_empty() {
         return Ok(None);
     }
@@ -361,7 +370,9 @@ fn tls_version(text: &str) -> Result<Option<String>, String> {
     let n = t.trim_start_matches("tlsv").trim_start_matches("tls");
     match n {
         "1.0" | "1.1" | "1.2" | "1.3" => Ok(Some(format!("TLSv{n}"))),
-        _ => Err(format!("`{text}` is not a TLS version (1.0 to 1.3, or none)")),
+        _ => Err(format!(
+            "`{text}` is not a TLS version (1.0 to 1.3, or none)"
+        )),
     }
 }
 
@@ -595,7 +606,10 @@ pub(super) fn explain(
         e.steps.push(s);
     }
     // End of DATA: the on-premises server of the headers, through the transaction's connector.
-    if let (Some(headers), true) = (&facts.headers, e.steps.iter().any(|s| s.code < 300 && s.step == "RCPT")) {
+    if let (Some(headers), true) = (
+        &facts.headers,
+        e.steps.iter().any(|s| s.code < 300 && s.step == "RCPT"),
+    ) {
         if let Some((sighting, line)) = moat_shared::exchange::evidence(headers) {
             let rules = snapshot.onprem();
             let judged = first
@@ -968,12 +982,18 @@ mod tests {
         let cases: Vec<(&str, Explanation, &str)> = vec![
             (
                 "inbound",
-                run(&open, facts("203.0.113.1", "a@ext.test", &["u@contoso.test"])),
+                run(
+                    &open,
+                    facts("203.0.113.1", "a@ext.test", &["u@contoso.test"]),
+                ),
                 "250 2.1.5",
             ),
             (
                 "relay by IP",
-                run(&open, facts("192.0.2.9", "app@contoso.test", &["x@ext.test"])),
+                run(
+                    &open,
+                    facts("192.0.2.9", "app@contoso.test", &["x@ext.test"]),
+                ),
                 "250 2.1.5",
             ),
             (
@@ -983,17 +1003,26 @@ mod tests {
             ),
             (
                 "partner",
-                run(&open, facts("192.0.2.9", "a@fabrikam.test", &["u@contoso.test"])),
+                run(
+                    &open,
+                    facts("192.0.2.9", "a@fabrikam.test", &["u@contoso.test"]),
+                ),
                 "550 5.7.51",
             ),
             (
                 "TLS required",
-                run(&open, facts("198.51.100.7", "a@fabrikam.test", &["u@contoso.test"])),
+                run(
+                    &open,
+                    facts("198.51.100.7", "a@fabrikam.test", &["u@contoso.test"]),
+                ),
                 "451 4.7.10",
             ),
             (
                 "restricted connector",
-                run(&restricted, facts("192.0.2.9", "app@contoso.test", &["x@ext.test"])),
+                run(
+                    &restricted,
+                    facts("192.0.2.9", "app@contoso.test", &["x@ext.test"]),
+                ),
                 "550 5.7.711",
             ),
             (
@@ -1039,7 +1068,10 @@ mod tests {
         assert!(restricted.restrictions[0].reason.contains("900"));
         assert_eq!(restricted.policy_version, 7);
         let refused = &cases[2].1;
-        assert_eq!(refused.connectors[0].why, "network 192.0.2.0/24 contains 192.0.2.9");
+        assert_eq!(
+            refused.connectors[0].why,
+            "network 192.0.2.0/24 contains 192.0.2.9"
+        );
         assert_eq!(
             refused.steps[1].counters,
             vec!["connector contoso/onprem relay-refused".to_string()]
@@ -1068,10 +1100,16 @@ mod tests {
             "certificate name *.contoso.test covers mail.contoso.test"
         );
         let o = e.onprem.as_ref().expect("server read");
-        assert_eq!((o.server.as_str(), o.stage, o.minute.as_str()), (SERVER, 1, "blocked"));
+        assert_eq!(
+            (o.server.as_str(), o.stage, o.minute.as_str()),
+            (SERVER, 1, "blocked")
+        );
         assert!(e.reply.starts_with("550 5.7.230"), "{e:#?}");
         let data = e.steps.last().unwrap();
-        assert_eq!(data.counters, vec!["connector contoso/cert onprem-blocked".to_string()]);
+        assert_eq!(
+            data.counters,
+            vec!["connector contoso/cert onprem-blocked".to_string()]
+        );
         // The table names each part.
         let table = render(&e);
         for needle in [

@@ -85,7 +85,13 @@ fn explain_predicts_the_edges_reply() {
         a.extend(args);
         dev.admin_applied(&a);
     };
-    connector(&["onprem", "--type", "on-premises", "--sender-ip", "127.0.0.2"]);
+    connector(&[
+        "onprem",
+        "--type",
+        "on-premises",
+        "--sender-ip",
+        "127.0.0.2",
+    ]);
     connector(&[
         "partner",
         "--type",
@@ -114,10 +120,16 @@ fn explain_predicts_the_edges_reply() {
         let (real_code, real_status) = code(&real);
         let (code_p, status_p) = code(predicted);
         assert_eq!(real_code, want_code, "{what}: the edge said {real}");
-        assert_eq!(code_p, real_code, "{what}: explain {explained}, edge {real}");
+        assert_eq!(
+            code_p, real_code,
+            "{what}: explain {explained}, edge {real}"
+        );
         if want.len() > 3 {
             assert_eq!(real_status, want_status, "{what}: the edge said {real}");
-            assert_eq!(status_p, real_status, "{what}: explain {explained}, edge {real}");
+            assert_eq!(
+                status_p, real_status,
+                "{what}: explain {explained}, edge {real}"
+            );
             // The refusal's text is the edge's, up to the node tag it appends.
             assert!(real.starts_with(predicted), "{what}: {predicted} vs {real}");
         }
@@ -161,7 +173,12 @@ fn explain_predicts_the_edges_reply() {
             .args(["admin", "--data"])
             .arg(&dev.data)
             .args(["--token", &token, "-o", "json", "explain"])
-            .args(["--client-ip", "127.0.0.2", "--mail-from", "app@example.test"])
+            .args([
+                "--client-ip",
+                "127.0.0.2",
+                "--mail-from",
+                "app@example.test",
+            ])
             .args(["--rcpt", "x@remote.test", "--tenant", tenant]))
     };
     let (ok, out, err) = explain_as("other.test");
@@ -170,5 +187,8 @@ fn explain_predicts_the_edges_reply() {
     assert!(ok, "{err}");
     let own: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(own["scope"], "example.test");
-    assert!(own["reply"].as_str().unwrap_or_default().starts_with("250"), "{own}");
+    assert!(
+        own["reply"].as_str().unwrap_or_default().starts_with("250"),
+        "{own}"
+    );
 }

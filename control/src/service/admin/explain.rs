@@ -41,11 +41,10 @@ pub(super) fn policy(
     q: &v1::ExplainQuery,
     scope: &str,
 ) -> Result<v1::PolicyUpdate, Status> {
-    let ip: IpAddr = q
-        .client_ip
-        .trim()
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("`{}` is not an IP address", q.client_ip)))?;
+    let ip: IpAddr =
+        q.client_ip.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!("`{}` is not an IP address", q.client_ip))
+        })?;
     let in_scope = |t: &TenantId| scope.is_empty() || t.as_str() == scope;
     let login = q.auth_user.trim().to_lowercase();
     let mut tenants: BTreeSet<TenantId> = BTreeSet::new();
