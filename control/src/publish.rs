@@ -583,7 +583,7 @@ fn split(stamp: Stamp, u: v1::PolicyUpdate, out: &mut Vec<v1::PolicyUpdate>) {
 }
 
 /// The servers edges throttle or block now, with their stage's minutes.
-fn enforced(state: &State) -> Vec<v1::EnforcedServer> {
+pub(crate) fn enforced(state: &State) -> Vec<v1::EnforcedServer> {
     let schedule = state.onprem.schedule();
     state
         .onprem
@@ -603,14 +603,15 @@ fn enforced(state: &State) -> Vec<v1::EnforcedServer> {
         .collect()
 }
 
-fn speed_bump(state: &State) -> v1::SpeedBump {
+/// The legacy-TLS speed bump schedule, as the wire carries it.
+pub(crate) fn speed_bump(state: &State) -> v1::SpeedBump {
     v1::SpeedBump {
         steps: state.limits.speed_bump.iter().map(step_to_wire).collect(),
     }
 }
 
 /// Baseline, service and scope of the on-premises rules (the enforced servers travel apart).
-fn onprem_settings(state: &State) -> v1::OnpremRules {
+pub(crate) fn onprem_settings(state: &State) -> v1::OnpremRules {
     v1::OnpremRules {
         baseline: baseline_to_wire(state),
         enforced: Vec::new(),

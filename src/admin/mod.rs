@@ -13,6 +13,7 @@
 //! - [`audit`], [`counters`], [`report`], [`alerts`]: what the cluster recorded.
 //! - [`restricted`], [`tls`], [`outbound_policy`], [`detection`], [`onprem`]: enforcement and
 //!   its settings.
+//! - [`explain`]: what an edge would answer a session, step by step, and why.
 //! - [`cluster`], [`dev`]: membership, and the development clock.
 //! - [`render`]: tables, JSON, cells and times shared by the renderers.
 //!
@@ -27,6 +28,7 @@ mod counters;
 mod detection;
 mod dev;
 mod domain;
+mod explain;
 mod onprem;
 mod outbound_policy;
 mod render;
@@ -52,6 +54,7 @@ use connector::ConnectorCmd;
 use detection::DetectionCmd;
 use dev::DevCmd;
 use domain::DomainCmd;
+use explain::ExplainArgs;
 use onprem::OnpremCmd;
 use outbound_policy::OutboundPolicyCmd;
 use render::{out, print_json, render_table};
@@ -188,6 +191,10 @@ enum Resource {
     /// Development aids of a `moat dev` cluster (refused by production clusters).
     #[command(subcommand)]
     Dev(DevCmd),
+    /// Explain what an edge would answer a session (connectors matched, the rule and reply of
+    /// each step, counters, restrictions), evaluated on the cluster's current policy with the
+    /// edge's own verdicts.
+    Explain(Box<ExplainArgs>),
     /// Apply a seed file (the TOML format of `moat dev` / `moat control --seed`): tenants, and
     /// each tenant's `[[tenant.connector]]` and `[[tenant.user]]` tables.
     Apply {
@@ -504,6 +511,7 @@ impl Ctx {
             Resource::OutboundPolicy(c) => self.outbound_policy(c).await,
             Resource::Detection(c) => self.detection(c).await,
             Resource::Cluster(c) => self.cluster(c).await,
+            Resource::Explain(a) => self.explain(*a).await,
             Resource::Apply { .. } => self.apply(input.unwrap_or_default()).await,
         }
     }

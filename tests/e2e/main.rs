@@ -14,6 +14,7 @@ mod connectors;
 mod harness;
 
 mod delivery;
+mod explain;
 mod fidelity;
 mod limits;
 mod next_hop;

@@ -1,6 +1,7 @@
 //! The Admin service (`moat admin`): who is calling, then dispatch to the writes
 //! ([`write`]: each proposes one command) and the reads ([`read`]: state rendered to proto,
-//! and the cluster view). Authorization is the pure [`authz`] module.
+//! and the cluster view; [`explain`]: the policy subset `moat admin explain` evaluates).
+//! Authorization is the pure [`authz`] module.
 
 use moat_proto::mtls::caller_role;
 use moat_proto::v1;
@@ -10,6 +11,7 @@ use super::Services;
 use authz::{authenticate, principal_of, Caller, Credentials, Principal};
 
 pub(crate) mod authz;
+mod explain;
 mod paging;
 mod read;
 pub(crate) mod write;

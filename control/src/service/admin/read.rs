@@ -469,6 +469,10 @@ fn read_reply(
             });
         }
         K::Clock => {}
+        K::Explain => {
+            let q = r.explain.clone().unwrap_or_default();
+            reply.explain_policy = Some(super::explain::policy(state, &q, &r.tenant)?);
+        }
         K::AlertContacts => {
             let from = text_key(bounds.after, |k| TenantId::new(k).ok())?;
             let items = range_after(&state.alert_routing.contacts, from)
