@@ -72,10 +72,15 @@ fn wait_agreement(c: &Cluster, edge: &str, version: u64) -> u64 {
         if let Some((node, _, _)) = seen.iter().find(|(_, a, v)| a == "match" && *v >= version) {
             return *node;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{edge} never agreed at version {version}: {seen:?}"
-        );
+        if t0.elapsed() > Duration::from_secs(30) {
+            let log = std::fs::read_to_string(c.dir.0.join(format!("{edge}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{edge} never agreed at version {version}: {seen:?}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

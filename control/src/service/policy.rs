@@ -85,6 +85,31 @@ fn record(shared: &Shared, w: &v1::WatchRequest, digests: bool) {
     }
 }
 
+/// Compares again what `edge` last reported with this node's digests: a node that was behind
+/// the edge (it came from a node further on) learns the digest of the edge's version only once
+/// it catches up, and the edge, having nothing new to apply, reports nothing more.
+fn refresh_agreement(shared: &Shared, edge: &str) {
+    let Ok(mut edges) = shared.edges.lock() else {
+        return;
+    };
+    let Some(seen) = edges.get_mut(edge) else {
+        return;
+    };
+    if seen.agreement != Agreement::Unknown || seen.digest == 0 || seen.applied == 0 {
+        return;
+    }
+    seen.agreement = match shared.policy.borrow().digest_at(seen.applied) {
+        Some(d) if d == seen.digest => Agreement::Match,
+        Some(_) => Agreement::Mismatch,
+        None => return,
+    };
+    let disagreeing = edges
+        .values()
+        .filter(|e| e.agreement == Agreement::Mismatch)
+        .count();
+    metrics::gauge!("moat_control_edges_policy_mismatch").set(disagreeing as f64);
+}
+
 /// Waits for the next published policy; `false` when the stream should end (the node turned
 /// unready, the edge went away, or the node is stopping).
 async fn next_change(
@@ -207,6 +232,7 @@ impl v1::policy_server::Policy for Services {
             loop {
                 let published = Arc::clone(&policy.borrow_and_update());
                 let newest = published.stamp.version;
+                refresh_agreement(&shared, &edge);
                 let steps = match holds {
                     _ if newest == 0 => Some(Vec::new()),
                     // The edge is ahead of this node (it came from a node further on): wait
