@@ -1,8 +1,9 @@
 //! `moat admin explain` (issue 18, part 1) against a real `moat dev`: for a matrix of sessions
 //! (accepted inbound, relay through an OnPremises connector by IP, relay refused, a Partner
 //! connector's refusal, a connector requiring TLS, an unknown recipient domain), the reply
-//! `explain` predicts is the reply a real SMTP session gets from the edge; and a tenant admin
-//! may explain only for its own tenant.
+//! `explain` predicts is the reply a real SMTP session gets from the edge, and so it is for
+//! random sessions drawn from the same parts; and a tenant admin may explain only for its own
+//! tenant.
 
 use crate::client::Client;
 use crate::harness::{moat, run, runtime, Dev, TempDir, ANY_PORTS};
@@ -134,6 +135,49 @@ fn explain_predicts_the_edges_reply() {
             assert!(real.starts_with(predicted), "{what}: {predicted} vs {real}");
         }
     }
+    // Random sessions drawn from the same parts: explain and the edge agree on each.
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.9"];
+    let froms = [
+        "app@example.test",
+        "a@foreign.test",
+        "s@fabrikam.test",
+        "x@Sub.Example.test",
+        "y@remote.test",
+    ];
+    let tos = [
+        "alice@example.test",
+        "x@remote.test",
+        "bob@unknown.test",
+        "Postmaster@EXAMPLE.test",
+        "z@fabrikam.test",
+    ];
+    let mut seed: u64 = 18;
+    let mut draw = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as usize) % n
+    };
+    for _ in 0..24 {
+        let (ip, from, to) = (ips[draw(4)], froms[draw(5)], tos[draw(5)]);
+        let real = runtime().block_on(session(&server, ip, from, to));
+        let explained = dev.admin(&[
+            "explain",
+            "--client-ip",
+            ip,
+            "--mail-from",
+            from,
+            "--rcpt",
+            to,
+        ]);
+        let predicted = explained["reply"].as_str().unwrap_or_default();
+        assert_eq!(
+            code(predicted),
+            code(&real),
+            "{ip} {from} -> {to}: explain {explained}, edge {real}"
+        );
+    }
+
     // The relay case names the connector and the network that matched.
     let relay = dev.admin(&[
         "explain",

@@ -73,8 +73,8 @@ fn wait_agreement(c: &Cluster, edge: &str, version: u64) -> u64 {
             return *node;
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            let log = std::fs::read_to_string(c.dir.0.join(format!("{edge}.log")))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(c.dir.0.join(format!("{edge}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             panic!(
                 "{edge} never agreed at version {version}: {seen:?}\n{}",
