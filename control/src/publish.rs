@@ -129,36 +129,17 @@ impl View {
         parts.cur.speed_bump = Some(self.speed_bump.clone());
         parts.cur.onprem = Some(self.onprem.clone());
         parts.cur.clock_offset_ms = Some(self.clock_offset_ms);
-        for t in self.tenants.values() {
-            if !parts.room(t.encoded_len()) {
-                return;
-            }
-            parts.cur.tenants.push((**t).clone());
+        macro_rules! every {
+            ($($field:ident),*) => {$(
+                for item in self.$field.values() {
+                    if !parts.room(item.encoded_len()) {
+                        return;
+                    }
+                    parts.cur.$field.push((**item).clone());
+                }
+            )*};
         }
-        for c in self.connectors.values() {
-            if !parts.room(c.encoded_len()) {
-                return;
-            }
-            parts.cur.connectors.push((**c).clone());
-        }
-        for u in self.users.values() {
-            if !parts.room(u.encoded_len()) {
-                return;
-            }
-            parts.cur.users.push((**u).clone());
-        }
-        for r in self.restricted.values() {
-            if !parts.room(r.encoded_len()) {
-                return;
-            }
-            parts.cur.restricted.push((**r).clone());
-        }
-        for e in self.enforced.values() {
-            if !parts.room(e.encoded_len()) {
-                return;
-            }
-            parts.cur.enforced.push((**e).clone());
-        }
+        every!(tenants, connectors, users, restricted, enforced);
         parts.finish();
     }
 
@@ -452,49 +433,33 @@ impl Publisher {
             }
         }
         // Restrictions: a short list, compared whole.
-        let now: HashTrieMapSync<_, _> = state
-            .restricted
+        let (set, gone) = compare(
+            state.restricted.iter().map(restricted_to_wire).collect(),
+            restricted_key,
+            &view.restricted,
+        );
+        u.restricted = set;
+        u.unrestricted = gone
             .iter()
-            .map(|r| {
-                let w = restricted_to_wire(r);
-                (restricted_key(&w), w)
+            .map(|r| v1::RestrictedEntity {
+                tenant: r.tenant.clone(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                ..Default::default()
             })
             .collect();
-        for (k, r) in now.iter() {
-            if view.restricted.get(k).map(|have| &**have) != Some(r) {
-                u.restricted.push(r.clone());
-            }
-        }
-        for (k, r) in view.restricted.iter() {
-            if !now.contains_key(k) {
-                u.unrestricted.push(v1::RestrictedEntity {
-                    tenant: r.tenant.clone(),
-                    kind: r.kind.clone(),
-                    name: r.name.clone(),
-                    ..Default::default()
-                });
-            }
-        }
         // Enforced servers: compared whole, only when enforcement may have moved.
         if touched.onprem {
-            let now: HashTrieMapSync<_, _> = enforced(state)
-                .into_iter()
-                .map(|e| (enforced_key(&e), e))
+            let (set, gone) = compare(enforced(state), enforced_key, &view.enforced);
+            u.enforced = set;
+            u.unenforced = gone
+                .iter()
+                .map(|e| v1::EnforcedServer {
+                    tenant: e.tenant.clone(),
+                    server: e.server.clone(),
+                    ..Default::default()
+                })
                 .collect();
-            for (k, e) in now.iter() {
-                if view.enforced.get(k).map(|have| &**have) != Some(e) {
-                    u.enforced.push(e.clone());
-                }
-            }
-            for (k, e) in view.enforced.iter() {
-                if !now.contains_key(k) {
-                    u.unenforced.push(v1::EnforcedServer {
-                        tenant: e.tenant.clone(),
-                        server: e.server.clone(),
-                        ..Default::default()
-                    });
-                }
-            }
         }
         let sb = speed_bump(state);
         if sb != view.speed_bump {
@@ -545,6 +510,31 @@ impl Publisher {
             digest,
         };
     }
+}
+
+/// Compares items computed from the state with what was published, by key: the items that
+/// are new or differ, and the published ones no longer there.
+fn compare<K, V>(
+    now: Vec<V>,
+    key: impl Fn(&V) -> K,
+    published: &HashTrieMapSync<K, Arc<V>>,
+) -> (Vec<V>, Vec<Arc<V>>)
+where
+    K: Eq + std::hash::Hash,
+    V: PartialEq,
+{
+    let now: std::collections::HashMap<K, V> = now.into_iter().map(|v| (key(&v), v)).collect();
+    let gone = published
+        .iter()
+        .filter(|(k, _)| !now.contains_key(*k))
+        .map(|(_, v)| Arc::clone(v))
+        .collect();
+    let set = now
+        .into_iter()
+        .filter(|(k, v)| published.get(k).map(|have| &**have) != Some(v))
+        .map(|(_, v)| v)
+        .collect();
+    (set, gone)
 }
 
 /// Splits one update into parts of at most [`PART_BYTES`]; the last has `last` set.

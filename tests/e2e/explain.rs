@@ -30,6 +30,19 @@ async fn session(server: &str, source: &str, from: &str, to: &str) -> String {
     r
 }
 
+/// `moat admin explain -o json` for one sender and recipient from `ip`.
+fn explain(dev: &Dev, ip: &str, from: &str, to: &str) -> serde_json::Value {
+    dev.admin(&[
+        "explain",
+        "--client-ip",
+        ip,
+        "--mail-from",
+        from,
+        "--rcpt",
+        to,
+    ])
+}
+
 /// Each case: what it is, client IP, MAIL FROM, RCPT TO, and the reply's code and enhanced
 /// status both paths must give.
 const CASES: &[(&str, &str, &str, &str, &str)] = &[
@@ -107,15 +120,7 @@ fn explain_predicts_the_edges_reply() {
     let server = dev.edge_listener(0, "mx");
     for (what, ip, from, to, want) in CASES {
         let real = runtime().block_on(session(&server, ip, from, to));
-        let explained = dev.admin(&[
-            "explain",
-            "--client-ip",
-            ip,
-            "--mail-from",
-            from,
-            "--rcpt",
-            to,
-        ]);
+        let explained = explain(&dev, ip, from, to);
         let predicted = explained["reply"].as_str().unwrap_or_default();
         let (want_code, want_status) = code(&format!("{want} x"));
         let (real_code, real_status) = code(&real);
@@ -161,15 +166,7 @@ fn explain_predicts_the_edges_reply() {
     for _ in 0..24 {
         let (ip, from, to) = (ips[draw(4)], froms[draw(5)], tos[draw(5)]);
         let real = runtime().block_on(session(&server, ip, from, to));
-        let explained = dev.admin(&[
-            "explain",
-            "--client-ip",
-            ip,
-            "--mail-from",
-            from,
-            "--rcpt",
-            to,
-        ]);
+        let explained = explain(&dev, ip, from, to);
         let predicted = explained["reply"].as_str().unwrap_or_default();
         assert_eq!(
             code(predicted),
@@ -179,15 +176,7 @@ fn explain_predicts_the_edges_reply() {
     }
 
     // The relay case names the connector and the network that matched.
-    let relay = dev.admin(&[
-        "explain",
-        "--client-ip",
-        "127.0.0.2",
-        "--mail-from",
-        "app@foreign.test",
-        "--rcpt",
-        "x@remote.test",
-    ]);
+    let relay = explain(&dev, "127.0.0.2", "app@foreign.test", "x@remote.test");
     assert_eq!(relay["connectors"][0]["connector"], "example.test/onprem");
     assert_eq!(
         relay["connectors"][0]["why"],

@@ -11,6 +11,7 @@
 //! A node that has known no leader for longer than `unready_after` refuses new streams and
 //! ends open ones, so edges move to a node that still follows the cluster.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,11 +71,7 @@ fn record(shared: &Shared, w: &v1::WatchRequest, digests: bool) {
                 agreement,
             },
         );
-        let disagreeing = edges
-            .values()
-            .filter(|e| e.agreement == Agreement::Mismatch)
-            .count();
-        metrics::gauge!("moat_control_edges_policy_mismatch").set(disagreeing as f64);
+        set_mismatch_gauge(&edges);
     }
     if agreement == Agreement::Mismatch {
         tracing::warn!(
@@ -103,6 +100,11 @@ fn refresh_agreement(shared: &Shared, edge: &str) {
         Some(_) => Agreement::Mismatch,
         None => return,
     };
+    set_mismatch_gauge(&edges);
+}
+
+/// Sets `moat_control_edges_policy_mismatch` from the edges this node knows.
+fn set_mismatch_gauge(edges: &BTreeMap<String, EdgeSeen>) {
     let disagreeing = edges
         .values()
         .filter(|e| e.agreement == Agreement::Mismatch)
@@ -110,13 +112,12 @@ fn refresh_agreement(shared: &Shared, edge: &str) {
     metrics::gauge!("moat_control_edges_policy_mismatch").set(disagreeing as f64);
 }
 
-/// Waits for the next published policy; `false` when the stream should end (the node turned
-/// unready, the edge went away, or the node is stopping).
-async fn next_change(
+/// Waits for the next published policy; `false` when the stream `tx` feeds should end (the
+/// node turned unready, which the edge is told, the edge went away, or the node is stopping).
+async fn next_change<T>(
     policy: &mut watch::Receiver<Arc<Published>>,
     shared: &Shared,
-    closed: impl Fn() -> bool,
-    on_gone: impl AsyncFnOnce(Status),
+    tx: &mpsc::Sender<Result<T, Status>>,
 ) -> bool {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -124,10 +125,10 @@ async fn next_change(
             changed = policy.changed() => return changed.is_ok(),
             _ = tick.tick() => {
                 if let Some(gone) = leaderless(shared) {
-                    on_gone(gone).await;
+                    let _ = tx.send(Err(gone)).await;
                     return false;
                 }
-                if closed() {
+                if tx.is_closed() {
                     return false;
                 }
             }
@@ -180,17 +181,7 @@ impl v1::policy_server::Policy for Services {
                         return;
                     }
                 }
-                let tx2 = tx.clone();
-                let more = next_change(
-                    &mut policy,
-                    &shared,
-                    || tx.is_closed(),
-                    async move |s| {
-                        let _ = tx2.send(Err(s)).await;
-                    },
-                )
-                .await;
-                if !more {
+                if !next_change(&mut policy, &shared, &tx).await {
                     return;
                 }
             }
@@ -274,17 +265,7 @@ impl v1::policy_server::Policy for Services {
                 if newest > 0 && holds.is_none_or(|v| v < newest) {
                     holds = Some(newest);
                 }
-                let tx2 = tx.clone();
-                let more = next_change(
-                    &mut policy,
-                    &shared,
-                    || tx.is_closed(),
-                    async move |s| {
-                        let _ = tx2.send(Err(s)).await;
-                    },
-                )
-                .await;
-                if !more {
+                if !next_change(&mut policy, &shared, &tx).await {
                     return;
                 }
             }

@@ -28,24 +28,13 @@ fn check_log_version(shared: &Shared, command: &Command) -> Result<(), Status> {
     if needed <= 1 {
         return Ok(());
     }
-    let (leader, voters) = shared
-        .view
-        .borrow()
-        .status
-        .as_ref()
-        .map(|s| (s.leader, s.voters.clone()))
-        .unwrap_or_default();
+    let leader = shared.view.borrow().status.as_ref().map_or(0, |s| s.leader);
     if leader != shared.id {
         // A follower hears only from the leader: it proposes nothing anyway, and refuses the
         // write with the leader's address, where the client retries and this check is made.
         return Ok(());
     }
-    let seen = shared
-        .peer_log_versions
-        .lock()
-        .map(|m| m.clone())
-        .unwrap_or_default();
-    let behind = behind(needed, &voters, shared.id, &seen);
+    let behind = voters_behind(shared, needed);
     if behind.is_empty() {
         return Ok(());
     }
@@ -70,6 +59,12 @@ fn check_log_version(shared: &Shared, command: &Command) -> Result<(), Status> {
 /// Whether every voter (this node included) is known to apply log version `needed`: what the
 /// leader checks before it carries data only that version reads (signal batches' evidence).
 pub(crate) fn voters_apply(shared: &Shared, needed: u32) -> bool {
+    voters_behind(shared, needed).is_empty()
+}
+
+/// The voters other than this node not known to apply log version `needed`, from the raft
+/// view and the versions peers' batches carried.
+fn voters_behind(shared: &Shared, needed: u32) -> Vec<u64> {
     let voters = shared
         .view
         .borrow()
@@ -82,7 +77,7 @@ pub(crate) fn voters_apply(shared: &Shared, needed: u32) -> bool {
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();
-    behind(needed, &voters, shared.id, &seen).is_empty()
+    behind(needed, &voters, shared.id, &seen)
 }
 
 /// The voters other than `me` not known to apply log version `needed`.
