@@ -12,11 +12,13 @@
 //! - [`digest`]: the order-independent digest of a policy that edges and control nodes compare.
 //! - [`mtls`]: internal mutual TLS: certificate roles, material checked and renewed from files.
 //! - [`paging`]: the opaque page tokens of paginated admin reads.
+//! - [`report`]: reports as tables of text cells, with their CSV form.
 
 pub mod convert;
 pub mod digest;
 pub mod mtls;
 pub mod paging;
+pub mod report;
 
 /// Everything `moat.proto` defines (package `moat.v1`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used)]
