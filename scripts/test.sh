@@ -17,6 +17,10 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The system's trusted CAs, which https alert webhooks are checked against.
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# Debian's Chromium, headless, for the admin console's browser tests (and a font to render
+# its pages' text in screenshots).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -30,6 +34,9 @@ fi
 python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check -r tests/helm/requirements.txt
 python3 tests/helm/test_chart.py
+# Playwright drives that Chromium; its package carries its own driver and downloads no browser.
+python3 -c 'import playwright' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check -r tests/console/requirements.txt
 bash tests/prometheus/run.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -45,6 +52,9 @@ bash scripts/fuzz.sh
 # by the script if missing): nothing below the listeners' policy is offered.
 python3 tests/adversarial/smtp_sessions.py
 python3 tests/adversarial/tls_audit.py
+# The admin console in a real browser: sign-in, a flood restricted and unblocked from the
+# Restricted entities page, tenant scope, CSRF, a reader, the on-prem pause, CSV downloads.
+python3 tests/console/console.py
 # Chaos: a 3-node control plane and 2 edges under mail load for 3 minutes while nodes are
 # killed, frozen and restarted and the next hop fills up; nothing acknowledged may be lost.
 # Network partitions: control nodes and edges in network namespaces, links cut and healed

@@ -28,8 +28,9 @@ START_TIMEOUT = 180.0
 class MoatDev:
     """One `moat dev` process group with its own data directory."""
 
-    def __init__(self, name: str, config: str | None = None):
+    def __init__(self, name: str, config: str | None = None, extra: list[str] | None = None):
         self.name = name
+        self.extra = list(extra or [])
         self.dir = Path(tempfile.mkdtemp(prefix=f"moat-adv-{name}-"))
         self.data = self.dir / "data"
         self.log_path = self.dir / "moat.log"
@@ -44,7 +45,7 @@ class MoatDev:
             str(BINARY), "dev", "--data", str(self.data),
             "--mx-port", "0", "--submission-port", "0", "--smtps-port", "0",
             "--legacy-port", "0", "--control-port", "0",
-        ]
+        ] + self.extra
         if self.config is not None:
             cfg = self.dir / "edge.toml"
             cfg.write_text(self.config)
@@ -95,8 +96,8 @@ class MoatDev:
             time.sleep(0.5)
         raise RuntimeError(f"moat dev ({self.name}) never became ready: {last}")
 
-    def addr(self, listener: str) -> tuple[str, int]:
-        host, port = self.ep["edges"][0]["listeners"][listener].rsplit(":", 1)
+    def addr(self, listener: str, edge: int = 0) -> tuple[str, int]:
+        host, port = self.ep["edges"][edge]["listeners"][listener].rsplit(":", 1)
         return host, int(port)
 
     @property
