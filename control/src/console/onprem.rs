@@ -104,7 +104,19 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         Ok(r) => r.onprem_servers,
         Err(s) => return app.status_page(&cx, &s),
     };
+    // Tenants with servers, or with an on-premises connector through which servers will
+    // connect, can pause.
+    let connectors = match app.read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0).await {
+        Ok(r) => r.connectors,
+        Err(s) => return app.status_page(&cx, &s),
+    };
     let mut tenants: BTreeSet<String> = servers.iter().map(|s| s.tenant.clone()).collect();
+    tenants.extend(
+        connectors
+            .iter()
+            .filter(|c| c.kind == v1::ConnectorKind::OnPremises as i32)
+            .map(|c| c.tenant.clone()),
+    );
     if !tenant.is_empty() {
         tenants.insert(tenant.clone());
     }
@@ -124,7 +136,7 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         (render(&grid(&servers), &params, "No on-premises server has connected: servers appear here once mail arrives through an on-premises connector with a Received line that names an Exchange build."))
         h2 { "Enforcement pauses" }
         @if budgets.is_empty() {
-            div.empty { "No tenant has on-premises servers, so there is nothing to pause." }
+            div.empty { "No tenant has an on-premises connector or server, so there is nothing to pause." }
         }
         @for b in &budgets { (pause_panel(&chrome, b)) }
     };
