@@ -34,8 +34,8 @@ pub(crate) use children::edge_version;
 use children::{free_port, Children};
 use edge_config::edge_config;
 use endpoints::{
-    AdminEndpoints, AdminTls, ConsoleEndpoints, ControlEndpoints, Demo, EdgeEndpoints, Endpoints, InternalTlsFiles,
-    TlsEndpoints,
+    AdminEndpoints, AdminTls, ConsoleEndpoints, ControlEndpoints, Demo, EdgeEndpoints, Endpoints,
+    InternalTlsFiles, TlsEndpoints,
 };
 use secrets::{ensure_certificates, ensure_secret, ensure_token};
 

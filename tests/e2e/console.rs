@@ -94,8 +94,15 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
     let dev = Dev::start_in(&dir.0, None, &args);
     // An on-premises connector: its tenant gets a pause form.
     dev.admin_applied(&[
-        "connector", "create", "--tenant", "example.test", "onprem", "--type", "on-premises",
-        "--sender-ip", "127.0.0.2",
+        "connector",
+        "create",
+        "--tenant",
+        "example.test",
+        "onprem",
+        "--type",
+        "on-premises",
+        "--sender-ip",
+        "127.0.0.2",
     ]);
     let url = file(&dev, "/console/url");
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
@@ -147,18 +154,32 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("Restricted entities"));
     assert!(r.body.contains("Nothing is restricted"), "empty state");
-    for page in ["/onprem", "/connectors", "/alerts", "/audit", "/reports", "/reports/tls-report"] {
+    for page in [
+        "/onprem",
+        "/connectors",
+        "/alerts",
+        "/audit",
+        "/reports",
+        "/reports/tls-report",
+    ] {
         let r = b.get(page);
         assert_eq!(r.status, 200, "{page}: {}", r.body);
         assert!(!r.body.contains("\"tenant\":"), "no raw JSON on {page}");
     }
     let r = b.get("/reports/tls-report?days=3&format=csv");
     assert_eq!(r.status, 200);
-    assert!(r.headers.contains("content-disposition: attachment"), "{}", r.headers);
+    assert!(
+        r.headers.contains("content-disposition: attachment"),
+        "{}",
+        r.headers
+    );
     assert!(r.body.starts_with("Day,"), "{}", r.body);
     assert_eq!(b.get("/restricted/connector/example.test/nope").status, 404);
     let onprem = b.get("/onprem").body;
-    assert!(onprem.contains(r#"action="/onprem/example.test/pause""#), "{onprem}");
+    assert!(
+        onprem.contains(r#"action="/onprem/example.test/pause""#),
+        "{onprem}"
+    );
     let token_value = csrf(&onprem);
 
     // A change without the CSRF token, or from another origin, is refused and changes nothing.
@@ -178,7 +199,11 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
     // With both, the change is made and audited under the token's name.
     let r = b.post(
         pause,
-        &[("reason", "upgrade window"), ("days", "5"), ("csrf", &token_value)],
+        &[
+            ("reason", "upgrade window"),
+            ("days", "5"),
+            ("csrf", &token_value),
+        ],
         &["-H", &origin],
     );
     assert_eq!(r.status, 303, "{}", r.body);

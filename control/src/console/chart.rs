@@ -120,7 +120,12 @@ mod tests {
     fn sums_numeric_columns_per_day() {
         let t = Table {
             title: "Inbound".into(),
-            columns: vec!["Day".into(), "Connector".into(), "Messages".into(), "Share".into()],
+            columns: vec![
+                "Day".into(),
+                "Connector".into(),
+                "Messages".into(),
+                "Share".into(),
+            ],
             rows: vec![
                 vec!["2026-01-01".into(), "a".into(), "3".into(), "10.0%".into()],
                 vec!["2026-01-01".into(), "b".into(), "4".into(), "90.0%".into()],

@@ -263,7 +263,10 @@ mod tests {
         assert!(html.contains("tenant-admin"));
         assert!(html.contains("contoso.test"));
         assert!(html.contains("leader: node 1"));
-        assert!(html.contains(r#"<a href="/restricted" class="active">"#), "{html}");
+        assert!(
+            html.contains(r#"<a href="/restricted" class="active">"#),
+            "{html}"
+        );
         assert!(html.contains(r#"name="csrf" value="tok""#));
     }
 }

@@ -26,7 +26,12 @@ pub(crate) fn connectors_grid(connectors: &[v1::Connector], counters: &[v1::Coun
         names.insert(c.name.as_str());
     }
     let mut columns: Vec<String> = [
-        "Connector", "Tenant", "Type", "Enabled", "TLS required", "Senders",
+        "Connector",
+        "Tenant",
+        "Type",
+        "Enabled",
+        "TLS required",
+        "Senders",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -55,14 +60,20 @@ pub(crate) fn connectors_grid(connectors: &[v1::Connector], counters: &[v1::Coun
             kind.into(),
             yes(c.enabled),
             yes(c.require_tls),
-            if senders.is_empty() { "-".into() } else { senders.join(", ") },
+            if senders.is_empty() {
+                "-".into()
+            } else {
+                senders.join(", ")
+            },
         ];
         let counts = by.get(id.as_str());
-        row.extend(
-            names
-                .iter()
-                .map(|n| counts.and_then(|m| m.get(n)).copied().unwrap_or(0).to_string()),
-        );
+        row.extend(names.iter().map(|n| {
+            counts
+                .and_then(|m| m.get(n))
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        }));
         g.push(row, None);
     }
     g
@@ -75,8 +86,12 @@ pub(crate) async fn connectors(State(app): State<App>, headers: HeaderMap, uri: 
         Err(r) => return r,
     };
     let tenant = cx.own_tenant();
-    let list = app.read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0).await;
-    let counters = app.read(&cx.who, v1::ReadKind::Counters, &tenant, "", 0).await;
+    let list = app
+        .read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0)
+        .await;
+    let counters = app
+        .read(&cx.who, v1::ReadKind::Counters, &tenant, "", 0)
+        .await;
     let (list, counters) = match (list, counters) {
         (Ok(l), Ok(c)) => (l, c),
         (Err(s), _) | (_, Err(s)) => return app.status_page(&cx, &s),
@@ -93,7 +108,14 @@ pub(crate) async fn connectors(State(app): State<App>, headers: HeaderMap, uri: 
 
 /// The alerts' table, latest first.
 pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
-    let mut g = Grid::new(&["Raised", "Tenant", "Severity", "Title", "Detail", "Deliveries"]);
+    let mut g = Grid::new(&[
+        "Raised",
+        "Tenant",
+        "Severity",
+        "Title",
+        "Detail",
+        "Deliveries",
+    ]);
     g.badges = vec![2];
     for a in alerts.iter().rev() {
         let deliveries: Vec<String> = a
@@ -114,7 +136,11 @@ pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
                 a.severity.clone(),
                 a.title.clone(),
                 a.detail.clone(),
-                if deliveries.is_empty() { "-".into() } else { deliveries.join("; ") },
+                if deliveries.is_empty() {
+                    "-".into()
+                } else {
+                    deliveries.join("; ")
+                },
             ],
             None,
         );
@@ -128,7 +154,10 @@ pub(crate) async fn alerts(State(app): State<App>, headers: HeaderMap, uri: Uri)
         Ok(cx) => cx,
         Err(r) => return r,
     };
-    let reply = match app.read(&cx.who, v1::ReadKind::Alerts, &cx.own_tenant(), "", 0).await {
+    let reply = match app
+        .read(&cx.who, v1::ReadKind::Alerts, &cx.own_tenant(), "", 0)
+        .await
+    {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
@@ -150,7 +179,11 @@ pub(crate) fn audit_grid(records: &[v1::AuditRecord]) -> Grid {
                 a.index.to_string(),
                 when(a.at_ms),
                 a.actor.clone(),
-                if a.tenant.is_empty() { "-".into() } else { a.tenant.clone() },
+                if a.tenant.is_empty() {
+                    "-".into()
+                } else {
+                    a.tenant.clone()
+                },
                 a.action.clone(),
             ],
             None,
@@ -165,7 +198,10 @@ pub(crate) async fn audit(State(app): State<App>, headers: HeaderMap, uri: Uri) 
         Ok(cx) => cx,
         Err(r) => return r,
     };
-    let reply = match app.read(&cx.who, v1::ReadKind::Audit, &cx.own_tenant(), "", 0).await {
+    let reply = match app
+        .read(&cx.who, v1::ReadKind::Audit, &cx.own_tenant(), "", 0)
+        .await
+    {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
@@ -208,15 +244,33 @@ mod tests {
     #[test]
     fn audit_and_alerts_list_latest_first() {
         let recs = vec![
-            v1::AuditRecord { index: 1, actor: "operator".into(), action: "first".into(), ..Default::default() },
-            v1::AuditRecord { index: 2, actor: "operator".into(), action: "second".into(), ..Default::default() },
+            v1::AuditRecord {
+                index: 1,
+                actor: "operator".into(),
+                action: "first".into(),
+                ..Default::default()
+            },
+            v1::AuditRecord {
+                index: 2,
+                actor: "operator".into(),
+                action: "second".into(),
+                ..Default::default()
+            },
         ];
         assert_eq!(audit_grid(&recs).rows[0][4], "second");
         let alerts = vec![v1::Alert {
             title: "Connector restricted".into(),
-            deliveries: vec![v1::AlertDelivery { channel: "email".into(), target: "admin@a.test".into(), state: "delivered".into(), ..Default::default() }],
+            deliveries: vec![v1::AlertDelivery {
+                channel: "email".into(),
+                target: "admin@a.test".into(),
+                state: "delivered".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }];
-        assert_eq!(alerts_grid(&alerts).rows[0][5], "email admin@a.test: delivered");
+        assert_eq!(
+            alerts_grid(&alerts).rows[0][5],
+            "email admin@a.test: delivered"
+        );
     }
 }

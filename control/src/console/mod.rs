@@ -48,6 +48,10 @@
 //! bar charts), and the pages: [`signin`], [`overview`], [`restricted`], [`onprem`], [`lists`]
 //! (connectors, alerts, audit), [`reports`].
 
+// The handlers' checks return the page to answer with as their error, once per request:
+// boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,7 +157,11 @@ impl Console {
                 tenant: None,
             });
         }
-        let tokens = self.shared.tokens.read().map_err(|_| Denied::UnknownToken)?;
+        let tokens = self
+            .shared
+            .tokens
+            .read()
+            .map_err(|_| Denied::UnknownToken)?;
         principal_of(tokens.get(token_sha))
     }
 
@@ -173,7 +181,11 @@ impl Console {
     }
 
     /// The signed-in request, or the redirect to the sign-in page.
-    pub(crate) fn signed_in(&self, headers: &HeaderMap, active: &'static str) -> Result<Cx, Response> {
+    pub(crate) fn signed_in(
+        &self,
+        headers: &HeaderMap,
+        active: &'static str,
+    ) -> Result<Cx, Response> {
         let to_signin = || Redirect::to("/signin").into_response();
         let sid = headers
             .get_all(header::COOKIE)
@@ -225,7 +237,9 @@ impl Console {
         let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
         let own = session::own_origin(text(header::HOST).unwrap_or_default());
         let checked = session::check_origin(&own, text(header::ORIGIN), text(header::REFERER))
-            .and_then(|()| session::check_csrf(&cx.session, fields.get("csrf").map(String::as_str)));
+            .and_then(|()| {
+                session::check_csrf(&cx.session, fields.get("csrf").map(String::as_str))
+            });
         if let Err(why) = checked {
             tracing::warn!(target: "moat::audit", token = %cx.who.name, reason = %why, "console change refused");
             return Err(forbidden(&cx, &why));
@@ -265,7 +279,11 @@ impl Console {
 
     /// Makes a change as `cx`'s principal through the admin service; a refusal becomes the
     /// page that explains it.
-    pub(crate) async fn change(&self, cx: &Cx, op: v1::write_request::Op) -> Result<v1::WriteReply, Response> {
+    pub(crate) async fn change(
+        &self,
+        cx: &Cx,
+        op: v1::write_request::Op,
+    ) -> Result<v1::WriteReply, Response> {
         let w = v1::WriteRequest {
             request_id: session::random_id(),
             op: Some(op),
@@ -368,7 +386,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/signout", post(signin::signout))
         .route("/", get(overview::page))
         .route("/restricted", get(restricted::list))
-        .route("/restricted/connector/{tenant}/{name}", get(restricted::connector))
+        .route(
+            "/restricted/connector/{tenant}/{name}",
+            get(restricted::connector),
+        )
         .route(
             "/restricted/connector/{tenant}/{name}/unblock",
             post(restricted::unblock_connector),

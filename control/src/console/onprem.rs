@@ -24,8 +24,17 @@ const DEFAULT_PAUSE_DAYS: u32 = 30;
 /// The servers' table.
 pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
     let mut g = Grid::new(&[
-        "Server", "Tenant", "Build", "Class", "Stage", "Throttle min/h", "Block min/h",
-        "Next stage", "Next stage on", "Received", "Exempt",
+        "Server",
+        "Tenant",
+        "Build",
+        "Class",
+        "Stage",
+        "Throttle min/h",
+        "Block min/h",
+        "Next stage",
+        "Next stage on",
+        "Received",
+        "Exempt",
     ]);
     for s in servers {
         let next = if s.next_stage > 0 {
@@ -51,8 +60,16 @@ pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
                 s.throttle.to_string(),
                 s.block.to_string(),
                 next,
-                if s.next_stage > 0 { when(s.next_stage_ms) } else { "-".into() },
-                if s.received.is_empty() { "-".into() } else { s.received.clone() },
+                if s.next_stage > 0 {
+                    when(s.next_stage_ms)
+                } else {
+                    "-".into()
+                },
+                if s.received.is_empty() {
+                    "-".into()
+                } else {
+                    s.received.clone()
+                },
                 if s.exempt {
                     format!("yes: {}", s.exempt_reason)
                 } else {
@@ -106,7 +123,10 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
     };
     // Tenants with servers, or with an on-premises connector through which servers will
     // connect, can pause.
-    let connectors = match app.read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0).await {
+    let connectors = match app
+        .read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0)
+        .await
+    {
         Ok(r) => r.connectors,
         Err(s) => return app.status_page(&cx, &s),
     };
@@ -122,7 +142,10 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
     }
     let mut budgets = Vec::new();
     for t in &tenants {
-        match app.read(&cx.who, v1::ReadKind::OnpremPauses, t, "", 0).await {
+        match app
+            .read(&cx.who, v1::ReadKind::OnpremPauses, t, "", 0)
+            .await
+        {
             Ok(r) => budgets.push(r.onprem_pauses.unwrap_or_default()),
             Err(s) => return app.status_page(&cx, &s),
         }
@@ -140,7 +163,10 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         }
         @for b in &budgets { (pause_panel(&chrome, b)) }
     };
-    respond(StatusCode::OK, page("On-premises servers", Some(&chrome), body))
+    respond(
+        StatusCode::OK,
+        page("On-premises servers", Some(&chrome), body),
+    )
 }
 
 /// `POST /onprem/{tenant}/pause`.
@@ -159,7 +185,10 @@ pub(crate) async fn pause(
         return r;
     }
     // Visible to this principal (404 for another tenant's admin), and the budget left.
-    let budget = match app.read(&cx.who, v1::ReadKind::OnpremPauses, &tenant, "", 0).await {
+    let budget = match app
+        .read(&cx.who, v1::ReadKind::OnpremPauses, &tenant, "", 0)
+        .await
+    {
         Ok(r) => r.onprem_pauses.unwrap_or_default(),
         Err(s) => return app.status_page(&cx, &s),
     };
@@ -172,7 +201,11 @@ pub(crate) async fn pause(
             Some(&cx.chrome()),
         );
     }
-    let days = match fields.get("days").map(|d| d.trim()).filter(|d| !d.is_empty()) {
+    let days = match fields
+        .get("days")
+        .map(|d| d.trim())
+        .filter(|d| !d.is_empty())
+    {
         None => DEFAULT_PAUSE_DAYS.min(budget.days_left),
         Some(d) => match d.parse::<u32>() {
             Ok(n) if (1..=90).contains(&n) => n,
@@ -223,13 +256,32 @@ mod tests {
         assert!(html.contains("EX01") && html.contains("Exchange 2016 15.1.2507.6"));
         assert!(html.contains("3 (throttle 20, block 0)"));
         assert!(html.contains("from EX01 (10.0.0.1)"));
-        let who = Principal { name: "t".into(), role: Role::TenantAdmin, tenant: moat_shared::TenantId::new("contoso.test").ok() };
-        let chrome = Chrome { who: &who, node: 1, leader: 1, csrf: "K", active: "/onprem" };
-        let p = v1::OnpremPauses { tenant: "contoso.test".into(), year: 2026, days_used: 70, days_left: 20, ..Default::default() };
+        let who = Principal {
+            name: "t".into(),
+            role: Role::TenantAdmin,
+            tenant: moat_shared::TenantId::new("contoso.test").ok(),
+        };
+        let chrome = Chrome {
+            who: &who,
+            node: 1,
+            leader: 1,
+            csrf: "K",
+            active: "/onprem",
+        };
+        let p = v1::OnpremPauses {
+            tenant: "contoso.test".into(),
+            year: 2026,
+            days_used: 70,
+            days_left: 20,
+            ..Default::default()
+        };
         let html = pause_panel(&chrome, &p).into_string();
         assert!(html.contains("70 days used") && html.contains("20 days left"));
         assert!(html.contains(r#"action="/onprem/contoso.test/pause""#));
-        assert!(html.contains(r#"value="20""#), "capped by the budget: {html}");
+        assert!(
+            html.contains(r#"value="20""#),
+            "capped by the budget: {html}"
+        );
         assert!(html.contains(r#"name="csrf" value="K""#));
     }
 }

@@ -45,7 +45,9 @@ pub(crate) async fn page(State(app): State<App>, headers: HeaderMap) -> Response
     let restricted = app
         .read(&cx.who, v1::ReadKind::Restricted, &tenant, "", 0)
         .await;
-    let alerts = app.read(&cx.who, v1::ReadKind::Alerts, &tenant, "", 0).await;
+    let alerts = app
+        .read(&cx.who, v1::ReadKind::Alerts, &tenant, "", 0)
+        .await;
     let (restricted, alerts) = match (restricted, alerts) {
         (Ok(r), Ok(a)) => (r, a),
         (Err(s), _) | (_, Err(s)) => return app.status_page(&cx, &s),
@@ -62,25 +64,40 @@ pub(crate) async fn page(State(app): State<App>, headers: HeaderMap) -> Response
         now_ms,
     };
     let chrome = cx.chrome();
-    respond(StatusCode::OK, shell("Overview", Some(&chrome), body(&chrome, &o)))
+    respond(
+        StatusCode::OK,
+        shell("Overview", Some(&chrome), body(&chrome, &o)),
+    )
 }
 
 /// The overview's body.
 pub(crate) fn body(chrome: &Chrome<'_>, o: &Overview) -> Markup {
-    let healthy = o.cluster.as_ref().map(|c| {
-        c.leader_id != 0 && c.edges.iter().all(|e| e.agreement != "mismatch")
-    });
+    let healthy = o
+        .cluster
+        .as_ref()
+        .map(|c| c.leader_id != 0 && c.edges.iter().all(|e| e.agreement != "mismatch"));
     let grids = o.cluster.as_ref().map(|c| {
         let mut members = Grid::new(&["Node", "Address", "Role", "Leader"]);
         for m in &c.members {
             let leader = if m.id == c.leader_id { "yes" } else { "no" };
             members.push(
-                vec![m.id.to_string(), m.address.clone(), m.role.clone(), leader.into()],
+                vec![
+                    m.id.to_string(),
+                    m.address.clone(),
+                    m.role.clone(),
+                    leader.into(),
+                ],
                 None,
             );
         }
         members.badges = vec![2, 3];
-        let mut edges = Grid::new(&["Edge", "Policy version", "Agreement", "Watching node", "Last seen"]);
+        let mut edges = Grid::new(&[
+            "Edge",
+            "Policy version",
+            "Agreement",
+            "Watching node",
+            "Last seen",
+        ]);
         for e in &c.edges {
             edges.push(
                 vec![
@@ -138,13 +155,23 @@ mod tests {
             role: Role::Operator,
             tenant: None,
         };
-        let chrome = Chrome { who: &who, node: 1, leader: 1, csrf: "c", active: "/" };
+        let chrome = Chrome {
+            who: &who,
+            node: 1,
+            leader: 1,
+            csrf: "c",
+            active: "/",
+        };
         let o = Overview {
             cluster: Some(v1::ClusterStatus {
                 node_id: 1,
                 leader_id: 1,
                 policy_version: 42,
-                members: vec![v1::Member { id: 1, address: "127.0.0.1:7400".into(), role: "voter".into() }],
+                members: vec![v1::Member {
+                    id: 1,
+                    address: "127.0.0.1:7400".into(),
+                    role: "voter".into(),
+                }],
                 edges: vec![v1::EdgeStatus {
                     edge_id: "edge-1".into(),
                     applied_version: 41,
@@ -161,7 +188,10 @@ mod tests {
         };
         let html = body(&chrome, &o).into_string();
         assert!(html.contains("edge-1"));
-        assert!(html.contains(r#"<span class="badge bad">mismatch</span>"#), "{html}");
+        assert!(
+            html.contains(r#"<span class="badge bad">mismatch</span>"#),
+            "{html}"
+        );
         assert!(html.contains("Attention"));
         assert!(html.contains("127.0.0.1:7400"));
         assert!(!html.contains('{'), "no JSON on the page");

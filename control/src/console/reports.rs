@@ -50,10 +50,12 @@ fn title(kind: v1::ReadKind) -> String {
 pub(crate) fn tls_tables(reply: &v1::ReadReply) -> (Table, Table) {
     let usage = Table {
         title: "Inbound TLS".into(),
-        columns: ["Day", "Tenant", "Listener", "Version", "Cipher", "Sessions", "Messages"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+        columns: [
+            "Day", "Tenant", "Listener", "Version", "Cipher", "Sessions", "Messages",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
         rows: reply
             .tls_usage
             .iter()
@@ -72,10 +74,18 @@ pub(crate) fn tls_tables(reply: &v1::ReadReply) -> (Table, Table) {
     };
     let legacy = Table {
         title: "Clients on TLS 1.0 and 1.1".into(),
-        columns: ["Day", "Tenant", "Client IP", "User", "Version", "Sessions", "Messages"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+        columns: [
+            "Day",
+            "Tenant",
+            "Client IP",
+            "User",
+            "Version",
+            "Sessions",
+            "Messages",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
         rows: reply
             .legacy_clients
             .iter()
@@ -84,7 +94,11 @@ pub(crate) fn tls_tables(reply: &v1::ReadReply) -> (Table, Table) {
                     l.day.clone(),
                     l.tenant.clone(),
                     l.client_ip.clone(),
-                    if l.user.is_empty() { "-".into() } else { l.user.clone() },
+                    if l.user.is_empty() {
+                        "-".into()
+                    } else {
+                        l.user.clone()
+                    },
                     l.version.clone(),
                     l.sessions.to_string(),
                     l.messages.to_string(),
@@ -164,13 +178,23 @@ pub(crate) async fn report(
         let file = format!(
             "{}-{}-{}d.csv",
             kind.name(),
-            if tenant.is_empty() { "all" } else { tenant.as_str() }
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-', "_"),
+            if tenant.is_empty() {
+                "all"
+            } else {
+                tenant.as_str()
+            }
+            .replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                "_"
+            ),
             days
         );
         let mut res = table.csv().into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
         if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
             h.insert(header::CONTENT_DISPOSITION, v);
         }

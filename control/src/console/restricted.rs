@@ -81,7 +81,10 @@ pub(crate) async fn list(State(app): State<App>, headers: HeaderMap, uri: Uri) -
         }
         (render(&grid(&reply.restricted), &params, "Nothing is restricted: connectors that look compromised and users over their sending limits appear here."))
     };
-    respond(StatusCode::OK, page("Restricted entities", Some(&cx.chrome()), body))
+    respond(
+        StatusCode::OK,
+        page("Restricted entities", Some(&cx.chrome()), body),
+    )
 }
 
 /// What an admin should check before unblocking an entity of `kind`.
@@ -109,7 +112,11 @@ fn recommendations(kind: &str) -> Markup {
 
 /// A detail page with its Unblock panel.
 fn detail(chrome: &Chrome<'_>, e: &v1::RestrictedEntity) -> Markup {
-    let what = if e.kind == "user" { "User" } else { "Connector" };
+    let what = if e.kind == "user" {
+        "User"
+    } else {
+        "Connector"
+    };
     html! {
         p { a href="/restricted" { "← Restricted entities" } }
         h1 { (what) " " (e.name) }
@@ -166,7 +173,10 @@ async fn show(app: App, headers: HeaderMap, tenant: String, kind: &str, name: St
     match find(&app, &cx, &tenant, kind, &name).await {
         Ok(Some(e)) => {
             let chrome = cx.chrome();
-            respond(StatusCode::OK, page(&e.name, Some(&chrome), detail(&chrome, &e)))
+            respond(
+                StatusCode::OK,
+                page(&e.name, Some(&chrome), detail(&chrome, &e)),
+            )
         }
         Ok(None) => not_found(Some(&cx.chrome())),
         Err(r) => r,
@@ -283,7 +293,10 @@ mod tests {
     #[test]
     fn the_list_links_to_details_and_shows_the_figures() {
         let g = grid(&[entity()]);
-        assert_eq!(g.links[0].as_deref(), Some("/restricted/connector/contoso.test/on%20prem"));
+        assert_eq!(
+            g.links[0].as_deref(),
+            Some("/restricted/connector/contoso.test/on%20prem")
+        );
         let html = render(&g, &Params::default(), "").into_string();
         assert!(html.contains("95% to non-accepted domains"));
         assert!(html.contains("when unblocked"));
@@ -291,15 +304,34 @@ mod tests {
 
     #[test]
     fn the_unblock_panel_has_a_required_reason_and_the_csrf_token_and_readers_get_none() {
-        let mut who = Principal { name: "ops".into(), role: Role::Operator, tenant: None };
-        let chrome = Chrome { who: &who, node: 1, leader: 1, csrf: "CSRF1", active: "/restricted" };
+        let mut who = Principal {
+            name: "ops".into(),
+            role: Role::Operator,
+            tenant: None,
+        };
+        let chrome = Chrome {
+            who: &who,
+            node: 1,
+            leader: 1,
+            csrf: "CSRF1",
+            active: "/restricted",
+        };
         let html = detail(&chrome, &entity()).into_string();
-        assert!(html.contains(r#"action="/restricted/connector/contoso.test/on%20prem/unblock""#), "{html}");
+        assert!(
+            html.contains(r#"action="/restricted/connector/contoso.test/on%20prem/unblock""#),
+            "{html}"
+        );
         assert!(html.contains(r#"name="reason""#) && html.contains("required"));
         assert!(html.contains(r#"name="csrf" value="CSRF1""#));
         assert!(html.contains("Recommendations"));
         who.role = Role::Reader;
-        let chrome = Chrome { who: &who, node: 1, leader: 1, csrf: "CSRF1", active: "/restricted" };
+        let chrome = Chrome {
+            who: &who,
+            node: 1,
+            leader: 1,
+            csrf: "CSRF1",
+            active: "/restricted",
+        };
         let html = detail(&chrome, &entity()).into_string();
         assert!(!html.contains("<form"), "{html}");
     }

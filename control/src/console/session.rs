@@ -261,7 +261,10 @@ mod tests {
     fn origin_must_be_the_console_itself() {
         let own = own_origin("127.0.0.1:7480");
         assert_eq!(own, "https://127.0.0.1:7480");
-        assert_eq!(check_origin(&own, Some("https://127.0.0.1:7480"), None), Ok(()));
+        assert_eq!(
+            check_origin(&own, Some("https://127.0.0.1:7480"), None),
+            Ok(())
+        );
         assert!(check_origin(&own, Some("https://evil.example"), None).is_err());
         assert!(check_origin(&own, Some("http://127.0.0.1:7480"), None).is_err());
         assert!(check_origin(&own, Some("null"), None).is_err());
@@ -283,10 +286,7 @@ mod tests {
 
     #[test]
     fn the_cookie_is_found_among_others_and_is_strict() {
-        assert_eq!(
-            cookie_session("a=1; moat_session=abc; b=2"),
-            Some("abc")
-        );
+        assert_eq!(cookie_session("a=1; moat_session=abc; b=2"), Some("abc"));
         assert_eq!(cookie_session("moat_session="), None);
         assert_eq!(cookie_session("other=1"), None);
         let c = set_cookie("abc");

@@ -48,7 +48,12 @@ pub(crate) async fn submit(State(app): State<App>, headers: HeaderMap, body: Byt
     let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     let own = session::own_origin(text(header::HOST).unwrap_or_default());
     if let Err(why) = session::check_origin(&own, text(header::ORIGIN), text(header::REFERER)) {
-        return layout::message(StatusCode::FORBIDDEN, "Sign-in refused", &why.to_string(), None);
+        return layout::message(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            &why.to_string(),
+            None,
+        );
     }
     let fields = form(&body);
     let token = fields.get("token").map(String::as_str).unwrap_or_default();

@@ -261,18 +261,32 @@ mod tests {
     #[test]
     fn renders_links_that_keep_the_other_parameters() {
         let g = grid(60);
-        let html = render(&g, &Params::parse(Some("tenant=a.test&days=7&sort=Count")), "none")
-            .into_string();
+        let html = render(
+            &g,
+            &Params::parse(Some("tenant=a.test&days=7&sort=Count")),
+            "none",
+        )
+        .into_string();
         assert!(html.contains(r#"<table class="data">"#));
-        assert!(html.contains("?days=7&amp;dir=desc&amp;sort=Count&amp;tenant=a.test"), "{html}");
-        assert!(html.contains("?days=7&amp;page=2&amp;sort=Count&amp;tenant=a.test"), "{html}");
-        assert!(html.contains(r#"<input type="hidden" name="tenant" value="a.test">"#), "{html}");
+        assert!(
+            html.contains("?days=7&amp;dir=desc&amp;sort=Count&amp;tenant=a.test"),
+            "{html}"
+        );
+        assert!(
+            html.contains("?days=7&amp;page=2&amp;sort=Count&amp;tenant=a.test"),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<input type="hidden" name="tenant" value="a.test">"#),
+            "{html}"
+        );
         assert!(html.contains("Page 1 of 2"));
     }
 
     #[test]
     fn empty_states_say_what_would_be_there() {
-        let html = render(&grid(0), &Params::default(), "No connector is restricted.").into_string();
+        let html =
+            render(&grid(0), &Params::default(), "No connector is restricted.").into_string();
         assert!(html.contains("No connector is restricted."));
         assert!(!html.contains("<table"));
         let html = render(&grid(3), &Params::parse(Some("q=zzz")), "x").into_string();
@@ -290,6 +304,9 @@ mod tests {
         let html = render(&g, &Params::default(), "").into_string();
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"));
         assert!(html.contains(r#"<a href="/restricted/connector/a/b">"#));
-        assert!(html.contains(r#"<span class="badge bad">mismatch</span>"#), "{html}");
+        assert!(
+            html.contains(r#"<span class="badge bad">mismatch</span>"#),
+            "{html}"
+        );
     }
 }
