@@ -217,5 +217,47 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
     let r = b.post("/signout", &[("csrf", &token_value)], &["-H", &origin]);
     assert_eq!(r.status, 303);
     assert_eq!(b.get("/").status, 303);
+
+    // A reader sees the pages but no form, and its POST is refused.
+    let secret = |v: serde_json::Value| v["secret"].as_str().expect("secret").to_owned();
+    let reader = secret(dev.admin(&["token", "create", "--role", "reader", "--name", "ro"]));
+    let r = b.post("/signin", &[("token", &reader)], &["-H", &origin]);
+    assert_eq!(r.status, 303);
+    let page = b.get("/onprem").body;
+    assert!(
+        page.contains("reader") && !page.contains("/pause\""),
+        "{page}"
+    );
+    let r = b.post(
+        pause,
+        &[("reason", "x"), ("csrf", &csrf(&page))],
+        &["-H", &origin],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    b.post("/signout", &[("csrf", &csrf(&page))], &["-H", &origin]);
+
+    // A tenant admin of another tenant: example.test does not exist for it.
+    dev.admin(&["tenant", "create", "other.test"]);
+    let other = secret(dev.admin(&[
+        "token",
+        "create",
+        "--role",
+        "tenant-admin",
+        "--tenant",
+        "other.test",
+        "--name",
+        "other",
+    ]));
+    let r = b.post("/signin", &[("token", &other)], &["-H", &origin]);
+    assert_eq!(r.status, 303);
+    let page = b.get("/onprem").body;
+    assert!(!page.contains("example.test"), "{page}");
+    let r = b.post(
+        pause,
+        &[("reason", "x"), ("csrf", &csrf(&page))],
+        &["-H", &origin],
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(b.get("/reports/tls-report?tenant=example.test").status, 404);
     drop(dev);
 }
