@@ -32,6 +32,7 @@ use serde::Deserialize;
 /// policy-history = 4096                # policy changes kept for edges that reconnect
 /// dev-clock = false
 /// status-listen = "0.0.0.0:9400"       # default: no status port
+/// console-listen = "0.0.0.0:7480"      # default: no console (needs the tls-* files)
 /// unready-after = 5                    # seconds
 /// tls-ca = "/etc/moat/tls/ca.pem"
 /// tls-cert = "/etc/moat/tls/control.pem"
@@ -91,6 +92,9 @@ pub struct ControlArgs {
     /// Serve `/healthz`, `/readyz` and `/metrics` on this address.
     #[arg(long, value_name = "ADDR")]
     status_listen: Option<SocketAddr>,
+    /// Serve the admin console (HTTPS with `--tls-cert`, for a browser) on this address.
+    #[arg(long, value_name = "ADDR")]
+    console_listen: Option<SocketAddr>,
     /// `/readyz` turns unready after this many seconds without a known leader [default: 5].
     #[arg(long, value_name = "SECS")]
     unready_after: Option<u64>,
@@ -143,6 +147,7 @@ impl ControlArgs {
             policy_history: self.policy_history.or(file.policy_history),
             dev_clock: self.dev_clock || file.dev_clock,
             status_listen: self.status_listen.or(file.status_listen),
+            console_listen: self.console_listen.or(file.console_listen),
             unready_after: self.unready_after.or(file.unready_after),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
@@ -273,6 +278,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         dev_clock: args.dev_clock,
         unready_after: Duration::from_secs(args.unready_after.unwrap_or(UNREADY_AFTER_SECS)),
         tls,
+        console_listen: args.console_listen,
     })
 }
 
@@ -311,6 +317,9 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let control = Control::start(cfg).await?;
     if let Some(addr) = control.local_addr() {
         tracing::info!(node = id, "control node serving gRPC on {addr}");
+    }
+    if let Some(addr) = control.console_addr() {
+        tracing::info!(node = id, "console on https://{addr}");
     }
     if let Some(addr) = status_listen {
         let listener = moat_edge::status::bind(addr)

@@ -41,4 +41,7 @@ pub struct ControlConfig {
     /// Mutual TLS on gRPC (served and toward peers). Without it the channels are plaintext
     /// and every admin call is refused.
     pub tls: Option<InternalTls>,
+    /// Where the admin console (HTTPS, with the `tls` certificate) listens; `None`: no console.
+    /// It needs `tls`.
+    pub console_listen: Option<SocketAddr>,
 }

@@ -18,14 +18,19 @@
 //!   functions, writes, reads, the policy subset `moat admin explain` evaluates), and the
 //!   leader's alert deliverer.
 //! - [`alerts`]: delivering alerts (signed webhook, email); the leader drives it.
+//! - `console/`: the admin console, HTTPS pages for a browser on their own listener
+//!   (`--console-listen`), over the same reads, writes and authorization as the Admin service
+//!   (sign-in with an admin token, per-node sessions, CSRF checks, sortable tables, SVG charts,
+//!   CSV downloads).
 //! - [`config`]: [`config::ControlConfig`], how a node is set up.
 //! - [`server`]: `moat control` as a process ([`server::Control`]): listener, node thread,
-//!   gRPC serving, readiness and metrics.
+//!   gRPC and console serving, readiness and metrics.
 
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod config;
+mod console;
 pub mod publish;
 pub mod raft;
 pub mod server;

@@ -1,6 +1,6 @@
-//! `moat control`: one control node as a process. [`Control::start`] binds the gRPC port,
-//! opens storage and starts the node thread; [`Control::run`] serves the four gRPC services
-//! and the leader's alert deliverer until shutdown; [`Control::readiness`] and
+//! `moat control`: one control node as a process. [`Control::start`] binds the gRPC port (and
+//! the console's), opens storage and starts the node thread; [`Control::run`] serves the four
+//! gRPC services, the console and the leader's alert deliverer until shutdown; [`Control::readiness`] and
 //! [`Control::record_metrics`] give the status server what `/readyz` and `/metrics` need.
 //!
 //! What the process runs lives elsewhere: the raft node and its thread in [`crate::raft`], the
@@ -50,16 +50,34 @@ pub enum ControlError {
 /// A bound control node, ready to run.
 pub struct Control {
     listener: tokio::net::TcpListener,
+    console: Option<crate::console::TlsListener>,
     shared: Arc<Shared>,
     tls: Option<InternalTls>,
 }
 
 impl Control {
-    /// Opens storage, starts the node thread and binds the gRPC port.
+    /// Opens storage, starts the node thread and binds the gRPC port (and the console's, when
+    /// configured).
     pub async fn start(cfg: ControlConfig) -> Result<Self, ControlError> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| ControlError::Bind(cfg.listen, e))?;
+        let console = match (cfg.console_listen, &cfg.tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ControlError::Tls(
+                    "--console-listen serves HTTPS with the node's certificate: it needs --tls-ca, --tls-cert and --tls-key".into(),
+                ))
+            }
+            (Some(addr), Some(tls)) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ControlError::Bind(addr, e))?;
+                Some(crate::console::TlsListener::new(l, tls.clone()).ok_or_else(|| {
+                    ControlError::Tls("--tls-cert is not a moat-control certificate".into())
+                })?)
+            }
+        };
         let local = listener
             .local_addr()
             .map_err(|e| ControlError::Bind(cfg.listen, e))?;
@@ -107,6 +125,7 @@ impl Control {
         });
         Ok(Self {
             listener,
+            console,
             shared,
             tls: cfg.tls,
         })
@@ -115,6 +134,12 @@ impl Control {
     /// The address gRPC listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// The address the console listens on, when it has one.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        use axum::serve::Listener as _;
+        self.console.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// `/readyz`: ready while the node knows a leader (or lost it less than `unready_after`
@@ -173,6 +198,16 @@ impl Control {
             shared: Arc::clone(&self.shared),
         };
         let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&self.shared)));
+        let (console_stop, console_stopped) = oneshot::channel::<()>();
+        let console = self.console.map(|l| {
+            tokio::spawn(crate::console::serve(
+                l,
+                Arc::clone(&self.shared),
+                async move {
+                    let _ = console_stopped.await;
+                },
+            ))
+        });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = async {
             let _ = stop_rx.await;
@@ -213,6 +248,10 @@ impl Control {
             }
         }
         deliveries.abort();
+        let _ = console_stop.send(());
+        if let Some(c) = console {
+            c.abort();
+        }
         Ok(())
     }
 }

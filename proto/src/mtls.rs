@@ -117,6 +117,8 @@ struct Material {
     role: Role,
     /// Built for control certificates only: the server side of a control node.
     server: Option<Arc<rustls::ServerConfig>>,
+    /// Built for control certificates only: the console's HTTPS side (no client certificate).
+    https: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for InternalTls {
@@ -203,7 +205,7 @@ impl Material {
         callers
             .verify_client_cert(leaf, intermediates, now)
             .map_err(refused)?;
-        let server = if role == Role::Control {
+        let (server, https) = if role == Role::Control {
             let name = rustls::pki_types::ServerName::try_from(CONTROL_SERVER_NAME)
                 .map_err(|e| bad(cert, e.to_string()))?;
             rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -216,16 +218,25 @@ impl Material {
             .map_err(refused)?;
             // The server side: a client certificate from the CA required of every caller;
             // HTTP/2 only.
-            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| bad(cert, e.to_string()))?
                 .with_client_cert_verifier(callers)
-                .with_single_cert(chain, private)
+                .with_single_cert(chain.clone(), private.clone_key())
                 .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
             config.alpn_protocols = vec![b"h2".to_vec()];
-            Some(Arc::new(config))
+            // The console's side: the same certificate for browsers, which present none;
+            // HTTP/1.1 only.
+            let mut https = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(cert, e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(chain, private)
+                .map_err(|e| bad(key, format!("does not go with {}: {e}", cert.display())))?;
+            https.alpn_protocols = vec![b"http/1.1".to_vec()];
+            (Some(Arc::new(config)), Some(Arc::new(https)))
         } else {
-            None
+            (None, None)
         };
         Ok(Self {
             ca: ca_pem,
@@ -233,6 +244,7 @@ impl Material {
             key: key_pem,
             role,
             server,
+            https,
         })
     }
 }
@@ -347,6 +359,15 @@ impl InternalTls {
             }
         });
         Some(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+impl InternalTls {
+    /// The console's server side (HTTPS for browsers: this certificate, no client
+    /// certificate asked, HTTP/1.1), with the material current now, so each connection picks
+    /// up a renewal. `None` unless this is a control certificate.
+    pub fn https_server(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.current().https.clone()
     }
 }
 

@@ -13,6 +13,7 @@ pub(super) struct Endpoints {
     pub(super) admin: AdminEndpoints,
     pub(super) tls: TlsEndpoints,
     pub(super) internal_tls: InternalTlsFiles,
+    pub(super) console: ConsoleEndpoints,
     pub(super) maildir: Option<PathBuf>,
     pub(super) demo: Demo,
 }
@@ -34,6 +35,8 @@ pub(super) struct ControlEndpoints {
     /// `/healthz`, `/readyz`, `/metrics`.
     pub(super) status: String,
     pub(super) data: PathBuf,
+    /// This node's admin console, `https://127.0.0.1:PORT`.
+    pub(super) console: String,
 }
 
 #[derive(Serialize)]
@@ -70,4 +73,13 @@ pub(super) struct Demo {
     pub(super) tenant: String,
     pub(super) user: String,
     pub(super) password: String,
+}
+
+/// Control node 1's admin console and the CA that signs its certificate.
+#[derive(Serialize)]
+pub(super) struct ConsoleEndpoints {
+    /// `https://127.0.0.1:PORT`.
+    pub(super) url: String,
+    /// The internal CA (PEM) a client verifies the console's certificate with.
+    pub(super) ca: PathBuf,
 }

@@ -6,7 +6,10 @@
 //! submission and smtps listeners on 127.0.0.1, delivering into the maildir sink at
 //! `DIR/mail/`. Control node 1 and edge 1 run inside this process; `--nodes N` and `--edges M`
 //! add the others as child processes (`moat control`, `moat edge`), each with its own data
-//! directory. Everything a tool or test needs to find is written to `DIR/endpoints.json`.
+//! directory. Every control node serves the admin console over HTTPS (node 1 on
+//! `--console-port`, 7480 by default; the dev CA in `DIR/tls/internal/ca.pem` signs its
+//! certificate; sign in with the operator token). Everything a tool or test needs to find is
+//! written to `DIR/endpoints.json`.
 //!
 //! Layout: this file holds the options and the start-up sequence; [`endpoints`] the shape of
 //! `endpoints.json`, [`edge_config`](mod@edge_config) edge 1's settings with their dev defaults, [`children`] the child processes and their ports, [`secrets`] the token,
@@ -31,8 +34,8 @@ pub(crate) use children::edge_version;
 use children::{free_port, Children};
 use edge_config::edge_config;
 use endpoints::{
-    AdminEndpoints, AdminTls, ControlEndpoints, Demo, EdgeEndpoints, Endpoints, InternalTlsFiles,
-    TlsEndpoints,
+    AdminEndpoints, AdminTls, ConsoleEndpoints, ControlEndpoints, Demo, EdgeEndpoints, Endpoints,
+    InternalTlsFiles, TlsEndpoints,
 };
 use secrets::{ensure_certificates, ensure_secret, ensure_token};
 
@@ -67,7 +70,14 @@ pub struct DevArgs {
     /// gRPC port of control node 1; node N uses this plus N-1 (0: any free ports).
     #[arg(long, default_value_t = 7400)]
     control_port: u16,
+    /// HTTPS port of control node 1's admin console [default: 7480, or any free port when
+    /// 7480 is taken]; 0: any free port. The other nodes' consoles use free ports.
+    #[arg(long)]
+    console_port: Option<u16>,
 }
+
+/// The console port of node 1 unless `--console-port` says otherwise.
+const CONSOLE_PORT: u16 = 7480;
 
 /// The demo SMTP AUTH user `moat dev` creates.
 const DEMO_USER: &str = "demo@example.test";
@@ -115,8 +125,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the moat binary")?;
     let log_dir = data.join("logs");
     std::fs::create_dir_all(&log_dir)?;
+    let console_port = match args.console_port {
+        Some(0) => free_port()?,
+        Some(p) => p,
+        None if std::net::TcpListener::bind(("127.0.0.1", CONSOLE_PORT)).is_ok() => CONSOLE_PORT,
+        None => free_port()?,
+    };
     let mut control_eps = Vec::new();
     for (&id, addr) in &peers {
+        let console = if id == 1 {
+            format!("127.0.0.1:{console_port}")
+        } else {
+            format!("127.0.0.1:{}", free_port()?)
+        };
         let node_data = data.join(format!("control-{id}"));
         let mut status = format!("127.0.0.1:{}", free_port()?);
         let pid = if id == 1 {
@@ -133,9 +154,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 dev_clock: true,
                 unready_after: std::time::Duration::from_secs(5),
                 tls: Some(control_tls.clone()),
+                console_listen: Some(console.parse()?),
             };
             let control = Control::start(cfg).await.map_err(|e| {
-                anyhow::anyhow!("{e}; choose another port with --control-port (0: any free port)")
+                anyhow::anyhow!(
+                    "{e}; choose other ports with --control-port and --console-port (0: any free port)"
+                )
             })?;
             let listener = moat_edge::status::bind(([127, 0, 0, 1], 0).into()).await?;
             status = listener.local_addr()?.to_string();
@@ -165,6 +189,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .arg("--dev-clock")
                 .arg("--status-listen")
                 .arg(&status)
+                .arg("--console-listen")
+                .arg(&console)
                 .arg("--tls-ca")
                 .arg(&pki.ca)
                 .arg("--tls-cert")
@@ -182,6 +208,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             pid,
             address: addr.clone(),
             data: node_data,
+            console: format!("https://{console}"),
         });
     }
     let control_addrs: Vec<String> = peers.values().cloned().collect();
@@ -405,6 +432,10 @@ key = {internal_key:?}
             edge_key: pki.edge.1.clone(),
         },
         tls: TlsEndpoints { ca: ca.clone() },
+        console: ConsoleEndpoints {
+            url: format!("https://127.0.0.1:{console_port}"),
+            ca: pki.ca.clone(),
+        },
         maildir: maildir.clone(),
         demo: Demo {
             tenant: "example.test".into(),
@@ -432,6 +463,11 @@ key = {internal_key:?}
     }
     println!("  control           {}", control_addrs.join(", "));
     println!("  endpoints         {}", path.display());
+    println!(
+        "  console           https://127.0.0.1:{console_port}  (sign in with the token in {}; CA {})",
+        data.join("admin-token").display(),
+        pki.ca.display()
+    );
     println!("  demo tenant       example.test");
     println!("  demo user         {DEMO_USER}  password {password}");
     println!(

@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod cluster;
 mod connectors;
+mod console;
 mod harness;
 
 mod delivery;

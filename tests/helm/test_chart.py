@@ -293,6 +293,26 @@ class SemanticsTest(unittest.TestCase):
                              f"{RELEASE}-control")["spec"]["minAvailable"], 1)
         log("control.replicas 1: PDB minAvailable 1")
 
+    def test_console(self):
+        objects = Rendered.get("defaults")
+        self.assertNotIn("--console-listen", control_script(objects))
+        self.assertFalse([o for o in objects if o["kind"] == "Service"
+                          and o["metadata"]["name"] == f"{RELEASE}-control-console"])
+        on = manifests(render({"control": {"console": {"enabled": True, "port": 8443}},
+                               "networkPolicy": {"enabled": True}}))
+        self.assertIn('--console-listen "0.0.0.0:8443"', control_script(on))
+        svc = one(on, "Service", f"{RELEASE}-control-console")
+        self.assertEqual(svc["spec"]["ports"][0]["port"], 8443)
+        self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "console")
+        self.assertEqual(svc["spec"]["sessionAffinity"], "ClientIP")
+        ports = one(on, "StatefulSet", f"{RELEASE}-control")["spec"]["template"]["spec"][
+            "containers"][0]["ports"]
+        self.assertIn({"name": "console", "containerPort": 8443, "protocol": "TCP"}, ports)
+        rules = one(on, "NetworkPolicy", f"{RELEASE}-control")["spec"]["ingress"]
+        self.assertTrue(any(p.get("port") == "console" for r in rules for p in r["ports"]))
+        log("console: off by default; enabled, --console-listen, a container port, a "
+            "ClientIP-affine Service and a NetworkPolicy rule")
+
     def test_anti_affinity(self):
         soft = one(Rendered.get("defaults"), "StatefulSet")["spec"]["template"]["spec"]
         hard = one(Rendered.get("ha"), "StatefulSet")["spec"]["template"]["spec"]

@@ -13,7 +13,7 @@ use authz::{authenticate, principal_of, Caller, Credentials, Principal};
 pub(crate) mod authz;
 mod explain;
 mod paging;
-mod read;
+pub(crate) mod read;
 pub(crate) mod write;
 
 #[tonic::async_trait]

@@ -23,7 +23,7 @@ use crate::service::Shared;
 use crate::state::State;
 
 /// Carries out one admin read for `who`.
-pub(super) async fn read(
+pub(crate) async fn read(
     shared: &Shared,
     who: &Principal,
     mut r: v1::ReadRequest,
@@ -71,7 +71,7 @@ pub(super) async fn read(
 }
 
 /// The cluster as this node sees it: raft status, members and the edges it heard from.
-pub(super) fn cluster(shared: &Shared, who: &Principal) -> Result<v1::ClusterStatus, Status> {
+pub(crate) fn cluster(shared: &Shared, who: &Principal) -> Result<v1::ClusterStatus, Status> {
     authorize(who, &Action::SeeCluster)?;
     let view = shared.view.borrow().clone();
     let status = view

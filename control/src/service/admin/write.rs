@@ -95,7 +95,7 @@ fn behind(
 }
 
 /// Carries out one admin write for `who`: checks, authorizes, proposes, waits for the outcome.
-pub(super) async fn write(
+pub(crate) async fn write(
     shared: &Shared,
     who: &Principal,
     w: v1::WriteRequest,
