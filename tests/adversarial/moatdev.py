@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "debug" / "moat"
+BINARY = Path(os.environ.get("MOAT_BIN") or ROOT / "target" / "debug" / "moat")
 
 # Generous: the machine is shared and loaded.
 REPLY_TIMEOUT = 30.0

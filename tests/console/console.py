@@ -96,6 +96,21 @@ def send(edge: tuple[str, int], source: str, sender: str, rcpt: str) -> str:
         return f"{e.smtp_code} {e.smtp_error.decode(errors='replace')}"
 
 
+def send_from_exchange(m: MoatDev, server: str, build: str) -> None:
+    """One message from an on-premises Exchange server (127.0.0.4, the `exch` connector)
+    stamped with `build`, as Exchange stamps its own hop."""
+    msg = (
+        f"Received: from {server} (10.0.0.5) by\r\n {server} (10.0.0.5) with Microsoft SMTP "
+        f"Server\r\n (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id {build};"
+        f"\r\n Tue, 24 Nov 2026 10:00:00 +0000\r\nFrom: app@example.test\r\n"
+        f"To: alice@example.test\r\nSubject: from {server}\r\n\r\nhello\r\n"
+    )
+    host, port = m.addr("mx", 0)
+    with smtplib.SMTP(host, port, timeout=30, source_address=("127.0.0.4", 0)) as s:
+        s.ehlo("exch01.example.test")
+        s.sendmail("app@example.test", ["alice@example.test"], msg.encode())
+
+
 def flood_until_restricted(m: MoatDev, admin: Admin) -> None:
     """Baseline traffic, then a flood from unowned domains, until both edges refuse both
     flooders with 5.7.711."""
@@ -178,10 +193,10 @@ class Console:
 
 
 def certificate_is_the_dev_cas(m: MoatDev, url: str) -> None:
-    """The console speaks TLS with a certificate the dev CA signed (checked by Python's ssl;
-    the browser is told to accept it, having no way to load the CA)."""
+    """The console speaks TLS with a certificate the dev internal CA signed (checked by
+    Python's ssl; the browser is told to accept it, having no way to load the CA)."""
     u = urllib.parse.urlparse(url)
-    ctx = ssl.create_default_context(cafile=m.ca)
+    ctx = ssl.create_default_context(cafile=m.ep["console"]["ca"])
     ctx.check_hostname = False
     import socket
     with socket.create_connection((u.hostname, u.port), timeout=10) as s:
@@ -219,7 +234,8 @@ def run(m: MoatDev, shots: Path) -> None:
     certificate_is_the_dev_cas(m, url)
     admin.run("tenant", "create", "other.test", "--domain", "other.test", json_out=False)
     for tenant, name, ip in [("example.test", "flooder", "127.0.0.2"),
-                             ("other.test", "otherflood", "127.0.0.3")]:
+                             ("other.test", "otherflood", "127.0.0.3"),
+                             ("example.test", "exch", "127.0.0.4")]:
         admin.run("connector", "create", "--tenant", tenant, name, "--type", "on-premises",
                   "--sender-ip", ip, json_out=False)
     operator = (m.data / "admin-token").read_text().strip()
@@ -227,6 +243,12 @@ def run(m: MoatDev, shots: Path) -> None:
     reader = admin.token("reader", "console-reader")
     time.sleep(1.0)  # the connectors reach both edges (the policy push is milliseconds)
     flood_until_restricted(m, admin)
+    # An out-of-date Exchange 2016 server (15.1.2507.44 is below the baseline) is seen.
+    send_from_exchange(m, "exch01.example.test", "15.1.2507.44")
+    deadline = time.monotonic() + 30
+    while not admin.run("onprem", "servers", "--tenant", "example.test"):
+        check(time.monotonic() < deadline, "the Exchange server was never reported")
+        time.sleep(0.5)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -369,6 +391,8 @@ def csrf_and_reader(browser, url: str, shots: Path, op: Console, reader_token: s
 def onprem_pause(op: Console) -> None:
     check(op.goto("/onprem") == 200, "onprem not 200")
     before = op.text()
+    for want in ["exch01.example.test", "15.1.2507.44", "Microsoft SMTP Server"]:
+        check(want in before, f"the on-prem page lacks {want!r}:\n{before[:2000]}")
     op.shot("onprem")
     form = op.page.locator("form[action='/onprem/example.test/pause']")
     check(form.count() == 1, f"no pause form for example.test:\n{before[:2000]}")
