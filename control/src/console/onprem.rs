@@ -32,15 +32,17 @@ pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
         "Throttle min/h",
         "Block min/h",
         "Next stage",
-        "Next stage on",
-        "Received",
+        "Received line (evidence)",
         "Exempt",
     ]);
     for s in servers {
         let next = if s.next_stage > 0 {
             format!(
-                "{} (throttle {}, block {})",
-                s.next_stage, s.next_throttle, s.next_block
+                "{} on {} (throttle {}, block {})",
+                s.next_stage,
+                when(s.next_stage_ms),
+                s.next_throttle,
+                s.next_block
             )
         } else {
             "-".into()
@@ -60,11 +62,6 @@ pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
                 s.throttle.to_string(),
                 s.block.to_string(),
                 next,
-                if s.next_stage > 0 {
-                    when(s.next_stage_ms)
-                } else {
-                    "-".into()
-                },
                 if s.received.is_empty() {
                     "-".into()
                 } else {
