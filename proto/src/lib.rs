@@ -101,6 +101,9 @@ mod tests {
                 "onprem-policy",
                 "onprem-pauses",
                 "clock",
+                "inbound-report",
+                "auth-clients-report",
+                "non-accepted-domains-report",
             ]
         );
         for kind in ReadKind::all() {

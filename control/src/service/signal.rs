@@ -1,7 +1,9 @@
 //! The Signal service: edges report counter deltas in numbered batches. The batch goes to the
 //! node thread (the leader commits held batches as one entry per window, or at once when the
 //! edge marks it urgent); the edge gets its sequence back once the batch is committed, or an
-//! error and keeps the batch for its next report.
+//! error and keeps the batch for its next report. Data only a newer log version reads (the
+//! on-premises evidence lines, version 3; the reports' counters and Message-ID samples,
+//! version 4) is carried only once every voter applies that version.
 
 use moat_proto::mtls::Role as CertRole;
 use moat_proto::v1;
@@ -14,6 +16,10 @@ use crate::state::SignalBatch;
 
 /// Most evidence lines taken from one batch (one per sighting counter; an edge sends far fewer).
 const MAX_EVIDENCE: usize = 1000;
+
+/// Most Message-ID samples taken from one batch (an edge sends at most 3 for each of 1000
+/// counters).
+const MAX_SAMPLES: usize = 3000;
 
 #[tonic::async_trait]
 impl v1::signal_server::Signal for Services {
@@ -44,14 +50,36 @@ impl v1::signal_server::Signal for Services {
             }
             e.last_seen_ms = now_ms();
         }
+        // The reports' counters and samples are carried only once every voter applies log
+        // version 4: a node of an earlier release would count them as plain counters (a scope
+        // it does not know is one), and its state would part from the others'. Until then they
+        // are dropped here, and the plain counters never hold them.
+        let reports_ok = crate::service::admin::write::voters_apply(&self.shared, 4);
+        let (reports, counters): (Vec<_>, Vec<_>) = b
+            .counters
+            .into_iter()
+            .map(|c| (c.scope, c.key, c.name, c.value))
+            .partition(|(scope, ..)| moat_shared::signal::REPORT_SCOPES.contains(&scope.as_str()));
+        let (reports, samples) = if reports_ok {
+            let samples = b
+                .message_id_samples
+                .into_iter()
+                .take(MAX_SAMPLES)
+                .map(|s| {
+                    let id = moat_shared::signal::bound_message_id(&s.message_id);
+                    (s.key, s.name, id)
+                })
+                .collect();
+            (reports, samples)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let batch = SignalBatch {
             edge: b.edge_id,
             seq,
-            counters: b
-                .counters
-                .into_iter()
-                .map(|c| (c.scope, c.key, c.name, c.value))
-                .collect(),
+            counters,
+            reports,
+            samples,
             // Carried only once every voter applies log version 3: an older replica would drop
             // it and its report would differ from the others'.
             onprem_evidence: if crate::service::admin::write::voters_apply(&self.shared, 3) {

@@ -546,6 +546,85 @@ fn read_reply(
                 })
                 .collect();
         }
+        K::InboundReport => {
+            let first = report_first_day(state, r.days)?;
+            let items = report_rows(&state.reports.inbound, &first, bounds.after).filter_map(
+                |(k, day, row, v)| {
+                    let (tenant, name) = row.split_once('/')?;
+                    if !tenant_ok_str(&r.tenant, tenant) {
+                        return None;
+                    }
+                    let connector = TenantId::new(tenant)
+                        .ok()
+                        .map(|t| ConnectorId::new(t, name))
+                        .and_then(|id| state.directory.connectors.get(&id))
+                        .filter(|_| !name.is_empty());
+                    let row = v1::InboundReportRow {
+                        day: day.to_owned(),
+                        tenant: tenant.to_owned(),
+                        connector: if name.is_empty() { "other" } else { name }.to_owned(),
+                        connector_type: connector
+                            .map(|c| c.kind.to_string())
+                            .unwrap_or_default(),
+                        tls_forced: connector.is_some_and(|c| c.require_tls),
+                        no_tls: v.none,
+                        tls10: v.tls10,
+                        tls11: v.tls11,
+                        tls12: v.tls12,
+                        tls13: v.tls13,
+                        messages: v.total(),
+                    };
+                    Some((k, row))
+                },
+            );
+            (reply.inbound_report, next) = page(items, bounds);
+        }
+        K::AuthClientsReport => {
+            let first = report_first_day(state, r.days)?;
+            let items = report_rows(&state.reports.auth_clients, &first, bounds.after).filter_map(
+                |(k, day, row, v)| {
+                    let (tenant, user) = row.split_once('/')?;
+                    if !tenant_ok_str(&r.tenant, tenant) {
+                        return None;
+                    }
+                    let row = v1::AuthClientRow {
+                        day: day.to_owned(),
+                        tenant: tenant.to_owned(),
+                        user: if user.is_empty() { "other" } else { user }.to_owned(),
+                        no_tls: v.none,
+                        tls10: v.tls10,
+                        tls11: v.tls11,
+                        tls12: v.tls12,
+                        tls13: v.tls13,
+                        messages: v.total(),
+                    };
+                    Some((k, row))
+                },
+            );
+            (reply.auth_clients, next) = page(items, bounds);
+        }
+        K::NonAcceptedDomainsReport => {
+            let first = report_first_day(state, r.days)?;
+            let items = report_rows(&state.reports.non_accepted, &first, bounds.after).filter_map(
+                |(k, day, row, v)| {
+                    let (tenant, rest) = row.split_once('/')?;
+                    let (connector, domain) = rest.rsplit_once('/')?;
+                    if !tenant_ok_str(&r.tenant, tenant) {
+                        return None;
+                    }
+                    let row = v1::NonAcceptedDomainRow {
+                        day: day.to_owned(),
+                        tenant: tenant.to_owned(),
+                        connector: connector.to_owned(),
+                        domain: if domain.is_empty() { "other" } else { domain }.to_owned(),
+                        messages: v.messages,
+                        sample_message_ids: v.samples.clone(),
+                    };
+                    Some((k, row))
+                },
+            );
+            (reply.non_accepted_domains, next) = page(items, bounds);
+        }
         K::Counters => {
             let from = text_key(bounds.after, |k| Some(k.to_owned()))?;
             let items = range_after(&state.counters.table, from).filter_map(|(k, c)| {
@@ -574,6 +653,52 @@ fn read_reply(
         reply.next_page_token = moat_proto::paging::encode_page_token(kind, &key);
     }
     Ok(reply)
+}
+
+/// Whether a row of `tenant` is in a read scoped to `want` (empty: every tenant).
+fn tenant_ok_str(want: &str, tenant: &str) -> bool {
+    want.is_empty() || want == tenant
+}
+
+/// The first day (`YYYY-MM-DD`) a report read of `days` days covers, today included: 0 asks
+/// for 7, and more than [`crate::state::reports::REPORT_DAYS`] is refused.
+fn report_first_day(state: &State, days: u32) -> Result<String, Status> {
+    let kept = crate::state::reports::REPORT_DAYS;
+    let days = match i64::from(days) {
+        0 => 7,
+        d if d <= kept => d,
+        d => {
+            return Err(Status::invalid_argument(format!(
+                "--days {d}: a report covers 1 to {kept} days"
+            )))
+        }
+    };
+    let today = moat_shared::time::day_of_ms(read_now(state));
+    Ok(moat_shared::time::day_string(today - days + 1))
+}
+
+/// A report's rows from day `first` on, in key order (day, then row key), after the page key
+/// `after`: `(page key, day, row key, row)`. The page key is `day|row key`, whose byte order
+/// is that order (days are of one width).
+fn report_rows<'a, V>(
+    table: &'a BTreeMap<String, BTreeMap<String, V>>,
+    first: &str,
+    after: Option<&'a [u8]>,
+) -> impl Iterator<Item = (Vec<u8>, &'a str, &'a str, &'a V)> + 'a {
+    table
+        .range(first.to_owned()..)
+        .flat_map(|(day, rows)| {
+            rows.iter()
+                .map(move |(row, v)| (day.as_str(), row.as_str(), v))
+        })
+        .map(|(day, row, v)| {
+            let mut k = Vec::with_capacity(day.len() + 1 + row.len());
+            k.extend_from_slice(day.as_bytes());
+            k.push(b'|');
+            k.extend_from_slice(row.as_bytes());
+            (k, day, row, v)
+        })
+        .filter(move |(k, ..)| after.is_none_or(|a| k.as_slice() > a))
 }
 
 #[cfg(test)]
