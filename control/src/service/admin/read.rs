@@ -893,4 +893,88 @@ mod tests {
         let e = read_reply(&state, &r, v1::ReadKind::Connector, bounds).expect_err("bad key");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
+
+    #[test]
+    fn reports_take_1_to_90_days_a_tenant_and_page_by_day_and_row() {
+        use crate::state::reports::{Sampled, Versions};
+        let mut state = State::default();
+        let today = moat_shared::time::day_of_ms(now_ms());
+        let day = |back: i64| moat_shared::time::day_string(today - back);
+        let v = Versions {
+            tls13: 2,
+            none: 1,
+            ..Default::default()
+        };
+        for back in [0, 10] {
+            let rows = state.reports.inbound.entry(day(back)).or_default();
+            rows.insert("a.test/onprem".into(), v);
+            rows.insert("a.test/".into(), v);
+            rows.insert("b.test/x".into(), v);
+        }
+        state.reports.non_accepted.entry(day(0)).or_default().insert(
+            "a.test/onprem/elsewhere.test".into(),
+            Sampled {
+                messages: 3,
+                samples: vec!["<1@x>".into()],
+            },
+        );
+        let read = |kind: v1::ReadKind, days: u32, tenant: &str, limit: usize, token: &str| {
+            let r = v1::ReadRequest {
+                days,
+                tenant: tenant.into(),
+                ..v1::ReadRequest::of(kind)
+            };
+            let after = moat_proto::paging::decode_page_token(kind, token).expect("token");
+            let bounds = Bounds {
+                after: after.as_deref(),
+                limit,
+                budget: PAGE_BYTES,
+            };
+            read_reply(&state, &r, kind, bounds)
+        };
+        let k = v1::ReadKind::InboundReport;
+        let week = read(k, 0, "", 0, "").expect("read");
+        assert_eq!(week.inbound_report.len(), 3, "7 days by default");
+        let r = &week.inbound_report[0];
+        assert_eq!(
+            (r.connector.as_str(), r.messages, r.no_tls, r.tls13),
+            ("other", 3, 1, 2)
+        );
+        assert_eq!(read(k, 30, "", 0, "").expect("read").inbound_report.len(), 6);
+        assert_eq!(read(k, 90, "b.test", 0, "").expect("read").inbound_report.len(), 2);
+        for bad in [91, 1000] {
+            let e = read(k, bad, "", 0, "").expect_err("too many days");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        }
+        // Paged: each row once, in day then row order.
+        let (mut token, mut seen) = (String::new(), Vec::new());
+        loop {
+            let page = read(k, 30, "", 2, &token).expect("read");
+            assert!(page.inbound_report.len() <= 2);
+            seen.extend(
+                page.inbound_report
+                    .iter()
+                    .map(|r| format!("{} {}/{}", r.day, r.tenant, r.connector)),
+            );
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let order = |d: String| {
+            [
+                format!("{d} a.test/other"),
+                format!("{d} a.test/onprem"),
+                format!("{d} b.test/x"),
+            ]
+        };
+        assert_eq!(seen, [order(day(10)), order(day(0))].concat());
+        let n = read(v1::ReadKind::NonAcceptedDomainsReport, 1, "a.test", 0, "").expect("read");
+        let row = &n.non_accepted_domains[0];
+        assert_eq!(
+            (row.connector.as_str(), row.domain.as_str(), row.messages),
+            ("onprem", "elsewhere.test", 3)
+        );
+        assert_eq!(row.sample_message_ids, ["<1@x>"]);
+    }
 }
