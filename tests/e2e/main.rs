@@ -22,6 +22,7 @@ mod observability;
 mod onprem;
 mod paging;
 mod policy;
+mod reports;
 mod security;
 mod submission;
 mod tls_proxy;

@@ -563,9 +563,13 @@ fn read_reply(
                         day: day.to_owned(),
                         tenant: tenant.to_owned(),
                         connector: if name.is_empty() { "other" } else { name }.to_owned(),
-                        connector_type: connector
-                            .map(|c| c.kind.to_string())
-                            .unwrap_or_default(),
+                        // Exchange's names for the types, as its inbound messages report has them.
+                        connector_type: match connector.map(|c| c.kind) {
+                            Some(moat_shared::ConnectorKind::OnPremises) => "OnPremises",
+                            Some(moat_shared::ConnectorKind::Partner) => "Partner",
+                            None => "",
+                        }
+                        .to_owned(),
                         tls_forced: connector.is_some_and(|c| c.require_tls),
                         no_tls: v.none,
                         tls10: v.tls10,
