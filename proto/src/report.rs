@@ -261,7 +261,13 @@ pub fn legacy_clients(reply: &v1::ReadReply) -> Table {
     Table {
         title: "Clients on TLS 1.0/1.1".into(),
         columns: columns(&[
-            "Day", "Tenant", "Client IP", "User", "Version", "Sessions", "Messages",
+            "Day",
+            "Tenant",
+            "Client IP",
+            "User",
+            "Version",
+            "Sessions",
+            "Messages",
         ]),
         rows: reply
             .legacy_clients

@@ -195,7 +195,9 @@ impl TlsVersion {
     pub fn of(version: Option<&str>) -> Self {
         match version {
             None => Self::None,
-            Some(v) => Self::parse(v).filter(|t| *t != Self::None).unwrap_or(Self::Other),
+            Some(v) => Self::parse(v)
+                .filter(|t| *t != Self::None)
+                .unwrap_or(Self::Other),
         }
     }
 }
@@ -318,7 +320,10 @@ mod tests {
         assert_eq!(TlsVersion::of(Some("none")), TlsVersion::Other);
         assert_eq!(TlsVersion::of(Some("SSLv3")), TlsVersion::Other);
         let n = auth_client(TlsVersion::Tls12, "a|b@x.test");
-        assert_eq!(split_auth_client(&n), Some((TlsVersion::Tls12, "a|b@x.test")));
+        assert_eq!(
+            split_auth_client(&n),
+            Some((TlsVersion::Tls12, "a|b@x.test"))
+        );
         assert_eq!(split_auth_client("TLSv9|u"), None);
         assert_eq!(bound_message_id(" <a\r\nb@x> "), "<ab@x>");
         let long = "é".repeat(150);

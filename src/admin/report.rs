@@ -84,8 +84,11 @@ impl Ctx {
             }
             ReportCmd::LegacyClients { tenant, days } => {
                 let reply = self.tls_report(tenant.as_deref(), days).await?;
-                let objects: Vec<Value> =
-                    reply.legacy_clients.iter().map(legacy_client_json).collect();
+                let objects: Vec<Value> = reply
+                    .legacy_clients
+                    .iter()
+                    .map(legacy_client_json)
+                    .collect();
                 self.print_report(&tables::legacy_clients(&reply), objects);
                 Ok(())
             }
@@ -417,7 +420,9 @@ mod tests {
         for name in ["inbound", "auth-clients", "non-accepted-domains"] {
             match parse(&["report", name]).unwrap().command {
                 Resource::Report(
-                    ReportCmd::Inbound(a) | ReportCmd::AuthClients(a) | ReportCmd::NonAcceptedDomains(a),
+                    ReportCmd::Inbound(a)
+                    | ReportCmd::AuthClients(a)
+                    | ReportCmd::NonAcceptedDomains(a),
                 ) => {
                     assert_eq!((a.tenant, a.days), (None, 7), "{name}");
                 }

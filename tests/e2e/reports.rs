@@ -97,7 +97,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             (false, c) => cell.push(c),
         }
     }
-    assert!(cell.is_empty() && line.is_empty(), "no CRLF at the end: {text:?}");
+    assert!(
+        cell.is_empty() && line.is_empty(),
+        "no CRLF at the end: {text:?}"
+    );
     lines
 }
 
@@ -122,7 +125,13 @@ fn csv_matches_table(dev: &Dev, args: &[&str]) -> Vec<Vec<String>> {
         .collect::<Vec<_>>()];
     expected.extend(csv[1..].iter().map(|row| {
         row.iter()
-            .map(|c| if c.is_empty() { "<none>".into() } else { c.clone() })
+            .map(|c| {
+                if c.is_empty() {
+                    "<none>".into()
+                } else {
+                    c.clone()
+                }
+            })
             .collect::<Vec<String>>()
     }));
     assert_eq!(table, expected, "{args:?}: table and CSV differ");
@@ -279,7 +288,12 @@ fn inbound_auth_clients_and_non_accepted_domains_reports() {
     assert!(csv.len() > 1, "{csv:?}");
     csv_matches_table(
         &dev,
-        &[&["report", "legacy-clients"][..], &tenant[..], &["--days", "90"][..]].concat(),
+        &[
+            &["report", "legacy-clients"][..],
+            &tenant[..],
+            &["--days", "90"][..],
+        ]
+        .concat(),
     );
 
     // Days: 1 to 90; CSV only for reports.

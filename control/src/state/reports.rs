@@ -80,12 +80,7 @@ impl Versions {
     /// Every message of the row.
     pub fn total(&self) -> u64 {
         [
-            self.none,
-            self.tls10,
-            self.tls11,
-            self.tls12,
-            self.tls13,
-            self.other,
+            self.none, self.tls10, self.tls11, self.tls12, self.tls13, self.other,
         ]
         .iter()
         .fold(0u64, |a, b| a.saturating_add(*b))
@@ -135,12 +130,12 @@ impl Reports {
 }
 
 /// The row `key` of a day, or its `fold` row once the day holds `max` rows.
-fn row<'a, V: Default>(
-    day: &'a mut BTreeMap<String, V>,
+fn row<V: Default>(
+    day: &mut BTreeMap<String, V>,
     key: String,
     fold: impl FnOnce() -> String,
     max: usize,
-) -> &'a mut V {
+) -> &mut V {
     let key = if day.len() >= max && !day.contains_key(&key) {
         fold()
     } else {
@@ -177,9 +172,8 @@ impl State {
                 let Some((v, user)) = signal::split_auth_client(name) else {
                     return;
                 };
-                let known = TenantId::new(key).is_ok_and(|t| {
-                    t.as_str() == key && self.directory.tenants.contains_key(&t)
-                });
+                let known = TenantId::new(key)
+                    .is_ok_and(|t| t.as_str() == key && self.directory.tenants.contains_key(&t));
                 if !known || user.is_empty() || user.len() > MAX_USER {
                     return;
                 }
@@ -195,7 +189,12 @@ impl State {
                 }
                 let rows = self.reports.non_accepted.entry(day).or_default();
                 let fold = || format!("{c}/");
-                let r = row(rows, format!("{c}/{domain}"), fold, NON_ACCEPTED_ROWS_PER_DAY);
+                let r = row(
+                    rows,
+                    format!("{c}/{domain}"),
+                    fold,
+                    NON_ACCEPTED_ROWS_PER_DAY,
+                );
                 r.messages = r.messages.saturating_add(delta);
                 let ids = samples
                     .iter()
@@ -311,10 +310,21 @@ mod tests {
         );
         let d0 = &s.reports.inbound["2025-11-23"]["a.test/onprem"];
         assert_eq!((d0.none, d0.tls12, d0.total()), (2, 3, 5));
-        assert_eq!(s.reports.inbound["2025-11-23"].len(), 1, "unknown connector");
+        assert_eq!(
+            s.reports.inbound["2025-11-23"].len(),
+            1,
+            "unknown connector"
+        );
         assert_eq!(s.reports.inbound["2025-11-24"]["a.test/onprem"].tls13, 1);
-        assert_eq!(s.reports.auth_clients["2025-11-23"]["a.test/u@a.test"].tls13, 4);
-        assert_eq!(s.reports.auth_clients["2025-11-23"].len(), 1, "unknown tenant");
+        assert_eq!(
+            s.reports.auth_clients["2025-11-23"]["a.test/u@a.test"].tls13,
+            4
+        );
+        assert_eq!(
+            s.reports.auth_clients["2025-11-23"].len(),
+            1,
+            "unknown tenant"
+        );
         // Kept 90 days: the first day goes when day 91 is counted.
         report(
             &mut s,

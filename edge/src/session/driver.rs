@@ -705,7 +705,9 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                             count_tls(shared, facts, tenant, user, Unit::Messages);
                             if !user.is_empty() {
                                 let name = signal::auth_client(tls_version(facts), user);
-                                shared.counters.add(signal::AUTH_TLS, tenant.as_str(), &name, 1);
+                                shared
+                                    .counters
+                                    .add(signal::AUTH_TLS, tenant.as_str(), &name, 1);
                             }
                         }
                         if !user.is_empty() {

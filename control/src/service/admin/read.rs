@@ -915,13 +915,18 @@ mod tests {
             rows.insert("a.test/".into(), v);
             rows.insert("b.test/x".into(), v);
         }
-        state.reports.non_accepted.entry(day(0)).or_default().insert(
-            "a.test/onprem/elsewhere.test".into(),
-            Sampled {
-                messages: 3,
-                samples: vec!["<1@x>".into()],
-            },
-        );
+        state
+            .reports
+            .non_accepted
+            .entry(day(0))
+            .or_default()
+            .insert(
+                "a.test/onprem/elsewhere.test".into(),
+                Sampled {
+                    messages: 3,
+                    samples: vec!["<1@x>".into()],
+                },
+            );
         let read = |kind: v1::ReadKind, days: u32, tenant: &str, limit: usize, token: &str| {
             let r = v1::ReadRequest {
                 days,
@@ -944,8 +949,17 @@ mod tests {
             (r.connector.as_str(), r.messages, r.no_tls, r.tls13),
             ("other", 3, 1, 2)
         );
-        assert_eq!(read(k, 30, "", 0, "").expect("read").inbound_report.len(), 6);
-        assert_eq!(read(k, 90, "b.test", 0, "").expect("read").inbound_report.len(), 2);
+        assert_eq!(
+            read(k, 30, "", 0, "").expect("read").inbound_report.len(),
+            6
+        );
+        assert_eq!(
+            read(k, 90, "b.test", 0, "")
+                .expect("read")
+                .inbound_report
+                .len(),
+            2
+        );
         for bad in [91, 1000] {
             let e = read(k, bad, "", 0, "").expect_err("too many days");
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
