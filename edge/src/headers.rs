@@ -1,5 +1,6 @@
 //! Reading the header `From:` (RFC 5322, the "P2" sender) out of message content as it streams
-//! past, to compare its domain with the envelope's (`MAIL FROM`, the "P1" sender).
+//! past, to compare its domain with the envelope's (`MAIL FROM`, the "P1" sender); and its
+//! `Message-ID:`, kept as a sample of mail from a sender domain the tenant does not accept.
 
 /// Most header octets examined; a From header further down is not looked for.
 const MAX_HEADER: usize = 64 * 1024;
