@@ -94,12 +94,18 @@ pub const MAX_COUNTERS: usize = 100_000;
 /// Most evidence lines held between two reports (one per on-premises sighting counter).
 pub const MAX_EVIDENCE: usize = 1000;
 
+/// Most counters with Message-ID samples held between two reports.
+pub const MAX_SAMPLED: usize = 1000;
+
 /// Counter deltas gathered since the last batch, by (scope, key, name).
 #[derive(Debug, Default)]
 pub struct Counters {
     map: Mutex<HashMap<(String, String, String), u64>>,
     /// The `Received:` line of each on-premises sighting counter, the newest one per counter.
     evidence: Mutex<HashMap<(String, String), String>>,
+    /// Message-IDs of the [`moat_shared::signal::NON_ACCEPTED`] counters, the first few per
+    /// counter.
+    samples: Mutex<HashMap<(String, String), Vec<String>>>,
     /// Set by [`Counters::send_now`]: the next batch is urgent.
     urgent: AtomicBool,
     wake: tokio::sync::Notify,
@@ -134,6 +140,27 @@ impl Counters {
         }
     }
 
+    /// Keeps `message_id` as a sample of the [`moat_shared::signal::NON_ACCEPTED`] counter
+    /// `(key, name)` for the next batch: the first
+    /// [`SAMPLES_PER_COUNTER`](moat_shared::signal::SAMPLES_PER_COUNTER) distinct ones per
+    /// counter, each bounded, at most [`MAX_SAMPLED`] counters.
+    pub fn sample(&self, key: &str, name: &str, message_id: &str) {
+        let id = moat_shared::signal::bound_message_id(message_id);
+        if id.is_empty() {
+            return;
+        }
+        if let Ok(mut m) = self.samples.lock() {
+            let k = (key.to_owned(), name.to_owned());
+            if m.len() >= MAX_SAMPLED && !m.contains_key(&k) {
+                return;
+            }
+            let list = m.entry(k).or_default();
+            if list.len() < moat_shared::signal::SAMPLES_PER_COUNTER && !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+
     /// Sends what is counted at once, as an urgent batch the leader commits without waiting
     /// for its batching window (a sighting that ends enforcement).
     pub fn send_now(&self) {
@@ -151,6 +178,22 @@ impl Counters {
                 key,
                 name,
                 received,
+            })
+            .collect()
+    }
+
+    fn take_samples(&self) -> Vec<v1::MessageIdSample> {
+        let Ok(mut m) = self.samples.lock() else {
+            return Vec::new();
+        };
+        std::mem::take(&mut *m)
+            .into_iter()
+            .flat_map(|((key, name), ids)| {
+                ids.into_iter().map(move |message_id| v1::MessageIdSample {
+                    key: key.clone(),
+                    name: name.clone(),
+                    message_id,
+                })
             })
             .collect()
     }
@@ -479,6 +522,7 @@ pub async fn report(
                 counters: deltas,
                 urgent,
                 onprem_evidence: counters.take_evidence(),
+                message_id_samples: counters.take_samples(),
             });
         }
         let Some(batch) = pending.clone() else {

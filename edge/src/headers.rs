@@ -1,5 +1,6 @@
 //! Reading the header `From:` (RFC 5322, the "P2" sender) out of message content as it streams
-//! past, to compare its domain with the envelope's (`MAIL FROM`, the "P1" sender).
+//! past, to compare its domain with the envelope's (`MAIL FROM`, the "P1" sender); and its
+//! `Message-ID:`, kept as a sample of mail from a sender domain the tenant does not accept.
 
 /// Most header octets examined; a From header further down is not looked for.
 const MAX_HEADER: usize = 64 * 1024;
@@ -29,8 +30,8 @@ impl HeaderFrom {
         String::from_utf8_lossy(&self.buf)
     }
 
-    /// The domain of the first address in the first `From:` header, lowercase.
-    pub fn domain(&self) -> Option<String> {
+    /// The value of the first header field named `field` (any case), unfolded.
+    fn field(&self, field: &str) -> Option<String> {
         let text = String::from_utf8_lossy(&self.buf);
         let head = text.split("\r\n\r\n").next()?;
         let mut value: Option<String> = None;
@@ -40,14 +41,26 @@ impl HeaderFrom {
                 Some(_) => break,
                 None => {
                     if let Some((name, rest)) = line.split_once(':') {
-                        if name.trim().eq_ignore_ascii_case("from") {
+                        if name.trim().eq_ignore_ascii_case(field) {
                             value = Some(rest.to_owned());
                         }
                     }
                 }
             }
         }
-        let value = value?;
+        value
+    }
+
+    /// The first `Message-ID:` header's value, trimmed (`None` when absent or empty).
+    pub fn message_id(&self) -> Option<String> {
+        let v = self.field("message-id")?;
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    /// The domain of the first address in the first `From:` header, lowercase.
+    pub fn domain(&self) -> Option<String> {
+        let value = self.field("from")?;
         // `Name <a@b>` or a bare `a@b`; a comment or display name may hold an `@`, the angle
         // address wins.
         let addr = match (value.rfind('<'), value.rfind('>')) {
@@ -62,6 +75,19 @@ impl HeaderFrom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_id() {
+        let mut h = HeaderFrom::default();
+        for chunk in "From: a@b.test\r\nMessage-Id:\r\n <x.1@b.test>\r\n\r\nMessage-ID: <no>\r\n"
+            .as_bytes()
+            .chunks(5)
+        {
+            h.feed(chunk);
+        }
+        assert_eq!(h.message_id().as_deref(), Some("<x.1@b.test>"));
+        assert_eq!(HeaderFrom::default().message_id(), None);
+    }
 
     fn from(msg: &str) -> Option<String> {
         let mut h = HeaderFrom::default();

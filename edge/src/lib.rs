@@ -21,7 +21,8 @@
 //!   (restricted and Partner connectors), [`verdict::relay`] (tenant attribution and relay),
 //!   [`verdict::submission`] (restricted users, send-as), [`verdict::tls`] (legacy TLS and the
 //!   speed bump), [`verdict::onprem`] (out-of-date Exchange servers).
-//! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison.
+//! - [`headers`]: the header From of a message in transit, for the P1/P2 comparison, and its
+//!   Message-ID, the sample of the non-accepted domains report.
 //! - [`relay`]: next hops: SMTP/LMTP proxying and the maildir sink.
 //! - [`control`]: the link to the control plane: policy stream and counter reports.
 //! - [`sync`]: the policy stream's parts applied to the snapshot, checked by digest.

@@ -12,7 +12,8 @@
 //! - [`digest`]: the order-independent digest of a policy that edges and control nodes compare.
 //! - [`mtls`]: internal mutual TLS: certificate roles, material checked and renewed from files.
 //! - [`paging`]: the opaque page tokens of paginated admin reads.
-//! - [`report`]: reports as tables of text cells, with their CSV form.
+//! - [`report`]: reports as tables of text cells, with their CSV form: [`report::table`] turns
+//!   the reply of every report read into the one table the CLI and the console show.
 
 pub mod convert;
 pub mod digest;
@@ -101,6 +102,9 @@ mod tests {
                 "onprem-policy",
                 "onprem-pauses",
                 "clock",
+                "inbound-report",
+                "auth-clients-report",
+                "non-accepted-domains-report",
             ]
         );
         for kind in ReadKind::all() {

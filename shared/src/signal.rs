@@ -146,6 +146,86 @@ pub fn auth_lockout_subject(name: &str) -> Option<&str> {
     name.strip_prefix(AUTH_LOCKOUT_PREFIX)
 }
 
+/// Scope of the inbound messages report: key = a [`ConnectorId`](crate::ConnectorId)'s text
+/// (`tenant/name`), name = a [`TlsVersion`], value = messages the next hop accepted through
+/// that connector.
+pub const INBOUND: &str = "inbound";
+
+/// Scope of the SMTP AUTH clients report: key = the user's tenant, name = [`auth_client`]
+/// (`version|user`), value = messages the authenticated user sent.
+pub const AUTH_TLS: &str = "auth-tls";
+
+/// Scope of the non-accepted domains report: key = a [`ConnectorId`](crate::ConnectorId)'s
+/// text, name = a MAIL FROM domain (lower case) that is none of the tenant's accepted domains,
+/// value = messages. A batch carries up to [`SAMPLES_PER_COUNTER`] Message-IDs per counter.
+pub const NON_ACCEPTED: &str = "non-accepted";
+
+/// The scopes of the reports added with log version 4: the control plane's leader carries
+/// them (and the Message-ID samples) into the log only once every voter applies that version,
+/// since a node of an earlier release would count them as plain counters.
+pub const REPORT_SCOPES: &[&str] = &[INBOUND, AUTH_TLS, NON_ACCEPTED];
+
+/// Most Message-ID samples per [`NON_ACCEPTED`] counter in a batch, and per report row.
+pub const SAMPLES_PER_COUNTER: usize = 3;
+
+/// Most bytes of one Message-ID sample.
+pub const MESSAGE_ID_MAX: usize = 200;
+
+counters! {
+    /// The TLS version of a session, as the reports count it.
+    TlsVersion {
+        /// No TLS.
+        None = "none",
+        /// TLS 1.0.
+        Tls10 = "TLSv1.0",
+        /// TLS 1.1.
+        Tls11 = "TLSv1.1",
+        /// TLS 1.2.
+        Tls12 = "TLSv1.2",
+        /// TLS 1.3.
+        Tls13 = "TLSv1.3",
+        /// A version none of the above names.
+        Other = "other",
+    }
+}
+
+impl TlsVersion {
+    /// The bucket of a session's negotiated version (`None` without TLS); the edge's names
+    /// are `TLSv1.0` to `TLSv1.3`.
+    pub fn of(version: Option<&str>) -> Self {
+        match version {
+            None => Self::None,
+            Some(v) => Self::parse(v)
+                .filter(|t| *t != Self::None)
+                .unwrap_or(Self::Other),
+        }
+    }
+}
+
+/// The counter name of an authenticated sender's messages over a TLS version.
+pub fn auth_client(version: TlsVersion, user: &str) -> String {
+    format!("{}|{user}", version.as_str())
+}
+
+/// Splits an [`auth_client`] name into its version and user (the user may hold `|`).
+pub fn split_auth_client(name: &str) -> Option<(TlsVersion, &str)> {
+    let (v, user) = name.split_once('|')?;
+    Some((TlsVersion::parse(v)?, user))
+}
+
+/// A Message-ID as a sample: trimmed, control characters dropped, at most [`MESSAGE_ID_MAX`]
+/// bytes (cut at a character boundary).
+pub fn bound_message_id(id: &str) -> String {
+    let mut out = String::new();
+    for c in id.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MESSAGE_ID_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Whether a counter counts sessions or messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -231,6 +311,24 @@ mod tests {
         assert_eq!(ConnectorCounter::parse("relay_refused"), None);
         assert_eq!(AuthCounter::SpeedBump.as_str(), "speed-bump");
         assert_eq!(AuthCounter::LockedOut.as_str(), "locked-out");
+    }
+
+    #[test]
+    fn report_names_round_trip_and_samples_are_bounded() {
+        assert_eq!(TlsVersion::of(None), TlsVersion::None);
+        assert_eq!(TlsVersion::of(Some("TLSv1.3")), TlsVersion::Tls13);
+        assert_eq!(TlsVersion::of(Some("none")), TlsVersion::Other);
+        assert_eq!(TlsVersion::of(Some("SSLv3")), TlsVersion::Other);
+        let n = auth_client(TlsVersion::Tls12, "a|b@x.test");
+        assert_eq!(
+            split_auth_client(&n),
+            Some((TlsVersion::Tls12, "a|b@x.test"))
+        );
+        assert_eq!(split_auth_client("TLSv9|u"), None);
+        assert_eq!(bound_message_id(" <a\r\nb@x> "), "<ab@x>");
+        let long = "é".repeat(150);
+        let b = bound_message_id(&long);
+        assert!(b.len() <= MESSAGE_ID_MAX && b.len() == 200, "{}", b.len());
     }
 
     #[test]

@@ -85,9 +85,9 @@ pub struct AdminArgs {
     /// Admin token [env: MOAT_TOKEN].
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "T")]
     token: Option<String>,
-    /// Output format.
+    /// Output format (`csv`: the reports only).
     #[arg(short = 'o', long, global = true, help_heading = GLOBAL, value_enum, default_value = "table")]
-    output: Output,
+    output: Format,
     /// Serve reads from the contacted node without a ReadIndex round (may be stale).
     #[arg(long, global = true, help_heading = GLOBAL)]
     stale_ok: bool,
@@ -130,7 +130,18 @@ impl AdminArgs {
     }
 }
 
+/// The output format asked for: [`Output`], or CSV, which only `moat admin report ...` writes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+    /// RFC 4180 CSV (reports only).
+    Csv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Output {
     /// Aligned columns.
     Table,
@@ -229,12 +240,23 @@ async fn run_inner(args: AdminArgs) -> Result<(), Failure> {
     // Read and check local inputs before contacting anyone, so a bad file or argument fails
     // fast.
     check_local(&args.command)?;
+    if args.output == Format::Csv && !matches!(args.command, Resource::Report(_)) {
+        return Err(Failure::Usage(
+            "`-o csv` is for the reports (`moat admin report ...`)".into(),
+        ));
+    }
     let input = local_input(&args.command)?;
     let (endpoints, token, tls) = resolve_target(args.target_flags())?;
     let client = Client::new(endpoints, &token, tls)?;
+    let (output, csv) = match args.output {
+        Format::Table => (Output::Table, false),
+        Format::Json => (Output::Json, false),
+        Format::Csv => (Output::Table, true),
+    };
     let ctx = Ctx {
         client,
-        output: args.output,
+        output,
+        csv,
         stale_ok: args.stale_ok,
         limit: args.limit,
         page_token: args.page_token.unwrap_or_default(),
@@ -292,6 +314,8 @@ fn local_input(cmd: &Resource) -> Result<Option<String>, Failure> {
 struct Ctx {
     client: Client,
     output: Output,
+    /// `-o csv`: reports print their table as CSV (`output` is then `Table`).
+    csv: bool,
     stale_ok: bool,
     /// `--limit`: one page of this many.
     limit: Option<u32>,
@@ -622,7 +646,7 @@ mod tests {
             "--stale-ok",
         ])
         .unwrap();
-        assert_eq!(a.output, Output::Json);
+        assert_eq!(a.output, Format::Json);
         assert_eq!(a.endpoint.as_deref(), Some("h:1"));
         assert!(a.stale_ok);
         assert!(parse(&["user", "create", "--tenant", "t", "a@t"]).is_err());

@@ -4,10 +4,9 @@
 
 use moat_proto::write_request::Op;
 use moat_proto::ReadKind;
-use moat_shared::time::day_string;
 use serde_json::{json, Value};
 
-use super::render::{cell, fmt_time, list_cell, out, print_json, render_table};
+use super::render::{cell, fmt_time, out, print_json, render_table};
 use super::{Ctx, Output};
 use crate::client::Failure;
 
@@ -328,22 +327,6 @@ impl Ctx {
     }
 }
 
-pub(super) const ONPREM_HEADERS: &[&str] = &[
-    "TENANT",
-    "SERVER",
-    "BUILD",
-    "PRODUCT",
-    "CLASS",
-    "STATUS",
-    "FIRST-DETECTED",
-    "STAGE",
-    "THROTTLE/HR",
-    "BLOCK/HR",
-    "NEXT-STAGE",
-    "RECOMMENDED",
-    "PAUSED-UNTIL",
-];
-
 /// The columns of `moat admin onprem servers`.
 pub(super) const EVIDENCE_HEADERS: &[&str] = &[
     "TENANT",
@@ -419,72 +402,9 @@ pub(super) fn evidence_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
     ]
 }
 
-/// What a report row amounts to: remediated, compliant, exempt (reported, never enforced),
-/// paused, report-only, throttled, blocking (some minutes) or blocked (all of them).
+/// What a report row amounts to (see [`moat_proto::report::onprem_status`]).
 pub(super) fn onprem_status(r: &moat_proto::OnpremServerReport) -> &'static str {
-    if r.exempt && r.first_detected_ms != 0 {
-        return "exempt";
-    }
-    if r.first_detected_ms == 0 {
-        return if r.remediated_ms != 0 {
-            "remediated"
-        } else if r.class == "compliant" {
-            "compliant"
-        } else {
-            "not-judged"
-        };
-    }
-    if r.paused {
-        "paused"
-    } else if r.block >= 60 {
-        "blocked"
-    } else if r.block > 0 {
-        "blocking"
-    } else if r.throttle > 0 {
-        "throttled"
-    } else {
-        "report-only"
-    }
-}
-
-pub(super) fn onprem_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
-    let next = if r.next_stage == 0 {
-        "-".to_owned()
-    } else {
-        format!(
-            "{} ({}/{}) {}",
-            r.next_stage,
-            r.next_throttle,
-            r.next_block,
-            day_string(r.next_stage_ms.div_euclid(86_400_000))
-        )
-    };
-    let when = |ms: i64| {
-        if ms == 0 {
-            "-".to_owned()
-        } else {
-            day_string(ms.div_euclid(86_400_000))
-        }
-    };
-    vec![
-        cell(&r.tenant),
-        cell(&r.server),
-        cell(&r.build),
-        cell(&r.product),
-        cell(&r.class),
-        onprem_status(r).to_owned(),
-        when(r.first_detected_ms),
-        if r.stage == 0 {
-            "-".into()
-        } else {
-            r.stage.to_string()
-        },
-        r.throttle.to_string(),
-        r.block.to_string(),
-        next,
-        list_cell(&r.recommended),
-        when(r.paused_until_ms),
-    ]
+    moat_proto::report::onprem_status(r)
 }
 
 pub(super) fn onprem_json(r: &moat_proto::OnpremServerReport) -> Value {

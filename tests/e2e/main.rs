@@ -23,6 +23,7 @@ mod observability;
 mod onprem;
 mod paging;
 mod policy;
+mod reports;
 mod security;
 mod submission;
 mod tls_proxy;

@@ -25,8 +25,11 @@ use super::{
 /// The newest log version this release applies: 1 is every command of the releases before
 /// [`Command::ImportSeed`], 2 adds it, 3 adds [`Command::ExemptOnprem`] and
 /// [`Command::UnexemptOnprem`] (and the evidence lines of signal batches, which the leader
-/// carries only once every voter applies 3, so that replicas keep the same report).
-pub const LOG_VERSION: u32 = 3;
+/// carries only once every voter applies 3, so that replicas keep the same report), 4 adds the
+/// report counters and Message-ID samples of signal batches
+/// ([`SignalBatch::reports`](super::SignalBatch) and `samples`, likewise carried only once
+/// every voter applies 4).
+pub const LOG_VERSION: u32 = 4;
 
 /// A command and who asked for it, as it travels through the log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -245,6 +248,13 @@ impl Command {
         match self {
             Command::ImportSeed { .. } => 2,
             Command::ExemptOnprem { .. } | Command::UnexemptOnprem { .. } => 3,
+            Command::Signals { batches }
+                if batches
+                    .iter()
+                    .any(|b| !b.reports.is_empty() || !b.samples.is_empty()) =>
+            {
+                4
+            }
             _ => 1,
         }
     }

@@ -53,6 +53,15 @@ pub struct SignalBatch {
     /// earlier releases, and left out of the log then, so such an entry reads as it did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub onprem_evidence: Vec<(String, String, String)>,
+    /// The counters of the reports of log version 4 (scopes in [`signal::REPORT_SCOPES`]),
+    /// `(scope, key, name, delta)`: the leader moves them here out of `counters` only once
+    /// every voter applies version 4 (see [`super::reports`]). Left out of the log when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<(String, String, String, u64)>,
+    /// Message-IDs of the [`signal::NON_ACCEPTED`] counters in `reports`: `(key, name, id)`.
+    /// Carried under the same condition as `reports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<(String, String, String)>,
 }
 
 /// A counter: its total and a minute window.
@@ -111,6 +120,9 @@ impl State {
                     touched.insert(c.clone());
                 }
                 self.count(index, scope, key, connector.as_ref(), name, *delta);
+            }
+            for (scope, key, name, delta) in &b.reports {
+                self.count_report(scope, key, name, *delta, &b.samples);
             }
         }
         // Sightings lose their order in a batch: a server seen with an old and a
@@ -268,6 +280,8 @@ mod tests {
             seq,
             counters: vec![("tenant".into(), "a".into(), "messages".into(), 5)],
             onprem_evidence: Vec::new(),
+            reports: Vec::new(),
+            samples: Vec::new(),
         };
         s.apply(
             1,

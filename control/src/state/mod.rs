@@ -27,6 +27,8 @@
 //! - [`detection`]: connector traffic windows and the detectors ([`detection::judge`],
 //!   [`detection::Detection`]).
 //! - [`onprem`]: on-premises Exchange servers, stages and pauses ([`onprem::Onprem`]).
+//! - [`reports`]: the inbound, SMTP AUTH clients and non-accepted domains reports
+//!   ([`reports::Reports`]).
 //! - [`alerts`]: alerts and deliveries ([`alerts::Alerts`]), contacts and transport
 //!   ([`alerts::Routing`]).
 //! - [`audit`]: the audit log ([`audit::Audit`]).
@@ -45,6 +47,7 @@ pub mod detection;
 pub mod error;
 pub mod limits;
 pub mod onprem;
+pub mod reports;
 pub mod tenants;
 pub mod tokens;
 
@@ -132,6 +135,10 @@ pub struct State {
     /// Detection settings and connectors' traffic.
     #[serde(flatten)]
     pub detection: detection::Detection,
+    /// The reports of log version 4; absent from snapshots while empty, so a state without
+    /// them encodes as before.
+    #[serde(default, skip_serializing_if = "reports::Reports::is_empty")]
+    pub reports: reports::Reports,
     /// Set while applying an entry that changed the restricted entities (never replicated).
     #[serde(skip)]
     pub restricted_changed: bool,

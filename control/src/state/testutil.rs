@@ -33,6 +33,8 @@ pub(super) fn batch(edge: &str, seq: u64, counters: &[(&str, &str, &str, u64)]) 
             .map(|(s, k, n, v)| (s.to_string(), k.to_string(), n.to_string(), *v))
             .collect(),
         onprem_evidence: Vec::new(),
+        reports: Vec::new(),
+        samples: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use moat_shared::exchange::Sighting;
-use moat_shared::signal::{self, AuthCounter, ConnectorCounter, Unit};
+use moat_shared::signal::{self, AuthCounter, ConnectorCounter, TlsVersion, Unit};
 use moat_shared::submission::speed_bump_draw;
 use moat_shared::{ConnectorId, PolicyHandle, PolicySnapshot, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -252,8 +252,14 @@ impl Tracking {
         }
     }
 
-    /// Counts the message the next hop answered with `r`.
-    fn delivered(&mut self, shared: &Shared, snapshot: &PolicySnapshot, r: &Reply) {
+    /// Counts the message the next hop answered with `r`, which came over `tls`.
+    fn delivered(
+        &mut self,
+        shared: &Shared,
+        snapshot: &PolicySnapshot,
+        r: &Reply,
+        tls: TlsVersion,
+    ) {
         let Some(c) = &self.connector else { return };
         // One key for the message's several counters.
         let key = c.to_string();
@@ -277,10 +283,15 @@ impl Tracking {
         add(ConnectorCounter::Recipients, self.rcpts);
         add(ConnectorCounter::Bytes, self.bytes);
         add(ConnectorCounter::Relay, self.relayed);
+        shared.counters.add(signal::INBOUND, &key, tls.as_str(), 1);
         let from = self.from.as_ref().map(|a| a.domain.to_ascii_lowercase());
         if let Some(from) = &from {
             if !verdict::relay::provisioned(snapshot, c, from) {
                 add(ConnectorCounter::Unprovisioned, 1);
+                shared.counters.add(signal::NON_ACCEPTED, &key, from, 1);
+                if let Some(id) = self.header_from.message_id() {
+                    shared.counters.sample(&key, from, &id);
+                }
             }
             if self.header_from.domain().is_some_and(|h| h != *from) {
                 add(ConnectorCounter::Mismatch, 1);
@@ -342,6 +353,11 @@ fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &st
         let client = signal::legacy_client(unit, &ip, user, version);
         c.add(signal::TLS_LEGACY, tenant.as_str(), &client, 1);
     }
+}
+
+/// The session's TLS version as the reports count it.
+fn tls_version(facts: &SessionFacts) -> TlsVersion {
+    TlsVersion::of(facts.tls.as_ref().map(|t| t.version.as_str()))
 }
 
 /// Adds `v` to the connector counter `counter` of `connector` (keyed `tenant/name`).
@@ -659,7 +675,7 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                         track.sighted(shared, &snapshot, tenant, s, line);
                     }
                     if refusal.is_none() {
-                        track.delivered(shared, &snapshot, &r);
+                        track.delivered(shared, &snapshot, &r, tls_version(session.facts()));
                     }
                     if let (true, Some(checker), Some(connector)) =
                         (r.is_positive(), &shared.checker, &track.connector)
@@ -687,6 +703,12 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                         let user = facts.auth.as_deref().unwrap_or("");
                         if let Some(tenant) = &track.tenant {
                             count_tls(shared, facts, tenant, user, Unit::Messages);
+                            if !user.is_empty() {
+                                let name = signal::auth_client(tls_version(facts), user);
+                                shared
+                                    .counters
+                                    .add(signal::AUTH_TLS, tenant.as_str(), &name, 1);
+                            }
                         }
                         if !user.is_empty() {
                             let n = std::mem::take(&mut track.rcpts);

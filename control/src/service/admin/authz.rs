@@ -425,6 +425,39 @@ mod tests {
     }
 
     #[test]
+    fn reports_are_read_by_operators_and_readers_whole_and_by_tenant_admins_for_their_tenant() {
+        for kind in [
+            ReadKind::InboundReport,
+            ReadKind::AuthClientsReport,
+            ReadKind::NonAcceptedDomainsReport,
+            ReadKind::TlsReport,
+        ] {
+            // Per principal of `principals()`: all tenants, tenant a, tenant b.
+            let want = [
+                ["ok", "ok", "ok"],
+                ["ok", "ok", "read-other-tenant"],
+                ["ok", "read-other-tenant", "read-other-tenant"],
+                ["ok", "ok", "ok"],
+            ];
+            for ((who, p), row) in principals().iter().zip(want) {
+                for (tenant, expected) in ["", "a.test", "b.test"].into_iter().zip(row) {
+                    // A tenant admin asking for no tenant is scoped to its own first.
+                    let tenant = read_scope(p, tenant);
+                    let action = Action::Read {
+                        tenant: &tenant,
+                        kind,
+                    };
+                    assert_eq!(
+                        verdict(authorize(p, &action)),
+                        expected,
+                        "{who} reads {kind:?} of {tenant:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_tenant_admin_reads_its_own_tenant_unless_it_names_one() {
         let cases = [
             (principal(Role::TenantAdmin, Some("a.test")), "", "a.test"),
