@@ -35,7 +35,8 @@ p.lead{color:#52606d;margin:0 0 20px}
 table.data{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e4e7eb;border-radius:8px;overflow:hidden;font-size:14px}
 table.data th{background:#f0f4f8;text-align:left;font-weight:600;padding:8px 10px;border-bottom:1px solid #d9e2ec}
 table.data th a{color:#243b53}
-table.data td{padding:7px 10px;border-bottom:1px solid #eef2f6;vertical-align:top;overflow-wrap:anywhere}
+table.data td{padding:7px 10px;border-bottom:1px solid #eef2f6;vertical-align:top}
+table.data td.long{overflow-wrap:anywhere;min-width:14em}
 table.data tr:last-child td{border-bottom:0}
 table.data td.num{text-align:right;font-variant-numeric:tabular-nums}
 .toolbar{display:flex;gap:10px;align-items:center;margin:8px 0 12px}

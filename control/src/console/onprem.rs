@@ -251,7 +251,7 @@ mod tests {
         };
         let html = render(&grid(&[s]), &Params::default(), "").into_string();
         assert!(html.contains("EX01") && html.contains("Exchange 2016 15.1.2507.6"));
-        assert!(html.contains("3 (throttle 20, block 0)"));
+        assert!(html.contains("3 on 2023-11-14 22:13 UTC (throttle 20, block 0)"));
         assert!(html.contains("from EX01 (10.0.0.1)"));
         let who = Principal {
             name: "t".into(),

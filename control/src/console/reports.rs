@@ -21,92 +21,29 @@ const DEFAULT_DAYS: u32 = 7;
 /// The most days a report covers.
 const MAX_DAYS: u32 = 90;
 
-/// The read kinds that are reports: the TLS report, then every kind
-/// [`moat_proto::report::table`] knows.
+/// The read kinds that are reports (those [`moat_proto::report::table`] turns into a table):
+/// the traffic reports first, then the lists that also export.
 pub(crate) fn report_kinds() -> Vec<v1::ReadKind> {
     let empty = v1::ReadReply::default();
-    let mut kinds = vec![v1::ReadKind::TlsReport];
-    kinds.extend(
-        v1::ReadKind::all()
-            .filter(|k| *k != v1::ReadKind::TlsReport && report::table(*k, &empty).is_some()),
-    );
+    let first = [
+        v1::ReadKind::InboundReport,
+        v1::ReadKind::AuthClientsReport,
+        v1::ReadKind::NonAcceptedDomainsReport,
+        v1::ReadKind::TlsReport,
+        v1::ReadKind::OnpremServers,
+    ];
+    let mut kinds: Vec<v1::ReadKind> = first.to_vec();
+    kinds.extend(v1::ReadKind::all().filter(|k| !first.contains(k)));
+    kinds.retain(|k| report::table(*k, &empty).is_some());
     kinds
 }
 
-/// A kind's title, before its table names one.
+/// A kind's title, as its table names it.
 fn title(kind: v1::ReadKind) -> String {
-    let empty = v1::ReadReply::default();
-    report::table(kind, &empty)
+    report::table(kind, &v1::ReadReply::default())
         .map(|t| t.title)
         .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| match kind {
-            v1::ReadKind::TlsReport => "Inbound TLS".to_owned(),
-            k => k.name(),
-        })
-}
-
-/// The TLS report as tables, when [`report::table`] does not give it: the protocol and cipher
-/// use per day, and the clients still on TLS 1.0/1.1.
-pub(crate) fn tls_tables(reply: &v1::ReadReply) -> (Table, Table) {
-    let usage = Table {
-        title: "Inbound TLS".into(),
-        columns: [
-            "Day", "Tenant", "Listener", "Version", "Cipher", "Sessions", "Messages",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-        rows: reply
-            .tls_usage
-            .iter()
-            .map(|u| {
-                vec![
-                    u.day.clone(),
-                    u.tenant.clone(),
-                    u.listener.clone(),
-                    u.version.clone(),
-                    u.cipher.clone(),
-                    u.sessions.to_string(),
-                    u.messages.to_string(),
-                ]
-            })
-            .collect(),
-    };
-    let legacy = Table {
-        title: "Clients on TLS 1.0 and 1.1".into(),
-        columns: [
-            "Day",
-            "Tenant",
-            "Client IP",
-            "User",
-            "Version",
-            "Sessions",
-            "Messages",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect(),
-        rows: reply
-            .legacy_clients
-            .iter()
-            .map(|l| {
-                vec![
-                    l.day.clone(),
-                    l.tenant.clone(),
-                    l.client_ip.clone(),
-                    if l.user.is_empty() {
-                        "-".into()
-                    } else {
-                        l.user.clone()
-                    },
-                    l.version.clone(),
-                    l.sessions.to_string(),
-                    l.messages.to_string(),
-                ]
-            })
-            .collect(),
-    };
-    (usage, legacy)
+        .unwrap_or_else(|| kind.name())
 }
 
 /// `GET /reports`.
@@ -126,9 +63,6 @@ pub(crate) async fn index(State(app): State<App>, headers: HeaderMap) -> Respons
                     div.k { "moat admin read " (k.name()) }
                 }
             }
-        }
-        @if kinds.len() <= 1 {
-            div.empty { "Only the TLS report is available on this node: the inbound, SMTP AUTH client and non-accepted domain reports appear here once the node serves them." }
         }
     };
     respond(StatusCode::OK, page("Reports", Some(&cx.chrome()), body))
@@ -162,13 +96,11 @@ pub(crate) async fn report(
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
-    let (table, extra) = match report::table(kind, &reply) {
-        Some(t) => (t, None),
-        None => {
-            let (usage, legacy) = tls_tables(&reply);
-            (usage, Some(legacy))
-        }
+    let mut tables = report::tables(kind, &reply).into_iter();
+    let Some(table) = tables.next() else {
+        return not_found(Some(&cx.chrome()));
     };
+    let extra: Vec<Table> = tables.collect();
     let title = if table.title.is_empty() {
         title(kind)
     } else {
@@ -224,9 +156,9 @@ pub(crate) async fn report(
         }
         @if let Some(c) = chart { (c) }
         (render(&Grid::from(table.clone()), &params, &format!("Nothing to report for {} in the last {days} days: rows appear once edges report traffic.", if tenant.is_empty() { "any tenant" } else { tenant.as_str() })))
-        @if let Some(l) = &extra {
-            h2 { (l.title) }
-            (render(&Grid::from(l.clone()), &Params::default(), "No client used TLS 1.0 or 1.1."))
+        @for t in &extra {
+            h2 { (t.title) }
+            (render(&Grid::from(t.clone()), &Params::default(), "Nothing to report."))
         }
     };
     respond(StatusCode::OK, page(&title, Some(&cx.chrome()), body))
@@ -237,27 +169,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tls_report_is_always_listed_and_renders_its_rows() {
-        assert_eq!(report_kinds().first(), Some(&v1::ReadKind::TlsReport));
+    fn every_report_kind_is_listed_traffic_first_and_charts_by_day() {
+        let kinds = report_kinds();
+        assert_eq!(kinds.first(), Some(&v1::ReadKind::InboundReport));
+        assert!(kinds.contains(&v1::ReadKind::TlsReport));
+        assert!(!kinds.contains(&v1::ReadKind::Tenant));
         let reply = v1::ReadReply {
             tls_usage: vec![v1::TlsUsage {
                 day: "2026-12-01".into(),
                 tenant: "a.test".into(),
                 listener: "mx".into(),
                 version: "TLSv1.3".into(),
-                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
                 sessions: 3,
                 messages: 5,
             }],
             ..Default::default()
         };
-        let (usage, legacy) = tls_tables(&reply);
-        assert_eq!(usage.rows.len(), 1);
-        assert!(legacy.rows.is_empty());
-        assert_eq!(
-            usage.csv(),
-            "Day,Tenant,Listener,Version,Cipher,Sessions,Messages\r\n2026-12-01,a.test,mx,TLSv1.3,TLS13_AES_128_GCM_SHA256,3,5\r\n"
-        );
-        assert!(day_chart(&usage).is_some());
+        let tables = report::tables(v1::ReadKind::TlsReport, &reply);
+        assert_eq!(tables.len(), 2, "usage and legacy clients");
+        assert_eq!(tables[0].rows.len(), 1);
+        assert!(day_chart(&tables[0]).is_some());
     }
 }

@@ -101,6 +101,18 @@ pub(crate) fn number(cell: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
+/// A cell's class: numbers align right; long text (a `Received:` line, a reason) may break
+/// anywhere so that the table keeps to the page's width.
+fn cell_class(cell: &str) -> Option<&'static str> {
+    if number(cell).is_some() {
+        Some("num")
+    } else if cell.len() > 48 {
+        Some("long")
+    } else {
+        None
+    }
+}
+
 /// Orders two cells: as numbers when both are, else as text (case-insensitive).
 fn compare(a: &str, b: &str) -> Ordering {
     match (number(a), number(b)) {
@@ -200,7 +212,7 @@ pub(crate) fn render(grid: &Grid, params: &Params, empty: &str) -> Markup {
                         @for &i in &shown {
                             tr {
                                 @for (j, cell) in grid.rows[i].iter().enumerate() {
-                                    td class=[number(cell).is_some().then_some("num")] {
+                                    td class=[cell_class(cell)] {
                                         @if j == 0 {
                                             @if let Some(Some(link)) = grid.links.get(i) {
                                                 a href=(link) { (cell) }
