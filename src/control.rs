@@ -94,6 +94,11 @@ pub struct ControlArgs {
     /// `/readyz` turns unready after this many seconds without a known leader [default: 5].
     #[arg(long, value_name = "SECS")]
     unready_after: Option<u64>,
+    /// How often the leader rotates the TLS session ticket keys edges share (`30m`, `12h`);
+    /// a ticket resumes for at least this long, and is refused two rotations after it was
+    /// issued [default: 12h].
+    #[arg(long, value_name = "DURATION")]
+    tls_ticket_rotate_every: Option<String>,
     /// The cluster's internal CA (PEM): gRPC is then served over mutual TLS, every caller
     /// needs a certificate from it, and peers are called with `--tls-cert`. Without the three
     /// `--tls-*` files gRPC is plaintext and admin calls are refused.
@@ -144,6 +149,7 @@ impl ControlArgs {
             dev_clock: self.dev_clock || file.dev_clock,
             status_listen: self.status_listen.or(file.status_listen),
             unready_after: self.unready_after.or(file.unready_after),
+            tls_ticket_rotate_every: self.tls_ticket_rotate_every.or(file.tls_ticket_rotate_every),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -253,6 +259,14 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         }
         _ => bail!("tls-ca, tls-cert and tls-key go together: set all three or none"),
     };
+    let ticket_rotate_every = match args.tls_ticket_rotate_every.as_deref() {
+        Some(t) => moat_edge::config::parse_duration(t)
+            .map_err(|e| anyhow::anyhow!("--tls-ticket-rotate-every: {e}"))?,
+        None => Duration::from_millis(moat_shared::tickets::DEFAULT_TICKET_ROTATION_MS as u64),
+    };
+    if ticket_rotate_every < Duration::from_secs(1) {
+        anyhow::bail!("--tls-ticket-rotate-every must be at least 1s");
+    }
     let mut options = Options::default();
     if let Some(n) = args.snapshot_every {
         options.snapshot_every = n;
@@ -272,6 +286,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         options,
         dev_clock: args.dev_clock,
         unready_after: Duration::from_secs(args.unready_after.unwrap_or(UNREADY_AFTER_SECS)),
+        ticket_rotate_every,
         tls,
     })
 }

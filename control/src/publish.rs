@@ -3,8 +3,8 @@
 //! After each applied entry that changes the policy version, the [`Publisher`] turns what the
 //! entry touched into a [`v1::PolicyUpdate`]: the tenants, connectors and users the directory
 //! recorded as touched, looked up in the state (present: an upsert; gone: a deletion); the
-//! restrictions and enforced on-premises servers compared with what was published; the three
-//! settings compared likewise. That costs the size of the change, not of the state, except for
+//! restrictions and enforced on-premises servers compared with what was published; the four
+//! settings (speed bump, on-premises settings, clock offset, TLS ticket keys) compared likewise. That costs the size of the change, not of the state, except for
 //! the restrictions (a short list) and, when on-premises enforcement moved, the servers.
 //!
 //! Every node publishes at the same entries, so the versions, the updates and their digests
@@ -19,7 +19,8 @@
 use std::sync::Arc;
 
 use moat_proto::convert::{
-    connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire, user_to_wire,
+    connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire, ticket_key_to_wire,
+    user_to_wire,
 };
 use moat_proto::digest::{connector_key, DigestBook};
 use moat_proto::v1;
@@ -51,6 +52,8 @@ pub struct View {
     /// Baseline, service and scope; `enforced` stays empty here.
     onprem: v1::OnpremRules,
     clock_offset_ms: i64,
+    /// The TLS session ticket keys (secrets included: only edges receive the view).
+    ticket_keys: v1::TicketKeys,
 }
 
 fn restricted_key(r: &v1::RestrictedEntity) -> (String, String, String) {
@@ -110,6 +113,9 @@ impl View {
         if let Some(k) = u.clock_offset_ms {
             self.clock_offset_ms = k;
         }
+        if let Some(t) = &u.ticket_keys {
+            self.ticket_keys = t.clone();
+        }
     }
 
     /// How many tenants, connectors and users it holds.
@@ -129,6 +135,7 @@ impl View {
         parts.cur.speed_bump = Some(self.speed_bump.clone());
         parts.cur.onprem = Some(self.onprem.clone());
         parts.cur.clock_offset_ms = Some(self.clock_offset_ms);
+        parts.cur.ticket_keys = Some(self.ticket_keys.clone());
         macro_rules! every {
             ($($field:ident),*) => {$(
                 for item in self.$field.values() {
@@ -377,6 +384,7 @@ impl Publisher {
         update.speed_bump = Some(speed_bump(state));
         update.onprem = Some(onprem_settings(state));
         update.clock_offset_ms = Some(state.clock_offset_ms);
+        update.ticket_keys = Some(ticket_keys(state));
         let mut view = View::default();
         view.apply(&update);
         drop(update);
@@ -472,6 +480,10 @@ impl Publisher {
         if state.clock_offset_ms != view.clock_offset_ms {
             u.clock_offset_ms = Some(state.clock_offset_ms);
         }
+        let tk = ticket_keys(state);
+        if tk != view.ticket_keys {
+            u.ticket_keys = Some(tk);
+        }
         self.push(state.policy_version, state.policy_changed_ms, u);
     }
 
@@ -547,6 +559,7 @@ fn split(stamp: Stamp, u: v1::PolicyUpdate, out: &mut Vec<v1::PolicyUpdate>) {
     parts.cur.speed_bump = u.speed_bump;
     parts.cur.onprem = u.onprem;
     parts.cur.clock_offset_ms = u.clock_offset_ms;
+    parts.cur.ticket_keys = u.ticket_keys;
     macro_rules! carry {
         ($($field:ident),*) => {$(
             for item in u.$field {
@@ -591,6 +604,20 @@ pub(crate) fn enforced(state: &State) -> Vec<v1::EnforcedServer> {
             })
         })
         .collect()
+}
+
+/// The TLS session ticket keys, as the wire carries them to edges.
+pub(crate) fn ticket_keys(state: &State) -> v1::TicketKeys {
+    let keys = state.tickets.for_edges();
+    v1::TicketKeys {
+        issuing: keys.issuing.as_ref().and_then(ticket_key_to_wire),
+        accepting: keys
+            .accepting
+            .iter()
+            .filter_map(ticket_key_to_wire)
+            .collect(),
+        lifetime_ms: keys.lifetime_ms,
+    }
 }
 
 /// The legacy-TLS speed bump schedule, as the wire carries it.

@@ -104,6 +104,7 @@ impl Control {
             dev_clock: cfg.dev_clock,
             unready_after: cfg.unready_after,
             mtls: cfg.tls.is_some(),
+            ticket_rotate_every: cfg.ticket_rotate_every,
         });
         Ok(Self {
             listener,
@@ -173,6 +174,9 @@ impl Control {
             shared: Arc::clone(&self.shared),
         };
         let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&self.shared)));
+        let rotations = tokio::spawn(crate::service::tickets::rotate_ticket_keys(Arc::clone(
+            &self.shared,
+        )));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = async {
             let _ = stop_rx.await;
@@ -213,6 +217,7 @@ impl Control {
             }
         }
         deliveries.abort();
+        rotations.abort();
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The digest of a policy: one number that two holders of the same policy agree on.
 //!
 //! A policy is a set of items (tenants, connectors, users, restrictions, enforced servers and
-//! three settings), each with a key. The digest is the wrapping sum of one 64-bit hash per item,
+//! four settings), each with a key. The TLS ticket keys count by their names, times and roles
+//! only: a digest is reported and logged, and must not depend on a secret. The digest is the wrapping sum of one 64-bit hash per item,
 //! taken over its key and its protobuf encoding, so it is independent of order and each
 //! [`PolicyUpdate`](v1::PolicyUpdate) changes it by the items it sets or drops: a [`DigestBook`]
 //! follows a stream of updates at the cost of the updates, not of the policy.
@@ -49,6 +50,7 @@ enum Item {
     SpeedBump,
     Onprem,
     ClockOffset,
+    TicketKeys,
 }
 
 impl Item {
@@ -62,6 +64,7 @@ impl Item {
             Item::SpeedBump => b"speed-bump",
             Item::Onprem => b"onprem",
             Item::ClockOffset => b"clock-offset",
+            Item::TicketKeys => b"ticket-keys",
         }
     }
 }
@@ -178,7 +181,27 @@ impl DigestBook {
         if let Some(k) = u.clock_offset_ms {
             self.set(key(Item::ClockOffset, &[]), &k.to_le_bytes());
         }
+        if let Some(t) = &u.ticket_keys {
+            self.set(key(Item::TicketKeys, &[]), &ticket_ids(t));
+        }
     }
+}
+
+/// What the digest covers of the ticket keys: each key's name, time and role and the lifetime,
+/// never a secret (the digest is reported and logged).
+fn ticket_ids(t: &v1::TicketKeys) -> Vec<u8> {
+    let mut out = t.lifetime_ms.to_le_bytes().to_vec();
+    let roles = t
+        .issuing
+        .iter()
+        .map(|k| (b'i', k))
+        .chain(t.accepting.iter().map(|k| (b'a', k)));
+    for (role, k) in roles {
+        out.push(role);
+        out.extend_from_slice(&k.name);
+        out.extend_from_slice(&k.created_ms.to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
