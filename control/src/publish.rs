@@ -851,6 +851,97 @@ mod tests {
     }
 
     #[test]
+    fn ticket_keys_travel_when_they_rotate_and_count_in_the_digest_by_id() {
+        let mut state = State::default();
+        let mut publisher = Publisher::default();
+        publisher.reset(&mut state);
+        let mut edge = DigestBook::default();
+        publisher.published().view.full(publisher.published().stamp, |part| {
+            edge.apply(&part);
+            true
+        });
+        let rotate = |n: u8| Proposal {
+            at_ms: 1000 * i64::from(n),
+            actor: "system".into(),
+            request_id: None,
+            command: Command::RotateTicketKeys {
+                name: format!("{n:032x}"),
+                key: moat_shared::TicketSecret::new([n; 32]),
+                rotate_every_ms: 5000,
+                replaces: None,
+                forced: true,
+            },
+        };
+        for (index, n) in [(1, 1u8), (2, 2)] {
+            state.apply(index, &rotate(n));
+            publisher.step(&mut state);
+            let published = publisher.published();
+            let steps = published.history.since(index - 1).expect("kept");
+            let keys = steps[0].parts[0].ticket_keys.clone().expect("the step carries them");
+            let mut name = vec![0; 16];
+            name[15] = n;
+            assert_eq!(keys.issuing.as_ref().map(|k| k.name.clone()), Some(name));
+            assert_eq!(keys.issuing.as_ref().map(|k| k.secret.clone()), Some(vec![n; 32]));
+            assert_eq!(keys.accepting.len(), usize::from(n) - 1);
+            follow(&mut edge, &steps);
+            assert_eq!(edge.digest(), published.stamp.digest);
+            assert_eq!(fresh(&state).published().stamp.digest, published.stamp.digest);
+        }
+        // Another entry that moves the policy carries no keys.
+        state.apply(
+            3,
+            &Proposal {
+                at_ms: 3000,
+                actor: "test".into(),
+                request_id: None,
+                command: Command::PutTenant {
+                    tenant: Tenant {
+                        id: tid(1),
+                        display_name: "t".into(),
+                        accepted_domains: vec![],
+                        allow_legacy_tls_clients: false,
+                    },
+                },
+            },
+        );
+        publisher.step(&mut state);
+        let steps = publisher.published().history.since(2).expect("kept");
+        assert!(steps[0].parts.iter().all(|p| p.ticket_keys.is_none()));
+        // The digest depends on key ids, not secrets: the same ids with other secrets digest
+        // alike (the digest is logged), other ids differ.
+        let digest = |secret: u8, name: u8| {
+            let mut b = DigestBook::default();
+            b.apply(&v1::PolicyUpdate {
+                ticket_keys: Some(v1::TicketKeys {
+                    issuing: Some(v1::TicketKey {
+                        name: vec![name; 16],
+                        secret: vec![secret; 32],
+                        created_ms: 1,
+                    }),
+                    accepting: vec![],
+                    lifetime_ms: 1,
+                }),
+                ..Default::default()
+            });
+            b.digest()
+        };
+        assert_eq!(digest(1, 9), digest(2, 9));
+        assert_ne!(digest(1, 9), digest(1, 8));
+        // A policy update in a log shows no secret.
+        let shown = format!("{:?}", steps_with_keys(&publisher));
+        assert!(!shown.contains(&format!("{:?}", vec![2u8; 32])), "{shown}");
+    }
+
+    fn steps_with_keys(p: &Publisher) -> Vec<v1::PolicyUpdate> {
+        let mut out = Vec::new();
+        p.published().view.full(p.published().stamp, |part| {
+            out.push(part);
+            true
+        });
+        out
+    }
+
+    #[test]
     fn large_steps_and_snapshots_come_in_bounded_parts() {
         let mut state = State::default();
         let mut publisher = Publisher::default();

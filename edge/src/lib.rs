@@ -64,7 +64,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "moat_edge_tls_handshakes_total",
-        "TLS handshakes (implicit TLS and STARTTLS), by listener and outcome"
+        "TLS handshakes (implicit TLS and STARTTLS), by listener, outcome (ok, failed) and kind (full, or resumed from a session ticket)"
     );
     describe_histogram!(
         "moat_edge_tls_handshake_duration_seconds",
