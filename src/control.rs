@@ -149,7 +149,9 @@ impl ControlArgs {
             dev_clock: self.dev_clock || file.dev_clock,
             status_listen: self.status_listen.or(file.status_listen),
             unready_after: self.unready_after.or(file.unready_after),
-            tls_ticket_rotate_every: self.tls_ticket_rotate_every.or(file.tls_ticket_rotate_every),
+            tls_ticket_rotate_every: self
+                .tls_ticket_rotate_every
+                .or(file.tls_ticket_rotate_every),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),

@@ -856,10 +856,13 @@ mod tests {
         let mut publisher = Publisher::default();
         publisher.reset(&mut state);
         let mut edge = DigestBook::default();
-        publisher.published().view.full(publisher.published().stamp, |part| {
-            edge.apply(&part);
-            true
-        });
+        publisher
+            .published()
+            .view
+            .full(publisher.published().stamp, |part| {
+                edge.apply(&part);
+                true
+            });
         let rotate = |n: u8| Proposal {
             at_ms: 1000 * i64::from(n),
             actor: "system".into(),
@@ -877,15 +880,24 @@ mod tests {
             publisher.step(&mut state);
             let published = publisher.published();
             let steps = published.history.since(index - 1).expect("kept");
-            let keys = steps[0].parts[0].ticket_keys.clone().expect("the step carries them");
+            let keys = steps[0].parts[0]
+                .ticket_keys
+                .clone()
+                .expect("the step carries them");
             let mut name = vec![0; 16];
             name[15] = n;
             assert_eq!(keys.issuing.as_ref().map(|k| k.name.clone()), Some(name));
-            assert_eq!(keys.issuing.as_ref().map(|k| k.secret.clone()), Some(vec![n; 32]));
+            assert_eq!(
+                keys.issuing.as_ref().map(|k| k.secret.clone()),
+                Some(vec![n; 32])
+            );
             assert_eq!(keys.accepting.len(), usize::from(n) - 1);
             follow(&mut edge, &steps);
             assert_eq!(edge.digest(), published.stamp.digest);
-            assert_eq!(fresh(&state).published().stamp.digest, published.stamp.digest);
+            assert_eq!(
+                fresh(&state).published().stamp.digest,
+                published.stamp.digest
+            );
         }
         // Another entry that moves the policy carries no keys.
         state.apply(

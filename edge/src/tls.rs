@@ -393,7 +393,10 @@ pub fn load_and_watch<T: Send + Sync + 'static>(
 impl Certificates {
     /// Loads the files now (failing if they are bad) and starts watching them; session
     /// tickets are sealed by `ticketer` (one per edge, shared by its listeners).
-    pub fn load_and_watch(cfg: TlsConfig, ticketer: Option<Arc<Ticketer>>) -> Result<Self, TlsError> {
+    pub fn load_and_watch(
+        cfg: TlsConfig,
+        ticketer: Option<Arc<Ticketer>>,
+    ) -> Result<Self, TlsError> {
         Ok(Self {
             current: load_and_watch(cfg, move |c| server_config(c, ticketer.as_ref()))?,
         })
@@ -575,17 +578,28 @@ mod tests {
             Some(&b"session state"[..]),
             "another edge with the same keys opens it"
         );
-        assert_ne!(edge1.encrypt(b"session state").unwrap(), ticket, "fresh nonce");
+        assert_ne!(
+            edge1.encrypt(b"session state").unwrap(),
+            ticket,
+            "fresh nonce"
+        );
 
         // Another cluster's key, by name and by secret under the same name.
         let other = Ticketer::new(keys(None, 1, &[2]));
         assert!(other.decrypt(&ticket).is_none());
         let mut renamed = other.encrypt(b"session state").unwrap();
         renamed[..TICKET_KEY_NAME_LEN].copy_from_slice(&[1; TICKET_KEY_NAME_LEN]);
-        assert!(edge1.decrypt(&renamed).is_none(), "the name is bound to the key");
+        assert!(
+            edge1.decrypt(&renamed).is_none(),
+            "the name is bound to the key"
+        );
 
         // Tampering anywhere, truncation, garbage.
-        for at in [TICKET_KEY_NAME_LEN + 2, ticket.len() - 1, ticket.len() / 2 + 8] {
+        for at in [
+            TICKET_KEY_NAME_LEN + 2,
+            ticket.len() - 1,
+            ticket.len() / 2 + 8,
+        ] {
             let mut t = ticket.clone();
             t[at] ^= 1;
             assert!(edge2.decrypt(&t).is_none(), "byte {at} flipped");

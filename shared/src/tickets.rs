@@ -120,7 +120,11 @@ pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     if t.len() != 2 * N {
         return None;
     }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = (digit(t[2 * i])? << 4) | digit(t[2 * i + 1])?;
@@ -139,14 +143,20 @@ mod tests {
             secret: TicketSecret::new([0x5c; TICKET_SECRET_LEN]),
             created_ms: 7,
         };
-        let shown = format!("{key:?} {:?}", TicketKeys {
-            issuing: Some(key.clone()),
-            accepting: vec![key.clone()],
-            lifetime_ms: 1,
-        });
+        let shown = format!(
+            "{key:?} {:?}",
+            TicketKeys {
+                issuing: Some(key.clone()),
+                accepting: vec![key.clone()],
+                lifetime_ms: 1,
+            }
+        );
         assert!(!shown.contains("5c5c"), "{shown}");
         assert!(shown.contains("redacted"), "{shown}");
-        assert!(shown.contains(&"ab".repeat(16)), "the name is shown: {shown}");
+        assert!(
+            shown.contains(&"ab".repeat(16)),
+            "the name is shown: {shown}"
+        );
         #[derive(Serialize, Deserialize)]
         struct W {
             key: TicketKey,

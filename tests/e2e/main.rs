@@ -24,5 +24,5 @@ mod paging;
 mod policy;
 mod security;
 mod submission;
-mod tls_resume;
 mod tls_proxy;
+mod tls_resume;

@@ -66,7 +66,10 @@ fn resumed(out: &str) -> bool {
 fn save_session(dev: &Dev, addr: &str, version: &str, file: &Path) {
     let _ = std::fs::remove_file(file);
     let out = s_client(dev, addr, version, &["-sess_out", &file.to_string_lossy()]);
-    assert!(!resumed(&out), "a first connection is a full handshake:\n{out}");
+    assert!(
+        !resumed(&out),
+        "a first connection is a full handshake:\n{out}"
+    );
     let saved = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     assert!(saved > 0, "no session saved from {addr}:\n{out}");
 }
@@ -106,7 +109,10 @@ fn a_ticket_from_one_edge_resumes_on_the_other_until_two_rotations() {
     assert!(!keys.is_empty(), "{shown}");
     assert_eq!(keys[0]["role"], "issuing", "{shown}");
     let text = shown.to_string();
-    assert!(!text.contains("secret"), "show never carries key bytes: {text}");
+    assert!(
+        !text.contains("secret"),
+        "show never carries key bytes: {text}"
+    );
 
     let (edge1, edge2) = (dev.edge_listener(0, "mx"), dev.edge_listener(1, "mx"));
     let status2 = dev.endpoints["edges"][1]["status"]
@@ -118,8 +124,14 @@ fn a_ticket_from_one_edge_resumes_on_the_other_until_two_rotations() {
     let f12 = dir.0.join("tls12.session");
     save_session(&dev, &edge1, "-tls1_3", &f13);
     save_session(&dev, &edge1, "-tls1_2", &f12);
-    assert!(offer(&dev, &edge2, "-tls1_3", &f13), "TLS 1.3 ticket of edge 1 on edge 2");
-    assert!(offer(&dev, &edge2, "-tls1_2", &f12), "TLS 1.2 ticket of edge 1 on edge 2");
+    assert!(
+        offer(&dev, &edge2, "-tls1_3", &f13),
+        "TLS 1.3 ticket of edge 1 on edge 2"
+    );
+    assert!(
+        offer(&dev, &edge2, "-tls1_2", &f12),
+        "TLS 1.2 ticket of edge 1 on edge 2"
+    );
     let after = resumed_count(&status2);
     assert!(
         after >= before + 2.0,
@@ -128,10 +140,19 @@ fn a_ticket_from_one_edge_resumes_on_the_other_until_two_rotations() {
 
     // One rotation: the ticket's key is still accepted. Two: it is gone.
     dev.admin_applied(&["tls", "tickets", "rotate"]);
-    assert!(offer(&dev, &edge2, "-tls1_3", &f13), "accepted after one rotation");
+    assert!(
+        offer(&dev, &edge2, "-tls1_3", &f13),
+        "accepted after one rotation"
+    );
     dev.admin_applied(&["tls", "tickets", "rotate"]);
-    assert!(!offer(&dev, &edge2, "-tls1_3", &f13), "refused after two rotations");
-    assert!(!offer(&dev, &edge1, "-tls1_2", &f12), "refused after two rotations");
+    assert!(
+        !offer(&dev, &edge2, "-tls1_3", &f13),
+        "refused after two rotations"
+    );
+    assert!(
+        !offer(&dev, &edge1, "-tls1_2", &f12),
+        "refused after two rotations"
+    );
     let shown = dev.admin(&["tls", "tickets", "show"]);
     let roles: Vec<&str> = shown
         .as_array()
@@ -151,5 +172,8 @@ fn a_ticket_from_one_edge_resumes_on_the_other_until_two_rotations() {
         offer(&other, &other.edge_listener(0, "mx"), "-tls1_3", &foreign),
         "the other cluster resumes its own ticket"
     );
-    assert!(!offer(&dev, &edge1, "-tls1_3", &foreign), "another cluster's ticket");
+    assert!(
+        !offer(&dev, &edge1, "-tls1_3", &foreign),
+        "another cluster's ticket"
+    );
 }

@@ -71,10 +71,8 @@ impl Tickets {
             subject: Kind::TicketKeys,
             reason: reason.into(),
         };
-        if moat_shared::tickets::from_hex::<{ moat_shared::tickets::TICKET_KEY_NAME_LEN }>(
-            r.name,
-        )
-        .is_none()
+        if moat_shared::tickets::from_hex::<{ moat_shared::tickets::TICKET_KEY_NAME_LEN }>(r.name)
+            .is_none()
         {
             return Err(invalid("a ticket key's name is 32 hex digits"));
         }
@@ -158,7 +156,10 @@ mod tests {
         assert!(!s.tickets.due(500, 1000));
         assert!(s.tickets.due(1010, 1000));
         let first = format!("{:032x}", 1);
-        assert!(s.apply(2, &p(20, rotate(2, Some(&first), false))).result.is_ok());
+        assert!(s
+            .apply(2, &p(20, rotate(2, Some(&first), false)))
+            .result
+            .is_ok());
         assert!(s.apply(3, &p(30, rotate(3, None, true))).result.is_ok());
         let k = s.tickets.for_edges();
         let ids: Vec<_> = k.all().map(|k| k.name.clone()).collect();
