@@ -391,7 +391,8 @@ mod tests {
             "all",
             "id = 3\nlisten = \"127.0.0.1:7403\"\nadvertise = \"cp-3:7403\"\n\
              data = \"/tmp/moat-c3\"\nsnapshot-every = 77\npolicy-history = 12\ndev-clock = true\n\
-             status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\n\
+             status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\
+             tls-ticket-rotate-every = \"30m\"\n\n\
              [peers]\n3 = \"cp-3:7403\"\n4 = \"cp-4:7404\"\n",
         );
         let args = flags(&["--config", f.arg()]).with_file().expect("file");
@@ -406,6 +407,7 @@ mod tests {
         assert_eq!(cfg.options.policy_history, 12);
         assert!(cfg.dev_clock);
         assert_eq!(cfg.unready_after, Duration::from_secs(9));
+        assert_eq!(cfg.ticket_rotate_every, Duration::from_secs(30 * 60));
         assert_eq!(
             cfg.peers,
             BTreeMap::from([(3, "cp-3:7403".into()), (4, "cp-4:7404".into())])
@@ -440,6 +442,9 @@ mod tests {
         );
         let cfg = config(flags(&["--id", "1"])).expect("config");
         assert_eq!(cfg.unready_after, Duration::from_secs(UNREADY_AFTER_SECS));
+        assert_eq!(cfg.ticket_rotate_every, Duration::from_secs(12 * 3600));
+        assert!(config(flags(&["--id", "1", "--tls-ticket-rotate-every", "12"])).is_err());
+        assert!(config(flags(&["--id", "1", "--tls-ticket-rotate-every", "0s"])).is_err());
         assert_eq!(cfg.listen, ([127, 0, 0, 1], 7400).into());
         assert_eq!(cfg.peers, BTreeMap::from([(1, "127.0.0.1:7400".into())]));
     }
