@@ -98,6 +98,11 @@ pub struct ControlArgs {
     /// `/readyz` turns unready after this many seconds without a known leader [default: 5].
     #[arg(long, value_name = "SECS")]
     unready_after: Option<u64>,
+    /// How often the leader rotates the TLS session ticket keys edges share (`30m`, `12h`);
+    /// a ticket resumes for at least this long, and is refused two rotations after it was
+    /// issued [default: 12h].
+    #[arg(long, value_name = "DURATION")]
+    tls_ticket_rotate_every: Option<String>,
     /// The cluster's internal CA (PEM): gRPC is then served over mutual TLS, every caller
     /// needs a certificate from it, and peers are called with `--tls-cert`. Without the three
     /// `--tls-*` files gRPC is plaintext and admin calls are refused.
@@ -149,6 +154,9 @@ impl ControlArgs {
             status_listen: self.status_listen.or(file.status_listen),
             console_listen: self.console_listen.or(file.console_listen),
             unready_after: self.unready_after.or(file.unready_after),
+            tls_ticket_rotate_every: self
+                .tls_ticket_rotate_every
+                .or(file.tls_ticket_rotate_every),
             tls_ca: self.tls_ca.or(file.tls_ca),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -258,6 +266,14 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         }
         _ => bail!("tls-ca, tls-cert and tls-key go together: set all three or none"),
     };
+    let ticket_rotate_every = match args.tls_ticket_rotate_every.as_deref() {
+        Some(t) => moat_edge::config::parse_duration(t)
+            .map_err(|e| anyhow::anyhow!("--tls-ticket-rotate-every: {e}"))?,
+        None => Duration::from_millis(moat_shared::tickets::DEFAULT_TICKET_ROTATION_MS as u64),
+    };
+    if ticket_rotate_every < Duration::from_secs(1) {
+        anyhow::bail!("--tls-ticket-rotate-every must be at least 1s");
+    }
     let mut options = Options::default();
     if let Some(n) = args.snapshot_every {
         options.snapshot_every = n;
@@ -277,6 +293,7 @@ pub fn config(args: ControlArgs) -> anyhow::Result<ControlConfig> {
         options,
         dev_clock: args.dev_clock,
         unready_after: Duration::from_secs(args.unready_after.unwrap_or(UNREADY_AFTER_SECS)),
+        ticket_rotate_every,
         tls,
         console_listen: args.console_listen,
     })
@@ -383,7 +400,8 @@ mod tests {
             "all",
             "id = 3\nlisten = \"127.0.0.1:7403\"\nadvertise = \"cp-3:7403\"\n\
              data = \"/tmp/moat-c3\"\nsnapshot-every = 77\npolicy-history = 12\ndev-clock = true\n\
-             status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\n\
+             status-listen = \"127.0.0.1:9403\"\nunready-after = 9\n\
+             tls-ticket-rotate-every = \"30m\"\n\n\
              [peers]\n3 = \"cp-3:7403\"\n4 = \"cp-4:7404\"\n",
         );
         let args = flags(&["--config", f.arg()]).with_file().expect("file");
@@ -398,6 +416,7 @@ mod tests {
         assert_eq!(cfg.options.policy_history, 12);
         assert!(cfg.dev_clock);
         assert_eq!(cfg.unready_after, Duration::from_secs(9));
+        assert_eq!(cfg.ticket_rotate_every, Duration::from_secs(30 * 60));
         assert_eq!(
             cfg.peers,
             BTreeMap::from([(3, "cp-3:7403".into()), (4, "cp-4:7404".into())])
@@ -432,6 +451,9 @@ mod tests {
         );
         let cfg = config(flags(&["--id", "1"])).expect("config");
         assert_eq!(cfg.unready_after, Duration::from_secs(UNREADY_AFTER_SECS));
+        assert_eq!(cfg.ticket_rotate_every, Duration::from_secs(12 * 3600));
+        assert!(config(flags(&["--id", "1", "--tls-ticket-rotate-every", "12"])).is_err());
+        assert!(config(flags(&["--id", "1", "--tls-ticket-rotate-every", "0s"])).is_err());
         assert_eq!(cfg.listen, ([127, 0, 0, 1], 7400).into());
         assert_eq!(cfg.peers, BTreeMap::from([(1, "127.0.0.1:7400".into())]));
     }

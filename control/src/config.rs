@@ -38,6 +38,9 @@ pub struct ControlConfig {
     /// `/readyz` turns unready once the node has known no leader for this long (a node cut
     /// off from a quorum, or a cluster without one).
     pub unready_after: Duration,
+    /// How often the leader rotates the TLS session ticket keys (and how long a ticket is
+    /// useful): 12 hours unless configured.
+    pub ticket_rotate_every: Duration,
     /// Mutual TLS on gRPC (served and toward peers). Without it the channels are plaintext
     /// and every admin call is refused.
     pub tls: Option<InternalTls>,

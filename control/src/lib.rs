@@ -15,8 +15,8 @@
 //! - [`publish`]: the replicated state mapped to the policy snapshot edges enforce.
 //! - `service/`: the gRPC services over the node thread: Raft (peers' messages in), Policy
 //!   (snapshot watch), Signal (edges' counters), Admin (`admin/`: authorization as pure
-//!   functions, writes, reads, the policy subset `moat admin explain` evaluates), and the
-//!   leader's alert deliverer.
+//!   functions, writes, reads, the policy subset `moat admin explain` evaluates), the
+//!   leader's alert deliverer and its TLS ticket key rotation.
 //! - [`alerts`]: delivering alerts (signed webhook, email); the leader drives it.
 //! - `console/`: the admin console, HTTPS pages for a browser on their own listener
 //!   (`--console-listen`), over the same reads, writes and authorization as the Admin service

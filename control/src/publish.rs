@@ -3,8 +3,8 @@
 //! After each applied entry that changes the policy version, the [`Publisher`] turns what the
 //! entry touched into a [`v1::PolicyUpdate`]: the tenants, connectors and users the directory
 //! recorded as touched, looked up in the state (present: an upsert; gone: a deletion); the
-//! restrictions and enforced on-premises servers compared with what was published; the three
-//! settings compared likewise. That costs the size of the change, not of the state, except for
+//! restrictions and enforced on-premises servers compared with what was published; the four
+//! settings (speed bump, on-premises settings, clock offset, TLS ticket keys) compared likewise. That costs the size of the change, not of the state, except for
 //! the restrictions (a short list) and, when on-premises enforcement moved, the servers.
 //!
 //! Every node publishes at the same entries, so the versions, the updates and their digests
@@ -19,7 +19,8 @@
 use std::sync::Arc;
 
 use moat_proto::convert::{
-    connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire, user_to_wire,
+    connector_to_wire, restricted_to_wire, step_to_wire, tenant_to_wire, ticket_key_to_wire,
+    user_to_wire,
 };
 use moat_proto::digest::{connector_key, DigestBook};
 use moat_proto::v1;
@@ -51,6 +52,8 @@ pub struct View {
     /// Baseline, service and scope; `enforced` stays empty here.
     onprem: v1::OnpremRules,
     clock_offset_ms: i64,
+    /// The TLS session ticket keys (secrets included: only edges receive the view).
+    ticket_keys: v1::TicketKeys,
 }
 
 fn restricted_key(r: &v1::RestrictedEntity) -> (String, String, String) {
@@ -110,6 +113,9 @@ impl View {
         if let Some(k) = u.clock_offset_ms {
             self.clock_offset_ms = k;
         }
+        if let Some(t) = &u.ticket_keys {
+            self.ticket_keys = t.clone();
+        }
     }
 
     /// How many tenants, connectors and users it holds.
@@ -129,6 +135,7 @@ impl View {
         parts.cur.speed_bump = Some(self.speed_bump.clone());
         parts.cur.onprem = Some(self.onprem.clone());
         parts.cur.clock_offset_ms = Some(self.clock_offset_ms);
+        parts.cur.ticket_keys = Some(self.ticket_keys.clone());
         macro_rules! every {
             ($($field:ident),*) => {$(
                 for item in self.$field.values() {
@@ -377,6 +384,7 @@ impl Publisher {
         update.speed_bump = Some(speed_bump(state));
         update.onprem = Some(onprem_settings(state));
         update.clock_offset_ms = Some(state.clock_offset_ms);
+        update.ticket_keys = Some(ticket_keys(state));
         let mut view = View::default();
         view.apply(&update);
         drop(update);
@@ -472,6 +480,10 @@ impl Publisher {
         if state.clock_offset_ms != view.clock_offset_ms {
             u.clock_offset_ms = Some(state.clock_offset_ms);
         }
+        let tk = ticket_keys(state);
+        if tk != view.ticket_keys {
+            u.ticket_keys = Some(tk);
+        }
         self.push(state.policy_version, state.policy_changed_ms, u);
     }
 
@@ -547,6 +559,7 @@ fn split(stamp: Stamp, u: v1::PolicyUpdate, out: &mut Vec<v1::PolicyUpdate>) {
     parts.cur.speed_bump = u.speed_bump;
     parts.cur.onprem = u.onprem;
     parts.cur.clock_offset_ms = u.clock_offset_ms;
+    parts.cur.ticket_keys = u.ticket_keys;
     macro_rules! carry {
         ($($field:ident),*) => {$(
             for item in u.$field {
@@ -591,6 +604,20 @@ pub(crate) fn enforced(state: &State) -> Vec<v1::EnforcedServer> {
             })
         })
         .collect()
+}
+
+/// The TLS session ticket keys, as the wire carries them to edges.
+pub(crate) fn ticket_keys(state: &State) -> v1::TicketKeys {
+    let keys = state.tickets.for_edges();
+    v1::TicketKeys {
+        issuing: keys.issuing.as_ref().and_then(ticket_key_to_wire),
+        accepting: keys
+            .accepting
+            .iter()
+            .filter_map(ticket_key_to_wire)
+            .collect(),
+        lifetime_ms: keys.lifetime_ms,
+    }
 }
 
 /// The legacy-TLS speed bump schedule, as the wire carries it.
@@ -821,6 +848,112 @@ mod tests {
                 .map(|s| s.len()),
             Some(0)
         );
+    }
+
+    #[test]
+    fn ticket_keys_travel_when_they_rotate_and_leave_the_digest_alone() {
+        let mut state = State::default();
+        let mut publisher = Publisher::default();
+        publisher.reset(&mut state);
+        let mut edge = DigestBook::default();
+        publisher
+            .published()
+            .view
+            .full(publisher.published().stamp, |part| {
+                edge.apply(&part);
+                true
+            });
+        let rotate = |n: u8| Proposal {
+            at_ms: 1000 * i64::from(n),
+            actor: "system".into(),
+            request_id: None,
+            command: Command::RotateTicketKeys {
+                name: format!("{n:032x}"),
+                key: moat_shared::TicketSecret::new([n; 32]),
+                rotate_every_ms: 5000,
+                replaces: None,
+                forced: true,
+            },
+        };
+        let before = publisher.published().stamp.digest;
+        for (index, n) in [(1, 1u8), (2, 2)] {
+            state.apply(index, &rotate(n));
+            publisher.step(&mut state);
+            let published = publisher.published();
+            let steps = published.history.since(index - 1).expect("kept");
+            let keys = steps[0].parts[0]
+                .ticket_keys
+                .clone()
+                .expect("the step carries them");
+            let mut name = vec![0; 16];
+            name[15] = n;
+            assert_eq!(keys.issuing.as_ref().map(|k| k.name.clone()), Some(name));
+            assert_eq!(
+                keys.issuing.as_ref().map(|k| k.secret.clone()),
+                Some(vec![n; 32])
+            );
+            assert_eq!(keys.accepting.len(), usize::from(n) - 1);
+            follow(&mut edge, &steps);
+            assert_eq!(edge.digest(), published.stamp.digest);
+            // An edge of the previous release ignores the keys: its digest must still agree.
+            assert_eq!(published.stamp.digest, before);
+            assert_eq!(
+                fresh(&state).published().stamp.digest,
+                published.stamp.digest
+            );
+        }
+        // Another entry that moves the policy carries no keys.
+        state.apply(
+            3,
+            &Proposal {
+                at_ms: 3000,
+                actor: "test".into(),
+                request_id: None,
+                command: Command::PutTenant {
+                    tenant: Tenant {
+                        id: tid(1),
+                        display_name: "t".into(),
+                        accepted_domains: vec![],
+                        allow_legacy_tls_clients: false,
+                    },
+                },
+            },
+        );
+        publisher.step(&mut state);
+        let steps = publisher.published().history.since(2).expect("kept");
+        assert!(steps[0].parts.iter().all(|p| p.ticket_keys.is_none()));
+        // The digest covers no key, neither its secret nor its id.
+        let digest = |secret: u8, name: u8| {
+            let mut b = DigestBook::default();
+            b.apply(&v1::PolicyUpdate {
+                ticket_keys: Some(v1::TicketKeys {
+                    issuing: Some(v1::TicketKey {
+                        name: vec![name; 16],
+                        secret: vec![secret; 32],
+                        created_ms: 1,
+                    }),
+                    accepting: vec![],
+                    lifetime_ms: 1,
+                }),
+                ..Default::default()
+            });
+            b.digest()
+        };
+        assert_eq!(digest(1, 9), digest(2, 9));
+        assert_eq!(digest(1, 9), digest(1, 8));
+        assert_eq!(digest(1, 9), DigestBook::default().digest());
+        // A policy update in a log shows no secret.
+        let shown = format!("{:?}", steps_with_keys(&publisher));
+        assert!(!shown.contains(&format!("{:?}", vec![2u8; 32])), "{shown}");
+    }
+
+    fn steps_with_keys(p: &Publisher) -> Vec<v1::PolicyUpdate> {
+        let mut out = Vec::new();
+        p.published().view.full(p.published().stamp, |part| {
+            out.push(part);
+            true
+        });
+        out
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl Control {
             dev_clock: cfg.dev_clock,
             unready_after: cfg.unready_after,
             mtls: cfg.tls.is_some(),
+            ticket_rotate_every: cfg.ticket_rotate_every,
         });
         Ok(Self {
             listener,
@@ -208,6 +209,9 @@ impl Control {
                 },
             ))
         });
+        let rotations = tokio::spawn(crate::service::tickets::rotate_ticket_keys(Arc::clone(
+            &self.shared,
+        )));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = async {
             let _ = stop_rx.await;
@@ -252,6 +256,7 @@ impl Control {
         if let Some(c) = console {
             c.abort();
         }
+        rotations.abort();
         Ok(())
     }
 }

@@ -10,7 +10,8 @@
 //! - [`server`]: binds the listeners, enforces session limits, drains on shutdown.
 //! - [`proxy`]: the PROXY protocol v1/v2 header that carries the client address through a load
 //!   balancer.
-//! - [`tls`]: rustls server settings, certificate reload, client-certificate facts.
+//! - [`tls`]: rustls server settings, certificate reload, client-certificate facts, the
+//!   session [`tls::Ticketer`] that seals tickets with the cluster's keys.
 //! - [`legacy`]: the ClientHello peek and the OpenSSL engine for TLS 1.0/1.1 clients.
 //! - [`auth`]: SMTP AUTH password checks, the per-edge failure throttle and the cluster-wide
 //!   lockout check.
@@ -65,7 +66,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "moat_edge_tls_handshakes_total",
-        "TLS handshakes (implicit TLS and STARTTLS), by listener and outcome"
+        "TLS handshakes (implicit TLS and STARTTLS), by listener, outcome (ok, failed) and kind (full, or resumed from a session ticket)"
     );
     describe_histogram!(
         "moat_edge_tls_handshake_duration_seconds",

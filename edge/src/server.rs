@@ -68,15 +68,23 @@ impl Edge {
             .next_hop
             .clone()
             .ok_or_else(|| EdgeError::Config("no [next-hop] configured".into()))?;
+        // One ticketer for every rustls listener: tickets resume on any listener and any edge.
+        let ticketer = Arc::new(crate::tls::Ticketer::new(policy.clone()));
         let edge_certs = match cfg.tls.clone() {
-            Some(t) => Some(Certificates::load_and_watch(t)?),
+            Some(t) => Some(Certificates::load_and_watch(
+                t,
+                Some(Arc::clone(&ticketer)),
+            )?),
             None => None,
         };
         let mut certs = Vec::new();
         for l in &cfg.listeners {
             let tls_cfg = l.tls.clone().or_else(|| cfg.tls.clone());
             let own = match l.tls.clone() {
-                Some(t) => Some(Certificates::load_and_watch(t)?),
+                Some(t) => Some(Certificates::load_and_watch(
+                    t,
+                    Some(Arc::clone(&ticketer)),
+                )?),
                 None => edge_certs.clone(),
             };
             let legacy = match (l.tls_min_version, tls_cfg) {

@@ -320,6 +320,75 @@ mod tests {
         assert_eq!(f.ack("e", 9).digest, control.0.digest());
     }
 
+    fn ticket_key(n: u8) -> v1::TicketKey {
+        v1::TicketKey {
+            name: vec![n; 16],
+            secret: vec![n; 32],
+            created_ms: i64::from(n),
+        }
+    }
+
+    #[test]
+    fn ticket_keys_arrive_with_a_full_snapshot_and_with_changes() {
+        let mut control = Control(DigestBook::default());
+        let mut f = Follower::new();
+        let mut current = Arc::new(PolicySnapshot::default());
+        let keys = |issuing: u8, accepting: &[u8]| v1::TicketKeys {
+            issuing: Some(ticket_key(issuing)),
+            accepting: accepting.iter().map(|n| ticket_key(*n)).collect(),
+            lifetime_ms: 60_000,
+        };
+        let full = control.stamp(
+            vec![v1::PolicyUpdate {
+                reset: true,
+                tenants: vec![tenant("a", "a.test")],
+                ticket_keys: Some(keys(1, &[])),
+                ..Default::default()
+            }],
+            3,
+        );
+        assert!(enforce(&mut f, &mut current, &full).expect("full"));
+        let issuing = |s: &PolicySnapshot| s.ticket_keys().issuing.as_ref().map(|k| k.name.clone());
+        assert_eq!(issuing(&current), Some("01".repeat(16)));
+        // A change that leaves the keys alone keeps the same keys (the same `Arc`, so the
+        // ticketer does not prepare them again).
+        let before = Arc::clone(current.ticket_keys());
+        let change = control.stamp(
+            vec![v1::PolicyUpdate {
+                tenants: vec![tenant("b", "b.test")],
+                ..Default::default()
+            }],
+            4,
+        );
+        assert!(enforce(&mut f, &mut current, &change).expect("change"));
+        assert!(Arc::ptr_eq(&before, current.ticket_keys()));
+        // A rotation.
+        let rotation = control.stamp(
+            vec![v1::PolicyUpdate {
+                ticket_keys: Some(keys(2, &[1])),
+                ..Default::default()
+            }],
+            5,
+        );
+        assert!(enforce(&mut f, &mut current, &rotation).expect("rotation"));
+        assert_eq!(issuing(&current), Some("02".repeat(16)));
+        assert_eq!(current.ticket_keys().accepting.len(), 1);
+        assert_eq!(f.ack("e", 5).digest, control.0.digest());
+        // A key of the wrong size is refused: the edge asks for a full snapshot.
+        let mut bad = keys(3, &[2]);
+        bad.accepting[0].secret.pop();
+        let bad = control.stamp(
+            vec![v1::PolicyUpdate {
+                ticket_keys: Some(bad),
+                ..Default::default()
+            }],
+            6,
+        );
+        let e = enforce(&mut f, &mut current, &bad).expect_err("refused");
+        assert_eq!(e.reason(), "invalid");
+        assert!(f.needs_full());
+    }
+
     #[test]
     fn a_different_digest_or_a_refused_part_asks_for_a_full_snapshot() {
         let mut control = Control(DigestBook::default());

@@ -1,9 +1,22 @@
 //! TLS for the edge's listeners: rustls (TLS 1.2 and 1.3, ECDHE AEAD suites only, in the
 //! server's order of preference, named by their IANA names), with the certificate reloaded when its files change, so a rotated Kubernetes secret takes effect
 //! without a restart.
+//!
+//! Session resumption across the fleet: every rustls listener of an edge shares one
+//! [`Ticketer`], which seals TLS 1.3 tickets and TLS 1.2 session tickets with the ticket keys
+//! the control plane pushes with the policy, so a ticket one edge issued resumes on any other.
+//! Before the first key arrives the ticketer is disabled and rustls keeps its own per-edge
+//! cache of 256 sessions (resumption on the same edge only). The OpenSSL engine for TLS
+//! 1.0/1.1 clients (`legacy.rs`) issues no cluster tickets.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use moat_shared::tickets::TICKET_KEY_NAME_LEN;
+use moat_shared::{PolicyHandle, TicketKeys};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::server::ProducesTickets;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -164,8 +177,131 @@ impl ClientCertVerifier for Lenient {
     }
 }
 
-/// Builds the server settings from the configured files.
-pub fn server_config(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
+/// Seals and opens session tickets with the ticket keys of the current policy (see the module
+/// docs): a ticket is the key's 16-byte name, a 12-byte random nonce and the AES-256-GCM
+/// ciphertext of rustls's session state (the name as associated data). New tickets are sealed
+/// with the issuing key; a ticket sealed with the issuing or an accepting key opens; any other
+/// ticket (another cluster's, one two rotations old, a tampered one) does not, and the client
+/// gets a full handshake. Keys are read from the policy handle at each use and prepared once per
+/// change, so a rotation takes effect without rebuilding listeners.
+pub struct Ticketer {
+    policy: PolicyHandle,
+    prepared: ArcSwap<Prepared>,
+    rng: SystemRandom,
+}
+
+/// The keys of one [`TicketKeys`] value, ready for the AEAD.
+struct Prepared {
+    /// What they were prepared from (compared by pointer: the snapshot shares this `Arc` until
+    /// a change replaces the keys).
+    source: Arc<TicketKeys>,
+    issuing: Option<([u8; TICKET_KEY_NAME_LEN], LessSafeKey)>,
+    accepting: Vec<([u8; TICKET_KEY_NAME_LEN], LessSafeKey)>,
+    lifetime_s: u32,
+}
+
+impl Prepared {
+    fn new(source: Arc<TicketKeys>) -> Self {
+        let prepare = |k: &moat_shared::TicketKey| {
+            let name = k.name_bytes()?;
+            let key = UnboundKey::new(&AES_256_GCM, k.secret.expose()).ok()?;
+            Some((name, LessSafeKey::new(key)))
+        };
+        Prepared {
+            issuing: source.issuing.as_ref().and_then(prepare),
+            accepting: source.accepting.iter().filter_map(prepare).collect(),
+            lifetime_s: u32::try_from(source.lifetime_ms.max(0) / 1000).unwrap_or(u32::MAX),
+            source,
+        }
+    }
+}
+
+impl std::fmt::Debug for Ticketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.prepared.load();
+        f.debug_struct("Ticketer")
+            .field("issuing", &p.issuing.is_some())
+            .field("accepting", &p.accepting.len())
+            .finish()
+    }
+}
+
+impl Ticketer {
+    /// A ticketer over the keys of `policy`'s current snapshot, whichever it is at each use.
+    pub fn new(policy: PolicyHandle) -> Self {
+        let keys = Arc::clone(policy.load().ticket_keys());
+        Ticketer {
+            policy,
+            prepared: ArcSwap::from_pointee(Prepared::new(keys)),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The prepared keys of the current snapshot, prepared again only when they changed.
+    fn keys(&self) -> Arc<Prepared> {
+        let snapshot = self.policy.load();
+        let have = self.prepared.load_full();
+        if Arc::ptr_eq(&have.source, snapshot.ticket_keys()) {
+            return have;
+        }
+        let fresh = Arc::new(Prepared::new(Arc::clone(snapshot.ticket_keys())));
+        self.prepared.store(Arc::clone(&fresh));
+        fresh
+    }
+}
+
+impl ProducesTickets for Ticketer {
+    fn enabled(&self) -> bool {
+        self.keys().issuing.is_some()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.keys().lifetime_s
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let keys = self.keys();
+        let (name, key) = keys.issuing.as_ref()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(
+            TICKET_KEY_NAME_LEN + NONCE_LEN + plain.len() + AES_256_GCM.tag_len(),
+        );
+        out.extend_from_slice(name);
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(name),
+            &mut sealed,
+        )
+        .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let (name, rest) = cipher.split_at_checked(TICKET_KEY_NAME_LEN)?;
+        let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+        let keys = self.keys();
+        let (_, key) = keys
+            .issuing
+            .iter()
+            .chain(keys.accepting.iter())
+            .find(|(n, _)| n.as_slice() == name)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = sealed.to_vec();
+        let plain = key.open_in_place(nonce, Aad::from(name), &mut buf).ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// Builds the server settings from the configured files, sealing session tickets with
+/// `ticketer` when given.
+pub fn server_config(
+    cfg: &TlsConfig,
+    ticketer: Option<&Arc<Ticketer>>,
+) -> Result<Loaded, TlsError> {
     let certs = read_certs(&cfg.cert)?;
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| TlsError::File {
         path: cfg.key.clone(),
@@ -199,6 +335,9 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Loaded, TlsError> {
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     // The server's preference ([`SUITE_ORDER`]) decides, not the client's order.
     config.ignore_client_order = true;
+    if let Some(t) = ticketer {
+        config.ticketer = Arc::clone(t) as Arc<dyn ProducesTickets>;
+    }
     Ok(Loaded {
         config: Arc::new(config),
         verifier,
@@ -252,10 +391,14 @@ pub fn load_and_watch<T: Send + Sync + 'static>(
 }
 
 impl Certificates {
-    /// Loads the files now (failing if they are bad) and starts watching them.
-    pub fn load_and_watch(cfg: TlsConfig) -> Result<Self, TlsError> {
+    /// Loads the files now (failing if they are bad) and starts watching them; session
+    /// tickets are sealed by `ticketer` (one per edge, shared by its listeners).
+    pub fn load_and_watch(
+        cfg: TlsConfig,
+        ticketer: Option<Arc<Ticketer>>,
+    ) -> Result<Self, TlsError> {
         Ok(Self {
-            current: load_and_watch(cfg, server_config)?,
+            current: load_and_watch(cfg, move |c| server_config(c, ticketer.as_ref()))?,
         })
     }
 
@@ -388,6 +531,98 @@ mod tests {
             iana_name(rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA),
             "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
         );
+    }
+
+    /// A policy handle whose snapshot at `version` holds these keys (by number), the first
+    /// issuing.
+    fn keys(handle: Option<&PolicyHandle>, version: u64, ids: &[u8]) -> PolicyHandle {
+        let key = |n: u8| moat_shared::TicketKey {
+            name: moat_shared::tickets::to_hex(&[n; TICKET_KEY_NAME_LEN]),
+            secret: moat_shared::TicketSecret::new([n; 32]),
+            created_ms: i64::from(n),
+        };
+        let change = moat_shared::PolicyChange {
+            version,
+            reset: true,
+            ticket_keys: Some(TicketKeys {
+                issuing: ids.first().map(|n| key(*n)),
+                accepting: ids.iter().skip(1).map(|n| key(*n)).collect(),
+                lifetime_ms: 3_600_000,
+            }),
+            ..Default::default()
+        };
+        let snap = moat_shared::PolicySnapshot::from_change(&change).unwrap();
+        match handle {
+            Some(h) => {
+                assert!(h.publish(snap));
+                h.clone()
+            }
+            None => PolicyHandle::new(snap),
+        }
+    }
+
+    #[test]
+    fn tickets_open_with_the_key_that_sealed_them_and_nothing_else() {
+        let none = Ticketer::new(PolicyHandle::new(Default::default()));
+        assert!(!none.enabled(), "no key yet: rustls's own per-edge cache");
+        assert!(none.encrypt(b"x").is_none());
+
+        let edge1 = Ticketer::new(keys(None, 1, &[1]));
+        let edge2 = Ticketer::new(keys(None, 1, &[1]));
+        assert!(edge1.enabled());
+        assert_eq!(edge1.lifetime(), 3600);
+        let ticket = edge1.encrypt(b"session state").unwrap();
+        assert_eq!(&ticket[..TICKET_KEY_NAME_LEN], &[1; TICKET_KEY_NAME_LEN]);
+        assert_eq!(
+            edge2.decrypt(&ticket).as_deref(),
+            Some(&b"session state"[..]),
+            "another edge with the same keys opens it"
+        );
+        assert_ne!(
+            edge1.encrypt(b"session state").unwrap(),
+            ticket,
+            "fresh nonce"
+        );
+
+        // Another cluster's key, by name and by secret under the same name.
+        let other = Ticketer::new(keys(None, 1, &[2]));
+        assert!(other.decrypt(&ticket).is_none());
+        let mut renamed = other.encrypt(b"session state").unwrap();
+        renamed[..TICKET_KEY_NAME_LEN].copy_from_slice(&[1; TICKET_KEY_NAME_LEN]);
+        assert!(
+            edge1.decrypt(&renamed).is_none(),
+            "the name is bound to the key"
+        );
+
+        // Tampering anywhere, truncation, garbage.
+        for at in [
+            TICKET_KEY_NAME_LEN + 2,
+            ticket.len() - 1,
+            ticket.len() / 2 + 8,
+        ] {
+            let mut t = ticket.clone();
+            t[at] ^= 1;
+            assert!(edge2.decrypt(&t).is_none(), "byte {at} flipped");
+        }
+        assert!(edge2.decrypt(&ticket[..ticket.len() - 1]).is_none());
+        assert!(edge2.decrypt(&ticket[..20]).is_none());
+        assert!(edge2.decrypt(b"").is_none());
+    }
+
+    #[test]
+    fn a_ticket_survives_one_rotation_and_not_two() {
+        let handle = keys(None, 1, &[1]);
+        let t = Ticketer::new(handle.clone());
+        let old = t.encrypt(b"s").unwrap();
+        keys(Some(&handle), 2, &[2, 1]);
+        assert!(t.decrypt(&old).is_some(), "still accepted");
+        let new = t.encrypt(b"s").unwrap();
+        assert_eq!(&new[..TICKET_KEY_NAME_LEN], &[2; TICKET_KEY_NAME_LEN]);
+        keys(Some(&handle), 3, &[3, 2]);
+        assert!(t.decrypt(&old).is_none(), "dropped after two rotations");
+        assert!(t.decrypt(&new).is_some());
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("0303"), "{shown}");
     }
 
     #[test]

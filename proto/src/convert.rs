@@ -9,6 +9,8 @@ use moat_shared::{
 
 use moat_shared::exchange::{Baseline, Build};
 use moat_shared::onprem::Enforced;
+use moat_shared::tickets::{to_hex, TICKET_KEY_NAME_LEN, TICKET_SECRET_LEN};
+use moat_shared::{TicketKey, TicketKeys, TicketSecret};
 
 use crate::v1;
 
@@ -229,6 +231,49 @@ pub fn change_from_wire(u: &v1::PolicyUpdate) -> Result<PolicyChange, Invalid> {
         },
         onprem,
         clock_offset_ms: u.clock_offset_ms,
+        ticket_keys: u.ticket_keys.as_ref().map(tickets_from_wire).transpose()?,
+    })
+}
+
+/// A ticket key from the wire: a 16-byte name and a 32-byte secret.
+fn ticket_key_from_wire(k: &v1::TicketKey) -> Result<TicketKey, Invalid> {
+    let name: [u8; TICKET_KEY_NAME_LEN] = k
+        .name
+        .as_slice()
+        .try_into()
+        .map_err(|_| Invalid(format!("a ticket key name is {TICKET_KEY_NAME_LEN} bytes")))?;
+    let secret: [u8; TICKET_SECRET_LEN] = k
+        .secret
+        .as_slice()
+        .try_into()
+        .map_err(|_| Invalid(format!("a ticket key is {TICKET_SECRET_LEN} bytes")))?;
+    Ok(TicketKey {
+        name: to_hex(&name),
+        secret: TicketSecret::new(secret),
+        created_ms: k.created_ms,
+    })
+}
+
+/// The ticket keys from the wire.
+pub fn tickets_from_wire(t: &v1::TicketKeys) -> Result<TicketKeys, Invalid> {
+    Ok(TicketKeys {
+        issuing: t.issuing.as_ref().map(ticket_key_from_wire).transpose()?,
+        accepting: t
+            .accepting
+            .iter()
+            .map(ticket_key_from_wire)
+            .collect::<Result<_, _>>()?,
+        lifetime_ms: t.lifetime_ms,
+    })
+}
+
+/// A ticket key on the wire; `None` when its name is not 32 hex digits (never the case for a
+/// key the control plane made).
+pub fn ticket_key_to_wire(k: &TicketKey) -> Option<v1::TicketKey> {
+    Some(v1::TicketKey {
+        name: k.name_bytes()?.to_vec(),
+        secret: k.secret.expose().to_vec(),
+        created_ms: k.created_ms,
     })
 }
 

@@ -1,7 +1,11 @@
 //! The digest of a policy: one number that two holders of the same policy agree on.
 //!
 //! A policy is a set of items (tenants, connectors, users, restrictions, enforced servers and
-//! three settings), each with a key. The digest is the wrapping sum of one 64-bit hash per item,
+//! three settings), each with a key. The TLS session ticket keys are not part of it: they travel
+//! whole with every rotation and in every full snapshot, and an edge of the previous release
+//! ignores them, so a digest that covered them would set such an edge apart from the control
+//! plane (and make it fetch full snapshots forever) during a rolling upgrade. The digest is the
+//! wrapping sum of one 64-bit hash per item,
 //! taken over its key and its protobuf encoding, so it is independent of order and each
 //! [`PolicyUpdate`](v1::PolicyUpdate) changes it by the items it sets or drops: a [`DigestBook`]
 //! follows a stream of updates at the cost of the updates, not of the policy.

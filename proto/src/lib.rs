@@ -29,6 +29,18 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Shows a ticket key's name and time, never its secret (generated without `Debug`, see
+/// `build.rs`), so a policy update in a log does not leak the key.
+impl std::fmt::Debug for v1::TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("name", &moat_shared::tickets::to_hex(&self.name))
+            .field("secret", &"redacted")
+            .field("created_ms", &self.created_ms)
+            .finish()
+    }
+}
+
 impl v1::ReadKind {
     /// Every kind an admin read may ask for, in the order `moat.proto` lists them.
     pub fn all() -> impl Iterator<Item = Self> {
@@ -105,6 +117,7 @@ mod tests {
                 "inbound-report",
                 "auth-clients-report",
                 "non-accepted-domains-report",
+                "ticket-keys",
             ]
         );
         for kind in ReadKind::all() {

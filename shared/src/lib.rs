@@ -22,6 +22,7 @@
 //! - [`signal`]: the names of the counters edges report.
 //! - [`smtp`]: the client side of SMTP, sans-IO: the reply reader and the dot-stuffer that the
 //!   edge's relay, the alert email, `moat bench` and the e2e test client share.
+//! - [`tickets`]: TLS session ticket keys ([`TicketKeys`]), whose secrets never print.
 //! - [`time`]: Unix milliseconds and calendar dates, UTC.
 //! - [`handle`]: [`PolicyHandle`], the lock-free handle through which readers see the current
 //!   snapshot and writers publish a new one.
@@ -41,6 +42,7 @@ pub mod seed;
 pub mod signal;
 pub mod smtp;
 pub mod submission;
+pub mod tickets;
 pub mod time;
 
 pub use connector::{CertName, Connector, ConnectorError, ConnectorKind};
@@ -51,3 +53,4 @@ pub use policy::{OnpremSettings, PolicyChange, PolicySnapshot, SnapshotError, Te
 pub use role::Role;
 pub use seed::{Seed, SeedContents, SeedError};
 pub use submission::{EntityKind, RestrictedEntity, SpeedBumpStep, SubmissionUser};
+pub use tickets::{TicketKey, TicketKeys, TicketSecret};

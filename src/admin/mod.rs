@@ -528,6 +528,7 @@ impl Ctx {
             Resource::Counters(c) => self.counters(c).await,
             Resource::Restricted(c) => self.restricted(c).await,
             Resource::Tls(TlsCmd::SpeedBump(c)) => self.speed_bump(c).await,
+            Resource::Tls(TlsCmd::Tickets(c)) => self.tickets(c).await,
             Resource::Report(c) => self.report(c).await,
             Resource::Onprem(c) => self.onprem(c).await,
             Resource::Dev(c) => self.dev(c).await,

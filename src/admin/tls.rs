@@ -1,11 +1,12 @@
-//! `moat admin tls`: legacy TLS (1.0/1.1) controls, the speed-bump schedule.
+//! `moat admin tls`: legacy TLS (1.0/1.1) controls, the speed-bump schedule; the TLS session
+//! ticket keys edges share (shown by id, never by their bytes).
 
 use moat_proto::write_request::Op;
 use moat_proto::ReadKind;
 use moat_shared::time::day_string;
 use serde_json::json;
 
-use super::render::cell;
+use super::render::{cell, fmt_time};
 use super::Ctx;
 use crate::client::Failure;
 
@@ -14,6 +15,18 @@ pub(super) enum TlsCmd {
     /// The speed bump: from given dates on, refuse a share of TLS 1.0/1.1 sessions.
     #[command(subcommand)]
     SpeedBump(SpeedBumpCmd),
+    /// The session ticket keys edges share, so a client resumes TLS on any edge.
+    #[command(subcommand)]
+    Tickets(TicketsCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum TicketsCmd {
+    /// List the keys: id, creation time, role (issuing or accepting); never the key itself.
+    Show,
+    /// Rotate now (operator only): a new key issues, the current one is still accepted, the
+    /// one before it is dropped, so its tickets no longer resume.
+    Rotate,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -32,6 +45,38 @@ pub(super) enum SpeedBumpCmd {
 }
 
 impl Ctx {
+    pub(super) async fn tickets(&self, cmd: TicketsCmd) -> Result<(), Failure> {
+        match cmd {
+            TicketsCmd::Rotate => {
+                self.write(Op::RotateTicketKeys(moat_proto::RotateTicketKeys {}))
+                    .await
+            }
+            TicketsCmd::Show => {
+                let reply = self.read(ReadKind::TicketKeys, None, None).await?;
+                let every = reply.ticket_rotate_every_ms;
+                let rows = reply
+                    .ticket_keys
+                    .iter()
+                    .map(|k| vec![cell(&k.id), fmt_time(k.created_ms), cell(&k.role)])
+                    .collect();
+                let objects = reply
+                    .ticket_keys
+                    .iter()
+                    .map(|k| {
+                        json!({
+                            "id": k.id,
+                            "created_ms": k.created_ms,
+                            "role": k.role,
+                            "rotate_every_ms": every,
+                        })
+                    })
+                    .collect();
+                self.list(&["ID", "CREATED", "ROLE"], rows, objects);
+                Ok(())
+            }
+        }
+    }
+
     pub(super) async fn speed_bump(&self, cmd: SpeedBumpCmd) -> Result<(), Failure> {
         let steps = match cmd {
             SpeedBumpCmd::Get => {
@@ -129,5 +174,11 @@ mod tests {
         assert!(parse(&["tls", "speed-bump", "set"]).is_err());
         assert!(parse(&["tls", "speed-bump", "get", "-o", "json"]).is_ok());
         assert!(parse(&["tls", "speed-bump", "clear"]).is_ok());
+        assert!(matches!(
+            parse(&["tls", "tickets", "rotate"]).unwrap().command,
+            Resource::Tls(TlsCmd::Tickets(TicketsCmd::Rotate))
+        ));
+        assert!(parse(&["tls", "tickets", "show", "-o", "json"]).is_ok());
+        assert!(parse(&["tls", "tickets"]).is_err());
     }
 }

@@ -153,6 +153,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 options: Default::default(),
                 dev_clock: true,
                 unready_after: std::time::Duration::from_secs(5),
+                ticket_rotate_every: std::time::Duration::from_millis(
+                    moat_shared::tickets::DEFAULT_TICKET_ROTATION_MS as u64,
+                ),
                 tls: Some(control_tls.clone()),
                 console_listen: Some(console.parse()?),
             };

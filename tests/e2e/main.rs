@@ -27,3 +27,4 @@ mod reports;
 mod security;
 mod submission;
 mod tls_proxy;
+mod tls_resume;

@@ -5,8 +5,8 @@
 //! batches) and [`admin`] (writes, reads and the cluster view for `moat admin`). They reach the
 //! node thread through [`Shared`]: [`Shared::ask`] sends a request and turns a refusal into a
 //! gRPC status with a leader hint; what the thread publishes (policy, raft view, tokens) is read
-//! without asking it. [`alerts`] is the leader's alert deliverer, a task that uses the same
-//! plumbing.
+//! without asking it. [`alerts`] is the leader's alert deliverer and [`tickets`] its TLS
+//! ticket key rotation, tasks that use the same plumbing.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ pub(crate) mod alerts;
 pub(crate) mod policy;
 pub(crate) mod raft;
 pub(crate) mod signal;
+pub(crate) mod tickets;
 
 /// One edge as this node sees it.
 #[derive(Clone, Debug)]
@@ -85,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) unready_after: Duration,
     /// Whether gRPC is served over mutual TLS (callers then have a verified certificate).
     pub(crate) mtls: bool,
+    /// How often the leader rotates the TLS session ticket keys.
+    pub(crate) ticket_rotate_every: Duration,
 }
 
 impl Shared {

@@ -15,7 +15,7 @@
 //! a clear error rather than split the replicas.
 
 use moat_shared::onprem::Schedule;
-use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId};
+use moat_shared::{Connector, Domain, EntityKind, SpeedBumpStep, Tenant, TenantId, TicketSecret};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -237,6 +237,25 @@ pub enum Command {
         /// The new offset from the wall clock.
         offset_ms: i64,
     },
+    /// Makes a new TLS session ticket key the one that issues tickets; the current key is
+    /// still accepted, the one before it dropped. Drawn and proposed by the leader, when no key
+    /// exists or the current one is older than the rotation period, or on an operator's
+    /// `moat admin tls tickets rotate`. The key is made at the entry's time.
+    RotateTicketKeys {
+        /// The new key's name (16 random bytes as 32 hex digits), as tickets carry it.
+        name: String,
+        /// The new key (32 random bytes; hex in the log, never printed).
+        key: TicketSecret,
+        /// The proposing leader's rotation period (ms): tickets' lifetime.
+        rotate_every_ms: i64,
+        /// For a scheduled rotation, the current key it replaces (`None`: none exists); a
+        /// scheduled rotation that finds another current key is refused.
+        #[serde(default)]
+        replaces: Option<String>,
+        /// An operator's rotation, applied whatever the current key.
+        #[serde(default)]
+        forced: bool,
+    },
     /// Lets time act: proposed by the leader when a server's stage or a pause is due to change.
     /// Applying any entry does the same; this one exists for when nothing else is committed.
     Tick,
@@ -255,6 +274,7 @@ impl Command {
             {
                 4
             }
+            Command::RotateTicketKeys { .. } => 4,
             _ => 1,
         }
     }

@@ -41,6 +41,8 @@ pub enum Kind {
     OnpremServer,
     /// The cluster clock.
     Clock,
+    /// The TLS session ticket keys.
+    TicketKeys,
     /// A raft log entry.
     Entry,
 }
@@ -61,6 +63,7 @@ impl Kind {
             Self::Alert => "alert",
             Self::Restriction => "restriction",
             Self::Onprem => "on-premises Exchange",
+            Self::TicketKeys => "ticket key",
             Self::Pause => "pause",
             Self::OnpremServer => "on-premises Exchange server",
             Self::Clock => "clock",

@@ -31,6 +31,7 @@
 //!   ([`reports::Reports`]).
 //! - [`alerts`]: alerts and deliveries ([`alerts::Alerts`]), contacts and transport
 //!   ([`alerts::Routing`]).
+//! - [`tickets`]: TLS session ticket keys, the current and the previous ([`tickets::Tickets`]).
 //! - [`audit`]: the audit log ([`audit::Audit`]).
 
 use std::collections::BTreeMap;
@@ -49,6 +50,7 @@ pub mod limits;
 pub mod onprem;
 pub mod reports;
 pub mod tenants;
+pub mod tickets;
 pub mod tokens;
 
 #[cfg(test)]
@@ -139,6 +141,9 @@ pub struct State {
     /// them encodes as before.
     #[serde(default, skip_serializing_if = "reports::Reports::is_empty")]
     pub reports: reports::Reports,
+    /// TLS session ticket keys (absent from the snapshot until the first rotation).
+    #[serde(flatten)]
+    pub tickets: tickets::Tickets,
     /// Set while applying an entry that changed the restricted entities (never replicated).
     #[serde(skip)]
     pub restricted_changed: bool,
@@ -296,6 +301,22 @@ impl State {
             } => self.exempt_onprem(&p.actor, tenant, server, reason),
             Command::UnexemptOnprem { tenant, server } => self.unexempt_onprem(tenant, server),
             Command::SetClock { offset_ms } => self.set_clock(p.at_ms, *offset_ms),
+            Command::RotateTicketKeys {
+                name,
+                key,
+                rotate_every_ms,
+                replaces,
+                forced,
+            } => self.tickets.rotate(
+                &tickets::Rotation {
+                    name,
+                    key,
+                    rotate_every_ms: *rotate_every_ms,
+                    replaces: replaces.as_deref(),
+                    forced: *forced,
+                },
+                self.now_ms,
+            ),
             Command::Tick => Ok("tick".into()),
             Command::Signals { batches } => Ok(self.signals(index, batches)),
         }
@@ -388,6 +409,7 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         | Command::AlertDelivery { .. }
         | Command::SetOnpremPolicy { .. }
         | Command::SetClock { .. }
+        | Command::RotateTicketKeys { .. }
         | Command::Tick => None,
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }

@@ -144,7 +144,16 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts)
     metrics::histogram!("moat_edge_tls_handshake_duration_seconds", "listener" => listener.clone())
         .record(t0.elapsed().as_secs_f64());
     let outcome = if r.is_ok() { "ok" } else { "failed" };
-    metrics::counter!("moat_edge_tls_handshakes_total", "listener" => listener, "outcome" => outcome)
+    // `resumed`: the client offered a ticket (or session) the edge could open.
+    let kind = match &r {
+        Ok((Io::Tls(tls), _))
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) =>
+        {
+            "resumed"
+        }
+        _ => "full",
+    };
+    metrics::counter!("moat_edge_tls_handshakes_total", "listener" => listener, "outcome" => outcome, "kind" => kind)
         .increment(1);
     r
 }

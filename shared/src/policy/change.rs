@@ -57,6 +57,8 @@ pub struct PolicyChange {
     pub onprem: Option<OnpremSettings>,
     /// What the cluster clock is ahead of the wall clock: replaces the offset when `Some`.
     pub clock_offset_ms: Option<i64>,
+    /// The TLS session ticket keys: replace the keys when `Some`.
+    pub ticket_keys: Option<crate::TicketKeys>,
 }
 
 /// The on-premises settings besides the enforced servers.
@@ -146,6 +148,9 @@ impl PolicySnapshot {
         }
         if let Some(offset) = change.clock_offset_ms {
             self.clock_offset_ms = offset;
+        }
+        if let Some(keys) = &change.ticket_keys {
+            self.ticket_keys = Arc::new(keys.clone());
         }
         Ok(())
     }

@@ -87,6 +87,9 @@ pub struct PolicySnapshot {
     onprem: crate::onprem::Rules,
     /// What the cluster clock is ahead of the wall clock (only ever non-zero under `moat dev`).
     clock_offset_ms: i64,
+    /// The TLS session ticket keys (one `Arc`, so a listener's ticketer sees at a pointer
+    /// comparison whether they changed).
+    ticket_keys: Arc<crate::TicketKeys>,
 }
 
 /// The slot of a kind in [`PolicySnapshot::restricted_counts`].
@@ -123,6 +126,11 @@ impl PolicySnapshot {
     /// What the cluster clock is ahead of the wall clock, in milliseconds.
     pub fn clock_offset_ms(&self) -> i64 {
         self.clock_offset_ms
+    }
+
+    /// The TLS session ticket keys edges seal and open tickets with.
+    pub fn ticket_keys(&self) -> &Arc<crate::TicketKeys> {
+        &self.ticket_keys
     }
 
     /// Now on the cluster clock: the wall clock plus the offset a `moat dev` cluster may set.

@@ -119,12 +119,43 @@ pub(super) fn policy(
     u.speed_bump = Some(speed_bump(state));
     u.onprem = Some(onprem_settings(state));
     u.clock_offset_ms = Some(state.clock_offset_ms);
+    // Never the TLS ticket keys: no verdict reads them, and an admin read must not carry a
+    // secret (`ticket_keys` stays `None`).
     Ok(u)
 }
 
 #[cfg(test)]
 mod tests {
     use super::at_or_under;
+    use crate::state::{Command, Proposal, State};
+    use moat_proto::v1;
+
+    #[test]
+    fn explain_never_carries_the_ticket_keys() {
+        let mut s = State::default();
+        let o = s.apply(
+            1,
+            &Proposal {
+                at_ms: 1,
+                actor: "system".into(),
+                request_id: None,
+                command: Command::RotateTicketKeys {
+                    name: "ab".repeat(16),
+                    key: moat_shared::TicketSecret::new([7; 32]),
+                    rotate_every_ms: 1000,
+                    replaces: None,
+                    forced: false,
+                },
+            },
+        );
+        assert!(o.result.is_ok());
+        let q = v1::ExplainQuery {
+            client_ip: "192.0.2.1".into(),
+            ..Default::default()
+        };
+        let u = super::policy(&s, &q, "").expect("explained");
+        assert!(u.ticket_keys.is_none());
+    }
 
     #[test]
     fn names_match_their_domain_and_below() {

@@ -469,6 +469,20 @@ fn read_reply(
             });
         }
         K::Clock => {}
+        K::TicketKeys => {
+            // Ids, times and roles: a secret never leaves the log, the snapshot and the edges.
+            if let Some(k) = &state.tickets.ticket_keys {
+                let row = |key: &moat_shared::TicketKey, role: &str| v1::TicketKeyInfo {
+                    id: key.name.clone(),
+                    created_ms: key.created_ms,
+                    role: role.to_owned(),
+                };
+                reply.ticket_keys = std::iter::once(row(&k.current, "issuing"))
+                    .chain(k.previous.iter().map(|p| row(p, "accepting")))
+                    .collect();
+                reply.ticket_rotate_every_ms = k.rotate_every_ms;
+            }
+        }
         K::Explain => {
             let q = r.explain.clone().unwrap_or_default();
             reply.explain_policy = Some(super::explain::policy(state, &q, &r.tenant)?);

@@ -397,6 +397,10 @@ pub(crate) async fn write(
                 server: o.server,
             }
         }
+        Op::RotateTicketKeys(_) => {
+            authorize(who, &Action::Operate("rotate the TLS ticket keys"))?;
+            crate::service::tickets::draw(shared.ticket_rotate_every, None, true)?
+        }
         Op::SetClock(at_ms) => {
             authorize(who, &Action::Operate("move the cluster clock"))?;
             if !shared.dev_clock {
