@@ -32,8 +32,8 @@ pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
         "Throttle min/h",
         "Block min/h",
         "Next stage",
-        "Received line (evidence)",
         "Exempt",
+        "Received line (evidence)",
     ]);
     for s in servers {
         let next = if s.next_stage > 0 {
@@ -62,15 +62,15 @@ pub(crate) fn grid(servers: &[v1::OnpremServerReport]) -> Grid {
                 s.throttle.to_string(),
                 s.block.to_string(),
                 next,
-                if s.received.is_empty() {
-                    "-".into()
-                } else {
-                    s.received.clone()
-                },
                 if s.exempt {
                     format!("yes: {}", s.exempt_reason)
                 } else {
                     "no".into()
+                },
+                if s.received.is_empty() {
+                    "-".into()
+                } else {
+                    s.received.clone()
                 },
             ],
             None,
