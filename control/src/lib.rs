@@ -16,7 +16,8 @@
 //! - `service/`: the gRPC services over the node thread: Raft (peers' messages in), Policy
 //!   (snapshot watch), Signal (edges' counters), Admin (`admin/`: authorization as pure
 //!   functions, writes, reads, the policy subset `moat admin explain` evaluates), the
-//!   leader's alert deliverer and its TLS ticket key rotation.
+//!   leader's alert deliverer, its TLS ticket key rotation, and its proposer of changes that
+//!   wait until every voter runs this release (`upgrade`: the best-sourced on-prem stage table).
 //! - [`alerts`]: delivering alerts (signed webhook, email); the leader drives it.
 //! - `console/`: the admin console, HTTPS pages for a browser on their own listener
 //!   (`--console-listen`), over the same reads, writes and authorization as the Admin service

@@ -1,6 +1,7 @@
 //! `moat control`: one control node as a process. [`Control::start`] binds the gRPC port (and
 //! the console's), opens storage and starts the node thread; [`Control::run`] serves the four
-//! gRPC services, the console and the leader's alert deliverer until shutdown; [`Control::readiness`] and
+//! gRPC services, the console and the leader's tasks (alert deliverer, ticket key rotation,
+//! upgrade changes) until shutdown; [`Control::readiness`] and
 //! [`Control::record_metrics`] give the status server what `/readyz` and `/metrics` need.
 //!
 //! What the process runs lives elsewhere: the raft node and its thread in [`crate::raft`], the
@@ -212,6 +213,9 @@ impl Control {
         let rotations = tokio::spawn(crate::service::tickets::rotate_ticket_keys(Arc::clone(
             &self.shared,
         )));
+        let upgrades = tokio::spawn(crate::service::upgrade::propose_upgrades(Arc::clone(
+            &self.shared,
+        )));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = async {
             let _ = stop_rx.await;
@@ -257,6 +261,7 @@ impl Control {
             c.abort();
         }
         rotations.abort();
+        upgrades.abort();
         Ok(())
     }
 }

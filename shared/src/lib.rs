@@ -10,8 +10,9 @@
 //! - [`connector`]: inbound connectors (Partner, OnPremises).
 //! - [`exchange`]: on-premises Exchange builds from `Received:` stamps, the build catalog and
 //!   the baseline.
-//! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages, pauses, and which
-//!   minutes of an hour are throttled or blocked.
+//! - [`onprem`]: the life cycle of out-of-date Exchange servers: stages (the best-sourced
+//!   reference table, and the previous release's default kept for rolling upgrades), pauses,
+//!   and which minutes of an hour are throttled or blocked.
 //! - [`matching`]: the index that finds a session's connectors by IP and certificate.
 //! - [`persistent`]: [`PersistentMap`], the map snapshots are made of: a changed copy costs the
 //!   change, and reads cost about what a hash table's do.

@@ -44,9 +44,39 @@ pub struct Schedule(pub Vec<Stage>);
 impl Default for Schedule {
     /// The best-sourced table ([`REFERENCE`]): report only for 30 days, throttling that rises
     /// every ten days, throttling with blocking from day 60, blocking only (rising) from day 70,
-    /// everything blocked from day 90.
+    /// everything blocked from day 90. A cluster applies it only once it adopted it (see
+    /// [`Schedule::previous_default`]).
     fn default() -> Self {
         Self(REFERENCE.iter().map(|r| r.stage).collect())
+    }
+}
+
+impl Schedule {
+    /// The built-in table of the release before issue 18: [`REFERENCE`] except that stages 6
+    /// and 7 also throttle 30 minutes an hour (no source gives those minutes).
+    ///
+    /// It exists for rolling upgrades. A cluster that never set a table applies the built-in
+    /// one while it replays and applies entries, and the stage alerts it records are replicated
+    /// state: if a node of this release applied [`REFERENCE`] where a node of the release
+    /// before applied this table, the replicas would diverge and edges watching them would
+    /// enforce different minutes. So a cluster keeps applying this table until every voter
+    /// runs this release and the leader commits the entry that adopts [`REFERENCE`] (the
+    /// control plane's `AdoptStageDefaults`), at the same log index on every node.
+    pub fn previous_default() -> Self {
+        Self(
+            REFERENCE
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Stage {
+                    throttle: if i == 5 || i == 6 {
+                        30
+                    } else {
+                        r.stage.throttle
+                    },
+                    ..r.stage
+                })
+                .collect(),
+        )
     }
 }
 
@@ -467,6 +497,30 @@ mod tests {
             (s.get(7).unwrap().throttle, s.get(7).unwrap().block),
             (0, 20)
         );
+    }
+
+    #[test]
+    fn the_previous_default_throttles_stages_6_and_7() {
+        let old = Schedule::previous_default();
+        old.validate().unwrap();
+        // The table of the release before issue 18, as it wrote it.
+        assert_eq!(
+            old.render(),
+            "0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60"
+        );
+        let new = Schedule::default();
+        for (i, (o, n)) in old.0.iter().zip(&new.0).enumerate() {
+            if i == 5 || i == 6 {
+                assert_eq!((o.throttle, o.block), (30, n.block), "stage {}", i + 1);
+            } else {
+                assert_eq!(o, n, "stage {}", i + 1);
+            }
+        }
+        // Its 30-minute throttles are no source's: not confirmed.
+        let p = old.provenance();
+        assert_eq!(p[5].throttle, Provenance::Unsourced);
+        assert_eq!(p[6].throttle, Provenance::Unsourced);
+        assert_eq!(p[5].block, Provenance::Confirmed);
     }
 
     #[test]

@@ -157,16 +157,18 @@ impl Ctx {
                 let p = reply.onprem_policy.unwrap_or_default();
                 let stages = moat_shared::onprem::Schedule::parse(&p.stages).unwrap_or_default();
                 let provenance = stages.provenance();
+                let table = Table::of(&p.table);
                 match self.output {
                     Output::Json => print_json(&json!({
                         "service": p.service,
                         "scope": p.scope,
+                        "table": table.name(),
                         "source": {
                             "name": moat_shared::onprem::REFERENCE_SOURCE,
                             "url": moat_shared::onprem::REFERENCE_URL,
                         },
                         "stages": stages.0.iter().zip(&provenance).enumerate()
-                            .map(|(i, (st, pv))| stage_json(i, st, pv))
+                            .map(|(i, (st, pv))| stage_json(i, st, pv, table))
                             .collect::<Vec<_>>(),
                     })),
                     Output::Table => {
@@ -175,19 +177,21 @@ impl Ctx {
                             .iter()
                             .zip(&provenance)
                             .enumerate()
-                            .map(|(i, (st, pv))| stage_row(i, st, pv))
+                            .map(|(i, (st, pv))| stage_row(i, st, pv, table))
                             .collect::<Vec<_>>();
                         out(&format!("service name: {}", p.service));
                         out(&format!("scope: {}", p.scope));
+                        out(&format!("table: {}", table.text()));
                         out(
                             render_table(&["STAGE", "FROM-DAY", "THROTTLE/HR", "BLOCK/HR"], &rows)
                                 .trim_end(),
                         );
                         out(&format!(
-                            "confirmed: the value a public source gives ({}, {}); operator's \
-                             choice: a value no source gives",
+                            "confirmed: the value a public source gives ({}, {}); {}: a value \
+                             no source gives",
                             moat_shared::onprem::REFERENCE_SOURCE,
-                            moat_shared::onprem::REFERENCE_URL
+                            moat_shared::onprem::REFERENCE_URL,
+                            table.unsourced()
                         ));
                     }
                 }
@@ -207,6 +211,7 @@ impl Ctx {
                     stages: stages.unwrap_or_default(),
                     service: service_name.unwrap_or_default(),
                     scope: scope.unwrap_or_default(),
+                    ..Default::default()
                 }))
                 .await
             }
@@ -340,15 +345,81 @@ pub(super) const EVIDENCE_HEADERS: &[&str] = &[
     "RECEIVED",
 ];
 
-/// One row of `moat admin onprem servers`: the server, where its build came from, and its
-/// exemption (`by ACTOR: REASON`).
+/// Which stage table the cluster applies, as `onprem policy show` reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    /// One an operator set.
+    Custom,
+    /// The best-sourced built-in table, adopted by the cluster.
+    Reference,
+    /// The previous release's built-in table (stages 6 and 7 also throttle 30 minutes an
+    /// hour), in force until every control node runs this release and the cluster adopts the
+    /// best-sourced one.
+    PreviousDefault,
+}
+
+impl Table {
+    /// From the reply's `table` (empty from a node of the release before, which applies its
+    /// own built-in table).
+    fn of(wire: &str) -> Self {
+        match wire {
+            "custom" => Self::Custom,
+            "reference" => Self::Reference,
+            _ => Self::PreviousDefault,
+        }
+    }
+
+    /// Its name in `-o json`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Custom => "custom",
+            Self::Reference => "reference",
+            Self::PreviousDefault => "previous-default",
+        }
+    }
+
+    /// What the table output says of it.
+    fn text(self) -> &'static str {
+        match self {
+            Self::Custom => "set by an operator",
+            Self::Reference => {
+                "built-in default, the best-sourced table (stages 6 and 7 block only)"
+            }
+            Self::PreviousDefault => {
+                "built-in default of the previous release (stages 6 and 7 also throttle 30 \
+                 minutes an hour), until every control node runs this release and the cluster \
+                 adopts the best-sourced table"
+            }
+        }
+    }
+
+    /// How a cell no source gives is marked: the operator's choice, or in the previous
+    /// release's table, that release's default.
+    fn unsourced(self) -> &'static str {
+        match self {
+            Self::PreviousDefault => "previous release's default",
+            Self::Custom | Self::Reference => moat_shared::onprem::Provenance::Unsourced.label(),
+        }
+    }
+
+    /// The mark of a cell.
+    fn label(self, p: moat_shared::onprem::Provenance) -> &'static str {
+        match p {
+            moat_shared::onprem::Provenance::Confirmed => p.label(),
+            moat_shared::onprem::Provenance::Unsourced => self.unsourced(),
+        }
+    }
+}
+
 /// One row of `onprem policy show`: each cell with whether a source confirms it.
 fn stage_row(
     i: usize,
     st: &moat_shared::onprem::Stage,
     pv: &moat_shared::onprem::StageProvenance,
+    table: Table,
 ) -> Vec<String> {
-    let marked = |v: String, p: moat_shared::onprem::Provenance| format!("{v} ({})", p.label());
+    let marked =
+        |v: String, p: moat_shared::onprem::Provenance| format!("{v} ({})", table.label(p));
     vec![
         (i + 1).to_string(),
         marked(st.from_day.to_string(), pv.from_day),
@@ -357,12 +428,13 @@ fn stage_row(
     ]
 }
 
-/// One stage of `onprem policy show -o json`: the values, and per cell `confirmed` or
-/// `operator's choice`.
+/// One stage of `onprem policy show -o json`: the values, and per cell `confirmed` or how a
+/// value no source gives is marked ([`Table::unsourced`]).
 fn stage_json(
     i: usize,
     st: &moat_shared::onprem::Stage,
     pv: &moat_shared::onprem::StageProvenance,
+    table: Table,
 ) -> Value {
     json!({
         "stage": i + 1,
@@ -370,13 +442,15 @@ fn stage_json(
         "throttle-minutes": st.throttle,
         "block-minutes": st.block,
         "provenance": {
-            "from-day": pv.from_day.label(),
-            "throttle-minutes": pv.throttle.label(),
-            "block-minutes": pv.block.label(),
+            "from-day": table.label(pv.from_day),
+            "throttle-minutes": table.label(pv.throttle),
+            "block-minutes": table.label(pv.block),
         },
     })
 }
 
+/// One row of `moat admin onprem servers`: the server, where its build came from, and its
+/// exemption (`by ACTOR: REASON`).
 pub(super) fn evidence_row(r: &moat_proto::OnpremServerReport) -> Vec<String> {
     let t = |ms: i64| {
         if ms == 0 {
@@ -476,6 +550,44 @@ mod tests {
         assert!(parse(&["onprem", "servers", "--tenant", "t"]).is_ok());
     }
 
+    /// Until the cluster adopts the best-sourced table, the previous release's built-in one is
+    /// in force: its 30 throttled minutes of stages 6 and 7 are not confirmed, and not an
+    /// operator's choice either.
+    #[test]
+    fn policy_show_names_the_previous_default_until_adopted() {
+        use super::Table;
+        use moat_shared::onprem::Schedule;
+        assert_eq!(
+            Table::of(""),
+            Table::PreviousDefault,
+            "a node of the release before"
+        );
+        for t in [Table::Custom, Table::Reference, Table::PreviousDefault] {
+            assert_eq!(Table::of(t.name()), t);
+        }
+        let old = Schedule::previous_default();
+        let pv = old.provenance();
+        let t = Table::PreviousDefault;
+        assert_eq!(
+            super::stage_row(5, &old.0[5], &pv[5], t),
+            [
+                "6",
+                "70 (confirmed)",
+                "30 (previous release's default)",
+                "10 (confirmed)"
+            ]
+        );
+        let v = super::stage_json(6, &old.0[6], &pv[6], t);
+        assert_eq!(v["throttle-minutes"], 30);
+        assert_eq!(
+            v["provenance"]["throttle-minutes"],
+            "previous release's default"
+        );
+        assert_eq!(v["provenance"]["block-minutes"], "confirmed");
+        assert!(t.text().contains("previous release"), "{}", t.text());
+        assert!(Table::Reference.text().contains("best-sourced"));
+    }
+
     /// Each cell of the stage table says whether a source confirms it: the default table is
     /// confirmed throughout; the pre-issue-18 throttling of stages 6 and 7 is not.
     #[test]
@@ -485,7 +597,7 @@ mod tests {
             .unwrap();
         let pv = old.provenance();
         assert_eq!(
-            super::stage_row(5, &old.0[5], &pv[5]),
+            super::stage_row(5, &old.0[5], &pv[5], super::Table::Custom),
             [
                 "6",
                 "70 (confirmed)",
@@ -493,21 +605,21 @@ mod tests {
                 "10 (confirmed)"
             ]
         );
-        let v = super::stage_json(5, &old.0[5], &pv[5]);
+        let v = super::stage_json(5, &old.0[5], &pv[5], super::Table::Custom);
         assert_eq!(v["throttle-minutes"], 30);
         assert_eq!(v["provenance"]["throttle-minutes"], "operator's choice");
         assert_eq!(v["provenance"]["block-minutes"], "confirmed");
         let new = Schedule::default();
         let pv = new.provenance();
         for (i, st) in new.0.iter().enumerate() {
-            let row = super::stage_row(i, st, &pv[i]);
+            let row = super::stage_row(i, st, &pv[i], super::Table::Reference);
             assert!(
                 row[1..].iter().all(|c| c.ends_with("(confirmed)")),
                 "{row:?}"
             );
         }
         assert_eq!(
-            super::stage_row(6, &new.0[6], &pv[6]),
+            super::stage_row(6, &new.0[6], &pv[6], super::Table::Reference),
             ["7", "80 (confirmed)", "0 (confirmed)", "20 (confirmed)"]
         );
     }

@@ -47,7 +47,26 @@ fn start(tag: &str) -> (TempDir, Dev) {
         "--min-messages",
         "100000",
     ]);
+    wait_reference_table(&dev);
     (dir, dev)
+}
+
+/// Waits until the cluster adopted the best-sourced built-in stage table (stages 6 and 7
+/// block only): its leader proposes that within a second or two of its election, and until
+/// then the previous release's table is in force. The tests' stage walks assume the new one.
+fn wait_reference_table(dev: &Dev) {
+    let t0 = Instant::now();
+    loop {
+        let show = dev.admin(&["onprem", "policy", "show"]);
+        if show["table"] == "reference" {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the cluster never adopted the best-sourced stage table: {show}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One message from `server` stamped with `build` through edge `edge`'s MX listener; the final
@@ -462,6 +481,12 @@ fn pauses_and_a_raised_baseline() {
     // default is the sourced table (stages 6 and 7 block only); the old 30 throttled minutes
     // of stages 6 and 7, set by the operator, are marked as the operator's choice.
     let show = dev.admin(&["onprem", "policy", "show"]);
+    assert_eq!(show["table"], "reference", "{show}");
+    let audit = dev.admin(&["audit", "list"]).to_string();
+    assert!(
+        audit.contains("the built-in stage table is now the best-sourced one"),
+        "the adoption is audited: {audit}"
+    );
     let stage6 = &show["stages"][5];
     assert_eq!(
         (&stage6["throttle-minutes"], &stage6["block-minutes"]),
@@ -479,6 +504,7 @@ fn pauses_and_a_raised_baseline() {
     let old = "0:0:0,30:5:0,40:10:0,50:20:0,60:30:5,70:30:10,80:30:20,90:0:60";
     dev.admin_applied(&["onprem", "policy", "set", "--stages", old]);
     let show = dev.admin(&["onprem", "policy", "show"]);
+    assert_eq!(show["table"], "custom", "{show}");
     for (i, st) in show["stages"]
         .as_array()
         .expect("stages")

@@ -28,7 +28,7 @@ use super::{
 /// carries only once every voter applies 3, so that replicas keep the same report), 4 adds the
 /// report counters and Message-ID samples of signal batches
 /// ([`SignalBatch::reports`](super::SignalBatch) and `samples`, likewise carried only once
-/// every voter applies 4).
+/// every voter applies 4) and [`Command::AdoptStageDefaults`].
 pub const LOG_VERSION: u32 = 4;
 
 /// A command and who asked for it, as it travels through the log.
@@ -256,6 +256,11 @@ pub enum Command {
         #[serde(default)]
         forced: bool,
     },
+    /// Makes the best-sourced built-in on-premises stage table (stages 6 and 7 block only) the
+    /// one a cluster without a table of its own applies, in place of the previous release's
+    /// (which also throttled 30 minutes an hour there). Proposed once by the leader when every
+    /// voter runs a release that applies it, so every node switches tables at the same index.
+    AdoptStageDefaults,
     /// Lets time act: proposed by the leader when a server's stage or a pause is due to change.
     /// Applying any entry does the same; this one exists for when nothing else is committed.
     Tick,
@@ -274,7 +279,7 @@ impl Command {
             {
                 4
             }
-            Command::RotateTicketKeys { .. } => 4,
+            Command::RotateTicketKeys { .. } | Command::AdoptStageDefaults => 4,
             _ => 1,
         }
     }

@@ -556,3 +556,47 @@ fn the_log_and_snapshot_of_the_release_before_the_split_still_read() {
         );
     }
 }
+
+/// A log of the release before never adopted the best-sourced stage table: replayed by this
+/// release it gives the old snapshot byte for byte (the flag, false, is left out), and the
+/// entry that adopts it changes the snapshot by that flag alone.
+#[test]
+fn the_old_log_replays_to_the_old_bytes_until_the_stage_defaults_are_adopted() {
+    let log = read("entries.jsonl");
+    let entries: Vec<Proposal> = log
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("entry decodes"))
+        .collect();
+    let (mut replayed, _) = replay(&entries);
+    assert!(!replayed.onprem.reference_2026);
+    let old = read("snapshot.json");
+    let bytes = serde_json::to_vec(&replayed).expect("state serialises");
+    assert!(
+        bytes == old,
+        "replaying the old log gives the old snapshot's bytes"
+    );
+    let decoded: State = serde_json::from_slice(&old).expect("old snapshot decodes");
+    assert!(!decoded.onprem.reference_2026);
+
+    let next = FIRST_INDEX + entries.len() as u64;
+    let at = entries.last().map_or(0, |p| p.at_ms) + 1000;
+    let adopted = replayed.apply(
+        next,
+        &Proposal {
+            at_ms: at,
+            actor: "system".into(),
+            request_id: None,
+            command: Command::AdoptStageDefaults,
+        },
+    );
+    assert!(adopted.result.is_ok(), "{adopted:?}");
+    let mut before: serde_json::Value = serde_json::from_slice(&old).expect("json");
+    let after: serde_json::Value = serde_json::to_value(&replayed).expect("json");
+    // What the entry itself moves: the applied index, the time, the audit log; and the flag.
+    for field in ["applied", "now_ms", "audit"] {
+        before[field] = after[field].clone();
+    }
+    before["onprem_reference_2026"] = true.into();
+    assert_eq!(before, after);
+}

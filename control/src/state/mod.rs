@@ -317,6 +317,7 @@ impl State {
                 },
                 self.now_ms,
             ),
+            Command::AdoptStageDefaults => self.adopt_stage_defaults(),
             Command::Tick => Ok("tick".into()),
             Command::Signals { batches } => Ok(self.signals(index, batches)),
         }
@@ -381,6 +382,9 @@ fn policy_relevant(c: &Command) -> bool {
             | Command::PauseOnprem { .. }
             | Command::ExemptOnprem { .. }
             | Command::UnexemptOnprem { .. }
+            // A policy change only when it changes an enforced server's minutes, which it
+            // marks itself (`onprem_changed`).
+            | Command::AdoptStageDefaults
             | Command::Tick
     )
 }
@@ -410,6 +414,7 @@ fn command_tenant(c: &Command) -> Option<TenantId> {
         | Command::SetOnpremPolicy { .. }
         | Command::SetClock { .. }
         | Command::RotateTicketKeys { .. }
+        | Command::AdoptStageDefaults
         | Command::Tick => None,
         Command::RevokeToken { .. }
         | Command::ApplySeed { .. }

@@ -27,7 +27,7 @@ pub struct Onprem {
     /// [`Onprem::baseline`]).
     #[serde(default, rename = "onprem_baseline")]
     pub custom_baseline: Option<moat_shared::exchange::Baseline>,
-    /// The stage table; the reference table when `None` (see [`Onprem::schedule`]).
+    /// The stage table; a built-in table when `None` (see [`Onprem::schedule`]).
     #[serde(default, rename = "onprem_schedule")]
     pub custom_schedule: Option<Schedule>,
     /// The service name in `4.7.230` / `5.7.230` replies; `Moat` when empty.
@@ -39,6 +39,45 @@ pub struct Onprem {
     /// Pauses of throttling and blocking, by tenant.
     #[serde(default, rename = "onprem_pauses")]
     pub pauses: BTreeMap<TenantId, Vec<PauseRecord>>,
+    /// Whether the cluster adopted the best-sourced built-in stage table
+    /// ([`Schedule::default`], stages 6 and 7 block only) through
+    /// [`super::Command::AdoptStageDefaults`]; until then the built-in table is the previous
+    /// release's ([`Schedule::previous_default`]), so that every node applies the same table at
+    /// every log index during a rolling upgrade. Absent from the snapshot while false, so a
+    /// state that never adopted it encodes as the release before wrote it.
+    #[serde(
+        default,
+        skip_serializing_if = "is_false",
+        rename = "onprem_reference_2026"
+    )]
+    pub reference_2026: bool,
+}
+
+/// For serde: leaves a false flag out of the snapshot.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which stage table a cluster applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableInForce {
+    /// One an operator set.
+    Custom,
+    /// The built-in best-sourced table, adopted by the cluster.
+    Reference,
+    /// The built-in table of the release before, until the cluster adopts the reference one.
+    PreviousDefault,
+}
+
+impl TableInForce {
+    /// How `moat admin onprem policy show` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Custom => "custom",
+            Self::Reference => "reference",
+            Self::PreviousDefault => "previous-default",
+        }
+    }
 }
 
 /// An on-premises Exchange server seen in the Received stamps of a tenant's connector mail.
@@ -130,9 +169,23 @@ pub struct PauseRecord {
 }
 
 impl Onprem {
-    /// The stage table in force (the reference table unless one was set).
+    /// The stage table in force: the one an operator set; else the best-sourced built-in table
+    /// once the cluster adopted it; else the previous release's built-in table.
     pub fn schedule(&self) -> Schedule {
-        self.custom_schedule.clone().unwrap_or_default()
+        match (&self.custom_schedule, self.reference_2026) {
+            (Some(s), _) => s.clone(),
+            (None, true) => Schedule::default(),
+            (None, false) => Schedule::previous_default(),
+        }
+    }
+
+    /// Which table [`Onprem::schedule`] gives.
+    pub fn table_in_force(&self) -> TableInForce {
+        match (&self.custom_schedule, self.reference_2026) {
+            (Some(_), _) => TableInForce::Custom,
+            (None, true) => TableInForce::Reference,
+            (None, false) => TableInForce::PreviousDefault,
+        }
     }
 
     /// The baseline in force (the October 2025 updates unless one was set).
@@ -231,6 +284,46 @@ impl State {
             return Err(Rejection::invalid(Kind::Onprem, "nothing to change"));
         }
         Ok(format!("on-premises Exchange: {}", said.join("; ")))
+    }
+
+    /// Adopts the best-sourced built-in stage table ([`Schedule::default`]) in place of the
+    /// previous release's: from this entry on, a cluster without a table of its own applies it.
+    /// Servers keep their stage (both tables start their stages on the same days); edges get
+    /// new minutes for any enforced server whose stage's minutes changed (stages 6 and 7 stop
+    /// throttling), which is what makes this entry a policy change. Refused once adopted.
+    pub(super) fn adopt_stage_defaults(&mut self) -> Result<String, Rejection> {
+        if self.onprem.reference_2026 {
+            return Err(Rejection::conflict(
+                Kind::Onprem,
+                "the cluster adopted the best-sourced stage table at an earlier entry",
+            ));
+        }
+        let before = self.onprem.schedule();
+        self.onprem.reference_2026 = true;
+        let after = self.onprem.schedule();
+        let minutes = |s: &Schedule, srv: &OnpremServer| {
+            srv.enforced(s)
+                .then(|| s.get(srv.stage).map(|st| (st.throttle, st.block)))
+        };
+        if self
+            .onprem
+            .servers
+            .values()
+            .any(|srv| minutes(&before, srv) != minutes(&after, srv))
+        {
+            self.onprem_changed = true;
+        }
+        Ok(format!(
+            "on-premises Exchange: the built-in stage table is now the best-sourced one ({}): \
+             stages 6 and 7 block only, without the 30 throttled minutes an hour of the \
+             previous release's default{}",
+            Schedule::default().render(),
+            if self.onprem.custom_schedule.is_some() {
+                "; the table set by an operator stays in force"
+            } else {
+                ""
+            }
+        ))
     }
 
     /// Pauses throttling and blocking of a tenant's servers for `days` days from the entry's
@@ -577,7 +670,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use moat_shared::onprem::Schedule;
+    use moat_shared::onprem::{Schedule, DAY_MS};
     use moat_shared::TenantId;
 
     use crate::state::testutil::*;
@@ -662,7 +755,7 @@ mod tests {
         let paused = s.apply(7000, &p(t0 + 45 * DAY, pause(10, "patching")));
         assert!(paused.result.is_ok(), "{paused:?}");
         assert!(s.onprem.servers[key].paused);
-        assert!(!s.onprem.servers[key].enforced(&Schedule::default()));
+        assert!(!s.onprem.servers[key].enforced(&s.onprem.schedule()));
         assert_eq!(s.policy_version, 7000);
         // Day 56: 46 days accrued, still stage 3, enforced again.
         assert_eq!(tick(&mut s, 56), (3, true));
@@ -678,6 +771,136 @@ mod tests {
         assert!(s.onprem.servers[key].blocking_enabled_ms.is_some());
         assert_eq!(tick(&mut s, 101), (8, true));
         assert_eq!(s.alerts.records.back().unwrap().severity, "high");
+    }
+
+    /// Walks a server detected at `t0` to day 71 (stage 6); returns the last alert's detail
+    /// and the minutes edges get for it.
+    fn at_stage_6(s: &mut State, t0: i64) -> (String, Vec<(u32, u32, u32)>) {
+        const DAY: i64 = moat_shared::onprem::DAY_MS;
+        s.apply(6001, &p(t0 + 61 * DAY, Command::Tick));
+        s.apply(6002, &p(t0 + 71 * DAY, Command::Tick));
+        assert_eq!(s.onprem.servers["a|exch16.corp.local"].stage, 6);
+        let alert = s.alerts.records.back().unwrap();
+        assert_eq!(alert.title, "Out-of-date Exchange server at stage 6");
+        let edges = crate::publish::enforced(s)
+            .iter()
+            .map(|e| (e.stage, e.throttle, e.block))
+            .collect();
+        (alert.detail.clone(), edges)
+    }
+
+    #[test]
+    fn before_adoption_a_stage_6_server_is_throttled_as_the_release_before_did() {
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        assert_eq!(
+            s.onprem.table_in_force(),
+            onprem::TableInForce::PreviousDefault
+        );
+        assert_eq!(s.onprem.schedule(), Schedule::previous_default());
+        let (detail, edges) = at_stage_6(&mut s, t0);
+        // The text the release before recorded, so that replicas of both releases agree.
+        assert_eq!(
+            detail,
+            "exch16.corp.local (build 15.1.2507.44) is at stage 6: blocked 10 and throttled 30 minutes an hour"
+        );
+        assert_eq!(edges, [(6, 30, 10)]);
+        assert!(s.onprem.servers["a|exch16.corp.local"]
+            .throttle_enabled_ms
+            .is_some());
+    }
+
+    #[test]
+    fn after_adoption_a_stage_6_server_is_blocked_only() {
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        adopt_stage_defaults(&mut s, 5500, t0 + 1000);
+        assert_eq!(s.onprem.table_in_force(), onprem::TableInForce::Reference);
+        assert_eq!(s.onprem.schedule(), Schedule::default());
+        let audit = s.audit.records.back().unwrap();
+        assert_eq!((audit.actor.as_str(), audit.index), ("test", 5500));
+        assert!(
+            audit.action.contains("best-sourced")
+                && audit.action.contains("stages 6 and 7 block only"),
+            "{}",
+            audit.action
+        );
+        let (detail, edges) = at_stage_6(&mut s, t0);
+        assert_eq!(
+            detail,
+            "exch16.corp.local (build 15.1.2507.44) is at stage 6: blocked 10 minutes an hour"
+        );
+        assert_eq!(edges, [(6, 0, 10)]);
+        // Adopted once: a second proposal (another leader's) is refused and changes nothing.
+        let again = s.apply(6003, &p(t0 + 72 * DAY_MS, Command::AdoptStageDefaults));
+        assert_eq!(
+            again.result.unwrap_err().code(),
+            crate::state::RejectionCode::FailedPrecondition
+        );
+        assert_eq!(Command::AdoptStageDefaults.log_version(), 4);
+    }
+
+    #[test]
+    fn adoption_is_a_policy_change_only_when_enforced_minutes_change() {
+        let t0 = 1_800_000_000_000;
+        // A stage-5 server: both tables give it the same minutes; edges have nothing new.
+        let mut s = detected_at(t0);
+        s.apply(6001, &p(t0 + 61 * DAY_MS, Command::Tick));
+        let before = s.policy_version;
+        adopt_stage_defaults(&mut s, 6002, t0 + 61 * DAY_MS);
+        assert_eq!(s.policy_version, before);
+        // A stage-6 server: its 30 throttled minutes end with this entry, on every edge.
+        let mut s = detected_at(t0);
+        at_stage_6(&mut s, t0);
+        adopt_stage_defaults(&mut s, 6100, t0 + 71 * DAY_MS);
+        assert_eq!(s.policy_version, 6100);
+        assert_eq!(
+            crate::publish::enforced(&s)
+                .iter()
+                .map(|e| (e.stage, e.throttle, e.block))
+                .collect::<Vec<_>>(),
+            [(6, 0, 10)]
+        );
+        // A table set by an operator stays in force.
+        let mut s = detected_at(t0);
+        let old = Schedule::previous_default();
+        let r = s.apply(
+            5001,
+            &p(
+                t0,
+                Command::SetOnpremPolicy {
+                    baseline: None,
+                    stages: Some(old.clone()),
+                    service: None,
+                    all_connectors: None,
+                },
+            ),
+        );
+        assert!(r.result.is_ok(), "{r:?}");
+        adopt_stage_defaults(&mut s, 5002, t0 + 1);
+        assert_eq!(s.onprem.table_in_force(), onprem::TableInForce::Custom);
+        assert_eq!(s.onprem.schedule(), old);
+        assert!(s
+            .audit
+            .records
+            .back()
+            .unwrap()
+            .action
+            .contains("set by an operator stays in force"));
+    }
+
+    #[test]
+    fn the_adoption_flag_is_absent_from_the_snapshot_until_set() {
+        let t0 = 1_800_000_000_000;
+        let mut s = detected_at(t0);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("onprem_reference_2026"), "{json}");
+        adopt_stage_defaults(&mut s, 5500, t0 + 1000);
+        let json = serde_json::to_vec(&s).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("\"onprem_reference_2026\":true"));
+        let back: State = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, s);
+        assert!(back.onprem.reference_2026);
     }
 
     #[test]
@@ -723,7 +946,7 @@ mod tests {
         let key = "a|exch16.corp.local";
         let tenant = TenantId::new("a").unwrap();
         s.apply(5001, &p(t0 + 31 * DAY, Command::Tick));
-        assert!(s.onprem.servers[key].enforced(&Schedule::default()));
+        assert!(s.onprem.servers[key].enforced(&s.onprem.schedule()));
         // No reason, or an unknown server: refused.
         let exempt = |server: &str, reason: &str| Command::ExemptOnprem {
             tenant: tenant.clone(),
@@ -749,7 +972,7 @@ mod tests {
         assert!(r.result.is_ok(), "{r:?}");
         assert_ne!(s.policy_version, before);
         let srv = &s.onprem.servers[key];
-        assert!(!srv.enforced(&Schedule::default()));
+        assert!(!srv.enforced(&s.onprem.schedule()));
         assert_eq!(srv.exempt.as_ref().unwrap().actor, "test");
         let audit = s.audit.records.back().unwrap();
         assert_eq!(audit.actor, "test");
@@ -757,7 +980,7 @@ mod tests {
         // It still walks its stages, and stays out of enforcement.
         s.apply(5005, &p(t0 + 71 * DAY, Command::Tick));
         assert_eq!(s.onprem.servers[key].stage, 6);
-        assert!(!s.onprem.servers[key].enforced(&Schedule::default()));
+        assert!(!s.onprem.servers[key].enforced(&s.onprem.schedule()));
         // Unexempted: enforced again at the stage it reached.
         let un = Command::UnexemptOnprem {
             tenant: tenant.clone(),
@@ -765,7 +988,7 @@ mod tests {
         };
         let r = s.apply(5006, &p(t0 + 71 * DAY, un.clone()));
         assert!(r.result.unwrap().contains("stage 6"));
-        assert!(s.onprem.servers[key].enforced(&Schedule::default()));
+        assert!(s.onprem.servers[key].enforced(&s.onprem.schedule()));
         assert_eq!(s.policy_version, 5006);
         let again = s.apply(5007, &p(t0 + 71 * DAY, un));
         assert!(again.result.unwrap_err().to_string().contains("not exempt"));

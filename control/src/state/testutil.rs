@@ -141,3 +141,11 @@ pub(super) fn detected_at(t0: i64) -> State {
     s.apply(5000, &p(t0, exchange_seen(1, "15.1.2507.44")));
     s
 }
+
+/// Adopts the best-sourced built-in stage table at `index` and time `at_ms`, as the leader
+/// does once every voter runs this release; tests of that table's behaviour start with it.
+pub(super) fn adopt_stage_defaults(s: &mut State, index: u64, at_ms: i64) {
+    let r = s.apply(index, &p(at_ms, Command::AdoptStageDefaults));
+    assert!(r.result.is_ok(), "{r:?}");
+    assert!(s.onprem.reference_2026);
+}

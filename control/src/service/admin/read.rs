@@ -437,6 +437,7 @@ fn read_reply(
                     "onpremises"
                 }
                 .to_owned(),
+                table: state.onprem.table_in_force().as_str().to_owned(),
             });
         }
         K::OnpremPauses => {
