@@ -44,7 +44,7 @@ class MoatDev:
         args = [
             str(BINARY), "dev", "--data", str(self.data),
             "--mx-port", "0", "--submission-port", "0", "--smtps-port", "0",
-            "--legacy-port", "0", "--control-port", "0",
+            "--legacy-port", "0", "--control-port", "0", "--console-port", "0",
         ] + self.extra
         if self.config is not None:
             cfg = self.dir / "edge.toml"

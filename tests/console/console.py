@@ -214,7 +214,7 @@ def main() -> int:
         shots = Path(tempfile.mkdtemp(prefix="moat-console-shots-"))
     shots.mkdir(parents=True, exist_ok=True)
 
-    m = MoatDev("console", extra=["--edges", "2", "--console-port", "0"]).start()
+    m = MoatDev("console", extra=["--edges", "2"]).start()
     try:
         run(m, shots)
     except Exception as e:  # noqa: BLE001 - reported with the server's log, then failed

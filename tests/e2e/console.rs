@@ -89,9 +89,7 @@ fn file(dev: &Dev, pointer: &str) -> String {
 #[test]
 fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
     let dir = TempDir::new("console");
-    let mut args = ANY_PORTS.to_vec();
-    args.extend(["--console-port", "0"]);
-    let dev = Dev::start_in(&dir.0, None, &args);
+    let dev = Dev::start_in(&dir.0, None, ANY_PORTS);
     // An on-premises connector: its tenant gets a pause form.
     dev.admin_applied(&[
         "connector",

@@ -16,6 +16,11 @@ fn readme_quick_start_delivers_with_swaks() {
     cmd.arg("dev").current_dir(&dir.0);
     let dev = Dev::spawn(cmd, dir.0.join("moat-data"));
     assert_eq!(dev.listener("mx"), "127.0.0.1:2525");
+    // The console the README points at.
+    assert_eq!(
+        dev.endpoints["console"]["url"].as_str(),
+        Some("https://127.0.0.1:7480")
+    );
 
     // The exact line the README and the banner print.
     let (ok, out, err) = run(Command::new("swaks").args([
@@ -193,6 +198,8 @@ fn busy_port_names_the_flag() {
             "--legacy-port",
             "0",
             "--control-port",
+            "0",
+            "--console-port",
             "0",
             "--submission-port",
             &port,

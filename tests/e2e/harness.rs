@@ -114,6 +114,8 @@ pub const ANY_PORTS: &[&str] = &[
     "0",
     "--control-port",
     "0",
+    "--console-port",
+    "0",
 ];
 
 /// A loopback port that is free now and lies below the kernel's ephemeral range, for a process

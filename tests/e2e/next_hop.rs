@@ -37,6 +37,8 @@ fn next_hop_down_answers_451_and_the_retry_is_delivered_once() {
         "0".into(),
         "--control-port".into(),
         "0".into(),
+        "--console-port".into(),
+        "0".into(),
     ];
     let hop_args: Vec<&str> = hop_args.iter().map(String::as_str).collect();
     let mut hop = Dev::start_in(&hop_dir.0, None, &hop_args);
