@@ -111,6 +111,21 @@ def send_from_exchange(m: MoatDev, server: str, build: str) -> None:
         s.sendmail("app@example.test", ["alice@example.test"], msg.encode())
 
 
+def submit(m: MoatDev, version: ssl.TLSVersion) -> None:
+    """One message from the demo user through the submission listener (STARTTLS at `version`,
+    AUTH PLAIN), with Python's smtplib and ssl: the SMTP AUTH clients report counts it."""
+    ctx = ssl.create_default_context(cafile=m.ca)
+    ctx.minimum_version = ctx.maximum_version = version
+    host, port = m.addr("submission", 0)
+    user, password = m.ep["demo"]["user"], m.ep["demo"]["password"]
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        s.starttls(context=ctx)
+        s.login(user, password)
+        s.sendmail(user, ["alice@example.test"],
+                   f"From: {user}\r\nTo: alice@example.test\r\nSubject: report\r\n\r\nhi\r\n"
+                   .encode())
+
+
 def flood_until_restricted(m: MoatDev, admin: Admin) -> None:
     """Baseline traffic, then a flood from unowned domains, until both edges refuse both
     flooders with 5.7.711."""
@@ -243,6 +258,9 @@ def run(m: MoatDev, shots: Path) -> None:
     reader = admin.token("reader", "console-reader")
     time.sleep(1.0)  # the connectors reach both edges (the policy push is milliseconds)
     flood_until_restricted(m, admin)
+    # The demo user submits over TLS 1.3 twice and TLS 1.2 once.
+    for v in [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]:
+        submit(m, v)
     # An out-of-date Exchange 2016 server (15.1.2507.44 is below the baseline) is seen.
     send_from_exchange(m, "exch01.example.test", "15.1.2507.44")
     deadline = time.monotonic() + 30
@@ -436,7 +454,18 @@ def reports_as_csv(op: Console) -> None:
         # The page shows the first page of rows; the CSV has them all, in the same order.
         check(body[:len(html_rows)] == html_rows,
               f"{link}: CSV rows differ from the table:\ncsv {body[:5]}\nhtml {html_rows[:5]}")
-    print(f"  reports: {len(links)} reports, each CSV equal to its table")
+    # The demo user's three submissions: 2 over TLS 1.3 and 1 over TLS 1.2 (66.7% / 33.3%).
+    deadline = time.monotonic() + 30
+    while True:
+        op.goto("/reports/auth-clients-report?days=7")
+        rows = [r for r in op.table_rows() if "demo@example.test" in r]
+        if rows and rows[0][-1] == "66.7" and rows[0][-2] == "33.3":
+            break
+        check(time.monotonic() < deadline, f"AUTH clients report: {op.table_rows()}")
+        time.sleep(0.5)
+    op.shot("report-auth-clients-report")
+    print(f"  reports: {len(links)} reports, each CSV equal to its table; the demo user's "
+          "TLS 1.2/1.3 shares shown")
 
 
 if __name__ == "__main__":

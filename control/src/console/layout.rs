@@ -41,6 +41,7 @@ table.data tr:last-child td{border-bottom:0}
 table.data td.num{text-align:right;font-variant-numeric:tabular-nums}
 .toolbar{display:flex;gap:10px;align-items:center;margin:8px 0 12px}
 .toolbar input[type=search]{padding:6px 10px;border:1px solid #cbd2d9;border-radius:6px;min-width:280px;font:inherit}
+.toolbar input[type=number]{width:6em;flex:none}
 button,.button{background:#1d4ed8;color:#fff;border:0;border-radius:6px;padding:7px 14px;font:inherit;cursor:pointer;display:inline-block}
 button.secondary,.button.secondary{background:#e4e7eb;color:#1f2933}
 button.danger{background:#b91c1c}
