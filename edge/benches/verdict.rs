@@ -69,18 +69,7 @@ fn wire(tenants: usize) -> v1::PolicySnapshot {
             allow_legacy_tls_clients: t % 7 == 0,
         }));
         for k in 0..PER_TENANT {
-            let mut c = Connector {
-                tenant: id.clone(),
-                name: format!("c{k}"),
-                kind: ConnectorKind::OnPremises,
-                enabled: true,
-                sender_ip_addresses: vec![],
-                tls_sender_certificate_name: None,
-                sender_domains: vec![],
-                require_tls: false,
-                restrict_domains_to_ip_addresses: false,
-                restrict_domains_to_certificate: false,
-            };
+            let mut c = Connector::new(id.clone(), format!("c{k}"), ConnectorKind::OnPremises);
             match k {
                 0..=3 => c.sender_ip_addresses = vec![net(&onprem_ip(t, k).to_string())],
                 4 => c.sender_ip_addresses = vec![net(&format!("{}/24", slash24(t)))],

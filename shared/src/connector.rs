@@ -168,6 +168,24 @@ pub enum ConnectorError {
 }
 
 impl Connector {
+    /// A connector with no rules yet: enabled, no sender networks, certificate name or sender
+    /// domains, TLS not required, no Partner restrictions. It matches nothing until a network
+    /// or a certificate name is set (see [`Connector::validate`]).
+    pub fn new(tenant: TenantId, name: impl Into<String>, kind: ConnectorKind) -> Self {
+        Self {
+            tenant,
+            name: name.into(),
+            kind,
+            enabled: true,
+            sender_ip_addresses: vec![],
+            tls_sender_certificate_name: None,
+            sender_domains: vec![],
+            require_tls: false,
+            restrict_domains_to_ip_addresses: false,
+            restrict_domains_to_certificate: false,
+        }
+    }
+
     /// The connector's id (`tenant/name`).
     pub fn id(&self) -> ConnectorId {
         ConnectorId::new(self.tenant.clone(), self.name.clone())

@@ -894,18 +894,7 @@ mod tests {
     }
 
     fn connector(name: &str, kind: ConnectorKind) -> Connector {
-        Connector {
-            tenant: tid("contoso"),
-            name: name.into(),
-            kind,
-            enabled: true,
-            sender_ip_addresses: vec![],
-            tls_sender_certificate_name: None,
-            sender_domains: vec![],
-            require_tls: false,
-            restrict_domains_to_ip_addresses: false,
-            restrict_domains_to_certificate: false,
-        }
+        Connector::new(tid("contoso"), name, kind)
     }
 
     /// contoso: OnPremises by IP (192.0.2.0/24, restricted when `restricted`), OnPremises by

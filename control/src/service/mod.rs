@@ -5,9 +5,9 @@
 //! batches) and [`admin`] (writes, reads and the cluster view for `moat admin`). They reach the
 //! node thread through [`Shared`]: [`Shared::ask`] sends a request and turns a refusal into a
 //! gRPC status with a leader hint; what the thread publishes (policy, raft view, tokens) is read
-//! without asking it. [`alerts`] is the leader's alert deliverer, [`tickets`] its TLS
-//! ticket key rotation and [`upgrade`] its proposer of changes that wait until every voter runs
-//! this release, tasks that use the same plumbing.
+//! without asking it. [`alerts`] is the leader's alert deliverer; [`duty`] runs the
+//! leader's periodic proposals: [`tickets`] (TLS ticket key rotation) and [`upgrade`] (changes
+//! that wait until every voter runs this release). These tasks use the same plumbing.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use crate::raft::{NodeTx, Refusal, Reply, Req, View, REQUEST_TIMEOUT};
 
 pub(crate) mod admin;
 pub(crate) mod alerts;
+pub(crate) mod duty;
 pub(crate) mod policy;
 pub(crate) mod raft;
 pub(crate) mod signal;

@@ -12,12 +12,10 @@ use std::time::Duration;
 use moat_shared::tickets::{to_hex, TICKET_KEY_NAME_LEN, TICKET_SECRET_LEN};
 use moat_shared::time::now_ms;
 use moat_shared::TicketSecret;
-use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::Shared;
-use crate::raft::{Req, REQUEST_TIMEOUT};
-use crate::state::{Command, Proposal, State};
+use crate::state::{Command, State};
 
 /// The log version a rotation needs (the leader waits for every voter to apply it).
 const NEEDED: u32 = 4;
@@ -57,61 +55,25 @@ fn due(state: &State, every: Duration) -> Option<Option<String>> {
         .then(|| state.tickets.current_id().map(str::to_owned))
 }
 
-/// On the leader, once every voter applies log version 4: proposes a rotation when none has
-/// happened yet or the current key is older than `shared.ticket_rotate_every`. Checks every
-/// second; a proposal that loses a race with another rotation is refused at apply
-/// ([`crate::state::tickets`]), so two never stack.
+/// On the leader, once every voter applies log version 4 ([`super::duty`]): proposes a
+/// rotation with a freshly drawn key when none has happened yet or the current key is older
+/// than `shared.ticket_rotate_every`. A proposal that loses a race with another rotation is
+/// refused at apply ([`crate::state::tickets`]), so two never stack.
 pub(crate) async fn rotate_ticket_keys(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let leader = shared
-            .view
-            .borrow()
-            .status
-            .as_ref()
-            .is_some_and(|s| s.leader == shared.id);
-        if !leader || !super::admin::write::voters_apply(&shared, NEEDED) {
-            continue;
-        }
-        let every = shared.ticket_rotate_every;
-        let (tx, rx) = oneshot::channel();
-        shared.send(Req::Read(
-            true,
-            Box::new(move |state: &State| {
-                let _ = tx.send(due(state, every));
-            }),
-        ));
-        let Ok(Ok(Some(replaces))) = tokio::time::timeout(REQUEST_TIMEOUT, rx).await else {
-            continue;
-        };
-        let command = match draw(every, replaces, false) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("ticket key rotation: {}", e.message());
-                continue;
-            }
-        };
-        let p = Proposal {
-            at_ms: now_ms(),
-            actor: "system".into(),
-            request_id: None,
-            command,
-        };
-        match shared.ask(|r| Req::Propose(p, r)).await {
-            Ok(o) => match o.result {
-                Ok(summary) => tracing::info!("TLS ticket keys rotated: {summary}"),
-                Err(e) => tracing::debug!("ticket key rotation not applied: {e}"),
-            },
-            Err(e) => tracing::debug!("ticket key rotation not proposed: {}", e.message()),
-        }
-    }
+    let every = shared.ticket_rotate_every;
+    super::duty::run(shared, "TLS ticket keys rotated", NEEDED, move |state| {
+        let replaces = due(state, every)?;
+        draw(every, replaces, false)
+            .map_err(|e| tracing::error!("ticket key rotation: {}", e.message()))
+            .ok()
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Proposal;
 
     #[test]
     fn drawn_keys_differ_and_print_no_secret() {

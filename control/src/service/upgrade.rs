@@ -10,14 +10,9 @@
 //! a second or two of electing a leader.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use moat_shared::time::now_ms;
-use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::raft::{Req, REQUEST_TIMEOUT};
-use crate::state::{Command, Proposal, State};
+use crate::state::{Command, State};
 
 /// The log version the changes here need.
 const NEEDED: u32 = 4;
@@ -28,51 +23,15 @@ fn pending(state: &State) -> Option<Command> {
 }
 
 /// On the leader, once every voter applies log version [`NEEDED`]: proposes each change the
-/// state still waits for. Checks every second; a proposal that loses a race with another
-/// leader's is refused at apply, so the change happens once.
+/// state still waits for ([`super::duty`]).
 pub(crate) async fn propose_upgrades(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let leader = shared
-            .view
-            .borrow()
-            .status
-            .as_ref()
-            .is_some_and(|s| s.leader == shared.id);
-        if !leader || !super::admin::write::voters_apply(&shared, NEEDED) {
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        shared.send(Req::Read(
-            true,
-            Box::new(move |state: &State| {
-                let _ = tx.send(pending(state));
-            }),
-        ));
-        let Ok(Ok(Some(command))) = tokio::time::timeout(REQUEST_TIMEOUT, rx).await else {
-            continue;
-        };
-        let p = Proposal {
-            at_ms: now_ms(),
-            actor: "system".into(),
-            request_id: None,
-            command,
-        };
-        match shared.ask(|r| Req::Propose(p, r)).await {
-            Ok(o) => match o.result {
-                Ok(summary) => tracing::info!("upgrade completed: {summary}"),
-                Err(e) => tracing::debug!("upgrade change not applied: {e}"),
-            },
-            Err(e) => tracing::debug!("upgrade change not proposed: {}", e.message()),
-        }
-    }
+    super::duty::run(shared, "upgrade completed", NEEDED, pending).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Proposal;
 
     #[test]
     fn the_stage_defaults_are_proposed_until_adopted() {

@@ -244,18 +244,11 @@ mod tests {
                 allow_legacy_tls_clients: false,
             },
         );
-        let c = moat_shared::Connector {
-            tenant: t.clone(),
-            name: "onprem".into(),
-            kind: moat_shared::ConnectorKind::OnPremises,
-            enabled: true,
-            sender_ip_addresses: vec![],
-            tls_sender_certificate_name: None,
-            sender_domains: vec![],
-            require_tls: false,
-            restrict_domains_to_ip_addresses: false,
-            restrict_domains_to_certificate: false,
-        };
+        let c = moat_shared::Connector::new(
+            t.clone(),
+            "onprem",
+            moat_shared::ConnectorKind::OnPremises,
+        );
         s.directory
             .connectors
             .insert(ConnectorId::new(t, "onprem"), c);

@@ -349,18 +349,7 @@ pub(crate) mod testkit {
     }
 
     pub fn connector(tenant: &str, name: &str, kind: ConnectorKind) -> Connector {
-        Connector {
-            tenant: TenantId::new(tenant).unwrap(),
-            name: name.into(),
-            kind,
-            enabled: true,
-            sender_ip_addresses: vec![],
-            tls_sender_certificate_name: None,
-            sender_domains: vec![],
-            require_tls: false,
-            restrict_domains_to_ip_addresses: false,
-            restrict_domains_to_certificate: false,
-        }
+        Connector::new(TenantId::new(tenant).unwrap(), name, kind)
     }
 
     /// contoso: an OnPremises connector by IP (192.0.2.0/24), one by certificate

@@ -840,18 +840,11 @@ mod tests {
         for tenant in ["a", "a-b", "a.b", "ab", "b"] {
             put(&mut state, &format!("{tenant}.test"));
             for n in 0..12 {
-                let c = moat_shared::Connector {
-                    tenant: TenantId::new(&format!("{tenant}.test")).expect("id"),
-                    name: format!("c{n:02}"),
-                    kind: moat_shared::ConnectorKind::OnPremises,
-                    enabled: true,
-                    sender_ip_addresses: vec![],
-                    tls_sender_certificate_name: None,
-                    sender_domains: vec![],
-                    require_tls: false,
-                    restrict_domains_to_ip_addresses: false,
-                    restrict_domains_to_certificate: false,
-                };
+                let c = moat_shared::Connector::new(
+                    TenantId::new(&format!("{tenant}.test")).expect("id"),
+                    format!("c{n:02}"),
+                    moat_shared::ConnectorKind::OnPremises,
+                );
                 state.directory.connectors.insert(c.id(), c);
             }
         }
