@@ -221,11 +221,40 @@ for port in $PORTS; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
-run() { # NAME SERVER MODE PER_CONN CONCURRENCY [--resume]
-  local out="$WORK/results/$1.json"
+# CPU clock ticks used so far by processes PIDS and their descendants (reaped children count
+# through their parent's cutime and cstime).
+ticks() {
+  local all=" $* " queue="$*" p c
+  while [ -n "${queue// /}" ]; do
+    set -- $queue; p=$1; shift; queue="$*"
+    for c in $(pgrep -P "$p" 2>/dev/null); do all="$all$c "; queue="$queue $c"; done
+  done
+  # shellcheck disable=SC2086
+  cat $(for p in $all; do echo "/proc/$p/stat"; done) 2>/dev/null |
+    awk '{ sub(/.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
+}
+
+run() { # NAME SERVER MODE PER_CONN CONCURRENCY [--resume]; SERVER_PIDS: the server's processes
+  local out="$WORK/results/$1.json" t0 t1 w0 w1
+  t0=$(ticks $SERVER_PIDS) w0=$(date +%s.%N)
   $CLIENT_CPU "$MOAT" bench smtp --server "$2" --mode "$3" --messages-per-connection "$4" \
     --concurrency "$5" --duration "$SECONDS_PER_RUN" --tls-version 1.3 ${6:-} > "$out"
-  python3 -c "import json,sys; r=json.load(open('$out')); print(f\"{'$1':40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {((r['latency']['transaction'] or {}).get('p99_ms') or 0):7.2f} ms errors {sum(r['errors'].values())}\" + (f\" resumed {r['handshakes_resumed']}/{r['handshakes']}\" if r.get('resume') else ''))"
+  t1=$(ticks $SERVER_PIDS) w1=$(date +%s.%N)
+  # The server's CPU over the run, in cores (1.0: its whole core).
+  python3 - "$out" "$(( t1 - t0 ))" "$(getconf CLK_TCK)" "$w0" "$w1" <<'PY'
+import json, sys
+path, ticks, hz, w0, w1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+r = json.load(open(path))
+r["server_cpu_cores"] = round(ticks / hz / (w1 - w0), 3)
+json.dump(r, open(path, "w"), indent=2)
+name = path.rsplit("/", 1)[1][:-5]
+p99 = (r["latency"]["transaction"] or {}).get("p99_ms") or 0
+line = f"{name:40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {p99:7.2f} ms errors {sum(r['errors'].values())}"
+line += f" cpu {r['server_cpu_cores'] * 100:.0f}%"
+if r.get("resume"):
+    line += f" resumed {r['handshakes_resumed']}/{r['handshakes']}"
+print(line)
+PY
 }
 
 # The cluster serves once both edges hold the cluster's ticket keys: a ticket edge 1 issued
@@ -247,17 +276,19 @@ for workload in "${workloads[@]}"; do
   # shellcheck disable=SC2086
   set -- $workload
   flavour=${4:-}
-  moat=127.0.0.1:12525 resume="" others=1
+  moat=127.0.0.1:12525 moat_pids=$EDGE_PID resume="" others=1
   case "$flavour" in
-    full) moat=127.0.0.1:12526 ;;
-    resume) moat=127.0.0.1:12526 resume=--resume ;;
-    resume2) moat=127.0.0.1:12526,127.0.0.1:12527 resume=--resume others=0 ;;
+    full) moat=127.0.0.1:12526 moat_pids=$DEV_PID ;;
+    resume) moat=127.0.0.1:12526 moat_pids=$DEV_PID resume=--resume ;;
+    resume2) moat=127.0.0.1:12526,127.0.0.1:12527 moat_pids="$DEV_PID $EDGE2_PID" resume=--resume others=0 ;;
   esac
   name="$1-$2-c$3${flavour:+-$flavour}"
   for round in $(seq "$ROUNDS"); do
-    run "moat-$name-r$round" "$moat" "$1" "$2" "$3" $resume
-    [ "$others" = 0 ] || run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
-    [ -z "${HARAKA_PID:-}" ] || [ "$others" = 0 ] || run "haraka-$name-r$round" 127.0.0.1:11025 "$1" "$2" "$3" $resume
+    SERVER_PIDS=$moat_pids run "moat-$name-r$round" "$moat" "$1" "$2" "$3" $resume
+    [ "$others" = 0 ] || SERVER_PIDS=$(cat "$WORK/pfqueue/pid/master.pid" 2>/dev/null) \
+      run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
+    [ -z "${HARAKA_PID:-}" ] || [ "$others" = 0 ] ||
+      SERVER_PIDS=$HARAKA_PID run "haraka-$name-r$round" 127.0.0.1:11025 "$1" "$2" "$3" $resume
     # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
     # answers 250 once a message is queued, and delivers to the sink afterwards).
     for _ in $(seq 600); do

@@ -13,7 +13,8 @@
 //! TLS stack the binary already links, and the build budget has no room for another crate.
 //!
 //! Layout: this file holds the grammar and the dispatch; [`smtp`](mod@smtp) the load generator (and the
-//! reply reader and statistics the others share), [`sink`](mod@sink) the sink, [`control`] the
+//! reply reader and statistics the others share), [`resume`] its TLS session store for
+//! `--resume`, [`sink`](mod@sink) the sink, [`control`] the
 //! control-plane benchmarks (policy propagation, signal ingestion), [`policy`](mod@policy) the
 //! population benchmark of issue 17, [`tls`] the TLS library
 //! alone, [`idle`](mod@idle) the memory cost of idle sessions.
@@ -21,6 +22,7 @@
 mod control;
 mod idle;
 mod policy;
+mod resume;
 mod sink;
 mod smtp;
 mod tls;

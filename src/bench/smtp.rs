@@ -117,12 +117,11 @@ pub(super) fn tls_config(a: &SmtpArgs) -> anyhow::Result<Arc<rustls::ClientConfi
     // rustls' default keeps sessions in memory and offers them; a benchmark of full
     // handshakes must not, and `--resume` says so explicitly. One store for every connection
     // of the run (the config is shared), keyed by server name: with several servers under one
-    // name, a ticket one issued is offered to the next.
+    // name, a ticket one issued is offered to the next (see `resume.rs` for why not rustls'
+    // own cache).
     config.resumption = if a.resume {
-        rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(
-            256,
-        )))
-        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets)
+        rustls::client::Resumption::store(Arc::new(super::resume::SessionStore::default()))
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets)
     } else {
         rustls::client::Resumption::disabled()
     };
