@@ -168,7 +168,6 @@ maillog_file_prefixes = /var, /dev/stdout, $WORK
 CF
 # smtpd on 127.0.0.1:10025 instead of port 25.
 sed -i 's/^smtp      inet/127.0.0.1:10025 inet/' "$PF/master.cf"
-# Postfix runs an instance with another config directory only when the default one lists it.
 # TLS sessions: tickets (keys from tlsmgr, shared by every smtpd process, TLS 1.2 and 1.3)
 # and a session cache database (TLS 1.2 session ids), both for an hour.
 SCACHE_TYPE=btree
@@ -178,6 +177,7 @@ smtpd_tls_session_cache_database = $SCACHE_TYPE:$WORK/pfdata/smtpd_scache
 smtpd_tls_session_cache_timeout = 3600s
 tls_session_ticket_cipher = aes-256-cbc
 CF
+# Postfix runs an instance with another config directory only when the default one lists it.
 [ -f /etc/postfix/main.cf ] || printf 'compatibility_level = 3.6\n' > /etc/postfix/main.cf
 postconf -e "alternate_config_directories = $PF"
 # No chroot: the private instance has no chroot tree.
