@@ -13,10 +13,25 @@
 # - Haraka (npm `Haraka@3`, installed under $WORK when npm is there; HARAKA=0 skips it): one
 #   process on 127.0.0.1:11025 with the tls, rcpt_to.in_host_list and queue/smtp_forward
 #   plugins: STARTTLS with the same certificate, TLS 1.2+, example.test forwarded to the sink
-#   (it answers 250 after the sink did, like Moat), log level warn.
+#   (it answers 250 after the sink did, like Moat), log level warn, `nodes=1` (one worker on
+#   the server's core). Haraka never turns Nagle's algorithm off on its sockets (no
+#   setNoDelay in Haraka 3.3, and no setting for it), and each transaction then waits for two
+#   delayed ACKs (about 40 ms each, one on the client's connection, one on the forwarding
+#   connection). HARAKA_NODELAY=1 (the default) starts Node with a 4-line `--require` shim that
+#   sets TCP_NODELAY on every socket Haraka opens or accepts, as Moat, Postfix and the load
+#   generator do; HARAKA_NODELAY=0 measures Haraka as it is shipped.
 # - Server pinned to CPU 0, load generator to CPU 1 (taskset) when the machine has 2+ CPUs.
+# - Moat as a cluster too, for TLS resumption (issue 20): `moat dev` (control node 1 and edge 1,
+#   mx on 127.0.0.1:12526) and a second edge, `moat edge --control` (mx on 127.0.0.1:12527),
+#   both relaying to the sink with the same certificate; the control plane gives both the same
+#   session ticket keys. (`moat dev --edges 2` would start the second edge itself, but with a
+#   maildir next hop that fsyncs every message; this one has the sink like edge 1.)
 # - For each workload (STARTTLS with 50 messages per connection; STARTTLS with 1 message per
-#   connection; plain with 50) and each round: Moat, then Postfix, then the next round.
+#   connection; plain with 50; then STARTTLS with 1 message per connection against the cluster:
+#   `full` without resumption, `resume` with `moat bench smtp --resume` against edge 1, and
+#   `resume2` with `--resume` alternating between edge 1 and edge 2, Moat only) and each round:
+#   Moat, then Postfix (and Haraka), then the next round. Postfix keeps TLS sessions (cache
+#   database and tickets, below), so its `resume` row is resumed too.
 #   JSON reports go to $WORK/results/*.json and a summary with ratios to stdout.
 #
 # It needs root (Postfix), and adds the private instance to `alternate_config_directories` in
@@ -37,8 +52,10 @@ command -v postfix >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
 }
 command -v taskset >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux >/dev/null
-cargo build --release --locked --bin moat
-MOAT=$PWD/target/release/moat
+cargo build --release --locked -p moat
+# A copy: the target directory may be shared with other worktrees that build meanwhile.
+cp "${CARGO_TARGET_DIR:-$PWD/target}/release/moat" "$WORK/moat"
+MOAT=$WORK/moat
 
 SERVER_CPU="taskset -c 0"
 CLIENT_CPU="taskset -c 1"
@@ -52,7 +69,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 $CLIENT_CPU "$MOAT" bench sink --listen 127.0.0.1:0 > "$WORK/sink.addr" &
 SINK_PID=$!
 cleanup() {
-  kill "$SINK_PID" "${EDGE_PID:-}" 2>/dev/null || true
+  kill "$SINK_PID" "${EDGE_PID:-}" "${EDGE2_PID:-}" 2>/dev/null || true
+  # moat dev stops its own children on SIGTERM.
+  [ -z "${DEV_PID:-}" ] || { kill "$DEV_PID" 2>/dev/null; wait "$DEV_PID" 2>/dev/null; } || true
   postfix -c "$WORK/postfix" stop >/dev/null 2>&1 || true
   [ -z "${HARAKA_PID:-}" ] || kill "$HARAKA_PID" 2>/dev/null || true
 }
@@ -88,6 +107,35 @@ $SERVER_CPU "$MOAT" --log warn edge --config "$WORK/edge.toml" --seed "$WORK/see
   2> "$WORK/edge.log" &
 EDGE_PID=$!
 
+# --- Moat as a cluster: moat dev (control node 1, edge 1) and a second edge -------------------
+cat > "$WORK/dev-edge.toml" <<TOML
+node-id = "edge-1"
+[tls]
+cert = "$WORK/cert.pem"
+key = "$WORK/key.pem"
+[limits]
+max-sessions = 10000
+max-sessions-per-ip = 10000
+[[listener]]
+kind = "mx"
+address = "127.0.0.1:12526"
+[next-hop]
+kind = "smtp"
+address = "$SINK"
+starttls = "none"
+TOML
+$SERVER_CPU "$MOAT" --log warn dev --data "$WORK/dev" --config "$WORK/dev-edge.toml" \
+  --control-port 0 --console-port 0 > "$WORK/dev.out" 2> "$WORK/dev.log" &
+DEV_PID=$!
+for _ in $(seq 600); do [ -s "$WORK/dev/endpoints.json" ] && break; sleep 0.1; done
+read -r CONTROL ICA ICERT IKEY < <(python3 -c "import json; e=json.load(open('$WORK/dev/endpoints.json')); t=e['internal_tls']; print(','.join(c['address'] for c in e['control']), t['ca'], t['edge_cert'], t['edge_key'])")
+sed -e 's/^node-id = .*/node-id = "edge-2"/' -e 's/127.0.0.1:12526/127.0.0.1:12527/' \
+  "$WORK/dev-edge.toml" > "$WORK/edge2.toml"
+printf '[control-tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$ICA" "$ICERT" "$IKEY" >> "$WORK/edge2.toml"
+$SERVER_CPU "$MOAT" --log warn edge --config "$WORK/edge2.toml" --control "$CONTROL" \
+  --status 127.0.0.1:12528 2> "$WORK/edge2.log" &
+EDGE2_PID=$!
+
 # --- Postfix ------------------------------------------------------------------------------
 PF=$WORK/postfix
 mkdir -p "$PF" "$WORK/pfqueue" "$WORK/pfdata"
@@ -120,6 +168,15 @@ maillog_file_prefixes = /var, /dev/stdout, $WORK
 CF
 # smtpd on 127.0.0.1:10025 instead of port 25.
 sed -i 's/^smtp      inet/127.0.0.1:10025 inet/' "$PF/master.cf"
+# TLS sessions: tickets (keys from tlsmgr, shared by every smtpd process, TLS 1.2 and 1.3)
+# and a session cache database (TLS 1.2 session ids), both for an hour.
+SCACHE_TYPE=btree
+postconf -c "$PF" -m | grep -qx lmdb && SCACHE_TYPE=lmdb
+cat >> "$PF/main.cf" <<CF
+smtpd_tls_session_cache_database = $SCACHE_TYPE:$WORK/pfdata/smtpd_scache
+smtpd_tls_session_cache_timeout = 3600s
+tls_session_ticket_cipher = aes-256-cbc
+CF
 # Postfix runs an instance with another config directory only when the default one lists it.
 [ -f /etc/postfix/main.cf ] || printf 'compatibility_level = 3.6\n' > /etc/postfix/main.cf
 postconf -e "alternate_config_directories = $PF"
@@ -130,12 +187,12 @@ postfix -c "$PF" check
 $SERVER_CPU postfix -c "$PF" start
 
 # --- Haraka ---------------------------------------------------------------------------------
-PORTS="12525 10025"
+PORTS="12525 12526 12527 10025"
 if [ "${HARAKA:-1}" = 1 ] && command -v npm >/dev/null 2>&1; then
   npm install --silent --no-audit --no-fund --prefix "$WORK/haraka-pkg" Haraka@3 >/dev/null
   HK=$WORK/haraka
   "$WORK/haraka-pkg/node_modules/.bin/haraka" -i "$HK" >/dev/null
-  printf 'listen=127.0.0.1:11025\n' > "$HK/config/smtp.ini"
+  printf 'listen=127.0.0.1:11025\nnodes=1\n' > "$HK/config/smtp.ini"
   printf 'tls\nrcpt_to.in_host_list\nqueue/smtp_forward\n' > "$HK/config/plugins"
   echo example.test > "$HK/config/host_list"
   cp "$WORK/key.pem" "$HK/config/tls_key.pem"
@@ -143,7 +200,19 @@ if [ "${HARAKA:-1}" = 1 ] && command -v npm >/dev/null 2>&1; then
   printf 'key=tls_key.pem\ncert=tls_cert.pem\nminVersion=TLSv1.2\n' > "$HK/config/tls.ini"
   printf 'host=%s\nport=%s\n' "${SINK%:*}" "${SINK##*:}" > "$HK/config/smtp_forward.ini"
   printf '[main]\nlevel=warn\n' > "$HK/config/log.ini"
-  $SERVER_CPU "$WORK/haraka-pkg/node_modules/.bin/haraka" -c "$HK" > "$WORK/haraka.log" 2>&1 &
+  HK_NODE_OPTIONS=""
+  if [ "${HARAKA_NODELAY:-1}" = 1 ]; then
+    cat > "$WORK/haraka-nodelay.js" <<'JS'
+// TCP_NODELAY on every socket Haraka connects (smtp_forward) or accepts (its listeners).
+const net = require('node:net')
+const connect = net.Socket.prototype.connect
+net.Socket.prototype.connect = function (...a) { this.setNoDelay(true); return connect.apply(this, a) }
+const listen = net.Server.prototype.listen
+net.Server.prototype.listen = function (...a) { this.on('connection', (s) => s.setNoDelay(true)); return listen.apply(this, a) }
+JS
+    HK_NODE_OPTIONS="--require $WORK/haraka-nodelay.js"
+  fi
+  NODE_OPTIONS="$HK_NODE_OPTIONS" $SERVER_CPU "$WORK/haraka-pkg/node_modules/.bin/haraka" -c "$HK" > "$WORK/haraka.log" 2>&1 &
   HARAKA_PID=$!
   PORTS="$PORTS 11025"
 fi
@@ -152,22 +221,74 @@ for port in $PORTS; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
-run() { # NAME SERVER MODE PER_CONN CONCURRENCY
-  local out="$WORK/results/$1.json"
-  $CLIENT_CPU "$MOAT" bench smtp --server "$2" --mode "$3" --messages-per-connection "$4" \
-    --concurrency "$5" --duration "$SECONDS_PER_RUN" --tls-version 1.3 > "$out"
-  python3 -c "import json,sys; r=json.load(open('$out')); print(f\"{'$1':40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {((r['latency']['transaction'] or {}).get('p99_ms') or 0):7.2f} ms errors {sum(r['errors'].values())}\")"
+# CPU clock ticks used so far by processes PIDS and their descendants (reaped children count
+# through their parent's cutime and cstime).
+ticks() {
+  local all=" $* " queue="$*" p c
+  while [ -n "${queue// /}" ]; do
+    set -- $queue; p=$1; shift; queue="$*"
+    for c in $(pgrep -P "$p" 2>/dev/null); do all="$all$c "; queue="$queue $c"; done
+  done
+  # shellcheck disable=SC2086
+  cat $(for p in $all; do echo "/proc/$p/stat"; done) 2>/dev/null |
+    awk '{ sub(/.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
 }
 
+run() { # NAME SERVER MODE PER_CONN CONCURRENCY [--resume]; SERVER_PIDS: the server's processes
+  local out="$WORK/results/$1.json" t0 t1 w0 w1
+  t0=$(ticks $SERVER_PIDS) w0=$(date +%s.%N)
+  $CLIENT_CPU "$MOAT" bench smtp --server "$2" --mode "$3" --messages-per-connection "$4" \
+    --concurrency "$5" --duration "$SECONDS_PER_RUN" --tls-version 1.3 ${6:-} > "$out"
+  t1=$(ticks $SERVER_PIDS) w1=$(date +%s.%N)
+  # The server's CPU over the run, in cores (1.0: its whole core).
+  python3 - "$out" "$(( t1 - t0 ))" "$(getconf CLK_TCK)" "$w0" "$w1" <<'PY'
+import json, sys
+path, ticks, hz, w0, w1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+r = json.load(open(path))
+r["server_cpu_cores"] = round(ticks / hz / (w1 - w0), 3)
+json.dump(r, open(path, "w"), indent=2)
+name = path.rsplit("/", 1)[1][:-5]
+p99 = (r["latency"]["transaction"] or {}).get("p99_ms") or 0
+line = f"{name:40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {p99:7.2f} ms errors {sum(r['errors'].values())}"
+line += f" cpu {r['server_cpu_cores'] * 100:.0f}%"
+if r.get("resume"):
+    line += f" resumed {r['handshakes_resumed']}/{r['handshakes']}"
+print(line)
+PY
+}
+
+# The cluster serves once both edges hold the cluster's ticket keys: a ticket edge 1 issued
+# resumes on edge 2 (a short run alternating between them, until most handshakes resume).
+for _ in $(seq 60); do
+  r=$("$MOAT" bench smtp --server 127.0.0.1:12526,127.0.0.1:12527 --resume --count 20 \
+    --concurrency 1 --duration 10 2>/dev/null | python3 -c "import json,sys; r=json.load(sys.stdin); print(r['handshakes_resumed'] * 2 >= r['handshakes'])" || echo False)
+  [ "$r" = True ] && break
+  sleep 0.5
+done
+[ "$r" = True ] || { echo "the two edges do not resume each other's tickets" >&2; exit 1; }
+
 # WORKLOADS="MODE PER_CONN CONCURRENCY;..." overrides the default set (e.g. a concurrency sweep).
-IFS=';' read -r -a workloads <<< "${WORKLOADS:-starttls 50 16;starttls 1 16;plain 50 16}"
+# A fourth field picks the cluster: `full` (edge 1, no resumption), `resume` (edge 1,
+# `--resume`), `resume2` (`--resume`, edges 1 and 2 in turn; Moat only: Postfix and Haraka are
+# one server each, their `resume` row is theirs).
+IFS=';' read -r -a workloads <<< "${WORKLOADS:-starttls 50 16;starttls 1 16;plain 50 16;starttls 1 16 full;starttls 1 16 resume;starttls 1 16 resume2}"
 for workload in "${workloads[@]}"; do
   # shellcheck disable=SC2086
   set -- $workload
+  flavour=${4:-}
+  moat=127.0.0.1:12525 moat_pids=$EDGE_PID resume="" others=1
+  case "$flavour" in
+    full) moat=127.0.0.1:12526 moat_pids=$DEV_PID ;;
+    resume) moat=127.0.0.1:12526 moat_pids=$DEV_PID resume=--resume ;;
+    resume2) moat=127.0.0.1:12526,127.0.0.1:12527 moat_pids="$DEV_PID $EDGE2_PID" resume=--resume others=0 ;;
+  esac
+  name="$1-$2-c$3${flavour:+-$flavour}"
   for round in $(seq "$ROUNDS"); do
-    run "moat-$1-$2-c$3-r$round" 127.0.0.1:12525 "$1" "$2" "$3"
-    run "postfix-$1-$2-c$3-r$round" 127.0.0.1:10025 "$1" "$2" "$3"
-    [ -z "${HARAKA_PID:-}" ] || run "haraka-$1-$2-c$3-r$round" 127.0.0.1:11025 "$1" "$2" "$3"
+    SERVER_PIDS=$moat_pids run "moat-$name-r$round" "$moat" "$1" "$2" "$3" $resume
+    [ "$others" = 0 ] || SERVER_PIDS=$(cat "$WORK/pfqueue/pid/master.pid" 2>/dev/null) \
+      run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
+    [ -z "${HARAKA_PID:-}" ] || [ "$others" = 0 ] ||
+      SERVER_PIDS=$HARAKA_PID run "haraka-$name-r$round" 127.0.0.1:11025 "$1" "$2" "$3" $resume
     # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
     # answers 250 once a message is queued, and delivers to the sink afterwards).
     for _ in $(seq 600); do

@@ -43,6 +43,7 @@ pub(super) async fn idle(
         ca: None,
         auth: None,
         server_name: "localhost".into(),
+        resume: false,
     })?;
     let before = rss_kib(pid)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));

@@ -3,8 +3,9 @@
 //!
 //! - `moat bench smtp`: N concurrent clients, each opening connections (plain, STARTTLS or
 //!   implicit TLS, TLS 1.2 or 1.3) and sending M messages of a given size per connection, until
-//!   a duration or a message count is reached; prints a JSON report: messages/s, handshakes/s,
-//!   p50/p99/p999 latency per phase, replies by code.
+//!   a duration or a message count is reached, against one server or several in turn, with
+//!   full handshakes or resuming (`--resume`); prints a JSON report: messages/s, handshakes/s
+//!   (full and resumed), p50/p99/p999 latency per phase, replies by code.
 //! - `moat bench sink`: an SMTP server that answers `250` to everything and discards the
 //!   content, so that a benchmark measures the edge and not its next hop.
 //!
@@ -12,7 +13,8 @@
 //! TLS stack the binary already links, and the build budget has no room for another crate.
 //!
 //! Layout: this file holds the grammar and the dispatch; [`smtp`](mod@smtp) the load generator (and the
-//! reply reader and statistics the others share), [`sink`](mod@sink) the sink, [`control`] the
+//! reply reader and statistics the others share), [`resume`] its TLS session store for
+//! `--resume`, [`sink`](mod@sink) the sink, [`control`] the
 //! control-plane benchmarks (policy propagation, signal ingestion), [`policy`](mod@policy) the
 //! population benchmark of issue 17, [`tls`] the TLS library
 //! alone, [`idle`](mod@idle) the memory cost of idle sessions.
@@ -20,6 +22,7 @@
 mod control;
 mod idle;
 mod policy;
+mod resume;
 mod sink;
 mod smtp;
 mod tls;
@@ -125,7 +128,9 @@ enum Mode {
 
 #[derive(clap::Args, Debug)]
 struct SmtpArgs {
-    /// The server, `host:port`.
+    /// The server, `host:port`; several, separated by commas, are used in turn, one connection
+    /// each (edges behind a load balancer: with `--resume`, a ticket from one is offered to
+    /// the next).
     #[arg(long)]
     server: String,
     /// Plain, STARTTLS or implicit TLS.
@@ -165,6 +170,11 @@ struct SmtpArgs {
     /// Name to verify the server certificate against.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Keep TLS sessions (TLS 1.3 tickets, TLS 1.2 tickets or session ids) in one store shared
+    /// by every connection and offer them, as an MTA that comes back does; without it every
+    /// handshake is a full one. The report counts full and resumed handshakes either way.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// Runs `moat bench`.

@@ -1,11 +1,13 @@
 //! `moat bench smtp`, the load generator: concurrent clients, each connection timed by phase
-//! (connect, TLS handshake, transaction), replies counted by code; and the SMTP reply reader
-//! and latency statistics the other benchmarks share.
+//! (connect, TLS handshake, transaction), replies counted by code, handshakes counted as full or
+//! resumed (rustls' `handshake_kind`); with `--resume` every connection shares one TLS session
+//! store, and with several servers the connections go to each in turn. Also the SMTP reply
+//! reader and latency statistics the other benchmarks share.
 
 use anyhow::Context as _;
 use moat_shared::smtp::{self, Reply, ReplyReader};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -28,6 +30,8 @@ pub(super) struct Tally {
     errors: BTreeMap<String, u64>,
     messages: u64,
     handshakes: u64,
+    /// Handshakes that resumed a session (the rest were full, with or without a retry).
+    resumed: u64,
     connections: u64,
 }
 
@@ -44,7 +48,18 @@ impl Tally {
         }
         self.messages += o.messages;
         self.handshakes += o.handshakes;
+        self.resumed += o.resumed;
         self.connections += o.connections;
+    }
+}
+
+impl Tally {
+    /// Counts a completed handshake, full or resumed.
+    fn count_handshake(&mut self, c: &rustls::ClientConnection) {
+        self.handshakes += 1;
+        if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed += 1;
+        }
     }
 }
 
@@ -80,7 +95,7 @@ pub(super) fn tls_config(a: &SmtpArgs) -> anyhow::Result<Arc<rustls::ClientConfi
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[version])?;
-    let config = match &a.ca {
+    let mut config = match &a.ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -98,6 +113,17 @@ pub(super) fn tls_config(a: &SmtpArgs) -> anyhow::Result<Arc<rustls::ClientConfi
                 moat_edge::relay::remote::Unauthenticated::new(),
             ))
             .with_no_client_auth(),
+    };
+    // rustls' default keeps sessions in memory and offers them; a benchmark of full
+    // handshakes must not, and `--resume` says so explicitly. One store for every connection
+    // of the run (the config is shared), keyed by server name: with several servers under one
+    // name, a ticket one issued is offered to the next (see `resume.rs` for why not rustls'
+    // own cache).
+    config.resumption = if a.resume {
+        rustls::client::Resumption::store(Arc::new(super::resume::SessionStore::default()))
+            .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets)
+    } else {
+        rustls::client::Resumption::disabled()
     };
     Ok(Arc::new(config))
 }
@@ -157,6 +183,10 @@ pub(super) fn message(size: usize) -> Vec<u8> {
 pub(super) struct Shared {
     args: SmtpArgs,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--server`, split at the commas.
+    servers: Vec<String>,
+    /// Connections opened so far, which picks the next server.
+    next_server: AtomicUsize,
     message: Vec<u8>,
     stop: AtomicBool,
     /// Messages started (a `--count` run starts exactly that many).
@@ -182,8 +212,18 @@ pub(super) async fn smtp(args: SmtpArgs) -> anyhow::Result<serde_json::Value> {
         Mode::Plain => None,
         _ => Some(tls_config(&args)?),
     };
+    let servers: Vec<String> = args
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!servers.is_empty(), "--server names no server");
     let started = Instant::now();
     let shared = Arc::new(Shared {
+        servers,
+        next_server: AtomicUsize::new(0),
         message: message(args.size),
         tls,
         stop: AtomicBool::new(false),
@@ -223,8 +263,11 @@ pub(super) async fn smtp(args: SmtpArgs) -> anyhow::Result<serde_json::Value> {
         "connections": total.connections,
         "messages": total.messages,
         "messages_per_second": total.messages as f64 / elapsed,
+        "resume": a.resume,
         "handshakes": total.handshakes,
         "handshakes_per_second": total.handshakes as f64 / elapsed,
+        "handshakes_full": total.handshakes - total.resumed,
+        "handshakes_resumed": total.resumed,
         "latency": {
             "connect": percentiles(total.connect),
             "handshake": percentiles(total.handshake),
@@ -239,8 +282,10 @@ pub(super) async fn smtp(args: SmtpArgs) -> anyhow::Result<serde_json::Value> {
 /// count or the end of the run.
 pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(), String> {
     let a = &shared.args;
+    let n = shared.next_server.fetch_add(1, Ordering::Relaxed);
+    let server = &shared.servers[n % shared.servers.len()];
     let t0 = Instant::now();
-    let tcp = TcpStream::connect(&a.server)
+    let tcp = TcpStream::connect(server)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
@@ -255,7 +300,7 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             tally.handshake.push(micros(h.elapsed()));
-            tally.handshakes += 1;
+            tally.count_handshake(t.get_ref().1);
             BufReader::new(Box::new(t))
         }
         _ => BufReader::new(Box::new(tcp)),
@@ -279,7 +324,7 @@ pub(super) async fn connection(shared: &Shared, tally: &mut Tally) -> Result<(),
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         tally.handshake.push(micros(h.elapsed()));
-        tally.handshakes += 1;
+        tally.count_handshake(t.get_ref().1);
         s = BufReader::new(Box::new(t));
         command(&mut s, "EHLO bench.test\r\n").await?;
     }

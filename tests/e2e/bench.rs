@@ -1,5 +1,6 @@
 //! The benchmark harness (issue 8) proves it works: `moat bench sink` as the edge's next hop,
-//! `moat bench smtp` driving a `moat dev` edge with 40 messages in each mode, and the idle,
+//! `moat bench smtp` driving a `moat dev` edge with 40 messages in each mode (and resuming TLS
+//! sessions with `--resume`), and the idle,
 //! handshake and signal-ingestion benchmarks for a few seconds at most each. Nothing here asserts a
 //! timing. (The verdict benchmark, `edge/benches/verdict.rs`, runs once on a small snapshot
 //! under `cargo test --benches` in `scripts/test.sh`.)
@@ -143,6 +144,35 @@ fn the_load_generator_drives_an_edge_into_the_sink() {
     ]);
     assert!(r["handshakes"].as_u64().is_some_and(|h| h > 0), "{r}");
     assert_eq!(r["messages"], 0, "{r}");
+    // Without --resume every handshake is a full one.
+    assert_eq!(r["handshakes_resumed"], 0, "{r}");
+    assert_eq!(r["handshakes_full"], r["handshakes"], "{r}");
+    // With --resume the client offers the sessions it kept, here to the one edge named twice
+    // (the list is used in turn): after the first connection they resume.
+    let both = format!("{mx},{mx}");
+    let r = bench(&[
+        "--server",
+        &both,
+        "--mode",
+        "starttls",
+        "--resume",
+        "--concurrency",
+        "1",
+        "--count",
+        "10",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(r["messages"], 10, "{r}");
+    assert!(
+        r["handshakes_resumed"].as_u64().is_some_and(|h| h > 0),
+        "{r}"
+    );
+    assert_eq!(
+        r["handshakes_full"].as_u64().unwrap_or(0) + r["handshakes_resumed"].as_u64().unwrap_or(0),
+        r["handshakes"].as_u64().unwrap_or(u64::MAX),
+        "{r}"
+    );
     // A message count bounds a run as well as a duration does.
     let r = bench(&[
         "--server",
