@@ -109,6 +109,10 @@ enum BenchCmd {
         /// How long to run.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Let the client's preferred suite win (TLS_AES_256_GCM_SHA384, a SHA-384 transcript)
+        /// instead of the edge's order (TLS_AES_128_GCM_SHA256 first).
+        #[arg(long)]
+        client_order: bool,
     },
     /// A minimal STARTTLS responder on one current-thread runtime (greeting, EHLO, STARTTLS,
     /// the handshake with the edge's rustls settings, EHLO, QUIT): what TCP, the SMTP exchange
@@ -189,8 +193,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCmd::Sink { listen } => sink(listen).await,
         BenchCmd::StarttlsResponder(a) => responder::responder(a).await,
-        BenchCmd::TlsHandshake { duration } => {
-            let report = tls_handshakes(duration)?;
+        BenchCmd::TlsHandshake {
+            duration,
+            client_order,
+        } => {
+            let report = tls_handshakes(duration, client_order)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
