@@ -275,6 +275,10 @@ impl BoundEdge {
                     .max_sessions
                     .map(|n| Arc::new(Semaphore::new(permits(n) as usize))),
                 max_per_ip: limits.max_sessions_per_ip,
+                bound: socket
+                    .local_addr()
+                    .ok()
+                    .filter(|a| !a.ip().is_unspecified()),
                 cfg: l,
                 session,
                 shared,
@@ -365,6 +369,9 @@ struct Listener {
     sessions: Option<Arc<Semaphore>>,
     max_per_ip: usize,
     cfg: ListenerConfig,
+    /// The bound address when it is one address (not `0.0.0.0` or `::`): every accepted
+    /// connection's local address.
+    bound: Option<SocketAddr>,
     session: SessionConfig,
     shared: Shared,
     admission: Arc<Admission>,
@@ -412,7 +419,11 @@ impl Listener {
             None => None,
         };
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(self.cfg.address);
+        // A listener bound to one address accepts on that address: no getsockname per session.
+        let local = match self.bound {
+            Some(a) => a,
+            None => tcp.local_addr().unwrap_or(self.cfg.address),
+        };
         let (peer, local, early) = if self.cfg.proxy_protocol {
             match read_proxy_header(&mut tcp).await {
                 Ok((

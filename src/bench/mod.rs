@@ -8,6 +8,8 @@
 //!   (full and resumed), p50/p99/p999 latency per phase, replies by code.
 //! - `moat bench sink`: an SMTP server that answers `250` to everything and discards the
 //!   content, so that a benchmark measures the edge and not its next hop.
+//! - `moat bench starttls-responder`: the least an SMTP server does around a STARTTLS
+//!   handshake, the yardstick for the edge's handshake-only load.
 //!
 //! The generator lives in the `moat` binary rather than a crate of its own: it reuses the
 //! TLS stack the binary already links, and the build budget has no room for another crate.
@@ -17,11 +19,12 @@
 //! `--resume`, [`sink`](mod@sink) the sink, [`control`] the
 //! control-plane benchmarks (policy propagation, signal ingestion), [`policy`](mod@policy) the
 //! population benchmark of issue 17, [`tls`] the TLS library
-//! alone, [`idle`](mod@idle) the memory cost of idle sessions.
+//! alone, [`responder`] the minimal STARTTLS responder, [`idle`](mod@idle) the memory cost of idle sessions.
 
 mod control;
 mod idle;
 mod policy;
+mod responder;
 mod resume;
 mod sink;
 mod smtp;
@@ -106,7 +109,15 @@ enum BenchCmd {
         /// How long to run.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
+        /// Let the client's preferred suite win (TLS_AES_256_GCM_SHA384, a SHA-384 transcript)
+        /// instead of the edge's order (TLS_AES_128_GCM_SHA256 first).
+        #[arg(long)]
+        client_order: bool,
     },
+    /// A minimal STARTTLS responder on one current-thread runtime (greeting, EHLO, STARTTLS,
+    /// the handshake with the edge's rustls settings, EHLO, QUIT): what TCP, the SMTP exchange
+    /// and TLS cost without Moat's session machine and policy. Prints the bound address.
+    StarttlsResponder(responder::ResponderArgs),
     /// Run a sink that accepts every message and discards it.
     Sink {
         /// Where to listen (port 0: any; the bound address is printed on standard output).
@@ -181,8 +192,12 @@ struct SmtpArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCmd::Sink { listen } => sink(listen).await,
-        BenchCmd::TlsHandshake { duration } => {
-            let report = tls_handshakes(duration)?;
+        BenchCmd::StarttlsResponder(a) => responder::responder(a).await,
+        BenchCmd::TlsHandshake {
+            duration,
+            client_order,
+        } => {
+            let report = tls_handshakes(duration, client_order)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

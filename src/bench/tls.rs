@@ -3,20 +3,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(super) fn tls_handshakes(duration: f64) -> anyhow::Result<serde_json::Value> {
+/// `client_order`: the server takes the client's preferred suite (TLS_AES_256_GCM_SHA384, as the
+/// first measurements did) instead of the edge's order ([`moat_edge::tls::SUITE_ORDER`]).
+pub(super) fn tls_handshakes(
+    duration: f64,
+    client_order: bool,
+) -> anyhow::Result<serde_json::Value> {
     use rustls_pki_types::pem::PemObject as _;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?,
-            )?,
-    );
+    // The server side as the edge builds it: its provider and suite order, unless asked not to.
+    let server_provider = if client_order {
+        Arc::clone(&provider)
+    } else {
+        moat_edge::tls::provider()
+    };
+    let mut server = rustls::ServerConfig::builder_with_provider(server_provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?,
+        )?;
+    server.ignore_client_order = !client_order;
+    let server = Arc::new(server);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone())?;
     let client = Arc::new(
@@ -29,6 +40,7 @@ pub(super) fn tls_handshakes(duration: f64) -> anyhow::Result<serde_json::Value>
     let (mut handshakes, mut server_time) = (0u64, Duration::ZERO);
     let started = Instant::now();
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut suite = None;
     while started.elapsed().as_secs_f64() < duration {
         let mut c = rustls::ClientConnection::new(Arc::clone(&client), name.clone())?;
         let t = Instant::now();
@@ -56,10 +68,14 @@ pub(super) fn tls_handshakes(duration: f64) -> anyhow::Result<serde_json::Value>
             }
             c.process_new_packets()?;
         }
+        suite = s
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()));
         handshakes += 1;
     }
     Ok(serde_json::json!({
         "library": "rustls 0.23 (ring), TLS 1.3, ECDSA P-256, X25519",
+        "suite": suite,
         "handshakes": handshakes,
         "seconds": started.elapsed().as_secs_f64(),
         "server_cpu_seconds": server_time.as_secs_f64(),
