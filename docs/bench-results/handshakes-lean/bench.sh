@@ -1,8 +1,10 @@
 #!/bin/bash
-# usage: bench.sh MOAT KIND(edge|responder) ROUNDS OUTPREFIX [PERF]
+# usage: LEAN_DIR=DIR bench.sh MOAT KIND(edge|responder) ROUNDS OUTPREFIX [PERF]
+# DIR holds the server's cert.pem and key.pem (e.g. copies of a `moat dev` data directory's
+# tls/server.pem and tls/server-key.pem) and receives the run's scratch files.
 set -u
 MOAT=$1; KIND=$2; ROUNDS=$3; OUT=$4; PERF=${5:-}
-W=/tmp/lean
+W=${LEAN_DIR:?set LEAN_DIR to a directory holding cert.pem and key.pem}
 cat > $W/seed.toml <<SEED
 [[tenant]]
 id = "example.test"
