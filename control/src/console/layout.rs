@@ -50,6 +50,7 @@ button.danger{background:#b91c1c}
 .badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600}
 .ok{background:#dcfce7;color:#166534}.bad{background:#fee2e2;color:#991b1b}.warn{background:#fef3c7;color:#92400e}.muted{background:#e4e7eb;color:#3e4c59}
 .notice{background:#ecfdf5;border:1px solid #a7f3d0;color:#065f46;border-radius:8px;padding:10px 14px;margin-bottom:16px}
+.notice.warn{background:#fef3c7;border-color:#fde68a;color:#92400e}
 .error{background:#fef2f2;border:1px solid #fecaca;color:#991b1b;border-radius:8px;padding:10px 14px;margin-bottom:16px}
 label{display:block;font-weight:600;margin:10px 0 4px}
 textarea,input[type=text],input[type=password],input[type=number]{width:100%;max-width:640px;padding:8px 10px;border:1px solid #cbd2d9;border-radius:6px;font:inherit}
@@ -141,6 +142,14 @@ pub(crate) fn page(title: &str, chrome: Option<&Chrome<'_>>, body: Markup) -> Ma
                 }
             }
         }
+    }
+}
+
+/// The notice of a page built from a merged read that stopped before the end of its list
+/// ([`super::truncated`]): `what` names what the figures leave out.
+pub(crate) fn truncated(what: &str) -> Markup {
+    html! {
+        div.notice.warn { "Only part of " (what) " was read (the console reads at most 20 pages of a list); what is shown is incomplete. Use `moat admin` for everything." }
     }
 }
 

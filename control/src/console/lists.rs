@@ -1,6 +1,11 @@
 //! The plain lists: `GET /connectors` (each inbound connector with its settings and its
 //! counters' totals as columns), `GET /alerts` (alerts raised for tenants' admins, with how
-//! each delivery went) and `GET /audit` (the replicated audit log, latest first).
+//! each delivery went) and `GET /audit` (the replicated audit log), in the admin API's order
+//! (connectors by tenant and name, alerts and audit records oldest first).
+//!
+//! Each reads one admin page of [`ADMIN_PAGE`] items after `?after=TOKEN` and links the next
+//! ([`paged`]), so a page costs the same with a million connectors as with ten; the connectors'
+//! counters are read for the connectors shown only ([`connector_counters`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,9 +15,73 @@ use axum::response::Response;
 use maud::html;
 use moat_proto::v1;
 
+use moat_proto::paging::encode_page_token;
+use tonic::Status;
+
 use super::layout::{page, respond, when};
-use super::table::{render, Grid, Params};
+use super::table::{paged, Grid, Params, ADMIN_PAGE};
 use super::App;
+use crate::service::admin::authz::Principal;
+
+/// Counters per read of [`connector_counters`].
+const COUNTER_READ: u32 = 256;
+
+/// The counters of `connectors` (one admin page of them), read for `who` in as few admin
+/// reads as their keys allow: counters are keyed `connector|TENANT/NAME|COUNTER`, so each read
+/// starts at the first connector not yet covered and takes the counters that follow, which
+/// usually cover the next connectors too; it never reads more than one connector's worth past
+/// the last one shown.
+pub(crate) async fn connector_counters(
+    app: &App,
+    who: &Principal,
+    tenant: &str,
+    connectors: &[v1::Connector],
+) -> Result<Vec<v1::CounterTotal>, Status> {
+    let scope = moat_shared::signal::CONNECTOR;
+    let mut wanted: Vec<String> = connectors
+        .iter()
+        .map(|c| format!("{scope}|{}/{}|", c.tenant, c.name))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut cursor = match wanted.first() {
+        Some(w) => w.clone(),
+        None => return Ok(out),
+    };
+    loop {
+        let token = encode_page_token(v1::ReadKind::Counters, cursor.as_bytes());
+        let reply = app
+            .read_page(who, v1::ReadKind::Counters, tenant, &token, COUNTER_READ)
+            .await?;
+        let last = reply
+            .counters
+            .last()
+            .map(|c| format!("{}|{}|{}", c.scope, c.key, c.name));
+        out.extend(reply.counters.into_iter().filter(|c| {
+            wanted
+                .binary_search(&format!("{}|{}|", c.scope, c.key))
+                .is_ok()
+        }));
+        let Some(last) = last.filter(|_| !reply.next_page_token.is_empty()) else {
+            return Ok(out);
+        };
+        // Past the connectors whose counters all came before `last`.
+        while wanted
+            .get(i)
+            .is_some_and(|w| *w < last && !last.starts_with(w.as_str()))
+        {
+            i += 1;
+        }
+        match wanted.get(i) {
+            None => return Ok(out),
+            // More counters of this connector: on from the last one read.
+            Some(w) if last.starts_with(w.as_str()) => cursor = last,
+            Some(w) => cursor = w.clone(),
+        }
+    }
+}
 
 /// The connectors' table, one column per connector counter.
 pub(crate) fn connectors_grid(connectors: &[v1::Connector], counters: &[v1::CounterTotal]) -> Grid {
@@ -86,27 +155,35 @@ pub(crate) async fn connectors(State(app): State<App>, headers: HeaderMap, uri: 
         Err(r) => return r,
     };
     let tenant = cx.own_tenant();
-    let list = app
-        .read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0)
-        .await;
-    let counters = app
-        .read(&cx.who, v1::ReadKind::Counters, &tenant, "", 0)
-        .await;
-    let (list, counters) = match (list, counters) {
-        (Ok(l), Ok(c)) => (l, c),
-        (Err(s), _) | (_, Err(s)) => return app.status_page(&cx, &s),
-    };
     let params = Params::parse(uri.query());
+    let list = match app
+        .read_page(
+            &cx.who,
+            v1::ReadKind::Connector,
+            &tenant,
+            params.get("after"),
+            ADMIN_PAGE,
+        )
+        .await
+    {
+        Ok(l) => l,
+        Err(s) => return app.status_page(&cx, &s),
+    };
+    let counters = match connector_counters(&app, &cx.who, &tenant, &list.connectors).await {
+        Ok(c) => c,
+        Err(s) => return app.status_page(&cx, &s),
+    };
     let body = html! {
         h1 { "Connectors" }
-        p.lead { "Inbound connectors of partners and on-premises servers, with the counters edges reported for each (totals)." }
-        (render(&connectors_grid(&list.connectors, &counters.counters), &params,
-            "No connector yet: create one with `moat admin connector create`, and it appears here with its counters."))
+        p.lead { "Inbound connectors of partners and on-premises servers, by tenant and name, with the counters edges reported for each (totals)." }
+        (paged(&connectors_grid(&list.connectors, &counters), &params, &list.next_page_token,
+            "No connector yet: create one with `moat admin connector create`, and it appears here with its counters.",
+            "moat admin connector list"))
     };
     respond(StatusCode::OK, page("Connectors", Some(&cx.chrome()), body))
 }
 
-/// The alerts' table, latest first.
+/// The alerts' table, in the order given (the admin API's: oldest first).
 pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
     let mut g = Grid::new(&[
         "Raised",
@@ -117,7 +194,7 @@ pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
         "Deliveries",
     ]);
     g.badges = vec![2];
-    for a in alerts.iter().rev() {
+    for a in alerts {
         let deliveries: Vec<String> = a
             .deliveries
             .iter()
@@ -154,26 +231,34 @@ pub(crate) async fn alerts(State(app): State<App>, headers: HeaderMap, uri: Uri)
         Ok(cx) => cx,
         Err(r) => return r,
     };
+    let params = Params::parse(uri.query());
     let reply = match app
-        .read(&cx.who, v1::ReadKind::Alerts, &cx.own_tenant(), "", 0)
+        .read_page(
+            &cx.who,
+            v1::ReadKind::Alerts,
+            &cx.own_tenant(),
+            params.get("after"),
+            ADMIN_PAGE,
+        )
         .await
     {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
-    let params = Params::parse(uri.query());
     let body = html! {
         h1 { "Alerts" }
-        p.lead { "What Moat told tenants' admins (restrictions, limits, on-premises stages), and whether the email or webhook got through." }
-        (render(&alerts_grid(&reply.alerts), &params, "No alert has been raised: restrictions, users over their limits and on-premises enforcement stages raise alerts here."))
+        p.lead { "What Moat told tenants' admins (restrictions, limits, on-premises stages), and whether the email or webhook got through; oldest first." }
+        (paged(&alerts_grid(&reply.alerts), &params, &reply.next_page_token,
+            "No alert has been raised: restrictions, users over their limits and on-premises enforcement stages raise alerts here.",
+            "moat admin alerts list"))
     };
     respond(StatusCode::OK, page("Alerts", Some(&cx.chrome()), body))
 }
 
-/// The audit log's table, latest first.
+/// The audit log's table, in the order given (the admin API's: log order).
 pub(crate) fn audit_grid(records: &[v1::AuditRecord]) -> Grid {
     let mut g = Grid::new(&["Index", "When", "Actor", "Tenant", "Action"]);
-    for a in records.iter().rev() {
+    for a in records {
         g.push(
             vec![
                 a.index.to_string(),
@@ -198,18 +283,25 @@ pub(crate) async fn audit(State(app): State<App>, headers: HeaderMap, uri: Uri) 
         Ok(cx) => cx,
         Err(r) => return r,
     };
+    let params = Params::parse(uri.query());
     let reply = match app
-        .read(&cx.who, v1::ReadKind::Audit, &cx.own_tenant(), "", 0)
+        .read_page(
+            &cx.who,
+            v1::ReadKind::Audit,
+            &cx.own_tenant(),
+            params.get("after"),
+            ADMIN_PAGE,
+        )
         .await
     {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
-    let params = Params::parse(uri.query());
     let body = html! {
         h1 { "Audit log" }
-        p.lead { "Every change, replicated with the cluster's state: who made it (the token's name, from `moat admin` or this console) and what it was. The latest 1000 records." }
-        (render(&audit_grid(&reply.audit), &params, "No change has been recorded yet."))
+        p.lead { "Every change, replicated with the cluster's state: who made it (the token's name, from `moat admin` or this console) and what it was. In log order, oldest first." }
+        (paged(&audit_grid(&reply.audit), &params, &reply.next_page_token,
+            "No change has been recorded yet.", "moat admin audit list"))
     };
     respond(StatusCode::OK, page("Audit log", Some(&cx.chrome()), body))
 }
@@ -242,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn audit_and_alerts_list_latest_first() {
+    fn audit_and_alerts_list_in_the_admin_apis_order() {
         let recs = vec![
             v1::AuditRecord {
                 index: 1,
@@ -257,7 +349,8 @@ mod tests {
                 ..Default::default()
             },
         ];
-        assert_eq!(audit_grid(&recs).rows[0][4], "second");
+        assert_eq!(audit_grid(&recs).rows[0][4], "first");
+        assert_eq!(audit_grid(&recs).rows[1][4], "second");
         let alerts = vec![v1::Alert {
             title: "Connector restricted".into(),
             deliveries: vec![v1::AlertDelivery {

@@ -40,11 +40,14 @@
 //! `POST .../unblock` (fields `reason`, `csrf`), `GET /restricted/user/{address}` and
 //! `POST .../unblock`, `GET /onprem` and `POST /onprem/{tenant}/pause` (fields `reason`,
 //! `days`, `csrf`), `GET /connectors`, `GET /alerts`, `GET /audit`, `GET /reports` and
-//! `GET /reports/{kind}?tenant=&days=` (`&format=csv`: a download).
+//! `GET /reports/{kind}?tenant=&days=` (`&format=csv`: a download). `/restricted`,
+//! `/connectors`, `/alerts` and `/audit` show one admin page of 50 (`?after=` the admin API's
+//! page token; a "Next page" link carries the next).
 //!
 //! Layout: this file (state, router, listener, the checks every handler makes, reads and
 //! writes), [`session`] (sessions, cookie, CSRF and origin checks), [`layout`] (page shell,
-//! stylesheet, message pages), [`table`] (sortable, filterable, paged tables), [`chart`] (SVG
+//! stylesheet, message pages), [`table`] (sortable, filterable, paged tables; lists that grow
+//! with the cluster page through the admin API, `?after=TOKEN`), [`chart`] (SVG
 //! bar charts), and the pages: [`signin`], [`overview`], [`restricted`], [`onprem`], [`lists`]
 //! (connectors, alerts, audit), [`reports`].
 
@@ -88,7 +91,8 @@ pub(crate) mod table;
 
 /// How long a browser may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most pages of one list a console page reads (each up to the admin API's byte budget).
+/// The most pages of one list a merged read ([`Console::read`]) reads, each up to the admin
+/// API's byte budget.
 const MAX_READ_PAGES: usize = 20;
 
 /// What the console's handlers share.
@@ -247,8 +251,11 @@ impl Console {
         Ok(cx)
     }
 
-    /// Reads `kind` for `who` through the admin service (every page of a list, up to
-    /// [`MAX_READ_PAGES`]).
+    /// Reads `kind` for `who` through the admin service, merging its pages, up to
+    /// [`MAX_READ_PAGES`]: for reads that are bounded (reports, a day's rows each; the
+    /// overview's counts). When more remain after that, the reply keeps its
+    /// `next_page_token` ([`truncated`] says so) and the page shows [`layout::truncated`].
+    /// Lists that grow with the cluster page through [`Console::read_page`] instead.
     pub(crate) async fn read(
         &self,
         who: &Principal,
@@ -268,13 +275,33 @@ impl Console {
             let next = page.next_page_token.clone();
             all.merge(page.encode_to_vec().as_slice())
                 .map_err(|e| Status::internal(e.to_string()))?;
+            // Merging keeps the last page's token: empty once the list is done.
+            all.next_page_token = next.clone();
             if next.is_empty() {
                 break;
             }
             req.page_token = next;
         }
-        all.next_page_token.clear();
         Ok(all)
+    }
+
+    /// One page of the list `kind` for `who`: at most `limit` items after the opaque page
+    /// token `after` (empty: from the start); the reply's `next_page_token` resumes after it
+    /// (empty on the last page). A token that is not one of this list's answers
+    /// INVALID_ARGUMENT.
+    pub(crate) async fn read_page(
+        &self,
+        who: &Principal,
+        kind: v1::ReadKind,
+        tenant: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<v1::ReadReply, Status> {
+        let mut req = v1::ReadRequest::of(kind);
+        req.tenant = tenant.to_owned();
+        req.page_token = after.to_owned();
+        req.limit = limit;
+        read::read(&self.shared, who, req).await
     }
 
     /// Makes a change as `cx`'s principal through the admin service; a refusal becomes the
@@ -359,6 +386,12 @@ impl Console {
             ),
         }
     }
+}
+
+/// Whether a merged read ([`Console::read`]) stopped at [`MAX_READ_PAGES`] with more of its
+/// list left unread.
+pub(crate) fn truncated(reply: &v1::ReadReply) -> bool {
+    !reply.next_page_token.is_empty()
 }
 
 /// The 403 page of a refused POST.

@@ -111,11 +111,15 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         Err(r) => return r,
     };
     let tenant = cx.own_tenant();
+    let mut truncated = false;
     let servers = match app
         .read(&cx.who, v1::ReadKind::OnpremServers, &tenant, "", 0)
         .await
     {
-        Ok(r) => r.onprem_servers,
+        Ok(r) => {
+            truncated |= super::truncated(&r);
+            r.onprem_servers
+        }
         Err(s) => return app.status_page(&cx, &s),
     };
     // Tenants with servers, or with an on-premises connector through which servers will
@@ -124,7 +128,10 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         .read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0)
         .await
     {
-        Ok(r) => r.connectors,
+        Ok(r) => {
+            truncated |= super::truncated(&r);
+            r.connectors
+        }
         Err(s) => return app.status_page(&cx, &s),
     };
     let mut tenants: BTreeSet<String> = servers.iter().map(|s| s.tenant.clone()).collect();
@@ -153,6 +160,7 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         h1 { "On-premises servers" }
         p.lead { "Exchange servers connecting through on-premises connectors, with their build against the baseline. Out-of-date servers are throttled, then blocked, stage by stage; a pause stops that for a tenant (90 days a year at most) while the servers are updated." }
         @if params.get("done") == "paused" { div.notice { "Enforcement paused." } }
+        @if truncated { (super::layout::truncated("the servers and connectors")) }
         (render(&grid(&servers), &params, "No on-premises server has connected: servers appear here once mail arrives through an on-premises connector with a Received line that names an Exchange build."))
         h2 { "Enforcement pauses" }
         @if budgets.is_empty() {

@@ -28,6 +28,9 @@ pub(crate) struct Overview {
     pub(crate) recent_alerts: usize,
     /// Now on the cluster clock.
     pub(crate) now_ms: i64,
+    /// Whether the counts stop short: a merged read stopped with more left
+    /// ([`super::truncated`]).
+    pub(crate) truncated: bool,
 }
 
 /// `GET /`.
@@ -62,6 +65,7 @@ pub(crate) async fn page(State(app): State<App>, headers: HeaderMap) -> Response
             .filter(|a| a.at_ms >= now_ms - RECENT_MS)
             .count(),
         now_ms,
+        truncated: super::truncated(&restricted) || super::truncated(&alerts),
     };
     let chrome = cx.chrome();
     respond(
@@ -115,6 +119,7 @@ pub(crate) fn body(chrome: &Chrome<'_>, o: &Overview) -> Markup {
     });
     html! {
         h1 { "Overview" }
+        @if o.truncated { (super::layout::truncated("the restricted entities and alerts")) }
         p.lead {
             @match healthy {
                 Some(true) => { span.badge.ok { "Healthy" } " The cluster has a leader and every edge enforces the published policy." }
@@ -185,6 +190,7 @@ mod tests {
             restricted: 3,
             recent_alerts: 2,
             now_ms: 0,
+            truncated: true,
         };
         let html = body(&chrome, &o).into_string();
         assert!(html.contains("edge-1"));
@@ -193,6 +199,7 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Attention"));
+        assert!(html.contains("Only part of the restricted entities"), "{html}");
         assert!(html.contains("127.0.0.1:7400"));
         assert!(!html.contains('{'), "no JSON on the page");
     }

@@ -145,6 +145,7 @@ pub(crate) async fn report(
     let body = html! {
         p { a href="/reports" { "← Reports" } }
         h1 { (title) }
+        @if super::truncated(&reply) { (super::layout::truncated("this report")) }
         form.toolbar method="get" {
             @if cx.own_tenant().is_empty() {
                 input type="search" name="tenant" value=(tenant) placeholder="Every tenant" aria-label="Tenant";

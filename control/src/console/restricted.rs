@@ -1,5 +1,6 @@
 //! Restricted entities: `GET /restricted` (connectors and users restricted: entity, tenant,
-//! why with the figures that tripped the detector or the limit, since when, until when), the
+//! why with the figures that tripped the detector or the limit, since when, until when; one
+//! admin page at a time, see [`paged`]), the
 //! detail pages `GET /restricted/connector/{tenant}/{name}` and `GET /restricted/user/{address}`
 //! with the recommendations and the Unblock panel, and their `POST .../unblock` (a required
 //! `reason`), made through the admin service's `unblock` write.
@@ -12,7 +13,7 @@ use maud::{html, Markup};
 use moat_proto::v1;
 
 use super::layout::{csrf_field, not_found, page, respond, when, Chrome};
-use super::table::{render, Grid, Params};
+use super::table::{paged, Grid, Params, ADMIN_PAGE};
 use super::{form, require_change, App, Cx};
 
 /// A path segment, percent-encoded (everything but unreserved characters).
@@ -65,21 +66,29 @@ pub(crate) async fn list(State(app): State<App>, headers: HeaderMap, uri: Uri) -
         Ok(cx) => cx,
         Err(r) => return r,
     };
+    let params = Params::parse(uri.query());
     let reply = match app
-        .read(&cx.who, v1::ReadKind::Restricted, &cx.own_tenant(), "", 0)
+        .read_page(
+            &cx.who,
+            v1::ReadKind::Restricted,
+            &cx.own_tenant(),
+            params.get("after"),
+            ADMIN_PAGE,
+        )
         .await
     {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
-    let params = Params::parse(uri.query());
     let body = html! {
         h1 { "Restricted entities" }
         p.lead { "Connectors and SMTP AUTH users that Moat stopped accepting mail from, with what tripped the detector or the sending limit. Select one to read the recommendations and unblock it." }
         @if params.get("done") == "unblocked" {
             div.notice { "Unblocked. Every edge accepts mail from it again once it applies the new policy (seconds)." }
         }
-        (render(&grid(&reply.restricted), &params, "Nothing is restricted: connectors that look compromised and users over their sending limits appear here."))
+        (paged(&grid(&reply.restricted), &params, &reply.next_page_token,
+            "Nothing is restricted: connectors that look compromised and users over their sending limits appear here.",
+            "moat admin restricted list"))
     };
     respond(
         StatusCode::OK,
@@ -297,7 +306,7 @@ mod tests {
             g.links[0].as_deref(),
             Some("/restricted/connector/contoso.test/on%20prem")
         );
-        let html = render(&g, &Params::default(), "").into_string();
+        let html = super::super::table::render(&g, &Params::default(), "").into_string();
         assert!(html.contains("95% to non-accepted domains"));
         assert!(html.contains("when unblocked"));
     }

@@ -4,6 +4,11 @@
 //! filtered by a text box (`?q=`), paged 50 rows at a time (`?page=N`, from 1), all without
 //! JavaScript. The other query parameters of the page (a report's tenant and days) are kept in
 //! every link.
+//!
+//! Lists that grow with the cluster (connectors, alerts, audit, restricted) page through the
+//! admin API instead, [`ADMIN_PAGE`] items a page: [`paged`] renders one admin page (sorted
+//! and filtered as above, within that page) with "First page" and "Next page" links that
+//! carry the admin API's opaque page token as `?after=TOKEN`.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -13,6 +18,9 @@ use moat_proto::report::Table;
 
 /// Rows per page.
 pub(crate) const PAGE_ROWS: usize = 50;
+
+/// Items per admin page of a paged list ([`paged`]): one table page.
+pub(crate) const ADMIN_PAGE: u32 = PAGE_ROWS as u32;
 
 /// The query parameters of a page.
 #[derive(Clone, Debug, Default)]
@@ -240,6 +248,32 @@ pub(crate) fn render(grid: &Grid, params: &Params, empty: &str) -> Markup {
     }
 }
 
+/// One admin page of a list as [`render`] shows it, under a line saying that sorting and
+/// filtering apply to this page only (`cli`: the `moat admin` command that lists everything),
+/// and over the links to the first page (when `?after=` is set) and to the next one (when
+/// `next`, the reply's page token, is not empty); both keep the page's other parameters but
+/// `page`.
+pub(crate) fn paged(grid: &Grid, params: &Params, next: &str, empty: &str, cli: &str) -> Markup {
+    let after = params.get("after");
+    let first = !after.is_empty();
+    html! {
+        @if first || !next.is_empty() {
+            p.muted-text { "Sorting and filtering apply to this page; use `" (cli) "` for everything." }
+        }
+        @if first && grid.rows.is_empty() {
+            div.empty { "No more rows." }
+        } @else {
+            (render(grid, params, empty))
+        }
+        @if first || !next.is_empty() {
+            div.pager {
+                @if first { a href=(params.with(&[("after", ""), ("page", "")])) { "First page" } }
+                @if !next.is_empty() { a href=(params.with(&[("after", next), ("page", "")])) { "Next page" } }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +327,51 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Page 1 of 2"));
+    }
+
+    #[test]
+    fn paged_lists_link_the_next_and_first_pages_keeping_the_other_parameters() {
+        let token = "p1.4.61/2e&b=c";
+        let html = paged(
+            &grid(50),
+            &Params::parse(Some("q=row&sort=Count&dir=desc")),
+            token,
+            "none",
+            "moat admin connector list",
+        )
+        .into_string();
+        assert!(
+            html.contains(
+                r#"<a href="?after=p1.4.61%2F2e%26b%3Dc&amp;dir=desc&amp;q=row&amp;sort=Count">Next page</a>"#
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("First page"), "{html}");
+        assert!(html.contains("apply to this page"), "{html}");
+
+        // On a later page: both links, and the filter keeps the page.
+        let on = Params::parse(Some("after=p1.4.61&sort=Count"));
+        let html = paged(&grid(3), &on, "p1.4.62", "none", "x").into_string();
+        assert!(
+            html.contains(r#"<a href="?sort=Count">First page</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<a href="?after=p1.4.62&amp;sort=Count">Next page</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<input type="hidden" name="after" value="p1.4.61">"#),
+            "{html}"
+        );
+
+        // The last page: no Next; a single page: no pager and no note.
+        let html = paged(&grid(3), &on, "", "none", "x").into_string();
+        assert!(html.contains("First page") && !html.contains("Next page"));
+        let html = paged(&grid(3), &Params::default(), "", "none", "x").into_string();
+        assert!(!html.contains("pager") && !html.contains("apply to this page"));
+        let html = paged(&grid(0), &on, "", "none", "x").into_string();
+        assert!(html.contains("No more rows") && html.contains("First page"));
     }
 
     #[test]
