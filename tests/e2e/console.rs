@@ -1,11 +1,13 @@
 //! The admin console (issue 19) over real HTTPS: `moat dev` lists its URL in `endpoints.json`;
 //! curl, verifying the dev CA, signs in with the operator token, reads pages, makes a change
 //! through a form, and is refused a change without the CSRF token or from another origin.
+//! `/connectors` pages through the admin API: following "Next page" shows every connector
+//! once.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Dev, TempDir, ANY_PORTS};
+use crate::harness::{moat, run, Dev, TempDir, ANY_PORTS};
 
 /// One HTTPS exchange's status, headers (lower-cased names) and body.
 struct Reply {
@@ -76,6 +78,24 @@ fn csrf(page: &str) -> String {
         .unwrap_or_else(|| panic!("no csrf field in {page}"));
     let rest = &page[at + r#"name="csrf" value=""#.len()..];
     rest[..rest.find('"').expect("end of value")].to_owned()
+}
+
+/// The target of a page's "Next page" link, if it has one.
+fn next_link(page: &str) -> Option<String> {
+    let end = page.find(r#"">Next page</a>"#)?;
+    let start = page[..end].rfind(r#"href=""#)? + r#"href=""#.len();
+    Some(page[start..end].replace("&amp;", "&"))
+}
+
+/// The connector names of a `/connectors` page that start with `prefix` (first cells).
+fn names(page: &str, prefix: &str) -> Vec<String> {
+    let open = format!("<td>{prefix}");
+    page.match_indices(&open)
+        .filter_map(|(at, _)| {
+            let rest = &page[at + "<td>".len()..];
+            rest.find("</td>").map(|e| rest[..e].to_owned())
+        })
+        .collect()
 }
 
 fn file(dev: &Dev, pointer: &str) -> String {
@@ -164,6 +184,55 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
         assert_eq!(r.status, 200, "{page}: {}", r.body);
         assert!(!r.body.contains("\"tenant\":"), "no raw JSON on {page}");
     }
+    // 120 connectors: three admin pages of 50, linked by "Next page", each connector once.
+    let mut seed =
+        String::from("[[tenant]]\nid = \"paged.test\"\naccepted-domains = [\"paged.test\"]\n");
+    for i in 0..120 {
+        seed.push_str(&format!(
+            "[[tenant.connector]]\nname = \"pg-c{i:03}\"\ntype = \"partner\"\n\
+             sender-ip-addresses = [\"10.9.0.{i}/32\"]\n"
+        ));
+    }
+    let seed_path = dir.0.join("paged.toml");
+    std::fs::write(&seed_path, seed).expect("write seed");
+    let (ok, out, err) = run(moat().args(["admin", "--data"]).arg(&dev.data).args([
+        "apply",
+        "-f",
+        seed_path.to_str().expect("path"),
+    ]));
+    assert!(ok, "apply:\n{out}\n{err}");
+    let mut seen = Vec::new();
+    let mut path = "/connectors?sort=Connector".to_owned();
+    let mut pages = 0;
+    loop {
+        let r = b.get(&path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        pages += 1;
+        assert!(pages <= 4, "more pages than 121 connectors need");
+        if pages > 1 {
+            assert!(r.body.contains(">First page</a>"), "{}", r.body);
+        }
+        seen.extend(names(&r.body, "pg-c"));
+        match next_link(&r.body) {
+            Some(next) => {
+                assert!(next.contains("sort=Connector"), "{next}");
+                path = format!("/connectors{next}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "121 connectors, 50 a page");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        seen.len(),
+        "a connector on two pages: {seen:?}"
+    );
+    let want: Vec<String> = (0..120).map(|i| format!("pg-c{i:03}")).collect();
+    assert_eq!(sorted, want);
+
     let r = b.get("/reports/tls-report?days=3&format=csv");
     assert_eq!(r.status, 200);
     assert!(

@@ -199,7 +199,10 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Attention"));
-        assert!(html.contains("Only part of the restricted entities"), "{html}");
+        assert!(
+            html.contains("Only part of the restricted entities"),
+            "{html}"
+        );
         assert!(html.contains("127.0.0.1:7400"));
         assert!(!html.contains('{'), "no JSON on the page");
     }
