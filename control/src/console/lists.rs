@@ -1,11 +1,13 @@
 //! The plain lists: `GET /connectors` (each inbound connector with its settings and its
 //! counters' totals as columns), `GET /alerts` (alerts raised for tenants' admins, with how
-//! each delivery went) and `GET /audit` (the replicated audit log), in the admin API's order
-//! (connectors by tenant and name, alerts and audit records oldest first).
+//! each delivery went) and `GET /audit` (the replicated audit log).
 //!
-//! Each reads one admin page of [`ADMIN_PAGE`] items after `?after=TOKEN` and links the next
-//! ([`paged`]), so a page costs the same with a million connectors as with ten; the connectors'
-//! counters are read for the connectors shown only ([`connector_counters`]).
+//! Connectors, which grow with the estate, are read one admin page of [`ADMIN_PAGE`] items at
+//! a time after `?after=TOKEN` with a link to the next ([`paged`]), so a page costs the same
+//! with a million connectors as with ten, and their counters are read for the connectors shown
+//! only ([`connector_counters`]). Alerts and audit records are bounded by what the state keeps
+//! (the latest 10,000 alerts; the admin API's latest 1,000 audit records) and are shown latest
+//! first, paged in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,7 +21,7 @@ use moat_proto::paging::encode_page_token;
 use tonic::Status;
 
 use super::layout::{page, respond, when};
-use super::table::{paged, Grid, Params, ADMIN_PAGE};
+use super::table::{paged, render, Grid, Params, ADMIN_PAGE};
 use super::App;
 use crate::service::admin::authz::Principal;
 
@@ -183,7 +185,7 @@ pub(crate) async fn connectors(State(app): State<App>, headers: HeaderMap, uri: 
     respond(StatusCode::OK, page("Connectors", Some(&cx.chrome()), body))
 }
 
-/// The alerts' table, in the order given (the admin API's: oldest first).
+/// The alerts' table, latest first.
 pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
     let mut g = Grid::new(&[
         "Raised",
@@ -194,7 +196,7 @@ pub(crate) fn alerts_grid(alerts: &[v1::Alert]) -> Grid {
         "Deliveries",
     ]);
     g.badges = vec![2];
-    for a in alerts {
+    for a in alerts.iter().rev() {
         let deliveries: Vec<String> = a
             .deliveries
             .iter()
@@ -231,34 +233,26 @@ pub(crate) async fn alerts(State(app): State<App>, headers: HeaderMap, uri: Uri)
         Ok(cx) => cx,
         Err(r) => return r,
     };
-    let params = Params::parse(uri.query());
     let reply = match app
-        .read_page(
-            &cx.who,
-            v1::ReadKind::Alerts,
-            &cx.own_tenant(),
-            params.get("after"),
-            ADMIN_PAGE,
-        )
+        .read(&cx.who, v1::ReadKind::Alerts, &cx.own_tenant(), "", 0)
         .await
     {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
+    let params = Params::parse(uri.query());
     let body = html! {
         h1 { "Alerts" }
-        p.lead { "What Moat told tenants' admins (restrictions, limits, on-premises stages), and whether the email or webhook got through; oldest first." }
-        (paged(&alerts_grid(&reply.alerts), &params, &reply.next_page_token,
-            "No alert has been raised: restrictions, users over their limits and on-premises enforcement stages raise alerts here.",
-            "moat admin alerts list"))
+        p.lead { "What Moat told tenants' admins (restrictions, limits, on-premises stages), and whether the email or webhook got through." }
+        (render(&alerts_grid(&reply.alerts), &params, "No alert has been raised: restrictions, users over their limits and on-premises enforcement stages raise alerts here."))
     };
     respond(StatusCode::OK, page("Alerts", Some(&cx.chrome()), body))
 }
 
-/// The audit log's table, in the order given (the admin API's: log order).
+/// The audit log's table, latest first.
 pub(crate) fn audit_grid(records: &[v1::AuditRecord]) -> Grid {
     let mut g = Grid::new(&["Index", "When", "Actor", "Tenant", "Action"]);
-    for a in records {
+    for a in records.iter().rev() {
         g.push(
             vec![
                 a.index.to_string(),
@@ -283,25 +277,18 @@ pub(crate) async fn audit(State(app): State<App>, headers: HeaderMap, uri: Uri) 
         Ok(cx) => cx,
         Err(r) => return r,
     };
-    let params = Params::parse(uri.query());
     let reply = match app
-        .read_page(
-            &cx.who,
-            v1::ReadKind::Audit,
-            &cx.own_tenant(),
-            params.get("after"),
-            ADMIN_PAGE,
-        )
+        .read(&cx.who, v1::ReadKind::Audit, &cx.own_tenant(), "", 0)
         .await
     {
         Ok(r) => r,
         Err(s) => return app.status_page(&cx, &s),
     };
+    let params = Params::parse(uri.query());
     let body = html! {
         h1 { "Audit log" }
-        p.lead { "Every change, replicated with the cluster's state: who made it (the token's name, from `moat admin` or this console) and what it was. In log order, oldest first." }
-        (paged(&audit_grid(&reply.audit), &params, &reply.next_page_token,
-            "No change has been recorded yet.", "moat admin audit list"))
+        p.lead { "Every change, replicated with the cluster's state: who made it (the token's name, from `moat admin` or this console) and what it was. The latest 1000 records." }
+        (render(&audit_grid(&reply.audit), &params, "No change has been recorded yet."))
     };
     respond(StatusCode::OK, page("Audit log", Some(&cx.chrome()), body))
 }
@@ -334,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn audit_and_alerts_list_in_the_admin_apis_order() {
+    fn audit_and_alerts_list_latest_first() {
         let recs = vec![
             v1::AuditRecord {
                 index: 1,
@@ -349,8 +336,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        assert_eq!(audit_grid(&recs).rows[0][4], "first");
-        assert_eq!(audit_grid(&recs).rows[1][4], "second");
+        assert_eq!(audit_grid(&recs).rows[0][4], "second");
         let alerts = vec![v1::Alert {
             title: "Connector restricted".into(),
             deliveries: vec![v1::AlertDelivery {
