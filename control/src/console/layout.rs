@@ -32,6 +32,7 @@ p.lead{color:#52606d;margin:0 0 20px}
 .card{background:#fff;border:1px solid #e4e7eb;border-radius:8px;padding:14px 18px;min-width:170px}
 .card .k{color:#52606d;font-size:13px}.card .v{font-size:22px;font-weight:600}
 .panel{background:#fff;border:1px solid #e4e7eb;border-radius:8px;padding:18px 20px;margin:16px 0}
+div.tablewrap{overflow-x:auto;border-radius:8px}
 table.data{border-collapse:collapse;width:100%;background:#fff;border:1px solid #e4e7eb;border-radius:8px;overflow:hidden;font-size:14px}
 table.data th{background:#f0f4f8;text-align:left;font-weight:600;padding:8px 10px;border-bottom:1px solid #d9e2ec}
 table.data th a{color:#243b53}

@@ -206,7 +206,7 @@ pub(crate) fn render(grid: &Grid, params: &Params, empty: &str) -> Markup {
             @if shown.is_empty() {
                 div.empty { "No row matches “" (q) "”." }
             } @else {
-                table.data {
+                div.tablewrap { table.data {
                     thead { tr {
                         @for c in &grid.columns {
                             @let on = c.eq_ignore_ascii_case(sort);
@@ -235,7 +235,7 @@ pub(crate) fn render(grid: &Grid, params: &Params, empty: &str) -> Markup {
                             }
                         }
                     }
-                }
+                } }
                 @if pages > 1 {
                     div.pager {
                         @if page > 1 { a href=(params.with(&[("page", &(page - 1).to_string())])) { "← Previous" } }
