@@ -17,6 +17,15 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table titled `title` with `columns`, one row per item as `row` renders it.
+    fn of<T>(title: &str, columns: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> Self {
+        Self {
+            title: title.to_owned(),
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            rows: items.iter().map(row).collect(),
+        }
+    }
+
     /// The table as RFC 4180 CSV: a header line, then one line per row, CRLF line ends, a
     /// cell quoted when it holds a comma, a quote, CR or LF (quotes doubled). A cell starting
     /// with `=`, `+`, `-` or `@` is prefixed with `'` so that a spreadsheet does not run it as
@@ -84,10 +93,6 @@ pub fn tables(kind: v1::ReadKind, reply: &v1::ReadReply) -> Vec<Table> {
     out
 }
 
-fn columns(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| (*s).to_owned()).collect()
-}
-
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
 }
@@ -128,9 +133,9 @@ fn day(ms: i64) -> String {
 
 /// Inbound messages by connector per day (`READ_KIND_INBOUND_REPORT`).
 pub fn inbound(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Inbound messages by connector".into(),
-        columns: columns(&[
+    Table::of(
+        "Inbound messages by connector",
+        &[
             "Day",
             "Tenant",
             "Connector",
@@ -142,35 +147,32 @@ pub fn inbound(reply: &v1::ReadReply) -> Table {
             "TLS 1.2",
             "TLS 1.3",
             "Messages",
-        ]),
-        rows: reply
-            .inbound_report
-            .iter()
-            .map(|r| {
-                vec![
-                    r.day.clone(),
-                    r.tenant.clone(),
-                    r.connector.clone(),
-                    r.connector_type.clone(),
-                    yes_no(r.tls_forced),
-                    r.no_tls.to_string(),
-                    r.tls10.to_string(),
-                    r.tls11.to_string(),
-                    r.tls12.to_string(),
-                    r.tls13.to_string(),
-                    r.messages.to_string(),
-                ]
-            })
-            .collect(),
-    }
+        ],
+        &reply.inbound_report,
+        |r| {
+            vec![
+                r.day.clone(),
+                r.tenant.clone(),
+                r.connector.clone(),
+                r.connector_type.clone(),
+                yes_no(r.tls_forced),
+                r.no_tls.to_string(),
+                r.tls10.to_string(),
+                r.tls11.to_string(),
+                r.tls12.to_string(),
+                r.tls13.to_string(),
+                r.messages.to_string(),
+            ]
+        },
+    )
 }
 
 /// SMTP AUTH senders per day, with the share of each TLS version
 /// (`READ_KIND_AUTH_CLIENTS_REPORT`).
 pub fn auth_clients(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "SMTP AUTH clients".into(),
-        columns: columns(&[
+    Table::of(
+        "SMTP AUTH clients",
+        &[
             "Day",
             "Tenant",
             "User",
@@ -185,82 +187,73 @@ pub fn auth_clients(reply: &v1::ReadReply) -> Table {
             "TLS 1.1 %",
             "TLS 1.2 %",
             "TLS 1.3 %",
-        ]),
-        rows: reply
-            .auth_clients
-            .iter()
-            .map(|r| {
-                let counts = [r.no_tls, r.tls10, r.tls11, r.tls12, r.tls13];
-                let mut row = vec![r.day.clone(), r.tenant.clone(), r.user.clone()];
-                row.extend(counts.iter().map(u64::to_string));
-                row.push(r.messages.to_string());
-                row.extend(counts.iter().map(|n| percent(*n, r.messages)));
-                row
-            })
-            .collect(),
-    }
+        ],
+        &reply.auth_clients,
+        |r| {
+            let counts = [r.no_tls, r.tls10, r.tls11, r.tls12, r.tls13];
+            let mut row = vec![r.day.clone(), r.tenant.clone(), r.user.clone()];
+            row.extend(counts.iter().map(u64::to_string));
+            row.push(r.messages.to_string());
+            row.extend(counts.iter().map(|n| percent(*n, r.messages)));
+            row
+        },
+    )
 }
 
 /// MAIL FROM domains outside the tenant's accepted domains, per day and inbound connector,
 /// with sample Message-IDs joined by `;` (`READ_KIND_NON_ACCEPTED_DOMAINS_REPORT`).
 pub fn non_accepted_domains(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Non-accepted sender domains".into(),
-        columns: columns(&[
+    Table::of(
+        "Non-accepted sender domains",
+        &[
             "Day",
             "Tenant",
             "Connector",
             "Domain",
             "Messages",
             "Sample Message-IDs",
-        ]),
-        rows: reply
-            .non_accepted_domains
-            .iter()
-            .map(|r| {
-                vec![
-                    r.day.clone(),
-                    r.tenant.clone(),
-                    r.connector.clone(),
-                    r.domain.clone(),
-                    r.messages.to_string(),
-                    r.sample_message_ids.join(";"),
-                ]
-            })
-            .collect(),
-    }
+        ],
+        &reply.non_accepted_domains,
+        |r| {
+            vec![
+                r.day.clone(),
+                r.tenant.clone(),
+                r.connector.clone(),
+                r.domain.clone(),
+                r.messages.to_string(),
+                r.sample_message_ids.join(";"),
+            ]
+        },
+    )
 }
 
 /// TLS usage per day, tenant, listener, version and cipher (`READ_KIND_TLS_REPORT`).
 pub fn tls_usage(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "TLS usage".into(),
-        columns: columns(&[
+    Table::of(
+        "TLS usage",
+        &[
             "Day", "Tenant", "Listener", "Version", "Cipher", "Sessions", "Messages",
-        ]),
-        rows: reply
-            .tls_usage
-            .iter()
-            .map(|u| {
-                vec![
-                    u.day.clone(),
-                    u.tenant.clone(),
-                    u.listener.clone(),
-                    u.version.clone(),
-                    u.cipher.clone(),
-                    u.sessions.to_string(),
-                    u.messages.to_string(),
-                ]
-            })
-            .collect(),
-    }
+        ],
+        &reply.tls_usage,
+        |u| {
+            vec![
+                u.day.clone(),
+                u.tenant.clone(),
+                u.listener.clone(),
+                u.version.clone(),
+                u.cipher.clone(),
+                u.sessions.to_string(),
+                u.messages.to_string(),
+            ]
+        },
+    )
 }
 
 /// The clients still on TLS 1.0/1.1, the TLS report's second table.
 pub fn legacy_clients(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Clients on TLS 1.0/1.1".into(),
-        columns: columns(&[
+    Table::of(
+        "Clients on TLS 1.0/1.1",
+        &[
             "Day",
             "Tenant",
             "Client IP",
@@ -268,23 +261,20 @@ pub fn legacy_clients(reply: &v1::ReadReply) -> Table {
             "Version",
             "Sessions",
             "Messages",
-        ]),
-        rows: reply
-            .legacy_clients
-            .iter()
-            .map(|c| {
-                vec![
-                    c.day.clone(),
-                    c.tenant.clone(),
-                    c.client_ip.clone(),
-                    c.user.clone(),
-                    c.version.clone(),
-                    c.sessions.to_string(),
-                    c.messages.to_string(),
-                ]
-            })
-            .collect(),
-    }
+        ],
+        &reply.legacy_clients,
+        |c| {
+            vec![
+                c.day.clone(),
+                c.tenant.clone(),
+                c.client_ip.clone(),
+                c.user.clone(),
+                c.version.clone(),
+                c.sessions.to_string(),
+                c.messages.to_string(),
+            ]
+        },
+    )
 }
 
 /// What an on-premises server's report row amounts to: remediated, compliant, exempt
@@ -319,9 +309,9 @@ pub fn onprem_status(r: &v1::OnpremServerReport) -> &'static str {
 /// Out-of-date on-premises Exchange servers (`READ_KIND_ONPREM_SERVERS`): the columns of
 /// `moat admin report onprem-servers`.
 pub fn onprem_servers(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "On-premises Exchange servers".into(),
-        columns: columns(&[
+    Table::of(
+        "On-premises Exchange servers",
+        &[
             "Tenant",
             "Server",
             "Build",
@@ -337,132 +327,117 @@ pub fn onprem_servers(reply: &v1::ReadReply) -> Table {
             "Paused until",
             "Connector",
             "Received",
-        ]),
-        rows: reply
-            .onprem_servers
-            .iter()
-            .map(|r| {
-                let next = if r.next_stage == 0 {
+        ],
+        &reply.onprem_servers,
+        |r| {
+            let next = if r.next_stage == 0 {
+                String::new()
+            } else {
+                format!(
+                    "{} ({}/{}) {}",
+                    r.next_stage,
+                    r.next_throttle,
+                    r.next_block,
+                    day(r.next_stage_ms)
+                )
+            };
+            vec![
+                r.tenant.clone(),
+                r.server.clone(),
+                r.build.clone(),
+                r.product.clone(),
+                r.class.clone(),
+                onprem_status(r).to_owned(),
+                day(r.first_detected_ms),
+                if r.stage == 0 {
                     String::new()
                 } else {
-                    format!(
-                        "{} ({}/{}) {}",
-                        r.next_stage,
-                        r.next_throttle,
-                        r.next_block,
-                        day(r.next_stage_ms)
-                    )
-                };
-                vec![
-                    r.tenant.clone(),
-                    r.server.clone(),
-                    r.build.clone(),
-                    r.product.clone(),
-                    r.class.clone(),
-                    onprem_status(r).to_owned(),
-                    day(r.first_detected_ms),
-                    if r.stage == 0 {
-                        String::new()
-                    } else {
-                        r.stage.to_string()
-                    },
-                    r.throttle.to_string(),
-                    r.block.to_string(),
-                    next,
-                    r.recommended.join(","),
-                    day(r.paused_until_ms),
-                    r.connector.clone(),
-                    r.received.clone(),
-                ]
-            })
-            .collect(),
-    }
+                    r.stage.to_string()
+                },
+                r.throttle.to_string(),
+                r.block.to_string(),
+                next,
+                r.recommended.join(","),
+                day(r.paused_until_ms),
+                r.connector.clone(),
+                r.received.clone(),
+            ]
+        },
+    )
 }
 
 /// Restricted connectors and users (`READ_KIND_RESTRICTED`).
 pub fn restricted(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Restricted entities".into(),
-        columns: columns(&["Tenant", "Kind", "Name", "Reason", "Since", "Until"]),
-        rows: reply
-            .restricted
-            .iter()
-            .map(|e| {
-                vec![
-                    e.tenant.clone(),
-                    e.kind.clone(),
-                    e.name.clone(),
-                    e.reason.clone(),
-                    time(e.since_ms),
-                    time(e.until_ms),
-                ]
-            })
-            .collect(),
-    }
+    Table::of(
+        "Restricted entities",
+        &["Tenant", "Kind", "Name", "Reason", "Since", "Until"],
+        &reply.restricted,
+        |e| {
+            vec![
+                e.tenant.clone(),
+                e.kind.clone(),
+                e.name.clone(),
+                e.reason.clone(),
+                time(e.since_ms),
+                time(e.until_ms),
+            ]
+        },
+    )
 }
 
 /// Counter totals (`READ_KIND_COUNTERS`).
 pub fn counters(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Counters".into(),
-        columns: columns(&["Scope", "Key", "Name", "Total", "Last minute"]),
-        rows: reply
-            .counters
-            .iter()
-            .map(|c| {
-                vec![
-                    c.scope.clone(),
-                    c.key.clone(),
-                    c.name.clone(),
-                    c.total.to_string(),
-                    c.last_minute.to_string(),
-                ]
-            })
-            .collect(),
-    }
+    Table::of(
+        "Counters",
+        &["Scope", "Key", "Name", "Total", "Last minute"],
+        &reply.counters,
+        |c| {
+            vec![
+                c.scope.clone(),
+                c.key.clone(),
+                c.name.clone(),
+                c.total.to_string(),
+                c.last_minute.to_string(),
+            ]
+        },
+    )
 }
 
 /// Alerts raised for tenants' admins (`READ_KIND_ALERTS`).
 pub fn alerts(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Alerts".into(),
-        columns: columns(&["Id", "At", "Tenant", "Severity", "Title", "Detail"]),
-        rows: reply
-            .alerts
-            .iter()
-            .map(|a| {
-                vec![
-                    a.id.to_string(),
-                    time(a.at_ms),
-                    a.tenant.clone(),
-                    a.severity.clone(),
-                    a.title.clone(),
-                    a.detail.clone(),
-                ]
-            })
-            .collect(),
-    }
+    Table::of(
+        "Alerts",
+        &["Id", "At", "Tenant", "Severity", "Title", "Detail"],
+        &reply.alerts,
+        |a| {
+            vec![
+                a.id.to_string(),
+                time(a.at_ms),
+                a.tenant.clone(),
+                a.severity.clone(),
+                a.title.clone(),
+                a.detail.clone(),
+            ]
+        },
+    )
 }
 
 /// The audit log (`READ_KIND_AUDIT`).
 pub fn audit(reply: &v1::ReadReply) -> Table {
-    Table {
-        title: "Audit log".into(),
-        columns: columns(&["Index", "At", "Actor", "Tenant", "Action"]),
-        rows: reply
-            .audit
-            .iter()
-            .map(|a| {
-                vec![
-                    a.index.to_string(),
-                    time(a.at_ms),
-                    a.actor.clone(),
-                    a.tenant.clone(),
-                    a.action.clone(),
-                ]
-            })
-            .collect(),
-    }
+    Table::of(
+        "Audit log",
+        &["Index", "At", "Actor", "Tenant", "Action"],
+        &reply.audit,
+        |a| {
+            vec![
+                a.index.to_string(),
+                time(a.at_ms),
+                a.actor.clone(),
+                a.tenant.clone(),
+                a.action.clone(),
+            ]
+        },
+    )
 }
 
 #[cfg(test)]
