@@ -22,8 +22,9 @@ use crate::legacy::LegacyEngine;
 use crate::proxy;
 use crate::relay::NextHop;
 use crate::session::driver::{self, Io, Shared};
+use crate::session::meters::Meters;
 use crate::session::reply::{self, Reply};
-use crate::session::{Session, SessionConfig, SessionFacts};
+use crate::session::{Prepared, Session, SessionConfig, SessionFacts};
 use crate::tls::Certificates;
 
 /// Why the edge could not start.
@@ -239,7 +240,7 @@ impl BoundEdge {
             let limits = l.limits.over(&self.cfg.limits);
             let auth = l.kind != ListenerKind::Mx;
             let shared = Shared {
-                listener: l.name().to_owned(),
+                meters: Arc::new(Meters::new(l.name())),
                 node: self.cfg.node_id.clone(),
                 policy: self.policy.clone(),
                 next_hop: Arc::clone(&self.next_hop),
@@ -279,8 +280,9 @@ impl BoundEdge {
                     .local_addr()
                     .ok()
                     .filter(|a| !a.ip().is_unspecified()),
+                name: Arc::from(l.name()),
                 cfg: l,
-                session,
+                session: Arc::new(Prepared::new(session)),
                 shared,
                 admission: Arc::clone(&admission),
             };
@@ -343,8 +345,12 @@ impl Admission {
     }
 
     fn next_id(&self) -> String {
+        use std::fmt::Write as _;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}{:06x}", self.started, n)
+        // Sized once: `format!` would start empty and grow for the second number.
+        let mut id = String::with_capacity(32);
+        let _ = write!(id, "{:x}{:06x}", self.started, n);
+        id
     }
 }
 
@@ -369,10 +375,13 @@ struct Listener {
     sessions: Option<Arc<Semaphore>>,
     max_per_ip: usize,
     cfg: ListenerConfig,
+    /// The listener's name, shared by its sessions' facts.
+    name: Arc<str>,
     /// The bound address when it is one address (not `0.0.0.0` or `::`): every accepted
     /// connection's local address.
     bound: Option<SocketAddr>,
-    session: SessionConfig,
+    /// Its sessions' settings and prepared replies.
+    session: Arc<Prepared>,
     shared: Shared,
     admission: Arc<Admission>,
 }
@@ -458,7 +467,7 @@ impl Listener {
             id,
             peer,
             local,
-            listener: self.cfg.name().to_owned(),
+            listener: Arc::clone(&self.name),
             tls: None,
             helo: None,
             auth: None,
@@ -481,7 +490,7 @@ impl Listener {
             }
             _ => Io::Plain(tcp),
         };
-        let mut session = Session::new(self.session.clone(), facts);
+        let mut session = Session::prepared(Arc::clone(&self.session), facts);
         session.receive(&early);
         driver::run(io, session, &self.shared)
             .instrument(span)

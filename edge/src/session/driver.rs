@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::command::Address;
+use super::meters::Meters;
 use super::reply::{self, Reply};
 use super::{Action, Envelope, Secret, Session, SessionFacts, TlsFacts};
 use crate::auth::{self, Throttle};
@@ -98,8 +99,8 @@ impl AsyncWrite for Io {
 /// What every session of an edge shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// The listener's name (a metrics label).
-    pub listener: String,
+    /// The listener's metrics.
+    pub meters: Arc<Meters>,
     /// Node name for reply tags.
     pub node: String,
     /// The current policy.
@@ -135,26 +136,23 @@ pub struct Shared {
 /// Size of one socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// What the reply buffer starts with: a greeting and an EHLO reply without growing it.
+const REPLY_BUFFER: usize = 512;
+
 /// Runs the TLS handshake on a clear-text connection: OpenSSL for a client that offers only
 /// TLS 1.0/1.1 when the listener has the legacy engine, rustls otherwise.
 pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<(Io, TlsFacts), String> {
     let t0 = std::time::Instant::now();
     let r = handshake_inner(tcp, shared).await;
-    let listener = shared.listener.clone();
-    metrics::histogram!("moat_edge_tls_handshake_duration_seconds", "listener" => listener.clone())
-        .record(t0.elapsed().as_secs_f64());
-    let outcome = if r.is_ok() { "ok" } else { "failed" };
     // `resumed`: the client offered a ticket (or session) the edge could open.
-    let kind = match &r {
+    let resumed = matches!(
+        &r,
         Ok((Io::Tls(tls), _))
-            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) =>
-        {
-            "resumed"
-        }
-        _ => "full",
-    };
-    metrics::counter!("moat_edge_tls_handshakes_total", "listener" => listener, "outcome" => outcome, "kind" => kind)
-        .increment(1);
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    );
+    shared
+        .meters
+        .handshake(t0.elapsed().as_secs_f64(), r.is_ok(), resumed);
     r
 }
 
@@ -487,17 +485,14 @@ async fn authenticate(
 /// Drives `session` over `io` until it ends. Any transaction still open at the end is
 /// aborted: nothing the client was not told `250` about is delivered.
 pub async fn run(io: Io, mut session: Session, shared: &Shared) {
-    let listener = shared.listener.clone();
-    metrics::gauge!("moat_edge_sessions_active", "listener" => listener.clone()).increment(1.0);
+    let active = shared.meters.sessions_active();
+    active.increment(1.0);
     drive(io, &mut session, shared).await;
-    metrics::gauge!("moat_edge_sessions_active", "listener" => listener.clone()).decrement(1.0);
-    let tls = session
-        .facts()
-        .tls
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), |t| t.version.clone());
-    metrics::counter!("moat_edge_sessions_total", "listener" => listener, "tls_version" => tls)
-        .increment(1);
+    active.decrement(1.0);
+    let tls = session.facts().tls.as_ref();
+    shared
+        .meters
+        .session_ended(tls.map_or("none", |t| t.version.as_str()));
 }
 
 /// The route label of a next hop.
@@ -510,13 +505,12 @@ fn route(outbound: bool) -> &'static str {
 }
 
 async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(REPLY_BUFFER);
     let mut txn: Option<Txn> = None;
     // Reads go into spare capacity: nothing is zeroed, and an idle session's pages are never
     // touched (the profile of a handshake-only load showed 64 KiB memsets per session).
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut shutdown = shared.shutdown.clone();
-    let id = session.facts().id.clone();
     let mut track = Tracking::default();
     // Bytes already there before the greeting is sent: an early talker (RFC 5321 section 3.1
     // makes the client wait for the greeting), refused when the listener forbids
@@ -529,13 +523,7 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
         while let Some(action) = session.poll(SystemTime::now()) {
             match action {
                 Action::Send(r) => {
-                    // Static labels for the usual replies: no allocation per reply.
-                    metrics::counter!(
-                        "moat_edge_replies_total",
-                        "code" => r.code_label(),
-                        "enhanced" => r.status.clone()
-                    )
-                    .increment(1);
+                    shared.meters.reply(&r);
                     tracing::debug!(code = r.code, enhanced = %r.status, "reply");
                     r.render(&shared.node, &mut out);
                 }
@@ -674,13 +662,9 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                         }
                     };
                     if let Some(t0) = track.started.take() {
-                        metrics::histogram!(
-                            "moat_edge_transaction_duration_seconds",
-                            "listener" => shared.listener.clone()
-                        )
-                        .record(t0.elapsed().as_secs_f64());
+                        shared.meters.transaction(t0.elapsed().as_secs_f64());
                     }
-                    tracing::info!(session = %id, reply = %r.summary(), "message");
+                    tracing::info!(session = %session.facts().id, reply = %r.summary(), "message");
                     if let Some((tenant, s, line)) = &sighting {
                         track.sighted(shared, &snapshot, tenant, s, line);
                     }
@@ -747,7 +731,7 @@ async fn drive(mut io: Io, session: &mut Session, shared: &Shared) {
                             session.tls_established(facts);
                         }
                         Err(e) => {
-                            tracing::info!(session = %id, "{e}");
+                            tracing::info!(session = %session.facts().id, "{e}");
                             return;
                         }
                     }

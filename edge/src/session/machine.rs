@@ -7,6 +7,7 @@
 //! clock or touches a socket, which is what lets the tests drive it byte by byte.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::body::{ChunkChecker, DataScanner, Scan};
@@ -41,6 +42,64 @@ pub struct SessionConfig {
     /// ([`reply::PROTOCOL_SYNC`]; see [`Session::talked_early`]).
     pub forbid_unauth_pipelining: bool,
 }
+
+/// A listener's [`SessionConfig`] with the reply text every session of it sends alike, built
+/// once: the greeting's line and EHLO's keyword lines, before and after STARTTLS, with and
+/// without AUTH. A session then starts and answers EHLO without building them again.
+#[derive(Debug)]
+pub struct Prepared {
+    cfg: SessionConfig,
+    /// `<hostname> ESMTP Moat ready`.
+    greeting: Arc<[String]>,
+    /// The keyword lines after EHLO's first line, by [STARTTLS offered][AUTH offered].
+    ehlo: [[Arc<[String]>; 2]; 2],
+}
+
+impl Prepared {
+    /// Prepares the replies of `cfg`'s sessions.
+    pub fn new(cfg: SessionConfig) -> Self {
+        let greeting = Arc::from([format!("{} {}", cfg.hostname, reply::GREETING.text)]);
+        let ehlo = [false, true].map(|starttls| {
+            [false, true].map(|auth| Arc::from(ehlo_keywords(&cfg, starttls, auth)))
+        });
+        Self {
+            cfg,
+            greeting,
+            ehlo,
+        }
+    }
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = SessionConfig;
+
+    fn deref(&self) -> &SessionConfig {
+        &self.cfg
+    }
+}
+
+/// EHLO's keyword lines (every line but the first), STARTTLS and AUTH included when offered.
+fn ehlo_keywords(cfg: &SessionConfig, starttls: bool, auth: bool) -> Vec<String> {
+    let mut lines = vec![
+        format!("SIZE {}", cfg.max_message_size),
+        "8BITMIME".into(),
+        "SMTPUTF8".into(),
+        "PIPELINING".into(),
+        "CHUNKING".into(),
+        "ENHANCEDSTATUSCODES".into(),
+    ];
+    if starttls {
+        lines.push("STARTTLS".into());
+    }
+    if auth {
+        lines.push("AUTH PLAIN LOGIN".into());
+    }
+    lines.push("HELP".into());
+    lines
+}
+
+/// Longest command line whose buffer a session keeps for the next one.
+const KEPT_LINE: usize = 1024;
 
 /// What the driver must do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,9 +194,13 @@ struct Txn {
 /// One SMTP session.
 #[derive(Debug)]
 pub struct Session {
-    cfg: SessionConfig,
+    cfg: Arc<Prepared>,
+    /// Whether STARTTLS is offered: the listener's setting until TLS is up.
+    starttls: bool,
     facts: SessionFacts,
     buf: Vec<u8>,
+    /// The command line being handled (its buffer reused from line to line).
+    line: Vec<u8>,
     out: VecDeque<Action>,
     state: State,
     pending: Option<Pending>,
@@ -158,15 +221,24 @@ pub struct Session {
 impl Session {
     /// A new session; the greeting is the first action.
     pub fn new(cfg: SessionConfig, facts: SessionFacts) -> Self {
-        let greeting = Reply::with_text(
-            reply::GREETING,
-            format!("{} {}", cfg.hostname, reply::GREETING.text),
-        );
+        Self::prepared(Arc::new(Prepared::new(cfg)), facts)
+    }
+
+    /// A new session of a listener whose replies are prepared ([`Prepared`]); the greeting is
+    /// the first action.
+    pub fn prepared(cfg: Arc<Prepared>, facts: SessionFacts) -> Self {
+        let greeting = Reply::prepared(reply::GREETING, Arc::clone(&cfg.greeting));
+        // Room for the greeting and what one command line gives (a reply, then an upgrade or
+        // a close), without growing.
+        let mut out = VecDeque::with_capacity(4);
+        out.push_back(Action::Send(greeting));
         Self {
-            out: VecDeque::from([Action::Send(greeting)]),
+            out,
+            starttls: cfg.starttls,
             cfg,
             facts,
             buf: Vec::new(),
+            line: Vec::new(),
             state: State::Command,
             pending: None,
             txn: None,
@@ -271,7 +343,7 @@ impl Session {
         self.facts.tls = Some(tls);
         self.facts.helo = None;
         self.esmtp = false;
-        self.cfg.starttls = false;
+        self.starttls = false;
     }
 
     /// The next action, or `None` when the machine needs more input or a [`Session::resolve`].
@@ -414,34 +486,44 @@ impl Session {
             }
             return false;
         };
-        let line: Vec<u8> = self.buf.drain(..=lf).collect();
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        line.extend(self.buf.drain(..=lf));
         self.partial_since = None;
+        self.command_line(&line);
+        if line.capacity() <= KEPT_LINE {
+            self.line = line;
+        }
+        true
+    }
+
+    /// Handles one command line, `line` ending in LF.
+    fn command_line(&mut self, line: &[u8]) {
         if std::mem::take(&mut self.discarding_line) {
-            return true;
+            return;
         }
         if line.len() > self.cfg.max_line {
             self.error(reply::LINE_TOO_LONG.into());
-            return true;
+            return;
         }
         let body = &line[..line.len() - 1];
         let Some(body) = body.strip_suffix(b"\r") else {
             self.error(reply::BAD_LINE_ENDING.into());
-            return true;
+            return;
         };
         if body.iter().any(|&b| b == b'\r' || b == 0) {
             self.error(reply::BAD_LINE_ENDING.into());
-            return true;
+            return;
         }
         if let Some(step) = self.auth_step.take() {
             self.auth_line(step, body);
-            return true;
+            return;
         }
         match command::parse(body) {
             Ok(cmd) if self.out_of_sync(&cmd) => {}
             Ok(cmd) => self.handle(cmd),
             Err(code) => self.error(code.into()),
         }
-        true
     }
 
     /// One line of an AUTH exchange: a base64 response, or `*` to cancel (RFC 4954).
@@ -529,46 +611,40 @@ impl Session {
         }
     }
 
+    /// `<hostname> Hello <name> [<client IP>]`, the first line of the EHLO and HELO replies.
+    fn hello(&self, name: &str) -> String {
+        use std::fmt::Write as _;
+        // Sized once (an IPv6 address is at most 39 characters): `format!` would start
+        // empty and grow several times.
+        let mut text = String::with_capacity(self.cfg.hostname.len() + name.len() + 50);
+        let _ = write!(
+            text,
+            "{} Hello {} [{}]",
+            self.cfg.hostname,
+            name,
+            self.facts.peer.ip()
+        );
+        text
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Ehlo(name) => {
                 self.abort_txn();
                 self.esmtp = true;
-                let mut lines = vec![
-                    format!(
-                        "{} Hello {} [{}]",
-                        self.cfg.hostname,
-                        name,
-                        self.facts.peer.ip()
-                    ),
-                    format!("SIZE {}", self.cfg.max_message_size),
-                    "8BITMIME".into(),
-                    "SMTPUTF8".into(),
-                    "PIPELINING".into(),
-                    "CHUNKING".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                ];
-                if self.cfg.starttls {
-                    lines.push("STARTTLS".into());
-                }
+                let hello = self.hello(&name);
                 // Credentials only ever travel inside TLS (no plaintext AUTH, as Postfix's
                 // smtpd_tls_auth_only).
-                if self.cfg.auth && self.facts.tls.is_some() && self.facts.auth.is_none() {
-                    lines.push("AUTH PLAIN LOGIN".into());
-                }
-                lines.push("HELP".into());
+                let auth = self.cfg.auth && self.facts.tls.is_some() && self.facts.auth.is_none();
+                let keywords = &self.cfg.ehlo[usize::from(self.starttls)][usize::from(auth)];
+                let r = Reply::ehlo_prepared(hello, Arc::clone(keywords));
                 self.facts.helo = Some(name);
-                self.send(Reply::ehlo(lines));
+                self.send(r);
             }
             Command::Helo(name) => {
                 self.abort_txn();
                 self.esmtp = false;
-                let text = format!(
-                    "{} Hello {} [{}]",
-                    self.cfg.hostname,
-                    name,
-                    self.facts.peer.ip()
-                );
+                let text = self.hello(&name);
                 self.facts.helo = Some(name);
                 self.send(Reply::with_text(reply::OK, text));
             }
@@ -646,7 +722,7 @@ impl Session {
             Command::StartTls => {
                 if self.facts.tls.is_some() {
                     self.error(reply::TLS_ACTIVE.into());
-                } else if !self.cfg.starttls {
+                } else if !self.starttls {
                     self.error(reply::NOT_IMPLEMENTED.into());
                 } else {
                     self.abort_txn();
@@ -835,4 +911,168 @@ fn decode_b64(b64: &[u8]) -> Option<String> {
         .decode(b64.trim_ascii())
         .ok()?;
     String::from_utf8(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The EHLO reply as the machine built it before the keyword lines were prepared per
+    /// listener, for the same settings and session state.
+    fn old_ehlo(cfg: &SessionConfig, starttls: bool, facts: &SessionFacts, name: &str) -> Reply {
+        let mut lines = vec![
+            format!("{} Hello {} [{}]", cfg.hostname, name, facts.peer.ip()),
+            format!("SIZE {}", cfg.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "PIPELINING".into(),
+            "CHUNKING".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if starttls {
+            lines.push("STARTTLS".into());
+        }
+        if cfg.auth && facts.tls.is_some() && facts.auth.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        lines.push("HELP".into());
+        Reply::ehlo(lines)
+    }
+
+    fn rendered(r: &Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.render("edge-p", &mut out);
+        out
+    }
+
+    /// The one reply the session sends next (answering requests as a successful driver would).
+    fn next_reply(s: &mut Session) -> Reply {
+        let now = SystemTime::UNIX_EPOCH;
+        loop {
+            match s.poll(now).expect("a reply") {
+                Action::Send(r) => return r,
+                Action::Authenticate { .. } => s.resolve(reply::AUTH_OK.into(), now),
+                a => panic!("unexpected {a:?}"),
+            }
+        }
+    }
+
+    /// Sends `EHLO name` and checks the reply is byte for byte what the old builder gave.
+    fn ehlo_as_before(s: &mut Session, name: &str) {
+        s.receive(format!("EHLO {name}\r\n").as_bytes());
+        let r = next_reply(s);
+        let old = old_ehlo(&s.cfg, s.starttls, &s.facts, name);
+        assert_eq!(rendered(&r), rendered(&old), "{}", String::from_utf8_lossy(&rendered(&r)));
+        assert_eq!(r.summary(), old.summary());
+        assert_eq!(r.text().collect::<Vec<_>>(), old.text().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn prepared_replies_are_the_ones_built_per_session_before() {
+        for (starttls, auth, ipv6) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, true),
+            (true, true, false),
+            (true, true, true),
+        ] {
+            let cfg = SessionConfig {
+                node: "edge-p".into(),
+                hostname: "mx.prepared.test".into(),
+                starttls,
+                require_tls: auth,
+                auth,
+                max_message_size: 35_882_577,
+                max_recipients: 100,
+                max_errors: 10,
+                max_line: 512,
+                command_timeout: Duration::from_secs(60),
+                forbid_unauth_pipelining: false,
+            };
+            let peer = if ipv6 {
+                "[2001:db8::7]:4000"
+            } else {
+                "192.0.2.7:4000"
+            };
+            let facts = SessionFacts {
+                id: "p1".into(),
+                peer: peer.parse().expect("address"),
+                local: "192.0.2.1:587".parse().expect("address"),
+                listener: "submission".into(),
+                tls: None,
+                helo: None,
+                auth: None,
+            };
+            let mut s = Session::new(cfg.clone(), facts);
+            let greeting =
+                Reply::with_text(reply::GREETING, format!("mx.prepared.test {}", reply::GREETING.text));
+            assert_eq!(rendered(&next_reply(&mut s)), rendered(&greeting));
+            // In clear text, then again (a second EHLO), then inside TLS.
+            ehlo_as_before(&mut s, "client.test");
+            ehlo_as_before(&mut s, "[192.0.2.7]");
+            if starttls {
+                s.receive(b"STARTTLS\r\n");
+                assert_eq!(next_reply(&mut s), reply::READY_TLS.into());
+                assert_eq!(s.poll(SystemTime::UNIX_EPOCH), Some(Action::UpgradeTls));
+            }
+            s.tls_established(TlsFacts {
+                version: "TLSv1.3".into(),
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+                client_domains: vec![],
+            });
+            ehlo_as_before(&mut s, "client.test");
+            if auth {
+                // AUTH is no longer offered once the session is logged in.
+                s.receive(b"AUTH PLAIN AGFsaWNlAHJpZ2h0\r\n");
+                assert_eq!(next_reply(&mut s), reply::AUTH_OK.into());
+                ehlo_as_before(&mut s, "client.test");
+            }
+            // HELO's line is the same first line.
+            s.receive(b"HELO old.client\r\n");
+            let helo = Reply::with_text(
+                reply::OK,
+                format!("mx.prepared.test Hello old.client [{}]", s.facts.peer.ip()),
+            );
+            assert_eq!(next_reply(&mut s), helo);
+        }
+    }
+
+    #[test]
+    fn a_long_command_line_buffer_is_not_kept() {
+        let mut s = Session::new(
+            SessionConfig {
+                node: "n".into(),
+                hostname: "h".into(),
+                starttls: false,
+                require_tls: false,
+                auth: false,
+                max_message_size: 1000,
+                max_recipients: 1,
+                max_errors: 10,
+                max_line: 512,
+                command_timeout: Duration::from_secs(60),
+                forbid_unauth_pipelining: false,
+            },
+            SessionFacts {
+                id: "l1".into(),
+                peer: "192.0.2.7:4000".parse().expect("address"),
+                local: "192.0.2.1:25".parse().expect("address"),
+                listener: "mx".into(),
+                tls: None,
+                helo: None,
+                auth: None,
+            },
+        );
+        next_reply(&mut s);
+        s.receive(b"NOOP\r\n");
+        assert_eq!(next_reply(&mut s), reply::OK.into());
+        assert!(s.line.capacity() > 0 && s.line.capacity() <= KEPT_LINE);
+        let mut long = vec![b'x'; 4000];
+        long.extend_from_slice(b"\r\n");
+        s.receive(&long);
+        assert_eq!(next_reply(&mut s), reply::LINE_TOO_LONG.into());
+        assert_eq!(s.line.capacity(), 0);
+        s.receive(b"NOOP\r\n");
+        assert_eq!(next_reply(&mut s), reply::OK.into());
+    }
 }

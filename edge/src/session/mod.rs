@@ -1,15 +1,18 @@
 //! One SMTP session: the sans-IO machine ([`machine`]), its parts ([`command`], [`body`],
-//! [`reply`]) and the tokio driver that connects it to a socket and the next hop ([`driver`]).
+//! [`reply`]), the tokio driver that connects it to a socket and the next hop ([`driver`]) and
+//! the metric handles a listener's sessions share ([`meters`]).
 
 pub mod body;
 pub mod command;
 pub mod driver;
 pub mod machine;
+pub mod meters;
 pub mod reply;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-pub use machine::{Action, Envelope, Secret, Session, SessionConfig};
+pub use machine::{Action, Envelope, Prepared, Secret, Session, SessionConfig};
 pub use reply::Reply;
 
 /// What the edge knows about a session; the verdicts of later issues decide on these.
@@ -21,8 +24,8 @@ pub struct SessionFacts {
     pub peer: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
-    /// Name of the listener that accepted the session.
-    pub listener: String,
+    /// Name of the listener that accepted the session (shared by its sessions).
+    pub listener: Arc<str>,
     /// TLS details once TLS is up.
     pub tls: Option<TlsFacts>,
     /// The EHLO/HELO name.

@@ -5,6 +5,7 @@
 //! Replies relayed from the next hop keep the next hop's code and text.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A registry entry: reply code, enhanced status code and default text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +178,11 @@ pub struct Reply {
     pub code: u16,
     /// The enhanced status code, empty when there is none.
     pub status: Cow<'static, str>,
-    /// The text lines; at least one.
+    /// The text lines; with `prepared`, at least one in all.
     pub lines: Vec<Cow<'static, str>>,
+    /// Text lines that follow `lines`, prepared once and shared by every session of a listener
+    /// (the greeting's text, EHLO's keywords): sending them costs no allocation.
+    pub prepared: Option<Arc<[String]>>,
     /// Whether the node name is appended to the last line (not for EHLO's keyword list).
     pub tagged: bool,
 }
@@ -189,6 +193,7 @@ impl From<Code> for Reply {
             code: c.code,
             status: Cow::Borrowed(c.status),
             lines: vec![Cow::Borrowed(c.text)],
+            prepared: None,
             tagged: true,
         }
     }
@@ -223,6 +228,7 @@ impl Reply {
             code,
             status: Cow::Owned(status),
             lines,
+            prepared: None,
             tagged: true,
         }
     }
@@ -233,7 +239,31 @@ impl Reply {
             code: 250,
             status: Cow::Borrowed(""),
             lines: lines.into_iter().map(Cow::Owned).collect(),
+            prepared: None,
             tagged: false,
+        }
+    }
+
+    /// The EHLO reply from its greeting line and the listener's prepared keyword lines.
+    pub fn ehlo_prepared(greeting: String, keywords: Arc<[String]>) -> Self {
+        Self {
+            code: 250,
+            status: Cow::Borrowed(""),
+            lines: vec![Cow::Owned(greeting)],
+            prepared: Some(keywords),
+            tagged: false,
+        }
+    }
+
+    /// A registry reply whose text is prepared (the greeting with its host name): no
+    /// allocation per reply.
+    pub fn prepared(code: Code, text: Arc<[String]>) -> Self {
+        Self {
+            code: code.code,
+            status: Cow::Borrowed(code.status),
+            lines: Vec::new(),
+            prepared: Some(text),
+            tagged: true,
         }
     }
 
@@ -243,6 +273,7 @@ impl Reply {
             code: 334,
             status: Cow::Borrowed(""),
             lines: vec![Cow::Borrowed(text)],
+            prepared: None,
             tagged: false,
         }
     }
@@ -262,8 +293,8 @@ impl Reply {
     /// several replies, and a handshake-only load showed the formatting in its profile.
     pub fn render(&self, node: &str, out: &mut Vec<u8>) {
         let code = self.code_label();
-        let last = self.lines.len().saturating_sub(1);
-        for (i, line) in self.lines.iter().enumerate() {
+        let last = self.line_count().saturating_sub(1);
+        for (i, line) in self.text().enumerate() {
             out.extend_from_slice(code.as_bytes());
             out.push(if i == last { b' ' } else { b'-' });
             if !self.status.is_empty() {
@@ -315,11 +346,29 @@ impl Reply {
         Cow::Borrowed(s)
     }
 
+    /// Every text line: `lines`, then the prepared ones.
+    pub fn text(&self) -> impl Iterator<Item = &str> {
+        let prepared = self.prepared.as_deref().unwrap_or_default();
+        self.lines
+            .iter()
+            .map(|l| &**l)
+            .chain(prepared.iter().map(String::as_str))
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.len() + self.prepared.as_deref().map_or(0, <[String]>::len)
+    }
+
     /// The first line's text, for logs and errors.
     pub fn summary(&self) -> String {
         let mut out = Vec::new();
         Self {
-            lines: self.lines.iter().take(1).cloned().collect(),
+            lines: self
+                .text()
+                .take(1)
+                .map(|l| Cow::Owned(l.to_owned()))
+                .collect(),
+            prepared: None,
             ..self.clone()
         }
         .render("", &mut out);
