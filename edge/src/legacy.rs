@@ -293,8 +293,8 @@ pub fn facts(ssl: &SslRef) -> TlsFacts {
         .map(|der| crate::tls::certificate_domains(&der))
         .unwrap_or_default();
     TlsFacts {
-        version,
-        cipher,
+        version: version.into(),
+        cipher: cipher.into(),
         client_domains,
     }
 }

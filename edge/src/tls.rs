@@ -9,6 +9,7 @@
 //! cache of 256 sessions (resumption on the same edge only). The OpenSSL engine for TLS
 //! 1.0/1.1 clients (`legacy.rs`) issues no cluster tickets.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,19 +86,24 @@ pub const SUITE_ORDER: &[rustls::CipherSuite] = &[
 /// reports show it whichever engine negotiated it: `TLS_AES_256_GCM_SHA384`, not rustls's
 /// `TLS13_AES_256_GCM_SHA384`. OpenSSL's `standard_name` for the legacy engine's suites is
 /// already the IANA name.
-pub fn iana_name(suite: rustls::CipherSuite) -> String {
-    match u16::from(suite) {
-        0x1301 => "TLS_AES_128_GCM_SHA256".to_owned(),
-        0x1302 => "TLS_AES_256_GCM_SHA384".to_owned(),
-        0x1303 => "TLS_CHACHA20_POLY1305_SHA256".to_owned(),
-        0x1304 => "TLS_AES_128_CCM_SHA256".to_owned(),
-        0x1305 => "TLS_AES_128_CCM_8_SHA256".to_owned(),
+/// Static for every suite rustls names, so that a handshake does not allocate for it.
+pub fn iana_name(suite: rustls::CipherSuite) -> Cow<'static, str> {
+    let name = match u16::from(suite) {
+        0x1301 => "TLS_AES_128_GCM_SHA256",
+        0x1302 => "TLS_AES_256_GCM_SHA384",
+        0x1303 => "TLS_CHACHA20_POLY1305_SHA256",
+        0x1304 => "TLS_AES_128_CCM_SHA256",
+        0x1305 => "TLS_AES_128_CCM_8_SHA256",
         // rustls names the TLS 1.2 suites by their IANA names.
         _ => match suite.as_str() {
-            Some(name) => name.replacen("TLS13_", "TLS_", 1),
-            None => format!("0x{:04X}", u16::from(suite)),
+            Some(name) => match name.strip_prefix("TLS13_") {
+                Some(rest) => return Cow::Owned(format!("TLS_{rest}")),
+                None => name,
+            },
+            None => return Cow::Owned(format!("0x{:04X}", u16::from(suite))),
         },
-    }
+    };
+    Cow::Borrowed(name)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -427,10 +433,10 @@ fn contents(cfg: &TlsConfig) -> Vec<Option<Vec<u8>>> {
 /// when `verifier` accepts its chain.
 pub fn facts(conn: &ServerConnection, verifier: Option<&dyn ClientCertVerifier>) -> TlsFacts {
     let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(v) => format!("{v:?}"),
-        None => "unknown".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_3) => Cow::Borrowed("TLSv1.3"),
+        Some(rustls::ProtocolVersion::TLSv1_2) => Cow::Borrowed("TLSv1.2"),
+        Some(v) => Cow::Owned(format!("{v:?}")),
+        None => Cow::Borrowed("unknown"),
     };
     let cipher = conn
         .negotiated_cipher_suite()

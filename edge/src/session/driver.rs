@@ -351,7 +351,7 @@ fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &st
     let (version, cipher) = facts
         .tls
         .as_ref()
-        .map_or(("none", ""), |t| (t.version.as_str(), t.cipher.as_str()));
+        .map_or(("none", ""), |t| (&*t.version, &*t.cipher));
     let c = &shared.counters;
     let usage = signal::tls_usage(unit, &facts.listener, version, cipher);
     c.add(signal::TLS, tenant.as_str(), &usage, 1);
@@ -364,7 +364,7 @@ fn count_tls(shared: &Shared, facts: &SessionFacts, tenant: &TenantId, user: &st
 
 /// The session's TLS version as the reports count it.
 fn tls_version(facts: &SessionFacts) -> TlsVersion {
-    TlsVersion::of(facts.tls.as_ref().map(|t| t.version.as_str()))
+    TlsVersion::of(facts.tls.as_ref().map(|t| &*t.version))
 }
 
 /// Adds `v` to the connector counter `counter` of `connector` (keyed `tenant/name`).
@@ -492,7 +492,7 @@ pub async fn run(io: Io, mut session: Session, shared: &Shared) {
     let tls = session.facts().tls.as_ref();
     shared
         .meters
-        .session_ended(tls.map_or("none", |t| t.version.as_str()));
+        .session_ended(tls.map_or("none", |t| &*t.version));
 }
 
 /// The route label of a next hop.

@@ -962,7 +962,12 @@ mod tests {
         s.receive(format!("EHLO {name}\r\n").as_bytes());
         let r = next_reply(s);
         let old = old_ehlo(&s.cfg, s.starttls, &s.facts, name);
-        assert_eq!(rendered(&r), rendered(&old), "{}", String::from_utf8_lossy(&rendered(&r)));
+        assert_eq!(
+            rendered(&r),
+            rendered(&old),
+            "{}",
+            String::from_utf8_lossy(&rendered(&r))
+        );
         assert_eq!(r.summary(), old.summary());
         assert_eq!(r.text().collect::<Vec<_>>(), old.text().collect::<Vec<_>>());
     }
@@ -1004,8 +1009,10 @@ mod tests {
                 auth: None,
             };
             let mut s = Session::new(cfg.clone(), facts);
-            let greeting =
-                Reply::with_text(reply::GREETING, format!("mx.prepared.test {}", reply::GREETING.text));
+            let greeting = Reply::with_text(
+                reply::GREETING,
+                format!("mx.prepared.test {}", reply::GREETING.text),
+            );
             assert_eq!(rendered(&next_reply(&mut s)), rendered(&greeting));
             // In clear text, then again (a second EHLO), then inside TLS.
             ehlo_as_before(&mut s, "client.test");

@@ -57,9 +57,9 @@ impl Meters {
 
     /// `moat_edge_sessions_active` of this listener.
     pub fn sessions_active(&self) -> &Gauge {
-        self.sessions_active.get_or_init(|| {
-            metrics::gauge!("moat_edge_sessions_active", "listener" => self.listener.clone())
-        })
+        self.sessions_active.get_or_init(
+            || metrics::gauge!("moat_edge_sessions_active", "listener" => self.listener.clone()),
+        )
     }
 
     /// Counts a session that ended on `tls_version` (`none` without TLS).

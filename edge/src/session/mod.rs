@@ -9,6 +9,7 @@ pub mod machine;
 pub mod meters;
 pub mod reply;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,10 +38,10 @@ pub struct SessionFacts {
 /// The negotiated TLS parameters of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFacts {
-    /// Protocol version, e.g. `TLSv1.3`.
-    pub version: String,
+    /// Protocol version, e.g. `TLSv1.3` (static for the versions the engines name).
+    pub version: Cow<'static, str>,
     /// Cipher suite, IANA name, e.g. `TLS_AES_256_GCM_SHA384` (see `tls::iana_name`).
-    pub cipher: String,
+    pub cipher: Cow<'static, str>,
     /// The validated client certificate's DNS names (SAN dNSName entries, else the CN).
     pub client_domains: Vec<String>,
 }
