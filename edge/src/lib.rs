@@ -16,7 +16,9 @@
 //! - [`auth`]: SMTP AUTH password checks, the per-edge failure throttle and the cluster-wide
 //!   lockout check.
 //! - [`mailauth`]: SPF, DKIM and DMARC checks of connector mail, counted for detection.
-//! - [`session`]: the sans-IO SMTP machine and its tokio driver (bytes, time and counting).
+//! - [`session`]: the sans-IO SMTP machine and its tokio driver (bytes, time and counting);
+//!   a listener prepares its sessions' fixed replies once ([`session::Prepared`]) and keeps
+//!   their metric handles ([`session::meters`]).
 //! - [`verdict`]: every policy decision, pure over a snapshot, a refusal being a typed
 //!   [`verdict::Denial`] that gives its reply and its counter: [`verdict::connector`]
 //!   (restricted and Partner connectors), [`verdict::relay`] (tenant attribution and relay),
