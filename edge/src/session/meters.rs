@@ -12,8 +12,9 @@ use metrics::{Counter, Gauge, Histogram};
 
 use super::reply::{self, Reply};
 
-/// Replies counted through a kept handle: the registry's, then these ones without a registry
-/// entry (EHLO, AUTH challenges). Others (relayed from the next hop) go through the macro.
+/// Replies counted through a kept handle: these ones without a registry entry (EHLO, sent
+/// twice in most sessions, and AUTH challenges), then the registry's. Others (relayed from the
+/// next hop) go through the macro.
 const UNLISTED: [(u16, &str); 2] = [(250, ""), (334, "")];
 
 /// The TLS versions a session can end on, as `moat_edge_sessions_total` labels them.
@@ -29,8 +30,8 @@ pub struct Meters {
     /// `moat_edge_tls_handshakes_total` by [ok, failed][full, resumed].
     handshakes: [[OnceLock<Counter>; 2]; 2],
     transaction_duration: OnceLock<Histogram>,
-    /// `moat_edge_replies_total` by index in [`reply::ALL`], then in [`UNLISTED`].
-    replies: [OnceLock<Counter>; reply::ALL.len() + UNLISTED.len()],
+    /// `moat_edge_replies_total` by index in [`UNLISTED`], then in [`reply::ALL`].
+    replies: [OnceLock<Counter>; UNLISTED.len() + reply::ALL.len()],
 }
 
 impl std::fmt::Debug for Meters {
@@ -125,10 +126,9 @@ impl Meters {
             )
         };
         let status = &*r.status;
-        let listed = reply::ALL
-            .iter()
-            .map(|c| (c.code, c.status))
-            .chain(UNLISTED)
+        let listed = UNLISTED
+            .into_iter()
+            .chain(reply::ALL.iter().map(|c| (c.code, c.status)))
             .position(|(code, s)| code == r.code && s == status);
         match listed {
             Some(i) => self.replies[i].get_or_init(register).increment(1),
@@ -147,6 +147,140 @@ mod tests {
         for v in ["TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3", "none"] {
             assert!(TLS_VERSIONS.contains(&v), "{v}");
         }
+    }
+
+    /// Remembers every series registered, as `kind name{label=value,...}`.
+    #[derive(Default)]
+    struct Registrations(std::sync::Mutex<Vec<String>>);
+
+    impl Registrations {
+        fn note(&self, kind: &str, key: &metrics::Key) {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let line = format!("{kind} {}{{{}}}", key.name(), labels.join(","));
+            self.0.lock().expect("lock").push(line);
+        }
+
+        fn taken(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().expect("lock"))
+        }
+    }
+
+    impl metrics::Recorder for Registrations {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            self.note("counter", key);
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            self.note("gauge", key);
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Histogram {
+            self.note("histogram", key);
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn kept_handles_are_the_series_the_macros_registered_once_each() {
+        let recorder = Registrations::default();
+        let replies: Vec<Reply> = vec![
+            reply::OK.into(),
+            reply::CHUNK_OK.into(), // OK's labels: the same series, registered once
+            reply::READY_TLS.into(),
+            Reply::ehlo(vec!["h Hello".into(), "HELP".into()]),
+            Reply::challenge(""),
+            Reply::relayed(299, "2.9.9".into(), vec!["odd".into()]),
+        ];
+        // What the driver recorded before, one series per call.
+        metrics::with_local_recorder(&recorder, || {
+            let listener = "mx".to_owned();
+            metrics::gauge!("moat_edge_sessions_active", "listener" => listener.clone())
+                .increment(1.0);
+            for tls in ["none", "TLSv1.3", "SSLv3"] {
+                metrics::counter!(
+                    "moat_edge_sessions_total",
+                    "listener" => listener.clone(),
+                    "tls_version" => tls.to_owned()
+                )
+                .increment(1);
+            }
+            metrics::histogram!(
+                "moat_edge_tls_handshake_duration_seconds",
+                "listener" => listener.clone()
+            )
+            .record(0.001);
+            metrics::counter!(
+                "moat_edge_tls_handshakes_total",
+                "listener" => listener.clone(),
+                "outcome" => "ok",
+                "kind" => "resumed"
+            )
+            .increment(1);
+            metrics::histogram!(
+                "moat_edge_transaction_duration_seconds",
+                "listener" => listener.clone()
+            )
+            .record(0.5);
+            for r in &replies {
+                metrics::counter!(
+                    "moat_edge_replies_total",
+                    "code" => r.code_label(),
+                    "enhanced" => r.status.clone()
+                )
+                .increment(1);
+            }
+        });
+        let mut before = recorder.taken();
+        before.dedup(); // OK and CHUNK_OK: one series
+        metrics::with_local_recorder(&recorder, || {
+            let m = Meters::new("mx");
+            // Twice over: the second round registers nothing new, except what has no slot.
+            for round in 0..2 {
+                m.sessions_active().increment(1.0);
+                for tls in ["none", "TLSv1.3", "SSLv3"] {
+                    m.session_ended(tls);
+                }
+                m.handshake(0.001, true, true);
+                m.transaction(0.5);
+                for r in &replies {
+                    m.reply(r);
+                }
+                if round == 0 {
+                    assert_eq!(recorder.taken(), before);
+                }
+            }
+        });
+        assert_eq!(
+            recorder.taken(),
+            [
+                "counter moat_edge_sessions_total{listener=mx,tls_version=SSLv3}",
+                "counter moat_edge_replies_total{code=299,enhanced=2.9.9}",
+            ]
+        );
     }
 
     #[test]
