@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Moat's edge against Postfix and Haraka, same machine, same load, same sink, alternating.
+# Moat's edge against Postfix, Haraka and Stalwart, same machine, same load, same sinks, alternating.
 #
 #   bench/compare.sh [SECONDS_PER_RUN] [ROUNDS]
 #
@@ -20,6 +20,15 @@
 #   connection). HARAKA_NODELAY=1 (the default) starts Node with a 4-line `--require` shim that
 #   sets TCP_NODELAY on every socket Haraka opens or accepts, as Moat, Postfix and the load
 #   generator do; HARAKA_NODELAY=0 measures Haraka as it is shipped.
+# - Stalwart (STALWART=/path/to/stalwart, a binary built from its public repository; see
+#   docs/benchmarks.md for the build): one process with its SMTP listener on 127.0.0.1:13025,
+#   STARTTLS with the same certificate, relaying example.test to a second sink on the host's
+#   first non-loopback address (Stalwart never delivers to a loopback address), RocksDB as its
+#   store (STALWART_STORE=sqlite for a binary built with SQLite only). Stalwart 0.16 keeps its
+#   settings behind its JMAP API, so the script starts it once with its defaults (which bind
+#   its default ports, 25, 465, 993, 995, 4190, 443 and 8080, on every address), configures it
+#   with bench/stalwart.py (that file says what it sets, and why), and starts it again. Like
+#   Postfix it queues each message before answering 250; each run waits until its queue drained.
 # - Server pinned to CPU 0, load generator to CPU 1 (taskset) when the machine has 2+ CPUs.
 # - Moat as a cluster too, for TLS resumption (issue 20): `moat dev` (control node 1 and edge 1,
 #   mx on 127.0.0.1:12526) and a second edge, `moat edge --control` (mx on 127.0.0.1:12527),
@@ -30,7 +39,7 @@
 #   connection; plain with 50; then STARTTLS with 1 message per connection against the cluster:
 #   `full` without resumption, `resume` with `moat bench smtp --resume` against edge 1, and
 #   `resume2` with `--resume` alternating between edge 1 and edge 2, Moat only) and each round:
-#   Moat, then Postfix (and Haraka), then the next round. Postfix keeps TLS sessions (cache
+#   Moat, then Postfix (and Haraka, and Stalwart), then the next round. Postfix keeps TLS sessions (cache
 #   database and tickets, below), so its `resume` row is resumed too.
 #   JSON reports go to $WORK/results/*.json and a summary with ratios to stdout.
 #
@@ -74,11 +83,36 @@ cleanup() {
   [ -z "${DEV_PID:-}" ] || { kill "$DEV_PID" 2>/dev/null; wait "$DEV_PID" 2>/dev/null; } || true
   postfix -c "$WORK/postfix" stop >/dev/null 2>&1 || true
   [ -z "${HARAKA_PID:-}" ] || kill "$HARAKA_PID" 2>/dev/null || true
+  kill "${STALWART_PID:-}" "${SINK2_PID:-}" 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 50); do [ -s "$WORK/sink.addr" ] && break; sleep 0.1; done
 SINK=$(cat "$WORK/sink.addr")
 echo "sink on $SINK"
+
+# --- Stalwart (first, while its default ports are free of the others) ----------------------
+if [ -n "${STALWART:-}" ]; then
+  HOST_IP=$(hostname -I | awk '{print $1}')
+  $CLIENT_CPU "$MOAT" bench sink --listen "$HOST_IP:0" > "$WORK/sink2.addr" &
+  SINK2_PID=$!
+  for _ in $(seq 50); do [ -s "$WORK/sink2.addr" ] && break; sleep 0.1; done
+  ST=$WORK/stalwart
+  mkdir -p "$ST"
+  case "${STALWART_STORE:-rocksdb}" in
+    rocksdb) printf '{"@type":"RocksDb","path":"%s/data"}\n' "$ST" ;;
+    sqlite) printf '{"@type":"Sqlite","path":"%s/data.db","poolMaxConnections":10}\n' "$ST" ;;
+  esac > "$ST/config.json"
+  STALWART_ADMIN=admin:$(openssl rand -hex 12)
+  export STALWART_RECOVERY_ADMIN=$STALWART_ADMIN
+  "$STALWART" --config "$ST/config.json" > "$ST/first.log" 2>&1 &
+  STALWART_PID=$!
+  python3 bench/stalwart.py configure http://127.0.0.1:8080 "$STALWART_ADMIN" \
+    "$WORK/cert.pem" "$WORK/key.pem" 127.0.0.1:13025 "$(cat "$WORK/sink2.addr")" "$ST"
+  kill "$STALWART_PID"
+  wait "$STALWART_PID" 2>/dev/null || true
+  $SERVER_CPU "$STALWART" --config "$ST/config.json" > "$ST/stalwart.out" 2>&1 &
+  STALWART_PID=$!
+fi
 
 # --- Moat's edge -------------------------------------------------------------------------
 cat > "$WORK/seed.toml" <<SEED
@@ -216,6 +250,7 @@ JS
   HARAKA_PID=$!
   PORTS="$PORTS 11025"
 fi
+[ -z "${STALWART_PID:-}" ] || PORTS="$PORTS 13025"
 
 for port in $PORTS; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -269,7 +304,7 @@ done
 
 # WORKLOADS="MODE PER_CONN CONCURRENCY;..." overrides the default set (e.g. a concurrency sweep).
 # A fourth field picks the cluster: `full` (edge 1, no resumption), `resume` (edge 1,
-# `--resume`), `resume2` (`--resume`, edges 1 and 2 in turn; Moat only: Postfix and Haraka are
+# `--resume`), `resume2` (`--resume`, edges 1 and 2 in turn; Moat only: Postfix, Haraka and Stalwart are
 # one server each, their `resume` row is theirs).
 IFS=';' read -r -a workloads <<< "${WORKLOADS:-starttls 50 16;starttls 1 16;plain 50 16;starttls 1 16 full;starttls 1 16 resume;starttls 1 16 resume2}"
 for workload in "${workloads[@]}"; do
@@ -289,6 +324,10 @@ for workload in "${workloads[@]}"; do
       run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
     [ -z "${HARAKA_PID:-}" ] || [ "$others" = 0 ] ||
       SERVER_PIDS=$HARAKA_PID run "haraka-$name-r$round" 127.0.0.1:11025 "$1" "$2" "$3" $resume
+    if [ -n "${STALWART_PID:-}" ] && [ "$others" = 1 ]; then
+      SERVER_PIDS=$STALWART_PID run "stalwart-$name-r$round" 127.0.0.1:13025 "$1" "$2" "$3" $resume
+      python3 bench/stalwart.py drain http://127.0.0.1:8080 "$STALWART_ADMIN"
+    fi
     # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
     # answers 250 once a message is queued, and delivers to the sink afterwards).
     for _ in $(seq 600); do
@@ -307,9 +346,9 @@ for f in sorted(os.listdir(d)):
     workload = rest.rsplit("-r", 1)[0]
     runs.setdefault(workload, {}).setdefault(server, []).append(
         json.load(open(os.path.join(d, f)))["messages_per_second"])
-print("\nworkload                      moat msg/s   postfix msg/s   haraka msg/s   moat/postfix   moat/haraka  (medians of rounds)")
+print("\nworkload                      moat msg/s   postfix msg/s   haraka msg/s   stalwart msg/s   moat/postfix   moat/haraka   moat/stalwart  (medians of rounds)")
 for w, s in runs.items():
-    m, p, h = (statistics.median(s.get(k, [0])) for k in ("moat", "postfix", "haraka"))
+    m, p, h, st = (statistics.median(s.get(k, [0])) for k in ("moat", "postfix", "haraka", "stalwart"))
     ratio = lambda a, b: f"{a / b:8.2f}x" if b else "       -"
-    print(f"{w:28s} {m:11.1f} {p:14.1f} {h:14.1f} {ratio(m, p):>14s} {ratio(m, h):>13s}")
+    print(f"{w:28s} {m:11.1f} {p:14.1f} {h:14.1f} {st:16.1f} {ratio(m, p):>14s} {ratio(m, h):>13s} {ratio(m, st):>15s}")
 PY
