@@ -46,6 +46,9 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # The verdict benchmark, once, on a snapshot a hundred times smaller: it works (no timing is
 # asserted; `cargo bench -p moat-edge --bench verdict` measures).
 cargo test -p moat-edge --bench verdict --locked
+# The comparison scripts are run by hand (docs/benchmarks.md); here they only have to parse.
+for f in bench/*.sh; do bash -n "$f"; done
+python3 -c "import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]" bench/*.py
 # Fuzz targets, 20 seconds each from the committed corpus (fuzz/README.md).
 bash scripts/fuzz.sh
 # Hostile SMTP sessions from Python sockets, and a TLS scan with sslyze (installed from PyPI
