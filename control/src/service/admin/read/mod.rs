@@ -16,6 +16,9 @@
 //!   non-accepted domains.
 //! - [`cluster`](mod@cluster): what is the cluster's own rather than a tenant's: the cluster
 //!   view and the TLS ticket keys.
+//!
+//! An explain read is answered by [`super::explain`]; a clock read by the header every reply
+//! carries (the cluster's time and offset).
 
 use moat_proto::v1;
 use moat_shared::time::now_ms;
