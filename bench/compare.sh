@@ -46,9 +46,11 @@
 # It needs root (Postfix), and adds the private instance to `alternate_config_directories` in
 # /etc/postfix/main.cf (creating that file if the package left none).
 #
-# Postfix queues (write + fsync) before it answers 250 and delivers later; Moat's edge keeps no
-# queue and answers 250 only after the next hop did, and so does Haraka with smtp_forward. Both are "accepted for delivery" as a
-# client sees it: that is what is compared.
+# Postfix and Stalwart queue before they answer 250 and deliver later; Moat's edge keeps no
+# queue and answers 250 only after the next hop did, and so does Haraka with smtp_forward. The
+# summary has both figures: accepted messages per second as the client saw them, and sustained
+# ones, where a queueing server's run lasts until its queue drained (delivery included, and
+# so its CPU); each server starts its run with an empty queue and an idle core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
@@ -269,23 +271,49 @@ ticks() {
     awk '{ sub(/.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t + 0 }'
 }
 
-run() { # NAME SERVER MODE PER_CONN CONCURRENCY [--resume]; SERVER_PIDS: the server's processes
-  local out="$WORK/results/$1.json" t0 t1 w0 w1
+# Postfix and Stalwart answer 250 once a message is queued and deliver it afterwards: a run
+# against either ends when its queue is empty again, and the delivery after the client stopped
+# counts in the run's figures (below), as it does for the servers that relay before they answer.
+postfix_drain() {
+  for _ in $(seq 600); do
+    [ -z "$(find "$WORK/pfqueue/active" "$WORK/pfqueue/incoming" "$WORK/pfqueue/deferred" -type f 2>/dev/null | head -1)" ] && return
+    sleep 0.2
+  done
+}
+stalwart_drain() { python3 bench/stalwart.py drain http://127.0.0.1:8080 "$STALWART_ADMIN"; }
+
+run() { # NAME SERVER MODE PER_CONN CONCURRENCY [--resume]; SERVER_PIDS: the server's processes;
+  # DRAIN: for a queueing server, a command that returns once its queue is empty.
+  local out="$WORK/results/$1.json" t0 t1 w0 w1 wr
   t0=$(ticks $SERVER_PIDS) w0=$(date +%s.%N)
   $CLIENT_CPU "$MOAT" bench smtp --server "$2" --mode "$3" --messages-per-connection "$4" \
     --concurrency "$5" --duration "$SECONDS_PER_RUN" --tls-version 1.3 ${6:-} > "$out"
+  wr=$(date +%s.%N)
+  [ -z "${DRAIN:-}" ] || $DRAIN
   t1=$(ticks $SERVER_PIDS) w1=$(date +%s.%N)
-  # The server's CPU over the run, in cores (1.0: its whole core).
-  python3 - "$out" "$(( t1 - t0 ))" "$(getconf CLK_TCK)" "$w0" "$w1" <<'PY'
+  [ -n "${DRAIN:-}" ] || wr=$w1
+  # - server_cpu_cores: the server's CPU from the first connection to the last delivery, in
+  #   cores (1.0: its whole core); server_cpu_us_per_message: the same CPU per message.
+  # - drain_seconds: how long the queue took to empty after the client stopped (0: no queue).
+  # - sustained_messages_per_second: messages / (the client's seconds + drain_seconds), what
+  #   the server accepted and delivered; messages_per_second is what the client saw accepted.
+  python3 - "$out" "$(( t1 - t0 ))" "$(getconf CLK_TCK)" "$w0" "$wr" "$w1" <<'PY'
 import json, sys
-path, ticks, hz, w0, w1 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+path, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+w0, wr, w1 = (float(a) for a in sys.argv[4:7])
 r = json.load(open(path))
-r["server_cpu_cores"] = round(ticks / hz / (w1 - w0), 3)
+cpu = ticks / hz
+r["server_cpu_cores"] = round(cpu / (w1 - w0), 3)
+r["server_cpu_us_per_message"] = round(cpu * 1e6 / r["messages"]) if r["messages"] else None
+r["drain_seconds"] = round(w1 - wr, 2)
+r["sustained_messages_per_second"] = r["messages"] / (r["seconds"] + r["drain_seconds"])
 json.dump(r, open(path, "w"), indent=2)
 name = path.rsplit("/", 1)[1][:-5]
 p99 = (r["latency"]["transaction"] or {}).get("p99_ms") or 0
 line = f"{name:40s} {r['messages_per_second']:9.1f} msg/s {r['handshakes_per_second']:8.1f} hs/s p99 {p99:7.2f} ms errors {sum(r['errors'].values())}"
 line += f" cpu {r['server_cpu_cores'] * 100:.0f}%"
+if r["drain_seconds"]:
+    line += f" drain {r['drain_seconds']:.1f} s sustained {r['sustained_messages_per_second']:.1f} msg/s"
 if r.get("resume"):
     line += f" resumed {r['handshakes_resumed']}/{r['handshakes']}"
 print(line)
@@ -321,34 +349,31 @@ for workload in "${workloads[@]}"; do
   for round in $(seq "$ROUNDS"); do
     SERVER_PIDS=$moat_pids run "moat-$name-r$round" "$moat" "$1" "$2" "$3" $resume
     [ "$others" = 0 ] || SERVER_PIDS=$(cat "$WORK/pfqueue/pid/master.pid" 2>/dev/null) \
-      run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
+      DRAIN=postfix_drain run "postfix-$name-r$round" 127.0.0.1:10025 "$1" "$2" "$3" $resume
     [ -z "${HARAKA_PID:-}" ] || [ "$others" = 0 ] ||
       SERVER_PIDS=$HARAKA_PID run "haraka-$name-r$round" 127.0.0.1:11025 "$1" "$2" "$3" $resume
-    if [ -n "${STALWART_PID:-}" ] && [ "$others" = 1 ]; then
-      SERVER_PIDS=$STALWART_PID run "stalwart-$name-r$round" 127.0.0.1:13025 "$1" "$2" "$3" $resume
-      python3 bench/stalwart.py drain http://127.0.0.1:8080 "$STALWART_ADMIN"
-    fi
-    # Each run starts with an empty Postfix queue: wait until it delivered its backlog (it
-    # answers 250 once a message is queued, and delivers to the sink afterwards).
-    for _ in $(seq 600); do
-      [ -z "$(find "$WORK/pfqueue/active" "$WORK/pfqueue/incoming" "$WORK/pfqueue/deferred" -type f 2>/dev/null | head -1)" ] && break
-      sleep 0.2
-    done
+    [ -z "${STALWART_PID:-}" ] || [ "$others" = 0 ] || SERVER_PIDS=$STALWART_PID \
+      DRAIN=stalwart_drain run "stalwart-$name-r$round" 127.0.0.1:13025 "$1" "$2" "$3" $resume
   done
 done
 
 python3 - "$WORK/results" <<'PY'
 import json, os, statistics, sys
 d = sys.argv[1]
+servers = ("moat", "postfix", "haraka", "stalwart")
 runs = {}
 for f in sorted(os.listdir(d)):
     server, rest = f.split("-", 1)
     workload = rest.rsplit("-r", 1)[0]
-    runs.setdefault(workload, {}).setdefault(server, []).append(
-        json.load(open(os.path.join(d, f)))["messages_per_second"])
-print("\nworkload                      moat msg/s   postfix msg/s   haraka msg/s   stalwart msg/s   moat/postfix   moat/haraka   moat/stalwart  (medians of rounds)")
-for w, s in runs.items():
-    m, p, h, st = (statistics.median(s.get(k, [0])) for k in ("moat", "postfix", "haraka", "stalwart"))
-    ratio = lambda a, b: f"{a / b:8.2f}x" if b else "       -"
-    print(f"{w:28s} {m:11.1f} {p:14.1f} {h:14.1f} {st:16.1f} {ratio(m, p):>14s} {ratio(m, h):>13s} {ratio(m, st):>15s}")
+    runs.setdefault(workload, {}).setdefault(server, []).append(json.load(open(os.path.join(d, f))))
+ratio = lambda a, b: f"{a / b:7.2f}x" if b else "      -"
+for key, title in (
+    ("messages_per_second", "accepted msg/s, as the client saw them"),
+    ("sustained_messages_per_second", "sustained msg/s: accepted and delivered, the queue drained"),
+):
+    print(f"\n{title} (medians of rounds)")
+    print(f"{'workload':28s}" + "".join(f"{s:>11s}" for s in servers) + "".join(f"{'moat/' + s:>16s}" for s in servers[1:]))
+    for w, by in runs.items():
+        m = {s: statistics.median(r.get(key, 0) for r in by[s]) if s in by else 0 for s in servers}
+        print(f"{w:28s}" + "".join(f"{m[s]:11.1f}" for s in servers) + "".join(f"{ratio(m['moat'], m[s]):>16s}" for s in servers[1:]))
 PY
