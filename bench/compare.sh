@@ -122,9 +122,12 @@ cat > "$WORK/seed.toml" <<SEED
 id = "example.test"
 accepted-domains = ["example.test"]
 SEED
-cat > "$WORK/edge.toml" <<TOML
-node-id = "bench"
-hostname = "localhost"
+# An edge's configuration: NODE_ID, its mx listener's address, then any other top-level lines;
+# the shared certificate, no session limits in the way, the sink as next hop.
+edge_toml() {
+  printf 'node-id = "%s"\n' "$1"
+  [ -z "${3:-}" ] || printf '%s\n' "$3"
+  cat <<TOML
 [tls]
 cert = "$WORK/cert.pem"
 key = "$WORK/key.pem"
@@ -133,40 +136,26 @@ max-sessions = 10000
 max-sessions-per-ip = 10000
 [[listener]]
 kind = "mx"
-address = "127.0.0.1:12525"
+address = "$2"
 [next-hop]
 kind = "smtp"
 address = "$SINK"
 starttls = "none"
 TOML
+}
+edge_toml bench 127.0.0.1:12525 'hostname = "localhost"' > "$WORK/edge.toml"
 $SERVER_CPU "$MOAT" --log warn edge --config "$WORK/edge.toml" --seed "$WORK/seed.toml" \
   2> "$WORK/edge.log" &
 EDGE_PID=$!
 
 # --- Moat as a cluster: moat dev (control node 1, edge 1) and a second edge -------------------
-cat > "$WORK/dev-edge.toml" <<TOML
-node-id = "edge-1"
-[tls]
-cert = "$WORK/cert.pem"
-key = "$WORK/key.pem"
-[limits]
-max-sessions = 10000
-max-sessions-per-ip = 10000
-[[listener]]
-kind = "mx"
-address = "127.0.0.1:12526"
-[next-hop]
-kind = "smtp"
-address = "$SINK"
-starttls = "none"
-TOML
+edge_toml edge-1 127.0.0.1:12526 > "$WORK/dev-edge.toml"
 $SERVER_CPU "$MOAT" --log warn dev --data "$WORK/dev" --config "$WORK/dev-edge.toml" \
   --control-port 0 --console-port 0 > "$WORK/dev.out" 2> "$WORK/dev.log" &
 DEV_PID=$!
 for _ in $(seq 600); do [ -s "$WORK/dev/endpoints.json" ] && break; sleep 0.1; done
 read -r CONTROL ICA ICERT IKEY < <(python3 -c "import json; e=json.load(open('$WORK/dev/endpoints.json')); t=e['internal_tls']; print(','.join(c['address'] for c in e['control']), t['ca'], t['edge_cert'], t['edge_key'])")
-sed -e 's/^node-id = .*/node-id = "edge-2"/' -e 's/127.0.0.1:12526/127.0.0.1:12527/' \
-  "$WORK/dev-edge.toml" > "$WORK/edge2.toml"
+edge_toml edge-2 127.0.0.1:12527 > "$WORK/edge2.toml"
 printf '[control-tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$ICA" "$ICERT" "$IKEY" >> "$WORK/edge2.toml"
 $SERVER_CPU "$MOAT" --log warn edge --config "$WORK/edge2.toml" --control "$CONTROL" \
   --status 127.0.0.1:12528 2> "$WORK/edge2.log" &

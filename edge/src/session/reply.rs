@@ -233,8 +233,10 @@ impl Reply {
         }
     }
 
-    /// The EHLO reply: a greeting line then keyword lines, without enhanced codes or tag.
-    pub fn ehlo(lines: Vec<String>) -> Self {
+    /// The EHLO reply built whole per session, as before the keyword lines were prepared per
+    /// listener ([`Reply::ehlo_prepared`]); the tests compare the two.
+    #[cfg(test)]
+    pub(crate) fn ehlo(lines: Vec<String>) -> Self {
         Self {
             code: 250,
             status: Cow::Borrowed(""),
