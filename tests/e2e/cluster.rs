@@ -374,6 +374,26 @@ pub(crate) fn wait_edge_version(status: &str, at_least: u64, within: Duration) -
     t0.elapsed()
 }
 
+/// Waits until the edge enforces a snapshot holding the seed's tenant. Version 1 is not
+/// enough: the leader's first entry may be its ticket keys, committed before the seed.
+pub(crate) fn wait_edge_seeded(status: &str, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let tenants = readyz(status)
+            .and_then(|r| r["policy"]["tenants"].as_u64())
+            .unwrap_or(0);
+        if tenants >= 1 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "edge {status} has no seeded tenant: {:?}",
+            readyz(status)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// One message through `mx`; returns the final reply (or the refusal).
 fn send_mail(mx: &str, rcpt: &str) -> String {
     runtime().block_on(async {
@@ -405,7 +425,7 @@ fn admin_changes_reach_every_edge() {
     let e2 = c.start_edge();
     c.wait_for_leader(None, Duration::from_secs(20));
     for e in [e1, e2] {
-        wait_edge_version(&c.edges[e].status, 1, Duration::from_secs(20));
+        wait_edge_seeded(&c.edges[e].status, Duration::from_secs(20));
     }
     let mut samples = Vec::new();
     for i in 0..30 {
@@ -478,7 +498,7 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3);
     let e = c.start_edge();
     let (leader, _) = c.wait_for_leader(None, Duration::from_secs(20));
-    wait_edge_version(&c.edges[e].status, 1, Duration::from_secs(20));
+    wait_edge_seeded(&c.edges[e].status, Duration::from_secs(20));
     let mut acknowledged = Vec::new();
     let mut election = None;
     let mut last_index = 0;
