@@ -374,9 +374,9 @@ impl Publisher {
             .collect();
         update.connectors = state
             .directory
-            .connectors
+            .connectors()
             .values()
-            .map(connector_to_wire)
+            .map(|c| connector_to_wire(c))
             .collect();
         update.users = state.directory.users.values().map(user_to_wire).collect();
         update.restricted = state.restricted.iter().map(restricted_to_wire).collect();
@@ -423,7 +423,7 @@ impl Publisher {
             }
         }
         for id in &touched.connectors {
-            match state.directory.connectors.get(id) {
+            match state.directory.connector(id) {
                 Some(c) => u.connectors.push(connector_to_wire(c)),
                 None => {
                     let key = id.to_string();

@@ -13,6 +13,11 @@
 //!   `moat_edge_policy_*` metrics);
 //! - an edge's resync from scratch: a `Policy.Sync` from version 0, every part applied by the
 //!   edge's own follower in this process, timed;
+//! - `--explains` explain reads (the policy subset `moat admin explain` runs the verdicts on):
+//!   round trip and reply size, p50/p99/max (a read runs on the node thread, so this is also
+//!   how long it holds that thread);
+//! - `--deletes` tenant deletions (with their connectors and users): request to every edge
+//!   enforcing it;
 //! - resident memory of each edge and control node (from /proc).
 //!
 //! The report is one JSON object on standard output; progress goes to standard error.
@@ -54,6 +59,14 @@ pub struct PolicyArgs {
     /// Single-connector changes to time after the load.
     #[arg(long, default_value_t = 30)]
     changes: usize,
+    /// `moat admin explain` reads to time after the changes, each for a Partner connector's
+    /// client sending to its tenant (the policy subset the CLI gets, round trip).
+    #[arg(long, default_value_t = 30)]
+    explains: usize,
+    /// Tenants to delete at the end (the last ones of the population), each timed from the
+    /// request to every edge enforcing it.
+    #[arg(long, default_value_t = 10)]
+    deletes: usize,
     /// Skip the load (the population is there from an earlier run).
     #[arg(long)]
     no_load: bool,
@@ -127,6 +140,35 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The address of connector `n` of the population (connector `k` of tenant `t` is
+/// `t * connectors + k`).
+fn population_ip(n: usize) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        10 + (n >> 24) % 100,
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255
+    )
+}
+
+/// Waits until every edge enforces `version`; the time since `since` for the slowest, `None`
+/// after a minute.
+async fn all_edges_at(edges: &[Proc], version: u64, since: Instant) -> Option<Duration> {
+    let waits = edges.iter().map(|e| {
+        let status = e.status.clone();
+        async move {
+            while crate::dev::edge_version(&status).await < version {
+                if since.elapsed() > Duration::from_secs(60) {
+                    return None;
+                }
+            }
+            Some(since.elapsed())
+        }
+    });
+    futures_join_all(waits).await.into_iter().max().flatten()
+}
+
 /// The seed: tenant `t`'s domains are `dK.bench-t.example`; its connectors follow the verdict
 /// benchmark's mix (mostly Partner by a /32, some by certificate name, some OnPremises ranges).
 fn seed(a: &PolicyArgs) -> String {
@@ -138,14 +180,7 @@ fn seed(a: &PolicyArgs) -> String {
         }
         s.push_str("]\n");
         for k in 0..a.connectors {
-            let n = t * a.connectors + k;
-            let ip = format!(
-                "{}.{}.{}.{}",
-                10 + (n >> 24) % 100,
-                (n >> 16) & 255,
-                (n >> 8) & 255,
-                n & 255
-            );
+            let ip = population_ip(t * a.connectors + k);
             let _ = match k % 10 {
                 0 | 1 => write!(
                     s,
@@ -316,20 +351,7 @@ pub(super) async fn policy(a: PolicyArgs) -> anyhow::Result<Value> {
         let index = crate::client::write_op_index(&admin, op)
             .await
             .map_err(anyhow::Error::msg)?;
-        let acked = Instant::now();
-        let waits = edges.iter().map(|e| {
-            let status = e.status.clone();
-            async move {
-                while crate::dev::edge_version(&status).await < index {
-                    if acked.elapsed() > Duration::from_secs(60) {
-                        return None;
-                    }
-                }
-                Some(acked.elapsed())
-            }
-        });
-        let slowest = futures_join_all(waits).await.into_iter().max().flatten();
-        if let Some(d) = slowest {
+        if let Some(d) = all_edges_at(&edges, index, Instant::now()).await {
             samples.push(micros(d));
         }
     }
@@ -351,6 +373,50 @@ pub(super) async fn policy(a: PolicyArgs) -> anyhow::Result<Value> {
             })
         })
         .collect();
+    // Explain reads: a client of a Partner connector (by IP, the mix's third kind) sending from
+    // the domain it scopes to its tenant.
+    let (mut explain_us, mut explain_bytes, mut explain_connectors) = (Vec::new(), Vec::new(), 0);
+    let partner = 3.min(a.connectors.saturating_sub(1));
+    for i in 0..a.explains {
+        use prost::Message as _;
+        let t = (i * 7919) % a.tenants.max(1);
+        let req = v1::ReadRequest {
+            explain: Some(v1::ExplainQuery {
+                client_ip: population_ip(t * a.connectors + partner),
+                cert_names: Vec::new(),
+                domains: vec![
+                    format!("partner{partner}.example"),
+                    format!("d0.bench-{t}.example"),
+                ],
+                auth_user: String::new(),
+            }),
+            ..v1::ReadRequest::of(v1::ReadKind::Explain)
+        };
+        let t0 = Instant::now();
+        let reply = crate::client::read_op(&admin, req)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        explain_us.push(micros(t0.elapsed()));
+        explain_bytes.push(reply.encoded_len() as u32);
+        explain_connectors = explain_connectors.max(
+            reply
+                .explain_policy
+                .as_ref()
+                .map_or(0, |p| p.connectors.len()),
+        );
+    }
+    // Tenant deletions, from the end of the population.
+    let mut delete_us = Vec::new();
+    for i in 0..a.deletes.min(a.tenants) {
+        let t0 = Instant::now();
+        let op = v1::write_request::Op::DeleteTenant(format!("bench-{}", a.tenants - 1 - i));
+        let index = crate::client::write_op_index(&admin, op)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if let Some(d) = all_edges_at(&edges, index, t0).await {
+            delete_us.push(micros(d));
+        }
+    }
     let control_addr = admin.endpoints.first().cloned().unwrap_or_default();
     let control_addr = control_addr.trim_start_matches("http://").to_owned();
     eprintln!("resync from scratch against {control_addr}…");
@@ -370,6 +436,10 @@ pub(super) async fn policy(a: PolicyArgs) -> anyhow::Result<Value> {
         "edges": edges.len(),
         "load": load,
         "change_ack_to_all_edges_us": percentiles(samples),
+        "explain_round_trip_us": percentiles(explain_us),
+        "explain_reply_bytes": percentiles(explain_bytes),
+        "explain_most_connectors_in_a_reply": explain_connectors,
+        "tenant_delete_to_all_edges_us": percentiles(delete_us),
         "per_edge": per_edge,
         "resync_from_scratch": resynced,
         "control_rss_mb": controls.iter().map(|c| json!({"node": c.name, "rss_mb": rss_mb(c.pid), "status": c.status})).collect::<Vec<_>>(),

@@ -104,13 +104,29 @@ pub(crate) fn pause_panel(chrome: &Chrome<'_>, p: &v1::OnpremPauses) -> Markup {
     }
 }
 
-/// `GET /onprem`.
+/// Most pause panels one page shows; a provider admin reaches any other tenant's with the
+/// tenant filter (`?tenant=`).
+const PAUSE_PANELS: usize = 20;
+
+/// On-premises connectors read to suggest tenants that can pause (one page of the list, not
+/// the estate's connectors).
+const CONNECTORS_SAMPLED: u32 = 500;
+
+/// `GET /onprem`: the servers (of one tenant with `?tenant=`), then a pause panel for each
+/// tenant with a server or an on-premises connector, at most [`PAUSE_PANELS`]. The page costs
+/// the servers' report, one page of connectors and the panels' reads, whatever the estate.
 pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Response {
     let cx = match app.signed_in(&headers, "/onprem") {
         Ok(cx) => cx,
         Err(r) => return r,
     };
-    let tenant = cx.own_tenant();
+    let params = Params::parse(uri.query());
+    let own = cx.own_tenant();
+    let tenant = if own.is_empty() {
+        params.get("tenant").trim().to_owned()
+    } else {
+        own.clone()
+    };
     let mut truncated = false;
     let servers = match app
         .read(&cx.who, v1::ReadKind::OnpremServers, &tenant, "", 0)
@@ -123,29 +139,31 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
         Err(s) => return app.status_page(&cx, &s),
     };
     // Tenants with servers, or with an on-premises connector through which servers will
-    // connect, can pause.
-    let connectors = match app
-        .read(&cx.who, v1::ReadKind::Connector, &tenant, "", 0)
-        .await
-    {
-        Ok(r) => {
-            truncated |= super::truncated(&r);
-            r.connectors
-        }
-        Err(s) => return app.status_page(&cx, &s),
-    };
+    // connect, can pause. One tenant's page has its own panel whatever it holds.
     let mut tenants: BTreeSet<String> = servers.iter().map(|s| s.tenant.clone()).collect();
-    tenants.extend(
-        connectors
-            .iter()
-            .filter(|c| c.kind == v1::ConnectorKind::OnPremises as i32)
-            .map(|c| c.tenant.clone()),
-    );
-    if !tenant.is_empty() {
+    let mut more = false;
+    if tenant.is_empty() {
+        match app
+            .read_page(&cx.who, v1::ReadKind::Connector, "", "", CONNECTORS_SAMPLED)
+            .await
+        {
+            Ok(r) => {
+                more |= !r.next_page_token.is_empty();
+                tenants.extend(
+                    r.connectors
+                        .iter()
+                        .filter(|c| c.kind == v1::ConnectorKind::OnPremises as i32)
+                        .map(|c| c.tenant.clone()),
+                );
+            }
+            Err(s) => return app.status_page(&cx, &s),
+        }
+    } else {
         tenants.insert(tenant.clone());
     }
+    more |= tenants.len() > PAUSE_PANELS;
     let mut budgets = Vec::new();
-    for t in &tenants {
+    for t in tenants.iter().take(PAUSE_PANELS) {
         match app
             .read(&cx.who, v1::ReadKind::OnpremPauses, t, "", 0)
             .await
@@ -154,17 +172,26 @@ pub(crate) async fn page_get(State(app): State<App>, headers: HeaderMap, uri: Ur
             Err(s) => return app.status_page(&cx, &s),
         }
     }
-    let params = Params::parse(uri.query());
     let chrome = cx.chrome();
     let body = html! {
         h1 { "On-premises servers" }
         p.lead { "Exchange servers connecting through on-premises connectors, with their build against the baseline. Out-of-date servers are throttled, then blocked, stage by stage; a pause stops that for a tenant (90 days a year at most) while the servers are updated." }
         @if params.get("done") == "paused" { div.notice { "Enforcement paused." } }
-        @if truncated { (super::layout::truncated("the servers and connectors")) }
+        @if own.is_empty() {
+            form.toolbar method="get" {
+                input type="search" name="tenant" value=(tenant) placeholder="Every tenant" aria-label="Tenant";
+                button.secondary type="submit" { "Show" }
+                @if !tenant.is_empty() { a href="/onprem" { "Every tenant" } }
+            }
+        }
+        @if truncated { (super::layout::truncated("the servers")) }
         (render(&grid(&servers), &params, "No on-premises server has connected: servers appear here once mail arrives through an on-premises connector with a Received line that names an Exchange build."))
         h2 { "Enforcement pauses" }
         @if budgets.is_empty() {
             div.empty { "No tenant has an on-premises connector or server, so there is nothing to pause." }
+        }
+        @if more {
+            div.notice { "Pauses are shown for " (budgets.len()) " tenants; more tenants have on-premises servers or connectors. Show one tenant with the filter above to pause it." }
         }
         @for b in &budgets { (pause_panel(&chrome, b)) }
     };

@@ -55,7 +55,7 @@ pub enum Command {
     },
     /// Delete a tenant with its connectors, users, tokens and restrictions.
     DeleteTenant {
-        /// Which.
+        /// The tenant to delete.
         tenant: TenantId,
     },
     /// Add an accepted domain.

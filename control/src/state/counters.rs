@@ -156,7 +156,7 @@ impl State {
     fn known_connector(&self, key: &str) -> Option<ConnectorId> {
         ConnectorId::parse(key)
             .ok()
-            .filter(|c| self.directory.connectors.contains_key(c))
+            .filter(|c| self.directory.connectors().contains_key(c))
     }
 
     /// Applies one counter delta from an edge; `connector` is the known connector `key` names

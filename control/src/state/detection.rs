@@ -278,7 +278,7 @@ impl State {
 
     /// Runs the detectors on a connector's current window; restricts it when one fires.
     pub(super) fn judge_connector(&mut self, index: u64, key: &ConnectorId) {
-        let Some(connector) = self.directory.connectors.get(key) else {
+        let Some(connector) = self.directory.connector(key) else {
             return;
         };
         let (tenant, name, kind) = (

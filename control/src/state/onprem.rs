@@ -479,7 +479,7 @@ impl State {
         let Some(build) = Build::parse(build) else {
             return;
         };
-        let Some(tenant) = self.directory.connectors.get(key).map(|c| c.tenant.clone()) else {
+        let Some(tenant) = self.directory.connector(key).map(|c| c.tenant.clone()) else {
             return;
         };
         let class = self.onprem.baseline().classify(&build);

@@ -217,7 +217,7 @@ impl State {
     fn known(&self, key: &str) -> Option<ConnectorId> {
         ConnectorId::parse(key)
             .ok()
-            .filter(|c| self.directory.connectors.contains_key(c))
+            .filter(|c| self.directory.connectors().contains_key(c))
     }
 }
 
@@ -249,9 +249,7 @@ mod tests {
             "onprem",
             moat_shared::ConnectorKind::OnPremises,
         );
-        s.directory
-            .connectors
-            .insert(ConnectorId::new(t, "onprem"), c);
+        s.directory.insert_connector_unchecked(c);
         s
     }
 

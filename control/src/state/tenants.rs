@@ -2,15 +2,25 @@
 //! transport config, and the seed that creates tenants at start. A domain belongs to one tenant
 //! at most; deleting a tenant deletes everything it owns.
 //!
-//! Two things ride along that are never replicated: an index of accepted domains to their
-//! tenant (rebuilt when the state is read, so that checking a domain is a lookup and not a scan
-//! of every tenant), and the keys that changed since the policy was last published
-//! ([`Touched`]), from which the publisher builds the change edges receive.
+//! Three things ride along that are never replicated, rebuilt when the state is read:
+//! - an index of accepted domains to their tenant, so that checking a domain is a lookup and
+//!   not a scan of every tenant;
+//! - the edges' [`ConnectorIndex`] over the enabled connectors (by network and certificate
+//!   name), sharing each connector with the map through an `Arc`, so that `moat admin explain`
+//!   finds the connectors a client matches with lookups, as an edge does;
+//! - the keys that changed since the policy was last published ([`Touched`]), from which the
+//!   publisher builds the change edges receive.
+//!
+//! Connectors are changed only through this file, which keeps the map and the index in step.
+//! A tenant's connectors are one run of the map (ids order as the text `tenant/name`), so
+//! deleting a tenant costs its own connectors, not the estate's.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use moat_shared::matching::ConnectorIndex;
 use moat_shared::{Connector, ConnectorId, Domain, EntityKind, Tenant, TenantId};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::{Kind, Rejection};
 use super::{State, User};
@@ -21,13 +31,17 @@ use super::{State, User};
 pub struct Directory {
     /// Tenants by id.
     pub tenants: BTreeMap<TenantId, Tenant>,
-    /// Connectors by id (`tenant/name` in the JSON form).
-    pub connectors: BTreeMap<ConnectorId, Connector>,
+    /// Connectors by id (`tenant/name` in the JSON form); each shared with `matching`.
+    #[serde(serialize_with = "connectors_as_values")]
+    connectors: BTreeMap<ConnectorId, Arc<Connector>>,
     /// Users by address.
     pub users: BTreeMap<String, User>,
     /// Accepted domain to the tenant that accepts it (derived from `tenants`).
     #[serde(skip_serializing)]
     domains: BTreeMap<Domain, TenantId>,
+    /// The enabled connectors by network and certificate name (derived from `connectors`).
+    #[serde(skip_serializing)]
+    matching: ConnectorIndex,
     /// Keys changed since the publisher last took them.
     #[serde(skip_serializing)]
     touched: Touched,
@@ -60,14 +74,33 @@ impl From<Stored> for Directory {
             .values()
             .flat_map(|t| t.accepted_domains.iter().map(|d| (d.clone(), t.id.clone())))
             .collect();
+        let connectors: BTreeMap<ConnectorId, Arc<Connector>> = s
+            .connectors
+            .into_iter()
+            .map(|(id, c)| (id, Arc::new(c)))
+            .collect();
+        let mut matching = ConnectorIndex::default();
+        for c in connectors.values() {
+            matching.insert(c);
+        }
         Directory {
             tenants: s.tenants,
-            connectors: s.connectors,
+            connectors,
             users: s.users,
             domains,
+            matching,
             touched: Touched::default(),
         }
     }
+}
+
+/// Writes the connectors as the map of values the snapshot always held (the `Arc` is how
+/// they are shared in memory, not part of the format).
+fn connectors_as_values<S: Serializer>(
+    map: &BTreeMap<ConnectorId, Arc<Connector>>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    out.collect_map(map.iter().map(|(id, c)| (id, &**c)))
 }
 
 /// Tenants, connectors and users changed (created, replaced or deleted) since the publisher
@@ -106,14 +139,12 @@ impl State {
             d.domains.remove(domain);
         }
         d.touched.tenants.insert(tenant.clone());
+        let owned: Vec<ConnectorId> = d.connectors_of(tenant).map(Connector::id).collect();
+        for id in owned {
+            d.remove_connector(&id);
+            d.touched.connectors.insert(id);
+        }
         let touched = &mut d.touched;
-        d.connectors.retain(|id, c| {
-            let keep = c.tenant != *tenant;
-            if !keep {
-                touched.connectors.insert(id.clone());
-            }
-            keep
-        });
         d.users.retain(|address, u| {
             let keep = u.tenant != *tenant;
             if !keep {
@@ -140,7 +171,7 @@ impl State {
         name: &str,
     ) -> Result<String, Rejection> {
         let key = ConnectorId::new(tenant.clone(), name);
-        if self.directory.connectors.remove(&key).is_none() {
+        if self.directory.remove_connector(&key).is_none() {
             return Err(Rejection::not_found(Kind::Connector, key));
         }
         self.directory.touched.connectors.insert(key.clone());
@@ -175,6 +206,56 @@ impl State {
 }
 
 impl Directory {
+    /// Every connector, by id (`tenant/name` order).
+    pub fn connectors(&self) -> &BTreeMap<ConnectorId, Arc<Connector>> {
+        &self.connectors
+    }
+
+    /// The connector with this id.
+    pub fn connector(&self, id: &ConnectorId) -> Option<&Connector> {
+        self.connectors.get(id).map(|c| &**c)
+    }
+
+    /// The connectors of `tenant`, in name order: one run of the map, found in O(log n).
+    pub fn connectors_of<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a Connector> {
+        self.connectors
+            .range(ConnectorId::new(tenant.clone(), "")..)
+            .take_while(move |(id, _)| id.tenant == *tenant)
+            .map(|(_, c)| &**c)
+    }
+
+    /// The enabled connectors by network and certificate name, as an edge indexes them.
+    pub fn matching(&self) -> &ConnectorIndex {
+        &self.matching
+    }
+
+    /// Sets a connector (replacing its namesake), keeping the index in step; the one replaced.
+    fn insert_connector(&mut self, c: Connector) -> Option<Arc<Connector>> {
+        let c = Arc::new(c);
+        let old = self.connectors.insert(c.id(), Arc::clone(&c));
+        if let Some(old) = &old {
+            self.matching.remove(old);
+        }
+        self.matching.insert(&c);
+        old
+    }
+
+    /// Sets a connector without the checks of a command (tests of readers elsewhere).
+    #[cfg(test)]
+    pub(crate) fn insert_connector_unchecked(&mut self, c: Connector) {
+        self.insert_connector(c);
+    }
+
+    /// Removes a connector and its index entries; the one removed.
+    fn remove_connector(&mut self, id: &ConnectorId) -> Option<Arc<Connector>> {
+        let old = self.connectors.remove(id)?;
+        self.matching.remove(&old);
+        Some(old)
+    }
+
     /// The tenant, or why not.
     pub(super) fn require(&self, id: &TenantId) -> Result<&Tenant, Rejection> {
         self.tenants
@@ -192,6 +273,11 @@ impl Directory {
     /// The tenant that accepts a domain.
     pub(super) fn domain_owner(&self, domain: &Domain) -> Option<&TenantId> {
         self.domains.get(domain)
+    }
+
+    /// The tenant that accepts `name` (already in lookup form: lowercase, no trailing dot).
+    pub fn tenant_accepting(&self, name: &str) -> Option<&TenantId> {
+        self.domains.get(name)
     }
 
     /// Records that the enforced on-premises servers may have changed.
@@ -293,7 +379,7 @@ impl Directory {
         }
         let key = connector.id();
         self.touched.connectors.insert(key.clone());
-        let verb = match self.connectors.insert(key.clone(), connector.clone()) {
+        let verb = match self.insert_connector(connector.clone()) {
             Some(_) => "updated",
             None => "created",
         };
@@ -420,7 +506,7 @@ impl Directory {
         let summary = self.apply_seed(tenants)?;
         let mut changed = (0, 0);
         for c in connectors {
-            if self.connectors.insert(c.id(), c.clone()).as_ref() != Some(c) {
+            if self.insert_connector(c.clone()).as_deref() != Some(c) {
                 changed.0 += 1;
                 self.touched.connectors.insert(c.id());
             }
@@ -526,7 +612,7 @@ mod tests {
         )
         .result
         .expect("replaced");
-        assert_eq!(s.directory.connectors[&moved.id()], moved);
+        assert_eq!(*s.directory.connectors[&moved.id()], moved);
         assert_eq!(s.directory.users["u@a.test"].password_hash, "h2");
     }
 
@@ -603,5 +689,134 @@ mod tests {
             "{refused:?}"
         );
         assert!(s.directory.tenants.is_empty());
+    }
+
+    /// What a scan of the map finds: the enabled connectors that match `ip` or cover one of
+    /// `names`, as ids.
+    fn scanned(d: &super::Directory, ip: std::net::IpAddr, names: &[String]) -> Vec<String> {
+        d.connectors
+            .values()
+            .filter(|c| c.enabled)
+            .filter(|c| {
+                c.sender_ip_addresses.iter().any(|n| n.contains(&ip))
+                    || c.tls_sender_certificate_name
+                        .as_ref()
+                        .is_some_and(|cn| names.iter().any(|n| cn.covers(n)))
+            })
+            .map(|c| c.id().to_string())
+            .collect()
+    }
+
+    /// What the index finds for the same question.
+    fn indexed(d: &super::Directory, ip: std::net::IpAddr, names: &[String]) -> Vec<String> {
+        let mut found: Vec<String> = d
+            .matching()
+            .by_ip(ip)
+            .into_iter()
+            .chain(d.matching().by_certificate(names))
+            .map(|c| c.id().to_string())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    /// The index and the per-tenant runs agree with a scan after every kind of change, and
+    /// after the state is written and read back (the index is rebuilt, never stored).
+    #[test]
+    fn the_connector_index_and_tenant_runs_follow_every_change() {
+        // Ids that sort around each other as text: `a-b/`, `a.b/`, `a/`, `ab/`.
+        let tenants = ["a", "a-b", "a.b", "ab"];
+        let mut s = State::default();
+        for (i, t) in tenants.iter().enumerate() {
+            let d = format!("{}.test", t.replace('.', "-dot-"));
+            s.apply(
+                i as u64 + 1,
+                &p(
+                    1,
+                    Command::PutTenant {
+                        tenant: tenant(t, &[d.as_str()]),
+                    },
+                ),
+            )
+            .result
+            .expect("tenant");
+        }
+        let probes: Vec<std::net::IpAddr> =
+            ["192.0.2.1", "192.0.2.77", "198.51.100.5", "2001:db8::1"]
+                .iter()
+                .map(|a| a.parse().expect("ip"))
+                .collect();
+        let names = vec!["mail.a.test".to_owned(), "x.partner.test".to_owned()];
+        let check = |s: &State, step: usize| {
+            let d = &s.directory;
+            for ip in &probes {
+                assert_eq!(
+                    indexed(d, *ip, &names),
+                    scanned(d, *ip, &names),
+                    "step {step}, {ip}"
+                );
+            }
+            for t in tenants {
+                let t = tid(t);
+                let run: Vec<String> = d.connectors_of(&t).map(|c| c.id().to_string()).collect();
+                let all: Vec<String> = d
+                    .connectors
+                    .values()
+                    .filter(|c| c.tenant == t)
+                    .map(|c| c.id().to_string())
+                    .collect();
+                assert_eq!(run, all, "step {step}, tenant {t}");
+            }
+        };
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let nets = [
+            "192.0.2.1/32",
+            "192.0.2.0/24",
+            "198.51.100.0/22",
+            "2001:db8::/32",
+        ];
+        let certs = [None, Some("mail.a.test"), Some("*.partner.test")];
+        for step in 0..400 {
+            let t = tenants[next(4) as usize];
+            let name = format!("c{}", next(6));
+            let command = match next(10) {
+                0 => Command::DeleteConnector {
+                    tenant: tid(t),
+                    name,
+                },
+                1 if step % 5 == 0 => Command::DeleteTenant { tenant: tid(t) },
+                2 => Command::PutTenant {
+                    tenant: tenant(t, &[format!("{}.test", t.replace('.', "-dot-")).as_str()]),
+                },
+                _ => {
+                    let mut c = connector(t, &name, nets[next(4) as usize]);
+                    c.enabled = next(4) != 0;
+                    c.tls_sender_certificate_name = certs[next(3) as usize]
+                        .map(|n| moat_shared::CertName::new(n).expect("cert name"));
+                    if next(3) == 0 {
+                        import(vec![], vec![c], vec![])
+                    } else {
+                        Command::PutConnector { connector: c }
+                    }
+                }
+            };
+            let _ = s.apply(step + 10, &p(1, command));
+            check(&s, step as usize);
+        }
+        assert!(
+            !s.directory.connectors.is_empty(),
+            "the walk left connectors to check"
+        );
+        let back: State =
+            serde_json::from_slice(&serde_json::to_vec(&s).expect("encodes")).expect("decodes");
+        assert_eq!(back, s);
+        check(&back, usize::MAX);
     }
 }

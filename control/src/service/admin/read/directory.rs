@@ -37,7 +37,7 @@ pub(super) fn connectors(q: &Query<'_>, reply: &mut v1::ReadReply) -> Rendered {
     let start = from.map(Bound::Excluded).or(scope
         .as_ref()
         .map(|t| Bound::Included(ConnectorId::new(t.clone(), ""))));
-    let items = range_from(&state.directory.connectors, start)
+    let items = range_from(state.directory.connectors(), start)
         .skip_while(|(id, _)| scope.as_ref().is_some_and(|t| id.tenant != *t))
         .take_while(|(id, _)| scope.as_ref().is_none_or(|t| id.tenant == *t))
         .filter(|(_, c)| q.tenant_ok(&c.tenant) && (r.name.is_empty() || c.name == r.name))
@@ -211,7 +211,7 @@ mod tests {
                     format!("c{n:02}"),
                     moat_shared::ConnectorKind::OnPremises,
                 );
-                state.directory.connectors.insert(c.id(), c);
+                state.directory.insert_connector_unchecked(c);
             }
         }
         for tenant in ["a.test", "a-b.test", "ab.test", "b.test"] {

@@ -77,7 +77,7 @@ pub(super) fn inbound(q: &Query<'_>, reply: &mut v1::ReadReply) -> Rendered {
             let connector = TenantId::new(tenant)
                 .ok()
                 .map(|t| ConnectorId::new(t, name))
-                .and_then(|id| state.directory.connectors.get(&id))
+                .and_then(|id| state.directory.connector(&id))
                 .filter(|_| !name.is_empty());
             let row = v1::InboundReportRow {
                 day: day.to_owned(),
