@@ -397,7 +397,7 @@ pub(super) async fn policy(a: PolicyArgs) -> anyhow::Result<Value> {
             .await
             .map_err(anyhow::Error::msg)?;
         explain_us.push(micros(t0.elapsed()));
-        explain_bytes.push(reply.encoded_len() as u32);
+        explain_bytes.push(reply.encoded_len());
         explain_connectors = explain_connectors.max(
             reply
                 .explain_policy
@@ -437,7 +437,10 @@ pub(super) async fn policy(a: PolicyArgs) -> anyhow::Result<Value> {
         "load": load,
         "change_ack_to_all_edges_us": percentiles(samples),
         "explain_round_trip_us": percentiles(explain_us),
-        "explain_reply_bytes": percentiles(explain_bytes),
+        "explain_reply_bytes": {
+            "min": explain_bytes.iter().min(),
+            "max": explain_bytes.iter().max(),
+        },
         "explain_most_connectors_in_a_reply": explain_connectors,
         "tenant_delete_to_all_edges_us": percentiles(delete_us),
         "per_edge": per_edge,

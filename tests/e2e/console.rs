@@ -248,6 +248,16 @@ fn signs_in_reads_pages_changes_with_csrf_and_refuses_without() {
         "{onprem}"
     );
     let token_value = csrf(&onprem);
+    // A tenant with neither a server nor an on-premises connector has no panel on the
+    // overview; the tenant filter shows its own, and only its own.
+    dev.admin(&["tenant", "create", "quiet.test", "--domain", "quiet.test"]);
+    let quiet = r#"action="/onprem/quiet.test/pause""#;
+    assert!(!b.get("/onprem").body.contains(quiet));
+    let one = b.get("/onprem?tenant=quiet.test").body;
+    assert!(
+        one.contains(quiet) && !one.contains(r#"action="/onprem/example.test/pause""#),
+        "{one}"
+    );
 
     // A change without the CSRF token, or from another origin, is refused and changes nothing.
     let pause = "/onprem/example.test/pause";
