@@ -33,6 +33,7 @@
 //!   ([`alerts::Routing`]).
 //! - [`tickets`]: TLS session ticket keys, the current and the previous ([`tickets::Tickets`]).
 //! - [`audit`]: the audit log ([`audit::Audit`]).
+//! - [`requests`]: request ids of applied admin writes, for retries ([`requests::Requests`]).
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,7 @@ pub mod error;
 pub mod limits;
 pub mod onprem;
 pub mod reports;
+pub mod requests;
 pub mod tenants;
 pub mod tickets;
 pub mod tokens;
@@ -71,9 +73,6 @@ pub use moat_shared::RestrictedEntity as Restricted;
 pub use moat_shared::SubmissionUser as User;
 pub use onprem::{OnpremServer, PauseRecord};
 pub use tokens::{Role, TokenRecord};
-
-/// How long a client request id is remembered for deduplication of retries.
-const REQUEST_ID_TTL_MS: i64 = 60 * 60 * 1000;
 
 /// The whole replicated state. Its JSON form is the raft snapshot.
 ///
@@ -112,7 +111,7 @@ pub struct State {
     #[serde(flatten)]
     pub counters: counters::Counters,
     /// Recently applied client request ids and the index they were applied at.
-    pub requests: BTreeMap<String, (u64, i64)>,
+    pub requests: requests::Requests,
     /// Control-node addresses learned from membership changes, by raft id. Kept out of any
     /// part: a flattened map with integer keys does not read back from JSON.
     pub members: BTreeMap<u64, String>,
@@ -167,12 +166,11 @@ impl State {
         self.applied = index;
         self.now_ms = self.now_ms.max(p.at_ms);
         let now = self.now_ms;
-        self.requests
-            .retain(|_, (_, at)| now.saturating_sub(*at) < REQUEST_ID_TTL_MS);
+        self.requests.expire(now);
         if let Some(id) = &p.request_id {
-            if let Some((first, _)) = self.requests.get(id) {
+            if let Some(first) = self.requests.applied_at(id) {
                 return Outcome {
-                    index: *first,
+                    index: first,
                     result: Ok("already applied".into()),
                 };
             }
@@ -200,7 +198,7 @@ impl State {
         }
         if let Ok(action) = &result {
             if let Some(id) = &p.request_id {
-                self.requests.insert(id.clone(), (index, now));
+                self.requests.insert(id.clone(), index, now);
             }
             if !matches!(
                 p.command,
