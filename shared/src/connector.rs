@@ -212,6 +212,12 @@ impl Connector {
             .map_err(|_| ConnectorError::BadAddress(raw.to_owned()))
     }
 
+    /// Whether this is an enabled Partner connector that scopes sender domains: one whose
+    /// rules apply to its tenant's inbound mail from those domains, wherever it comes from.
+    pub fn scopes_senders(&self) -> bool {
+        self.enabled && self.kind == ConnectorKind::Partner && !self.sender_domains.is_empty()
+    }
+
     /// Whether `sender-domains` covers a MAIL FROM domain (`*`, the domain, or `*.parent`).
     pub fn scopes_sender(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();

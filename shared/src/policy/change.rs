@@ -16,7 +16,7 @@ use super::{kind_slot, PolicySnapshot, SnapshotError, Tenant, TenantEntry};
 use crate::exchange::Baseline;
 use crate::onprem::Enforced;
 use crate::submission::{EntityKind, RestrictedEntity, SpeedBumpStep};
-use crate::{Connector, ConnectorId, ConnectorKind, Domain, SubmissionUser, TenantId};
+use crate::{Connector, ConnectorId, Domain, SubmissionUser, TenantId};
 
 /// What changed between two policy versions, as values to set: applying it to any snapshot at a
 /// version between the change's base and its `version` gives the same result (state-based,
@@ -71,11 +71,6 @@ pub struct OnpremSettings {
     /// Whether mail through every connector is judged (by default only OnPremises
     /// connectors' mail is).
     pub all_connectors: bool,
-}
-
-/// Whether `c` scopes sender domains for its tenant's inbound mail.
-fn scopes_senders(c: &Connector) -> bool {
-    c.enabled && c.kind == ConnectorKind::Partner && !c.sender_domains.is_empty()
 }
 
 impl PolicySnapshot {
@@ -251,7 +246,7 @@ impl PolicySnapshot {
         self.connector_index.remove(old);
         if let Some(entry) = self.tenants.get_mut(&old.tenant) {
             entry.connectors = entry.connectors.saturating_sub(1);
-            if scopes_senders(old) {
+            if old.scopes_senders() {
                 entry
                     .scopes
                     .retain(|c| c.tenant != old.tenant || c.name != old.name);
@@ -272,7 +267,7 @@ impl PolicySnapshot {
         self.connector_index.insert(&c);
         if let Some(entry) = self.tenants.get_mut(&c.tenant) {
             entry.connectors += 1;
-            if scopes_senders(&c) {
+            if c.scopes_senders() {
                 let at = entry
                     .scopes
                     .binary_search_by(|s| crate::matching::by_id(s, &c))

@@ -20,17 +20,11 @@ use std::net::IpAddr;
 
 use moat_proto::convert::{connector_to_wire, restricted_to_wire, tenant_to_wire, user_to_wire};
 use moat_proto::v1;
-use moat_shared::{Connector, ConnectorId, ConnectorKind, EntityKind, TenantId};
+use moat_shared::{Connector, ConnectorId, EntityKind, TenantId};
 use tonic::Status;
 
 use crate::publish::{enforced, onprem_settings, speed_bump};
 use crate::state::State;
-
-/// Whether `c` is one of its tenant's Partner connectors that scope sender domains (the
-/// edge's inbound rules), for one of `domains`.
-fn scopes_one_of(c: &Connector, domains: &[String]) -> bool {
-    c.enabled && c.kind == ConnectorKind::Partner && domains.iter().any(|d| c.scopes_sender(d))
-}
 
 /// The policy subset for the session `q` describes, limited to `scope` when it is not empty
 /// (a tenant admin's reads are scoped to their tenant by the caller).
@@ -75,10 +69,10 @@ pub(super) fn policy(
     }
     // The accepting tenants' Partner connectors that scope a domain of the session.
     for t in &accepting {
-        for c in dir
+        let scoping = dir
             .connectors_of(t)
-            .filter(|c| scopes_one_of(c, &q.domains))
-        {
+            .filter(|c| c.scopes_senders() && q.domains.iter().any(|d| c.scopes_sender(d)));
+        for c in scoping {
             connectors.insert(c.id(), c);
         }
     }

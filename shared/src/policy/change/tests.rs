@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::exchange::Build;
-use crate::CertName;
+use crate::{CertName, ConnectorKind};
 
 /// SplitMix64: a seeded generator, enough to draw test cases.
 struct Rng(u64);
